@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""Turns the load generator's JSON lines into bench/results/results.md and chart.svg.
+
+    python3 bench/report.py bench/results/raw.jsonl bench/results --commit HASH [...]
+
+Standard library only. Every figure is the median over the runs of one configuration, taken
+per metric.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+TARGETS = ["bare", "rmcp", "ours-transport", "ours-full"]
+NAMES = {
+    "bare": "bare hyper (limit)",
+    "rmcp": "rmcp 3.9",
+    "ours-transport": "ours: transport only",
+    "ours-full": "ours: all layers + Redis",
+}
+COLORS = {"bare": "#888888", "rmcp": "#d95f02", "ours-transport": "#7570b3", "ours-full": "#1b9e77"}
+
+
+def load(path):
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"report.py: skipping a line that is not JSON: {line[:120]}", file=sys.stderr)
+    return rows
+
+
+def key(r):
+    return (r.get("label"), r.get("workload"), r.get("era"), r.get("sessions"), bool(r.get("with_get")),
+            r.get("connections"))
+
+
+class Group:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def med(self, field):
+        vals = [r[field] for r in self.rows if isinstance(r.get(field), (int, float))]
+        return statistics.median(vals) if vals else None
+
+    def total(self, field):
+        return sum(r.get(field) or 0 for r in self.rows if isinstance(r.get(field), (int, float)))
+
+    def fatal(self):
+        return [r["fatal"] for r in self.rows if r.get("fatal")]
+
+    def __len__(self):
+        return len(self.rows)
+
+
+def groups(rows):
+    out = defaultdict(list)
+    for r in rows:
+        out[key(r)].append(r)
+    return {k: Group(v) for k, v in out.items()}
+
+
+def find(gs, label, workload, era="2025-11-25", sessions=None, with_get=False):
+    for k, g in gs.items():
+        if k[0] == label and k[1] == workload and k[2] == era and k[4] == with_get and (
+                sessions is None or k[3] == sessions):
+            return g
+    return None
+
+
+def fmt(v, digits=None):
+    if v is None:
+        return "–"
+    if digits is None:
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.2f}"
+    return f"{v:.{digits}f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def redis_cpu(g):
+    v = g.med("redis_cpu_us_per_op")
+    return "" if v is None else f" (+{fmt(v)} Redis)"
+
+
+def request_rows(gs, workloads):
+    lines = ["| workload | server | ops/s | p50 ms | p90 ms | p99 ms | max ms | server CPU µs/op "
+             "| generator CPU (cores) | other load (cores) | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for title, workload, era, sessions in workloads:
+        for t in TARGETS:
+            g = find(gs, t, workload, era, sessions)
+            if g is None:
+                continue
+            client = g.med("client_cpu_util")
+            bound = " (generator-bound)" if client is not None and client >= 0.93 else ""
+            fatal = g.fatal()
+            lines.append(
+                f"| {title} | {NAMES[t]} | {fmt(g.med('ops_per_s'))} | {fmt(g.med('p50_ms'))} "
+                f"| {fmt(g.med('p90_ms'))} | {fmt(g.med('p99_ms'))} | {fmt(g.med('max_ms'))} "
+                f"| {fmt(g.med('server_cpu_us_per_op'))}{redis_cpu(g)} | {fmt(client)}{bound} "
+                f"| {fmt(g.med('other_cpu_util'))} | {int(g.total('errors'))}{' + failed: ' + fatal[0][:80] if fatal else ''} |")
+    return lines
+
+
+def memory_rows(gs, args):
+    lines = ["| server | KiB per idle session | KiB per session with a GET stream "
+             "| RSS after closing all vs start (no GET / GET) | RSS growth on a second open round, KiB/session "
+             "(no GET / GET) | server CPU µs per session opened (no GET / GET) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for t in TARGETS:
+        a = find(gs, t, "idle", with_get=False)
+        b = find(gs, t, "idle", with_get=True)
+        if a is None and b is None:
+            continue
+        m = lambda g, f: g.med(f) if g else None
+        pct = lambda v: "–" if v is None else f"{v:+.0f} %"
+        lines.append(
+            f"| {NAMES[t]} | {fmt(m(a, 'kib_per_session'))} | {fmt(m(b, 'kib_per_session'))} "
+            f"| {pct(m(a, 'closed_vs_before_pct'))} / {pct(m(b, 'closed_vs_before_pct'))} "
+            f"| {fmt(m(a, 'reopen_growth_kib_per_session'))} / {fmt(m(b, 'reopen_growth_kib_per_session'))} "
+            f"| {fmt(m(a, 'server_cpu_us_per_open'))} / {fmt(m(b, 'server_cpu_us_per_open'))} |")
+    return lines
+
+
+def fanout_rows(gs):
+    lines = ["| server | streams | trigger → last receipt, ms (median of runs' medians) | trigger → first | "
+             "trigger → answer | delivery p50 / p99 ms | server CPU µs per delivery | generator CPU µs per "
+             "delivery | missing |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for t in TARGETS:
+        g = find(gs, t, "fanout")
+        if g is None:
+            continue
+        lines.append(
+            f"| {NAMES[t]} | {fmt(g.med('streams'))} | {fmt(g.med('fanout_last_ms_median'))} "
+            f"| {fmt(g.med('fanout_first_ms_median'))} | {fmt(g.med('trigger_response_ms_median'))} "
+            f"| {fmt(g.med('p50_ms'))} / {fmt(g.med('p99_ms'))} | {fmt(g.med('server_cpu_us_per_op'))} "
+            f"| {fmt(g.med('client_cpu_us_per_op'))} | {int(g.total('missing'))} |")
+    lines.append("| rmcp 3.9 | – | no broadcast primitive (one `notify` per session would be N requests) "
+                 "| | | | | | |")
+    return lines
+
+
+def redis_lines(gs):
+    out = []
+    for n in sorted({k[3] for k in gs if k[0] == "ours-full" and k[1] == "ping" and k[3]}):
+        g = find(gs, "ours-full", "ping", sessions=n)
+        cmds = [r.get("redis_commands") for r in g.rows if r.get("redis_commands") is not None]
+        ops = g.total("ops")
+        if cmds:
+            out.append(f"- `ping` on {n:,} live sessions: **{sum(cmds)} Redis commands** in "
+                       f"{ops:,.0f} measured requests ({len(cmds)} runs).")
+    g = find(gs, "ours-full", "idle", with_get=False)
+    if g is not None and g.med("redis_commands_per_session") is not None:
+        per = defaultdict(list)
+        for r in g.rows:
+            for c, v in (r.get("redis_commandstats_per_session") or {}).items():
+                per[c].append(v)
+        detail = ", ".join(f"`{c}` {statistics.median(v):.2f}" for c, v in sorted(per.items()))
+        out.append(f"- one session's life (initialize … DELETE), counted on the idle workload once the "
+                   f"registry is done: **{fmt(g.med('redis_commands_per_session'))} Redis commands per session** "
+                   f"— {detail}.")
+    g = find(gs, "ours-full", "churn")
+    if g is not None and g.med("redis_drain_s") is not None:
+        out.append(f"- session churn: after the load stops, the registry needs **{fmt(g.med('redis_drain_s'))} s** "
+                   "more to finish its queued Redis writes (time until Redis is quiet, less 0.3 s); then "
+                   f"**{fmt(g.med('redis_keys_left'), 0)} keys** are left in Redis although every session was "
+                   f"DELETEd, and the node logged **{fmt(g.med('registry_drops'), 0)}** \"registry queue full: "
+                   f"operation dropped\" warnings per run ({fmt(g.med('ops'))} sessions in the measured "
+                   "window, more in the warm-up second; each session is one register and one remove).")
+    drops = [(k, g) for k, g in gs.items() if k[0] == "ours-full" and (g.med("registry_drops") or 0) > 0
+             and k[1] != "churn"]
+    for k, g in drops:
+        out.append(f"- registry writes dropped (queue full) in `{k[1]}`"
+                   f"{' with GET' if k[4] else ''}: {fmt(g.med('registry_drops'), 0)} per run.")
+    return out
+
+
+def targets_table(gs):
+    """The issue's targets, read off this run."""
+    rows = ["| target | measured | met |", "|---|---|:---:|"]
+
+    def add(name, text, ok):
+        rows.append(f"| {name} | {text} | {'–' if ok is None else ('yes' if ok else 'no')} |")
+
+    sessions = sorted({k[3] for k in gs if k[1] == "ping" and k[3]})
+    cpu = lambda t, n: (find(gs, t, "ping", sessions=n) or Group([])).med("server_cpu_us_per_op")
+    ops = lambda t, n: (find(gs, t, "ping", sessions=n) or Group([])).med("ops_per_s")
+    p99 = lambda t, n: (find(gs, t, "ping", sessions=n) or Group([])).med("p99_ms")
+    for n in sessions:
+        r_rmcp = ratio(cpu("ours-full", n), cpu("rmcp", n))
+        r_bare = ratio(cpu("ours-full", n), cpu("bare", n))
+        add(f"ping, {n:,} sessions: server CPU/request ≤ 1/3 of rmcp's",
+            "–" if r_rmcp is None else f"{fmt(cpu('ours-full', n))} vs {fmt(cpu('rmcp', n))} µs = {r_rmcp:.2f}×",
+            None if r_rmcp is None else r_rmcp <= 1 / 3)
+        add(f"ping, {n:,} sessions: within 1.5× of bare hyper",
+            "–" if r_bare is None else f"{fmt(cpu('ours-full', n))} vs {fmt(cpu('bare', n))} µs = {r_bare:.2f}×",
+            None if r_bare is None else r_bare <= 1.5)
+        r = ratio(ops("ours-full", n), ops("rmcp", n))
+        add(f"ping, {n:,} sessions: throughput ≥ rmcp's",
+            "–" if r is None else f"{fmt(ops('ours-full', n))} vs {fmt(ops('rmcp', n))} /s = {r:.2f}×",
+            None if r is None else r >= 1)
+    churn = lambda t: (find(gs, t, "churn") or Group([])).med("ops_per_s")
+    r = ratio(churn("ours-full"), churn("rmcp"))
+    g = find(gs, "ours-full", "churn") or Group([])
+    drops, left = g.med("registry_drops"), g.med("redis_keys_left")
+    # "Registry write included": the rate only counts if the registry kept every write.
+    complete = not drops and not left
+    note = "" if complete else (f"; but the registry dropped {fmt(drops, 0)} writes per run and left "
+                                f"{fmt(left, 0)} records in Redis")
+    add("churn ≥ 2× rmcp's rate (registry write included)",
+        "–" if r is None else f"{fmt(churn('ours-full'))} vs {fmt(churn('rmcp'))} /s = {r:.2f}×{note}",
+        None if r is None else (r >= 2 and complete))
+    idle = lambda t, get: (find(gs, t, "idle", with_get=get) or Group([])).med("kib_per_session")
+    v = idle("ours-full", False)
+    add("≤ 4 KiB per idle session", "–" if v is None else f"{fmt(v)} KiB", None if v is None else v <= 4)
+    r = ratio(idle("ours-full", True), idle("rmcp", True))
+    add("≤ 1/3 of rmcp's memory with a GET stream",
+        "–" if r is None else f"{fmt(idle('ours-full', True))} vs {fmt(idle('rmcp', True))} KiB = {r:.2f}×",
+        None if r is None else r <= 1 / 3)
+    closed = [(find(gs, "ours-full", "idle", with_get=g) or Group([])).med("closed_vs_before_pct")
+              for g in (False, True)]
+    closed = [c for c in closed if c is not None]
+    add("memory within 5 % of the start after all sessions close",
+        "–" if not closed else " / ".join(f"{c:+.0f} %" for c in closed),
+        None if not closed else all(abs(c) <= 5 for c in closed))
+    g = find(gs, "ours-full", "ping", sessions=sessions[-1]) if sessions else None
+    cmds = None if g is None else [r.get("redis_commands") for r in g.rows if r.get("redis_commands") is not None]
+    add("zero Redis commands per request (ping)", "–" if not cmds else f"{sum(cmds)} commands",
+        None if not cmds else sum(cmds) == 0)
+    f = (find(gs, "ours-full", "fanout") or Group([])).med("fanout_last_ms_median")
+    n = (find(gs, "ours-full", "fanout") or Group([])).med("streams")
+    add(f"fan-out to {fmt(n)} streams ≤ 50 ms", "–" if f is None else f"{fmt(f)} ms", None if f is None else f <= 50)
+    if sessions:
+        n = sessions[-1]
+        a, b = p99("ours-full", n), p99("rmcp", n)
+        add(f"p99 at the highest load ({n:,} sessions) ≤ rmcp's",
+            "–" if a is None or b is None else f"{fmt(a)} vs {fmt(b)} ms", None if a is None or b is None else a <= b)
+    return rows
+
+
+# --- SVG -------------------------------------------------------------------------------------------
+
+def chart(gs, commit, path):
+    sessions = sorted({k[3] for k in gs if k[1] == "ping" and k[2] == "2025-11-25" and k[3]})
+    if not sessions:
+        return
+    W, H = 960, 420
+    panels = [("ping throughput (requests/s)", "ops_per_s"),
+              ("server CPU per ping (µs)", "server_cpu_us_per_op")]
+    pw, ph = 380, 260
+    left0, top = 80, 70
+    gap = 100
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">'
+           f'ping on N live sessions over 64 connections: ours vs rmcp 3.9</text>',
+           f'<text x="{W / 2}" y="44" text-anchor="middle" fill="#555">commit {esc(commit[:12])} · '
+           f'medians of runs · server pinned to one core, generator to the other</text>']
+    lx = [math.log10(s) for s in sessions]
+    xmin, xmax = min(lx), max(lx)
+    if xmax == xmin:
+        xmin, xmax = xmin - 0.5, xmax + 0.5
+    for pi, (title, field) in enumerate(panels):
+        x0 = left0 + pi * (pw + gap)
+        series = {}
+        for t in TARGETS:
+            pts = []
+            for s in sessions:
+                g = find(gs, t, "ping", sessions=s)
+                v = g.med(field) if g else None
+                if v is not None:
+                    pts.append((s, v))
+            if pts:
+                series[t] = pts
+        ymax = max((v for pts in series.values() for _, v in pts), default=1) * 1.15
+        ymax = nice(ymax)
+        sx = lambda s: x0 + (math.log10(s) - xmin) / (xmax - xmin) * pw
+        sy = lambda v: top + ph - v / ymax * ph
+        out.append(f'<text x="{x0 + pw / 2}" y="{top - 10}" text-anchor="middle" font-weight="bold">'
+                   f'{esc(title)}</text>')
+        out.append(f'<rect x="{x0}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>')
+        for i in range(6):
+            v = ymax * i / 5
+            y = sy(v)
+            out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + pw}" y2="{y:.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{tick(v)}</text>')
+        for s in sessions:
+            x = sx(s)
+            out.append(f'<line x1="{x:.1f}" y1="{top + ph}" x2="{x:.1f}" y2="{top + ph + 5}" stroke="#444"/>')
+            out.append(f'<text x="{x:.1f}" y="{top + ph + 18}" text-anchor="middle" fill="#444">{s:,}</text>')
+        out.append(f'<text x="{x0 + pw / 2}" y="{top + ph + 36}" text-anchor="middle">live sessions (log scale)</text>')
+        for t, pts in series.items():
+            dash = ' stroke-dasharray="6,4"' if t == "bare" else ""
+            d = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in pts)
+            out.append(f'<polyline points="{d}" fill="none" stroke="{COLORS[t]}" stroke-width="2.5"{dash}/>')
+            for s, v in pts:
+                out.append(f'<circle cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="3.5" fill="{COLORS[t]}"/>')
+    # legend
+    lx0 = left0
+    ly = H - 28
+    for t in TARGETS:
+        if not any(find(gs, t, "ping", sessions=s) for s in sessions):
+            continue
+        dash = ' stroke-dasharray="6,4"' if t == "bare" else ""
+        out.append(f'<line x1="{lx0}" y1="{ly}" x2="{lx0 + 26}" y2="{ly}" stroke="{COLORS[t]}" stroke-width="2.5"{dash}/>')
+        out.append(f'<text x="{lx0 + 32}" y="{ly + 4}">{esc(NAMES[t])}</text>')
+        lx0 += 210
+    out.append("</svg>")
+    Path(path).write_text("\n".join(out) + "\n")
+
+
+def nice(v):
+    if v <= 0:
+        return 1
+    e = 10 ** math.floor(math.log10(v))
+    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if m * e >= v:
+            return m * e
+    return 10 * e
+
+
+def tick(v):
+    if v >= 1000:
+        return f"{v / 1000:g}k"
+    return f"{v:g}"
+
+
+def esc(s):
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("raw")
+    ap.add_argument("out")
+    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--cpu", default="")
+    ap.add_argument("--cores", default="")
+    ap.add_argument("--rustc", default="")
+    ap.add_argument("--redis", default="")
+    ap.add_argument("--settings", default="")
+    ap.add_argument("--full-stack", default="")
+    ap.add_argument("--registry-drops", default="0")
+    ap.add_argument("--elapsed", default="")
+    args = ap.parse_args()
+    rows = load(args.raw)
+    gs = groups(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = max((len(g) for g in gs.values()), default=0)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    ping = [(f"ping, {s:,} sessions", "ping", "2025-11-25", s)
+            for s in sorted({k[3] for k in gs if k[1] == "ping" and k[3]})]
+    md = [
+        "# Benchmark results",
+        "",
+        f"Measured on commit `{args.commit}`, {now}, by `scripts/bench.sh` "
+        f"({args.elapsed} s). Machine: {args.cpu}, {args.cores} cores; {args.rustc}; redis-server {args.redis}.",
+        f"Settings: {args.settings}. Each figure is the median of {runs} runs (per metric), each run "
+        "against a freshly started server. Raw JSON lines: `raw.jsonl`.",
+        "",
+        "Servers (all HTTP/1.1, `TCP_NODELAY`, one tokio runtime pinned to one core):",
+        "- **bare hyper (limit)**: `bench/peers` `peer-hyper` — reads the body, answers a fixed "
+        "`{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}`, no session, no parsing.",
+        "- **rmcp 3.9**: `bench/peers` `peer-rmcp` — `StreamableHttpService` + `LocalSessionManager` under axum, "
+        "default configuration (it answers every legacy-session POST with an SSE stream).",
+        "- **ours: transport only**: `examples/node.rs --transport-only` (`SseTransportLayer`).",
+        f"- **ours: all layers + Redis**: `examples/node.rs --redis …` — {args.full_stack}; "
+        "a real `redis-server` on a free port.",
+        "The node example runs with `RUST_LOG=warn` (its default filter logs the crate at debug).",
+        "",
+        "Generator CPU is the load generator's own CPU in cores; ≥ 0.93 means the generator, not the "
+        "server, limited throughput — compare server CPU per operation there.",
+        "",
+        "## Requests on live sessions (closed loop, one request in flight per connection)",
+        "",
+        *request_rows(gs, ping + [
+            ("tools/call echo, 64 sessions", "call", "2025-11-25", 64),
+            ("tools/call echo, stateless 2026-07-28", "call", "2026-07-28", 0),
+        ]),
+        "",
+        "![ping throughput and server CPU per request vs live sessions](chart.svg)",
+        "",
+        "## Session churn (initialize + notifications/initialized + DELETE; one op = one session)",
+        "",
+        *request_rows(gs, [("churn, 64 loops", "churn", "2025-11-25", None)]),
+        "",
+        "## Per-request SSE stream (tools/call progress: 10 steps, 10 ms apart, each a progress and a log "
+        "notification; one op = one call with all its progress notifications checked)",
+        "",
+        *request_rows(gs, [("stream, 128 sessions", "stream", "2025-11-25", 128),
+                           ("stream, stateless 2026-07-28", "stream", "2026-07-28", 0)]),
+        "",
+        "## Memory (server VmRSS)",
+        "",
+        f"{fmt((find(gs, 'rmcp', 'idle') or find(gs, 'ours-transport', 'idle') or Group([])).med('sessions'))} "
+        "sessions opened on a fresh server; with a GET stream each stream holds its own HTTP/1.1 connection. "
+        "Then all are closed (DELETE), RSS read again, and the same number opened and closed once more: "
+        "growth on that second round near zero means the memory still held after closing is kept by the "
+        "allocator for reuse, not leaked.",
+        "",
+        *memory_rows(gs, args),
+        "",
+        "## Fan-out (one `notifications/message` to every open GET stream)",
+        "",
+        "Triggered by the node example's `broadcast` tool (`TransportHandle::notify_all`); 5 triggers per run. "
+        "The time includes the generator reading every stream on its single core: its CPU per delivery "
+        "is shown beside the server's.",
+        "",
+        *fanout_rows(gs),
+        "",
+        "## Redis commands (ours: all layers)",
+        "",
+        *(redis_lines(gs) or ["- (no ours-full runs)"]),
+        f"- registry writes dropped because the write queue was full, whole bench (node log): "
+        f"**{args.registry_drops}**.",
+        "- per-run `INFO commandstats` around each ping run: `redis-commandstats.txt`.",
+        "",
+        "## Against the issue's targets (this run)",
+        "",
+        *targets_table(gs),
+        "",
+    ]
+    (out / "results.md").write_text("\n".join(md))
+    chart(gs, args.commit, out / "chart.svg")
+
+
+if __name__ == "__main__":
+    main()

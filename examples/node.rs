@@ -1,0 +1,361 @@
+//! One MCP node: an axum server with the MCP endpoint at `/mcp` built from this crate's layers.
+//!
+//! ```text
+//! cargo run --example node -- --listen 127.0.0.1:8080 --node n1
+//! ```
+//!
+//! Options (environment variables in brackets):
+//! - `--listen ADDR` (`MCP_LISTEN`, default `127.0.0.1:8080`)
+//! - `--node NAME` (`MCP_NODE`, default `n1`): reported in `x-mcp-node` on every response
+//! - `--redis URL` (`REDIS_URL`): the session registry in Redis (keys `mcp:session:{<id>}`);
+//!   without it, the embedded in-memory registry
+//! - `--transport-only`: the transport alone, no registry (for benchmarks)
+//!
+//! Tools: `echo {text}`, `whoami`, `notify {message, delayMs?}` (a log message on the session's
+//! standalone stream), `progress {steps}` (progress and log notifications on the request's
+//! stream), `sample {prompt}` (a `sampling/createMessage` request to the client),
+//! `broadcast {message}` (a log message to every session's standalone stream).
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, http::HeaderValue, routing::get};
+use mcp_affinity::{
+    SessionRegistryLayer, SseTransportLayer,
+    handler::{ErrorObject, HandlerRequest, handler_fn},
+    protocol::{Era, ProtocolVersion},
+    registry::{MemoryStore, RedisStore, RegistryStore},
+    session::RequestContext,
+    transport::{HostPolicy, TransportHandle},
+};
+use serde_json::{Value, json};
+use tower::ServiceBuilder;
+
+#[derive(Debug, Clone)]
+struct Args {
+    listen: SocketAddr,
+    node: String,
+    redis: Option<String>,
+    transport_only: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut listen = std::env::var("MCP_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let mut node = std::env::var("MCP_NODE").unwrap_or_else(|_| "n1".into());
+    let mut redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+    let mut transport_only = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--listen" => listen = value()?,
+            "--node" => node = value()?,
+            "--redis" => redis = Some(value()?),
+            "--transport-only" => transport_only = true,
+            "-h" | "--help" => {
+                println!(
+                    "usage: node [--listen ADDR] [--node NAME] [--redis URL] [--transport-only]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Args {
+        listen: listen
+            .parse()
+            .map_err(|e| format!("--listen {listen}: {e}"))?,
+        node,
+        redis,
+        transport_only,
+    })
+}
+
+fn tools() -> Value {
+    json!([
+        {"name": "echo", "description": "Returns its text.",
+         "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
+        {"name": "whoami", "description": "Names the node that served the call.",
+         "inputSchema": {"type": "object", "properties": {}}},
+        {"name": "notify", "description": "Sends a log message on the standalone stream after delayMs.",
+         "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}, "delayMs": {"type": "integer"}}, "required": ["message"]}},
+        {"name": "progress", "description": "Sends progress and log notifications, then returns.",
+         "inputSchema": {"type": "object", "properties": {"steps": {"type": "integer"}}, "required": ["steps"]}},
+        {"name": "broadcast", "description": "Sends a log message to every session's standalone stream; returns how many.",
+         "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}},
+        {"name": "sample", "description": "Asks the client to sample a completion for the prompt.",
+         "inputSchema": {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}}
+    ])
+}
+
+fn text(s: impl Into<String>) -> Value {
+    json!({"content": [{"type": "text", "text": s.into()}]})
+}
+
+fn server_info() -> Value {
+    json!({"name": "mcp-affinity-node", "version": env!("CARGO_PKG_VERSION")})
+}
+
+fn capabilities() -> Value {
+    json!({"tools": {"listChanged": false}, "logging": {}})
+}
+
+/// What the handler needs: the node's name and the transport's handle (for `broadcast`).
+#[derive(Clone)]
+struct App {
+    node: Arc<str>,
+    transport: TransportHandle,
+}
+
+async fn handle_request(
+    app: App,
+    req: HandlerRequest,
+    cx: RequestContext,
+) -> Result<Value, ErrorObject> {
+    let mut result = match req.method.as_str() {
+        "initialize" => {
+            let requested = req.params.get("protocolVersion").and_then(Value::as_str);
+            let version = requested
+                .and_then(ProtocolVersion::parse)
+                .filter(|v| v.era() == Era::Legacy)
+                .unwrap_or(ProtocolVersion::LATEST_LEGACY);
+            json!({"protocolVersion": version.as_str(), "capabilities": capabilities(), "serverInfo": server_info()})
+        }
+        "server/discover" => json!({
+            "supportedVersions": ["2026-07-28"],
+            "capabilities": capabilities(),
+            "serverInfo": server_info()
+        }),
+        "ping" | "logging/setLevel" => json!({}),
+        "tools/list" if cx.era() == Era::Modern => {
+            // 2026-07-28 list results carry caching hints.
+            json!({"tools": tools(), "ttlMs": 0, "cacheScope": "public"})
+        }
+        "tools/list" => json!({"tools": tools()}),
+        "tools/call" => call_tool(&app, &req, &cx).await?,
+        m if m.starts_with("notifications/") => json!({}),
+        other => return Err(ErrorObject::method_not_found(other)),
+    };
+    if cx.era() == Era::Modern
+        && let Some(obj) = result.as_object_mut()
+    {
+        obj.insert("resultType".into(), json!("complete"));
+    }
+    Ok(result)
+}
+
+async fn call_tool(
+    app: &App,
+    req: &HandlerRequest,
+    cx: &RequestContext,
+) -> Result<Value, ErrorObject> {
+    let name = req
+        .params
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let args = req.params.get("arguments").cloned().unwrap_or(Value::Null);
+    let arg_str = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_owned);
+    match name {
+        "echo" => Ok(text(arg_str("text").unwrap_or_default())),
+        "whoami" => Ok(text(json!({"node": &*app.node}).to_string())),
+        "broadcast" => {
+            let message = arg_str("message").unwrap_or_default();
+            let n = app.transport.notify_all(
+                "notifications/message",
+                Some(json!({"level": "info", "data": message})),
+            );
+            Ok(text(n.to_string()))
+        }
+        "notify" => {
+            let session = cx
+                .session()
+                .ok_or_else(|| ErrorObject::invalid_params("notify needs a legacy session"))?
+                .clone();
+            let message = arg_str("message").unwrap_or_default();
+            let delay = args.get("delayMs").and_then(Value::as_u64).unwrap_or(0);
+            let s = session.clone();
+            session.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let _ = s.notify(
+                    "notifications/message",
+                    Some(json!({"level": "info", "data": message})),
+                );
+            });
+            Ok(text("scheduled"))
+        }
+        "progress" => {
+            let steps = args
+                .get("steps")
+                .and_then(Value::as_u64)
+                .unwrap_or(3)
+                .min(1000);
+            let token = req.progress_token().cloned();
+            let log_level = cx.era() == Era::Legacy
+                || req
+                    .params
+                    .pointer("/_meta/io.modelcontextprotocol~1logLevel")
+                    .is_some();
+            for i in 1..=steps {
+                if let Some(token) = &token {
+                    let _ = cx.notify(
+                        "notifications/progress",
+                        Some(json!({"progressToken": token, "progress": i, "total": steps})),
+                    );
+                }
+                if log_level {
+                    let _ = cx.notify(
+                        "notifications/message",
+                        Some(json!({"level": "info", "data": format!("step {i} of {steps}")})),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(text("done"))
+        }
+        "sample" => {
+            let prompt = arg_str("prompt").unwrap_or_default();
+            let answer = cx
+                .request(
+                    "sampling/createMessage",
+                    Some(json!({
+                        "messages": [{"role": "user", "content": {"type": "text", "text": prompt}}],
+                        "maxTokens": 100
+                    })),
+                )
+                .await
+                .map_err(|e| ErrorObject::internal(format!("sampling failed: {e}")))?;
+            let t = answer
+                .pointer("/content/text")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            Ok(text(t))
+        }
+        other => Err(ErrorObject::invalid_params(format!("unknown tool {other}"))),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,mcp_affinity=debug".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = parse_args().map_err(|e| {
+        eprintln!("{e}");
+        e
+    })?;
+
+    match args.redis.clone() {
+        Some(url) => {
+            let store = RedisStore::builder(&url).build_lazy()?;
+            tracing::info!("session registry: Redis");
+            serve(args, store).await
+        }
+        None => {
+            tracing::info!("session registry: embedded (in memory)");
+            serve(args, MemoryStore::new()).await
+        }
+    }
+}
+
+async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std::error::Error>> {
+    let registry = SessionRegistryLayer::new(store, args.node.clone()).build()?;
+    let registry_handle = registry.handle();
+    let mut transport = SseTransportLayer::new()
+        .with_allowed_hosts(HostPolicy::localhost())
+        .build()?;
+    let handle = transport.handle()?;
+    let app = App {
+        node: args.node.as_str().into(),
+        transport: handle.clone(),
+    };
+    let handler = handler_fn(move |req, cx| handle_request(app.clone(), req, cx));
+    let router = if args.transport_only {
+        tracing::info!("transport only: no registry");
+        routes(
+            &args,
+            ServiceBuilder::new().layer(transport).service(handler),
+        )?
+    } else {
+        routes(
+            &args,
+            ServiceBuilder::new()
+                .layer(registry)
+                .layer(transport)
+                .service(handler),
+        )?
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
+    println!("MCP node {} listening on http://{local}/mcp", args.node);
+    tracing::info!(node = %args.node, %local, "listening");
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Small JSON-RPC answers would otherwise wait on Nagle + delayed ACK.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let closed = handle.shutdown().await;
+            let flushed = registry_handle.flush(Duration::from_secs(10)).await;
+            tracing::info!(
+                closed,
+                flushed,
+                "sessions closed, registry flushed; draining connections"
+            );
+        })
+        .await?;
+    Ok(())
+}
+
+/// `/mcp` served by `mcp`, `/healthz`, a stand-in `/graphql`, and `x-mcp-node` on everything.
+fn routes<S>(args: &Args, mcp: S) -> Result<Router, Box<dyn std::error::Error>>
+where
+    S: tower::Service<axum::extract::Request, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let node_header = HeaderValue::from_str(&args.node)?;
+    Ok(Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/graphql",
+            get(|| async { "graphql" }).post(|| async { "graphql" }),
+        )
+        .route_service("/mcp", mcp)
+        .layer(axum::middleware::map_response(
+            move |mut res: axum::response::Response| {
+                let value = node_header.clone();
+                async move {
+                    res.headers_mut().insert("x-mcp-node", value);
+                    res
+                }
+            },
+        )))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Side-by-side load test: bare hyper (the limit), rmcp 3.9, and this crate's node example
+# (transport only; all layers with a real local redis-server). Writes bench/results/.
+#
+#   scripts/bench.sh                      # the full run (about 10 minutes on 2 cores)
+#   RUNS=1 SECS=2 scripts/bench.sh        # a quick look
+#   TARGETS="rmcp ours-full" scripts/bench.sh
+#
+# Needs: cargo, taskset, redis-server, redis-cli, python3 (standard library only).
+# The server (and redis-server) run on core $SERVER_CORE, the load generator on $CLIENT_CORE.
+# Each number is the median of $RUNS runs, each against a freshly started server, the servers
+# taking turns run by run. Redis shares the server's core because the generator's core is
+# saturated in most workloads: there, Redis answers late and the registry's write queue backs
+# up. Its CPU is reported separately.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+RUNS=${RUNS:-3}
+SECS=${SECS:-3}            # measured seconds per timed run (after WARMUP)
+WARMUP=${WARMUP:-1}
+CONNS=${CONNS:-64}
+PING_SESSIONS=${PING_SESSIONS:-"64 1000 10000"}
+IDLE_SESSIONS=${IDLE_SESSIONS:-10000}
+FANOUT_STREAMS=${FANOUT_STREAMS:-10000}
+STREAM_STEPS=${STREAM_STEPS:-10}
+TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full"}
+SERVER_CORE=${SERVER_CORE:-0}
+CLIENT_CORE=${CLIENT_CORE:-1}
+OUT=${OUT:-$ROOT/bench/results}
+
+for tool in cargo taskset redis-server redis-cli python3; do
+    command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found" >&2; exit 1; }
+done
+
+echo "== building (release)"
+cargo build --release --example node
+cargo build --release -p mcp-bench-loadgen -p mcp-bench-peers
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+NODE=$BIN/examples/node
+LOADGEN=$BIN/loadgen
+
+# 10,000 GET streams need as many sockets on each side.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((FANOUT_STREAMS + IDLE_SESSIONS / 4 + 512)) ]; then
+    echo "bench.sh: open-file limit $(ulimit -n) is too low for $FANOUT_STREAMS streams" >&2
+    exit 1
+fi
+
+mkdir -p "$OUT"
+RAW=$OUT/raw.jsonl
+REDIS_TXT=$OUT/redis-commandstats.txt
+: >"$RAW"
+: >"$REDIS_TXT"
+WORK=$(mktemp -d)
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+SERVER_PID=
+REDIS_PID=
+cleanup() {
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+    [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- Redis for the full stack (never 6379) ------------------------------------------------------
+REDIS_PORT=$(free_port)
+while [ "$REDIS_PORT" = 6379 ]; do REDIS_PORT=$(free_port); done
+taskset -c "$SERVER_CORE" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
+    --appendonly no --protected-mode yes --logfile "$WORK/redis.log" &
+REDIS_PID=$!
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+redis-cli -p "$REDIS_PORT" ping >/dev/null
+
+if grep -q SessionAffinityLayer examples/node.rs; then
+    FULL_STACK="SessionAffinityLayer + RedisSessionRegistryLayer + SseTransportLayer"
+else
+    FULL_STACK="RedisSessionRegistryLayer + SseTransportLayer (examples/node.rs has no SessionAffinityLayer yet)"
+fi
+
+# --- one server per run -------------------------------------------------------------------------
+start_server() { # target -> sets SERVER_PID, URL
+    local port
+    port=$(free_port)
+    URL=http://127.0.0.1:$port/mcp
+    case $1 in
+        bare) taskset -c "$SERVER_CORE" "$BIN/peer-hyper" --listen "127.0.0.1:$port" >/dev/null & ;;
+        rmcp) taskset -c "$SERVER_CORE" "$BIN/peer-rmcp" --listen "127.0.0.1:$port" >/dev/null & ;;
+        ours-transport)
+            RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" \
+                --transport-only >/dev/null 2>"$WORK/node-run.log" & ;;
+        ours-full)
+            redis-cli -p "$REDIS_PORT" flushall >/dev/null
+            RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" \
+                --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-run.log" & ;;
+    esac
+    SERVER_PID=$!
+}
+
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+# run ROUND TARGET ARGS... : one fresh-server run of one workload, its JSON line appended to
+# $RAW. A timed run during which other processes kept more than $MAX_OTHER of a core busy is
+# repeated (at most twice); the line records how busy they were either way.
+MAX_OTHER=${MAX_OTHER:-0.2}
+run() {
+    local i=$1 target=$2
+    shift 2
+    local ping_full=
+    [ "$target" = ours-full ] && [[ " $* " == *" --workload ping "* ]] && ping_full=1
+    local attempt line other
+    for attempt in 1 2 3; do
+        start_server "$target"
+        local extra=()
+        [ "$target" = ours-full ] && extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID")
+        # Redis commands are counted twice for ping on the full stack: here around the whole
+        # run (session setup and teardown included), and by the generator over its measured
+        # window only (it starts the window once Redis has been quiet for 300 ms, i.e. the
+        # registry has written the new sessions).
+        [ -n "$ping_full" ] && redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+        line=$(taskset -c "$CLIENT_CORE" "$LOADGEN" --url "$URL" --server-pid "$SERVER_PID" \
+            --label "$target" --run "$i" --duration "$SECS" --warmup "$WARMUP" "${extra[@]}" "$@" \
+            2>>"$WORK/loadgen.log") || true
+        if [ -n "$ping_full" ]; then
+            {
+                echo "## ping on the full stack ($*), run $i, attempt $attempt: whole run (open the sessions, ping, close them)"
+                redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | grep '^cmdstat_' || true
+                echo "## measured window only (from the generator): $(python3 -c '
+import json,sys; v=json.loads(sys.argv[1]); print(v.get("redis_commands"), "commands", v.get("redis_commandstats"))' "$line" 2>/dev/null)"
+                echo
+            } >>"$REDIS_TXT"
+        fi
+        stop_server
+        if [[ $target == ours-* ]]; then
+            # The registry's "queue full: operation dropped" warnings of this run, into its line.
+            line=$(python3 -c '
+import json, sys
+v = json.loads(sys.argv[1])
+v["registry_drops"] = sum("queue full" in l for l in open(sys.argv[2], errors="replace"))
+print(json.dumps(v))' "$line" "$WORK/node-run.log" 2>/dev/null || echo "$line")
+            cat "$WORK/node-run.log" >>"$WORK/node.log" 2>/dev/null || true
+            : >"$WORK/node-run.log"
+        fi
+        other=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("other_cpu_util") or 0)' "$line" 2>/dev/null || echo 0)
+        if [ "$attempt" -lt 3 ] && python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)' "$other" "$MAX_OTHER"; then
+            echo "    ($target run $i disturbed: other processes used $other of a core; repeating)"
+            continue
+        fi
+        break
+    done
+    echo "$line" >>"$RAW"
+    python3 - "$line" <<'EOF'
+import json, sys
+try:
+    v = json.loads(sys.argv[1])
+except Exception:
+    print("   (no result)", sys.argv[1][:200]); sys.exit()
+keys = ["ops_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_op", "client_cpu_util", "other_cpu_util",
+        "errors", "kib_per_session", "reopen_growth_kib_per_session", "fanout_last_ms_median",
+        "redis_commands", "redis_commands_per_session", "redis_drain_s", "redis_keys_left",
+        "registry_drops", "fatal"]
+extra = " ".join(f"{a}" for a in [v.get("sessions")] if a)
+print(f"    {v.get('label'):15} {v.get('workload'):7} {extra:6}", " ".join(
+    f"{k}={v[k]}" for k in keys if v.get(k) is not None))
+EOF
+}
+
+# Which servers a workload applies to: bare hyper only answers requests (no sessions, no
+# tools); rmcp has no broadcast trigger for the fan-out.
+applies() { # TARGET WORKLOAD
+    case "$1:$2" in
+        bare:ping) return 0 ;;
+        bare:*) return 1 ;;
+        rmcp:fanout) return 1 ;;
+        *) return 0 ;;
+    esac
+}
+
+# each ROUND WORKLOAD ARGS... : one run per target, targets interleaved so that slow phases of
+# a shared machine hit every server alike.
+each() {
+    local i=$1 workload=$2 target
+    shift 2
+    for target in $TARGETS; do
+        applies "$target" "$workload" && run "$i" "$target" --workload "$workload" "$@"
+    done
+    return 0
+}
+
+START=$(date +%s)
+for i in $(seq "$RUNS"); do
+    echo "== round $i of $RUNS"
+    for n in $PING_SESSIONS; do
+        each "$i" ping --sessions "$n" --connections "$CONNS"
+    done
+    each "$i" call --sessions 64 --connections "$CONNS"
+    each "$i" call --stateless --connections "$CONNS"
+    each "$i" churn --connections "$CONNS"
+    each "$i" stream --sessions 128 --connections 128 --steps "$STREAM_STEPS"
+    each "$i" idle --sessions "$IDLE_SESSIONS" --connections "$CONNS" --settle 0.5
+    each "$i" idle --sessions "$IDLE_SESSIONS" --connections "$CONNS" --settle 0.5 --with-get
+    # Needs a broadcast trigger: the node example's `broadcast` tool.
+    each "$i" fanout --sessions "$FANOUT_STREAMS" --connections "$CONNS" --settle 0.5
+done
+ELAPSED=$(( $(date +%s) - START ))
+
+if grep -q "queue full" "$WORK/node.log" 2>/dev/null; then
+    REGISTRY_DROPS=$(grep -c "queue full" "$WORK/node.log")
+else
+    REGISTRY_DROPS=0
+fi
+# The node's warnings over the whole bench, counted per distinct message (timestamps cut).
+{
+    echo "# count, message (node example stderr at RUST_LOG=warn, whole bench)"
+    sed -E 's/^[0-9T:.-]+Z +//' "$WORK/node.log" 2>/dev/null | sort | uniq -c | sort -rn | head -50
+} >"$OUT/node-warnings.txt"
+
+COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+DIRTY=
+if [ -n "$(git status --porcelain --untracked-files=no -- src examples Cargo.toml Cargo.lock bench 2>/dev/null)" ]; then
+    DIRTY=" (plus uncommitted changes)"
+fi
+python3 "$ROOT/bench/report.py" "$RAW" "$OUT" \
+    --commit "$COMMIT$DIRTY" \
+    --cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
+    --cores "$(nproc)" \
+    --rustc "$(rustc --version)" \
+    --redis "$(redis-server --version | awk '{print $3}')" \
+    --settings "runs=$RUNS, ${SECS}s measured after ${WARMUP}s warm-up, $CONNS connections, server and redis-server on core $SERVER_CORE, generator on core $CLIENT_CORE" \
+    --full-stack "$FULL_STACK" \
+    --registry-drops "$REGISTRY_DROPS" \
+    --elapsed "$ELAPSED"
+echo "== Redis commands during the ping workload (ours-full)"
+cat "$REDIS_TXT"
+echo "== wrote $OUT/results.md, $OUT/chart.svg, $RAW (${ELAPSED}s)"

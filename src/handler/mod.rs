@@ -1,0 +1,287 @@
+//! A small adapter from an async closure over parsed JSON-RPC to the handler service the
+//! transport expects — so examples and simple servers need no web framework.
+//!
+//! It is a convenience, not an MCP framework: the closure sees every method and decides.
+//!
+//! # Example
+//!
+//! ```
+//! use mcp_affinity::handler::{handler_fn, ErrorObject};
+//! use serde_json::json;
+//!
+//! let handler = handler_fn(|req, _cx| async move {
+//!     match req.method.as_str() {
+//!         "ping" => Ok(json!({})),
+//!         "tools/list" => Ok(json!({"tools": []})),
+//!         other => Err(ErrorObject::method_not_found(other)),
+//!     }
+//! });
+//! # let _ = handler;
+//! ```
+
+use std::{
+    convert::Infallible,
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
+use http_body::Body;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::Value;
+use tower_service::Service;
+
+use crate::{
+    BoxError,
+    protocol::{Message, RequestId, codes},
+    session::{RequestContext, Session},
+};
+
+/// A JSON-RPC request or notification as the closure sees it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct HandlerRequest {
+    /// The id (`None` for a notification).
+    pub id: Option<RequestId>,
+    /// The method.
+    pub method: String,
+    /// The params (`Value::Null` when absent).
+    pub params: Value,
+    /// The HTTP request's parts: headers and extensions (e.g. set by an auth layer).
+    pub parts: Parts,
+}
+
+impl HandlerRequest {
+    /// The session (legacy era).
+    pub fn session(&self) -> Option<&Session> {
+        self.parts.extensions.get::<Session>()
+    }
+
+    /// `params._meta.progressToken`, if the client asked for progress notifications.
+    pub fn progress_token(&self) -> Option<&Value> {
+        self.params.get("_meta")?.get("progressToken")
+    }
+}
+
+/// A JSON-RPC error object.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::handler::ErrorObject;
+/// let e = ErrorObject::method_not_found("nope");
+/// assert_eq!(e.code, -32601);
+/// ```
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorObject {
+    /// The code.
+    pub code: i64,
+    /// The message.
+    pub message: String,
+    /// Optional data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl ErrorObject {
+    /// An error with a code and message.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// Adds `data`.
+    #[must_use]
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// `-32601` method not found.
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(
+            codes::METHOD_NOT_FOUND,
+            format!("method not found: {method}"),
+        )
+    }
+
+    /// `-32602` invalid params.
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(codes::INVALID_PARAMS, message)
+    }
+
+    /// `-32603` internal error.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(codes::INTERNAL_ERROR, message)
+    }
+}
+
+impl fmt::Display for ErrorObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for ErrorObject {}
+
+/// Builds a handler service from an async closure; see the [module docs](self).
+pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
+where
+    F: Fn(HandlerRequest, RequestContext) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Value, ErrorObject>> + Send + 'static,
+{
+    HandlerFn { f }
+}
+
+/// The service made by [`handler_fn`].
+#[derive(Clone)]
+pub struct HandlerFn<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for HandlerFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerFn").finish_non_exhaustive()
+    }
+}
+
+/// The future of [`HandlerFn`].
+pub struct HandlerFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<HandlerBody>, Infallible>> + Send>>,
+}
+
+impl fmt::Debug for HandlerFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for HandlerFuture {
+    type Output = Result<Response<HandlerBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// The response body of [`HandlerFn`]: one JSON document.
+pub type HandlerBody = http_body_util::Full<Bytes>;
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    jsonrpc: &'static str,
+    id: &'a RequestId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ErrorObject>,
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<HandlerBody> {
+    let mut res = Response::new(HandlerBody::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+impl<F, Fut, B> Service<Request<B>> for HandlerFn<F>
+where
+    F: Fn(HandlerRequest, RequestContext) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Value, ErrorObject>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<HandlerBody>;
+    type Error = Infallible;
+    type Future = HandlerFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let f = self.f.clone();
+        HandlerFuture {
+            inner: Box::pin(async move {
+                let (mut parts, body) = req.into_parts();
+                let msg = match parts.extensions.remove::<Message>() {
+                    Some(m) => m,
+                    None => {
+                        let bytes = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        match Message::parse(&bytes) {
+                            Ok(m) => m,
+                            Err(_) => {
+                                let e = crate::protocol::error_body(
+                                    None,
+                                    codes::PARSE_ERROR,
+                                    "parse error",
+                                    None,
+                                );
+                                return Ok(json(StatusCode::BAD_REQUEST, e.to_vec()));
+                            }
+                        }
+                    }
+                };
+                let cx = parts.extensions.get::<RequestContext>().cloned();
+                let Some(cx) = cx else {
+                    let e = crate::protocol::error_body(
+                        msg.id(),
+                        codes::INTERNAL_ERROR,
+                        "no transport context",
+                        None,
+                    );
+                    return Ok(json(StatusCode::INTERNAL_SERVER_ERROR, e.to_vec()));
+                };
+                let params = msg
+                    .params()
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or(Value::Null);
+                let request = HandlerRequest {
+                    id: msg.id().cloned(),
+                    method: msg.method().unwrap_or_default().to_owned(),
+                    params,
+                    parts,
+                };
+                let id = request.id.clone();
+                let out = f(request, cx).await;
+                let Some(id) = id else {
+                    let mut res = Response::new(HandlerBody::default());
+                    *res.status_mut() = StatusCode::ACCEPTED;
+                    return Ok(res);
+                };
+                let env = match &out {
+                    Ok(v) => Envelope {
+                        jsonrpc: "2.0",
+                        id: &id,
+                        result: Some(v),
+                        error: None,
+                    },
+                    Err(e) => Envelope {
+                        jsonrpc: "2.0",
+                        id: &id,
+                        result: None,
+                        error: Some(e),
+                    },
+                };
+                Ok(json(
+                    StatusCode::OK,
+                    serde_json::to_vec(&env).unwrap_or_default(),
+                ))
+            }),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Tower layers that run an MCP (Model Context Protocol) server on a cluster of nodes behind
+//! a load balancer — for both protocol eras on one endpoint.
+//!
+//! ```text
+//! request ─► SessionAffinityLayer ─► RedisSessionRegistryLayer ─► SseTransportLayer ─► handler
+//!            scope /mcp, cookie,      register on initialize,       sessions, SSE,       one JSON-RPC
+//!            node tag, misroute hint  404 enrichment, cleanup       DELETE, resumption   message per call
+//! ```
+//!
+//! Legacy clients (MCP ≤ `2025-11-25`) get sessions whose in-process state (streams, pending
+//! server requests, worker tasks) lives on one node, so they are pinned to it; modern
+//! (`2026-07-28`) requests are stateless and pass through.
+//!
+//! - [`transport`]: [`SseTransportLayer`], the Streamable HTTP transport.
+//! - [`session`]: session ids, the [`Session`](session::Session) handle, the per-request
+//!   [`RequestContext`](session::RequestContext).
+//! - [`protocol`]: header names, eras, JSON-RPC parsing and error bodies.
+//! - [`registry`]: [`SessionRegistryLayer`] / `RedisSessionRegistryLayer`, the cluster-wide
+//!   session registry.
+//! - [`handler`]: [`handler_fn`](handler::handler_fn), an async closure as the inner service.
+//!
+//! # Order
+//!
+//! Layers added first see the request first: affinity, then the registry, then the transport.
+//!
+//! # Example
+//!
+//! ```
+//! use mcp_affinity::{handler::handler_fn, SseTransportLayer};
+//! use serde_json::json;
+//!
+//! let service = tower::ServiceBuilder::new()
+//!     .layer(SseTransportLayer::new())
+//!     .service(handler_fn(|_req, _cx| async { Ok(json!({})) }));
+//! # let _ = service;
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod macros;
+
+pub mod affinity;
+pub mod handler;
+pub mod protocol;
+pub mod registry;
+pub mod session;
+pub mod transport;
+
+pub use affinity::{SessionAffinity, SessionAffinityLayer};
+#[cfg(feature = "redis")]
+pub use registry::RedisSessionRegistryLayer;
+pub use registry::{SessionRegistry, SessionRegistryLayer};
+pub use transport::{SseTransport, SseTransportLayer};
+
+/// Boxed error used at body and generic boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

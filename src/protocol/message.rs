@@ -1,0 +1,336 @@
+//! JSON-RPC 2.0 messages as the transport sees them: parsed once, kept cheap.
+
+use std::{fmt, sync::Arc};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A JSON-RPC request id: a number or a string (never `null`).
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::protocol::RequestId;
+///
+/// let id: RequestId = serde_json::from_str("7").unwrap();
+/// assert_eq!(id, RequestId::Number(7));
+/// assert_eq!(serde_json::to_string(&RequestId::from("a")).unwrap(), "\"a\"");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    /// A numeric id.
+    Number(i64),
+    /// A string id.
+    String(Arc<str>),
+}
+
+impl From<&str> for RequestId {
+    fn from(s: &str) -> Self {
+        Self::String(s.into())
+    }
+}
+
+impl From<i64> for RequestId {
+    fn from(n: i64) -> Self {
+        Self::Number(n)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::String(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// What kind of JSON-RPC message a body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A request: `method` and `id`.
+    Request,
+    /// A notification: `method`, no `id`.
+    Notification,
+    /// A response: `id` and `result` or `error`.
+    Response,
+}
+
+/// One parsed JSON-RPC message, as put into request extensions by the transport.
+///
+/// The params stay unparsed ([`RawValue`]) until a handler asks for them.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::protocol::{Message, MessageKind};
+///
+/// let m = Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap();
+/// assert_eq!(m.kind(), MessageKind::Request);
+/// assert_eq!(m.method(), Some("ping"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Message {
+    kind: MessageKind,
+    id: Option<RequestId>,
+    method: Option<Box<str>>,
+    params: Option<Box<RawValue>>,
+    result: Option<Box<RawValue>>,
+    error: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    jsonrpc: Option<Box<RawValue>>,
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Option<RequestId>>,
+    method: Option<Box<str>>,
+    params: Option<Box<RawValue>>,
+    result: Option<Box<RawValue>>,
+    error: Option<Box<RawValue>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<RequestId>>, D::Error> {
+    Option::<RequestId>::deserialize(d).map(Some)
+}
+
+/// Why a body is not one valid JSON-RPC message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not JSON at all (`-32700`).
+    Json,
+    /// JSON, but not a JSON-RPC 2.0 message (`-32600`).
+    Invalid(&'static str),
+}
+
+impl Message {
+    /// Parses one JSON-RPC 2.0 message from a JSON object.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
+        let wire: Wire = match serde_json::from_slice(bytes) {
+            Ok(w) => w,
+            Err(e) if e.is_data() => return Err(ParseError::Invalid("not a JSON-RPC 2.0 message")),
+            Err(_) => return Err(ParseError::Json),
+        };
+        Self::from_wire(wire)
+    }
+
+    /// Parses a JSON-RPC 2.0 message from an already parsed value (a batch element).
+    pub(crate) fn from_value(value: &RawValue) -> Result<Self, ParseError> {
+        let wire: Wire = serde_json::from_str(value.get())
+            .map_err(|_| ParseError::Invalid("not a JSON-RPC 2.0 message"))?;
+        Self::from_wire(wire)
+    }
+
+    fn from_wire(w: Wire) -> Result<Self, ParseError> {
+        if w.jsonrpc.as_deref().map(RawValue::get) != Some("\"2.0\"") {
+            return Err(ParseError::Invalid("jsonrpc must be \"2.0\""));
+        }
+        let id = match w.id {
+            Some(None) => return Err(ParseError::Invalid("id must not be null")),
+            Some(Some(id)) => Some(id),
+            None => None,
+        };
+        let kind = match (&w.method, &id, w.result.is_some() || w.error.is_some()) {
+            (Some(_), Some(_), false) => MessageKind::Request,
+            (Some(_), None, false) => MessageKind::Notification,
+            (None, Some(_), true) if w.result.is_some() != w.error.is_some() => {
+                MessageKind::Response
+            }
+            _ => {
+                return Err(ParseError::Invalid(
+                    "not a request, notification or response",
+                ));
+            }
+        };
+        Ok(Self {
+            kind,
+            id,
+            method: w.method,
+            params: w.params,
+            result: w.result,
+            error: w.error,
+        })
+    }
+
+    /// Request, notification or response.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
+    /// The id of a request or response.
+    pub fn id(&self) -> Option<&RequestId> {
+        self.id.as_ref()
+    }
+
+    /// The method of a request or notification.
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// The raw params, if any.
+    pub fn params(&self) -> Option<&RawValue> {
+        self.params.as_deref()
+    }
+
+    /// The raw `result` of a response.
+    pub fn result(&self) -> Option<&RawValue> {
+        self.result.as_deref()
+    }
+
+    /// The raw `error` of a response.
+    pub fn error(&self) -> Option<&RawValue> {
+        self.error.as_deref()
+    }
+
+    /// Peeks at the fields of `params` the transport needs (never fails; absent on bad JSON).
+    pub(crate) fn peek_params(&self) -> ParamsPeek {
+        self.params
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The fields of `params` the transport looks at.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ParamsPeek {
+    #[serde(rename = "_meta")]
+    pub(crate) meta: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(rename = "protocolVersion")]
+    pub(crate) protocol_version: Option<serde_json::Value>,
+    pub(crate) name: Option<serde_json::Value>,
+    pub(crate) uri: Option<serde_json::Value>,
+    #[serde(rename = "taskId")]
+    pub(crate) task_id: Option<serde_json::Value>,
+    #[serde(rename = "requestId")]
+    pub(crate) request_id: Option<RequestId>,
+    #[serde(rename = "clientInfo")]
+    pub(crate) client_info: Option<serde_json::Value>,
+    pub(crate) capabilities: Option<serde_json::Value>,
+}
+
+/// The body of a POST: one message or a batch.
+#[derive(Debug)]
+pub(crate) enum Body {
+    Single(Message),
+    #[allow(dead_code)]
+    Batch(Vec<Message>),
+}
+
+/// Parses a POST body: one message, or a batch (an array of messages).
+pub(crate) fn parse_body(bytes: &Bytes) -> Result<Body, ParseError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let items: Vec<Box<RawValue>> =
+            serde_json::from_slice(bytes).map_err(|_| ParseError::Json)?;
+        if items.is_empty() {
+            return Err(ParseError::Invalid("empty batch"));
+        }
+        let msgs = items
+            .iter()
+            .map(|v| Message::from_value(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Body::Batch(msgs))
+    } else {
+        Message::parse(bytes).map(Body::Single)
+    }
+}
+
+/// Peeks at a JSON-RPC response body: the error code if it is an error response.
+pub(crate) fn peek_error_code(bytes: &[u8]) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct E {
+        code: i64,
+    }
+    #[derive(Deserialize)]
+    struct R {
+        error: Option<E>,
+    }
+    serde_json::from_slice::<R>(bytes)
+        .ok()?
+        .error
+        .map(|e| e.code)
+}
+
+/// Peeks at a JSON-RPC response: whether it is a success, and the protocolVersion of an
+/// `InitializeResult`.
+pub(crate) fn peek_initialize_result(bytes: &[u8]) -> Option<Option<String>> {
+    #[derive(Deserialize)]
+    struct Res {
+        #[serde(rename = "protocolVersion")]
+        protocol_version: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct R {
+        result: Option<Res>,
+    }
+    let r: R = serde_json::from_slice(bytes).ok()?;
+    r.result.map(|res| res.protocol_version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        let n =
+            Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert_eq!(n.kind(), MessageKind::Notification);
+        let r = Message::parse(br#"{"jsonrpc":"2.0","id":"x","result":{}}"#).unwrap();
+        assert_eq!(r.kind(), MessageKind::Response);
+        assert_eq!(r.id(), Some(&RequestId::from("x")));
+    }
+
+    #[test]
+    fn rejects() {
+        assert_eq!(Message::parse(b"{").unwrap_err(), ParseError::Json);
+        assert!(matches!(
+            Message::parse(br#"{"id":1,"method":"a"}"#),
+            Err(ParseError::Invalid(_))
+        ));
+        assert!(matches!(
+            Message::parse(br#"{"jsonrpc":"2.0","id":null,"method":"a"}"#),
+            Err(ParseError::Invalid(_))
+        ));
+        assert!(matches!(
+            Message::parse(br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#),
+            Err(ParseError::Invalid(_))
+        ));
+        assert!(matches!(Message::parse(b"[]"), Err(ParseError::Invalid(_))));
+        assert!(matches!(Message::parse(b"42"), Err(ParseError::Invalid(_))));
+    }
+
+    #[test]
+    fn batch() {
+        let b = Bytes::from_static(
+            br#" [{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","id":2,"method":"b"}]"#,
+        );
+        assert!(matches!(parse_body(&b), Ok(Body::Batch(v)) if v.len() == 2));
+        assert!(parse_body(&Bytes::from_static(b"[]")).is_err());
+    }
+
+    #[test]
+    fn peeks() {
+        assert_eq!(
+            peek_error_code(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"x"}}"#),
+            Some(-32601)
+        );
+        assert_eq!(
+            peek_error_code(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+            None
+        );
+        assert_eq!(
+            peek_initialize_result(
+                br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25"}}"#
+            ),
+            Some(Some("2025-11-25".into()))
+        );
+        assert_eq!(
+            peek_initialize_result(br#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":""}}"#),
+            None
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! Wire facts shared by every layer: header names, protocol revisions and eras, JSON-RPC
+//! parsing and the error responses the layers send.
+//!
+//! # Example
+//!
+//! ```
+//! use mcp_affinity::protocol::{headers, Message, ProtocolVersion};
+//!
+//! assert_eq!(headers::MCP_SESSION_ID, "mcp-session-id");
+//! let msg = Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).unwrap();
+//! assert_eq!(msg.method(), Some("tools/list"));
+//! assert!(ProtocolVersion::parse("2025-06-18").is_some());
+//! ```
+
+mod classify;
+mod error;
+mod message;
+mod version;
+
+pub(crate) use classify::{REMOVED_IN_MODERN, classify_post, header_version};
+pub use error::{Rejection, codes, error_body};
+pub(crate) use message::{Body, ParamsPeek, parse_body, peek_error_code, peek_initialize_result};
+pub use message::{Message, MessageKind, ParseError, RequestId};
+pub(crate) use version::is_modern_string;
+pub use version::{Era, ProtocolVersion};
+
+/// Header names used by MCP Streamable HTTP (lower case, as `http` stores them).
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::protocol::headers;
+/// let mut req = http::Request::new(());
+/// req.headers_mut().insert(headers::MCP_PROTOCOL_VERSION, "2025-11-25".parse().unwrap());
+/// ```
+pub mod headers {
+    use http::HeaderName;
+
+    /// `Mcp-Session-Id`: the legacy session id, minted on the `initialize` response.
+    pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+    /// `MCP-Protocol-Version`.
+    pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+    /// `Mcp-Method` (modern era): mirrors the body's `method`.
+    pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+    /// `Mcp-Name` (modern era): mirrors `params.name`, `params.uri` or `params.taskId`.
+    pub const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+    /// `Last-Event-ID`: SSE resumption (legacy era).
+    pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+    /// `X-Accel-Buffering`: tells nginx-style proxies not to buffer SSE.
+    pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+}

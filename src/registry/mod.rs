@@ -1,0 +1,84 @@
+//! The cluster-wide session registry (ADR-0066): which legacy sessions exist and which node
+//! holds them, so a request that reaches the wrong node gets a useful `404`, and records are
+//! cleaned up on every close.
+//!
+//! What it does, reading only HTTP:
+//!
+//! - **Register.** A successful response that mints an `Mcp-Session-Id` (a legacy
+//!   `initialize`) writes `mcp:session:{<id>}` = `{"n":<node>,"i":<incarnation>,"c":<unix s>}`
+//!   with a 30-day TTL (`SET … NX EX`), in the background (fail-open) or before answering
+//!   (fail-closed). Long-lived sessions get the TTL refreshed once half of it has passed.
+//! - **Happy path.** A request for a session this node holds never touches the store.
+//! - **Misroutes.** When the inner service answers `404` for a session id, the registry looks
+//!   the id up: owned by another node → *misrouted* (`warn!` with owner and here), owned by this
+//!   node's previous process → *node restarted*, absent → *unknown*. All three are `404` with a
+//!   JSON-RPC error (`-32001`, `data.reason`) telling the client to re-initialize; the
+//!   [`SessionLookup`] response extension and the counters tell them apart. The body never
+//!   names another node.
+//! - **Cleanup.** `DELETE` removes the record whatever the inner service answered (the session
+//!   may live on another node or in a previous process); every other close of a session of
+//!   this crate's transport (idle expiry, shutdown, [`Session::close`](crate::session::Session::close))
+//!   removes it if this node still owns it (compare-and-delete). Writes go through ordered,
+//!   bounded queues retried with backoff and jitter, so they survive a client hanging up and a
+//!   store outage; [`RegistryHandle::flush`] drains them on shutdown. A node that restarts under
+//!   the same name removes its previous process's records shortly after start.
+//! - **Store down.** Existing sessions are unaffected, new ones are served (fail-open), the
+//!   `404` path answers *unknown*. A store error never becomes a `500`.
+//! - **Modern era.** `2026-07-28` requests pass through untouched.
+//!
+//! Stores: [`MemoryStore`] (embedded default: one process, several nodes may share it) and,
+//! with the `redis` feature (on by default), [`RedisStore`] (single server or Redis Cluster
+//! with `redis-cluster`).
+//!
+//! # Example
+//!
+//! ```
+//! use mcp_affinity::{handler::handler_fn, registry::{MemoryStore, SessionRegistryLayer}, SseTransportLayer};
+//! use serde_json::json;
+//!
+//! let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().unwrap();
+//! let service = tower::ServiceBuilder::new()
+//!     .layer(registry)
+//!     .layer(SseTransportLayer::new())
+//!     .service(handler_fn(|_req, _cx| async { Ok(json!({})) }));
+//! # let _ = service;
+//! ```
+//!
+//! With Redis:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use mcp_affinity::registry::{RedisSessionRegistryLayer, RedisStore};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStore::builder("redis://127.0.0.1:6379")
+//!     .with_command_timeout(Duration::from_millis(200))
+//!     .build_lazy()?;
+//! let registry: RedisSessionRegistryLayer = RedisSessionRegistryLayer::new(store, "node-a")
+//!     .with_ttl(Duration::from_secs(7 * 24 * 3600))
+//!     .build()?;
+//! # let _ = registry;
+//! # Ok(())
+//! # }
+//! ```
+
+mod body;
+mod future;
+mod layer;
+mod queue;
+mod service;
+mod stats;
+pub mod store;
+
+pub use body::ResponseBody;
+pub use future::{ResponseFuture, SessionLookup};
+pub use layer::{ConfigError, DEFAULT_TTL, RegistryHandle, SessionRegistryLayer};
+pub use service::SessionRegistry;
+pub use stats::RegistryStats;
+pub use store::{MemoryStore, Ownership, RecordKey, RegistryStore, SessionRecord, StoreError};
+#[cfg(feature = "redis")]
+pub use store::{RedisStore, RedisStoreBuilder};
+
+/// The Redis-backed registry layer named by ADR-0066.
+#[cfg(feature = "redis")]
+pub type RedisSessionRegistryLayer = SessionRegistryLayer<RedisStore>;

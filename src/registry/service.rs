@@ -1,0 +1,98 @@
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Method, Request, Response};
+use tower_service::Service;
+
+use super::{RegistryStore, ResponseFuture, queue::Core, queue::OpKind};
+use crate::{protocol::headers, session::SessionId};
+
+/// The registry service. See [`SessionRegistryLayer`](super::SessionRegistryLayer) and the
+/// [module docs](crate::registry).
+pub struct SessionRegistry<S, R> {
+    inner: S,
+    core: Arc<Core<R>>,
+}
+
+impl<S: Clone, R> Clone for SessionRegistry<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            core: self.core.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, R> std::fmt::Debug for SessionRegistry<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRegistry")
+            .field("inner", &self.inner)
+            .field("node", &self.core.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R> SessionRegistry<S, R> {
+    pub(crate) fn from_core(inner: S, core: Arc<Core<R>>) -> Self {
+        Self { inner, core }
+    }
+
+    crate::macros::define_inner_service_accessors!();
+}
+
+/// What the future needs to know about the request.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    /// The session id the request carried (valid ids only).
+    pub(crate) sid: Option<Arc<str>>,
+    pub(crate) delete: bool,
+}
+
+/// Whether the request is of the modern (stateless) era, from the header alone.
+fn is_modern(req_headers: &http::HeaderMap) -> bool {
+    req_headers
+        .get(headers::MCP_PROTOCOL_VERSION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::protocol::is_modern_string)
+}
+
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for SessionRegistry<S, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: RegistryStore,
+{
+    type Response = Response<super::ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, R>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        self.core.start();
+        let sid: Option<Arc<str>> = req
+            .headers()
+            .get(headers::MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| SessionId::is_valid(s))
+            .map(Into::into);
+        let delete = req.method() == Method::DELETE;
+        if let (true, Some(sid)) = (delete, &sid) {
+            // ADR-0066: the record goes whatever the local close returns (the session may live on
+            // another node or in a previous process). Enqueued now, so a client that hangs up
+            // mid-request cannot cancel it.
+            self.core.forget(sid);
+            self.core.enqueue(sid, OpKind::Remove);
+            tracing::debug!(session = %crate::session::Fingerprint::of(sid), "session record removal queued (DELETE)");
+        }
+        if !delete && is_modern(req.headers()) {
+            return ResponseFuture::passthrough(self.inner.call(req));
+        }
+        let fut = self.inner.call(req);
+        ResponseFuture::new(fut, self.core.clone(), Ctx { sid, delete })
+    }
+}

@@ -1,0 +1,78 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one registry (shared by every clone of the layer).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) registered: AtomicU64,
+    pub(crate) removed: AtomicU64,
+    pub(crate) refreshed: AtomicU64,
+    pub(crate) misroutes: AtomicU64,
+    pub(crate) unknown: AtomicU64,
+    pub(crate) node_restarted: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) dropped_ops: AtomicU64,
+    pub(crate) stale_removed: AtomicU64,
+    pub(crate) refused: AtomicU64,
+}
+
+/// A snapshot of a registry's counters.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+///
+/// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().unwrap();
+/// let stats = layer.handle().stats();
+/// assert_eq!(stats.registered, 0);
+/// assert_eq!(stats.cleanup_pending, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegistryStats {
+    /// Records written for new sessions.
+    pub registered: u64,
+    /// Records removed (DELETE, close hooks, 404s of sessions this node had).
+    pub removed: u64,
+    /// TTL refreshes of long-lived sessions.
+    pub refreshed: u64,
+    /// 404s for sessions owned by another node.
+    pub misroutes: u64,
+    /// 404s for sessions not in the registry (or while it was unreachable).
+    pub unknown: u64,
+    /// 404s for sessions of this node's previous incarnation.
+    pub node_restarted: u64,
+    /// Store operations still queued (waiting or being retried).
+    pub cleanup_pending: u64,
+    /// Store errors seen (each failed attempt counts).
+    pub store_errors: u64,
+    /// Retried store operations.
+    pub retries: u64,
+    /// Operations dropped because a queue was full (their records expire by TTL).
+    pub dropped_ops: u64,
+    /// Records of previous incarnations removed at start.
+    pub stale_removed: u64,
+    /// `initialize` requests refused with `503` in fail-closed mode.
+    pub refused: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, pending: u64) -> RegistryStats {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RegistryStats {
+            registered: r(&self.registered),
+            removed: r(&self.removed),
+            refreshed: r(&self.refreshed),
+            misroutes: r(&self.misroutes),
+            unknown: r(&self.unknown),
+            node_restarted: r(&self.node_restarted),
+            cleanup_pending: pending,
+            store_errors: r(&self.store_errors),
+            retries: r(&self.retries),
+            dropped_ops: r(&self.dropped_ops),
+            stale_removed: r(&self.stale_removed),
+            refused: r(&self.refused),
+        }
+    }
+}

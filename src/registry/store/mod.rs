@@ -1,0 +1,851 @@
+//! Storage backends of the session registry.
+//!
+//! The registry keeps one small record per live legacy-era session: which node owns it, which
+//! incarnation (process start) of that node created it, and when. The record is written once when
+//! the session is created, read only when a request names a session the local node does not know,
+//! and deleted when the session closes. [`RegistryStore`] is the storage contract; two backends
+//! implement it:
+//!
+//! - [`MemoryStore`]: in-process, the embedded default. Clones share one map, so several nodes
+//!   running in one process (tests, demos) see each other's sessions.
+//! - `RedisStore` (feature `redis`, on by default): a Redis server or, with feature
+//!   `redis-cluster`, a Redis Cluster. It connects lazily if asked to, reconnects on its own and
+//!   bounds every command with a short timeout.
+//!
+//! # Records and keys
+//!
+//! A [`SessionRecord`] is stored as compact JSON, `{"n":"<node>","i":"<incarnation>","c":<created
+//! at, unix seconds>}`. [`RecordKey`] builds the Redis keys; with the default prefix a session's
+//! key is `mcp:session:{<id>}`. The braces are part of the key: they are the Redis Cluster hash tag,
+//! so every key of one session lands in the same slot. See the `RedisStore` docs for every key it
+//! writes.
+//!
+//! # Time to live
+//!
+//! Every record has a time to live, so a record that no cleanup path removed (a crashed node, a
+//! client that never sent DELETE) still disappears. Stores count TTLs in whole seconds: a
+//! duration is rounded up, and anything shorter than one second counts as one second.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use mcp_affinity::registry::{MemoryStore, RegistryStore, SessionRecord};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+//! let store = MemoryStore::new();
+//! let record = SessionRecord::new("node-a", "7f3a");
+//! let ttl = Duration::from_secs(30 * 24 * 60 * 60);
+//!
+//! assert!(store.register("s1", &record, ttl).await?);
+//! assert_eq!(store.lookup("s1").await?.map(|r| r.node), Some("node-a".to_owned()));
+//! // Only the owner removes its record on close ...
+//! assert!(!store.remove_if_owned("s1", "node-b", "0001").await?);
+//! assert!(store.remove_if_owned("s1", "node-a", "7f3a").await?);
+//! assert_eq!(store.lookup("s1").await?, None);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Writing a store
+//!
+//! Any type implementing [`RegistryStore`] can back the registry. Report failures with the
+//! [`StoreError`] constructors so the layer can tell an outage from a bad record:
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::Mutex;
+//! use std::time::Duration;
+//! use mcp_affinity::registry::{RegistryStore, SessionRecord, StoreError};
+//!
+//! /// A store without expiry, for illustration only.
+//! #[derive(Debug, Default)]
+//! struct NaiveStore(Mutex<HashMap<String, SessionRecord>>);
+//!
+//! impl NaiveStore {
+//!     fn map(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, SessionRecord>>, StoreError> {
+//!         self.0.lock().map_err(|_| StoreError::unavailable("lock poisoned"))
+//!     }
+//! }
+//!
+//! impl RegistryStore for NaiveStore {
+//!     async fn register(&self, id: &str, record: &SessionRecord, _ttl: Duration) -> Result<bool, StoreError> {
+//!         let mut map = self.map()?;
+//!         match map.get(id) {
+//!             Some(existing) => Ok(existing == record),
+//!             None => {
+//!                 map.insert(id.to_owned(), record.clone());
+//!                 Ok(true)
+//!             }
+//!         }
+//!     }
+//!     async fn lookup(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+//!         Ok(self.map()?.get(id).cloned())
+//!     }
+//!     async fn remove(&self, id: &str) -> Result<bool, StoreError> {
+//!         Ok(self.map()?.remove(id).is_some())
+//!     }
+//!     async fn remove_if_owned(&self, id: &str, node: &str, incarnation: &str) -> Result<bool, StoreError> {
+//!         let mut map = self.map()?;
+//!         if map.get(id).is_some_and(|r| r.is_owned_by(node, incarnation)) {
+//!             map.remove(id);
+//!             return Ok(true);
+//!         }
+//!         Ok(false)
+//!     }
+//!     async fn refresh(&self, id: &str, _ttl: Duration) -> Result<bool, StoreError> {
+//!         Ok(self.map()?.contains_key(id))
+//!     }
+//!     async fn remove_stale(&self, node: &str, current: &str, _batch: usize) -> Result<usize, StoreError> {
+//!         let mut map = self.map()?;
+//!         let before = map.len();
+//!         map.retain(|_, r| r.node != node || r.incarnation == current);
+//!         Ok(before - map.len())
+//!     }
+//!     async fn ping(&self) -> Result<(), StoreError> {
+//!         self.map().map(drop)
+//!     }
+//! }
+//! ```
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use memory::MemoryStore;
+
+use crate::BoxError;
+
+/// The registry's record of one session: who owns it and since when.
+///
+/// Serialized as compact JSON with one-letter field names, because one record is stored per
+/// session for up to the whole TTL:
+///
+/// | field | JSON name | meaning |
+/// |---|---|---|
+/// | [`node`](Self::node) | `n` | the node that owns the session (its in-process state lives there) |
+/// | [`incarnation`](Self::incarnation) | `i` | the owning node's incarnation: an id that changes every time the node's process starts |
+/// | [`created_at`](Self::created_at) | `c` | when the session was created, unix seconds |
+///
+/// Unknown JSON fields are ignored when reading, so records written by a later version still
+/// parse.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::registry::{Ownership, SessionRecord};
+///
+/// let record = SessionRecord::new("node-a", "7f3a").with_created_at(1_767_225_600);
+/// assert_eq!(record.to_json(), r#"{"n":"node-a","i":"7f3a","c":1767225600}"#);
+/// assert_eq!(SessionRecord::from_json(&record.to_json()).ok(), Some(record.clone()));
+/// assert_eq!(record.ownership("node-a", "0001"), Ownership::PreviousIncarnation);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SessionRecord {
+    /// The node that owns the session. JSON field `n`.
+    #[serde(rename = "n")]
+    pub node: String,
+    /// The incarnation of the owning node that created the session. JSON field `i`.
+    #[serde(rename = "i")]
+    pub incarnation: String,
+    /// Creation time, in seconds since the Unix epoch. JSON field `c`.
+    #[serde(rename = "c")]
+    pub created_at: u64,
+}
+
+impl SessionRecord {
+    /// A record owned by `node` in its `incarnation`, created now (system clock).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::SessionRecord;
+    ///
+    /// let record = SessionRecord::new("node-a", "7f3a");
+    /// assert_eq!(record.node, "node-a");
+    /// assert!(record.created_at > 0);
+    /// ```
+    pub fn new(node: impl Into<String>, incarnation: impl Into<String>) -> Self {
+        let created_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        Self {
+            node: node.into(),
+            incarnation: incarnation.into(),
+            created_at,
+        }
+    }
+
+    /// Replaces the creation time (unix seconds).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::SessionRecord;
+    ///
+    /// let record = SessionRecord::new("node-a", "7f3a").with_created_at(42);
+    /// assert_eq!(record.created_at, 42);
+    /// ```
+    #[must_use]
+    pub fn with_created_at(mut self, unix_seconds: u64) -> Self {
+        self.created_at = unix_seconds;
+        self
+    }
+
+    /// Whether the record belongs to `node` in exactly this `incarnation`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::SessionRecord;
+    ///
+    /// let record = SessionRecord::new("node-a", "7f3a");
+    /// assert!(record.is_owned_by("node-a", "7f3a"));
+    /// assert!(!record.is_owned_by("node-a", "0001"));
+    /// ```
+    #[must_use]
+    pub fn is_owned_by(&self, node: &str, incarnation: &str) -> bool {
+        self.node == node && self.incarnation == incarnation
+    }
+
+    /// How the record relates to the node asking: `node` in its current `incarnation`.
+    ///
+    /// This is what tells a misrouted request ([`Ownership::OtherNode`]) from one for a session
+    /// this node's previous process created ([`Ownership::PreviousIncarnation`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{Ownership, SessionRecord};
+    ///
+    /// let record = SessionRecord::new("node-a", "7f3a");
+    /// assert_eq!(record.ownership("node-a", "7f3a"), Ownership::Current);
+    /// assert_eq!(record.ownership("node-a", "0001"), Ownership::PreviousIncarnation);
+    /// assert_eq!(record.ownership("node-b", "7f3a"), Ownership::OtherNode);
+    /// ```
+    #[must_use]
+    pub fn ownership(&self, node: &str, incarnation: &str) -> Ownership {
+        if self.node != node {
+            Ownership::OtherNode
+        } else if self.incarnation == incarnation {
+            Ownership::Current
+        } else {
+            Ownership::PreviousIncarnation
+        }
+    }
+
+    /// The record's JSON form, as stored.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::SessionRecord;
+    ///
+    /// let json = SessionRecord::new("a", "b").with_created_at(1).to_json();
+    /// assert_eq!(json, r#"{"n":"a","i":"b","c":1}"#);
+    /// ```
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of two strings and an integer cannot fail; the fallback keeps
+        // this function total without a panic path.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses a stored record.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] for which [`StoreError::is_invalid_record`] is true if `json` is not a
+    /// record.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::SessionRecord;
+    ///
+    /// let record = SessionRecord::from_json(r#"{"n":"a","i":"b","c":1,"future":true}"#)?;
+    /// assert_eq!(record.node, "a");
+    /// assert!(SessionRecord::from_json("not json").unwrap_err().is_invalid_record());
+    /// # Ok::<(), mcp_affinity::registry::StoreError>(())
+    /// ```
+    pub fn from_json(json: &str) -> Result<Self, StoreError> {
+        serde_json::from_str(json).map_err(StoreError::invalid_record)
+    }
+}
+
+/// How a [`SessionRecord`] relates to the node that reads it. See [`SessionRecord::ownership`].
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::registry::{Ownership, SessionRecord};
+///
+/// let record = SessionRecord::new("node-b", "1");
+/// match record.ownership("node-a", "1") {
+///     Ownership::OtherNode => { /* misrouted: the session lives on node-b */ }
+///     Ownership::PreviousIncarnation => { /* this node restarted since */ }
+///     Ownership::Current => { /* ours */ }
+///     _ => {}
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Ownership {
+    /// Owned by the asking node in its current incarnation.
+    Current,
+    /// Owned by the asking node, but created by an earlier process of it.
+    PreviousIncarnation,
+    /// Owned by another node.
+    OtherNode,
+}
+
+/// Builds the Redis keys of the registry from a prefix.
+///
+/// | key | built by | with the default prefix |
+/// |---|---|---|
+/// | a session's record | [`session`](Self::session) | `mcp:session:{<id>}` |
+/// | a node's session index | [`node_index`](Self::node_index) | `mcp:session:node:{<node>}` |
+///
+/// The braces are part of every key: they are the Redis Cluster hash tag. Each command of the
+/// registry touches exactly one key, so the registry works on a cluster without cross-slot
+/// errors. A session key always has `{` right after the prefix and an index key always has
+/// `node:{`, so the two kinds never collide; `SCAN MATCH mcp:session:{*` lists sessions only.
+///
+/// The prefix should not contain `{` or `}`: a brace in the prefix would become the hash tag of
+/// every key and put all sessions in one cluster slot. `RedisStoreBuilder` rejects such a
+/// prefix.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::registry::RecordKey;
+///
+/// let keys = RecordKey::default();
+/// assert_eq!(keys.session("abc"), "mcp:session:{abc}");
+/// assert_eq!(keys.node_index("node-a"), "mcp:session:node:{node-a}");
+/// assert_eq!(RecordKey::new("app1:sess:").session("abc"), "app1:sess:{abc}");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordKey {
+    prefix: String,
+}
+
+impl RecordKey {
+    /// The default key prefix, `mcp:session:`.
+    pub const DEFAULT_PREFIX: &'static str = "mcp:session:";
+
+    /// Keys under `prefix`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RecordKey;
+    ///
+    /// assert_eq!(RecordKey::new("x:").prefix(), "x:");
+    /// ```
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RecordKey;
+    ///
+    /// assert_eq!(RecordKey::default().prefix(), "mcp:session:");
+    /// ```
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key of session `id`'s record: `{prefix}{<id>}`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RecordKey;
+    ///
+    /// assert_eq!(RecordKey::default().session("n1.Zx9"), "mcp:session:{n1.Zx9}");
+    /// ```
+    #[must_use]
+    pub fn session(&self, id: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + id.len() + 2);
+        key.push_str(&self.prefix);
+        key.push('{');
+        key.push_str(id);
+        key.push('}');
+        key
+    }
+
+    /// The key of `node`'s session index: `{prefix}node:{<node>}`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RecordKey;
+    ///
+    /// assert_eq!(RecordKey::default().node_index("n1"), "mcp:session:node:{n1}");
+    /// ```
+    #[must_use]
+    pub fn node_index(&self, node: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + node.len() + 7);
+        key.push_str(&self.prefix);
+        key.push_str("node:{");
+        key.push_str(node);
+        key.push('}');
+        key
+    }
+}
+
+impl Default for RecordKey {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_PREFIX)
+    }
+}
+
+/// Storage for the session registry.
+///
+/// Implemented by [`MemoryStore`] and `RedisStore`. Every method takes `&self` and returns a
+/// `Send` future, so one store can be shared (in an `Arc` or by cloning) by every request. The
+/// layer never calls a store on the happy path of a request; see the
+/// [module docs](crate::registry) for when it does.
+///
+/// # Semantics every implementation keeps
+///
+/// - TTLs are whole seconds, rounded up, at least one second.
+/// - An expired record behaves exactly like an absent one.
+/// - [`register`](Self::register) is idempotent: repeating it with an identical record (same
+///   node, incarnation and creation time) succeeds and resets the TTL, so a write retried after
+///   a timeout cannot be mistaken for a collision.
+/// - After an error, in particular a timeout, the operation may or may not have taken effect.
+///
+/// # Example
+///
+/// Code generic over the store, as the registry layer is:
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::registry::{MemoryStore, RegistryStore, SessionRecord, StoreError};
+///
+/// async fn close<S: RegistryStore>(store: &S, id: &str) -> Result<bool, StoreError> {
+///     store.remove_if_owned(id, "node-a", "7f3a").await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), StoreError> {
+/// let store = MemoryStore::new();
+/// store.register("s1", &SessionRecord::new("node-a", "7f3a"), Duration::from_secs(60)).await?;
+/// assert!(close(&store, "s1").await?);
+/// # Ok(())
+/// # }
+/// ```
+pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
+    /// Stores `record` for session `id` with a time to live, unless a record exists.
+    ///
+    /// Redis: `SET key value NX EX ttl`. Returns `Ok(true)` if the record is now stored: no
+    /// (unexpired) record existed, or an identical one did (then its TTL is reset to `ttl`).
+    /// Returns `Ok(false)` if a different record exists under `id`; it is left untouched.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed or did not answer in time.
+    fn register(
+        &self,
+        id: &str,
+        record: &SessionRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The record of session `id`, if one exists and has not expired.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed, did not answer in time, or holds something under the
+    /// key that is not a record ([`StoreError::is_invalid_record`]).
+    fn lookup(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    /// Removes the record of session `id`, whoever owns it.
+    ///
+    /// This is the DELETE rule of the registry: a client that ends its session cleans up the
+    /// record even when the session lives on another node or in a previous process. Every other
+    /// close path uses [`remove_if_owned`](Self::remove_if_owned). Returns whether a record
+    /// existed.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed or did not answer in time.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes the record of session `id` only if `node` in `incarnation` owns it.
+    ///
+    /// Atomic compare-and-delete: a node never removes a record another node (or another
+    /// incarnation of itself) wrote meanwhile. Returns whether the record was removed.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed or did not answer in time.
+    fn remove_if_owned(
+        &self,
+        id: &str,
+        node: &str,
+        incarnation: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Resets the time to live of session `id`'s record to `ttl`. Redis: `EXPIRE`.
+    ///
+    /// Returns whether a record existed.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed or did not answer in time.
+    fn refresh(
+        &self,
+        id: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes the records `node` owns from incarnations other than `current_incarnation`.
+    ///
+    /// A node that restarts under the same name calls this to clean up what its previous process
+    /// left behind. Records of other nodes and of the current incarnation stay. `batch` bounds
+    /// the work done per round trip (Redis: the index page size and the number of concurrent
+    /// compare-and-delete calls, from 1 to 1024). Returns how many records were removed.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed or did not answer in time. Records removed before
+    /// the failure stay removed, and calling again continues the work.
+    fn remove_stale(
+        &self,
+        node: &str,
+        current_incarnation: &str,
+        batch: usize,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Checks that the store answers.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed or did not answer in time.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl<S: RegistryStore> RegistryStore for Arc<S> {
+    fn register(
+        &self,
+        id: &str,
+        record: &SessionRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        S::register(self, id, record, ttl)
+    }
+
+    fn lookup(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send {
+        S::lookup(self, id)
+    }
+
+    fn remove(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        S::remove(self, id)
+    }
+
+    fn remove_if_owned(
+        &self,
+        id: &str,
+        node: &str,
+        incarnation: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        S::remove_if_owned(self, id, node, incarnation)
+    }
+
+    fn refresh(
+        &self,
+        id: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        S::refresh(self, id, ttl)
+    }
+
+    fn remove_stale(
+        &self,
+        node: &str,
+        current_incarnation: &str,
+        batch: usize,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        S::remove_stale(self, node, current_incarnation, batch)
+    }
+
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        S::ping(self)
+    }
+}
+
+/// A TTL in whole seconds: rounded up, at least one.
+pub(crate) fn ttl_seconds(ttl: Duration) -> u64 {
+    let rounded = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+    rounded.max(1)
+}
+
+/// An error from a [`RegistryStore`].
+///
+/// Opaque: ask it what happened with the `is_*` methods and walk [`Error::source`] for the
+/// cause. The registry layer treats every store error as "registry unavailable" and keeps
+/// serving (fail-open) unless configured otherwise.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::registry::StoreError;
+///
+/// let err = StoreError::timeout();
+/// assert!(err.is_timeout());
+/// assert_eq!(err.to_string(), "registry store timed out");
+///
+/// let err = StoreError::unavailable(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+/// assert!(err.is_unavailable());
+/// assert!(std::error::Error::source(&err).is_some());
+/// ```
+pub struct StoreError {
+    kind: Kind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Timeout,
+    Unavailable,
+    Backend,
+    InvalidRecord,
+    Config,
+}
+
+impl StoreError {
+    fn with(kind: Kind, source: Option<BoxError>) -> Self {
+        Self { kind, source }
+    }
+
+    /// The store did not answer in time.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::StoreError;
+    ///
+    /// assert!(StoreError::timeout().is_timeout());
+    /// ```
+    #[must_use]
+    pub fn timeout() -> Self {
+        Self::with(Kind::Timeout, None)
+    }
+
+    /// The store cannot be reached: connection refused or dropped, not connected yet, cluster
+    /// down.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::StoreError;
+    ///
+    /// assert!(StoreError::unavailable("connection refused").is_unavailable());
+    /// ```
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        Self::with(Kind::Unavailable, Some(source.into()))
+    }
+
+    /// The store answered with an error, or failed in some other way.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::StoreError;
+    ///
+    /// let err = StoreError::backend("WRONGTYPE");
+    /// assert!(!err.is_timeout() && !err.is_unavailable());
+    /// ```
+    pub fn backend(source: impl Into<BoxError>) -> Self {
+        Self::with(Kind::Backend, Some(source.into()))
+    }
+
+    /// The store holds something under the session's key that is not a [`SessionRecord`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::StoreError;
+    ///
+    /// assert!(StoreError::invalid_record("truncated").is_invalid_record());
+    /// ```
+    pub fn invalid_record(source: impl Into<BoxError>) -> Self {
+        Self::with(Kind::InvalidRecord, Some(source.into()))
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn config(source: impl Into<BoxError>) -> Self {
+        Self::with(Kind::Config, Some(source.into()))
+    }
+
+    /// Whether the store did not answer in time.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::StoreError;
+    ///
+    /// assert!(StoreError::timeout().is_timeout());
+    /// assert!(!StoreError::unavailable("down").is_timeout());
+    /// ```
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        self.kind == Kind::Timeout
+    }
+
+    /// Whether the store could not be reached.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::StoreError;
+    ///
+    /// assert!(StoreError::unavailable("down").is_unavailable());
+    /// assert!(!StoreError::timeout().is_unavailable());
+    /// ```
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == Kind::Unavailable
+    }
+
+    /// Whether the stored value is not a valid [`SessionRecord`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::SessionRecord;
+    ///
+    /// assert!(SessionRecord::from_json("{}").unwrap_err().is_invalid_record());
+    /// ```
+    #[must_use]
+    pub fn is_invalid_record(&self) -> bool {
+        self.kind == Kind::InvalidRecord
+    }
+
+    /// Whether the store was configured wrongly (a bad URL or prefix, no Tokio runtime). Such
+    /// errors come from building a store, never from a later call.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[cfg(feature = "redis")] {
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// let err = RedisStore::builder("redis://127.0.0.1:1/")
+    ///     .with_prefix("bad{prefix}:")
+    ///     .build_lazy()
+    ///     .unwrap_err();
+    /// assert!(err.is_config());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn is_config(&self) -> bool {
+        self.kind == Kind::Config
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("StoreError");
+        d.field("kind", &self.kind);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            Kind::Timeout => "registry store timed out",
+            Kind::Unavailable => "registry store unavailable",
+            Kind::Backend => "registry store failed",
+            Kind::InvalidRecord => "invalid session record",
+            Kind::Config => "invalid registry store configuration",
+        })
+    }
+}
+
+impl Error for StoreError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_rounded_up_to_whole_seconds() {
+        assert_eq!(ttl_seconds(Duration::ZERO), 1);
+        assert_eq!(ttl_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_seconds(Duration::from_secs(30)), 30);
+        assert_eq!(ttl_seconds(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn record_json_is_compact_and_tolerant() {
+        let record = SessionRecord::new("n", "i").with_created_at(7);
+        assert_eq!(record.to_json(), r#"{"n":"n","i":"i","c":7}"#);
+        let parsed = SessionRecord::from_json(r#"{"c":7,"i":"i","n":"n","x":[1]}"#);
+        assert_eq!(parsed.ok(), Some(record));
+        assert!(SessionRecord::from_json(r#"{"n":"n"}"#).is_err());
+        assert!(SessionRecord::from_json(r#"{"n":1,"i":"i","c":7}"#).is_err());
+    }
+
+    #[test]
+    fn error_display_and_source() {
+        let err = StoreError::backend(std::io::Error::other("boom"));
+        assert_eq!(err.to_string(), "registry store failed");
+        assert_eq!(
+            err.source().map(ToString::to_string).as_deref(),
+            Some("boom")
+        );
+        assert!(StoreError::timeout().source().is_none());
+        assert_eq!(
+            StoreError::config("x").to_string(),
+            "invalid registry store configuration"
+        );
+        assert!(StoreError::config("x").is_config());
+    }
+
+    #[test]
+    fn keys_never_collide() {
+        let keys = RecordKey::default();
+        assert_ne!(keys.session("node:{a}"), keys.node_index("a"));
+        assert!(keys.session("x").starts_with("mcp:session:{"));
+    }
+}

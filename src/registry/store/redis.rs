@@ -1,0 +1,926 @@
+//! The Redis registry store (feature `redis`).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script,
+    ServerErrorKind,
+};
+use tokio::task::JoinSet;
+
+use super::{Kind, RecordKey, RegistryStore, SessionRecord, StoreError, ttl_seconds};
+
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Reconnect attempts per reconnect round of the connection manager; a failed round is retried
+/// by the next command.
+const RECONNECT_RETRIES: usize = 6;
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+/// The largest `remove_stale` batch: the index page size and the concurrent calls.
+const MAX_BATCH: usize = 1024;
+/// The longest TTL sent to Redis (ten years); longer ones are capped.
+const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 60 * 60;
+
+/// `KEYS[1]` record key; `ARGV[1]` record JSON, `ARGV[2]` TTL seconds.
+/// 1: stored (absent before, or an identical record whose TTL was reset); 0: another record.
+static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// `KEYS[1]` record key; `ARGV[1]` node, `ARGV[2]` incarnation. 1: deleted; 0: not owned.
+static REMOVE_IF_OWNED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local value = redis.call('GET', KEYS[1])
+if not value then return 0 end
+local ok, record = pcall(cjson.decode, value)
+if ok and type(record) == 'table' and record['n'] == ARGV[1] and record['i'] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// `KEYS[1]` record key; `ARGV[1]` node, `ARGV[2]` current incarnation.
+/// 1: deleted (the node's, another incarnation); 0: kept (current incarnation);
+/// -1: gone or not the node's (drop it from the node's index).
+static REMOVE_IF_STALE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local value = redis.call('GET', KEYS[1])
+if not value then return -1 end
+local ok, record = pcall(cjson.decode, value)
+if not ok or type(record) ~= 'table' or record['n'] ~= ARGV[1] then return -1 end
+if record['i'] == ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+",
+    )
+});
+
+/// `KEYS[1]` record key; `ARGV[1]` TTL seconds. The record's JSON if it exists (TTL reset).
+static REFRESH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXPIRE', KEYS[1], ARGV[1]) == 1 then return redis.call('GET', KEYS[1]) end
+return false
+",
+    )
+});
+
+/// `KEYS[1]` node index; `ARGV[1]` session id, `ARGV[2]` TTL seconds. Scores are the unix time
+/// (server clock) at which the record expires; entries past it are pruned, and the index lives
+/// at least as long as its newest entry.
+static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(redis.call('TIME')[1])
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1
+",
+    )
+});
+
+/// A [`RegistryStore`] backed by Redis: one server, or a Redis Cluster with feature
+/// `redis-cluster`.
+///
+/// # Keys
+///
+/// With the default prefix `mcp:session:` (see [`RecordKey`]) the store writes:
+///
+/// | key | type | content | expiry |
+/// |---|---|---|---|
+/// | `mcp:session:{<id>}` | string | the [`SessionRecord`] as JSON, `{"n":"<node>","i":"<incarnation>","c":<unix seconds>}` | the session TTL |
+/// | `mcp:session:node:{<node>}` | sorted set | ids of the sessions `<node>` registered, scored by their expiry (unix seconds) | as long as its newest entry |
+///
+/// The node index exists so a restarted node can find what its previous process left behind
+/// ([`remove_stale`](RegistryStore::remove_stale)) without scanning the keyspace: the store
+/// never uses `KEYS` or `SCAN`. Every command touches a single key, so the store works on a
+/// Redis Cluster; the braces are the keys' hash tags. The index is best effort: it is written
+/// with separate commands after the record, entries are pruned once expired, and if an index
+/// write fails the record's own TTL still removes it.
+///
+/// Commands: `register`, `remove_if_owned` and `refresh` run small Lua scripts (`EVALSHA`, one
+/// key each); `lookup` is `GET`, `remove` is `GETDEL`, `ping` is `PING`. This needs Redis 6.2 or
+/// later (or Valkey).
+///
+/// TTLs are whole seconds (see [`RegistryStore`]) and capped at ten years.
+///
+/// # Timeouts and outages
+///
+/// Every call is bounded by the command timeout (default 250 ms) and fails with
+/// [`StoreError::is_timeout`] when it runs out, whatever the server or network does. A single
+/// server is reached through an auto-reconnecting connection: when the connection drops, the
+/// failing call reports it ([`StoreError::is_unavailable`]) and a reconnect starts in the
+/// background; later calls succeed once Redis is back. [`RedisStore::lazy`] builds a store
+/// without contacting Redis at all, so a node can start while Redis is down.
+///
+/// Clones share one connection.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use mcp_affinity::registry::{RedisStore, RegistryStore, SessionRecord};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+///     .with_prefix("app1:mcp:session:")
+///     .with_command_timeout(Duration::from_millis(100))
+///     .build_lazy()?;
+/// store.register("s1", &SessionRecord::new("node-a", "7f3a"), Duration::from_secs(3600)).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    keys: RecordKey,
+    command_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(::redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    fn topology(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "single",
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(_) => "cluster",
+        }
+    }
+}
+
+/// Builds a [`RedisStore`]. Created by [`RedisStore::builder`] (and `RedisStore::cluster_builder`
+/// with feature `redis-cluster`).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::registry::RedisStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+/// // Building lazily contacts no server.
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+///     .with_prefix("staging:mcp:session:")
+///     .with_command_timeout(Duration::from_millis(100))
+///     .with_connect_timeout(Duration::from_millis(500))
+///     .build_lazy()?;
+/// assert_eq!(store.keys().session("s1"), "staging:mcp:session:{s1}");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    target: Target,
+    prefix: String,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Target {
+    Single(String),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Vec<String>),
+}
+
+enum Client {
+    Single(::redis::Client),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Box<::redis::cluster::ClusterClient>),
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry passwords: they are not shown.
+        let target = match &self.target {
+            Target::Single(_) => "single",
+            #[cfg(feature = "redis-cluster")]
+            Target::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStoreBuilder")
+            .field("target", &target)
+            .field("prefix", &self.prefix)
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl RedisStoreBuilder {
+    fn new(target: Target) -> Self {
+        Self {
+            target,
+            prefix: RecordKey::DEFAULT_PREFIX.to_owned(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Sets the key prefix (default `mcp:session:`); see [`RecordKey`] for the keys built from
+    /// it. It must not contain `{` or `}`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// let builder = RedisStore::builder("redis://127.0.0.1/").with_prefix("tenant-a:mcp:session:");
+    /// ```
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the timeout of every store call, including the time to wait for a reconnect
+    /// (default 250 ms). Keep it short: the registry must never hold a request up for long.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// let builder = RedisStore::builder("redis://127.0.0.1/").with_command_timeout(Duration::from_millis(50));
+    /// ```
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Sets the timeout of each attempt to open a connection (default 1 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// let builder = RedisStore::builder("redis://127.0.0.1/").with_connect_timeout(Duration::from_millis(300));
+    /// ```
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    fn prepare(self) -> Result<(Client, RecordKey, Duration, Duration), StoreError> {
+        if self.prefix.contains(['{', '}']) {
+            return Err(StoreError::config(
+                "the key prefix must not contain `{` or `}`",
+            ));
+        }
+        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(StoreError::config("timeouts must be greater than zero"));
+        }
+        // The connections spawn background tasks on the current Tokio runtime.
+        tokio::runtime::Handle::try_current().map_err(StoreError::config)?;
+        let client = match self.target {
+            Target::Single(url) => {
+                Client::Single(::redis::Client::open(url.as_str()).map_err(StoreError::config)?)
+            }
+            #[cfg(feature = "redis-cluster")]
+            Target::Cluster(nodes) => {
+                if nodes.is_empty() {
+                    return Err(StoreError::config("no cluster node given"));
+                }
+                let client =
+                    ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                        .connection_timeout(self.connect_timeout)
+                        .response_timeout(self.command_timeout)
+                        .build()
+                        .map_err(StoreError::config)?;
+                Client::Cluster(Box::new(client))
+            }
+        };
+        Ok((
+            client,
+            RecordKey::new(self.prefix),
+            self.command_timeout,
+            self.connect_timeout,
+        ))
+    }
+
+    fn manager_config(
+        command_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(command_timeout))
+            .set_connection_timeout(Some(connect_timeout))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_min_delay(RECONNECT_MIN_DELAY)
+            .set_max_delay(RECONNECT_MAX_DELAY)
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    fn cluster_config(
+        command_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> ::redis::cluster::ClusterConfig {
+        ::redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(connect_timeout)
+            .set_response_timeout(command_timeout)
+    }
+
+    /// Builds the store without contacting Redis; it connects on first use.
+    ///
+    /// Use this to start a node while Redis may be down: calls fail (fast, with
+    /// [`StoreError::is_unavailable`] or [`StoreError::is_timeout`]) until Redis is reachable
+    /// and succeed from then on.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError::is_config`] error if the URL or prefix is invalid, a timeout is zero, or
+    /// this is called outside a Tokio runtime.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = RedisStore::builder("redis://127.0.0.1:6379/").build_lazy()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn build_lazy(self) -> Result<RedisStore, StoreError> {
+        let (client, keys, command_timeout, connect_timeout) = self.prepare()?;
+        let conn = match client {
+            Client::Single(client) => Conn::Single(
+                ConnectionManager::new_lazy_with_config(
+                    client,
+                    Self::manager_config(command_timeout, connect_timeout),
+                )
+                .map_err(StoreError::config)?,
+            ),
+            #[cfg(feature = "redis-cluster")]
+            Client::Cluster(client) => {
+                Conn::Cluster(client.get_pending_async_connection_with_config(
+                    Self::cluster_config(command_timeout, connect_timeout),
+                ))
+            }
+        };
+        Ok(RedisStore::from_parts(conn, keys, command_timeout))
+    }
+
+    /// Connects, checks that Redis answers, and builds the store.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError::is_config`] error as for [`build_lazy`](Self::build_lazy), or the error
+    /// of the first connection attempt: [`StoreError::is_unavailable`] if Redis refused it,
+    /// [`StoreError::is_timeout`] if it did not answer within the connect timeout plus the command
+    /// timeout.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = RedisStore::builder("redis://127.0.0.1:6379/").connect().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let (client, keys, command_timeout, connect_timeout) = self.prepare()?;
+        let limit = connect_timeout.saturating_add(command_timeout);
+        let conn = match client {
+            Client::Single(client) => {
+                // One direct attempt reports the real cause (refused, timed out, auth) instead of
+                // the manager's retry loop running into our deadline.
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(command_timeout));
+                bounded(limit, async {
+                    let mut probe = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    ::redis::cmd("PING").query_async::<()>(&mut probe).await
+                })
+                .await?;
+                let manager = ConnectionManager::new_lazy_with_config(
+                    client,
+                    Self::manager_config(command_timeout, connect_timeout),
+                )
+                .map_err(StoreError::config)?;
+                Conn::Single(manager)
+            }
+            #[cfg(feature = "redis-cluster")]
+            Client::Cluster(client) => Conn::Cluster(
+                bounded(
+                    limit,
+                    client.get_async_connection_with_config(Self::cluster_config(
+                        command_timeout,
+                        connect_timeout,
+                    )),
+                )
+                .await?,
+            ),
+        };
+        let store = RedisStore::from_parts(conn, keys, command_timeout);
+        // Open the store's own connection now, with the connect timeout to spare.
+        bounded(limit, store.conn_query::<()>(::redis::cmd("PING"))).await?;
+        Ok(store)
+    }
+}
+
+impl RedisStore {
+    fn from_parts(conn: Conn, keys: RecordKey, command_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                conn,
+                keys,
+                command_timeout,
+            }),
+        }
+    }
+
+    /// A builder for a store on the single Redis server at `url` (`redis://[user:password@]host:port[/db]`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// let builder = RedisStore::builder("redis://127.0.0.1:6379/0");
+    /// ```
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Target::Single(url.to_owned()))
+    }
+
+    /// A builder for a store on a Redis Cluster, given the URLs of some of its nodes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// let builder = RedisStore::cluster_builder(&["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"]);
+    /// ```
+    #[cfg(feature = "redis-cluster")]
+    pub fn cluster_builder(nodes: &[&str]) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Target::Cluster(
+            nodes.iter().map(|&node| node.to_owned()).collect(),
+        ))
+    }
+
+    /// Connects to the Redis server at `url` with the default settings, failing if it does not
+    /// answer. See [`RedisStoreBuilder::connect`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use mcp_affinity::registry::{RedisStore, RegistryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?;
+    /// store.ping().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// A store for the Redis server at `url` with the default settings, connecting on first use.
+    /// See [`RedisStoreBuilder::build_lazy`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::build_lazy`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// // Nothing listens on port 1: building still succeeds.
+    /// let store = RedisStore::lazy("redis://127.0.0.1:1/")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lazy(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).build_lazy()
+    }
+
+    /// Connects to a Redis Cluster with the default settings, failing if it does not answer.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = RedisStore::connect_cluster(&["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis-cluster")]
+    pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
+        Self::cluster_builder(nodes).connect().await
+    }
+
+    /// A store for a Redis Cluster with the default settings, connecting in the background.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::build_lazy`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = RedisStore::lazy_cluster(&["redis://127.0.0.1:1/"])?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis-cluster")]
+    pub fn lazy_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
+        Self::cluster_builder(nodes).build_lazy()
+    }
+
+    /// The keys this store writes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = RedisStore::lazy("redis://127.0.0.1:6379/")?;
+    /// assert_eq!(store.keys().session("s1"), "mcp:session:{s1}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn keys(&self) -> &RecordKey {
+        &self.inner.keys
+    }
+
+    /// The timeout of every call.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = RedisStore::lazy("redis://127.0.0.1:6379/")?;
+    /// assert_eq!(store.command_timeout(), Duration::from_millis(250));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn command_timeout(&self) -> Duration {
+        self.inner.command_timeout
+    }
+
+    /// Sends `cmd` without a deadline of its own.
+    async fn conn_query<T: FromRedisValue>(&self, cmd: Cmd) -> RedisResult<T> {
+        match self.inner.conn.clone() {
+            Conn::Single(mut conn) => cmd.query_async(&mut conn).await,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(mut conn) => cmd.query_async(&mut conn).await,
+        }
+    }
+
+    /// Sends `cmd` within the command timeout.
+    async fn query<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
+        bounded(self.inner.command_timeout, self.conn_query(cmd)).await
+    }
+
+    /// Runs `script` on `key` within the command timeout (loading it first where missing).
+    async fn eval<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let conn = self.inner.conn.clone();
+        bounded(self.inner.command_timeout, async move {
+            match conn {
+                Conn::Single(mut conn) => invocation.invoke_async(&mut conn).await,
+                #[cfg(feature = "redis-cluster")]
+                Conn::Cluster(mut conn) => invocation.invoke_async(&mut conn).await,
+            }
+        })
+        .await
+    }
+
+    /// Adds `id` to `node`'s index. Best effort: a failure is logged and otherwise ignored.
+    async fn index_add(&self, node: &str, id: &str, ttl: &str) {
+        let index = self.inner.keys.node_index(node);
+        if let Err(err) = self.eval::<i64>(&INDEX_ADD, &index, &[id, ttl]).await {
+            tracing::debug!(node, error = %err, "registry: node index update failed");
+        }
+    }
+
+    /// Removes `id` from `node`'s index. Best effort: a failure is logged and otherwise ignored.
+    async fn index_remove(&self, node: &str, id: &str) {
+        let mut cmd = ::redis::cmd("ZREM");
+        cmd.arg(self.inner.keys.node_index(node)).arg(id);
+        if let Err(err) = self.query::<i64>(cmd).await {
+            tracing::debug!(node, error = %err, "registry: node index update failed");
+        }
+    }
+}
+
+/// Runs a Redis future within `limit`, mapping its outcome to ours.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(classify(err)),
+        Err(_elapsed) => Err(StoreError::timeout()),
+    }
+}
+
+fn classify(err: RedisError) -> StoreError {
+    let kind = if err.is_timeout() {
+        Kind::Timeout
+    } else if err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || matches!(
+            err.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::BusyLoading
+                )
+        )
+    {
+        Kind::Unavailable
+    } else {
+        Kind::Backend
+    };
+    StoreError::with(kind, Some(Box::new(err)))
+}
+
+fn ttl_arg(ttl: Duration) -> String {
+    ttl_seconds(ttl).min(MAX_TTL_SECONDS).to_string()
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The connection's URL may carry a password: it is not shown.
+        f.debug_struct("RedisStore")
+            .field("topology", &self.inner.conn.topology())
+            .field("prefix", &self.inner.keys.prefix())
+            .field("command_timeout", &self.inner.command_timeout)
+            .finish()
+    }
+}
+
+impl RegistryStore for RedisStore {
+    async fn register(
+        &self,
+        id: &str,
+        record: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.inner.keys.session(id);
+        let ttl = ttl_arg(ttl);
+        let stored = self
+            .eval::<i64>(&REGISTER, &key, &[&record.to_json(), &ttl])
+            .await?
+            == 1;
+        if stored {
+            self.index_add(&record.node, id, &ttl).await;
+        }
+        Ok(stored)
+    }
+
+    async fn lookup(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(self.inner.keys.session(id));
+        match self.query::<Option<String>>(cmd).await? {
+            Some(json) => SessionRecord::from_json(&json).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        let mut cmd = ::redis::cmd("GETDEL");
+        cmd.arg(self.inner.keys.session(id));
+        let Some(json) = self.query::<Option<String>>(cmd).await? else {
+            return Ok(false);
+        };
+        // The record names the index it is listed in; an unreadable one is in none of ours.
+        if let Ok(record) = SessionRecord::from_json(&json) {
+            self.index_remove(&record.node, id).await;
+        }
+        Ok(true)
+    }
+
+    async fn remove_if_owned(
+        &self,
+        id: &str,
+        node: &str,
+        incarnation: &str,
+    ) -> Result<bool, StoreError> {
+        let key = self.inner.keys.session(id);
+        let removed = self
+            .eval::<i64>(&REMOVE_IF_OWNED, &key, &[node, incarnation])
+            .await?
+            == 1;
+        if removed {
+            self.index_remove(node, id).await;
+        }
+        Ok(removed)
+    }
+
+    async fn refresh(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = self.inner.keys.session(id);
+        let ttl = ttl_arg(ttl);
+        let Some(json) = self.eval::<Option<String>>(&REFRESH, &key, &[&ttl]).await? else {
+            return Ok(false);
+        };
+        // Keep the index entry's expiry in step with the record's.
+        if let Ok(record) = SessionRecord::from_json(&json) {
+            self.index_add(&record.node, id, &ttl).await;
+        }
+        Ok(true)
+    }
+
+    /// Walks `node`'s index with `ZSCAN` (`batch` ids per page) and runs an atomic
+    /// compare-and-delete on each record, `batch` at a time. Ids whose record is gone or belongs
+    /// to another node are dropped from the index on the way.
+    async fn remove_stale(
+        &self,
+        node: &str,
+        current_incarnation: &str,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        let batch = batch.clamp(1, MAX_BATCH);
+        let index = self.inner.keys.node_index(node);
+        let node: Arc<str> = Arc::from(node);
+        let current: Arc<str> = Arc::from(current_incarnation);
+        let mut cursor = String::from("0");
+        let mut removed = 0;
+        loop {
+            let mut scan = ::redis::cmd("ZSCAN");
+            scan.arg(&index).arg(&cursor).arg("COUNT").arg(batch);
+            let (next, page): (String, Vec<String>) = self.query(scan).await?;
+            // The page alternates members and scores.
+            let ids: Vec<String> = page.into_iter().step_by(2).collect();
+            for chunk in ids.chunks(batch) {
+                let mut checks = JoinSet::new();
+                for id in chunk {
+                    let store = self.clone();
+                    let (id, node, current) = (id.clone(), Arc::clone(&node), Arc::clone(&current));
+                    checks.spawn(async move {
+                        let key = store.inner.keys.session(&id);
+                        let outcome = store
+                            .eval::<i64>(&REMOVE_IF_STALE, &key, &[&node, &current])
+                            .await;
+                        (id, outcome)
+                    });
+                }
+                let mut unlisted = Vec::new();
+                let mut failure = None;
+                while let Some(joined) = checks.join_next().await {
+                    match joined {
+                        Ok((id, Ok(1))) => {
+                            removed += 1;
+                            unlisted.push(id);
+                        }
+                        Ok((id, Ok(-1))) => unlisted.push(id),
+                        Ok((_, Ok(_))) => {}
+                        Ok((_, Err(err))) => {
+                            failure.get_or_insert(err);
+                        }
+                        Err(join_err) => {
+                            failure.get_or_insert_with(|| StoreError::backend(join_err));
+                        }
+                    }
+                }
+                if !unlisted.is_empty() {
+                    let mut zrem = ::redis::cmd("ZREM");
+                    zrem.arg(&index).arg(&unlisted);
+                    self.query::<i64>(zrem).await?;
+                }
+                if let Some(err) = failure {
+                    return Err(err);
+                }
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(removed)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<()>(::redis::cmd("PING")).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lazy_outside_a_runtime_is_a_config_error() {
+        let err = RedisStore::lazy("redis://127.0.0.1:1/")
+            .map(drop)
+            .expect_err("no runtime");
+        assert!(err.is_config(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn invalid_configuration_is_rejected() {
+        let bad_prefix = RedisStore::builder("redis://127.0.0.1:1/")
+            .with_prefix("a{b}:")
+            .build_lazy();
+        assert!(bad_prefix.map(drop).expect_err("braces").is_config());
+        let zero = RedisStore::builder("redis://127.0.0.1:1/")
+            .with_command_timeout(Duration::ZERO)
+            .build_lazy();
+        assert!(zero.map(drop).expect_err("zero timeout").is_config());
+        let bad_url = RedisStore::lazy("not a url");
+        assert!(bad_url.map(drop).expect_err("bad url").is_config());
+    }
+
+    #[tokio::test]
+    async fn debug_hides_the_url() {
+        let store =
+            RedisStore::lazy("redis://user:hunter2@127.0.0.1:1/").map_err(|e| e.to_string());
+        let debug = format!("{store:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let builder = format!(
+            "{:?}",
+            RedisStore::builder("redis://user:hunter2@127.0.0.1:1/")
+        );
+        assert!(!builder.contains("hunter2"), "{builder}");
+    }
+
+    #[test]
+    fn ttl_argument_is_capped() {
+        assert_eq!(ttl_arg(Duration::from_secs(30)), "30");
+        assert_eq!(ttl_arg(Duration::MAX), MAX_TTL_SECONDS.to_string());
+    }
+}

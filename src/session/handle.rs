@@ -1,0 +1,532 @@
+//! The `Session` handle and its lifecycle.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::{
+    sync::{oneshot, watch},
+    task::{AbortHandle, JoinSet},
+};
+
+use super::{
+    SessionId,
+    log::{AppendError, EventLog, LogLimits, STANDALONE},
+};
+use crate::protocol::{ProtocolVersion, RequestId};
+
+/// Why a session ended.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::CloseReason;
+/// assert_eq!(CloseReason::Deleted.as_str(), "deleted");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client sent `DELETE`.
+    Deleted,
+    /// No request and no open stream for the idle timeout.
+    Idle,
+    /// `notifications/initialized` never came within the initialization timeout.
+    InitTimeout,
+    /// The node is shutting down.
+    Shutdown,
+    /// The application closed it ([`Session::close`]).
+    Closed,
+    /// The `initialize` request failed; the session never existed for the client.
+    InitializeFailed,
+}
+
+impl CloseReason {
+    /// A short lower-case name, for logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Deleted => "deleted",
+            Self::Idle => "idle",
+            Self::InitTimeout => "init_timeout",
+            Self::Shutdown => "shutdown",
+            Self::Closed => "closed",
+            Self::InitializeFailed => "initialize_failed",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a server→client message or request failed.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::SendError;
+/// assert_eq!(SendError::Closed.to_string(), "session closed");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The session (or request) is closed.
+    Closed,
+    /// The stream the message was meant for has ended (its response was already sent).
+    StreamEnded,
+    /// Too many server→client requests await an answer in this session.
+    TooManyPending,
+    /// The client did not answer in time.
+    Timeout,
+    /// Server→client requests are not allowed here (modern era, or no back-channel).
+    NotSupported,
+    /// The client answered with a JSON-RPC error (the `error` object).
+    Rejected(Value),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed => f.write_str("session closed"),
+            Self::StreamEnded => f.write_str("stream ended"),
+            Self::TooManyPending => f.write_str("too many pending server requests"),
+            Self::Timeout => f.write_str("server request timed out"),
+            Self::NotSupported => f.write_str("server requests are not supported here"),
+            Self::Rejected(_) => f.write_str("client answered with an error"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+impl From<AppendError> for SendError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Closed => Self::Closed,
+            AppendError::StreamEnded => Self::StreamEnded,
+        }
+    }
+}
+
+/// Per-session limits, copied from the transport configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionConfig {
+    pub(crate) log: LogLimits,
+    pub(crate) max_pending_requests: usize,
+    pub(crate) request_timeout: Duration,
+}
+
+type Pending = oneshot::Sender<Result<Value, Value>>;
+type CloseHook = Box<dyn FnOnce(&SessionId, CloseReason) + Send>;
+
+struct Mutable {
+    initialized: bool,
+    closed: Option<CloseReason>,
+    state: http::Extensions,
+    pending: HashMap<RequestId, Pending>,
+    inflight: HashMap<RequestId, (AbortHandle, Option<u32>)>,
+    tasks: Option<JoinSet<()>>,
+    hooks: Vec<CloseHook>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: SessionId,
+    pub(crate) log: EventLog,
+    pub(crate) principal: Option<Box<str>>,
+    version: OnceLock<ProtocolVersion>,
+    client_info: OnceLock<Value>,
+    client_capabilities: OnceLock<Value>,
+    mutable: Mutex<Mutable>,
+    last_activity: AtomicU64,
+    created: u64,
+    next_request: AtomicI64,
+    closed_tx: watch::Sender<Option<CloseReason>>,
+    config: SessionConfig,
+}
+
+/// A handle to one legacy-era session, shared by every request of that session.
+///
+/// The transport puts it into the request extensions of every legacy request that belongs to
+/// a session (and of the `initialize` request that creates it), and into the extensions of the
+/// successful `initialize` response so outer layers can attach [`on_close`](Session::on_close)
+/// hooks. Cloning is cheap.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::Session;
+///
+/// async fn handler(req: http::Request<()>) {
+///     if let Some(session) = req.extensions().get::<Session>() {
+///         session.insert(42u32);
+///         assert_eq!(session.get::<u32>(), Some(42));
+///         // Server-initiated notification on the standalone GET stream:
+///         let _ = session.notify("notifications/tools/list_changed", None);
+///     }
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("protocol_version", &self.inner.version.get())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<Mutable>) -> MutexGuard<'_, Mutable> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn encode_message(
+    method: &str,
+    id: Option<&RequestId>,
+    params: Option<&Value>,
+) -> Bytes {
+    let mut v = serde_json::Map::with_capacity(4);
+    v.insert("jsonrpc".into(), Value::from("2.0"));
+    if let Some(id) = id {
+        v.insert("id".into(), serde_json::to_value(id).unwrap_or(Value::Null));
+    }
+    v.insert("method".into(), Value::from(method));
+    if let Some(p) = params {
+        v.insert("params".into(), p.clone());
+    }
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: SessionId,
+        principal: Option<Box<str>>,
+        config: SessionConfig,
+        now_ms: u64,
+    ) -> Self {
+        let (closed_tx, _) = watch::channel(None);
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                log: EventLog::new(config.log, true),
+                principal,
+                version: OnceLock::new(),
+                client_info: OnceLock::new(),
+                client_capabilities: OnceLock::new(),
+                mutable: Mutex::new(Mutable {
+                    initialized: false,
+                    closed: None,
+                    state: http::Extensions::new(),
+                    pending: HashMap::new(),
+                    inflight: HashMap::new(),
+                    tasks: None,
+                    hooks: Vec::new(),
+                }),
+                last_activity: AtomicU64::new(now_ms),
+                created: now_ms,
+                next_request: AtomicI64::new(1),
+                closed_tx,
+                config,
+            }),
+        }
+    }
+
+    /// The session id.
+    pub fn id(&self) -> &SessionId {
+        &self.inner.id
+    }
+
+    /// The protocol revision negotiated by `initialize` (known once it succeeded).
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.inner.version.get().copied()
+    }
+
+    /// The `clientInfo` the client sent in `initialize`.
+    pub fn client_info(&self) -> Option<&Value> {
+        self.inner.client_info.get()
+    }
+
+    /// The `capabilities` the client declared in `initialize` (e.g. whether it supports
+    /// `sampling` or `elicitation`).
+    pub fn client_capabilities(&self) -> Option<&Value> {
+        self.inner.client_capabilities.get()
+    }
+
+    /// Stores a typed value in the session (replacing and returning an older one).
+    pub fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        lock(&self.inner.mutable).state.insert(value)
+    }
+
+    /// A clone of the typed value stored in the session.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        lock(&self.inner.mutable).state.get::<T>().cloned()
+    }
+
+    /// Sends a notification on the standalone GET stream. If no GET stream is open it is held
+    /// (in the bounded event log) until one opens.
+    pub fn notify(&self, method: &str, params: Option<Value>) -> Result<(), SendError> {
+        self.inner
+            .log
+            .append(
+                STANDALONE,
+                encode_message(method, None, params.as_ref()),
+                false,
+            )
+            .map_err(Into::into)
+    }
+
+    pub(crate) fn notify_encoded(&self, data: Bytes) -> Result<(), SendError> {
+        self.inner
+            .log
+            .append(STANDALONE, data, false)
+            .map_err(Into::into)
+    }
+
+    /// Sends a server→client request (e.g. `sampling/createMessage`) on the standalone stream
+    /// and waits for the client's answer, which arrives as a later POST.
+    ///
+    /// Inside a handler prefer [`RequestContext::request`](crate::session::RequestContext::request),
+    /// which sends it on the request's own stream.
+    pub fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> impl Future<Output = Result<Value, SendError>> + Send + 'static {
+        self.request_on(STANDALONE, method, params)
+    }
+
+    pub(crate) fn request_on(
+        &self,
+        stream: u32,
+        method: &str,
+        params: Option<Value>,
+    ) -> impl Future<Output = Result<Value, SendError>> + Send + 'static {
+        let prepared = self.prepare_request(stream, method, params);
+        let inner = self.inner.clone();
+        async move {
+            let (id, rx) = prepared?;
+            match tokio::time::timeout(inner.config.request_timeout, rx).await {
+                Ok(Ok(Ok(v))) => Ok(v),
+                Ok(Ok(Err(e))) => Err(SendError::Rejected(e)),
+                Ok(Err(_)) => Err(SendError::Closed),
+                Err(_) => {
+                    lock(&inner.mutable).pending.remove(&id);
+                    Err(SendError::Timeout)
+                }
+            }
+        }
+    }
+
+    fn prepare_request(
+        &self,
+        stream: u32,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<(RequestId, oneshot::Receiver<Result<Value, Value>>), SendError> {
+        let n = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let id = RequestId::Number(n);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut m = lock(&self.inner.mutable);
+            if m.closed.is_some() {
+                return Err(SendError::Closed);
+            }
+            if m.pending.len() >= self.inner.config.max_pending_requests {
+                return Err(SendError::TooManyPending);
+            }
+            m.pending.insert(id.clone(), tx);
+        }
+        let data = encode_message(method, Some(&id), params.as_ref());
+        if let Err(e) = self.inner.log.append(stream, data, false) {
+            lock(&self.inner.mutable).pending.remove(&id);
+            return Err(e.into());
+        }
+        Ok((id, rx))
+    }
+
+    /// Runs a task owned by the session: it is aborted when the session closes.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut m = lock(&self.inner.mutable);
+        if m.closed.is_some() {
+            return;
+        }
+        let set = m.tasks.get_or_insert_with(JoinSet::new);
+        while set.try_join_next().is_some() {}
+        set.spawn(task);
+    }
+
+    /// Waits until the session is closed and returns why.
+    pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + 'static {
+        let mut rx = self.inner.closed_tx.subscribe();
+        async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(r) => r.unwrap_or(CloseReason::Closed),
+                Err(_) => CloseReason::Closed,
+            }
+        }
+    }
+
+    /// Why the session was closed, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.inner.mutable).closed
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        self.close_reason().is_some()
+    }
+
+    /// Runs `hook` once when the session closes (immediately if it already has). Hooks run on
+    /// the thread that closes the session: keep them short and non-blocking (spawn or enqueue
+    /// real work). The registry layer uses this to clean up its record.
+    pub fn on_close<F>(&self, hook: F)
+    where
+        F: FnOnce(&SessionId, CloseReason) + Send + 'static,
+    {
+        let mut m = lock(&self.inner.mutable);
+        match m.closed {
+            Some(reason) => {
+                drop(m);
+                hook(&self.inner.id, reason);
+            }
+            None => m.hooks.push(Box::new(hook)),
+        }
+    }
+
+    /// Closes the session from the server side; later requests with its id get 404.
+    pub fn close(&self) {
+        self.close_with(CloseReason::Closed, None);
+    }
+
+    pub(crate) fn close_with(&self, reason: CloseReason, retry: Option<Duration>) -> bool {
+        let (hooks, pending, inflight, tasks) = {
+            let mut m = lock(&self.inner.mutable);
+            if m.closed.is_some() {
+                return false;
+            }
+            m.closed = Some(reason);
+            (
+                std::mem::take(&mut m.hooks),
+                std::mem::take(&mut m.pending),
+                std::mem::take(&mut m.inflight),
+                m.tasks.take(),
+            )
+        };
+        drop(pending);
+        for (_, (h, _)) in inflight {
+            h.abort();
+        }
+        drop(tasks);
+        self.inner.log.close(retry);
+        self.inner.closed_tx.send_replace(Some(reason));
+        for hook in hooks {
+            hook(&self.inner.id, reason);
+        }
+        true
+    }
+
+    pub(crate) fn set_initialized(
+        &self,
+        version: ProtocolVersion,
+        client_info: Option<Value>,
+        capabilities: Option<Value>,
+    ) {
+        let _ = self.inner.version.set(version);
+        if let Some(ci) = client_info {
+            let _ = self.inner.client_info.set(ci);
+        }
+        if let Some(caps) = capabilities {
+            let _ = self.inner.client_capabilities.set(caps);
+        }
+    }
+
+    pub(crate) fn mark_initialized(&self) {
+        lock(&self.inner.mutable).initialized = true;
+    }
+
+    pub(crate) fn is_initialized(&self) -> bool {
+        lock(&self.inner.mutable).initialized
+    }
+
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.inner.last_activity.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_activity(&self) -> u64 {
+        self.inner.last_activity.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn created_ms(&self) -> u64 {
+        self.inner.created
+    }
+
+    /// Whether a request is running or a stream is open.
+    pub(crate) fn is_busy(&self) -> bool {
+        !lock(&self.inner.mutable).inflight.is_empty() || self.inner.log.readers() > 0
+    }
+
+    /// Registers a running handler so `notifications/cancelled` can abort it.
+    /// `stream` is the request's own stream, ended on cancellation (`None` when shared).
+    pub(crate) fn track(&self, id: RequestId, handle: AbortHandle, stream: Option<u32>) {
+        lock(&self.inner.mutable)
+            .inflight
+            .insert(id, (handle, stream));
+    }
+
+    pub(crate) fn untrack(&self, id: &RequestId) {
+        lock(&self.inner.mutable).inflight.remove(id);
+    }
+
+    /// Cancels a running handler; returns whether one was found.
+    pub(crate) fn cancel(&self, id: &RequestId) -> bool {
+        let Some((handle, stream)) = lock(&self.inner.mutable).inflight.remove(id) else {
+            return false;
+        };
+        handle.abort();
+        // End the request's stream without a response, as cancellation asks.
+        if let Some(stream) = stream {
+            self.inner.log.complete(stream, None);
+        }
+        true
+    }
+
+    /// Completes a server→client request with the client's answer; false if none was pending.
+    pub(crate) fn answer(&self, id: &RequestId, result: Result<Value, Value>) -> bool {
+        let tx = lock(&self.inner.mutable).pending.remove(id);
+        tx.map(|tx| tx.send(result).is_ok()).unwrap_or(false)
+    }
+
+    /// Memory held for delivery and replay: `(events, bytes)` in the session's event log.
+    /// Bounded by the transport's event-log limits whatever the client does.
+    pub fn buffered(&self) -> (usize, usize) {
+        let (e, b, _) = self.inner.log.stats();
+        (e, b)
+    }
+
+    /// Events evicted from the log before any connection delivered them (a slow or absent
+    /// reader).
+    pub fn dropped_events(&self) -> u64 {
+        self.inner.log.stats().2
+    }
+
+    /// Server→client requests awaiting an answer.
+    pub fn pending_requests(&self) -> usize {
+        lock(&self.inner.mutable).pending.len()
+    }
+}

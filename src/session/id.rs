@@ -1,0 +1,332 @@
+//! Session ids, node tags and the pluggable id generator.
+
+use std::{borrow::Borrow, fmt, hash::Hasher, sync::Arc};
+
+/// A legacy-era MCP session id: 1–256 visible ASCII characters (0x21–0x7E), as the spec
+/// requires.
+///
+/// Its `Debug` and `Display` print a short [fingerprint](SessionId::fingerprint), never the id
+/// itself, so ids do not leak into logs by accident; [`as_str`](SessionId::as_str) gives the
+/// raw value.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::SessionId;
+///
+/// let id = SessionId::parse("n1.abc").unwrap();
+/// assert_eq!(id.as_str(), "n1.abc");
+/// assert_eq!(id.node_tag(), Some("n1"));
+/// assert!(!format!("{id}").contains("abc"));
+/// assert!(SessionId::parse("has space").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(Arc<str>);
+
+/// The error for a string that is not a valid session id.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::SessionId;
+/// let err = SessionId::parse("").unwrap_err();
+/// assert_eq!(err.to_string(), "invalid session id");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidSessionId(());
+
+impl fmt::Display for InvalidSessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid session id")
+    }
+}
+
+impl std::error::Error for InvalidSessionId {}
+
+/// The longest session id accepted.
+pub const MAX_SESSION_ID_LEN: usize = 256;
+
+impl SessionId {
+    /// Validates and wraps a session id.
+    pub fn parse(s: &str) -> Result<Self, InvalidSessionId> {
+        if Self::is_valid(s) {
+            Ok(Self(s.into()))
+        } else {
+            Err(InvalidSessionId(()))
+        }
+    }
+
+    /// Whether `s` is a valid session id (visible ASCII, 1–256 bytes).
+    pub fn is_valid(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= MAX_SESSION_ID_LEN
+            && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    }
+
+    /// The raw id. Treat it as a secret: do not log it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The node tag prefix of an id minted by a [`TaggedIdGenerator`] (`<tag>.<random>`).
+    pub fn node_tag(&self) -> Option<&str> {
+        self.0
+            .split_once('.')
+            .map(|(tag, _)| tag)
+            .filter(|t| NodeTag::is_valid(t))
+    }
+
+    /// A short, stable, non-reversible fingerprint for logs (8 hex digits).
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.0)
+    }
+}
+
+impl Borrow<str> for SessionId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", self.fingerprint())
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.fingerprint(), f)
+    }
+}
+
+/// A log-safe fingerprint of a secret string (a session id, a cookie).
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::Fingerprint;
+/// assert_eq!(Fingerprint::of("x").to_string().len(), 8);
+/// assert_eq!(Fingerprint::of("x"), Fingerprint::of("x"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(u32);
+
+impl Fingerprint {
+    /// Fingerprints a string. Stable across processes, so logs of different nodes correlate.
+    pub fn of(s: &str) -> Self {
+        // SipHash with fixed keys: deterministic; 32 bits reveal nothing usable of a 128-bit id.
+        #[allow(deprecated)]
+        let mut h =
+            std::hash::SipHasher::new_with_keys(0x6d63_702d_6166_6669, 0x6e69_7479_2d66_7072);
+        h.write(s.as_bytes());
+        Self(h.finish() as u32)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Makes new session ids. Implemented for closures `Fn() -> SessionId`.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::{RandomIdGenerator, SessionId, SessionIdGenerator};
+///
+/// let id = RandomIdGenerator.generate();
+/// assert_eq!(id.as_str().len(), 24);
+/// let fixed = || SessionId::parse("fixed").unwrap();
+/// assert_eq!(fixed.generate().as_str(), "fixed");
+/// ```
+pub trait SessionIdGenerator: Send + Sync + 'static {
+    /// Returns a fresh, unguessable id.
+    fn generate(&self) -> SessionId;
+}
+
+impl<F> SessionIdGenerator for F
+where
+    F: Fn() -> SessionId + Send + Sync + 'static,
+{
+    fn generate(&self) -> SessionId {
+        self()
+    }
+}
+
+/// The default generator: 144 bits from the operating system's CSPRNG, base64url (24 chars).
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::{RandomIdGenerator, SessionIdGenerator};
+/// assert_ne!(RandomIdGenerator.generate(), RandomIdGenerator.generate());
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomIdGenerator;
+
+impl SessionIdGenerator for RandomIdGenerator {
+    fn generate(&self) -> SessionId {
+        SessionId(random_token().into())
+    }
+}
+
+/// 24 base64url characters carrying 144 random bits.
+pub(crate) fn random_token() -> String {
+    let mut bytes = [0u8; 18];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS generator failed (practically never): fall back to std's randomly keyed
+        // SipHash, itself seeded from the OS, rather than failing the request.
+        tracing::error!("operating system random generator failed; using fallback");
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            let mut h = std::hash::BuildHasher::build_hasher(
+                &std::collections::hash_map::RandomState::new(),
+            );
+            h.write_usize(i);
+            let v = h.finish().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    base64url(&bytes)
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        let chars = c.len() + 1;
+        for i in 0..chars {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An opaque node tag: 1–32 characters of `[A-Za-z0-9_-]`, never a hostname or address.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::NodeTag;
+///
+/// let tag = NodeTag::new("n1").unwrap();
+/// assert_eq!(tag.as_str(), "n1");
+/// assert!(NodeTag::new("10.0.0.1").is_err());
+/// let derived = NodeTag::derive("node-a.internal");
+/// assert!(!derived.as_str().contains("internal"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeTag(Arc<str>);
+
+impl NodeTag {
+    /// Validates a tag.
+    pub fn new(tag: &str) -> Result<Self, InvalidSessionId> {
+        if Self::is_valid(tag) {
+            Ok(Self(tag.into()))
+        } else {
+            Err(InvalidSessionId(()))
+        }
+    }
+
+    /// Derives an opaque tag from a node name (8 hex digits of its fingerprint), so the name
+    /// itself never reaches clients.
+    pub fn derive(node_name: &str) -> Self {
+        Self(Fingerprint::of(node_name).to_string().into())
+    }
+
+    /// Whether `s` is a valid tag.
+    pub fn is_valid(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 32
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+
+    /// The tag.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A generator of ids `<tag>.<random>` (random as [`RandomIdGenerator`]), so a load balancer
+/// can pin on the `Mcp-Session-Id` header alone.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::{NodeTag, SessionIdGenerator, TaggedIdGenerator};
+///
+/// let g = TaggedIdGenerator::new(NodeTag::new("n2").unwrap());
+/// let id = g.generate();
+/// assert_eq!(id.node_tag(), Some("n2"));
+/// assert_eq!(id.as_str().len(), 3 + 24);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TaggedIdGenerator {
+    tag: NodeTag,
+}
+
+impl TaggedIdGenerator {
+    /// A generator for this node's tag.
+    pub const fn new(tag: NodeTag) -> Self {
+        Self { tag }
+    }
+
+    /// The tag.
+    pub fn tag(&self) -> &NodeTag {
+        &self.tag
+    }
+}
+
+impl SessionIdGenerator for TaggedIdGenerator {
+    fn generate(&self) -> SessionId {
+        let mut s = String::with_capacity(self.tag.0.len() + 25);
+        s.push_str(&self.tag.0);
+        s.push('.');
+        s.push_str(&random_token());
+        SessionId(s.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_known() {
+        assert_eq!(base64url(b"\xfb\xff\xfe"), "-__-");
+        assert_eq!(base64url(b"ab"), "YWI");
+    }
+
+    #[test]
+    fn random_ids_are_visible_ascii_and_distinct() {
+        let ids: std::collections::HashSet<_> =
+            (0..1000).map(|_| RandomIdGenerator.generate()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|i| SessionId::is_valid(i.as_str())));
+    }
+
+    #[test]
+    fn tag_parsing() {
+        assert_eq!(SessionId::parse("abc").unwrap().node_tag(), None);
+        assert_eq!(SessionId::parse("a b.c").ok(), None);
+        assert_eq!(SessionId::parse("x!.c").unwrap().node_tag(), None);
+    }
+}

@@ -1,0 +1,639 @@
+//! The bounded event log behind every SSE stream.
+//!
+//! A legacy session owns one log shared by all its streams (the standalone GET stream is
+//! stream 0, every POST that streams gets its own id); a modern request owns a private log with
+//! one stream. Events are appended once, in order, and read by at most one connection per
+//! stream through a [`Cursor`]. The log is bounded by event count and bytes: the oldest events
+//! are evicted first, so a client that never reads cannot grow memory. Events stay after
+//! delivery until evicted so that `GET` + `Last-Event-ID` can replay them.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Mutex, MutexGuard},
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// The standalone (GET) stream of a session.
+pub(crate) const STANDALONE: u32 = 0;
+
+/// Bounds of one log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogLimits {
+    pub(crate) max_events: usize,
+    pub(crate) max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Event {
+    stream: u32,
+    seq: u32,
+    last: bool,
+    /// When it was appended (for pruning replay data).
+    at: Instant,
+    data: Bytes,
+}
+
+/// Where a POST stream is in choosing its wire form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// The handler has sent nothing yet; the answer may still be plain JSON.
+    Pending,
+    /// Something was streamed: the answer is SSE.
+    Sse,
+    /// The answer went out as JSON; the stream is gone.
+    Json,
+}
+
+#[derive(Debug)]
+struct Stream {
+    next_seq: u32,
+    delivered: u32,
+    live: usize,
+    phase: Phase,
+    finished: bool,
+    reader: u64,
+    waker: Option<Waker>,
+    /// The server asked to close the connection before any reader attached: the next
+    /// (non-resuming) reader delivers what is there and ends.
+    detach_pending: bool,
+}
+
+impl Stream {
+    fn new(phase: Phase) -> Self {
+        Self {
+            next_seq: 1,
+            delivered: 0,
+            live: 0,
+            phase,
+            finished: false,
+            reader: 0,
+            waker: None,
+            detach_pending: false,
+        }
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn removable(&self) -> bool {
+        self.finished && self.live == 0 && self.reader == 0
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    events: VecDeque<Event>,
+    first: u64,
+    bytes: usize,
+    streams: HashMap<u32, Stream>,
+    next_stream: u32,
+    next_reader: u64,
+    readers: usize,
+    closed: Option<Option<Duration>>,
+    dropped: u64,
+    /// Bumped when events are removed from the middle of the log.
+    generation: u64,
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppendError {
+    /// The stream has ended (its response was sent) or does not exist.
+    StreamEnded,
+    /// The session (or request) is closed.
+    Closed,
+}
+
+/// Why a reader could not attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttachError {
+    /// Another connection reads this stream (a second standalone GET → 409).
+    Busy,
+    /// No such stream (anymore).
+    Unknown,
+    /// The log is closed.
+    Closed,
+}
+
+/// What a reader gets next.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// An event: its stream, its sequence number and the JSON-RPC message.
+    Event { stream: u32, seq: u32, data: Bytes },
+    /// The stream ended. `retry` is the reconnect hint to send first, if any.
+    End { retry: Option<Duration> },
+}
+
+/// A reader's position in one stream.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    stream: u32,
+    reader: u64,
+    next: u64,
+    last_seq: u32,
+    done: bool,
+    drain_then_end: bool,
+    generation: u64,
+}
+
+impl Cursor {
+    pub(crate) fn stream(&self) -> u32 {
+        self.stream
+    }
+
+    pub(crate) fn last_seq(&self) -> u32 {
+        self.last_seq
+    }
+}
+
+/// The log itself.
+#[derive(Debug)]
+pub(crate) struct EventLog {
+    state: Mutex<State>,
+    limits: LogLimits,
+}
+
+impl EventLog {
+    pub(crate) fn new(limits: LogLimits, with_standalone: bool) -> Self {
+        let mut streams = HashMap::new();
+        if with_standalone {
+            streams.insert(STANDALONE, Stream::new(Phase::Sse));
+        }
+        Self {
+            state: Mutex::new(State {
+                events: VecDeque::new(),
+                first: 0,
+                bytes: 0,
+                streams,
+                next_stream: 1,
+                next_reader: 1,
+                readers: 0,
+                closed: None,
+                dropped: 0,
+                generation: 0,
+            }),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the log inconsistent in a way that
+        // matters more than refusing service; recover the guard.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens a new POST stream whose wire form is not yet decided.
+    pub(crate) fn open_stream(&self) -> Result<u32, AppendError> {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return Err(AppendError::Closed);
+        }
+        let id = s.next_stream;
+        s.next_stream = s.next_stream.wrapping_add(1).max(1);
+        s.streams.insert(id, Stream::new(Phase::Pending));
+        Ok(id)
+    }
+
+    /// Appends a message to a stream; `last` ends the stream after it.
+    pub(crate) fn append(&self, stream: u32, data: Bytes, last: bool) -> Result<(), AppendError> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if s.closed.is_some() {
+            return Err(AppendError::Closed);
+        }
+        let st = s.streams.get_mut(&stream).ok_or(AppendError::StreamEnded)?;
+        if st.finished || st.phase == Phase::Json {
+            return Err(AppendError::StreamEnded);
+        }
+        st.phase = Phase::Sse;
+        let seq = st.next_seq;
+        st.next_seq = st.next_seq.saturating_add(1);
+        st.live += 1;
+        st.finished = last;
+        st.wake();
+        s.bytes += data.len();
+        s.events.push_back(Event {
+            stream,
+            seq,
+            last,
+            at: Instant::now(),
+            data,
+        });
+        self.evict(s);
+        Ok(())
+    }
+
+    fn evict(&self, s: &mut State) {
+        while s.events.len() > 1
+            && (s.events.len() > self.limits.max_events || s.bytes > self.limits.max_bytes)
+        {
+            let Some(ev) = s.events.pop_front() else {
+                break;
+            };
+            s.first += 1;
+            s.bytes -= ev.data.len();
+            if let Some(st) = s.streams.get_mut(&ev.stream) {
+                st.live -= 1;
+                if ev.seq > st.delivered {
+                    s.dropped += 1;
+                    tracing::debug!(
+                        stream = ev.stream,
+                        "event evicted before delivery (slow reader)"
+                    );
+                }
+                if st.removable() {
+                    s.streams.remove(&ev.stream);
+                }
+            }
+        }
+    }
+
+    /// Forces a pending stream into SSE form (a handler closing its stream early).
+    pub(crate) fn force_sse(&self, stream: u32) {
+        let mut s = self.lock();
+        if let Some(st) = s.streams.get_mut(&stream)
+            && st.phase == Phase::Pending
+        {
+            st.phase = Phase::Sse;
+            st.wake();
+        }
+    }
+
+    /// Detaches the current reader of a stream (SEP-1699: the server closes the connection;
+    /// the client resumes with `Last-Event-ID`).
+    pub(crate) fn detach_reader(&self, stream: u32) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if let Some(st) = s.streams.get_mut(&stream) {
+            if st.reader == 0 {
+                st.detach_pending = true;
+            } else {
+                st.reader = 0;
+                s.readers -= 1;
+                st.wake();
+            }
+        }
+    }
+
+    /// The handler finished. Returns `true` if the answer may go out as JSON (nothing was
+    /// streamed), in which case the stream is removed; otherwise `data` (if any) was appended as
+    /// the stream's last event.
+    pub(crate) fn complete(&self, stream: u32, data: Option<Bytes>) -> bool {
+        {
+            let mut s = self.lock();
+            let Some(st) = s.streams.get_mut(&stream) else {
+                return false;
+            };
+            if st.phase == Phase::Pending {
+                st.phase = Phase::Json;
+                st.finished = true;
+                st.wake();
+                s.streams.remove(&stream);
+                return true;
+            }
+            if data.is_none() {
+                st.finished = true;
+                st.wake();
+                if st.removable() {
+                    s.streams.remove(&stream);
+                }
+                return false;
+            }
+        }
+        if let Some(data) = data {
+            let _ = self.append(stream, data, true);
+        }
+        false
+    }
+
+    /// The phase of a POST stream, registering `cx` to be woken when it changes.
+    pub(crate) fn poll_phase(&self, stream: u32, cx: &mut Context<'_>) -> Phase {
+        let mut s = self.lock();
+        match s.streams.get_mut(&stream) {
+            Some(st) => {
+                if st.phase == Phase::Pending {
+                    st.waker = Some(cx.waker().clone());
+                }
+                st.phase
+            }
+            None => Phase::Json,
+        }
+    }
+
+    /// Attaches a reader. `after` is the last sequence number the client has (`Last-Event-ID`);
+    /// `None` means "whatever has not been delivered yet". `exclusive` refuses to take over a
+    /// stream that already has a reader. `resume` marks a `Last-Event-ID` reconnection, which
+    /// clears a pending server-side close.
+    pub(crate) fn attach(
+        &self,
+        stream: u32,
+        after: Option<u32>,
+        exclusive: bool,
+        resume: bool,
+    ) -> Result<Cursor, AttachError> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if s.closed.is_some() {
+            return Err(AttachError::Closed);
+        }
+        let reader = s.next_reader;
+        let first = s.first;
+        let st = s.streams.get_mut(&stream).ok_or(AttachError::Unknown)?;
+        if exclusive && st.reader != 0 {
+            return Err(AttachError::Busy);
+        }
+        if st.reader == 0 {
+            s.readers += 1;
+        } else {
+            st.wake();
+        }
+        st.reader = reader;
+        let drain_then_end = st.detach_pending && !resume;
+        if resume {
+            st.detach_pending = false;
+        }
+        let last_seq = after.unwrap_or(st.delivered);
+        s.next_reader += 1;
+        Ok(Cursor {
+            stream,
+            reader,
+            next: first,
+            last_seq,
+            done: false,
+            drain_then_end,
+            generation: s.generation,
+        })
+    }
+
+    /// Releases a reader (its connection is gone).
+    pub(crate) fn release(&self, cursor: &Cursor) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if let Some(st) = s.streams.get_mut(&cursor.stream)
+            && st.reader == cursor.reader
+        {
+            st.reader = 0;
+            st.waker = None;
+            s.readers -= 1;
+            if st.removable() {
+                s.streams.remove(&cursor.stream);
+            }
+        }
+    }
+
+    /// The next item for a reader, or `Pending` (with `cx` registered).
+    pub(crate) fn poll_next(&self, cursor: &mut Cursor, cx: &mut Context<'_>) -> Poll<Item> {
+        if cursor.done {
+            return Poll::Ready(Item::End { retry: None });
+        }
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if let Some(retry) = s.closed {
+            cursor.done = true;
+            return Poll::Ready(Item::End { retry });
+        }
+        let first = s.first;
+        if cursor.generation != s.generation {
+            cursor.generation = s.generation;
+            cursor.next = first;
+        }
+        let Some(st) = s.streams.get_mut(&cursor.stream) else {
+            cursor.done = true;
+            return Poll::Ready(Item::End { retry: None });
+        };
+        if st.reader != cursor.reader {
+            cursor.done = true;
+            return Poll::Ready(Item::End { retry: None });
+        }
+        let mut idx = cursor.next.max(first);
+        let end = first + s.events.len() as u64;
+        while idx < end {
+            let ev = &s.events[(idx - first) as usize];
+            idx += 1;
+            if ev.stream != cursor.stream || ev.seq <= cursor.last_seq {
+                continue;
+            }
+            cursor.next = idx;
+            cursor.last_seq = ev.seq;
+            st.delivered = st.delivered.max(ev.seq);
+            if ev.last {
+                cursor.done = true;
+            }
+            return Poll::Ready(Item::Event {
+                stream: ev.stream,
+                seq: ev.seq,
+                data: ev.data.clone(),
+            });
+        }
+        cursor.next = idx;
+        if st.finished || cursor.drain_then_end {
+            cursor.done = true;
+            return Poll::Ready(Item::End { retry: None });
+        }
+        st.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Closes the log: every reader ends (after `retry`, if given); appends fail.
+    pub(crate) fn close(&self, retry: Option<Duration>) {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return;
+        }
+        s.closed = Some(retry);
+        s.events.clear();
+        s.bytes = 0;
+        for st in s.streams.values_mut() {
+            st.wake();
+        }
+    }
+
+    /// Drops replay data older than `max_age`: events already delivered, and events of finished
+    /// streams, so an idle session does not keep its last answers for ever. Undelivered events
+    /// of live streams stay (the bounds still apply to them).
+    pub(crate) fn prune(&self, max_age: Duration) {
+        let Some(cutoff) = Instant::now().checked_sub(max_age) else {
+            return;
+        };
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if s.events.front().is_none_or(|e| e.at >= cutoff) {
+            return;
+        }
+        let before = s.events.len();
+        let streams = &mut s.streams;
+        let mut freed = 0;
+        s.events.retain(|ev| {
+            let keep = ev.at >= cutoff
+                || streams
+                    .get(&ev.stream)
+                    .is_some_and(|st| !st.finished && ev.seq > st.delivered);
+            if !keep {
+                freed += ev.data.len();
+                if let Some(st) = streams.get_mut(&ev.stream) {
+                    st.live -= 1;
+                }
+            }
+            keep
+        });
+        s.bytes -= freed;
+        // Positions shifted: readers rescan from the start (they skip by sequence number).
+        if s.events.len() != before {
+            s.generation += 1;
+        }
+        s.streams.retain(|_, st| !st.removable());
+    }
+
+    /// Whether a stream currently has a reader or is waiting for its handler.
+    pub(crate) fn readers(&self) -> usize {
+        self.lock().readers
+    }
+
+    /// Whether a stream exists (for `Last-Event-ID` resumption).
+    pub(crate) fn has_stream(&self, stream: u32) -> bool {
+        self.lock().streams.contains_key(&stream)
+    }
+
+    /// (events held, bytes held, events dropped before delivery) — for tests and metrics.
+    pub(crate) fn stats(&self) -> (usize, usize, u64) {
+        let s = self.lock();
+        (s.events.len(), s.bytes, s.dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn cx() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    fn log(max_events: usize) -> EventLog {
+        EventLog::new(
+            LogLimits {
+                max_events,
+                max_bytes: 1 << 20,
+            },
+            true,
+        )
+    }
+
+    fn next(l: &EventLog, c: &mut Cursor) -> Option<(u32, u32)> {
+        match l.poll_next(c, &mut cx()) {
+            Poll::Ready(Item::Event { stream, seq, .. }) => Some((stream, seq)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn streams_are_separate_and_resumable() {
+        let l = log(100);
+        let a = l.open_stream().unwrap();
+        let b = l.open_stream().unwrap();
+        l.append(a, Bytes::from_static(b"a1"), false).unwrap();
+        l.append(b, Bytes::from_static(b"b1"), false).unwrap();
+        l.append(a, Bytes::from_static(b"a2"), true).unwrap();
+        let mut ca = l.attach(a, Some(0), false, false).unwrap();
+        assert_eq!(next(&l, &mut ca), Some((a, 1)));
+        assert_eq!(next(&l, &mut ca), Some((a, 2)));
+        assert!(matches!(
+            l.poll_next(&mut ca, &mut cx()),
+            Poll::Ready(Item::End { .. })
+        ));
+        l.release(&ca);
+        // Resume after seq 1: only a's later event, never b's.
+        let mut again = l.attach(a, Some(1), false, true).unwrap();
+        assert_eq!(next(&l, &mut again), Some((a, 2)));
+    }
+
+    #[test]
+    fn standalone_is_exclusive_and_holds_undelivered() {
+        let l = log(100);
+        l.append(STANDALONE, Bytes::from_static(b"x"), false)
+            .unwrap();
+        let mut c = l.attach(STANDALONE, None, true, false).unwrap();
+        assert_eq!(
+            l.attach(STANDALONE, None, true, false).unwrap_err(),
+            AttachError::Busy
+        );
+        assert_eq!(next(&l, &mut c), Some((0, 1)));
+        assert!(l.poll_next(&mut c, &mut cx()).is_pending());
+        l.release(&c);
+        let mut c2 = l.attach(STANDALONE, None, true, false).unwrap();
+        assert!(l.poll_next(&mut c2, &mut cx()).is_pending());
+    }
+
+    #[test]
+    fn bounded_and_json_phase() {
+        let l = log(4);
+        for _ in 0..100 {
+            l.append(STANDALONE, Bytes::from_static(b"0123456789"), false)
+                .unwrap();
+        }
+        let (events, bytes, dropped) = l.stats();
+        assert_eq!((events, bytes, dropped), (4, 40, 96));
+        let s = l.open_stream().unwrap();
+        assert!(l.complete(s, Some(Bytes::from_static(b"r"))));
+        assert!(!l.has_stream(s));
+        let s = l.open_stream().unwrap();
+        l.append(s, Bytes::from_static(b"n"), false).unwrap();
+        assert!(!l.complete(s, Some(Bytes::from_static(b"r"))));
+        assert_eq!(
+            l.append(s, Bytes::from_static(b"late"), false),
+            Err(AppendError::StreamEnded)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prune_drops_old_replay_data_but_not_undelivered_events() {
+        let l = log(100);
+        let done = l.open_stream().unwrap();
+        l.append(done, Bytes::from_static(b"n"), false).unwrap();
+        l.append(done, Bytes::from_static(b"r"), true).unwrap();
+        l.append(STANDALONE, Bytes::from_static(b"undelivered"), false)
+            .unwrap();
+        let live = l.open_stream().unwrap();
+        l.append(live, Bytes::from_static(b"pending"), false)
+            .unwrap();
+        let mut reader = l.attach(live, Some(0), false, false).unwrap();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        l.prune(Duration::from_secs(60));
+        assert!(
+            !l.has_stream(done),
+            "a finished stream's replay data is gone"
+        );
+        assert_eq!(l.stats().0, 2, "undelivered events stay");
+        assert_eq!(next(&l, &mut reader), Some((live, 1)));
+        l.append(live, Bytes::from_static(b"more"), false).unwrap();
+        assert_eq!(next(&l, &mut reader), Some((live, 2)));
+        tokio::time::advance(Duration::from_secs(120)).await;
+        l.prune(Duration::from_secs(60));
+        assert_eq!(
+            l.stats().0,
+            1,
+            "delivered events go too; the standalone backlog stays"
+        );
+    }
+
+    #[test]
+    fn takeover_ends_old_reader() {
+        let l = log(10);
+        let mut old = l.attach(STANDALONE, None, true, false).unwrap();
+        let _new = l.attach(STANDALONE, Some(0), false, true).unwrap();
+        assert!(matches!(
+            l.poll_next(&mut old, &mut cx()),
+            Poll::Ready(Item::End { .. })
+        ));
+    }
+}

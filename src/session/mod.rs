@@ -1,0 +1,32 @@
+//! Sessions: ids, node tags, the `Session` handle, the per-request context and lifecycle.
+//!
+//! These types are shared by the layers: the transport creates sessions and puts [`Session`]
+//! and [`RequestContext`] into request extensions; the registry attaches
+//! [`Session::on_close`] hooks; the affinity layer mints tagged ids through
+//! [`TaggedIdGenerator`].
+//!
+//! # Example
+//!
+//! ```
+//! use mcp_affinity::session::{NodeTag, SessionIdGenerator, TaggedIdGenerator};
+//!
+//! let generator = TaggedIdGenerator::new(NodeTag::new("n1").unwrap());
+//! assert!(generator.generate().as_str().starts_with("n1."));
+//! ```
+
+mod context;
+mod handle;
+mod id;
+pub(crate) mod log;
+mod table;
+
+pub(crate) use context::LogRef;
+pub use context::RequestContext;
+pub use handle::{CloseReason, SendError, Session};
+pub(crate) use handle::{SessionConfig, encode_message};
+pub(crate) use id::random_token;
+pub use id::{
+    Fingerprint, InvalidSessionId, MAX_SESSION_ID_LEN, NodeTag, RandomIdGenerator, SessionId,
+    SessionIdGenerator, TaggedIdGenerator,
+};
+pub(crate) use table::SessionTable;

@@ -1,0 +1,90 @@
+//! The node-local session table: sharded, read-mostly.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, Hasher},
+    sync::{
+        RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use super::{Session, SessionId};
+
+const SHARDS: usize = 32;
+
+/// Sessions held by this node.
+#[derive(Debug)]
+pub(crate) struct SessionTable {
+    shards: Box<[RwLock<HashMap<SessionId, Session>>]>,
+    hasher: std::collections::hash_map::RandomState,
+    len: AtomicUsize,
+}
+
+impl SessionTable {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, id: &str) -> &RwLock<HashMap<SessionId, Session>> {
+        let mut h = self.hasher.build_hasher();
+        h.write(id.as_bytes());
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<Session> {
+        let shard = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        shard.get(id).cloned()
+    }
+
+    /// Inserts unless `len() >= max`; returns false when full.
+    pub(crate) fn insert(&self, session: Session, max: usize) -> bool {
+        if self.len.fetch_add(1, Ordering::AcqRel) >= max {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let mut shard = self
+            .shard(session.id().as_str())
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shard.insert(session.id().clone(), session).is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+        true
+    }
+
+    pub(crate) fn remove(&self, id: &str) -> Option<Session> {
+        let mut shard = self
+            .shard(id)
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = shard.remove(id);
+        if s.is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+        s
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of every session (for sweeps and shutdown).
+    pub(crate) fn snapshot(&self) -> Vec<Session> {
+        let mut out = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let shard = shard
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            out.extend(shard.values().cloned());
+        }
+        out
+    }
+}

@@ -1,0 +1,272 @@
+use std::{
+    convert::Infallible,
+    fmt,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::{task::AbortHandle, time::Sleep};
+
+use crate::session::{
+    LogRef,
+    log::{Cursor, Item},
+};
+
+pin_project! {
+    /// The response body of [`SseTransport`](super::SseTransport): empty, one JSON document,
+    /// or a Server-Sent Events stream.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping an SSE body (the client went away) releases its stream: in the legacy era the
+    /// request keeps running and its remaining events stay in the session's event log for a
+    /// `GET` + `Last-Event-ID` resumption; in the modern era dropping it cancels the request.
+    pub struct ResponseBody {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Full { data: Option<Bytes> },
+        Sse { #[pin] sse: SseBody },
+    }
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Full { data } => f
+                .debug_struct("ResponseBody")
+                .field("len", &data.as_ref().map(Bytes::len))
+                .finish(),
+            Kind::Sse { .. } => f.debug_struct("ResponseBody").field("sse", &true).finish(),
+        }
+    }
+}
+
+impl Default for ResponseBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl ResponseBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full { data: None },
+        }
+    }
+
+    /// A body of these bytes.
+    pub fn full(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    pub(crate) fn sse(sse: SseBody) -> Self {
+        Self {
+            kind: Kind::Sse { sse },
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.project().kind.project() {
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Sse { sse } => sse.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { data } => data.is_none(),
+            Kind::Sse { sse } => sse.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Sse { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// Aborts a task when dropped (modern era: closing the stream cancels the request).
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(pub(crate) AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pin_project! {
+    pub(crate) struct SseBody {
+        log: LogRef,
+        cursor: Cursor,
+        prelude: Option<Bytes>,
+        with_ids: bool,
+        interval: Option<Duration>,
+        // Boxed so the body is `Unpin` (easy to poll by hand); one allocation per stream.
+        keep_alive: Option<Pin<Box<Sleep>>>,
+        done: bool,
+        guard: Option<AbortOnDrop>,
+    }
+
+    impl PinnedDrop for SseBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            this.log.log().release(this.cursor);
+        }
+    }
+}
+
+impl SseBody {
+    /// `priming`: the retry hint for a priming event (an id and empty data) sent first.
+    pub(crate) fn new(
+        log: LogRef,
+        cursor: Cursor,
+        with_ids: bool,
+        priming: Option<Duration>,
+        keep_alive: Option<Duration>,
+        guard: Option<AbortOnDrop>,
+    ) -> Self {
+        let prelude = priming.map(|retry| {
+            let mut b = BytesMut::with_capacity(48);
+            b.put_slice(b"id: ");
+            put_event_id(&mut b, cursor.stream(), cursor_last_seq(&cursor));
+            b.put_slice(b"\nretry: ");
+            b.put_slice(retry.as_millis().to_string().as_bytes());
+            b.put_slice(b"\ndata: \n\n");
+            b.freeze()
+        });
+        Self {
+            log,
+            cursor,
+            prelude,
+            with_ids,
+            interval: keep_alive,
+            keep_alive: keep_alive.map(|d| Box::pin(tokio::time::sleep(d))),
+            done: false,
+            guard,
+        }
+    }
+}
+
+fn cursor_last_seq(c: &Cursor) -> u32 {
+    c.last_seq()
+}
+
+fn put_event_id(b: &mut BytesMut, stream: u32, seq: u32) {
+    b.put_slice(stream.to_string().as_bytes());
+    b.put_u8(b'-');
+    b.put_slice(seq.to_string().as_bytes());
+}
+
+/// Parses an event id `<stream>-<seq>`.
+pub(crate) fn parse_event_id(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Encodes one SSE event carrying `data` (split on line breaks, as SSE requires).
+pub(crate) fn encode_event(id: Option<(u32, u32)>, data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(data.len() + 32);
+    if let Some((stream, seq)) = id {
+        b.put_slice(b"id: ");
+        put_event_id(&mut b, stream, seq);
+        b.put_u8(b'\n');
+    }
+    b.put_slice(b"event: message\n");
+    for line in data.split(|&c| c == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        b.put_slice(b"data: ");
+        b.put_slice(line);
+        b.put_u8(b'\n');
+    }
+    b.put_u8(b'\n');
+    b.freeze()
+}
+
+impl SseBody {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(p) = this.prelude.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        let item = this.log.log().poll_next(this.cursor, cx);
+        let frame = match item {
+            Poll::Ready(Item::Event { stream, seq, data }) => {
+                encode_event((*this.with_ids).then_some((stream, seq)), &data)
+            }
+            Poll::Ready(Item::End { retry }) => {
+                *this.done = true;
+                return Poll::Ready(retry.map(|r| {
+                    Ok(Frame::data(Bytes::from(format!(
+                        "retry: {}\n\n",
+                        r.as_millis()
+                    ))))
+                }));
+            }
+            Poll::Pending => {
+                let Some(sleep) = this.keep_alive.as_mut() else {
+                    return Poll::Pending;
+                };
+                ready!(sleep.as_mut().poll(cx));
+                Bytes::from_static(b":\n\n")
+            }
+        };
+        if let (Some(sleep), Some(interval)) = (this.keep_alive.as_mut(), *this.interval) {
+            sleep.as_mut().reset(tokio::time::Instant::now() + interval);
+        }
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_encoding() {
+        assert_eq!(
+            &encode_event(Some((3, 7)), b"{}")[..],
+            b"id: 3-7\nevent: message\ndata: {}\n\n"
+        );
+        assert_eq!(
+            &encode_event(None, b"a\r\nb")[..],
+            b"event: message\ndata: a\ndata: b\n\n"
+        );
+        assert_eq!(parse_event_id("3-7"), Some((3, 7)));
+        assert_eq!(parse_event_id("x-7"), None);
+        assert_eq!(parse_event_id("37"), None);
+    }
+}

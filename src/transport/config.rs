@@ -1,0 +1,305 @@
+//! Transport configuration: limits, timeouts and the DNS-rebinding policies.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::request::Parts;
+
+use crate::session::{RandomIdGenerator, SessionIdGenerator, log::LogLimits};
+
+/// Which `Host` header values are accepted (DNS-rebinding protection).
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::transport::HostPolicy;
+///
+/// let p = HostPolicy::localhost();
+/// assert!(p.allows("127.0.0.1:8080"));
+/// assert!(!p.allows("evil.example.com"));
+/// let p = HostPolicy::list(["mcp.example.com"]);
+/// assert!(p.allows("mcp.example.com:443"));
+/// assert!(HostPolicy::any().allows("anything"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct HostPolicy(HostPolicyKind);
+
+#[derive(Debug, Clone)]
+enum HostPolicyKind {
+    Any,
+    List(Arc<[String]>),
+}
+
+impl HostPolicy {
+    /// Any host (no DNS-rebinding protection).
+    ///
+    /// # ⚠️ Warning
+    ///
+    /// Only behind a proxy or balancer that itself restricts the `Host` header, or for servers
+    /// that are not reachable from a browser.
+    pub fn any() -> Self {
+        Self(HostPolicyKind::Any)
+    }
+
+    /// `localhost`, `127.0.0.1` and `[::1]`, on any port (the default).
+    pub fn localhost() -> Self {
+        Self::list(["localhost", "127.0.0.1", "[::1]"])
+    }
+
+    /// Exactly these hosts; an entry without a port matches every port, one with a port
+    /// (`host:8080`) only that port. Matching ignores ASCII case.
+    pub fn list<I, S>(hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self(HostPolicyKind::List(
+            hosts
+                .into_iter()
+                .map(|h| h.into().to_ascii_lowercase())
+                .collect(),
+        ))
+    }
+
+    /// Whether a `Host` header value (`host[:port]`) is allowed.
+    pub fn allows(&self, host: &str) -> bool {
+        match &self.0 {
+            HostPolicyKind::Any => true,
+            HostPolicyKind::List(list) => {
+                let host = host.to_ascii_lowercase();
+                let name = strip_port(&host);
+                list.iter()
+                    .any(|h| *h == host || (*h == name && !has_port(h)))
+            }
+        }
+    }
+
+    pub(crate) fn is_any(&self) -> bool {
+        matches!(self.0, HostPolicyKind::Any)
+    }
+}
+
+fn has_port(h: &str) -> bool {
+    strip_port(h).len() != h.len()
+}
+
+fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        // [v6]:port
+        return match rest.find(']') {
+            Some(i) => &h[..i + 2],
+            None => h,
+        };
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => h,
+    }
+}
+
+/// Which `Origin` header values are accepted; a request without `Origin` always passes.
+///
+/// The default accepts an origin whose host is allowed by the [`HostPolicy`] and equals the
+/// request's `Host` (same-origin), plus the origins added with [`OriginPolicy::allow`].
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::transport::OriginPolicy;
+///
+/// let p = OriginPolicy::same_origin().allow("https://app.example.com");
+/// assert!(p.allows("https://app.example.com", "mcp.example.com"));
+/// assert!(p.allows("http://mcp.example.com", "mcp.example.com"));
+/// assert!(!p.allows("https://evil.example.com", "mcp.example.com"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    allowed: Vec<String>,
+    any: bool,
+}
+
+impl OriginPolicy {
+    /// Same-origin requests only (the default).
+    pub fn same_origin() -> Self {
+        Self::default()
+    }
+
+    /// Every origin.
+    ///
+    /// # ⚠️ Warning
+    ///
+    /// Disables the spec's required `Origin` validation: any web page a user visits can then
+    /// talk to this server through the user's browser.
+    pub fn any() -> Self {
+        Self {
+            allowed: Vec::new(),
+            any: true,
+        }
+    }
+
+    /// Also accepts this exact origin (`scheme://host[:port]`, ASCII case ignored).
+    #[must_use]
+    pub fn allow(mut self, origin: impl Into<String>) -> Self {
+        self.allowed.push(origin.into().to_ascii_lowercase());
+        self
+    }
+
+    /// Whether `origin` is allowed for a request whose `Host` is `host`.
+    pub fn allows(&self, origin: &str, host: &str) -> bool {
+        if self.any {
+            return true;
+        }
+        let origin = origin.to_ascii_lowercase();
+        if self.allowed.contains(&origin) {
+            return true;
+        }
+        let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or("");
+        !authority.is_empty() && authority.eq_ignore_ascii_case(host)
+    }
+}
+
+/// Extracts the principal (user) a session is bound to from a request, e.g. from an
+/// authentication extension put there by an auth layer. Implemented for closures.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::transport::PrincipalExtractor;
+///
+/// let from_header = |parts: &http::request::Parts| {
+///     parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(str::to_owned)
+/// };
+/// let (parts, ()) = http::Request::builder().header("x-user", "ada").body(()).unwrap().into_parts();
+/// assert_eq!(from_header.principal(&parts).as_deref(), Some("ada"));
+/// ```
+pub trait PrincipalExtractor: Send + Sync + 'static {
+    /// The principal of this request, if authenticated.
+    fn principal(&self, parts: &Parts) -> Option<String>;
+}
+
+impl<F> PrincipalExtractor for F
+where
+    F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+{
+    fn principal(&self, parts: &Parts) -> Option<String> {
+        self(parts)
+    }
+}
+
+/// An invalid transport configuration, reported when the layer is built.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::SseTransportLayer;
+///
+/// let err = SseTransportLayer::new().with_max_sessions(0).build().unwrap_err();
+/// assert!(err.to_string().contains("max_sessions"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub(crate) field: &'static str,
+}
+
+impl ConfigError {
+    /// The name of the offending setting.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid transport configuration: {} must be positive",
+            self.field
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_sessions: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) init_timeout: Duration,
+    pub(crate) log: LogLimits,
+    pub(crate) replay_ttl: Duration,
+    pub(crate) max_pending_requests: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) keep_alive: Option<Duration>,
+    pub(crate) retry: Duration,
+    pub(crate) busy_retry_after: u32,
+    pub(crate) hosts: HostPolicy,
+    pub(crate) origins: OriginPolicy,
+    pub(crate) ids: Arc<dyn SessionIdGenerator>,
+    pub(crate) principal: Option<Arc<dyn PrincipalExtractor>>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_sessions", &self.max_sessions)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("init_timeout", &self.init_timeout)
+            .field("log", &self.log)
+            .field("replay_ttl", &self.replay_ttl)
+            .field("max_pending_requests", &self.max_pending_requests)
+            .field("request_timeout", &self.request_timeout)
+            .field("keep_alive", &self.keep_alive)
+            .field("retry", &self.retry)
+            .field("hosts", &self.hosts)
+            .field("origins", &self.origins)
+            .field("principal", &self.principal.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_sessions: 10_000,
+            idle_timeout: Duration::from_secs(30 * 60),
+            init_timeout: Duration::from_secs(60),
+            log: LogLimits {
+                max_events: 256,
+                max_bytes: 1024 * 1024,
+            },
+            replay_ttl: Duration::from_secs(60),
+            max_pending_requests: 32,
+            request_timeout: Duration::from_secs(60),
+            keep_alive: Some(Duration::from_secs(15)),
+            retry: Duration::from_secs(3),
+            busy_retry_after: 5,
+            hosts: HostPolicy::localhost(),
+            origins: OriginPolicy::default(),
+            ids: Arc::new(RandomIdGenerator),
+            principal: None,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(&'static str, bool); 9] = [
+            ("replay_ttl", !self.replay_ttl.is_zero()),
+            ("max_body_bytes", self.max_body_bytes > 0),
+            ("max_sessions", self.max_sessions > 0),
+            ("idle_timeout", !self.idle_timeout.is_zero()),
+            ("init_timeout", !self.init_timeout.is_zero()),
+            ("event_log_events", self.log.max_events > 0),
+            ("event_log_bytes", self.log.max_bytes > 0),
+            ("request_timeout", !self.request_timeout.is_zero()),
+            ("keep_alive", self.keep_alive.is_none_or(|d| !d.is_zero())),
+        ];
+        match checks.iter().find(|(_, ok)| !ok) {
+            Some((field, _)) => Err(ConfigError { field }),
+            None => Ok(()),
+        }
+    }
+}

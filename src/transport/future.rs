@@ -1,0 +1,72 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::ResponseBody;
+
+type BoxFuture<E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, E>> + Send>>;
+
+pin_project! {
+    /// Response future of [`SseTransport`](super::SseTransport).
+    ///
+    /// Requests the transport answers itself (rejections, `GET`, `DELETE`) are ready at once;
+    /// a `POST` reads its body and runs the handler behind one allocation.
+    pub struct ResponseFuture<E> {
+        #[pin]
+        kind: Kind<E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<E> {
+        Ready { response: Option<Response<ResponseBody>> },
+        Post { future: BoxFuture<E> },
+    }
+}
+
+impl<E> ResponseFuture<E> {
+    pub(crate) fn ready(response: Response<ResponseBody>) -> Self {
+        Self {
+            kind: Kind::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn boxed(
+        future: impl Future<Output = Result<Response<ResponseBody>, E>> + Send + 'static,
+    ) -> Self {
+        Self {
+            kind: Kind::Post {
+                future: Box::pin(future),
+            },
+        }
+    }
+}
+
+impl<E> fmt::Debug for ResponseFuture<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<E> Future for ResponseFuture<E> {
+    type Output = Result<Response<ResponseBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Ready { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+            KindProj::Post { future } => future.as_mut().poll(cx),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The MCP Streamable HTTP transport: sessions (legacy era) and stateless requests (modern
+//! era) on one endpoint, in front of a JSON-RPC handler.
+//!
+//! # The handler contract
+//!
+//! The inner service receives **one** client JSON-RPC request or notification per call, as an
+//! `http::Request<`[`RequestBody`]`>` whose extensions hold the parsed
+//! [`Message`](crate::protocol::Message), a [`RequestContext`](crate::session::RequestContext)
+//! and, in the legacy era, the [`Session`](crate::session::Session). It answers with an HTTP
+//! response whose body is the JSON-RPC response (`application/json`). Client JSON-RPC
+//! *responses* (answers to server→client requests) are consumed by the transport.
+//!
+//! The transport chooses the wire form: plain JSON when the handler streamed nothing before
+//! its result, otherwise an SSE stream (priming event on `2025-11-25`, the related messages,
+//! the response, end).
+//!
+//! | request | legacy era (≤ `2025-11-25`) | modern era (`2026-07-28`) |
+//! |---|---|---|
+//! | `POST initialize` | creates a session, `Mcp-Session-Id` on success | `404`/`-32601` |
+//! | `POST` other | needs `Mcp-Session-Id` (`400` without, `404` unknown) | stateless, headers validated |
+//! | `GET` | standalone stream, `Last-Event-ID` resumption, `409` for a second | `405` |
+//! | `DELETE` | closes the session | `405` |
+//!
+//! # Example
+//!
+//! ```
+//! use mcp_affinity::{handler::handler_fn, SseTransportLayer};
+//! use serde_json::json;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(SseTransportLayer::new())
+//!     .service(handler_fn(|req, _cx| async move {
+//!         match req.method.as_str() {
+//!             "initialize" => Ok(json!({
+//!                 "protocolVersion": "2025-11-25",
+//!                 "capabilities": {},
+//!                 "serverInfo": {"name": "demo", "version": "1"}
+//!             })),
+//!             _ => Ok(json!({})),
+//!         }
+//!     }));
+//!
+//! let req = http::Request::post("http://localhost/mcp")
+//!     .header("host", "localhost")
+//!     .header("accept", "application/json, text/event-stream")
+//!     .header("content-type", "application/json")
+//!     .body(Full::new(Bytes::from(
+//!         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#,
+//!     )))?;
+//! let res = ServiceExt::<http::Request<Full<Bytes>>>::ready(&mut svc).await?.call(req).await?;
+//! assert_eq!(res.status(), 200);
+//! assert!(res.headers().contains_key("mcp-session-id"));
+//! # Ok(())
+//! # }
+//! ```
+
+mod body;
+mod config;
+mod future;
+mod layer;
+mod request_body;
+mod service;
+
+pub use body::ResponseBody;
+pub use config::{ConfigError, HostPolicy, OriginPolicy, PrincipalExtractor};
+pub use future::ResponseFuture;
+pub use layer::{SseTransportLayer, TransportHandle};
+pub use request_body::RequestBody;
+pub use service::SseTransport;

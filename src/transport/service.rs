@@ -1,0 +1,1177 @@
+use std::{
+    future::{Future, poll_fn},
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header, request::Parts};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower_service::Service;
+use tracing::Instrument;
+
+use super::{
+    RequestBody, ResponseFuture,
+    body::{AbortOnDrop, ResponseBody, SseBody, parse_event_id},
+    layer::Shared,
+};
+use crate::{
+    BoxError,
+    protocol::{
+        self, Era, Message, MessageKind, ProtocolVersion, Rejection, RequestId, codes, error_body,
+        headers, peek_error_code, peek_initialize_result,
+    },
+    session::{
+        CloseReason, LogRef, RequestContext, Session,
+        log::{AttachError, EventLog, Phase, STANDALONE},
+    },
+};
+
+/// The MCP Streamable HTTP transport service. See [`SseTransportLayer`](super::SseTransportLayer)
+/// and the [module docs](crate::transport).
+#[derive(Debug)]
+pub struct SseTransport<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for SseTransport<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> SseTransport<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// A transport with default settings around `inner`.
+    ///
+    /// Every call creates a new session table; use [`SseTransportLayer`](super::SseTransportLayer)
+    /// to share one.
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&super::SseTransportLayer::new(), inner)
+    }
+
+    /// The layer with default settings.
+    pub fn layer() -> super::SseTransportLayer {
+        super::SseTransportLayer::new()
+    }
+
+    crate::macros::define_inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SseTransport<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        if let Err(r) = check_security(&self.shared, &parts) {
+            return ResponseFuture::ready(reject(r));
+        }
+        match parts.method {
+            Method::POST => {
+                // The ready service goes into the future; this service keeps the clone.
+                // See https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let shared = self.shared.clone();
+                let span = tracing::debug_span!("mcp_post", era = tracing::field::Empty);
+                ResponseFuture::boxed(post(shared, inner, parts, body).instrument(span))
+            }
+            Method::GET => ResponseFuture::ready(get(&self.shared, &parts)),
+            Method::DELETE => ResponseFuture::ready(delete(&self.shared, &parts)),
+            _ => ResponseFuture::ready(reject(method_not_allowed("GET, POST, DELETE"))),
+        }
+    }
+}
+
+fn reject(r: Rejection) -> Response<ResponseBody> {
+    r.into_response(ResponseBody::full)
+}
+
+fn method_not_allowed(allow: &'static str) -> Rejection {
+    Rejection::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        codes::INVALID_REQUEST,
+        "method not allowed",
+    )
+    .with_header(header::ALLOW, HeaderValue::from_static(allow))
+}
+
+fn check_security(shared: &Shared, parts: &Parts) -> Result<(), Rejection> {
+    let cfg = &shared.config;
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    if !cfg.hosts.is_any() && !cfg.hosts.allows(host) {
+        tracing::warn!("request with a Host header not allowed (DNS-rebinding protection)");
+        return Err(Rejection::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            codes::INVALID_REQUEST,
+            "host not allowed",
+        ));
+    }
+    if let Some(origin) = parts.headers.get(header::ORIGIN) {
+        let ok = origin.to_str().is_ok_and(|o| cfg.origins.allows(o, host));
+        if !ok {
+            tracing::warn!("request with an Origin not allowed");
+            return Err(Rejection::new(
+                StatusCode::FORBIDDEN,
+                codes::INVALID_REQUEST,
+                "origin not allowed",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the `Accept` header allows JSON and/or SSE.
+fn accepts(h: &HeaderMap) -> (bool, bool) {
+    let (mut json, mut sse) = (false, false);
+    for v in h.get_all(header::ACCEPT) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let mt = item.split(';').next().unwrap_or("").trim();
+            match mt.to_ascii_lowercase().as_str() {
+                "*/*" => (json, sse) = (true, true),
+                "application/json" | "application/*" => json = true,
+                "text/event-stream" | "text/*" => sse = true,
+                _ => {}
+            }
+        }
+    }
+    (json, sse)
+}
+
+enum Lookup {
+    Missing,
+    Found(Session),
+}
+
+fn not_found() -> Rejection {
+    Rejection::new(
+        StatusCode::NOT_FOUND,
+        codes::SESSION_NOT_FOUND,
+        "session not found: start a new session with initialize",
+    )
+}
+
+fn lookup(shared: &Shared, parts: &Parts) -> Result<Lookup, Rejection> {
+    let Some(raw) = parts.headers.get(headers::MCP_SESSION_ID) else {
+        return Ok(Lookup::Missing);
+    };
+    let id = raw.to_str().map_err(|_| not_found())?;
+    let session = shared.sessions.get(id).ok_or_else(not_found)?;
+    if session.is_closed() {
+        shared.sessions.remove(id);
+        return Err(not_found());
+    }
+    if let Some(extractor) = &shared.config.principal
+        && extractor.principal(parts).as_deref() != session.inner.principal.as_deref()
+    {
+        tracing::warn!(session = %session.id(), "session used by another principal");
+        return Err(not_found());
+    }
+    session.touch(shared.now_ms());
+    Ok(Lookup::Found(session))
+}
+
+/// Checks `MCP-Protocol-Version` on a request of an existing legacy session.
+fn check_legacy_version(parts: &Parts) -> Result<(), Rejection> {
+    match protocol::header_version(&parts.headers) {
+        Ok(None) => Ok(()),
+        Ok(Some(v)) if ProtocolVersion::parse(v).is_some_and(|v| v.era() == Era::Legacy) => Ok(()),
+        _ => Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_REQUEST,
+            "unsupported MCP-Protocol-Version",
+        )
+        .with_data(
+            serde_json::json!({ "supported": ProtocolVersion::ALL.map(ProtocolVersion::as_str) }),
+        )),
+    }
+}
+
+fn session_version(session: &Session) -> ProtocolVersion {
+    session
+        .protocol_version()
+        .unwrap_or(ProtocolVersion::V2025_03_26)
+}
+
+fn sse_headers(res: &mut Response<ResponseBody>) {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(headers::X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+}
+
+fn sse_response(body: SseBody) -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::sse(body));
+    sse_headers(&mut res);
+    res
+}
+
+fn get(shared: &Shared, parts: &Parts) -> Response<ResponseBody> {
+    match get_inner(shared, parts) {
+        Ok(r) => r,
+        Err(r) => reject(r),
+    }
+}
+
+fn get_inner(shared: &Shared, parts: &Parts) -> Result<Response<ResponseBody>, Rejection> {
+    let session = match lookup(shared, parts)? {
+        Lookup::Found(s) => s,
+        // No legacy session: the modern era has no GET endpoint.
+        Lookup::Missing => return Err(method_not_allowed("POST")),
+    };
+    if !accepts(&parts.headers).1 {
+        return Err(Rejection::new(
+            StatusCode::NOT_ACCEPTABLE,
+            codes::INVALID_REQUEST,
+            "Accept must include text/event-stream",
+        ));
+    }
+    check_legacy_version(parts)?;
+    let log = &session.inner.log;
+    let resume = parts
+        .headers
+        .get(headers::LAST_EVENT_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_event_id)
+        .filter(|(stream, _)| log.has_stream(*stream));
+    let cursor = match resume {
+        Some((stream, seq)) => log.attach(stream, Some(seq), false, true),
+        None => log.attach(STANDALONE, None, true, false),
+    };
+    let cursor = cursor.map_err(|e| match e {
+        AttachError::Busy => Rejection::new(
+            StatusCode::CONFLICT,
+            codes::BAD_REQUEST,
+            "a standalone SSE stream is already open for this session",
+        ),
+        AttachError::Unknown | AttachError::Closed => not_found(),
+    })?;
+    tracing::debug!(session = %session.id(), stream = cursor.stream(), resumed = resume.is_some(), "SSE stream opened");
+    let cfg = &shared.config;
+    let priming = session_version(&session)
+        .primes_streams()
+        .then_some(cfg.retry);
+    Ok(sse_response(SseBody::new(
+        LogRef::Session(session),
+        cursor,
+        true,
+        priming,
+        cfg.keep_alive,
+        None,
+    )))
+}
+
+fn delete(shared: &Shared, parts: &Parts) -> Response<ResponseBody> {
+    match lookup(shared, parts) {
+        Ok(Lookup::Found(session)) => {
+            shared.close(&session, CloseReason::Deleted, None);
+            Response::new(ResponseBody::empty())
+        }
+        Ok(Lookup::Missing) => reject(method_not_allowed("POST")),
+        Err(r) => reject(r),
+    }
+}
+
+/// The handler's answer, collected.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+async fn collect<B>(res: Response<B>) -> Answer
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = res.into_parts();
+    match body.collect().await {
+        Ok(c) => Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: c.to_bytes(),
+        },
+        Err(e) => {
+            let e: BoxError = e.into();
+            tracing::error!(error = %e, "handler response body failed");
+            Answer {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: error_body(None, codes::INTERNAL_ERROR, "internal error", None),
+            }
+        }
+    }
+}
+
+fn json_response(mut a: Answer, era: Era) -> Response<ResponseBody> {
+    let mut status = a.status;
+    if era == Era::Modern && status == StatusCode::OK {
+        status = match peek_error_code(&a.body) {
+            Some(codes::METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
+            Some(
+                codes::INVALID_PARAMS
+                | codes::HEADER_MISMATCH
+                | codes::MISSING_REQUIRED_CLIENT_CAPABILITY
+                | codes::UNSUPPORTED_PROTOCOL_VERSION,
+            ) => StatusCode::BAD_REQUEST,
+            _ => status,
+        };
+    }
+    a.headers.remove(header::CONTENT_LENGTH);
+    a.headers.remove(header::TRANSFER_ENCODING);
+    if !a.body.is_empty() && !a.headers.contains_key(header::CONTENT_TYPE) {
+        a.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    let mut res = Response::new(ResponseBody::full(a.body));
+    *res.status_mut() = status;
+    *res.headers_mut() = a.headers;
+    res
+}
+
+/// What a handler's answer becomes as the last event of an SSE stream.
+fn answer_event(a: &Answer, id: &RequestId) -> Bytes {
+    if a.status.is_success() && !a.body.is_empty() {
+        a.body.clone()
+    } else {
+        error_body(
+            Some(id),
+            codes::INTERNAL_ERROR,
+            a.status.canonical_reason().unwrap_or("handler error"),
+            None,
+        )
+    }
+}
+
+/// Catches a panicking handler so it becomes an internal error, not a lost stream.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => {
+                tracing::error!("handler panicked");
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+fn bad_request(code: i64, msg: &'static str) -> Rejection {
+    Rejection::new(StatusCode::BAD_REQUEST, code, msg)
+}
+
+async fn post<S, B, ResBody>(
+    shared: Arc<Shared>,
+    inner: S,
+    parts: Parts,
+    body: B,
+) -> Result<Response<ResponseBody>, S::Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    match post_inner(&shared, inner, parts, body).await {
+        Ok(Ok(res)) => Ok(res),
+        Ok(Err(rejection)) => Ok(reject(rejection)),
+        Err(e) => Err(e),
+    }
+}
+
+type Outcome<E> = Result<Result<Response<ResponseBody>, Rejection>, E>;
+
+async fn post_inner<S, B, ResBody>(
+    shared: &Arc<Shared>,
+    inner: S,
+    parts: Parts,
+    body: B,
+) -> Outcome<S::Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (json_ok, sse_ok) = accepts(&parts.headers);
+    if !(json_ok && sse_ok) {
+        return Ok(Err(Rejection::new(
+            StatusCode::NOT_ACCEPTABLE,
+            codes::INVALID_REQUEST,
+            "Accept must include application/json and text/event-stream",
+        )));
+    }
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Ok(Err(Rejection::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            codes::INVALID_REQUEST,
+            "Content-Type must be application/json",
+        )));
+    }
+    let bytes = match Limited::new(body, shared.config.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Ok(Err(Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::INVALID_REQUEST,
+                "request body too large",
+            )));
+        }
+        Err(_) => {
+            return Ok(Err(bad_request(
+                codes::PARSE_ERROR,
+                "could not read the request body",
+            )));
+        }
+    };
+    let msg = match protocol::parse_body(&bytes) {
+        Ok(protocol::Body::Single(m)) => m,
+        Ok(protocol::Body::Batch(msgs)) => return batch(shared, inner, parts, bytes, msgs).await,
+        Err(protocol::ParseError::Json) => {
+            return Ok(Err(bad_request(codes::PARSE_ERROR, "parse error")));
+        }
+        Err(protocol::ParseError::Invalid(m)) => {
+            return Ok(Err(bad_request(codes::INVALID_REQUEST, m)));
+        }
+    };
+    let peek = msg.peek_params();
+    let era = match protocol::classify_post(&parts.headers, &msg, &peek) {
+        Ok(era) => era,
+        Err(r) => return Ok(Err(r)),
+    };
+    let span = tracing::Span::current();
+    span.record("era", tracing::field::debug(era));
+    match era {
+        Era::Modern => modern(shared, inner, parts, bytes, msg).await,
+        Era::Legacy => legacy(shared, inner, parts, bytes, msg, peek).await,
+    }
+}
+
+fn handler_request(
+    parts: Parts,
+    bytes: Bytes,
+    msg: Message,
+    cx: RequestContext,
+    session: Option<Session>,
+) -> Request<RequestBody> {
+    let mut req = Request::from_parts(parts, RequestBody::new(bytes));
+    let ext = req.extensions_mut();
+    ext.insert(msg);
+    ext.insert(cx);
+    if let Some(s) = session {
+        ext.insert(s);
+    }
+    req
+}
+
+async fn call<S, ResBody>(mut inner: S, req: Request<RequestBody>) -> Result<S::Future, S::Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResBody>>,
+{
+    // `poll_ready` was driven by the caller of this service; a second check is free for ready
+    // services and keeps the contract for services readied elsewhere.
+    poll_fn(|cx| inner.poll_ready(cx)).await?;
+    Ok(inner.call(req))
+}
+
+async fn modern<S, ResBody>(
+    shared: &Arc<Shared>,
+    inner: S,
+    parts: Parts,
+    bytes: Bytes,
+    msg: Message,
+) -> Outcome<S::Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let id = msg.id().cloned();
+    let method = msg.method().unwrap_or_default();
+    if msg.kind() == MessageKind::Response {
+        return Ok(Err(bad_request(
+            codes::INVALID_REQUEST,
+            "clients must not send responses in 2026-07-28",
+        )));
+    }
+    if protocol::REMOVED_IN_MODERN.contains(&method) {
+        return Ok(Err(Rejection::new(
+            StatusCode::NOT_FOUND,
+            codes::METHOD_NOT_FOUND,
+            "method not found (removed in 2026-07-28)",
+        )
+        .with_id(id)));
+    }
+    let log = Arc::new(EventLog::new(shared.config.log, false));
+    let Some(id) = id else {
+        let cx = RequestContext::modern(log, None, None);
+        let fut = call(inner, handler_request(parts, bytes, msg, cx, None)).await?;
+        return Ok(Ok(notification_answer(fut.await?).await));
+    };
+    let Ok(stream) = log.open_stream() else {
+        return Ok(Err(not_found()));
+    };
+    let cx = RequestContext::modern(log.clone(), Some(id.clone()), Some(stream));
+    let fut = call(inner, handler_request(parts, bytes, msg, cx, None)).await?;
+    run(
+        shared,
+        fut,
+        LogRef::Own(log),
+        stream,
+        None,
+        id,
+        Era::Modern,
+        None,
+    )
+    .await
+}
+
+async fn notification_answer<ResBody>(res: Response<ResBody>) -> Response<ResponseBody>
+where
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    if res.status().is_success() {
+        let mut res = Response::new(ResponseBody::empty());
+        *res.status_mut() = StatusCode::ACCEPTED;
+        return res;
+    }
+    json_response(collect(res).await, Era::Legacy)
+}
+
+async fn legacy<S, ResBody>(
+    shared: &Arc<Shared>,
+    inner: S,
+    parts: Parts,
+    bytes: Bytes,
+    msg: Message,
+    peek: protocol::ParamsPeek,
+) -> Outcome<S::Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    if msg.kind() == MessageKind::Request && msg.method() == Some("initialize") {
+        return initialize(shared, inner, parts, bytes, msg, peek).await;
+    }
+    let session = match lookup(shared, &parts) {
+        Ok(Lookup::Found(s)) => s,
+        Ok(Lookup::Missing) => {
+            return Ok(Err(bad_request(
+                codes::BAD_REQUEST,
+                "missing Mcp-Session-Id header",
+            )));
+        }
+        Err(r) => return Ok(Err(r)),
+    };
+    if let Err(r) = check_legacy_version(&parts) {
+        return Ok(Err(r.with_id(msg.id().cloned())));
+    }
+    let version = session_version(&session);
+    match msg.kind() {
+        MessageKind::Response => {
+            take_client_answer(&session, &msg);
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = StatusCode::ACCEPTED;
+            Ok(Ok(res))
+        }
+        MessageKind::Notification => {
+            observe_notification(&session, &msg, &peek);
+            let cx = RequestContext::legacy(session.clone(), version, None, None);
+            let fut = call(inner, handler_request(parts, bytes, msg, cx, Some(session))).await?;
+            let res = fut.await?;
+            Ok(Ok(notification_answer(res).await))
+        }
+        MessageKind::Request => {
+            let Some(id) = msg.id().cloned() else {
+                return Ok(Err(bad_request(
+                    codes::INVALID_REQUEST,
+                    "request without id",
+                )));
+            };
+            let Ok(stream) = session.inner.log.open_stream() else {
+                return Ok(Err(not_found()));
+            };
+            let cx =
+                RequestContext::legacy(session.clone(), version, Some(id.clone()), Some(stream));
+            let fut = call(
+                inner,
+                handler_request(parts, bytes, msg, cx, Some(session.clone())),
+            )
+            .await?;
+            let priming = version.primes_streams().then_some(shared.config.retry);
+            run(
+                shared,
+                fut,
+                LogRef::Session(session.clone()),
+                stream,
+                Some(session),
+                id,
+                Era::Legacy,
+                priming,
+            )
+            .await
+        }
+    }
+}
+
+async fn initialize<S, ResBody>(
+    shared: &Arc<Shared>,
+    inner: S,
+    parts: Parts,
+    bytes: Bytes,
+    msg: Message,
+    peek: protocol::ParamsPeek,
+) -> Outcome<S::Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let id = msg.id().cloned();
+    if shared.draining.load(Ordering::Acquire) {
+        return Ok(Err(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::BAD_REQUEST,
+            "server shutting down: retry on another node",
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from(shared.config.busy_retry_after),
+        )
+        .with_id(id)));
+    }
+    let principal = match &shared.config.principal {
+        Some(ex) => ex.principal(&parts).map(String::into_boxed_str),
+        None => None,
+    };
+    let session = Session::new(
+        shared.config.ids.generate(),
+        principal,
+        shared.session_config(),
+        shared.now_ms(),
+    );
+    if !shared
+        .sessions
+        .insert(session.clone(), shared.config.max_sessions)
+    {
+        tracing::warn!(max = shared.config.max_sessions, "session limit reached");
+        return Ok(Err(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::BAD_REQUEST,
+            "too many sessions on this node",
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from(shared.config.busy_retry_after),
+        )
+        .with_id(id)));
+    }
+    shared.ensure_sweeper();
+    // However the session closes (including `Session::close` by the application), it leaves the
+    // table at once.
+    let table = Arc::downgrade(shared);
+    session.on_close(move |id, _| {
+        if let Some(shared) = table.upgrade() {
+            shared.sessions.remove(id.as_str());
+        }
+    });
+    let requested = peek
+        .protocol_version
+        .as_ref()
+        .and_then(|v| v.as_str())
+        .and_then(ProtocolVersion::parse)
+        .filter(|v| v.era() == Era::Legacy)
+        .unwrap_or(ProtocolVersion::V2025_03_26);
+    let cx = RequestContext::legacy(session.clone(), requested, id.clone(), None);
+    let client_info = peek.client_info.clone();
+    let capabilities = peek.capabilities.clone();
+    // The handler runs inline: initialize is answered with JSON, and if the client goes away
+    // the session is discarded with it (the guard below).
+    let mut guard = DiscardOnDrop(Some((shared.clone(), session.clone())));
+    let result = async {
+        let fut = call(
+            inner,
+            handler_request(parts, bytes, msg, cx, Some(session.clone())),
+        )
+        .await?;
+        let res = fut.await?;
+        Ok(collect(res).await)
+    }
+    .await;
+    let answer = match result {
+        Ok(a) => a,
+        Err(e) => return Err(e),
+    };
+    let negotiated = if answer.status.is_success() {
+        peek_initialize_result(&answer.body)
+    } else {
+        None
+    };
+    let Some(negotiated) = negotiated else {
+        tracing::debug!("initialize failed; session discarded");
+        return Ok(Ok(json_response(answer, Era::Legacy)));
+    };
+    guard.0 = None;
+    let version = negotiated
+        .as_deref()
+        .and_then(ProtocolVersion::parse)
+        .filter(|v| v.era() == Era::Legacy)
+        .unwrap_or(requested);
+    session.set_initialized(version, client_info, capabilities);
+    shared.counters.created.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(session = %session.id(), version = %version, "session created");
+    let mut res = json_response(answer, Era::Legacy);
+    match HeaderValue::from_str(session.id().as_str()) {
+        Ok(v) => {
+            res.headers_mut().insert(headers::MCP_SESSION_ID, v);
+        }
+        Err(_) => {
+            shared.close(&session, CloseReason::InitializeFailed, None);
+            return Ok(Err(Rejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL_ERROR,
+                "session id generator produced an invalid id",
+            )));
+        }
+    }
+    res.extensions_mut().insert(session);
+    Ok(Ok(res))
+}
+
+/// A JSON-RPC batch: allowed only on `2025-03-26` sessions (the revision that had them).
+///
+/// Client responses and notifications are handled in order; the batch's requests run
+/// concurrently and their responses go out on one SSE stream that ends with the last one.
+async fn batch<S, ResBody>(
+    shared: &Arc<Shared>,
+    inner: S,
+    parts: Parts,
+    bytes: Bytes,
+    msgs: Vec<Message>,
+) -> Outcome<S::Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let refuse = |msg: &'static str| Ok(Err(bad_request(codes::INVALID_REQUEST, msg)));
+    if msgs.iter().any(|m| {
+        m.peek_params()
+            .meta
+            .is_some_and(|meta| meta.contains_key("io.modelcontextprotocol/protocolVersion"))
+    }) {
+        return refuse("JSON-RPC batches are not allowed in 2026-07-28");
+    }
+    if msgs.iter().any(|m| m.method() == Some("initialize")) {
+        return refuse("initialize must not be part of a JSON-RPC batch");
+    }
+    let header_allows = match protocol::header_version(&parts.headers) {
+        Ok(None) => true,
+        Ok(Some(v)) => ProtocolVersion::parse(v).is_some_and(ProtocolVersion::allows_batches),
+        Err(()) => false,
+    };
+    let session = match lookup(shared, &parts) {
+        Ok(Lookup::Found(s)) if header_allows && session_version(&s).allows_batches() => s,
+        Ok(Lookup::Found(_)) | Ok(Lookup::Missing) if !header_allows => {
+            return refuse("JSON-RPC batches are not supported (removed in 2025-06-18)");
+        }
+        Ok(Lookup::Found(_)) => {
+            return refuse("JSON-RPC batches are not supported (removed in 2025-06-18)");
+        }
+        Ok(Lookup::Missing) => {
+            return Ok(Err(bad_request(
+                codes::BAD_REQUEST,
+                "missing Mcp-Session-Id header",
+            )));
+        }
+        Err(r) => return Ok(Err(r)),
+    };
+    let version = session_version(&session);
+    let n_requests = msgs
+        .iter()
+        .filter(|m| m.kind() == MessageKind::Request)
+        .count();
+    let stream = match n_requests {
+        0 => None,
+        _ => match session.inner.log.open_stream() {
+            Ok(s) => Some(s),
+            Err(_) => return Ok(Err(not_found())),
+        },
+    };
+    let remaining = Arc::new(std::sync::Mutex::new(n_requests));
+    for msg in msgs {
+        match msg.kind() {
+            MessageKind::Response => take_client_answer(&session, &msg),
+            MessageKind::Notification => {
+                observe_notification(&session, &msg, &msg.peek_params());
+                let cx = RequestContext::legacy(session.clone(), version, None, None);
+                let req =
+                    handler_request(parts.clone(), bytes.clone(), msg, cx, Some(session.clone()));
+                let fut = call(inner.clone(), req).await?;
+                let _ = fut.await?;
+            }
+            MessageKind::Request => {
+                let (Some(stream), Some(id)) = (stream, msg.id().cloned()) else {
+                    continue;
+                };
+                let cx = RequestContext::legacy(
+                    session.clone(),
+                    version,
+                    Some(id.clone()),
+                    Some(stream),
+                );
+                let req =
+                    handler_request(parts.clone(), bytes.clone(), msg, cx, Some(session.clone()));
+                let fut = call(inner.clone(), req).await?;
+                let slot = BatchSlot {
+                    remaining: remaining.clone(),
+                    session: session.clone(),
+                    stream,
+                    done: false,
+                };
+                let task_id = id.clone();
+                let task_session = session.clone();
+                let handle = tokio::spawn(
+                    async move {
+                        let mut slot = slot;
+                        let event = match CatchUnwind(Box::pin(fut)).await {
+                            Some(Ok(res)) => answer_event(&collect(res).await, &task_id),
+                            _ => error_body(
+                                Some(&task_id),
+                                codes::INTERNAL_ERROR,
+                                "internal error",
+                                None,
+                            ),
+                        };
+                        slot.finish(Some(event));
+                        task_session.untrack(&task_id);
+                    }
+                    .in_current_span(),
+                );
+                session.track(id, handle.abort_handle(), None);
+            }
+        }
+    }
+    let Some(stream) = stream else {
+        let mut res = Response::new(ResponseBody::empty());
+        *res.status_mut() = StatusCode::ACCEPTED;
+        return Ok(Ok(res));
+    };
+    let log = &session.inner.log;
+    log.force_sse(stream);
+    let Ok(cursor) = log.attach(stream, Some(0), false, false) else {
+        return Ok(Err(not_found()));
+    };
+    Ok(Ok(sse_response(SseBody::new(
+        LogRef::Session(session),
+        cursor,
+        true,
+        None,
+        shared.config.keep_alive,
+        None,
+    ))))
+}
+
+/// One request of a batch: its answer is appended to the shared stream; the last one ends it
+/// (also when the request was cancelled and never answered).
+struct BatchSlot {
+    remaining: Arc<std::sync::Mutex<usize>>,
+    session: Session,
+    stream: u32,
+    done: bool,
+}
+
+impl BatchSlot {
+    fn finish(&mut self, event: Option<Bytes>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let mut remaining = self
+            .remaining
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *remaining = remaining.saturating_sub(1);
+        let log = &self.session.inner.log;
+        match (event, *remaining == 0) {
+            (Some(e), last) => {
+                let _ = log.append(self.stream, e, last);
+            }
+            (None, true) => {
+                log.complete(self.stream, None);
+            }
+            (None, false) => {}
+        }
+    }
+}
+
+impl Drop for BatchSlot {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+/// A client's answer to a server→client request completes the waiting future.
+fn take_client_answer(session: &Session, msg: &Message) {
+    let parse = |raw: Option<&serde_json::value::RawValue>| {
+        raw.and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or_default()
+    };
+    let answer = match msg.result() {
+        Some(_) => Ok(parse(msg.result())),
+        None => Err(parse(msg.error())),
+    };
+    if let Some(id) = msg.id()
+        && !session.answer(id, answer)
+    {
+        tracing::debug!(session = %session.id(), "response to an unknown server request");
+    }
+}
+
+/// What the transport itself does with a client notification (before the handler sees it).
+fn observe_notification(session: &Session, msg: &Message, peek: &protocol::ParamsPeek) {
+    match (msg.method(), &peek.request_id) {
+        (Some("notifications/initialized"), _) => session.mark_initialized(),
+        (Some("notifications/cancelled"), Some(id)) => {
+            let found = session.cancel(id);
+            tracing::debug!(session = %session.id(), found, "request cancelled by the client");
+        }
+        _ => {}
+    }
+}
+
+/// Discards a session whose `initialize` did not complete.
+struct DiscardOnDrop(Option<(Arc<Shared>, Session)>);
+
+impl Drop for DiscardOnDrop {
+    fn drop(&mut self) {
+        if let Some((shared, session)) = self.0.take() {
+            shared.close(&session, CloseReason::InitializeFailed, None);
+        }
+    }
+}
+
+enum TaskOut<E> {
+    Json(Result<Answer, E>),
+    Streamed,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run<F, ResBody, E>(
+    shared: &Arc<Shared>,
+    fut: F,
+    log: LogRef,
+    stream: u32,
+    session: Option<Session>,
+    id: RequestId,
+    era: Era,
+    priming: Option<std::time::Duration>,
+) -> Result<Result<Response<ResponseBody>, Rejection>, E>
+where
+    F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+    E: Send + 'static,
+{
+    let task_log = log.clone();
+    let task_session = session.clone();
+    let task_id = id.clone();
+    let task = async move {
+        let out = match CatchUnwind(Box::pin(async move {
+            match fut.await {
+                Ok(res) => Ok(collect(res).await),
+                Err(e) => Err(e),
+            }
+        }))
+        .await
+        {
+            Some(out) => out,
+            None => Ok(Answer {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: error_body(
+                    Some(&task_id),
+                    codes::INTERNAL_ERROR,
+                    "internal error",
+                    None,
+                ),
+            }),
+        };
+        let event = match &out {
+            Ok(a) => answer_event(a, &task_id),
+            Err(_) => error_body(
+                Some(&task_id),
+                codes::INTERNAL_ERROR,
+                "internal error",
+                None,
+            ),
+        };
+        let json = task_log.log().complete(stream, Some(event));
+        if let Some(s) = &task_session {
+            s.untrack(&task_id);
+        }
+        if json {
+            TaskOut::Json(out)
+        } else {
+            if out.is_err() {
+                tracing::error!("handler failed after its response started streaming");
+            }
+            TaskOut::Streamed
+        }
+    };
+    let mut task = Box::pin(task);
+    // Fast path: most handlers answer at once; no task is spawned for them.
+    let first = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
+    let outcome = match first {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    };
+    let (guard, outcome) = match outcome {
+        Some(out) => (None, Ok(out)),
+        None => {
+            let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+            let mut handle = tokio::spawn(
+                async move {
+                    let _ = gate_rx.await;
+                    task.await
+                }
+                .in_current_span(),
+            );
+            if let Some(s) = &session {
+                s.track(id.clone(), handle.abort_handle(), Some(stream));
+            }
+            let _ = gate_tx.send(());
+            let guard = (era == Era::Modern).then(|| AbortOnDrop(handle.abort_handle()));
+            let waited = poll_fn(|cx| {
+                if let Poll::Ready(r) = Pin::new(&mut handle).poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                match log.log().poll_phase(stream, cx) {
+                    Phase::Sse => Poll::Ready(None),
+                    Phase::Pending | Phase::Json => Poll::Pending,
+                }
+            })
+            .await;
+            match waited {
+                Some(Ok(out)) => (guard, Ok(out)),
+                Some(Err(join)) => (guard, Err(join)),
+                None => (guard, Ok(TaskOut::Streamed)),
+            }
+        }
+    };
+    match outcome {
+        Ok(TaskOut::Json(Ok(answer))) => Ok(Ok(json_response(answer, era))),
+        Ok(TaskOut::Json(Err(e))) => Err(e),
+        Ok(TaskOut::Streamed) | Err(_) => {
+            // Cancelled (notifications/cancelled) or streamed: serve the stream from the log.
+            // A cancelled stream is already finished, so its body ends after what it holds.
+            let cursor = match log.log().attach(stream, Some(0), false, false) {
+                Ok(c) => c,
+                Err(_) => {
+                    let mut res = Response::new(ResponseBody::empty());
+                    sse_headers(&mut res);
+                    return Ok(Ok(res));
+                }
+            };
+            let with_ids = era == Era::Legacy;
+            Ok(Ok(sse_response(SseBody::new(
+                log,
+                cursor,
+                with_ids,
+                priming,
+                shared.config.keep_alive,
+                guard,
+            ))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_parsing() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        assert_eq!(accepts(&h), (true, true));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json;q=0.9"),
+        );
+        assert_eq!(accepts(&h), (true, false));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert_eq!(accepts(&h), (true, true));
+        assert_eq!(accepts(&HeaderMap::new()), (false, false));
+    }
+}

@@ -1,0 +1,138 @@
+//! Smoke tests of the framework examples: each is built, started on a free port and spoken to
+//! over TCP.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let bin = target.join("debug").join("examples").join(name);
+    // Always build: a no-op when up to date, and a stale binary would test old code.
+    {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building example {name}");
+    }
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Starts an example listening on `addr`, waiting (bounded) until `/mcp` answers.
+async fn start(name: &str) -> (Running, String) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(example(name))
+        .arg(&addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn example");
+    let running = Running(child);
+    let http = reqwest::Client::new();
+    for _ in 0..500 {
+        if http.get(format!("http://{addr}/mcp")).send().await.is_ok() {
+            return (running, addr);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("example {name} did not start");
+}
+
+async fn initialize(addr: &str) -> reqwest::Response {
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"smoke","version":"1"}}});
+    reqwest::Client::new()
+        .post(format!("http://{addr}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("initialize")
+}
+
+async fn check_mcp(addr: &str) {
+    let res = initialize(addr).await;
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let tag = id.split('.').next().unwrap().to_owned();
+    assert_eq!(tag.len(), 8, "the id carries the node tag: {id}");
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with(&format!("_mcp_backend={tag};")),
+        "{cookie}"
+    );
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["result"]["protocolVersion"], "2025-11-25");
+    let ping = reqwest::Client::new()
+        .post(format!("http://{addr}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &id)
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 200);
+}
+
+#[tokio::test]
+async fn hyper_server_example_serves_mcp() {
+    let (_server, addr) = start("hyper_server").await;
+    check_mcp(&addr).await;
+    let other = reqwest::get(format!("http://{addr}/elsewhere"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    assert!(other.headers().get("set-cookie").is_none());
+}
+
+#[tokio::test]
+async fn tonic_web_example_serves_grpc_web_and_mcp_side_by_side() {
+    let (_server, addr) = start("tonic_web").await;
+    check_mcp(&addr).await;
+    // grpc.health.v1.Health/Check with an empty HealthCheckRequest, gRPC-web framed.
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers().get("set-cookie").is_none(),
+        "the MCP layers do not touch gRPC"
+    );
+    let body = res.bytes().await.unwrap();
+    // A data frame whose message is HealthCheckResponse{status: SERVING (1)}: 08 01.
+    assert_eq!(&body[..7], &[0, 0, 0, 0, 2, 0x08, 0x01], "{body:?}");
+    let trailers = String::from_utf8_lossy(&body[7..]);
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+}

@@ -1,0 +1,411 @@
+//! Real MCP clients against the example node (`examples/node.rs`).
+//!
+//! Each test starts `target/debug/examples/node` on a free loopback port, waits until
+//! `GET /healthz` answers 200, then runs one of the client scripts under `tests/clients/`:
+//!
+//! - `node tests/clients/ts/full_session.mjs <url>`: the official TypeScript SDK client, a full
+//!   legacy-era (2025-11-25) session;
+//! - `python tests/clients/py/full_session.py <url> --era legacy`: the same with the Python SDK;
+//! - `python tests/clients/py/full_session.py <url> --era modern`: stateless 2026-07-28 calls.
+//!
+//! A script exits non-zero on any failed step and prints one JSON object of observations, which
+//! the test checks again here. The clients are found through environment variables that
+//! `scripts/test.sh` exports after installing them:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `MCP_TS_CLIENT_DIR` | absolute path of `tests/clients/ts` (with `node_modules` installed) |
+//! | `MCP_PY` | the Python interpreter of the venv that has `tests/clients/py/requirements.txt` |
+//! | `MCP_PY_CLIENT` | absolute path of `tests/clients/py/full_session.py` |
+//! | `MCP_REQUIRE_CLIENTS` | `1`: a missing client fails the test instead of skipping it |
+//!
+//! The node binary is `$CARGO_TARGET_DIR/debug/examples/node` (default target dir
+//! `<manifest dir>/target`); it is (re)built with `cargo build --example node` first.
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// Upper bound for the node to answer `/healthz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Interval between readiness polls.
+const READY_POLL: Duration = Duration::from_millis(50);
+/// Upper bound for one client script (each also has its own, shorter, watchdog).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+
+// ---------------------------------------------------------------------------------------------
+// Locating the clients
+// ---------------------------------------------------------------------------------------------
+
+fn clients_required() -> bool {
+    std::env::var("MCP_REQUIRE_CLIENTS").is_ok_and(|v| v == "1")
+}
+
+/// Reads an environment variable naming an existing path. `None` means "skip this test"; when
+/// `MCP_REQUIRE_CLIENTS=1` a missing or dangling value fails the test instead.
+fn client_path(var: &str) -> Option<PathBuf> {
+    let found = std::env::var_os(var).map(PathBuf::from);
+    let problem = match &found {
+        None => format!("{var} is not set"),
+        Some(p) if !p.exists() => format!("{var}={} does not exist", p.display()),
+        Some(_) => return found,
+    };
+    if clients_required() {
+        panic!(
+            "{problem} and MCP_REQUIRE_CLIENTS=1 (run scripts/test.sh, which installs the clients)"
+        );
+    }
+    eprintln!("SKIP: {problem}; run scripts/test.sh to install the real clients");
+    None
+}
+
+/// The TypeScript client directory, checked for an installed SDK.
+fn ts_client_dir() -> Option<PathBuf> {
+    let dir = client_path("MCP_TS_CLIENT_DIR")?;
+    let sdk = dir.join("node_modules/@modelcontextprotocol/sdk/package.json");
+    if !sdk.exists() {
+        let problem = format!("{} is missing (npm ci not run)", sdk.display());
+        assert!(!clients_required(), "{problem} and MCP_REQUIRE_CLIENTS=1");
+        eprintln!("SKIP: {problem}");
+        return None;
+    }
+    Some(dir)
+}
+
+/// The Python interpreter and the client script.
+fn py_client() -> Option<(PathBuf, PathBuf)> {
+    let python = client_path("MCP_PY")?;
+    let script = client_path("MCP_PY_CLIENT")?;
+    Some((python, script))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node process
+// ---------------------------------------------------------------------------------------------
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+            }
+        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// `target/debug/examples/node`, built on demand (once per test process).
+fn node_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(find_or_build_node).clone()
+}
+
+fn find_or_build_node() -> PathBuf {
+    let bin = target_dir()
+        .join("debug")
+        .join("examples")
+        .join(format!("node{}", std::env::consts::EXE_SUFFIX));
+    // Always build: a no-op when up to date, and a stale binary would test old code.
+    {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "node"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("spawn `cargo build --example node`");
+        assert!(
+            status.success(),
+            "`cargo build --example node` failed: {status}"
+        );
+        assert!(bin.exists(), "{} missing after cargo build", bin.display());
+    }
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// A running example node; killed (and reaped) on drop.
+struct NodeProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts the node as `n1` on a free port and waits until `/healthz` answers 200.
+    async fn start(test: &str) -> Self {
+        let bin = node_binary();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let log_dir = target_dir().join("real-clients");
+        std::fs::create_dir_all(&log_dir).expect("create the node log directory");
+        let log = log_dir.join(format!("{test}-node.log"));
+        let out = File::create(&log).expect("create the node log file");
+        let err = out.try_clone().expect("clone the node log file");
+        let child = Command::new(&bin)
+            .args(["--listen", &addr.to_string(), "--node", "n1"])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let mut node = Self { child, addr, log };
+        node.wait_ready().await;
+        node
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(40);
+        format!(
+            "--- {} (last 40 lines) ---\n{}",
+            self.log.display(),
+            lines[start..].join("\n")
+        )
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("build reqwest client");
+        let health = format!("http://{}/healthz", self.addr);
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "node exited before it was ready ({status})\n{}",
+                    self.log_tail()
+                );
+            }
+            let last = match client.get(&health).send().await {
+                Ok(res) if res.status() == reqwest::StatusCode::OK => return,
+                Ok(res) => format!("HTTP {}", res.status()),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node not ready after {READY_TIMEOUT:?} (last: {last})\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a client script
+// ---------------------------------------------------------------------------------------------
+
+/// Runs a client to completion, asserts exit status 0 and returns its JSON observations (the
+/// last non-empty line of stdout).
+async fn run_client(node: &NodeProcess, mut cmd: tokio::process::Command, what: &str) -> Value {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(CLIENT_TIMEOUT, cmd.output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what}: no exit within {CLIENT_TIMEOUT:?}\n{}",
+                node.log_tail()
+            )
+        })
+        .unwrap_or_else(|e| panic!("{what}: could not run: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{what} failed ({})\n--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}\n{}",
+        output.status,
+        node.log_tail()
+    );
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("{what} printed nothing\n--- stderr ---\n{stderr}"));
+    let report: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{what}: last stdout line is not JSON ({e}): {last}"));
+    eprintln!("{what}: {report}");
+    report
+}
+
+fn ts_command(dir: &Path, url: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(dir.join("full_session.mjs"))
+        .arg(url)
+        .current_dir(dir);
+    cmd
+}
+
+fn py_command(python: &Path, script: &Path, url: &str, era: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(script).arg(url).args(["--era", era]);
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks on the observations
+// ---------------------------------------------------------------------------------------------
+
+fn str_field<'a>(report: &'a Value, key: &str) -> &'a str {
+    report[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{key}` is not a string in {report}"))
+}
+
+fn u64_field(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is not a non-negative integer in {report}"))
+}
+
+/// Every response came from node `n1`, and every response said so.
+fn assert_single_node(report: &Value) {
+    let nodes: Vec<&str> = report["nodes_seen"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`nodes_seen` is not an array in {report}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(nodes, ["n1"], "x-mcp-node values seen: {report}");
+    assert_eq!(
+        u64_field(report, "responses_without_node_header"),
+        0,
+        "some responses had no x-mcp-node header: {report}"
+    );
+}
+
+/// The steps common to both clients in the legacy era.
+fn assert_legacy_session(report: &Value) {
+    assert_eq!(report["ok"], Value::Bool(true), "{report}");
+    assert_eq!(str_field(report, "protocol_version"), "2025-11-25");
+    assert!(!str_field(report, "session_id").is_empty());
+    assert_eq!(str_field(report, "echo"), "hi");
+    assert_eq!(str_field(report, "node"), "n1");
+    assert!(
+        str_field(report, "sampled_text").contains("sampled:abc"),
+        "sampled text: {report}"
+    );
+    assert!(u64_field(report, "progress_notifications") >= 3, "{report}");
+    assert!(u64_field(report, "progress_log_messages") >= 1, "{report}");
+    assert_eq!(str_field(report, "progress_result"), "done");
+    assert_eq!(
+        report["standalone_notification"]["data"],
+        Value::from("hello-standalone"),
+        "{report}"
+    );
+    let delete = u64_field(report, "delete_status");
+    assert!((200..300).contains(&delete), "DELETE answered {delete}");
+    assert_eq!(
+        u64_field(report, "post_after_delete_status"),
+        404,
+        "{report}"
+    );
+    let body = &report["post_after_delete_body"];
+    assert_eq!(body["jsonrpc"], Value::from("2.0"), "404 body: {body}");
+    assert!(body["error"]["code"].is_i64(), "404 body: {body}");
+    assert!(body["error"]["message"].is_string(), "404 body: {body}");
+    assert_single_node(report);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_legacy_full_session() {
+    let Some(dir) = ts_client_dir() else { return };
+    let node = NodeProcess::start("ts-legacy").await;
+    let report = run_client(&node, ts_command(&dir, &node.url()), "TS SDK client").await;
+    assert_eq!(str_field(&report, "sdk_version"), "1.32.2");
+    assert_legacy_session(&report);
+    assert_eq!(
+        report["standalone_via_get"],
+        Value::Bool(true),
+        "the notify message must arrive on the standalone GET stream: {report}"
+    );
+    assert_eq!(u64_field(&report, "standalone_get_status"), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_legacy_full_session() {
+    let Some((python, script)) = py_client() else {
+        return;
+    };
+    let node = NodeProcess::start("py-legacy").await;
+    let cmd = py_command(&python, &script, &node.url(), "legacy");
+    let report = run_client(&node, cmd, "Python SDK client (legacy)").await;
+    assert_eq!(str_field(&report, "sdk_version"), "2.3.0");
+    assert_eq!(str_field(&report, "era"), "legacy");
+    assert_legacy_session(&report);
+    assert_eq!(u64_field(&report, "standalone_get_status"), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_modern_stateless_calls() {
+    let Some((python, script)) = py_client() else {
+        return;
+    };
+    let node = NodeProcess::start("py-modern").await;
+    let cmd = py_command(&python, &script, &node.url(), "modern");
+    let report = run_client(&node, cmd, "Python SDK client (modern)").await;
+    assert_eq!(report["ok"], Value::Bool(true), "{report}");
+    assert_eq!(str_field(&report, "era"), "modern");
+    assert_eq!(str_field(&report, "protocol_version"), "2026-07-28");
+    assert_eq!(str_field(&report, "echo"), "hi");
+    assert_eq!(str_field(&report, "node"), "n1");
+    assert!(
+        u64_field(&report, "progress_notifications") >= 3,
+        "{report}"
+    );
+    assert_eq!(str_field(&report, "progress_result"), "done");
+    assert_eq!(
+        report["session_ids_seen"],
+        Value::Array(vec![]),
+        "a modern-era response carried Mcp-Session-Id: {report}"
+    );
+    let methods: Vec<&str> = report["http_exchanges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`http_exchanges` is not an array in {report}"))
+        .iter()
+        .filter_map(|e| e["method"].as_str())
+        .collect();
+    assert!(
+        !methods.is_empty() && methods.iter().all(|m| *m == "POST"),
+        "modern era must be POST only: {methods:?}"
+    );
+    assert_single_node(&report);
+}

@@ -1,0 +1,952 @@
+//! The registry store suite: one set of cases, run against `MemoryStore`, `RedisStore` on a
+//! single server and (feature `redis-cluster`) `RedisStore` on a 3-master Redis Cluster; plus the
+//! Redis outage behaviour (timeouts, reconnects, starting while Redis is down).
+
+#[cfg(feature = "redis")]
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mcp_affinity::registry::{RecordKey, RegistryStore, SessionRecord};
+
+const MONTH: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// An id no other case (or concurrently running test) uses.
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{tag}-{}-{nanos:x}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Direct access to what a Redis-backed store wrote.
+trait Raw {
+    /// `GET key`.
+    fn value(&self, key: &str) -> Option<String>;
+    /// `TTL key`.
+    fn expiry(&self, key: &str) -> i64;
+    /// `SET key value`.
+    fn put(&self, key: &str, value: &str);
+    /// `DEL key`.
+    fn delete(&self, key: &str);
+    /// Score of `member` in the sorted set `key`.
+    fn zscore(&self, key: &str, member: &str) -> Option<f64>;
+}
+
+/// A store under test.
+trait Backend {
+    type Store: RegistryStore + Clone;
+    /// A store with the default prefix; every call returns a store on the same data.
+    fn store(&self) -> Self::Store;
+    /// A store with another key prefix, where prefixes apply.
+    fn store_with_prefix(&self, prefix: &str) -> Option<Self::Store>;
+    /// Raw access to the data, for Redis.
+    fn raw(&self) -> Option<&dyn Raw>;
+}
+
+/// Asserts a TTL reported by Redis is within a minute below `expected`.
+fn assert_ttl_near(ttl: i64, expected: Duration) {
+    let expected = i64::try_from(expected.as_secs()).unwrap_or(i64::MAX);
+    assert!(
+        ttl <= expected && ttl > expected - 60,
+        "TTL {ttl}, expected about {expected}"
+    );
+}
+
+/// The shared cases. Each takes a backend and uses ids and node names of its own.
+mod cases {
+    use super::*;
+
+    pub(crate) async fn register_is_set_if_absent<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let id = unique("reg");
+        let first = SessionRecord::new(unique("node-a"), "inc-1");
+        let second = SessionRecord::new(unique("node-b"), "inc-1");
+
+        assert!(store.register(&id, &first, MONTH).await.expect("register"));
+        assert!(
+            !store
+                .register(&id, &second, MONTH)
+                .await
+                .expect("register again"),
+            "NX: the second record must not win"
+        );
+        assert_eq!(
+            store.lookup(&id).await.expect("lookup"),
+            Some(first.clone())
+        );
+        // Retrying the very same write (e.g. after a timeout) is not a collision.
+        assert!(store.register(&id, &first, MONTH).await.expect("retry"));
+
+        if let Some(raw) = backend.raw() {
+            let key = format!("mcp:session:{{{id}}}");
+            assert_eq!(key, RecordKey::default().session(&id));
+            assert_eq!(
+                raw.value(&key),
+                Some(first.to_json()),
+                "the stored value is the record's JSON"
+            );
+            let json = format!(
+                r#"{{"n":"{}","i":"inc-1","c":{}}}"#,
+                first.node, first.created_at
+            );
+            assert_eq!(raw.value(&key), Some(json));
+            assert_ttl_near(raw.expiry(&key), MONTH);
+        }
+    }
+
+    pub(crate) async fn concurrent_registers_have_one_winner<B: Backend>(backend: &B) {
+        let id = unique("race");
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..16 {
+            let store = backend.store();
+            let id = id.clone();
+            tasks.spawn(async move {
+                let record = SessionRecord::new(format!("node-{n}"), "inc");
+                let won = store.register(&id, &record, MONTH).await.expect("register");
+                (won, record)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (won, record) = joined.expect("task");
+            if won {
+                winners.push(record);
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one concurrent register wins");
+        assert_eq!(
+            backend.store().lookup(&id).await.expect("lookup"),
+            winners.pop()
+        );
+    }
+
+    pub(crate) async fn lookup_of_unknown_id_is_none<B: Backend>(backend: &B) {
+        assert_eq!(
+            backend
+                .store()
+                .lookup(&unique("nobody"))
+                .await
+                .expect("lookup"),
+            None
+        );
+    }
+
+    pub(crate) async fn remove_deletes_whoever_owns<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let id = unique("del");
+        let node = unique("node");
+        let record = SessionRecord::new(&node, "inc-1");
+        assert!(store.register(&id, &record, MONTH).await.expect("register"));
+
+        // Another node (the DELETE rule): removed regardless of the owner.
+        assert!(backend.store().remove(&id).await.expect("remove"));
+        assert_eq!(store.lookup(&id).await.expect("lookup"), None);
+        assert!(!store.remove(&id).await.expect("remove again"));
+
+        if let Some(raw) = backend.raw() {
+            let keys = RecordKey::default();
+            assert_eq!(raw.value(&keys.session(&id)), None);
+            assert_eq!(
+                raw.zscore(&keys.node_index(&node), &id),
+                None,
+                "removed from the node index"
+            );
+        }
+    }
+
+    pub(crate) async fn remove_if_owned_compares_node_and_incarnation<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let id = unique("own");
+        let node = unique("node");
+        let record = SessionRecord::new(&node, "inc-1");
+        assert!(store.register(&id, &record, MONTH).await.expect("register"));
+
+        assert!(
+            !store
+                .remove_if_owned(&id, "another-node", "inc-1")
+                .await
+                .expect("wrong node")
+        );
+        assert_eq!(
+            store.lookup(&id).await.expect("lookup"),
+            Some(record.clone()),
+            "kept"
+        );
+        assert!(
+            !store
+                .remove_if_owned(&id, &node, "inc-0")
+                .await
+                .expect("wrong incarnation")
+        );
+        assert_eq!(
+            store.lookup(&id).await.expect("lookup"),
+            Some(record.clone()),
+            "kept"
+        );
+
+        assert!(
+            store
+                .remove_if_owned(&id, &node, "inc-1")
+                .await
+                .expect("owner")
+        );
+        assert_eq!(store.lookup(&id).await.expect("lookup"), None);
+        assert!(
+            !store
+                .remove_if_owned(&id, &node, "inc-1")
+                .await
+                .expect("again")
+        );
+        assert!(
+            !store
+                .remove_if_owned(&unique("nobody"), &node, "inc-1")
+                .await
+                .expect("unknown")
+        );
+
+        if let Some(raw) = backend.raw() {
+            let keys = RecordKey::default();
+            assert_eq!(
+                raw.zscore(&keys.node_index(&node), &id),
+                None,
+                "removed from the node index"
+            );
+        }
+    }
+
+    pub(crate) async fn refresh_resets_the_ttl<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let id = unique("ttl");
+        let record = SessionRecord::new(unique("node"), "inc-1");
+        assert!(
+            store
+                .register(&id, &record, Duration::from_secs(60))
+                .await
+                .expect("register")
+        );
+        if let Some(raw) = backend.raw() {
+            assert_ttl_near(
+                raw.expiry(&RecordKey::default().session(&id)),
+                Duration::from_secs(60),
+            );
+        }
+
+        assert!(store.refresh(&id, MONTH).await.expect("refresh"));
+        assert_eq!(
+            store.lookup(&id).await.expect("lookup"),
+            Some(record.clone())
+        );
+        if let Some(raw) = backend.raw() {
+            assert_ttl_near(raw.expiry(&RecordKey::default().session(&id)), MONTH);
+            // The index entry expires with the record.
+            let score = raw
+                .zscore(&RecordKey::default().node_index(&record.node), &id)
+                .expect("indexed");
+            let expected = (now_unix() + 30 * 24 * 60 * 60) as f64;
+            assert!(
+                (score - expected).abs() < 120.0,
+                "index score {score}, expected about {expected}"
+            );
+        }
+
+        assert!(
+            !store
+                .refresh(&unique("nobody"), MONTH)
+                .await
+                .expect("refresh unknown")
+        );
+    }
+
+    pub(crate) async fn remove_stale_removes_only_previous_incarnations<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let node = unique("restarted");
+        let other = unique("other");
+        let old = SessionRecord::new(&node, "old");
+        let older = SessionRecord::new(&node, "older");
+        let current = SessionRecord::new(&node, "new");
+        let foreign = SessionRecord::new(&other, "old");
+
+        let stale_ids: Vec<String> = (0..3).map(|_| unique("stale")).collect();
+        let current_ids: Vec<String> = (0..2).map(|_| unique("current")).collect();
+        let foreign_ids: Vec<String> = (0..2).map(|_| unique("foreign")).collect();
+        for (n, id) in stale_ids.iter().enumerate() {
+            let record = if n == 0 { &older } else { &old };
+            assert!(store.register(id, record, MONTH).await.expect("register"));
+        }
+        for id in &current_ids {
+            assert!(store.register(id, &current, MONTH).await.expect("register"));
+        }
+        for id in &foreign_ids {
+            assert!(store.register(id, &foreign, MONTH).await.expect("register"));
+        }
+
+        assert_eq!(
+            store
+                .remove_stale(&node, "new", 2)
+                .await
+                .expect("remove_stale"),
+            3
+        );
+        for id in &stale_ids {
+            assert_eq!(
+                store.lookup(id).await.expect("lookup"),
+                None,
+                "stale record removed"
+            );
+        }
+        for id in &current_ids {
+            assert_eq!(
+                store.lookup(id).await.expect("lookup"),
+                Some(current.clone()),
+                "current kept"
+            );
+        }
+        for id in &foreign_ids {
+            assert_eq!(
+                store.lookup(id).await.expect("lookup"),
+                Some(foreign.clone()),
+                "other node kept"
+            );
+        }
+        assert_eq!(store.remove_stale(&node, "new", 2).await.expect("again"), 0);
+        assert_eq!(
+            store
+                .remove_stale(&other, "old", 2)
+                .await
+                .expect("other, current"),
+            0
+        );
+        assert_eq!(
+            store
+                .remove_stale(&unique("unknown"), "x", 0)
+                .await
+                .expect("unknown node"),
+            0
+        );
+
+        if let Some(raw) = backend.raw() {
+            let index = RecordKey::default().node_index(&node);
+            for id in &stale_ids {
+                assert_eq!(
+                    raw.zscore(&index, id),
+                    None,
+                    "stale id dropped from the index"
+                );
+            }
+            for id in &current_ids {
+                assert!(raw.zscore(&index, id).is_some(), "current id stays indexed");
+            }
+            assert!(raw.expiry(&index) > 0, "the index expires");
+        }
+    }
+
+    pub(crate) async fn remove_stale_pages_through_a_large_index<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let node = unique("big");
+        let old = SessionRecord::new(&node, "old");
+        let current = SessionRecord::new(&node, "new");
+        let mut current_ids = Vec::new();
+        let mut vanished_ids = Vec::new();
+        for n in 0..300 {
+            let id = unique("page");
+            let record = if n % 15 == 0 { &current } else { &old };
+            assert!(store.register(&id, record, MONTH).await.expect("register"));
+            if n % 15 == 0 {
+                current_ids.push(id);
+            } else if n % 15 == 1 {
+                vanished_ids.push(id);
+            }
+        }
+        // Some old records disappear behind the index's back (expired, or deleted directly).
+        let keys = RecordKey::default();
+        for id in &vanished_ids {
+            match backend.raw() {
+                Some(raw) => raw.delete(&keys.session(id)),
+                None => assert!(store.remove(id).await.expect("remove")),
+            }
+        }
+        assert_eq!(
+            store
+                .remove_stale(&node, "new", 16)
+                .await
+                .expect("remove_stale"),
+            300 - current_ids.len() - vanished_ids.len()
+        );
+        for id in &current_ids {
+            assert_eq!(
+                store.lookup(id).await.expect("lookup"),
+                Some(current.clone())
+            );
+        }
+        if let Some(raw) = backend.raw() {
+            for id in &vanished_ids {
+                assert_eq!(raw.zscore(&keys.node_index(&node), id), None, "pruned");
+            }
+        }
+        assert_eq!(
+            store
+                .remove_stale(&node, "new", usize::MAX)
+                .await
+                .expect("huge batch"),
+            0
+        );
+    }
+
+    pub(crate) async fn custom_prefix<B: Backend>(backend: &B) {
+        let prefix = format!("{}:mcp:session:", unique("app"));
+        let Some(custom) = backend.store_with_prefix(&prefix) else {
+            return;
+        };
+        let default = backend.store();
+        let id = unique("pfx");
+        let record = SessionRecord::new(unique("node"), "inc-1");
+
+        assert!(
+            custom
+                .register(&id, &record, MONTH)
+                .await
+                .expect("register")
+        );
+        assert_eq!(
+            custom.lookup(&id).await.expect("lookup"),
+            Some(record.clone())
+        );
+        assert_eq!(
+            default.lookup(&id).await.expect("lookup default"),
+            None,
+            "prefixes separate stores"
+        );
+        // The same id under the default prefix is another record.
+        assert!(
+            default
+                .register(&id, &SessionRecord::new("x", "y"), MONTH)
+                .await
+                .expect("register default")
+        );
+
+        if let Some(raw) = backend.raw() {
+            let key = format!("{prefix}{{{id}}}");
+            assert_eq!(raw.value(&key), Some(record.to_json()));
+            assert_ttl_near(raw.expiry(&key), MONTH);
+            assert!(
+                raw.zscore(&format!("{prefix}node:{{{}}}", record.node), &id)
+                    .is_some()
+            );
+        }
+        assert!(
+            custom
+                .remove_if_owned(&id, &record.node, "inc-1")
+                .await
+                .expect("remove")
+        );
+        assert!(
+            default.lookup(&id).await.expect("lookup default").is_some(),
+            "untouched"
+        );
+    }
+
+    pub(crate) async fn invalid_records_are_reported_not_trusted<B: Backend>(backend: &B) {
+        let Some(raw) = backend.raw() else { return };
+        let store = backend.store();
+        let id = unique("junk");
+        let key = RecordKey::default().session(&id);
+        raw.put(&key, "not a record");
+
+        let err = store.lookup(&id).await.expect_err("junk is no record");
+        assert!(err.is_invalid_record(), "{err:?}");
+        assert!(
+            !store
+                .register(&id, &SessionRecord::new("n", "i"), MONTH)
+                .await
+                .expect("register")
+        );
+        assert!(
+            !store
+                .remove_if_owned(&id, "n", "i")
+                .await
+                .expect("compare-and-delete")
+        );
+        assert_eq!(
+            raw.value(&key).as_deref(),
+            Some("not a record"),
+            "left alone"
+        );
+        assert_eq!(
+            store
+                .remove_stale("n", "j", 10)
+                .await
+                .expect("remove_stale"),
+            0
+        );
+        assert!(
+            store.remove(&id).await.expect("remove"),
+            "DELETE removes whatever is there"
+        );
+        assert_eq!(raw.value(&key), None);
+    }
+
+    pub(crate) async fn ping_answers<B: Backend>(backend: &B) {
+        backend.store().ping().await.expect("ping");
+    }
+}
+
+/// Runs `$m!` with the names of all shared cases.
+macro_rules! all_cases {
+    ($m:ident) => {
+        $m!(
+            register_is_set_if_absent,
+            concurrent_registers_have_one_winner,
+            lookup_of_unknown_id_is_none,
+            remove_deletes_whoever_owns,
+            remove_if_owned_compares_node_and_incarnation,
+            refresh_resets_the_ttl,
+            remove_stale_removes_only_previous_incarnations,
+            remove_stale_pages_through_a_large_index,
+            custom_prefix,
+            invalid_records_are_reported_not_trusted,
+            ping_answers,
+        );
+    };
+}
+
+/// One `#[tokio::test]` per case, each on a fresh backend from `backend()` in scope.
+macro_rules! test_per_case {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let backend = backend();
+                cases::$case(&backend).await;
+            }
+        )*
+    };
+}
+
+mod memory {
+    use super::*;
+    use mcp_affinity::registry::MemoryStore;
+
+    struct Memory(MemoryStore);
+
+    impl Backend for Memory {
+        type Store = MemoryStore;
+        fn store(&self) -> MemoryStore {
+            self.0.clone()
+        }
+        fn store_with_prefix(&self, _prefix: &str) -> Option<MemoryStore> {
+            None
+        }
+        fn raw(&self) -> Option<&dyn Raw> {
+            None
+        }
+    }
+
+    fn backend() -> Memory {
+        Memory(MemoryStore::new())
+    }
+
+    all_cases!(test_per_case);
+
+    #[tokio::test(start_paused = true)]
+    async fn records_expire_with_their_ttl() {
+        let store = MemoryStore::new();
+        let record = SessionRecord::new("node", "inc");
+        assert!(store.register("s", &record, MONTH).await.expect("register"));
+        tokio::time::advance(MONTH - Duration::from_secs(1)).await;
+        assert_eq!(
+            store.lookup("s").await.expect("lookup"),
+            Some(record.clone())
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(store.lookup("s").await.expect("lookup"), None);
+        assert!(!store.remove("s").await.expect("remove"));
+    }
+
+    #[tokio::test]
+    async fn clones_share_and_new_stores_do_not() {
+        let a = MemoryStore::new();
+        let b = a.clone();
+        let record = SessionRecord::new("node", "inc");
+        assert!(a.register("s", &record, MONTH).await.expect("register"));
+        assert_eq!(b.lookup("s").await.expect("lookup"), Some(record));
+        assert_eq!(MemoryStore::new().lookup("s").await.expect("lookup"), None);
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_single {
+    use super::*;
+    use crate::redis_support::RedisServer;
+    use mcp_affinity::registry::RedisStore;
+
+    struct Single(RedisServer);
+
+    impl Raw for RedisServer {
+        fn value(&self, key: &str) -> Option<String> {
+            self.get(key)
+        }
+        fn expiry(&self, key: &str) -> i64 {
+            self.ttl(key)
+        }
+        fn delete(&self, key: &str) {
+            let _: i64 = self.cmd(&["DEL", key]);
+        }
+        fn put(&self, key: &str, value: &str) {
+            let () = self.cmd(&["SET", key, value]);
+        }
+        fn zscore(&self, key: &str, member: &str) -> Option<f64> {
+            self.cmd(&["ZSCORE", key, member])
+        }
+    }
+
+    impl Backend for Single {
+        type Store = RedisStore;
+        fn store(&self) -> RedisStore {
+            RedisStore::lazy(&self.0.url()).expect("store")
+        }
+        fn store_with_prefix(&self, prefix: &str) -> Option<RedisStore> {
+            Some(
+                RedisStore::builder(&self.0.url())
+                    .with_prefix(prefix)
+                    .build_lazy()
+                    .expect("store"),
+            )
+        }
+        fn raw(&self) -> Option<&dyn Raw> {
+            Some(&self.0)
+        }
+    }
+
+    fn backend() -> Single {
+        Single(RedisServer::start())
+    }
+
+    all_cases!(test_per_case);
+
+    /// Polls `store.ping()` until it succeeds, at most `attempts` times; each attempt is bounded
+    /// by the store's command timeout. Returns the attempts used.
+    async fn until_answering(store: &RedisStore, attempts: usize) -> usize {
+        let mut last = None;
+        for attempt in 1..=attempts {
+            match store.ping().await {
+                Ok(()) => return attempt,
+                Err(err) => last = Some(err),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("store did not recover within {attempts} attempts: {last:?}");
+    }
+
+    #[tokio::test]
+    async fn the_documented_keys_are_the_only_keys() {
+        let server = RedisServer::start();
+        let store = RedisStore::lazy(&server.url()).expect("store");
+        let record = SessionRecord::new("node-a", "inc-1");
+        assert!(
+            store
+                .register("s1", &record, MONTH)
+                .await
+                .expect("register")
+        );
+        assert_eq!(
+            server.keys("*"),
+            ["mcp:session:node:{node-a}", "mcp:session:{s1}"]
+        );
+        assert_eq!(server.keys("mcp:session:{*"), ["mcp:session:{s1}"]);
+        let kind: String = server.cmd(&["TYPE", "mcp:session:node:{node-a}"]);
+        assert_eq!(kind, "zset");
+        assert!(server.ttl("mcp:session:node:{node-a}") > 0);
+        assert!(store.remove("s1").await.expect("remove"));
+        let left: u64 = server.cmd(&["ZCARD", "mcp:session:node:{node-a}"]);
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn lookups_cost_one_get_and_cleanup_never_scans_the_keyspace() {
+        let server = RedisServer::start();
+        let store = RedisStore::lazy(&server.url()).expect("store");
+        for n in 0..5 {
+            let record = SessionRecord::new("node-a", if n < 3 { "old" } else { "new" });
+            assert!(
+                store
+                    .register(&format!("s{n}"), &record, MONTH)
+                    .await
+                    .expect("register")
+            );
+        }
+        server.reset_stats();
+        assert!(store.lookup("s0").await.expect("lookup").is_some());
+        assert_eq!(server.command_count("get"), 1, "lookup is a single GET");
+        assert_eq!(
+            store
+                .remove_stale("node-a", "new", 100)
+                .await
+                .expect("remove_stale"),
+            3
+        );
+        assert_eq!(server.command_count("keys"), 0);
+        assert_eq!(server.command_count("scan"), 0);
+        assert!(server.command_count("zscan") >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_server_times_out_instead_of_hanging() {
+        let server = RedisServer::start();
+        let store = RedisStore::builder(&server.url())
+            .with_command_timeout(Duration::from_millis(200))
+            .connect()
+            .await
+            .expect("connect");
+        let record = SessionRecord::new("node-a", "inc-1");
+        assert!(
+            store
+                .register("s1", &record, MONTH)
+                .await
+                .expect("register")
+        );
+
+        server.pause();
+        let lookup = store
+            .lookup("s1")
+            .await
+            .expect_err("no answer while stopped");
+        assert!(lookup.is_timeout(), "{lookup:?}");
+        let register = store
+            .register("s2", &record, MONTH)
+            .await
+            .expect_err("no answer while stopped");
+        assert!(register.is_timeout(), "{register:?}");
+        let cleanup = store
+            .remove_if_owned("s1", "node-a", "inc-1")
+            .await
+            .expect_err("no answer");
+        assert!(cleanup.is_timeout(), "{cleanup:?}");
+        server.resume();
+
+        until_answering(&store, 100).await;
+        assert_eq!(store.lookup("s1").await.expect("lookup"), Some(record));
+    }
+
+    #[tokio::test]
+    async fn reconnects_after_redis_restarts() {
+        let mut server = RedisServer::start();
+        let store = RedisStore::connect(&server.url()).await.expect("connect");
+        let record = SessionRecord::new("node-a", "inc-1");
+        assert!(
+            store
+                .register("s1", &record, MONTH)
+                .await
+                .expect("register")
+        );
+
+        server.kill();
+        let err = store.lookup("s1").await.expect_err("redis is down");
+        assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+        server.restart();
+
+        until_answering(&store, 200).await;
+        // Nothing was persisted: the restarted server is empty, and fully usable.
+        assert_eq!(store.lookup("s1").await.expect("lookup"), None);
+        assert!(
+            store
+                .register("s1", &record, MONTH)
+                .await
+                .expect("register")
+        );
+        assert_eq!(store.lookup("s1").await.expect("lookup"), Some(record));
+    }
+
+    #[tokio::test]
+    async fn a_store_built_while_redis_is_down_works_once_it_is_up() {
+        let port = crate::redis_support::free_port(false);
+        let url = format!("redis://127.0.0.1:{port}/");
+
+        let err = RedisStore::connect(&url)
+            .await
+            .expect_err("nothing listens yet");
+        assert!(err.is_unavailable(), "{err:?}");
+
+        let store = RedisStore::lazy(&url).expect("lazy store needs no server");
+        let err = store.ping().await.expect_err("nothing listens yet");
+        assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+        let err = store
+            .register("s1", &SessionRecord::new("n", "i"), MONTH)
+            .await
+            .expect_err("down");
+        assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+
+        let server = RedisServer::start_on(port);
+        until_answering(&store, 200).await;
+        let record = SessionRecord::new("node-a", "inc-1");
+        assert!(
+            store
+                .register("s1", &record, MONTH)
+                .await
+                .expect("register")
+        );
+        assert_eq!(server.get("mcp:session:{s1}"), Some(record.to_json()));
+    }
+
+    #[tokio::test]
+    async fn errors_keep_their_cause() {
+        let port = crate::redis_support::free_port(false);
+        let err = RedisStore::connect(&format!("redis://127.0.0.1:{port}/"))
+            .await
+            .expect_err("down");
+        assert_eq!(err.to_string(), "registry store unavailable");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the redis error is the source"
+        );
+    }
+}
+
+#[cfg(feature = "redis-cluster")]
+mod redis_cluster {
+    use super::*;
+    use crate::redis_support::{RedisCluster, free_port};
+    use mcp_affinity::registry::RedisStore;
+
+    struct Cluster(RedisCluster);
+
+    impl Raw for RedisCluster {
+        fn value(&self, key: &str) -> Option<String> {
+            self.get(key)
+        }
+        fn expiry(&self, key: &str) -> i64 {
+            self.ttl(key)
+        }
+        fn delete(&self, key: &str) {
+            let _: i64 = self.cmd(&["DEL", key]);
+        }
+        fn put(&self, key: &str, value: &str) {
+            let () = self.cmd(&["SET", key, value]);
+        }
+        fn zscore(&self, key: &str, member: &str) -> Option<f64> {
+            self.cmd(&["ZSCORE", key, member])
+        }
+    }
+
+    impl Backend for Cluster {
+        type Store = RedisStore;
+        fn store(&self) -> RedisStore {
+            let urls = self.0.urls();
+            let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+            RedisStore::lazy_cluster(&nodes).expect("store")
+        }
+        fn store_with_prefix(&self, prefix: &str) -> Option<RedisStore> {
+            let urls = self.0.urls();
+            let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+            Some(
+                RedisStore::cluster_builder(&nodes)
+                    .with_prefix(prefix)
+                    .build_lazy()
+                    .expect("store"),
+            )
+        }
+        fn raw(&self) -> Option<&dyn Raw> {
+            Some(&self.0)
+        }
+    }
+
+    /// All shared cases, in sequence, on one 3-master cluster (starting a cluster per case
+    /// would cost seconds each). Cases use ids and node names of their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn suite_on_a_three_master_cluster() {
+        let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+            .await
+            .expect("cluster");
+        let backend = Cluster(cluster);
+
+        macro_rules! run_in_sequence {
+            ($($case:ident),* $(,)?) => {
+                $(
+                    eprintln!("cluster case: {}", stringify!($case));
+                    cases::$case(&backend).await;
+                )*
+            };
+        }
+        all_cases!(run_in_sequence);
+
+        // The keys really are spread over the masters: one key per command works across slots.
+        let store = backend.store();
+        for n in 0..30 {
+            let record = SessionRecord::new("spread", "inc");
+            assert!(
+                store
+                    .register(&unique(&format!("spread{n}")), &record, MONTH)
+                    .await
+                    .expect("register")
+            );
+        }
+        for node in backend.0.nodes() {
+            assert!(
+                !node.keys("mcp:session:{spread*").is_empty(),
+                "every master holds sessions"
+            );
+        }
+        let connected = RedisStore::connect_cluster(&[&backend.0.urls()[0]])
+            .await
+            .expect("connect");
+        assert_eq!(
+            connected
+                .remove_stale("spread", "next", 7)
+                .await
+                .expect("remove_stale"),
+            30
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_store_built_before_the_cluster_is_up_works_once_it_is() {
+        let ports: Vec<u16> = (0..3).map(|_| free_port(true)).collect();
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|port| format!("redis://127.0.0.1:{port}/"))
+            .collect();
+        let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+
+        let err = RedisStore::connect_cluster(&nodes)
+            .await
+            .expect_err("no cluster yet");
+        assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+        let store = RedisStore::lazy_cluster(&nodes).expect("lazy store needs no server");
+        let err = store.ping().await.expect_err("no cluster yet");
+        assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+
+        let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_on(&ports))
+            .await
+            .expect("cluster");
+        let mut answered = false;
+        for _ in 0..200 {
+            if store.ping().await.is_ok() {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(answered, "the store never reached the cluster");
+        let record = SessionRecord::new("node-a", "inc-1");
+        assert!(
+            store
+                .register("s1", &record, MONTH)
+                .await
+                .expect("register")
+        );
+        assert_eq!(cluster.get("mcp:session:{s1}"), Some(record.to_json()));
+    }
+}

@@ -1,0 +1,215 @@
+//! Timer-driven behaviour on a paused clock (in-process calls; no real waiting).
+
+#[path = "support/mcp.rs"]
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use mcp_affinity::{
+    SseTransportLayer,
+    handler::handler_fn,
+    session::CloseReason,
+    transport::{ResponseBody, TransportHandle},
+};
+use serde_json::{Value, json};
+use tower::{Service, ServiceExt};
+
+type Svc = tower::util::BoxCloneService<
+    http::Request<Full<Bytes>>,
+    http::Response<ResponseBody>,
+    std::convert::Infallible,
+>;
+
+fn stack(layer: SseTransportLayer) -> (Svc, TransportHandle) {
+    let mut layer = layer.build().unwrap();
+    let handle = layer.handle().unwrap();
+    let (probe, _) = support::Probe::new();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(handler_fn(move |req, cx| {
+            support::handle_request(probe.clone(), req, cx)
+        }));
+    (tower::util::BoxCloneService::new(svc), handle)
+}
+
+fn req(
+    method: http::Method,
+    session: Option<&str>,
+    body: Option<Value>,
+) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri("http://localhost/mcp")
+        .header("host", "localhost")
+        .header("accept", support::ACCEPT_BOTH)
+        .header("content-type", "application/json");
+    if let Some(s) = session {
+        b = b.header("mcp-session-id", s);
+    }
+    b.body(Full::new(
+        body.map(|b| Bytes::from(b.to_string())).unwrap_or_default(),
+    ))
+    .unwrap()
+}
+
+async fn initialize(svc: &mut Svc, initialized: bool) -> String {
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(
+            http::Method::POST,
+            None,
+            Some(support::initialize_body("2025-11-25")),
+        ))
+        .await
+        .unwrap();
+    let id = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    if initialized {
+        let n = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req(http::Method::POST, Some(&id), Some(n)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    id
+}
+
+async fn ping(svc: &mut Svc, id: &str) -> http::StatusCode {
+    let p = json!({"jsonrpc":"2.0","id":1,"method":"ping"});
+    svc.ready()
+        .await
+        .unwrap()
+        .call(req(http::Method::POST, Some(id), Some(p)))
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_sessions_are_closed_and_busy_ones_are_not() {
+    let (mut svc, handle) =
+        stack(SseTransportLayer::new().with_idle_timeout(Duration::from_secs(60)));
+    let idle = initialize(&mut svc, true).await;
+    let streaming = initialize(&mut svc, true).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    handle.session(&idle).unwrap().on_close(move |_, r| {
+        let _ = tx.send(r);
+    });
+    let get = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(http::Method::GET, Some(&streaming), None))
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+
+    tokio::time::advance(Duration::from_secs(30)).await;
+    handle.sweep();
+    assert_eq!(
+        ping(&mut svc, &idle).await,
+        200,
+        "activity resets the idle clock"
+    );
+    tokio::time::advance(Duration::from_secs(61)).await;
+    handle.sweep();
+    assert_eq!(rx.await.unwrap(), CloseReason::Idle);
+    assert_eq!(ping(&mut svc, &idle).await, 404);
+    assert_eq!(
+        ping(&mut svc, &streaming).await,
+        200,
+        "a session with an open stream is not idle"
+    );
+    drop(get);
+}
+
+#[tokio::test(start_paused = true)]
+async fn uninitialized_sessions_time_out() {
+    let (mut svc, handle) =
+        stack(SseTransportLayer::new().with_init_timeout(Duration::from_secs(10)));
+    let probe_like = initialize(&mut svc, false).await;
+    let good = initialize(&mut svc, true).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    handle.session(&probe_like).unwrap().on_close(move |_, r| {
+        let _ = tx.send(r);
+    });
+    // The periodic sweeper (not a manual sweep) does it.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(rx.await.unwrap(), CloseReason::InitTimeout);
+    assert_eq!(handle.session_count(), 1);
+    assert_eq!(ping(&mut svc, &good).await, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_every_15_seconds_by_default() {
+    let (mut svc, _handle) = stack(SseTransportLayer::new());
+    let id = initialize(&mut svc, true).await;
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(http::Method::GET, Some(&id), None))
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    let priming = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(priming.starts_with(b"id: 0-0\nretry: 3000"));
+    let start = tokio::time::Instant::now();
+    let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&ka[..], b":\n\n");
+    assert_eq!(start.elapsed(), Duration::from_secs(15));
+    let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&ka[..], b":\n\n");
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unanswered_server_requests_time_out() {
+    let (mut svc, _handle) =
+        stack(SseTransportLayer::new().with_request_timeout(Duration::from_secs(5)));
+    let id = initialize(&mut svc, true).await;
+    let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"ask","arguments":{}}});
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(http::Method::POST, Some(&id), Some(call)))
+        .await
+        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("sampling/createMessage"), "{text}");
+    assert!(text.contains("error: server request timed out"), "{text}");
+}
+
+/// The ready inner service is the one called (clone-and-take): with a concurrency limit of one
+/// under the transport, concurrent requests through clones all complete.
+#[tokio::test]
+async fn readiness_is_respected_under_a_concurrency_limit() {
+    let mut layer = SseTransportLayer::new().build().unwrap();
+    let _handle = layer.handle().unwrap();
+    let (probe, _) = support::Probe::new();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(1)
+        .service(handler_fn(move |req, cx| {
+            support::handle_request(probe.clone(), req, cx)
+        }));
+    let mut svc = tower::util::BoxCloneService::new(svc);
+    let id = initialize(&mut svc, true).await;
+    let calls = (0..16).map(|_| {
+        let mut svc = svc.clone();
+        let id = id.clone();
+        async move { ping(&mut svc, &id).await }
+    });
+    for status in futures_util::future::join_all(calls).await {
+        assert_eq!(status, 200);
+    }
+}

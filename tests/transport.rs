@@ -1,0 +1,718 @@
+//! The SseTransportLayer over real TCP (hyper server, reqwest client).
+
+#[path = "support/mcp.rs"]
+mod support;
+
+use std::time::Duration;
+
+use mcp_affinity::{
+    SseTransportLayer,
+    session::{SessionId, SessionIdGenerator},
+    transport::{HostPolicy, OriginPolicy},
+};
+use serde_json::{Value, json};
+use support::{ACCEPT_BOTH, Server, Sse, initialize_body};
+
+async fn server() -> (Server, support::Observations) {
+    Server::start(SseTransportLayer::new()).await
+}
+
+async fn body_json(res: reqwest::Response) -> Value {
+    res.json().await.expect("json body")
+}
+
+fn error_code(v: &Value) -> i64 {
+    v.pointer("/error/code")
+        .and_then(Value::as_i64)
+        .expect("JSON-RPC error body")
+}
+
+// 1. initialize creates the session first; ids are random visible ASCII; failure leaves nothing.
+#[tokio::test]
+async fn initialize_mints_session_id_and_failure_leaves_nothing() {
+    let (srv, mut obs) = server().await;
+    let mut c = srv.client();
+    let res = c.connect("2025-11-25").await;
+    obs.wait("session-before-handler", "initialize").await;
+    assert_eq!(
+        res.headers().get("content-type").unwrap(),
+        "application/json"
+    );
+    let id = c.session.clone().unwrap();
+    assert!(SessionId::is_valid(&id));
+    assert!(id.len() >= 22, "at least 128 bits in base64url: {id}");
+    assert_eq!(srv.handle.session_count(), 1);
+    let session = srv.handle.session(&id).unwrap();
+    assert_eq!(
+        session.client_capabilities(),
+        Some(&json!({"sampling": {}}))
+    );
+    assert_eq!(session.client_info().unwrap()["name"], "test");
+    assert_eq!(session.protocol_version().unwrap().as_str(), "2025-11-25");
+
+    let mut c2 = srv.client();
+    c2.connect("2025-11-25").await;
+    assert_ne!(c.session, c2.session);
+
+    let mut failing = initialize_body("2025-11-25");
+    failing["params"]["clientInfo"]["name"] = json!("fail");
+    let res = srv.client().post(&failing).send().await.unwrap();
+    assert!(res.headers().get("mcp-session-id").is_none());
+    assert!(body_json(res).await.get("error").is_some());
+    assert_eq!(
+        srv.handle.session_count(),
+        2,
+        "a failed initialize leaves no session"
+    );
+}
+
+#[tokio::test]
+async fn pluggable_id_generator() {
+    let generator = || SessionId::parse("custom-fixed-id").unwrap();
+    let (srv, _) = Server::start(SseTransportLayer::new().with_id_generator(generator)).await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    assert_eq!(c.session.as_deref(), Some("custom-fixed-id"));
+    assert_eq!(generator.generate().as_str(), "custom-fixed-id");
+}
+
+// 2. POST validation.
+#[tokio::test]
+async fn post_validation_statuses() {
+    let (srv, _) = server().await;
+    let c = srv.client();
+    let url = srv.url();
+    let http = reqwest::Client::new();
+    let init = initialize_body("2025-11-25").to_string();
+
+    let r = http
+        .post(&url)
+        .header("accept", "application/json")
+        .header("content-type", "application/json")
+        .body(init.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 406);
+    assert!(body_json(r).await.get("error").is_some());
+    let r = http
+        .post(&url)
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "text/plain")
+        .body(init.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = http
+        .post(&url)
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(&body_json(r).await), -32700);
+    let batch = format!("[{init}]");
+    let r = http
+        .post(&url)
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A non-initialize request without a session id.
+    let r = c
+        .post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(body_json(r).await.get("error").is_some());
+
+    // Unknown session → 404 with a JSON-RPC error body.
+    let mut unknown = srv.client();
+    unknown.session = Some("no-such-session".into());
+    let r = unknown
+        .post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(&body_json(r).await), -32001);
+}
+
+#[tokio::test]
+async fn notifications_responses_and_protocol_version_header() {
+    let (srv, mut obs) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    obs.wait("notification", "notifications/initialized").await;
+
+    let r = c
+        .post(&json!({"jsonrpc":"2.0","id":77,"result":{}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "a client response is accepted");
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    let r = c
+        .post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+        .header("mcp-protocol-version", "1999-01-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(&json!({"jsonrpc":"2.0","id":2,"method":"ping"}))
+        .header("mcp-protocol-version", "2025-03-26")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "an older legacy header on a 2025-11-25 session is accepted"
+    );
+    let r = c
+        .post(&json!({"jsonrpc":"2.0","id":3,"method":"ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a missing header means 2025-03-26");
+    assert_eq!(body_json(r).await["result"], json!({}));
+}
+
+// 3. JSON when nothing streamed; SSE otherwise; concurrent POST streams.
+#[tokio::test]
+async fn json_or_sse_and_concurrent_streams() {
+    let (srv, _) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+
+    let r = c.call_tool(1, "echo", json!({"text": "hi"})).await;
+    assert_eq!(r.headers().get("content-type").unwrap(), "application/json");
+    assert_eq!(body_json(r).await["result"]["content"][0]["text"], "hi");
+
+    let r = c.call_tool(2, "progress", json!({})).await;
+    assert_eq!(r.headers().get("cache-control").unwrap(), "no-cache");
+    assert_eq!(r.headers().get("x-accel-buffering").unwrap(), "no");
+    let mut sse = Sse::new(r);
+    let priming = sse.next().await.unwrap();
+    assert_eq!(priming.data, "", "priming event has empty data");
+    assert!(priming.id.is_some());
+    assert_eq!(priming.retry, Some(3000));
+    let rest = sse.collect().await;
+    assert_eq!(rest.len(), 4);
+    assert!(
+        rest[..3]
+            .iter()
+            .all(|e| e.json()["method"] == "notifications/progress")
+    );
+    assert_eq!(rest[3].json()["id"], 2);
+
+    // Several POST streams at once on one session.
+    let calls = (10..15).map(|i| {
+        let c = c.clone();
+        async move {
+            Sse::new(c.call_tool(i, "progress", json!({})).await)
+                .collect()
+                .await
+        }
+    });
+    for (i, events) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(events.last().unwrap().json()["id"], 10 + i as i64);
+        let ids: std::collections::HashSet<_> = events.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(ids.len(), events.len(), "event ids are unique");
+    }
+}
+
+// 4. GET: one standalone stream; server-initiated messages go there, and only there.
+#[tokio::test]
+async fn standalone_stream_is_exclusive_and_receives_unrelated_messages() {
+    let (srv, _) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+
+    // Sent before the stream opens: held until it does.
+    assert_eq!(
+        c.call_tool(1, "standalone", json!({"message": "early"}))
+            .await
+            .status(),
+        200
+    );
+    let get = c.get().send().await.unwrap();
+    assert_eq!(get.status(), 200);
+    let mut stream = Sse::new(get);
+    let second = c.get().send().await.unwrap();
+    assert_eq!(second.status(), 409);
+    assert!(body_json(second).await.get("error").is_some());
+
+    let mut first = stream.next().await.unwrap();
+    if first.data.is_empty() {
+        first = stream.next().await.unwrap();
+    }
+    assert_eq!(first.json()["params"]["data"], "early");
+
+    // A notification sent while a POST stream is open goes to the standalone stream only.
+    let r = c
+        .call_tool(2, "standalone", json!({"message": "late"}))
+        .await;
+    assert_eq!(r.headers().get("content-type").unwrap(), "application/json");
+    let ev = stream.next().await.unwrap();
+    assert_eq!(ev.json()["params"]["data"], "late");
+}
+
+// 5. Server→client requests.
+#[tokio::test]
+async fn server_request_on_request_stream_answered_by_post() {
+    let (srv, _) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    let mut sse = Sse::new(c.call_tool(1, "ask", json!({})).await);
+    let mut req = sse.next().await.unwrap();
+    if req.data.is_empty() {
+        req = sse.next().await.unwrap();
+    }
+    let req = req.json();
+    assert_eq!(req["method"], "sampling/createMessage");
+    let answer = json!({"jsonrpc":"2.0","id": req["id"], "result": {"role":"assistant","content":{"type":"text","text":"sampled"},"model":"m"}});
+    assert_eq!(c.post(&answer).send().await.unwrap().status(), 202);
+    let last = sse.collect().await.pop().unwrap().json();
+    assert_eq!(last["result"]["content"][0]["text"], "sampled");
+
+    // Outside a handler: on the standalone stream.
+    let mut stream = Sse::new(c.get().send().await.unwrap());
+    c.call_tool(2, "ask_standalone", json!({})).await;
+    let mut ev = stream.next().await.unwrap();
+    if ev.data.is_empty() {
+        ev = stream.next().await.unwrap();
+    }
+    assert_eq!(ev.json()["method"], "roots/list");
+}
+
+#[tokio::test]
+async fn unanswered_server_request_fails_on_close() {
+    let (srv, mut obs) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    let _stream = Sse::new(c.get().send().await.unwrap());
+    c.call_tool(1, "ask_standalone", json!({})).await;
+    assert_eq!(c.delete().send().await.unwrap().status(), 200);
+    obs.wait("standalone-answer", "error: session closed").await;
+}
+
+// 6. Cancellation.
+#[tokio::test]
+async fn cancelled_notification_aborts_the_handler_but_disconnect_does_not() {
+    let (srv, mut obs) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+
+    let c2 = c.clone();
+    let pending = tokio::spawn(async move { c2.call_tool(5, "wait", json!({})).await });
+    obs.wait("started", "wait").await;
+    let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":5,"reason":"test"}});
+    assert_eq!(c.post(&cancel).send().await.unwrap().status(), 202);
+    obs.wait("dropped", "wait").await;
+    let res = pending.await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        Sse::new(res).collect().await.is_empty(),
+        "no response after cancellation"
+    );
+
+    // A disconnect does not cancel (legacy rule): the handler runs to completion.
+    let c3 = c.clone();
+    let dropped = tokio::spawn(async move { c3.call_tool(6, "wait", json!({})).await });
+    obs.wait("started", "wait").await;
+    dropped.abort();
+    let _ = dropped.await;
+    srv.probe.release.notify_one();
+    obs.wait("finished", "wait").await;
+}
+
+// 7. Resumability and SEP-1699 polling.
+#[tokio::test]
+async fn resume_replays_only_that_stream_and_polling_delivers_the_result() {
+    let (srv, mut obs) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+
+    // Stream A: notification, then the handler closes the connection and waits.
+    let mut a = Sse::new(c.call_tool(1, "close_stream", json!({})).await);
+    obs.wait("closed", "true").await;
+    let a_events = {
+        let mut v = Vec::new();
+        while let Some(e) = a.next().await {
+            v.push(e);
+        }
+        v
+    };
+    assert_eq!(a_events[0].data, "", "priming first");
+    assert_eq!(
+        a_events[0].retry,
+        Some(3000),
+        "retry hint before the server closes"
+    );
+    let last_id = a_events.last().unwrap().id.clone().unwrap();
+    assert!(
+        a_events.iter().all(|e| e.json().get("id").is_none()),
+        "no response on the closed connection"
+    );
+
+    // Stream B on the same session produces its own events meanwhile.
+    let b = Sse::new(c.call_tool(2, "progress", json!({})).await)
+        .collect()
+        .await;
+    assert_eq!(b.last().unwrap().json()["id"], 2);
+
+    srv.probe.release.notify_one();
+    let resumed = c
+        .get()
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let events = Sse::new(resumed).collect().await;
+    let stream_of =
+        |id: &Option<String>| id.as_ref().unwrap().split('-').next().unwrap().to_owned();
+    let a_stream = stream_of(&Some(last_id.clone()));
+    assert!(
+        events.iter().all(|e| stream_of(&e.id) == a_stream),
+        "only stream A's events: {events:?}"
+    );
+    assert_eq!(
+        events.last().unwrap().json()["result"]["content"][0]["text"],
+        "after-close"
+    );
+
+    // Replaying again from the priming id yields A's events from the start, never B's.
+    let replay = Sse::new(
+        c.get()
+            .header("last-event-id", a_events[0].id.clone().unwrap())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .collect()
+    .await;
+    assert_eq!(
+        replay.first().unwrap().json()["params"]["data"],
+        "before-close"
+    );
+    assert!(replay.iter().all(|e| stream_of(&e.id) == a_stream));
+}
+
+// 8. DELETE closes everything.
+#[tokio::test]
+async fn delete_closes_session_tasks_and_streams() {
+    let (srv, mut obs) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    c.call_tool(1, "spawn", json!({})).await;
+    let mut stream = Sse::new(c.get().send().await.unwrap());
+    let r = c.delete().send().await.unwrap();
+    assert!(r.status().is_success());
+    obs.wait("dropped", "spawned").await;
+    while stream.next().await.is_some() {}
+    let r = c
+        .post(&json!({"jsonrpc":"2.0","id":9,"method":"ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(c.delete().send().await.unwrap().status(), 404);
+    assert_eq!(srv.handle.session_count(), 0);
+}
+
+// 9. Keep-alive comments on open streams.
+#[tokio::test]
+async fn keep_alive_comments() {
+    let (srv, _) =
+        Server::start(SseTransportLayer::new().with_keep_alive(Some(Duration::from_millis(50))))
+            .await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    let mut stream = Sse::new(c.get().send().await.unwrap());
+    let mut comments = 0;
+    while comments < 2 {
+        if stream.next_raw().await.unwrap().comment {
+            comments += 1;
+        }
+    }
+}
+
+// 10. Limits.
+#[tokio::test]
+async fn body_limit_and_session_limit() {
+    let (srv, _) = Server::start(
+        SseTransportLayer::new()
+            .with_max_body_bytes(1024)
+            .with_max_sessions(2),
+    )
+    .await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    let big = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x".repeat(2000)}}});
+    let r = c.post(&big).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(body_json(r).await.get("error").is_some());
+
+    srv.client().connect("2025-11-25").await;
+    let r = srv
+        .client()
+        .post(&initialize_body("2025-11-25"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    assert!(body_json(r).await.get("error").is_some());
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_grow_memory() {
+    let (srv, _) = Server::start(SseTransportLayer::new().with_event_log(64, 64 * 1024)).await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    // Open the standalone stream and never read it, then push far more than the bounds.
+    let unread = c.get().send().await.unwrap();
+    for i in 0..20 {
+        let r = c
+            .call_tool(i, "standalone", json!({"message": "y".repeat(4096)}))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    // And a POST stream that is never read.
+    let _unread_post = c.call_tool(100, "notify_n", json!({"n": 5000})).await;
+    let session = srv.handle.session(c.session.as_deref().unwrap()).unwrap();
+    let (events, bytes) = session.buffered();
+    assert!(events <= 64, "{events} events held");
+    assert!(bytes <= 64 * 1024 + 8 * 1024, "{bytes} bytes held");
+    assert!(session.dropped_events() > 0);
+    drop(unread);
+}
+
+#[tokio::test]
+async fn pending_server_request_limit() {
+    let (srv, _) = Server::start(SseTransportLayer::new().with_max_pending_requests(1)).await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    let _first = c.call_tool(1, "ask", json!({})).await;
+    let second = body_json(c.call_tool(2, "ask", json!({})).await);
+    // The second call's request could not be sent: the tool reports the error.
+    let v = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .unwrap_or(Value::Null);
+    let text = v
+        .pointer("/result/content/0/text")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(text, "error: too many pending server requests");
+}
+
+// 11. Security.
+#[tokio::test]
+async fn origin_and_host_validation() {
+    let (srv, _) = server().await;
+    let c = srv.client();
+    let r = c
+        .post(&initialize_body("2025-11-25"))
+        .header("origin", "http://evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(body_json(r).await.get("error").is_some());
+    let same = format!("http://{}", srv.addr);
+    let r = c
+        .post(&initialize_body("2025-11-25"))
+        .header("origin", same)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(&initialize_body("2025-11-25"))
+        .header("host", "evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 421);
+
+    let (srv, _) = Server::start(
+        SseTransportLayer::new()
+            .with_allowed_hosts(HostPolicy::list(["mcp.example.com"]))
+            .with_allowed_origins(OriginPolicy::same_origin().allow("https://app.example.com")),
+    )
+    .await;
+    let c = srv.client();
+    let r = c
+        .post(&initialize_body("2025-11-25"))
+        .header("host", "mcp.example.com")
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.post(&initialize_body("2025-11-25")).send().await.unwrap();
+    assert_eq!(r.status(), 421, "127.0.0.1 is not in the explicit list");
+}
+
+#[tokio::test]
+async fn sessions_bound_to_a_principal() {
+    let principal = |p: &http::request::Parts| {
+        p.headers
+            .get("x-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (srv, _) = Server::start(SseTransportLayer::new().with_principal(principal)).await;
+    let mut c = srv.client();
+    let r = c
+        .post(&initialize_body("2025-11-25"))
+        .header("x-user", "ada")
+        .send()
+        .await
+        .unwrap();
+    c.session = Some(r.headers()["mcp-session-id"].to_str().unwrap().to_owned());
+    let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"});
+    assert_eq!(
+        c.post(&ping)
+            .header("x-user", "ada")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = c.post(&ping).header("x-user", "eve").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        error_code(&body_json(r).await),
+        -32001,
+        "the same 404 as an unknown session"
+    );
+    assert_eq!(c.post(&ping).send().await.unwrap().status(), 404);
+}
+
+// 12. Graceful shutdown.
+#[tokio::test]
+async fn graceful_shutdown() {
+    let (srv, _) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    let session = srv.handle.session(c.session.as_deref().unwrap()).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    session.on_close(move |_, reason| {
+        let _ = tx.send(reason);
+    });
+    let mut stream = Sse::new(c.get().send().await.unwrap());
+    assert_eq!(srv.handle.shutdown().await, 1);
+    assert_eq!(
+        rx.await.unwrap(),
+        mcp_affinity::session::CloseReason::Shutdown
+    );
+    let mut saw_retry = false;
+    while let Some(ev) = stream.next_raw().await {
+        saw_retry |= ev.retry.is_some() && ev.data.is_empty() && ev.id.is_none();
+    }
+    assert!(saw_retry, "the stream ends with a retry hint");
+    let r = srv
+        .client()
+        .post(&initialize_body("2025-11-25"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(
+        c.post(&json!({"jsonrpc":"2.0","id":1,"method":"ping"}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn handler_panic_becomes_an_error_response() {
+    let (srv, _) = server().await;
+    let mut c = srv.client();
+    c.connect("2025-11-25").await;
+    let r = c.call_tool(1, "panic", json!({})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(error_code(&body_json(r).await), -32603);
+    assert_eq!(
+        c.call_tool(2, "echo", json!({"text": "still here"}))
+            .await
+            .status(),
+        200
+    );
+}
+
+// JSON-RPC batches: only on 2025-03-26 sessions.
+#[tokio::test]
+async fn batches_on_2025_03_26_and_refused_later() {
+    let (srv, mut obs) = server().await;
+    let mut old = srv.client();
+    old.connect("2025-03-26").await;
+    let batch = json!([
+        {"jsonrpc":"2.0","method":"notifications/roots/list_changed"},
+        {"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a"}}},
+        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"progress","arguments":{}}},
+        {"jsonrpc":"2.0","id":3,"method":"ping"}
+    ]);
+    let res = old.post(&batch).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    obs.wait("notification", "notifications/roots/list_changed")
+        .await;
+    let events = Sse::new(res).collect().await;
+    let mut answered: Vec<i64> = events
+        .iter()
+        .filter_map(|e| e.json()["id"].as_i64())
+        .collect();
+    answered.sort_unstable();
+    assert_eq!(
+        answered,
+        vec![1, 2, 3],
+        "every request answered on the one stream: {events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.json()["method"] == "notifications/progress")
+            .count(),
+        3
+    );
+
+    let only_notes =
+        json!([{"jsonrpc":"2.0","method":"notifications/a"},{"jsonrpc":"2.0","id":9,"result":{}}]);
+    assert_eq!(old.post(&only_notes).send().await.unwrap().status(), 202);
+    let with_init = json!([support::initialize_body("2025-03-26")]);
+    assert_eq!(old.post(&with_init).send().await.unwrap().status(), 400);
+
+    let mut new = srv.client();
+    new.connect("2025-11-25").await;
+    let res = new
+        .post(&json!([{"jsonrpc":"2.0","id":1,"method":"ping"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(body_json(res).await.get("error").is_some());
+}
