@@ -9,7 +9,12 @@
 //! - `--node NAME` (`MCP_NODE`, default `n1`): reported in `x-mcp-node` on every response
 //! - `--redis URL` (`REDIS_URL`): the session registry in Redis (keys `mcp:session:{<id>}`);
 //!   without it, the embedded in-memory registry
-//! - `--transport-only`: the transport alone, no registry (for benchmarks)
+//! - `--tag TAG` (`MCP_TAG`, default derived from the node name): the opaque node tag carried
+//!   in the `_mcp_backend` cookie and in the session ids this node mints
+//! - `--cookie-secure true|false` (default `true`): the cookie's `Secure` attribute; turn it off
+//!   only for plain-HTTP test setups (clients drop `Secure` cookies over `http://`)
+//! - `--cookie-name NAME` (default `_mcp_backend`)
+//! - `--transport-only`: the transport alone, no affinity and no registry (for benchmarks)
 //!
 //! Tools: `echo {text}`, `whoami`, `notify {message, delayMs?}` (a log message on the session's
 //! standalone stream), `progress {steps}` (progress and log notifications on the request's
@@ -20,11 +25,11 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, http::HeaderValue, routing::get};
 use mcp_affinity::{
-    SessionRegistryLayer, SseTransportLayer,
+    SessionAffinityLayer, SessionRegistryLayer, SseTransportLayer,
     handler::{ErrorObject, HandlerRequest, handler_fn},
     protocol::{Era, ProtocolVersion},
     registry::{MemoryStore, RedisStore, RegistryStore},
-    session::RequestContext,
+    session::{NodeTag, RequestContext},
     transport::{HostPolicy, TransportHandle},
 };
 use serde_json::{Value, json};
@@ -35,6 +40,9 @@ struct Args {
     listen: SocketAddr,
     node: String,
     redis: Option<String>,
+    tag: Option<String>,
+    cookie_secure: bool,
+    cookie_name: Option<String>,
     transport_only: bool,
 }
 
@@ -42,6 +50,9 @@ fn parse_args() -> Result<Args, String> {
     let mut listen = std::env::var("MCP_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let mut node = std::env::var("MCP_NODE").unwrap_or_else(|_| "n1".into());
     let mut redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+    let mut tag = std::env::var("MCP_TAG").ok().filter(|t| !t.is_empty());
+    let mut cookie_secure = true;
+    let mut cookie_name = None;
     let mut transport_only = false;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -50,10 +61,20 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => listen = value()?,
             "--node" => node = value()?,
             "--redis" => redis = Some(value()?),
+            "--tag" => tag = Some(value()?),
+            "--cookie-secure" => {
+                cookie_secure = match value()?.as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    v => return Err(format!("--cookie-secure {v}: expected true or false")),
+                }
+            }
+            "--cookie-name" => cookie_name = Some(value()?),
             "--transport-only" => transport_only = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: node [--listen ADDR] [--node NAME] [--redis URL] [--transport-only]"
+                    "usage: node [--listen ADDR] [--node NAME] [--redis URL] [--tag TAG] \
+                     [--cookie-secure true|false] [--cookie-name NAME] [--transport-only]"
                 );
                 std::process::exit(0);
             }
@@ -66,6 +87,9 @@ fn parse_args() -> Result<Args, String> {
             .map_err(|e| format!("--listen {listen}: {e}"))?,
         node,
         redis,
+        tag,
+        cookie_secure,
+        cookie_name,
         transport_only,
     })
 }
@@ -265,8 +289,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std::error::Error>> {
     let registry = SessionRegistryLayer::new(store, args.node.clone()).build()?;
     let registry_handle = registry.handle();
+    let tag = match &args.tag {
+        Some(t) => NodeTag::new(t).map_err(|e| format!("--tag {t}: {e}"))?,
+        None => NodeTag::derive(&args.node),
+    };
+    let mut affinity = SessionAffinityLayer::new(tag).with_cookie_secure(args.cookie_secure);
+    if let Some(name) = &args.cookie_name {
+        affinity = affinity.with_cookie_name(name)?;
+    }
     let mut transport = SseTransportLayer::new()
         .with_allowed_hosts(HostPolicy::localhost())
+        .with_id_generator(affinity.id_generator())
         .build()?;
     let handle = transport.handle()?;
     let app = App {
@@ -284,6 +317,7 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         routes(
             &args,
             ServiceBuilder::new()
+                .layer(affinity.clone())
                 .layer(registry)
                 .layer(transport)
                 .service(handler),
@@ -292,8 +326,12 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
-    println!("MCP node {} listening on http://{local}/mcp", args.node);
-    tracing::info!(node = %args.node, %local, "listening");
+    println!(
+        "MCP node {} (tag {}) listening on http://{local}/mcp",
+        args.node,
+        affinity.tag()
+    );
+    tracing::info!(node = %args.node, tag = %affinity.tag(), %local, "listening");
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         // Small JSON-RPC answers would otherwise wait on Nagle + delayed ACK.

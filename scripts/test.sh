@@ -54,6 +54,8 @@ command -v redis-server >/dev/null 2>&1 || APT_PACKAGES+=(redis-server)
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 command -v python3 >/dev/null 2>&1 || APT_PACKAGES+=(python3)
+# The cluster tests run HAProxy as a plain process (Debian installs it in /usr/sbin).
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || APT_PACKAGES+=(haproxy)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     APT_PACKAGES+=(python3-venv)
 fi

@@ -764,9 +764,21 @@ async fn strict_short_circuit_keeps_the_inner_reservation_until_drop() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    a.ready().await.unwrap();
-    drop(a);
-    assert!(b.ready().now_or_never().is_some(), "released on drop");
+    // That call consumed the permit; it passes to `b`, which queued first.
+    assert!(b.ready().now_or_never().is_some(), "handed over to b");
+
+    // A short-circuited service that is dropped releases its reservation.
+    let mut c = b.clone();
+    drop(b);
+    let mut d = c.clone();
+    let res = c.ready().await.unwrap().call(foreign()).await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(
+        d.ready().now_or_never().is_none(),
+        "c still holds the permit"
+    );
+    drop(c);
+    assert!(d.ready().now_or_never().is_some(), "released on drop");
 }
 
 // 12. Stacked over the real transport with the tagged id generator.

@@ -56,6 +56,13 @@ impl std::error::Error for ConfigError {}
 /// `poll_ready` forwards the inner service's readiness. Store writes never hold a request:
 /// they go to bounded, ordered queues drained by background workers (fail-open). In
 /// fail-closed mode the `initialize` response waits for its registration.
+///
+/// # Runtime
+///
+/// The background work (write queues, TTL refresh, removal of the records a previous
+/// incarnation of this node left) starts when the layer wraps a service inside a Tokio runtime,
+/// so a restarted node cleans up at boot, before its first request. A layer applied outside a
+/// runtime starts it at its first request or [`RegistryHandle::flush`].
 #[must_use]
 pub struct SessionRegistryLayer<R> {
     store: Arc<R>,
@@ -213,6 +220,9 @@ impl<S, R: RegistryStore> Layer<S> for SessionRegistryLayer<R> {
     type Service = SessionRegistry<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        // Background work (write queue, TTL refresh, removal of what a previous incarnation
+        // left) begins when the stack is built inside a runtime, not at the first request.
+        self.core.start();
         SessionRegistry::from_core(inner, self.core.clone())
     }
 }

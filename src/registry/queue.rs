@@ -93,8 +93,12 @@ impl<R: RegistryStore> Core<R> {
         self
     }
 
-    /// Starts the workers, the refresher and the stale-record cleanup (once; needs a runtime).
+    /// Starts the workers, the refresher and the stale-record cleanup: once, and only from
+    /// within a Tokio runtime (outside one it does nothing and a later call starts them).
     pub(crate) fn start(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
         let receivers = self
             .receivers
             .lock()
