@@ -114,6 +114,9 @@ LOG_DIR="$ROOT/target/test-logs"
 mkdir -p "$LOG_DIR"
 TEST_LOG="$LOG_DIR/cargo-test.log"
 : >"$TEST_LOG"
+# Figures the tests print for people (conformance totals, failover and rolling-restart times).
+export MCP_TEST_REPORT="$LOG_DIR/report.txt"
+: >"$MCP_TEST_REPORT"
 
 run_step build cargo build --all-targets --all-features
 
@@ -146,6 +149,11 @@ read -r PASSED FAILED IGNORED BINARIES < <(
         }
         END { printf "%d %d %d %d\n", p, f, g, n }' "$TEST_LOG"
 )
+
+if [[ -s "$MCP_TEST_REPORT" ]]; then
+    step "reported by the tests (also in target/test-logs/report.txt)"
+    cat "$MCP_TEST_REPORT"
+fi
 
 step "summary"
 echo "cargo test: $BINARIES test binaries, $PASSED passed, $FAILED failed, $IGNORED ignored"

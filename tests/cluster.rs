@@ -33,6 +33,10 @@ mod support;
 #[path = "support/cluster.rs"]
 mod cluster_support;
 
+#[path = "support/report.rs"]
+mod report_support;
+use report_support::report;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{
@@ -556,7 +560,7 @@ async fn cookie_mode_pins_cookie_keeping_clients_only() {
             .to_owned();
         let nodes = run.report.as_ref().map(nodes_seen).unwrap_or_default();
         let misroutes = misroute_lines(&cluster) - misroutes_before;
-        eprintln!(
+        report(&format!(
             "RECORD cookie mode, cookie-less TS SDK client: {} ({}); nodes seen {nodes:?}; \
              misroute warnings logged by the nodes meanwhile: {misroutes}; {}",
             if run.success { "completed" } else { "failed" },
@@ -566,7 +570,7 @@ async fn cookie_mode_pins_cookie_keeping_clients_only() {
             } else {
                 fail_line
             }
-        );
+        ));
         assert!(
             !(run.success && nodes.len() == 1),
             "the cookie-less TS client unexpectedly stayed pinned in cookie mode: {:?}",
@@ -632,7 +636,7 @@ async fn non_mcp_paths_round_robin_without_cookie() {
         assert_eq!(res.text().await.expect("body"), "graphql");
         *counts.entry(node).or_default() += 1;
     }
-    eprintln!("/graphql x9 through HAProxy: {counts:?}");
+    report(&format!("/graphql x9 through HAProxy: {counts:?}"));
     let seen: BTreeSet<&str> = counts.keys().map(String::as_str).collect();
     assert_eq!(
         seen,
@@ -778,7 +782,7 @@ async fn killed_node_fails_over_and_is_cleaned_up() {
     // HAProxy's own health check also takes the node out (printed, not a condition above).
     cluster.lb.wait_server(&victim, false).await;
     let marked_down = killed.elapsed();
-    eprintln!(
+    report(&format!(
         "RECOVERY after kill -9 of {victim}: first 404 ({}) after {} ms from {answered_by}, \
          first successful request on the new session (on {new_node}) after {} ms; \
          HAProxy marked {victim} DOWN after {} ms; transient answers before the 404: {transient:?}",
@@ -786,7 +790,7 @@ async fn killed_node_fails_over_and_is_cleaned_up() {
         first_404.as_millis(),
         recovered.as_millis(),
         marked_down.as_millis()
-    );
+    ));
     eprintln!("misroute log line: {warn}");
 
     // Restart the dead node under the same name (a new incarnation): it removes what its
@@ -989,13 +993,13 @@ async fn rolling_restart_with_200_sessions() {
         epoch.store(i as u32 + 1, Ordering::Release);
         // Every client recovered (one success after this node came back) before the next.
         wait_all_seen(&seen, i as u32 + 1, &cluster).await;
-        eprintln!(
+        report(&format!(
             "rolled {name}: exited {} ms after SIGTERM, UP in HAProxy after {} ms, all clients \
              served again after {} ms",
             stopped.as_millis(),
             back.as_millis(),
             t.elapsed().as_millis()
-        );
+        ));
     }
     let roll = roll_started.elapsed();
     stop.store(true, Ordering::Release);
@@ -1022,12 +1026,12 @@ async fn rolling_restart_with_200_sessions() {
         .iter()
         .map(|(f, c)| format!("{f} failed: {c} clients"))
         .collect();
-    eprintln!(
+    report(&format!(
         "ROLLING RESTART ({SESSIONS} sessions, 3 nodes, roll {} ms): failed requests per client: \
          [{}]; {requests} requests, {failed} failed ({kinds:?}), {reinits} re-initializations",
         roll.as_millis(),
         hist.join(", ")
-    );
+    ));
 
     // Every client ends with a working session, a new one (every node restarted).
     let mut live = BTreeSet::new();

@@ -14,6 +14,10 @@
 //! `<manifest dir>/target`); it is (re)built with `cargo build --example everything` first.
 //! Results and logs go to `<target dir>/conformance/`.
 
+#[path = "support/report.rs"]
+mod report_support;
+use report_support::report;
+
 use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddr, TcpListener},
@@ -196,7 +200,7 @@ async fn conformance_suite_both_eras() {
         .expect("run tests/conformance/run.sh");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{stdout}");
+    report(&stdout);
     assert!(
         output.status.success() && stdout.contains("both requirement sets pass"),
         "the conformance suite failed ({}); results in {}\n--- stderr ---\n{stderr}\n{}",

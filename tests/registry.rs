@@ -487,16 +487,16 @@ async fn a_restarted_node_cleans_its_previous_incarnation() {
         .unwrap();
 
     let second = Node::start(RedisStore::connect(&redis.url()).await.unwrap(), "node-a").await;
-    // Any request starts the registry's background work.
-    let mut c = second.client();
-    c.session = Some(old[0].clone());
-    let r = c.post(&ping()).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    eventually("previous incarnation's records removed", || {
+    // The cleanup starts with the service, before any request reaches the new process.
+    eventually("previous incarnation's records removed at boot", || {
         old.iter().all(|id| redis.get(&key(id)).is_none())
     })
     .await;
     assert_eq!(second.registry.stats().stale_removed, 3);
+    let mut c = second.client();
+    c.session = Some(old[0].clone());
+    let r = c.post(&ping()).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     assert!(
         redis.get(&key("other-node-session")).is_some(),
         "other nodes' records stay"

@@ -2,9 +2,10 @@
 //!
 //! Every store write (register, remove, refresh) goes through a small set of ordered queues,
 //! sharded by session id so the operations on one session keep their order (a `DELETE` right
-//! after `initialize` never overtakes its registration). A worker retries the head of its queue
-//! with exponential backoff and jitter while the store is down, until it succeeds or the record
-//! would have expired anyway. Enqueuing never waits and never fails the request: when a queue
+//! after `initialize` never overtakes its registration). A worker takes up to 64 queued
+//! operations at a time and runs those on different sessions concurrently (a multiplexed Redis
+//! connection pipelines them), and retries each with exponential backoff and jitter while the
+//! store is down, until it succeeds or the record would have expired anyway. Enqueuing never waits and never fails the request: when a queue
 //! is full the operation is dropped and counted, and the record's TTL cleans up.
 
 use std::{
@@ -58,6 +59,9 @@ pub(crate) struct Core<R> {
     drained: Notify,
     /// Sessions this node registered, with when their TTL was last set (for refreshes).
     live: Mutex<HashMap<Arc<str>, Instant>>,
+    /// When the core was made; `last_full_warning` counts milliseconds from it (0: never).
+    epoch: std::time::Instant,
+    last_full_warning: AtomicU64,
 }
 
 impl<R: RegistryStore> Core<R> {
@@ -84,6 +88,8 @@ impl<R: RegistryStore> Core<R> {
             pending: AtomicU64::new(0),
             drained: Notify::new(),
             live: Mutex::new(HashMap::new()),
+            epoch: std::time::Instant::now(),
+            last_full_warning: AtomicU64::new(0),
         }
     }
 
@@ -124,8 +130,23 @@ impl<R: RegistryStore> Core<R> {
         self.pending.fetch_add(1, Ordering::AcqRel);
         if self.senders[shard].try_send(op).is_err() {
             self.op_done();
-            self.counters.dropped_ops.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node = %self.node, "registry queue full: operation dropped (the record's TTL will clean up)");
+            let dropped = self.counters.dropped_ops.fetch_add(1, Ordering::Relaxed) + 1;
+            // One warning per second at most: under overload a warning per operation would
+            // cost more than the operations.
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let last = self.last_full_warning.load(Ordering::Relaxed);
+            if (last == 0 || now.saturating_sub(last) >= 1000)
+                && self
+                    .last_full_warning
+                    .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    node = %self.node,
+                    dropped,
+                    "registry queue full: operations dropped (their records' TTL will clean up)"
+                );
+            }
         }
     }
 
@@ -214,31 +235,79 @@ fn jitter() -> f64 {
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Operations one worker runs at once. Operations on one session id stay in order; different
+/// ids run concurrently, so a multiplexed Redis connection pipelines them.
+const IN_FLIGHT: usize = 64;
+
 async fn worker<R: RegistryStore>(core: Weak<Core<R>>, mut rx: mpsc::Receiver<Op>) {
-    while let Some(op) = rx.recv().await {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let Some(c) = core.upgrade() else { return };
-            match c.execute(&op).await {
-                Ok(()) => {
-                    c.op_done();
-                    break;
-                }
-                Err(e) => {
-                    c.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                    c.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    if Instant::now() >= op.deadline {
-                        tracing::warn!(node = %c.node, "registry operation abandoned: the record has expired meanwhile");
-                        c.op_done();
-                        break;
-                    }
-                    tracing::debug!(error = %e, node = %c.node, "registry operation failed; will retry");
+    let mut batch = Vec::with_capacity(IN_FLIGHT);
+    let mut running = tokio::task::JoinSet::new();
+    while rx.recv_many(&mut batch, IN_FLIGHT).await > 0 {
+        // Group by id, keeping each id's operations in arrival order.
+        let mut groups: Vec<Vec<Op>> = Vec::with_capacity(batch.len());
+        let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(batch.len());
+        for op in batch.drain(..) {
+            match index.get(&op.id) {
+                Some(&i) => groups[i].push(op),
+                None => {
+                    index.insert(op.id.clone(), groups.len());
+                    groups.push(vec![op]);
                 }
             }
-            drop(core.upgrade());
-            tokio::time::sleep(backoff.mul_f64(jitter())).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+        if let [_] = groups.as_slice() {
+            if let Some(group) = groups.pop() {
+                run_in_order(&core, group).await;
+            }
+            continue;
+        }
+        for group in groups {
+            running.spawn(run_in_order(core.clone(), group));
+        }
+        // The whole batch lands before the next one starts: that keeps per-id order across
+        // batches.
+        while running.join_next().await.is_some() {}
+    }
+}
+
+/// Runs `ops` (all on one session id) one after the other, each retried until it lands.
+async fn run_in_order<R: RegistryStore>(
+    core: impl std::borrow::Borrow<Weak<Core<R>>>,
+    ops: Vec<Op>,
+) {
+    for op in ops {
+        if !run_with_retry(core.borrow(), &op).await {
+            return;
+        }
+    }
+}
+
+/// Runs `op`, retrying with backoff and jitter while the store fails, until it lands or its
+/// record would have expired anyway. Returns `false` when the registry is gone.
+async fn run_with_retry<R: RegistryStore>(core: &Weak<Core<R>>, op: &Op) -> bool {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let Some(c) = core.upgrade() else {
+            return false;
+        };
+        match c.execute(op).await {
+            Ok(()) => {
+                c.op_done();
+                return true;
+            }
+            Err(e) => {
+                c.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                c.counters.retries.fetch_add(1, Ordering::Relaxed);
+                if Instant::now() >= op.deadline {
+                    tracing::warn!(node = %c.node, "registry operation abandoned: the record has expired meanwhile");
+                    c.op_done();
+                    return true;
+                }
+                tracing::debug!(error = %e, node = %c.node, "registry operation failed; will retry");
+            }
+        }
+        tokio::time::sleep(backoff.mul_f64(jitter())).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -298,5 +367,37 @@ async fn clean_previous_incarnations<R: RegistryStore>(core: Weak<Core<R>>) {
         drop(c);
         tokio::time::sleep(backoff.mul_f64(jitter())).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::MemoryStore;
+
+    /// Many sessions registered and removed back to back: every operation lands, none is
+    /// dropped, and no removal overtakes its registration (which would leave a record behind).
+    #[tokio::test]
+    async fn concurrent_batches_keep_each_sessions_order() {
+        let store = Arc::new(MemoryStore::new());
+        let core = Arc::new(Core::new(
+            store.clone(),
+            "n1".into(),
+            "inc".into(),
+            Duration::from_secs(600),
+            4096,
+        ));
+        core.start();
+        for i in 0..1000 {
+            let id = format!("s{i}");
+            core.enqueue(&id, OpKind::Register(SessionRecord::new("n1", "inc")));
+            core.enqueue(&id, OpKind::RemoveIfOwned);
+        }
+        assert!(core.flush(Duration::from_secs(10)).await);
+        let stats = core.counters.snapshot(core.pending());
+        assert_eq!(stats.dropped_ops, 0);
+        assert_eq!(stats.registered, 1000);
+        assert_eq!(stats.removed, 1000);
+        assert!(store.is_empty(), "{} records left behind", store.len());
     }
 }
