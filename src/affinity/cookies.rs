@@ -1,6 +1,5 @@
 //! Reading the affinity cookie from a request (never trusting or echoing it).
 
-use cookie::Cookie;
 use http::{HeaderMap, header};
 
 use crate::session::NodeTag;
@@ -38,11 +37,7 @@ pub(crate) fn read(headers: &HeaderMap, name: &str, here: &NodeTag) -> CookieVie
             continue;
         };
         // Pieces that do not parse are someone else's business: skip them.
-        for c in Cookie::split_parse(text).flatten() {
-            if c.name() != name {
-                continue;
-            }
-            let value = c.value();
+        for value in values_named(text, name) {
             if value == here.as_str() {
                 view.here = true;
             } else if NodeTag::is_valid(value) {
@@ -55,6 +50,30 @@ pub(crate) fn read(headers: &HeaderMap, name: &str, here: &NodeTag) -> CookieVie
         }
     }
     view
+}
+
+/// The values of the cookies called `name` in one `Cookie` header line (RFC 6265 §4.2.1:
+/// `name=value` pairs separated by `;` and optional whitespace; a value may be wrapped in
+/// double quotes). Hand-written rather than `cookie::Cookie::split_parse`: this runs on every
+/// request in scope, needs one name and no attributes, and the full parser costs several
+/// times more (it builds a complete `Cookie` per pair).
+fn values_named<'a>(line: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    line.split(';').filter_map(move |pair| {
+        let (n, v) = pair.split_once('=')?;
+        if n.trim_matches(is_ows) != name {
+            return None;
+        }
+        let v = v.trim_matches(is_ows);
+        Some(
+            v.strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v),
+        )
+    })
+}
+
+fn is_ows(c: char) -> bool {
+    c == ' ' || c == '\t'
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -111,5 +130,8 @@ mod tests {
         assert_eq!(v.malformed, 1);
         // Unparseable pieces of other cookies are skipped.
         assert!(view(&[b"=; ;; _mcp_backend=n1"]).here);
+        // Whitespace around pairs and a quoted value, as RFC 6265 allows.
+        assert!(view(&[b"a=1 ;\t_mcp_backend = \"n1\" "]).here);
+        assert_eq!(view(&[b"_mcp_backend=\"n1"]).malformed, 1);
     }
 }

@@ -41,7 +41,7 @@
 //! and gets that node's cookie. In [strict mode](SessionAffinityLayer::with_strict) a
 //! session-id misroute is answered `404` at once.
 //!
-//! Cookies are read with the `cookie` crate and never trusted: a value that is not a valid node
+//! Cookies are read following RFC 6265 §4.2.1 and never trusted: a value that is not a valid node
 //! tag, or a `Cookie` header line over 4096 bytes, is ignored and counted
 //! ([`AffinityStats`]); incoming cookies are never echoed.
 //!
