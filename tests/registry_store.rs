@@ -9,7 +9,7 @@ mod redis_support;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mcp_affinity::registry::{RecordKey, RegistryStore, SessionRecord};
+use mcp_affinity::registry::{RecordKey, RegistryStore, SessionRecord, store::StoreWrite};
 
 const MONTH: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
@@ -499,6 +499,117 @@ mod cases {
         assert_eq!(raw.value(&key), None);
     }
 
+    /// A batch does what its writes do one by one: in order per session, with each write's
+    /// own result, the node index kept in step.
+    pub(crate) async fn write_batch_matches_single_writes<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let node = unique("batch");
+        let mine = SessionRecord::new(&node, "inc");
+        let theirs = SessionRecord::new(unique("other"), "inc");
+        let ids: Vec<String> = (0..6).map(|_| unique("b")).collect();
+        assert!(
+            store
+                .register(&ids[4], &theirs, MONTH)
+                .await
+                .expect("register")
+        );
+        assert!(
+            store
+                .register(&ids[5], &mine, MONTH)
+                .await
+                .expect("register")
+        );
+        let short = Duration::from_secs(600);
+        let results = store
+            .write_batch(&[
+                StoreWrite::Register {
+                    id: &ids[0],
+                    record: &mine,
+                    ttl: MONTH,
+                },
+                StoreWrite::Register {
+                    id: &ids[1],
+                    record: &mine,
+                    ttl: MONTH,
+                },
+                // Registered then closed in the same batch: gone afterwards.
+                StoreWrite::Register {
+                    id: &ids[2],
+                    record: &mine,
+                    ttl: MONTH,
+                },
+                StoreWrite::RemoveIfOwned {
+                    id: &ids[2],
+                    node: &node,
+                    incarnation: "inc",
+                },
+                StoreWrite::Remove { id: &ids[1] },
+                StoreWrite::Remove { id: &ids[3] },
+                StoreWrite::Register {
+                    id: &ids[4],
+                    record: &mine,
+                    ttl: MONTH,
+                },
+                StoreWrite::RemoveIfOwned {
+                    id: &ids[4],
+                    node: &node,
+                    incarnation: "inc",
+                },
+                StoreWrite::Refresh {
+                    id: &ids[5],
+                    ttl: short,
+                },
+                StoreWrite::Refresh {
+                    id: &ids[3],
+                    ttl: short,
+                },
+            ])
+            .await
+            .expect("write_batch");
+        assert_eq!(
+            results,
+            [
+                true, true, true, true, true, false, false, false, true, false
+            ]
+        );
+        assert_eq!(
+            store.lookup(&ids[0]).await.expect("lookup"),
+            Some(mine.clone())
+        );
+        for gone in [&ids[1], &ids[2], &ids[3]] {
+            assert_eq!(store.lookup(gone).await.expect("lookup"), None);
+        }
+        assert_eq!(store.lookup(&ids[4]).await.expect("lookup"), Some(theirs));
+        assert!(
+            store
+                .write_batch(&[])
+                .await
+                .expect("empty batch")
+                .is_empty()
+        );
+        if let Some(raw) = backend.raw() {
+            let keys = RecordKey::default();
+            assert_ttl_near(raw.expiry(&keys.session(&ids[5])), short);
+            let index = keys.node_index(&node);
+            assert!(
+                raw.zscore(&index, &ids[0]).is_some(),
+                "registered id indexed"
+            );
+            assert!(
+                raw.zscore(&index, &ids[5]).is_some(),
+                "refreshed id indexed"
+            );
+            for gone in [&ids[1], &ids[2]] {
+                assert_eq!(raw.zscore(&index, gone), None, "removed id unindexed");
+            }
+        }
+        // The index still drives the cleanup after a restart.
+        assert_eq!(
+            store.remove_stale(&node, "next", 10).await.expect("stale"),
+            2
+        );
+    }
+
     pub(crate) async fn ping_answers<B: Backend>(backend: &B) {
         backend.store().ping().await.expect("ping");
     }
@@ -518,6 +629,7 @@ macro_rules! all_cases {
             remove_stale_pages_through_a_large_index,
             custom_prefix,
             invalid_records_are_reported_not_trusted,
+            write_batch_matches_single_writes,
             ping_answers,
         );
     };
@@ -673,6 +785,59 @@ mod redis_single {
         assert!(store.remove("s1").await.expect("remove"));
         let left: u64 = server.cmd(&["ZCARD", "mcp:session:node:{node-a}"]);
         assert_eq!(left, 0);
+    }
+
+    /// A batch is one pipelined round trip of one `EVALSHA` per write, and survives a server
+    /// that lost its script cache (restart, `SCRIPT FLUSH`).
+    #[tokio::test]
+    async fn a_batch_is_one_evalsha_per_write_and_reloads_lost_scripts() {
+        let server = RedisServer::start();
+        let store = RedisStore::lazy(&server.url()).expect("store");
+        let record = SessionRecord::new("node-a", "inc");
+        let ids: Vec<String> = (0..40).map(|n| format!("s{n}")).collect();
+        let writes: Vec<StoreWrite<'_>> = ids
+            .iter()
+            .map(|id| StoreWrite::Register {
+                id,
+                record: &record,
+                ttl: MONTH,
+            })
+            .collect();
+        // The server has never seen the scripts: NOSCRIPT, load, run again.
+        assert!(
+            store
+                .write_batch(&writes)
+                .await
+                .expect("batch")
+                .iter()
+                .all(|r| *r)
+        );
+        assert_eq!(server.keys("mcp:session:{*").len(), 40);
+
+        let _: String = server.cmd(&["SCRIPT", "FLUSH"]);
+        server.reset_stats();
+        let removes: Vec<StoreWrite<'_>> = ids
+            .iter()
+            .map(|id| StoreWrite::RemoveIfOwned {
+                id,
+                node: "node-a",
+                incarnation: "inc",
+            })
+            .collect();
+        assert!(
+            store
+                .write_batch(&removes)
+                .await
+                .expect("batch")
+                .iter()
+                .all(|r| *r)
+        );
+        assert!(server.keys("mcp:session:{*").is_empty());
+        let zcard: u64 = server.cmd(&["ZCARD", "mcp:session:node:{node-a}"]);
+        assert_eq!(zcard, 0, "the index follows");
+        // 40 refused, then 40 after loading the scripts again.
+        assert_eq!(server.command_count("evalsha"), 80);
+        assert_eq!(server.command_count("script|load"), 4);
     }
 
     #[tokio::test]

@@ -3,10 +3,12 @@
 //! Every store write (register, remove, refresh) goes through a small set of ordered queues,
 //! sharded by session id so the operations on one session keep their order (a `DELETE` right
 //! after `initialize` never overtakes its registration). A worker takes up to 64 queued
-//! operations at a time and runs those on different sessions concurrently (a multiplexed Redis
-//! connection pipelines them), and retries each with exponential backoff and jitter while the
-//! store is down, until it succeeds or the record would have expired anyway. Enqueuing never waits and never fails the request: when a queue
-//! is full the operation is dropped and counted, and the record's TTL cleans up.
+//! operations at a time and hands them to the store in one
+//! [`write_batch`](super::RegistryStore::write_batch) call (one pipelined round trip to a Redis
+//! server). If the batch fails, its operations are replayed one by one, in order per session,
+//! each retried with exponential backoff and jitter while the store is down, until it succeeds
+//! or the record would have expired anyway. Enqueuing never waits and never fails the request:
+//! when a queue is full the operation is dropped and counted, and the record's TTL cleans up.
 
 use std::{
     collections::HashMap,
@@ -23,7 +25,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{RegistryStore, SessionRecord, stats::Counters};
+use super::{RegistryStore, SessionRecord, stats::Counters, store::StoreWrite};
 
 pub(crate) const SHARDS: usize = 4;
 
@@ -190,39 +192,54 @@ impl<R: RegistryStore> Core<R> {
             .insert(id.into(), Instant::now());
     }
 
-    async fn execute(&self, op: &Op) -> Result<(), super::StoreError> {
+    /// The store write an operation stands for.
+    fn write<'a>(&'a self, op: &'a Op) -> StoreWrite<'a> {
         let id = &*op.id;
         match &op.kind {
-            OpKind::Register(record) => {
-                if self.store.register(id, record, self.ttl).await? {
+            OpKind::Register(record) => StoreWrite::Register {
+                id,
+                record,
+                ttl: self.ttl,
+            },
+            OpKind::Remove => StoreWrite::Remove { id },
+            OpKind::RemoveIfOwned => StoreWrite::RemoveIfOwned {
+                id,
+                node: &self.node,
+                incarnation: &self.incarnation,
+            },
+            OpKind::Refresh => StoreWrite::Refresh { id, ttl: self.ttl },
+        }
+    }
+
+    /// Bookkeeping once an operation landed with result `done`.
+    fn settle(&self, op: &Op, done: bool) {
+        let id = &*op.id;
+        match &op.kind {
+            OpKind::Register(_) => {
+                if done {
                     self.counters.registered.fetch_add(1, Ordering::Relaxed);
                     self.mark_live(id);
                 } else {
                     tracing::warn!(node = %self.node, "a different record already exists for a new session id");
                 }
             }
-            OpKind::Remove => {
-                if self.store.remove(id).await? {
-                    self.counters.removed.fetch_add(1, Ordering::Relaxed);
-                }
-                self.forget(id);
-            }
-            OpKind::RemoveIfOwned => {
-                if self
-                    .store
-                    .remove_if_owned(id, &self.node, &self.incarnation)
-                    .await?
-                {
+            OpKind::Remove | OpKind::RemoveIfOwned => {
+                if done {
                     self.counters.removed.fetch_add(1, Ordering::Relaxed);
                 }
                 self.forget(id);
             }
             OpKind::Refresh => {
-                if self.store.refresh(id, self.ttl).await? {
+                if done {
                     self.counters.refreshed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+    }
+
+    async fn execute(&self, op: &Op) -> Result<(), super::StoreError> {
+        let done = self.write(op).apply(&*self.store).await?;
+        self.settle(op, done);
         Ok(())
     }
 }
@@ -243,7 +260,31 @@ async fn worker<R: RegistryStore>(core: Weak<Core<R>>, mut rx: mpsc::Receiver<Op
     let mut batch = Vec::with_capacity(IN_FLIGHT);
     let mut running = tokio::task::JoinSet::new();
     while rx.recv_many(&mut batch, IN_FLIGHT).await > 0 {
-        // Group by id, keeping each id's operations in arrival order.
+        let Some(c) = core.upgrade() else { return };
+        // The fast path: the whole batch in one store call (one round trip to a Redis server).
+        let landed = {
+            let writes: Vec<StoreWrite<'_>> = batch.iter().map(|op| c.write(op)).collect();
+            c.store.write_batch(&writes).await
+        };
+        match landed {
+            Ok(results) if results.len() == batch.len() => {
+                for (op, done) in batch.drain(..).zip(results) {
+                    c.settle(&op, done);
+                    c.op_done();
+                }
+                continue;
+            }
+            Ok(_) => {
+                tracing::warn!(node = %c.node, "registry store answered a batch with a wrong number of results; replaying it");
+            }
+            Err(e) => {
+                c.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, node = %c.node, "registry batch failed; replaying it write by write");
+            }
+        }
+        drop(c);
+        // The slow path: each session's operations replayed in order, each retried with backoff
+        // until it lands (every write is idempotent when replayed in order).
         let mut groups: Vec<Vec<Op>> = Vec::with_capacity(batch.len());
         let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(batch.len());
         for op in batch.drain(..) {
@@ -255,28 +296,19 @@ async fn worker<R: RegistryStore>(core: Weak<Core<R>>, mut rx: mpsc::Receiver<Op
                 }
             }
         }
-        if let [_] = groups.as_slice() {
-            if let Some(group) = groups.pop() {
-                run_in_order(&core, group).await;
-            }
-            continue;
-        }
         for group in groups {
             running.spawn(run_in_order(core.clone(), group));
         }
-        // The whole batch lands before the next one starts: that keeps per-id order across
+        // The whole batch lands before the next one starts: that keeps per-session order across
         // batches.
         while running.join_next().await.is_some() {}
     }
 }
 
 /// Runs `ops` (all on one session id) one after the other, each retried until it lands.
-async fn run_in_order<R: RegistryStore>(
-    core: impl std::borrow::Borrow<Weak<Core<R>>>,
-    ops: Vec<Op>,
-) {
+async fn run_in_order<R: RegistryStore>(core: Weak<Core<R>>, ops: Vec<Op>) {
     for op in ops {
-        if !run_with_retry(core.borrow(), &op).await {
+        if !run_with_retry(&core, &op).await {
             return;
         }
     }

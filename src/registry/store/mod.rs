@@ -405,11 +405,17 @@ impl RecordKey {
     /// ```
     #[must_use]
     pub fn node_index(&self, node: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + node.len() + 7);
-        key.push_str(&self.prefix);
-        key.push_str("node:{");
+        let mut key = self.node_index_prefix();
         key.push_str(node);
         key.push('}');
+        key
+    }
+
+    /// `{prefix}node:{`: a node index key without the node name and the closing brace.
+    pub(crate) fn node_index_prefix(&self) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 24);
+        key.push_str(&self.prefix);
+        key.push_str("node:{");
         key
     }
 }
@@ -422,6 +428,150 @@ impl Default for RecordKey {
 
 /// Storage for the session registry.
 ///
+/// One write of a batch: see [`RegistryStore::write_batch`].
+///
+/// Each variant is one of the store's single-write methods with its arguments.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::registry::{MemoryStore, RegistryStore, SessionRecord, store::StoreWrite};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+/// let store = MemoryStore::new();
+/// let record = SessionRecord::new("node-a", "7f3a");
+/// let write = StoreWrite::Register { id: "s1", record: &record, ttl: Duration::from_secs(60) };
+/// assert!(write.apply(&store).await?);
+/// assert!(StoreWrite::Remove { id: "s1" }.apply(&store).await?);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum StoreWrite<'a> {
+    /// [`RegistryStore::register`].
+    Register {
+        /// The session id.
+        id: &'a str,
+        /// The record to store.
+        record: &'a SessionRecord,
+        /// Its time to live.
+        ttl: Duration,
+    },
+    /// [`RegistryStore::remove`].
+    Remove {
+        /// The session id.
+        id: &'a str,
+    },
+    /// [`RegistryStore::remove_if_owned`].
+    RemoveIfOwned {
+        /// The session id.
+        id: &'a str,
+        /// The node that must own the record.
+        node: &'a str,
+        /// The incarnation that must own the record.
+        incarnation: &'a str,
+    },
+    /// [`RegistryStore::refresh`].
+    Refresh {
+        /// The session id.
+        id: &'a str,
+        /// The new time to live.
+        ttl: Duration,
+    },
+}
+
+impl StoreWrite<'_> {
+    /// The session id the write is about.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        match *self {
+            Self::Register { id, .. }
+            | Self::Remove { id }
+            | Self::RemoveIfOwned { id, .. }
+            | Self::Refresh { id, .. } => id,
+        }
+    }
+
+    /// Applies this write alone, with the store's single-write method, and returns what that
+    /// method returns.
+    ///
+    /// # Errors
+    ///
+    /// The method's [`StoreError`].
+    pub async fn apply<S: RegistryStore + ?Sized>(&self, store: &S) -> Result<bool, StoreError> {
+        match *self {
+            Self::Register { id, record, ttl } => store.register(id, record, ttl).await,
+            Self::Remove { id } => store.remove(id).await,
+            Self::RemoveIfOwned {
+                id,
+                node,
+                incarnation,
+            } => store.remove_if_owned(id, node, incarnation).await,
+            Self::Refresh { id, ttl } => store.refresh(id, ttl).await,
+        }
+    }
+}
+
+/// Applies `writes` with their single-write methods: the writes on one session one after the
+/// other, different sessions concurrently. The default of [`RegistryStore::write_batch`].
+pub(crate) async fn write_each<S: RegistryStore + ?Sized>(
+    store: &S,
+    writes: &[StoreWrite<'_>],
+) -> Result<Vec<bool>, StoreError> {
+    // Positions of each session's writes, in order.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_id: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, w) in writes.iter().enumerate() {
+        let g = *by_id.entry(w.id()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    let mut pending: Vec<_> = groups
+        .into_iter()
+        .map(|positions| {
+            Box::pin(async move {
+                let mut out = Vec::with_capacity(positions.len());
+                for i in positions {
+                    out.push((i, writes[i].apply(store).await?));
+                }
+                Ok::<_, StoreError>(out)
+            })
+        })
+        .collect();
+    let mut results = vec![false; writes.len()];
+    let mut failure = None;
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|fut| match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(Ok(done)) => {
+                for (i, r) in done {
+                    results[i] = r;
+                }
+                false
+            }
+            std::task::Poll::Ready(Err(e)) => {
+                failure.get_or_insert(e);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
+}
+
 /// Implemented by [`MemoryStore`] and `RedisStore`. Every method takes `&self` and returns a
 /// `Send` future, so one store can be shared (in an `Arc` or by cloning) by every request. The
 /// layer never calls a store on the happy path of a request; see the
@@ -548,6 +698,49 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
     ///
     /// A [`StoreError`] if the store failed or did not answer in time.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Applies several writes and returns each one's result, as its single-write method would.
+    ///
+    /// The registry's write queues call this with up to 64 queued writes at a time. The writes
+    /// on one session take effect in their order; writes on different sessions may interleave.
+    /// The default runs each write with its single-write method, the writes of different
+    /// sessions concurrently; `RedisStore` sends the whole batch as one pipeline (one round
+    /// trip) to a single server.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if any write failed. Any of the writes may then have taken effect;
+    /// every write is idempotent when replayed in order, which is what the registry does.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, RegistryStore, SessionRecord, store::StoreWrite};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = MemoryStore::new();
+    /// let record = SessionRecord::new("node-a", "7f3a");
+    /// let ttl = Duration::from_secs(60);
+    /// let results = store
+    ///     .write_batch(&[
+    ///         StoreWrite::Register { id: "s1", record: &record, ttl },
+    ///         StoreWrite::Register { id: "s2", record: &record, ttl },
+    ///         StoreWrite::Remove { id: "s1" },
+    ///     ])
+    ///     .await?;
+    /// assert_eq!(results, [true, true, true]);
+    /// assert_eq!(store.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn write_batch(
+        &self,
+        writes: &[StoreWrite<'_>],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        write_each(self, writes)
+    }
 }
 
 impl<S: RegistryStore> RegistryStore for Arc<S> {
@@ -599,6 +792,13 @@ impl<S: RegistryStore> RegistryStore for Arc<S> {
 
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         S::ping(self)
+    }
+
+    fn write_batch(
+        &self,
+        writes: &[StoreWrite<'_>],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        S::write_batch(self, writes)
     }
 }
 

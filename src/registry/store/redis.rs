@@ -12,7 +12,7 @@ use ::redis::{
 };
 use tokio::task::JoinSet;
 
-use super::{Kind, RecordKey, RegistryStore, SessionRecord, StoreError, ttl_seconds};
+use super::{Kind, RecordKey, RegistryStore, SessionRecord, StoreError, StoreWrite, ttl_seconds};
 
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -100,6 +100,93 @@ return 1
     )
 });
 
+/// The node-index update of [`INDEX_ADD`], as a Lua function for the batch scripts below.
+const LUA_INDEX_ADD: &str = r"
+local function index_add(index, id, ttl)
+  local now = tonumber(redis.call('TIME')[1])
+  redis.call('ZADD', index, now + ttl, id)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
+  if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
+end
+local function node_of(value)
+  local ok, record = pcall(cjson.decode, value)
+  if ok and type(record) == 'table' and type(record['n']) == 'string' then return record end
+  return nil
+end
+";
+
+/// Batch scripts (single server only: they write a record and its node's index in one call,
+/// and the index key is not declared when it depends on the record). All return 1 or 0, as the
+/// single-write methods return `true` or `false`.
+///
+/// `register`: `KEYS[1]` record, `KEYS[2]` index; `ARGV[1]` record JSON, `ARGV[2]` TTL seconds,
+/// `ARGV[3]` session id.
+static REGISTER_BATCHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{LUA_INDEX_ADD}
+local ttl = tonumber(ARGV[2])
+local stored = 0
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ttl) then
+  stored = 1
+elseif redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  stored = 1
+end
+if stored == 1 then index_add(KEYS[2], ARGV[3], ttl) end
+return stored
+"
+    ))
+});
+
+/// `remove`: `KEYS[1]` record; `ARGV[1]` node index prefix, `ARGV[2]` session id.
+static REMOVE_BATCHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{LUA_INDEX_ADD}
+local value = redis.call('GET', KEYS[1])
+if not value then return 0 end
+redis.call('DEL', KEYS[1])
+local record = node_of(value)
+if record then redis.call('ZREM', ARGV[1] .. record['n'] .. '}}', ARGV[2]) end
+return 1
+"
+    ))
+});
+
+/// `remove_if_owned`: `KEYS[1]` record, `KEYS[2]` the node's index; `ARGV[1]` node, `ARGV[2]`
+/// incarnation, `ARGV[3]` session id.
+static REMOVE_IF_OWNED_BATCHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{LUA_INDEX_ADD}
+local value = redis.call('GET', KEYS[1])
+if not value then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 0
+end
+local record = node_of(value)
+if record and record['n'] == ARGV[1] and record['i'] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"
+    ))
+});
+
+/// `refresh`: `KEYS[1]` record; `ARGV[1]` TTL seconds, `ARGV[2]` node index prefix, `ARGV[3]`
+/// session id.
+static REFRESH_BATCHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{LUA_INDEX_ADD}
+local ttl = tonumber(ARGV[1])
+if redis.call('EXPIRE', KEYS[1], ttl) ~= 1 then return 0 end
+local record = node_of(redis.call('GET', KEYS[1]))
+if record then index_add(ARGV[2] .. record['n'] .. '}}', ARGV[3], ttl) end
+return 1
+"
+    ))
+});
+
 /// A [`RegistryStore`] backed by Redis: one server, or a Redis Cluster with feature
 /// `redis-cluster`.
 ///
@@ -114,14 +201,17 @@ return 1
 ///
 /// The node index exists so a restarted node can find what its previous process left behind
 /// ([`remove_stale`](RegistryStore::remove_stale)) without scanning the keyspace: the store
-/// never uses `KEYS` or `SCAN`. Every command touches a single key, so the store works on a
-/// Redis Cluster; the braces are the keys' hash tags. The index is best effort: it is written
-/// with separate commands after the record, entries are pruned once expired, and if an index
-/// write fails the record's own TTL still removes it.
+/// never uses `KEYS` or `SCAN`. The single-write methods touch one key per command, so the
+/// store works on a Redis Cluster; the braces are the keys' hash tags. The index is best
+/// effort: entries are pruned once expired, and if an index write fails the record's own TTL
+/// still removes the record.
 ///
 /// Commands: `register`, `remove_if_owned` and `refresh` run small Lua scripts (`EVALSHA`, one
-/// key each); `lookup` is `GET`, `remove` is `GETDEL`, `ping` is `PING`. This needs Redis 6.2 or
-/// later (or Valkey).
+/// key each) followed by the index update; `lookup` is `GET`, `remove` is `GETDEL`, `ping` is
+/// `PING`. [`write_batch`](RegistryStore::write_batch), which the registry's write queues use,
+/// sends a single server one pipeline with one `EVALSHA` per write that updates the record and
+/// its node's index together (on a cluster it falls back to the single-write methods). This
+/// needs Redis 6.2 or later (or Valkey).
 ///
 /// TTLs are whole seconds (see [`RegistryStore`]) and capped at ten years.
 ///
@@ -876,6 +966,102 @@ impl RegistryStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.query::<()>(::redis::cmd("PING")).await
+    }
+
+    /// On a single server: one pipeline of `EVALSHA` calls, each writing a record and its
+    /// node's index (one round trip for the batch; the scripts are loaded again if the server
+    /// lost them). On a cluster, where a record and its index live in different slots: the
+    /// single-write methods, different sessions concurrently.
+    async fn write_batch(&self, writes: &[StoreWrite<'_>]) -> Result<Vec<bool>, StoreError> {
+        let conn = match &self.inner.conn {
+            Conn::Single(conn) => conn,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(_) => return super::write_each(self, writes).await,
+        };
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for write in writes {
+            pipe.add_command(self.batched(write));
+        }
+        let run = || async {
+            let mut conn = conn.clone();
+            pipe.query_async::<Vec<i64>>(&mut conn).await
+        };
+        let limit = self.inner.command_timeout;
+        let outcome = match tokio::time::timeout(limit, run()).await {
+            Err(_elapsed) => return Err(StoreError::timeout()),
+            Ok(Err(err)) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // A restarted or flushed server: load the scripts, then run the batch again.
+                bounded(limit, self.load_batch_scripts()).await?;
+                bounded(limit, run()).await?
+            }
+            Ok(other) => other.map_err(classify)?,
+        };
+        Ok(outcome.into_iter().map(|r| r == 1).collect())
+    }
+}
+
+impl RedisStore {
+    /// The `EVALSHA` of a batched write.
+    fn batched(&self, write: &StoreWrite<'_>) -> Cmd {
+        let keys = &self.inner.keys;
+        let evalsha = |script: &Script, keys: &[&str], args: &[&str]| {
+            let mut cmd = ::redis::cmd("EVALSHA");
+            cmd.arg(script.get_hash())
+                .arg(keys.len())
+                .arg(keys)
+                .arg(args);
+            cmd
+        };
+        match *write {
+            StoreWrite::Register { id, record, ttl } => evalsha(
+                &REGISTER_BATCHED,
+                &[&keys.session(id), &keys.node_index(&record.node)],
+                &[&record.to_json(), &ttl_arg(ttl), id],
+            ),
+            StoreWrite::Remove { id } => evalsha(
+                &REMOVE_BATCHED,
+                &[&keys.session(id)],
+                &[&keys.node_index_prefix(), id],
+            ),
+            StoreWrite::RemoveIfOwned {
+                id,
+                node,
+                incarnation,
+            } => evalsha(
+                &REMOVE_IF_OWNED_BATCHED,
+                &[&keys.session(id), &keys.node_index(node)],
+                &[node, incarnation, id],
+            ),
+            StoreWrite::Refresh { id, ttl } => evalsha(
+                &REFRESH_BATCHED,
+                &[&keys.session(id)],
+                &[&ttl_arg(ttl), &keys.node_index_prefix(), id],
+            ),
+        }
+    }
+
+    /// Loads the batch scripts into the server's script cache.
+    async fn load_batch_scripts(&self) -> RedisResult<()> {
+        let conn = match &self.inner.conn {
+            Conn::Single(conn) => conn,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(_) => return Ok(()),
+        };
+        for script in [
+            &*REGISTER_BATCHED,
+            &*REMOVE_BATCHED,
+            &*REMOVE_IF_OWNED_BATCHED,
+            &*REFRESH_BATCHED,
+        ] {
+            script
+                .prepare_invoke()
+                .load_async(&mut conn.clone())
+                .await?;
+        }
+        Ok(())
     }
 }
 
