@@ -367,13 +367,11 @@ where
             get(|| async { "graphql" }).post(|| async { "graphql" }),
         )
         .route_service("/mcp", mcp)
-        .layer(axum::middleware::map_response(
+        // A plain `tower` map (no boxed future per response, unlike axum's middleware).
+        .layer(tower::util::MapResponseLayer::new(
             move |mut res: axum::response::Response| {
-                let value = node_header.clone();
-                async move {
-                    res.headers_mut().insert("x-mcp-node", value);
-                    res
-                }
+                res.headers_mut().insert("x-mcp-node", node_header.clone());
+                res
             },
         )))
 }
