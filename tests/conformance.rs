@@ -14,22 +14,20 @@
 //! `<manifest dir>/target`); it is (re)built with `cargo build --example everything` first.
 //! Results and logs go to `<target dir>/conformance/`.
 
+#[path = "support/process.rs"]
+mod process_support;
+use process_support::ExampleProcess;
+
 #[path = "support/report.rs"]
 mod report_support;
 use report_support::report;
 
 use std::{
-    fs::File,
-    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-/// Upper bound for the server to answer `/healthz`.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Interval between readiness polls.
-const READY_POLL: Duration = Duration::from_millis(50);
 /// Upper bound for the three runs of the suite (they take seconds; npm ci may take a minute).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -87,96 +85,6 @@ fn server_binary() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
-}
-
-/// The running example server; killed (and reaped) on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    async fn start(log_dir: &Path) -> Self {
-        let bin = server_binary();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let log = log_dir.join("everything.log");
-        let out = File::create(&log).expect("create the server log file");
-        let err = out.try_clone().expect("clone the server log file");
-        let child = Command::new(&bin)
-            .args(["--listen", &addr.to_string()])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let mut server = Self { child, addr, log };
-        server.wait_ready().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(40);
-        format!(
-            "--- {} (last 40 lines) ---\n{}",
-            self.log.display(),
-            lines[start..].join("\n")
-        )
-    }
-
-    /// Polls `/healthz` until it answers 200 (or the process exits, or the deadline passes).
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("build reqwest client");
-        let health = format!("http://{}/healthz", self.addr);
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "server exited before it was ready ({status})\n{}",
-                    self.log_tail()
-                );
-            }
-            let last = match client.get(&health).send().await {
-                Ok(res) if res.status() == reqwest::StatusCode::OK => return,
-                Ok(res) => format!("HTTP {}", res.status()),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server not ready after {READY_TIMEOUT:?} (last: {last})\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(READY_POLL).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn conformance_suite_both_eras() {
     if !suite_available() {
@@ -184,7 +92,7 @@ async fn conformance_suite_both_eras() {
     }
     let results = target_dir().join("conformance");
     std::fs::create_dir_all(&results).expect("create the results directory");
-    let server = Server::start(&results).await;
+    let server = ExampleProcess::start(&server_binary(), &[], results.join("everything.log")).await;
 
     let mut cmd = tokio::process::Command::new("bash");
     cmd.arg(suite_dir().join("run.sh"))

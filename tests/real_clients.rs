@@ -22,21 +22,19 @@
 //! The node binary is `$CARGO_TARGET_DIR/debug/examples/node` (default target dir
 //! `<manifest dir>/target`); it is (re)built with `cargo build --example node` first.
 
+#[path = "support/process.rs"]
+mod process_support;
+use process_support::ExampleProcess;
+
 use std::{
-    fs::File,
-    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::OnceLock,
     time::Duration,
 };
 
 use serde_json::Value;
 
-/// Upper bound for the node to answer `/healthz`.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Interval between readiness polls.
-const READY_POLL: Duration = Duration::from_millis(50);
 /// Upper bound for one client script (each also has its own, shorter, watchdog).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -131,96 +129,16 @@ fn find_or_build_node() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
-}
-
-/// A running example node; killed (and reaped) on drop.
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl NodeProcess {
-    /// Starts the node as `n1` on a free port and waits until `/healthz` answers 200.
-    async fn start(test: &str) -> Self {
-        let bin = node_binary();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let log_dir = target_dir().join("real-clients");
-        std::fs::create_dir_all(&log_dir).expect("create the node log directory");
-        let log = log_dir.join(format!("{test}-node.log"));
-        let out = File::create(&log).expect("create the node log file");
-        let err = out.try_clone().expect("clone the node log file");
-        let child = Command::new(&bin)
-            .args(["--listen", &addr.to_string(), "--node", "n1"])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let mut node = Self { child, addr, log };
-        node.wait_ready().await;
-        node
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(40);
-        format!(
-            "--- {} (last 40 lines) ---\n{}",
-            self.log.display(),
-            lines[start..].join("\n")
-        )
-    }
-
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("build reqwest client");
-        let health = format!("http://{}/healthz", self.addr);
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "node exited before it was ready ({status})\n{}",
-                    self.log_tail()
-                );
-            }
-            let last = match client.get(&health).send().await {
-                Ok(res) if res.status() == reqwest::StatusCode::OK => return,
-                Ok(res) => format!("HTTP {}", res.status()),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node not ready after {READY_TIMEOUT:?} (last: {last})\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(READY_POLL).await;
-        }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The example node as `n1`, its log in `target/real-clients/<test>-node.log`.
+async fn start_node(test: &str) -> ExampleProcess {
+    let log_dir = target_dir().join("real-clients");
+    std::fs::create_dir_all(&log_dir).expect("create the node log directory");
+    ExampleProcess::start(
+        &node_binary(),
+        &["--node", "n1"],
+        log_dir.join(format!("{test}-node.log")),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,7 +147,7 @@ impl Drop for NodeProcess {
 
 /// Runs a client to completion, asserts exit status 0 and returns its JSON observations (the
 /// last non-empty line of stdout).
-async fn run_client(node: &NodeProcess, mut cmd: tokio::process::Command, what: &str) -> Value {
+async fn run_client(node: &ExampleProcess, mut cmd: tokio::process::Command, what: &str) -> Value {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -348,7 +266,7 @@ fn assert_legacy_session(report: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_legacy_full_session() {
     let Some(dir) = ts_client_dir() else { return };
-    let node = NodeProcess::start("ts-legacy").await;
+    let node = start_node("ts-legacy").await;
     let report = run_client(&node, ts_command(&dir, &node.url()), "TS SDK client").await;
     assert_eq!(str_field(&report, "sdk_version"), "1.32.2");
     assert_legacy_session(&report);
@@ -365,7 +283,7 @@ async fn python_sdk_legacy_full_session() {
     let Some((python, script)) = py_client() else {
         return;
     };
-    let node = NodeProcess::start("py-legacy").await;
+    let node = start_node("py-legacy").await;
     let cmd = py_command(&python, &script, &node.url(), "legacy");
     let report = run_client(&node, cmd, "Python SDK client (legacy)").await;
     assert_eq!(str_field(&report, "sdk_version"), "2.3.0");
@@ -379,7 +297,7 @@ async fn python_sdk_modern_stateless_calls() {
     let Some((python, script)) = py_client() else {
         return;
     };
-    let node = NodeProcess::start("py-modern").await;
+    let node = start_node("py-modern").await;
     let cmd = py_command(&python, &script, &node.url(), "modern");
     let report = run_client(&node, cmd, "Python SDK client (modern)").await;
     assert_eq!(report["ok"], Value::Bool(true), "{report}");
