@@ -485,6 +485,14 @@ pub enum StoreWrite<'a> {
 
 impl StoreWrite<'_> {
     /// The session id the write is about.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::store::StoreWrite;
+    ///
+    /// assert_eq!(StoreWrite::Remove { id: "s1" }.id(), "s1");
+    /// ```
     #[must_use]
     pub fn id(&self) -> &str {
         match *self {
@@ -501,6 +509,21 @@ impl StoreWrite<'_> {
     /// # Errors
     ///
     /// The method's [`StoreError`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, store::StoreWrite};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = MemoryStore::new();
+    /// let refresh = StoreWrite::Refresh { id: "unknown", ttl: Duration::from_secs(60) };
+    /// assert!(!refresh.apply(&store).await?, "no record to refresh");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn apply<S: RegistryStore + ?Sized>(&self, store: &S) -> Result<bool, StoreError> {
         match *self {
             Self::Register { id, record, ttl } => store.register(id, record, ttl).await,
