@@ -53,6 +53,16 @@ pub use registry::{SessionRegistry, SessionRegistryLayer};
 pub use transport::{SseTransport, SseTransportLayer};
 
 /// Boxed error used at body and generic boundaries.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::BoxError;
+///
+/// let e: BoxError = std::io::Error::other("boom").into();
+/// assert_eq!(e.to_string(), "boom");
+/// assert!(e.downcast_ref::<std::io::Error>().is_some());
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The README's examples, compiled as doctests.

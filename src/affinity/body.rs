@@ -39,6 +39,19 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     /// Wraps an inner body; every frame is passed through.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use http_body_util::BodyExt;
+    /// use mcp_affinity::affinity::ResponseBody;
+    ///
+    /// let body = ResponseBody::new(String::from("inner bytes"));
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "inner bytes");
+    /// # }
+    /// ```
     pub const fn new(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
@@ -46,6 +59,18 @@ impl<B> ResponseBody<B> {
     }
 
     /// A body of these bytes (empty bytes make an empty body).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body;
+    /// use mcp_affinity::affinity::ResponseBody;
+    ///
+    /// let body = ResponseBody::<String>::full(Bytes::from_static(b"{\"ok\":1}"));
+    /// assert_eq!(body.size_hint().exact(), Some(8));
+    /// assert!(ResponseBody::<String>::full(Bytes::new()).is_end_stream());
+    /// ```
     pub fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full {

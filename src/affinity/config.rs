@@ -41,6 +41,15 @@ pub enum SameSite {
 
 impl SameSite {
     /// The attribute value as it appears in `Set-Cookie`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::affinity::SameSite;
+    ///
+    /// assert_eq!(SameSite::Strict.as_str(), "Strict");
+    /// assert_eq!(SameSite::None.to_string(), "None");
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Strict => "Strict",
@@ -80,6 +89,16 @@ impl ConfigError {
     }
 
     /// The name of the offending setting: `"scope"`, `"cookie_name"` or `"cookie_path"`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::{SessionAffinityLayer, session::NodeTag};
+    ///
+    /// let layer = SessionAffinityLayer::new(NodeTag::new("n1").unwrap());
+    /// let err = layer.with_cookie_name("bad name").unwrap_err();
+    /// assert_eq!(err.field(), "cookie_name");
+    /// ```
     pub fn field(&self) -> &'static str {
         self.field
     }

@@ -23,6 +23,15 @@ pub enum MisrouteKind {
 
 impl MisrouteKind {
     /// A short name for logs and metrics: `"cookie"` or `"session_id"`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::affinity::MisrouteKind;
+    ///
+    /// assert_eq!(MisrouteKind::Cookie.as_str(), "cookie");
+    /// assert_eq!(MisrouteKind::SessionId.as_str(), "session_id");
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Cookie => "cookie",
@@ -69,6 +78,16 @@ pub struct Misroute {
 
 impl Misroute {
     /// A misroute hint (for tests and for inner services that build their own).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::affinity::{Misroute, MisrouteKind};
+    ///
+    /// let m = Misroute::new(MisrouteKind::Cookie, "n3");
+    /// assert_eq!(m.kind, MisrouteKind::Cookie);
+    /// assert_eq!(m.owner_tag, "n3");
+    /// ```
     pub fn new(kind: MisrouteKind, owner_tag: impl Into<String>) -> Self {
         Self {
             kind,

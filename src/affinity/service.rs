@@ -55,6 +55,26 @@ impl<S> SessionAffinity<S> {
     /// Affinity with the default settings (see [`SessionAffinityLayer::new`]) around `inner`.
     ///
     /// Every call creates new counters; build a [`SessionAffinityLayer`] to share them.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use mcp_affinity::{SessionAffinity, session::NodeTag};
+    /// use tower::ServiceExt;
+    ///
+    /// let inner = tower::service_fn(|_req: http::Request<String>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    /// });
+    /// let svc = SessionAffinity::new(inner, NodeTag::new("n1").unwrap());
+    /// // Another node's session id: the hint is put into the response extensions.
+    /// let req = http::Request::post("/mcp").header("mcp-session-id", "n2.abc").body(String::new()).unwrap();
+    /// let res = svc.oneshot(req).await.unwrap();
+    /// let hint = res.extensions().get::<mcp_affinity::affinity::Misroute>().unwrap();
+    /// assert_eq!(hint.owner_tag, "n2");
+    /// # }
+    /// ```
     pub fn new(inner: S, tag: NodeTag) -> Self {
         tower_layer::Layer::layer(&SessionAffinityLayer::new(tag), inner)
     }
@@ -74,6 +94,25 @@ impl<S> SessionAffinity<S> {
     }
 
     /// The counters this service shares with its layer.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use mcp_affinity::{SessionAffinity, session::NodeTag};
+    /// use tower::ServiceExt;
+    ///
+    /// let inner = tower::service_fn(|_req: http::Request<String>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    /// });
+    /// let svc = SessionAffinity::new(inner, NodeTag::new("n1").unwrap());
+    /// let stats = svc.stats();
+    /// let req = http::Request::post("/mcp").header("mcp-session-id", "n2.abc").body(String::new()).unwrap();
+    /// svc.oneshot(req).await.unwrap();
+    /// assert_eq!(stats.snapshot().misroutes_session_id, 1);
+    /// # }
+    /// ```
     pub fn stats(&self) -> AffinityStats {
         self.shared.stats.clone()
     }

@@ -69,6 +69,26 @@ pub struct AffinityStatsSnapshot {
 
 impl AffinityStats {
     /// Reads every counter.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use mcp_affinity::{SessionAffinity, session::NodeTag};
+    /// use tower::ServiceExt;
+    ///
+    /// let inner = tower::service_fn(|_req: http::Request<String>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    /// });
+    /// let svc = SessionAffinity::new(inner, NodeTag::new("n1").unwrap());
+    /// let stats = svc.stats();
+    /// let req = http::Request::post("/mcp").header("mcp-session-id", "n1.abc").body(String::new()).unwrap();
+    /// svc.oneshot(req).await.unwrap(); // this node's own session: no misroute
+    /// let snap = stats.snapshot();
+    /// assert_eq!((snap.misroutes_session_id, snap.misroutes_cookie), (0, 0));
+    /// # }
+    /// ```
     pub fn snapshot(&self) -> AffinityStatsSnapshot {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);

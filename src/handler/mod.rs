@@ -42,6 +42,21 @@ use crate::{
 };
 
 /// A JSON-RPC request or notification as the closure sees it.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::handler::{handler_fn, ErrorObject};
+/// use serde_json::json;
+///
+/// let handler = handler_fn(|req, _cx| async move {
+///     match (req.method.as_str(), req.params.get("name")) {
+///         ("tools/call", Some(name)) => Ok(json!({"called": name})),
+///         _ => Err(ErrorObject::invalid_params("missing name")),
+///     }
+/// });
+/// # let _ = handler;
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct HandlerRequest {
@@ -57,11 +72,43 @@ pub struct HandlerRequest {
 
 impl HandlerRequest {
     /// The session (legacy era).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::handler::handler_fn;
+    /// use serde_json::json;
+    ///
+    /// let handler = handler_fn(|req, _cx| async move {
+    ///     // Count calls per session; modern-era requests have no session.
+    ///     let n = req.session().map_or(0, |s| s.get::<u32>().unwrap_or(0) + 1);
+    ///     if let Some(s) = req.session() {
+    ///         s.insert(n);
+    ///     }
+    ///     Ok(json!({"calls": n}))
+    /// });
+    /// # let _ = handler;
+    /// ```
     pub fn session(&self) -> Option<&Session> {
         self.parts.extensions.get::<Session>()
     }
 
     /// `params._meta.progressToken`, if the client asked for progress notifications.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::handler::handler_fn;
+    /// use serde_json::json;
+    ///
+    /// let handler = handler_fn(|req, cx| async move {
+    ///     if let Some(token) = req.progress_token() {
+    ///         let _ = cx.notify("notifications/progress", Some(json!({"progressToken": token, "progress": 1})));
+    ///     }
+    ///     Ok(json!({}))
+    /// });
+    /// # let _ = handler;
+    /// ```
     pub fn progress_token(&self) -> Option<&Value> {
         self.params.get("_meta")?.get("progressToken")
     }
@@ -89,6 +136,15 @@ pub struct ErrorObject {
 
 impl ErrorObject {
     /// An error with a code and message.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::handler::ErrorObject;
+    /// let e = ErrorObject::new(-32000, "busy");
+    /// assert_eq!(e.to_string(), "busy (-32000)");
+    /// assert_eq!((e.code, e.message.as_str(), e.data), (-32000, "busy", None));
+    /// ```
     pub fn new(code: i64, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -98,6 +154,18 @@ impl ErrorObject {
     }
 
     /// Adds `data`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::handler::ErrorObject;
+    /// use serde_json::json;
+    /// let e = ErrorObject::internal("boom").with_data(json!({"retry": true}));
+    /// assert_eq!(
+    ///     serde_json::to_value(&e).unwrap(),
+    ///     json!({"code": -32603, "message": "boom", "data": {"retry": true}})
+    /// );
+    /// ```
     #[must_use]
     pub fn with_data(mut self, data: Value) -> Self {
         self.data = Some(data);
@@ -105,6 +173,15 @@ impl ErrorObject {
     }
 
     /// `-32601` method not found.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::handler::ErrorObject;
+    /// let e = ErrorObject::method_not_found("tools/frobnicate");
+    /// assert_eq!(e.code, -32601);
+    /// assert_eq!(e.message, "method not found: tools/frobnicate");
+    /// ```
     pub fn method_not_found(method: &str) -> Self {
         Self::new(
             codes::METHOD_NOT_FOUND,
@@ -113,11 +190,27 @@ impl ErrorObject {
     }
 
     /// `-32602` invalid params.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::handler::ErrorObject;
+    /// let e = ErrorObject::invalid_params("name is required");
+    /// assert_eq!((e.code, e.message.as_str()), (-32602, "name is required"));
+    /// ```
     pub fn invalid_params(message: impl Into<String>) -> Self {
         Self::new(codes::INVALID_PARAMS, message)
     }
 
     /// `-32603` internal error.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::handler::ErrorObject;
+    /// let e = ErrorObject::internal("database down");
+    /// assert_eq!((e.code, e.message.as_str()), (-32603, "database down"));
+    /// ```
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(codes::INTERNAL_ERROR, message)
     }
@@ -132,6 +225,22 @@ impl fmt::Display for ErrorObject {
 impl std::error::Error for ErrorObject {}
 
 /// Builds a handler service from an async closure; see the [module docs](self).
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::handler::handler_fn;
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = handler_fn(|_req, _cx| async { Ok(serde_json::json!({})) });
+/// // A body that is not JSON is answered with a JSON-RPC parse error.
+/// let req = http::Request::new(http_body_util::Full::new(bytes::Bytes::from("nope")));
+/// let res = svc.oneshot(req).await.unwrap();
+/// assert_eq!(res.status(), http::StatusCode::BAD_REQUEST);
+/// # }
+/// ```
 pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
 where
     F: Fn(HandlerRequest, RequestContext) -> Fut + Clone + Send + 'static,
@@ -141,6 +250,23 @@ where
 }
 
 /// The service made by [`handler_fn`].
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::handler::{handler_fn, HandlerFn};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc: HandlerFn<_> = handler_fn(|_req, _cx| async { Ok(serde_json::json!({})) });
+/// // Outside the transport there is no `RequestContext`: an internal error.
+/// let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+/// let req = http::Request::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+/// let res = svc.oneshot(req).await.unwrap();
+/// assert_eq!(res.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct HandlerFn<F> {
     f: F,
@@ -153,6 +279,21 @@ impl<F> fmt::Debug for HandlerFn<F> {
 }
 
 /// The future of [`HandlerFn`].
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::handler::{handler_fn, HandlerFuture};
+/// use tower_service::Service;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut svc = handler_fn(|_req, _cx| async { Ok(serde_json::json!({})) });
+/// let req = http::Request::new(http_body_util::Full::new(bytes::Bytes::from("{")));
+/// let fut: HandlerFuture = svc.call(req);
+/// assert_eq!(fut.await.unwrap().status(), http::StatusCode::BAD_REQUEST);
+/// # }
+/// ```
 pub struct HandlerFuture {
     inner: Pin<Box<dyn Future<Output = Result<Response<HandlerBody>, Infallible>> + Send>>,
 }
@@ -172,6 +313,15 @@ impl Future for HandlerFuture {
 }
 
 /// The response body of [`HandlerFn`]: one JSON document.
+///
+/// # Example
+///
+/// ```
+/// use http_body::Body;
+/// use mcp_affinity::handler::HandlerBody;
+/// let body = HandlerBody::new(bytes::Bytes::from_static(b"{}"));
+/// assert_eq!(body.size_hint().exact(), Some(2));
+/// ```
 pub type HandlerBody = http_body_util::Full<Bytes>;
 
 #[derive(Serialize)]

@@ -20,26 +20,86 @@ use super::RequestId;
 /// ```
 pub mod codes {
     /// Invalid JSON.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::PARSE_ERROR, -32700);
+    /// ```
     pub const PARSE_ERROR: i64 = -32700;
     /// Not a valid JSON-RPC request, or a transport-level rejection (406, 415, 413, 400).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::INVALID_REQUEST, -32600);
+    /// ```
     pub const INVALID_REQUEST: i64 = -32600;
     /// Unknown method (modern era: HTTP 404).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::METHOD_NOT_FOUND, -32601);
+    /// ```
     pub const METHOD_NOT_FOUND: i64 = -32601;
     /// Invalid params, including a malformed modern `_meta`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::INVALID_PARAMS, -32602);
+    /// ```
     pub const INVALID_PARAMS: i64 = -32602;
     /// Internal error.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::INTERNAL_ERROR, -32603);
+    /// ```
     pub const INTERNAL_ERROR: i64 = -32603;
     /// Legacy era: a transport-level rejection such as a missing session id (as the TypeScript SDK).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::BAD_REQUEST, -32000);
+    /// ```
     pub const BAD_REQUEST: i64 = -32000;
     /// Legacy era: the session is unknown or closed, re-initialize. The TypeScript SDK and the
     /// conformance suite's reference server use `-32001`; VS Code recognizes it. (The Python SDK
     /// uses `-32600`; no revision defines a code, see python-sdk#1821.)
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::SESSION_NOT_FOUND, -32001);
+    /// ```
     pub const SESSION_NOT_FOUND: i64 = -32001;
     /// Modern era: headers and body disagree (HTTP 400).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::HEADER_MISMATCH, -32020);
+    /// ```
     pub const HEADER_MISMATCH: i64 = -32020;
     /// Modern era: a required client capability is missing (HTTP 400).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::MISSING_REQUIRED_CLIENT_CAPABILITY, -32021);
+    /// ```
     pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i64 = -32021;
     /// Modern era: unsupported protocol version (HTTP 400).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// assert_eq!(mcp_affinity::protocol::codes::UNSUPPORTED_PROTOCOL_VERSION, -32022);
+    /// ```
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 }
 
@@ -109,6 +169,16 @@ pub struct Rejection {
 
 impl Rejection {
     /// A rejection with a status, a JSON-RPC code and a message.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Rejection};
+    ///
+    /// let r = Rejection::new(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "bad request");
+    /// assert_eq!((r.status(), r.code(), r.message()), (StatusCode::BAD_REQUEST, -32600, "bad request"));
+    /// ```
     pub fn new(status: StatusCode, code: i64, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
@@ -121,6 +191,20 @@ impl Rejection {
     }
 
     /// Adds `error.data`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use serde_json::json;
+    ///
+    /// let r = Rejection::new(StatusCode::BAD_REQUEST, codes::UNSUPPORTED_PROTOCOL_VERSION, "unsupported")
+    ///     .with_data(json!({"supported": ["2026-07-28"]}));
+    /// let body = r.into_response(|b| b).into_body();
+    /// let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(v["error"]["data"]["supported"][0], "2026-07-28");
+    /// ```
     #[must_use]
     pub fn with_data(mut self, data: Value) -> Self {
         self.data = Some(data);
@@ -128,6 +212,19 @@ impl Rejection {
     }
 
     /// Sets the JSON-RPC id the error answers.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::RequestId;
+    ///
+    /// let r = Rejection::new(StatusCode::BAD_REQUEST, codes::INVALID_PARAMS, "bad _meta")
+    ///     .with_id(Some(RequestId::Number(5)));
+    /// let body = r.into_response(|b| b).into_body();
+    /// assert!(body.starts_with(br#"{"jsonrpc":"2.0","id":5,"#));
+    /// ```
     #[must_use]
     pub fn with_id(mut self, id: Option<RequestId>) -> Self {
         self.id = id;
@@ -135,6 +232,19 @@ impl Rejection {
     }
 
     /// Adds a response header (e.g. `Allow`, `Retry-After`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use http::{header, HeaderValue};
+    ///
+    /// let r = Rejection::new(StatusCode::METHOD_NOT_ALLOWED, codes::INVALID_REQUEST, "use POST")
+    ///     .with_header(header::ALLOW, HeaderValue::from_static("POST"));
+    /// let res = r.into_response(|b| b);
+    /// assert_eq!(res.headers()[header::ALLOW], "POST");
+    /// ```
     #[must_use]
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
@@ -142,21 +252,66 @@ impl Rejection {
     }
 
     /// The HTTP status.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Rejection};
+    ///
+    /// let r = Rejection::new(StatusCode::FORBIDDEN, codes::INVALID_REQUEST, "origin not allowed");
+    /// assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    /// assert_eq!(r.into_response(|b| b).status(), StatusCode::FORBIDDEN);
+    /// ```
     pub fn status(&self) -> StatusCode {
         self.status
     }
 
     /// The JSON-RPC error code.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Rejection};
+    ///
+    /// let r = Rejection::new(StatusCode::NOT_FOUND, codes::SESSION_NOT_FOUND, "session not found");
+    /// assert_eq!(r.code(), -32001);
+    /// ```
     pub fn code(&self) -> i64 {
         self.code
     }
 
     /// The error message.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Rejection};
+    ///
+    /// let r = Rejection::new(StatusCode::NOT_FOUND, codes::SESSION_NOT_FOUND, "session not found");
+    /// assert_eq!(r.message(), "session not found");
+    /// ```
     pub fn message(&self) -> &str {
         &self.message
     }
 
     /// Builds the HTTP response with a body made by `body`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use http::header;
+    ///
+    /// let r = Rejection::new(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "bad");
+    /// let res = r.into_response(|b| b);
+    /// assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    /// assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    /// assert_eq!(&res.body()[..], br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"bad"}}"#);
+    /// ```
     pub fn into_response<B>(self, body: impl FnOnce(Bytes) -> B) -> http::Response<B> {
         let bytes = error_body(
             self.id.as_ref(),

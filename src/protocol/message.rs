@@ -48,6 +48,17 @@ impl fmt::Display for RequestId {
 }
 
 /// What kind of JSON-RPC message a body holds.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::protocol::{Message, MessageKind};
+///
+/// let n = Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+/// assert_eq!(n.kind(), MessageKind::Notification);
+/// let r = Message::parse(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap();
+/// assert_eq!(r.kind(), MessageKind::Response);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
     /// A request: `method` and `id`.
@@ -97,6 +108,16 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Reque
 }
 
 /// Why a body is not one valid JSON-RPC message.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::protocol::{Message, ParseError};
+///
+/// assert_eq!(Message::parse(b"not json").unwrap_err(), ParseError::Json);
+/// let err = Message::parse(br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#).unwrap_err();
+/// assert_eq!(err, ParseError::Invalid("jsonrpc must be \"2.0\""));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError {
     /// Not JSON at all (`-32700`).
@@ -107,6 +128,18 @@ pub enum ParseError {
 
 impl Message {
     /// Parses one JSON-RPC 2.0 message from a JSON object.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::{Message, RequestId};
+    ///
+    /// let m = Message::parse(br#"{"jsonrpc":"2.0","id":"a","method":"tools/list"}"#).unwrap();
+    /// assert_eq!(m.id(), Some(&RequestId::from("a")));
+    /// assert_eq!(m.method(), Some("tools/list"));
+    /// // A null id is not allowed.
+    /// assert!(Message::parse(br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).is_err());
+    /// ```
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
         let wire: Wire = match serde_json::from_slice(bytes) {
             Ok(w) => w,
@@ -155,31 +188,92 @@ impl Message {
     }
 
     /// Request, notification or response.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::{Message, MessageKind};
+    ///
+    /// let m = Message::parse(br#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#).unwrap();
+    /// assert_eq!(m.kind(), MessageKind::Request);
+    /// ```
     pub fn kind(&self) -> MessageKind {
         self.kind
     }
 
     /// The id of a request or response.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::{Message, RequestId};
+    ///
+    /// let m = Message::parse(br#"{"jsonrpc":"2.0","id":7,"result":{}}"#).unwrap();
+    /// assert_eq!(m.id(), Some(&RequestId::Number(7)));
+    /// let n = Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/cancelled"}"#).unwrap();
+    /// assert_eq!(n.id(), None);
+    /// ```
     pub fn id(&self) -> Option<&RequestId> {
         self.id.as_ref()
     }
 
     /// The method of a request or notification.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::Message;
+    ///
+    /// let m = Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#).unwrap();
+    /// assert_eq!(m.method(), Some("tools/call"));
+    /// let r = Message::parse(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap();
+    /// assert_eq!(r.method(), None);
+    /// ```
     pub fn method(&self) -> Option<&str> {
         self.method.as_deref()
     }
 
     /// The raw params, if any.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::Message;
+    ///
+    /// let m = Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#)
+    ///     .unwrap();
+    /// assert_eq!(m.params().map(|p| p.get()), Some(r#"{"name":"echo"}"#));
+    /// ```
     pub fn params(&self) -> Option<&RawValue> {
         self.params.as_deref()
     }
 
     /// The raw `result` of a response.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::Message;
+    ///
+    /// let m = Message::parse(br#"{"jsonrpc":"2.0","id":1,"result":{"ok":true}}"#).unwrap();
+    /// assert_eq!(m.result().map(|r| r.get()), Some(r#"{"ok":true}"#));
+    /// assert!(m.error().is_none());
+    /// ```
     pub fn result(&self) -> Option<&RawValue> {
         self.result.as_deref()
     }
 
     /// The raw `error` of a response.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::Message;
+    ///
+    /// let m = Message::parse(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"no"}}"#).unwrap();
+    /// assert_eq!(m.error().map(|e| e.get()), Some(r#"{"code":-1,"message":"no"}"#));
+    /// assert!(m.result().is_none());
+    /// ```
     pub fn error(&self) -> Option<&RawValue> {
         self.error.as_deref()
     }

@@ -37,15 +37,57 @@ pub mod headers {
     use http::HeaderName;
 
     /// `Mcp-Session-Id`: the legacy session id, minted on the `initialize` response.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::headers;
+    /// assert_eq!(headers::MCP_SESSION_ID, "mcp-session-id");
+    /// ```
     pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
     /// `MCP-Protocol-Version`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::headers;
+    /// assert_eq!(headers::MCP_PROTOCOL_VERSION, "mcp-protocol-version");
+    /// ```
     pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
     /// `Mcp-Method` (modern era): mirrors the body's `method`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::headers;
+    /// assert_eq!(headers::MCP_METHOD, "mcp-method");
+    /// ```
     pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
     /// `Mcp-Name` (modern era): mirrors `params.name`, `params.uri` or `params.taskId`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::headers;
+    /// assert_eq!(headers::MCP_NAME, "mcp-name");
+    /// ```
     pub const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
     /// `Last-Event-ID`: SSE resumption (legacy era).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::headers;
+    /// assert_eq!(headers::LAST_EVENT_ID, "last-event-id");
+    /// ```
     pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
     /// `X-Accel-Buffering`: tells nginx-style proxies not to buffer SSE.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::headers;
+    /// assert_eq!(headers::X_ACCEL_BUFFERING, "x-accel-buffering");
+    /// ```
     pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 }

@@ -49,6 +49,16 @@ pub enum Era {
 
 impl ProtocolVersion {
     /// Every revision this crate serves, oldest first.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    ///
+    /// assert_eq!(ProtocolVersion::ALL.len(), 4);
+    /// assert_eq!(ProtocolVersion::ALL[0].as_str(), "2025-03-26");
+    /// assert!(ProtocolVersion::ALL.windows(2).all(|w| w[0] < w[1]));
+    /// ```
     pub const ALL: [Self; 4] = [
         Self::V2025_03_26,
         Self::V2025_06_18,
@@ -57,12 +67,39 @@ impl ProtocolVersion {
     ];
 
     /// The newest legacy (session) revision.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::{Era, ProtocolVersion};
+    ///
+    /// assert_eq!(ProtocolVersion::LATEST_LEGACY.as_str(), "2025-11-25");
+    /// assert_eq!(ProtocolVersion::LATEST_LEGACY.era(), Era::Legacy);
+    /// ```
     pub const LATEST_LEGACY: Self = Self::V2025_11_25;
 
     /// The newest modern (stateless) revision.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::{Era, ProtocolVersion};
+    ///
+    /// assert_eq!(ProtocolVersion::LATEST_MODERN.as_str(), "2026-07-28");
+    /// assert_eq!(ProtocolVersion::LATEST_MODERN.era(), Era::Modern);
+    /// ```
     pub const LATEST_MODERN: Self = Self::V2026_07_28;
 
     /// Parses a revision string; `None` for a revision this crate does not serve.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    ///
+    /// assert_eq!(ProtocolVersion::parse("2025-06-18"), Some(ProtocolVersion::V2025_06_18));
+    /// assert_eq!(ProtocolVersion::parse("2025-6-18"), None);
+    /// ```
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "2025-03-26" => Some(Self::V2025_03_26),
@@ -74,6 +111,15 @@ impl ProtocolVersion {
     }
 
     /// The revision string, e.g. `"2025-11-25"`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    ///
+    /// assert_eq!(ProtocolVersion::V2025_03_26.as_str(), "2025-03-26");
+    /// assert_eq!(ProtocolVersion::V2026_07_28.to_string(), "2026-07-28");
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::V2025_03_26 => "2025-03-26",
@@ -84,6 +130,15 @@ impl ProtocolVersion {
     }
 
     /// The era this revision belongs to.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::{Era, ProtocolVersion};
+    ///
+    /// assert_eq!(ProtocolVersion::V2025_06_18.era(), Era::Legacy);
+    /// assert_eq!(ProtocolVersion::V2026_07_28.era(), Era::Modern);
+    /// ```
     pub const fn era(self) -> Era {
         match self {
             Self::V2026_07_28 => Era::Modern,
@@ -92,11 +147,29 @@ impl ProtocolVersion {
     }
 
     /// Whether JSON-RPC batches are allowed (only `2025-03-26`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    ///
+    /// assert!(ProtocolVersion::V2025_03_26.allows_batches());
+    /// assert!(!ProtocolVersion::V2025_06_18.allows_batches());
+    /// ```
     pub const fn allows_batches(self) -> bool {
         matches!(self, Self::V2025_03_26)
     }
 
     /// Whether SSE streams open with a priming event and `retry:` (SEP-1699, `2025-11-25`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    ///
+    /// assert!(ProtocolVersion::V2025_11_25.primes_streams());
+    /// assert!(!ProtocolVersion::V2025_06_18.primes_streams());
+    /// ```
     pub const fn primes_streams(self) -> bool {
         matches!(self, Self::V2025_11_25)
     }

@@ -10,6 +10,31 @@ use pin_project_lite::pin_project;
 pin_project! {
     /// Response body of [`SessionRegistry`](super::SessionRegistry): the inner service's body,
     /// or the registry's own JSON-RPC error (an enriched `404`, a fail-closed `503`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::time::Duration;
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").header("mcp-protocol-version", "2025-11-25").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// # const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// use http_body_util::BodyExt;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").layer(app);
+    /// let mut req = post(PING);
+    /// req.headers_mut().insert("mcp-session-id", "gone".parse().unwrap());
+    /// let body = svc.oneshot(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    /// let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(v["error"]["code"], -32001);
+    /// assert_eq!(v["error"]["data"]["reason"], "unknown");
+    /// # }
+    /// ```
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,

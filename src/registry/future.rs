@@ -78,6 +78,28 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 pin_project! {
     /// Response future of [`SessionRegistry`](super::SessionRegistry).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::time::Duration;
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").header("mcp-protocol-version", "2025-11-25").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// # const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// use mcp_affinity::registry::{MemoryStore, ResponseFuture, SessionRegistryLayer};
+    /// use tower::Service;
+    ///
+    /// let mut svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").layer(app);
+    /// ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc).await.unwrap();
+    /// let fut: ResponseFuture<_, _, _> = svc.call(post(INIT));
+    /// assert_eq!(fut.await.unwrap().status(), 200);
+    /// # }
+    /// ```
     pub struct ResponseFuture<F, B, R> {
         #[pin]
         state: State<F, B>,

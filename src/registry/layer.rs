@@ -21,6 +21,16 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// The offending setting.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").with_ttl(Duration::ZERO);
+    /// assert_eq!(layer.build().unwrap_err().field(), "ttl");
+    /// ```
     pub fn field(&self) -> &'static str {
         self.field
     }
@@ -63,6 +73,30 @@ impl std::error::Error for ConfigError {}
 /// incarnation of this node left) starts when the layer wraps a service inside a Tokio runtime,
 /// so a restarted node cleans up at boot, before its first request. A layer applied outside a
 /// runtime starts it at its first request or [`RegistryHandle::flush`].
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # use std::time::Duration;
+/// # use tower::{Layer, ServiceExt};
+/// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+/// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+/// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").header("mcp-protocol-version", "2025-11-25").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+/// # const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+/// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
+/// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+///
+/// let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().unwrap();
+/// let handle = registry.handle();
+/// let svc = registry.layer(app); // registry outside, transport inside
+/// let res = svc.oneshot(post(INIT)).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// handle.flush(Duration::from_secs(1)).await;
+/// assert_eq!(handle.stats().registered, 1);
+/// # }
+/// ```
 #[must_use]
 pub struct SessionRegistryLayer<R> {
     store: Arc<R>,
@@ -103,6 +137,15 @@ impl<R: fmt::Debug> fmt::Debug for SessionRegistryLayer<R> {
 }
 
 /// The default record TTL: 30 days (ADR-0066).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::registry::DEFAULT_TTL;
+///
+/// assert_eq!(DEFAULT_TTL, Duration::from_secs(30 * 24 * 3600));
+/// ```
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl<R: RegistryStore> SessionRegistryLayer<R> {
@@ -110,6 +153,17 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     ///
     /// Each construction picks a fresh random *incarnation*: records of earlier processes with
     /// the same node name are recognised ("node restarted") and removed shortly after start.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let store = MemoryStore::new();
+    /// let layer = SessionRegistryLayer::new(store.clone(), "node-a");
+    /// assert_eq!(layer.handle().node(), "node-a");
+    /// assert!(layer.handle().store().is_empty());
+    /// ```
     pub fn new(store: R, node: impl Into<String>) -> Self {
         let store = Arc::new(store);
         let node: Arc<str> = node.into().into();
@@ -149,6 +203,18 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
 
     /// Record TTL (default 30 days). Long-lived sessions get it refreshed once half of it has
     /// passed; never per request.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// assert!(layer.clone().with_ttl(Duration::from_secs(7 * 24 * 3600)).build().is_ok());
+    /// let err = layer.with_ttl(Duration::from_millis(500)).build().unwrap_err();
+    /// assert_eq!(err.field(), "ttl");
+    /// ```
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self.rebuild();
@@ -156,6 +222,30 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     }
 
     /// Sets the incarnation explicitly (default: random per construction).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::time::Duration;
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").header("mcp-protocol-version", "2025-11-25").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// # const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// use mcp_affinity::registry::{MemoryStore, RegistryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").with_incarnation("boot-7");
+    /// let handle = layer.handle();
+    /// let res = layer.layer(app).oneshot(post(INIT)).await.unwrap();
+    /// let id = res.headers()["mcp-session-id"].to_str().unwrap();
+    /// handle.flush(Duration::from_secs(1)).await;
+    /// let record = handle.store().lookup(id).await.unwrap().unwrap();
+    /// assert!(record.is_owned_by("node-a", "boot-7"));
+    /// # }
+    /// ```
     pub fn with_incarnation(mut self, incarnation: impl Into<String>) -> Self {
         self.incarnation = incarnation.into().into();
         self.rebuild();
@@ -168,6 +258,29 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// # ⚠️ Warning
     ///
     /// A store outage then stops every new legacy session on this node.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::time::Duration;
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").header("mcp-protocol-version", "2025-11-25").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// # const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").with_fail_closed(true);
+    /// let handle = layer.handle();
+    /// let res = layer.layer(app).oneshot(post(INIT)).await.unwrap();
+    /// assert_eq!(res.status(), 200);
+    /// // The record was written before the response, no flush needed.
+    /// assert_eq!(handle.store().len(), 1);
+    /// # }
+    /// ```
     pub fn with_fail_closed(mut self, fail_closed: bool) -> Self {
         self.fail_closed = fail_closed;
         self.rebuild();
@@ -176,6 +289,17 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
 
     /// Capacity of the write queues (default 65,536 operations). When full, operations are
     /// dropped and counted; the records then expire by TTL.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// assert!(layer.clone().with_queue_capacity(1024).build().is_ok());
+    /// let err = layer.with_queue_capacity(0).build().unwrap_err();
+    /// assert_eq!(err.field(), "queue_capacity");
+    /// ```
     pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity;
         self.rebuild();
@@ -183,6 +307,18 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     }
 
     /// How long the 404 path waits for the store before answering "unknown" (default 500 ms).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// assert!(layer.clone().with_lookup_timeout(Duration::from_millis(100)).build().is_ok());
+    /// let err = layer.with_lookup_timeout(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "lookup_timeout");
+    /// ```
     pub fn with_lookup_timeout(mut self, timeout: Duration) -> Self {
         self.lookup_timeout = timeout;
         self.rebuild();
@@ -190,6 +326,18 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     }
 
     /// Validates the configuration.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// assert!(SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().is_ok());
+    /// let err = SessionRegistryLayer::new(MemoryStore::new(), "node\n").build().unwrap_err();
+    /// assert_eq!(err.field(), "node");
+    /// let err = SessionRegistryLayer::new(MemoryStore::new(), "x".repeat(129)).build().unwrap_err();
+    /// assert_eq!(err.field(), "node");
+    /// ```
     pub fn build(self) -> Result<Self, ConfigError> {
         let bad = |field| Err(ConfigError { field });
         if self.node.is_empty() || self.node.len() > 128 || self.node.chars().any(char::is_control)
@@ -209,6 +357,22 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     }
 
     /// A handle to the registry: counters and flushing.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let handle = layer.handle(); // shares the layer's registry
+    /// assert_eq!(handle.node(), "node-a");
+    /// assert!(handle.flush(Duration::from_millis(100)).await);
+    /// assert_eq!(handle.stats().registered, 0);
+    /// # }
+    /// ```
     pub fn handle(&self) -> RegistryHandle<R> {
         RegistryHandle {
             core: self.core.clone(),
@@ -265,21 +429,83 @@ impl<R: fmt::Debug> fmt::Debug for RegistryHandle<R> {
 
 impl<R: RegistryStore> RegistryHandle<R> {
     /// The counters.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::time::Duration;
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").header("mcp-protocol-version", "2025-11-25").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// # const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(app);
+    /// svc.clone().oneshot(post(INIT)).await.unwrap();
+    /// let mut req = post(PING);
+    /// req.headers_mut().insert("mcp-session-id", "no-such-session".parse().unwrap());
+    /// assert_eq!(svc.oneshot(req).await.unwrap().status(), 404);
+    /// handle.flush(Duration::from_secs(1)).await;
+    /// let stats = handle.stats();
+    /// assert_eq!((stats.registered, stats.unknown), (1, 1));
+    /// # }
+    /// ```
     pub fn stats(&self) -> RegistryStats {
         self.core.counters.snapshot(self.core.pending())
     }
 
     /// This node's name.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let handle = SessionRegistryLayer::new(MemoryStore::new(), "pod-3").handle();
+    /// assert_eq!(handle.node(), "pod-3");
+    /// ```
     pub fn node(&self) -> &str {
         &self.core.node
     }
 
     /// This process's incarnation.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let a = SessionRegistryLayer::new(MemoryStore::new(), "node-a").handle();
+    /// let b = SessionRegistryLayer::new(MemoryStore::new(), "node-a").handle();
+    /// assert_eq!(a.incarnation().len(), 12);
+    /// assert_ne!(a.incarnation(), b.incarnation()); // one per process start
+    /// ```
     pub fn incarnation(&self) -> &str {
         &self.core.incarnation
     }
 
     /// The store.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use mcp_affinity::registry::{MemoryStore, RegistryStore, SessionRecord, SessionRegistryLayer};
+    /// use std::time::Duration;
+    ///
+    /// let handle = SessionRegistryLayer::new(MemoryStore::new(), "node-a").handle();
+    /// let record = SessionRecord::new("node-b", "x");
+    /// handle.store().register("s1", &record, Duration::from_secs(60)).await.unwrap();
+    /// assert_eq!(handle.store().lookup("s1").await.unwrap(), Some(record));
+    /// # }
+    /// ```
     pub fn store(&self) -> &R {
         &self.core.store
     }
@@ -287,6 +513,30 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// Waits until every queued store write has landed (retrying while the store is down), at
     /// most `timeout`. Call it on shutdown after the transport closed its sessions. Returns
     /// whether everything landed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::time::Duration;
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").header("mcp-protocol-version", "2025-11-25").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// # const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let handle = layer.handle();
+    /// layer.layer(app).oneshot(post(INIT)).await.unwrap();
+    /// // The record is written in the background (fail-open): wait for it.
+    /// assert!(handle.flush(Duration::from_secs(1)).await);
+    /// assert_eq!(handle.stats().cleanup_pending, 0);
+    /// assert_eq!(handle.store().len(), 1);
+    /// # }
+    /// ```
     pub async fn flush(&self, timeout: Duration) -> bool {
         self.core.start();
         self.core.flush(timeout).await

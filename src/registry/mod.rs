@@ -80,5 +80,20 @@ pub use store::{MemoryStore, Ownership, RecordKey, RegistryStore, SessionRecord,
 pub use store::{RedisStore, RedisStoreBuilder};
 
 /// The Redis-backed registry layer named by ADR-0066.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use mcp_affinity::registry::{RedisSessionRegistryLayer, RedisStore};
+///
+/// // `build_lazy` connects on first use, so no Redis server is needed here.
+/// let store = RedisStore::builder("redis://127.0.0.1:6379").build_lazy()?;
+/// let registry = RedisSessionRegistryLayer::new(store, "node-a").build()?;
+/// assert_eq!(registry.handle().node(), "node-a");
+/// # Ok(())
+/// # }
+/// ```
 #[cfg(feature = "redis")]
 pub type RedisSessionRegistryLayer = SessionRegistryLayer<RedisStore>;

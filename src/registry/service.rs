@@ -11,6 +11,29 @@ use crate::{protocol::headers, session::SessionId};
 
 /// The registry service. See [`SessionRegistryLayer`](super::SessionRegistryLayer) and the
 /// [module docs](crate::registry).
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # use std::time::Duration;
+/// # use tower::{Layer, ServiceExt};
+/// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+/// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+/// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").header("mcp-protocol-version", "2025-11-25").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+/// # const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+/// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
+/// use mcp_affinity::registry::{MemoryStore, SessionLookup, SessionRegistryLayer};
+///
+/// let svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").layer(app);
+/// let mut req = post(PING);
+/// req.headers_mut().insert("mcp-session-id", "gone".parse().unwrap());
+/// let res = svc.oneshot(req).await.unwrap();
+/// assert_eq!(res.status(), 404);
+/// assert_eq!(res.extensions().get::<SessionLookup>(), Some(&SessionLookup::Unknown));
+/// # }
+/// ```
 pub struct SessionRegistry<S, R> {
     inner: S,
     core: Arc<Core<R>>,

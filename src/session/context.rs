@@ -93,21 +93,109 @@ impl RequestContext {
     }
 
     /// The era the request was classified into.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::sync::{Arc, Mutex};
+    /// # use tower::{Layer, ServiceExt};
+    /// # let slot = Arc::new(Mutex::new(None));
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let (s2, i2) = (slot.clone(), init.clone());
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, cx| { *s2.lock().unwrap() = Some(cx); let init = i2.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # // The context of the `initialize` request, as the handler saw it.
+    /// # let cx: mcp_affinity::session::RequestContext = slot.lock().unwrap().take().unwrap();
+    /// use mcp_affinity::protocol::Era;
+    /// assert_eq!(cx.era(), Era::Legacy);
+    /// # }
+    /// ```
     pub fn era(&self) -> Era {
         self.era
     }
 
     /// The protocol revision in force for this request.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::sync::{Arc, Mutex};
+    /// # use tower::{Layer, ServiceExt};
+    /// # let slot = Arc::new(Mutex::new(None));
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let (s2, i2) = (slot.clone(), init.clone());
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, cx| { *s2.lock().unwrap() = Some(cx); let init = i2.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # // The context of the `initialize` request, as the handler saw it.
+    /// # let cx: mcp_affinity::session::RequestContext = slot.lock().unwrap().take().unwrap();
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    /// assert_eq!(cx.protocol_version(), Some(ProtocolVersion::V2025_11_25));
+    /// # }
+    /// ```
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
         self.version
     }
 
     /// The JSON-RPC id of the request (`None` for a notification).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::sync::{Arc, Mutex};
+    /// # use tower::{Layer, ServiceExt};
+    /// # let slot = Arc::new(Mutex::new(None));
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let (s2, i2) = (slot.clone(), init.clone());
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, cx| { *s2.lock().unwrap() = Some(cx); let init = i2.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # // The context of the `initialize` request, as the handler saw it.
+    /// # let cx: mcp_affinity::session::RequestContext = slot.lock().unwrap().take().unwrap();
+    /// use mcp_affinity::protocol::RequestId;
+    /// assert_eq!(cx.id(), Some(&RequestId::Number(1)));
+    /// # }
+    /// ```
     pub fn id(&self) -> Option<&RequestId> {
         self.id.as_ref()
     }
 
     /// The session (legacy era only).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::sync::{Arc, Mutex};
+    /// # use tower::{Layer, ServiceExt};
+    /// # let slot = Arc::new(Mutex::new(None));
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let (s2, i2) = (slot.clone(), init.clone());
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, cx| { *s2.lock().unwrap() = Some(cx); let init = i2.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # // The context of the `initialize` request, as the handler saw it.
+    /// # let cx: mcp_affinity::session::RequestContext = slot.lock().unwrap().take().unwrap();
+    /// let session = cx.session().unwrap();
+    /// assert_eq!(res.headers()["mcp-session-id"], session.id().as_str());
+    /// # }
+    /// ```
     pub fn session(&self) -> Option<&Session> {
         match &self.target {
             Target::Session(s) => Some(s),
@@ -118,6 +206,32 @@ impl RequestContext {
     /// Sends a notification related to this request (progress, log message) on its stream.
     /// For a client notification (which has no stream) it goes to the session's standalone
     /// stream.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::sync::{Arc, Mutex};
+    /// # use tower::{Layer, ServiceExt};
+    /// # let slot = Arc::new(Mutex::new(None));
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let (s2, i2) = (slot.clone(), init.clone());
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, cx| { *s2.lock().unwrap() = Some(cx); let init = i2.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # // The context of the `initialize` request, as the handler saw it.
+    /// # let cx: mcp_affinity::session::RequestContext = slot.lock().unwrap().take().unwrap();
+    /// use serde_json::json;
+    ///
+    /// let session = cx.session().unwrap();
+    /// let (events, _) = session.buffered();
+    /// cx.notify("notifications/message", Some(json!({"level": "info", "data": "hi"}))).unwrap();
+    /// assert_eq!(session.buffered().0, events + 1);
+    /// # }
+    /// ```
     pub fn notify(&self, method: &str, params: Option<Value>) -> Result<(), SendError> {
         let data = encode_message(method, None, params.as_ref());
         match (&self.target, self.stream) {
@@ -135,6 +249,33 @@ impl RequestContext {
     /// Sends a server→client request related to this request (sampling, elicitation) on its
     /// stream and waits for the answer. Legacy era only: the modern era forbids independent
     /// requests on a response stream (use `input_required` results instead).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::sync::{Arc, Mutex};
+    /// # use tower::{Layer, ServiceExt};
+    /// # let slot = Arc::new(Mutex::new(None));
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let (s2, i2) = (slot.clone(), init.clone());
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, cx| { *s2.lock().unwrap() = Some(cx); let init = i2.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # // The context of the `initialize` request, as the handler saw it.
+    /// # let cx: mcp_affinity::session::RequestContext = slot.lock().unwrap().take().unwrap();
+    /// use mcp_affinity::session::SendError;
+    ///
+    /// let answer = cx.request("roots/list", None);
+    /// let session = cx.session().unwrap();
+    /// assert_eq!(session.pending_requests(), 1);
+    /// session.close();
+    /// assert_eq!(answer.await, Err(SendError::Closed));
+    /// # }
+    /// ```
     pub fn request(
         &self,
         method: &str,
@@ -154,6 +295,28 @@ impl RequestContext {
     /// receives what follows, including the final response. Returns `false` where that is not
     /// possible (modern era, where closing means cancellation, or older revisions without
     /// priming events).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::sync::{Arc, Mutex};
+    /// # use tower::{Layer, ServiceExt};
+    /// # let slot = Arc::new(Mutex::new(None));
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let (s2, i2) = (slot.clone(), init.clone());
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, cx| { *s2.lock().unwrap() = Some(cx); let init = i2.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # // The context of the `initialize` request, as the handler saw it.
+    /// # let cx: mcp_affinity::session::RequestContext = slot.lock().unwrap().take().unwrap();
+    /// // `initialize` is answered inline, without a stream of its own: nothing to close.
+    /// assert!(!cx.close_stream());
+    /// # }
+    /// ```
     pub fn close_stream(&self) -> bool {
         match (&self.target, self.stream) {
             (Target::Session(s), Some(stream))

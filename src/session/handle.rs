@@ -51,6 +51,15 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// A short lower-case name, for logs and metrics.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::CloseReason;
+    ///
+    /// assert_eq!(CloseReason::InitTimeout.as_str(), "init_timeout");
+    /// assert_eq!(CloseReason::Deleted.to_string(), "deleted");
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Deleted => "deleted",
@@ -245,38 +254,169 @@ impl Session {
     }
 
     /// The session id.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// assert!(mcp_affinity::session::SessionId::is_valid(session.id().as_str()));
+    /// assert_eq!(res.headers()["mcp-session-id"], session.id().as_str());
+    /// # }
+    /// ```
     pub fn id(&self) -> &SessionId {
         &self.inner.id
     }
 
     /// The protocol revision negotiated by `initialize` (known once it succeeded).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    /// // Known once `initialize` succeeded.
+    /// assert_eq!(session.protocol_version(), Some(ProtocolVersion::V2025_11_25));
+    /// # }
+    /// ```
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
         self.inner.version.get().copied()
     }
 
     /// The `clientInfo` the client sent in `initialize`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// let info = session.client_info().unwrap();
+    /// assert_eq!(info["name"], "c");
+    /// # }
+    /// ```
     pub fn client_info(&self) -> Option<&Value> {
         self.inner.client_info.get()
     }
 
     /// The `capabilities` the client declared in `initialize` (e.g. whether it supports
     /// `sampling` or `elicitation`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// let caps = session.client_capabilities().unwrap();
+    /// assert!(caps.get("sampling").is_some());
+    /// assert!(caps.get("elicitation").is_none());
+    /// # }
+    /// ```
     pub fn client_capabilities(&self) -> Option<&Value> {
         self.inner.client_capabilities.get()
     }
 
     /// Stores a typed value in the session (replacing and returning an older one).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// assert_eq!(session.insert("alice".to_string()), None);
+    /// assert_eq!(session.insert("bob".to_string()), Some("alice".to_string()));
+    /// # }
+    /// ```
     pub fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
         lock(&self.inner.mutable).state.insert(value)
     }
 
     /// A clone of the typed value stored in the session.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// assert_eq!(session.get::<u64>(), None);
+    /// session.insert(7u64);
+    /// assert_eq!(session.get::<u64>(), Some(7));
+    /// # }
+    /// ```
     pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
         lock(&self.inner.mutable).state.get::<T>().cloned()
     }
 
     /// Sends a notification on the standalone GET stream. If no GET stream is open it is held
     /// (in the bounded event log) until one opens.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// let (events, _) = session.buffered();
+    /// // No GET stream is open: the notification is held in the event log.
+    /// session.notify("notifications/tools/list_changed", None).unwrap();
+    /// assert_eq!(session.buffered().0, events + 1);
+    /// # }
+    /// ```
     pub fn notify(&self, method: &str, params: Option<Value>) -> Result<(), SendError> {
         self.inner
             .log
@@ -300,6 +440,29 @@ impl Session {
     ///
     /// Inside a handler prefer [`RequestContext::request`](crate::session::RequestContext::request),
     /// which sends it on the request's own stream.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// use mcp_affinity::session::SendError;
+    /// use serde_json::json;
+    ///
+    /// let answer = session.request("sampling/createMessage", Some(json!({"messages": []})));
+    /// assert_eq!(session.pending_requests(), 1);
+    /// session.close(); // no answer will come
+    /// assert_eq!(answer.await, Err(SendError::Closed));
+    /// # }
+    /// ```
     pub fn request(
         &self,
         method: &str,
@@ -358,6 +521,29 @@ impl Session {
     }
 
     /// Runs a task owned by the session: it is aborted when the session closes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    /// session.spawn(async move {
+    ///     let _tx = tx; // held until the task ends
+    ///     std::future::pending::<()>().await;
+    /// });
+    /// session.close();
+    /// assert!(rx.await.is_err(), "the task was aborted");
+    /// # }
+    /// ```
     pub fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
@@ -372,6 +558,27 @@ impl Session {
     }
 
     /// Waits until the session is closed and returns why.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// use mcp_affinity::session::CloseReason;
+    ///
+    /// let closed = session.closed();
+    /// session.close();
+    /// assert_eq!(closed.await, CloseReason::Closed);
+    /// # }
+    /// ```
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + 'static {
         let mut rx = self.inner.closed_tx.subscribe();
         async move {
@@ -383,11 +590,51 @@ impl Session {
     }
 
     /// Why the session was closed, if it was.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// use mcp_affinity::session::CloseReason;
+    ///
+    /// assert_eq!(session.close_reason(), None);
+    /// session.close();
+    /// assert_eq!(session.close_reason(), Some(CloseReason::Closed));
+    /// # }
+    /// ```
     pub fn close_reason(&self) -> Option<CloseReason> {
         lock(&self.inner.mutable).closed
     }
 
     /// Whether the session is closed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// assert!(!session.is_closed());
+    /// session.close();
+    /// assert!(session.is_closed());
+    /// # }
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.close_reason().is_some()
     }
@@ -395,6 +642,28 @@ impl Session {
     /// Runs `hook` once when the session closes (immediately if it already has). Hooks run on
     /// the thread that closes the session: keep them short and non-blocking (spawn or enqueue
     /// real work). The registry layer uses this to clean up its record.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// use mcp_affinity::session::CloseReason;
+    ///
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// session.on_close(move |_id, reason| tx.send(reason).unwrap());
+    /// session.close();
+    /// assert_eq!(rx.try_recv(), Ok(CloseReason::Closed));
+    /// # }
+    /// ```
     pub fn on_close<F>(&self, hook: F)
     where
         F: FnOnce(&SessionId, CloseReason) + Send + 'static,
@@ -410,6 +679,27 @@ impl Session {
     }
 
     /// Closes the session from the server side; later requests with its id get 404.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// use mcp_affinity::session::SendError;
+    ///
+    /// session.close();
+    /// assert!(session.is_closed());
+    /// assert_eq!(session.notify("notifications/message", None), Err(SendError::Closed));
+    /// # }
+    /// ```
     pub fn close(&self) {
         self.close_with(CloseReason::Closed, None);
     }
@@ -514,6 +804,27 @@ impl Session {
 
     /// Memory held for delivery and replay: `(events, bytes)` in the session's event log.
     /// Bounded by the transport's event-log limits whatever the client does.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// let (events, bytes) = session.buffered();
+    /// session.notify("notifications/resources/list_changed", None).unwrap();
+    /// let (events2, bytes2) = session.buffered();
+    /// assert_eq!(events2, events + 1);
+    /// assert!(bytes2 > bytes);
+    /// # }
+    /// ```
     pub fn buffered(&self) -> (usize, usize) {
         let (e, b, _) = self.inner.log.stats();
         (e, b)
@@ -521,11 +832,51 @@ impl Session {
 
     /// Events evicted from the log before any connection delivered them (a slow or absent
     /// reader).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// session.notify("notifications/tools/list_changed", None).unwrap();
+    /// // Well within the log limits: nothing evicted.
+    /// assert_eq!(session.dropped_events(), 0);
+    /// # }
+    /// ```
     pub fn dropped_events(&self) -> u64 {
         self.inner.log.stats().2
     }
 
     /// Server→client requests awaiting an answer.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}});
+    /// # let handler = mcp_affinity::handler::handler_fn(move |_req, _cx| { let init = init.clone(); async move { Ok(init) } });
+    /// # let svc = mcp_affinity::SseTransportLayer::new().layer(handler);
+    /// # let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let req = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    /// # let res = svc.oneshot(req).await.unwrap();
+    /// # let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap().clone();
+    /// assert_eq!(session.pending_requests(), 0);
+    /// let answer = session.request("roots/list", None);
+    /// assert_eq!(session.pending_requests(), 1);
+    /// drop(answer); // dropping the future does not withdraw the request
+    /// assert_eq!(session.pending_requests(), 1);
+    /// # }
+    /// ```
     pub fn pending_requests(&self) -> usize {
         lock(&self.inner.mutable).pending.len()
     }

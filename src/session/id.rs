@@ -44,10 +44,30 @@ impl fmt::Display for InvalidSessionId {
 impl std::error::Error for InvalidSessionId {}
 
 /// The longest session id accepted.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::{SessionId, MAX_SESSION_ID_LEN};
+///
+/// assert_eq!(MAX_SESSION_ID_LEN, 256);
+/// assert!(SessionId::parse(&"a".repeat(MAX_SESSION_ID_LEN)).is_ok());
+/// assert!(SessionId::parse(&"a".repeat(MAX_SESSION_ID_LEN + 1)).is_err());
+/// ```
 pub const MAX_SESSION_ID_LEN: usize = 256;
 
 impl SessionId {
     /// Validates and wraps a session id.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::SessionId;
+    ///
+    /// assert_eq!(SessionId::parse("abc-123").unwrap().as_str(), "abc-123");
+    /// assert!(SessionId::parse("tab\there").is_err());
+    /// assert!(SessionId::parse("é").is_err());
+    /// ```
     pub fn parse(s: &str) -> Result<Self, InvalidSessionId> {
         if Self::is_valid(s) {
             Ok(Self(s.into()))
@@ -57,6 +77,16 @@ impl SessionId {
     }
 
     /// Whether `s` is a valid session id (visible ASCII, 1–256 bytes).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::SessionId;
+    ///
+    /// assert!(SessionId::is_valid("abc~!{}"));
+    /// assert!(!SessionId::is_valid(""));
+    /// assert!(!SessionId::is_valid("a b"));
+    /// ```
     pub fn is_valid(s: &str) -> bool {
         !s.is_empty()
             && s.len() <= MAX_SESSION_ID_LEN
@@ -64,11 +94,31 @@ impl SessionId {
     }
 
     /// The raw id. Treat it as a secret: do not log it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::SessionId;
+    ///
+    /// let id = SessionId::parse("n1.abc").unwrap();
+    /// assert_eq!(id.as_str(), "n1.abc");
+    /// assert_ne!(id.to_string(), "n1.abc"); // Display prints the fingerprint
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The node tag prefix of an id minted by a [`TaggedIdGenerator`] (`<tag>.<random>`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::SessionId;
+    ///
+    /// assert_eq!(SessionId::parse("n1.abc").unwrap().node_tag(), Some("n1"));
+    /// assert_eq!(SessionId::parse("abc").unwrap().node_tag(), None);
+    /// assert_eq!(SessionId::parse("a:b.c").unwrap().node_tag(), None);
+    /// ```
     pub fn node_tag(&self) -> Option<&str> {
         self.0
             .split_once('.')
@@ -77,6 +127,16 @@ impl SessionId {
     }
 
     /// A short, stable, non-reversible fingerprint for logs (8 hex digits).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::{Fingerprint, SessionId};
+    ///
+    /// let id = SessionId::parse("n1.secret").unwrap();
+    /// assert_eq!(id.fingerprint(), Fingerprint::of("n1.secret"));
+    /// assert_eq!(format!("{id:?}"), format!("SessionId({})", id.fingerprint()));
+    /// ```
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of(&self.0)
     }
@@ -114,6 +174,16 @@ pub struct Fingerprint(u32);
 
 impl Fingerprint {
     /// Fingerprints a string. Stable across processes, so logs of different nodes correlate.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::Fingerprint;
+    ///
+    /// let fp = Fingerprint::of("secret-session-id");
+    /// assert_eq!(fp, Fingerprint::of("secret-session-id"));
+    /// assert!(fp.to_string().bytes().all(|b| b.is_ascii_hexdigit()));
+    /// ```
     pub fn of(s: &str) -> Self {
         // SipHash with fixed keys: deterministic; 32 bits reveal nothing usable of a 128-bit id.
         #[allow(deprecated)]
@@ -231,6 +301,16 @@ pub struct NodeTag(Arc<str>);
 
 impl NodeTag {
     /// Validates a tag.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::NodeTag;
+    ///
+    /// assert_eq!(NodeTag::new("n1").unwrap().as_str(), "n1");
+    /// assert!(NodeTag::new("").is_err());
+    /// assert!(NodeTag::new("has space").is_err());
+    /// ```
     pub fn new(tag: &str) -> Result<Self, InvalidSessionId> {
         if Self::is_valid(tag) {
             Ok(Self(tag.into()))
@@ -241,11 +321,32 @@ impl NodeTag {
 
     /// Derives an opaque tag from a node name (8 hex digits of its fingerprint), so the name
     /// itself never reaches clients.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::NodeTag;
+    ///
+    /// let tag = NodeTag::derive("pod-17.cluster.local");
+    /// assert_eq!(tag.as_str().len(), 8);
+    /// assert_eq!(tag, NodeTag::derive("pod-17.cluster.local"));
+    /// assert_ne!(tag, NodeTag::derive("pod-18.cluster.local"));
+    /// ```
     pub fn derive(node_name: &str) -> Self {
         Self(Fingerprint::of(node_name).to_string().into())
     }
 
     /// Whether `s` is a valid tag.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::NodeTag;
+    ///
+    /// assert!(NodeTag::is_valid("node_1-a"));
+    /// assert!(!NodeTag::is_valid("node.1"));
+    /// assert!(!NodeTag::is_valid(&"x".repeat(33)));
+    /// ```
     pub fn is_valid(s: &str) -> bool {
         !s.is_empty()
             && s.len() <= 32
@@ -254,6 +355,16 @@ impl NodeTag {
     }
 
     /// The tag.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::NodeTag;
+    ///
+    /// let tag = NodeTag::new("eu-1").unwrap();
+    /// assert_eq!(tag.as_str(), "eu-1");
+    /// assert_eq!(tag.to_string(), "eu-1");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -285,11 +396,30 @@ pub struct TaggedIdGenerator {
 
 impl TaggedIdGenerator {
     /// A generator for this node's tag.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::{NodeTag, SessionIdGenerator, TaggedIdGenerator};
+    ///
+    /// let g = TaggedIdGenerator::new(NodeTag::derive("node-b"));
+    /// let id = g.generate();
+    /// assert_eq!(id.node_tag(), Some(NodeTag::derive("node-b").as_str()));
+    /// ```
     pub const fn new(tag: NodeTag) -> Self {
         Self { tag }
     }
 
     /// The tag.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::{NodeTag, TaggedIdGenerator};
+    ///
+    /// let g = TaggedIdGenerator::new(NodeTag::new("n7").unwrap());
+    /// assert_eq!(g.tag().as_str(), "n7");
+    /// ```
     pub fn tag(&self) -> &NodeTag {
         &self.tag
     }

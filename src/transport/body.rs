@@ -25,6 +25,23 @@ pin_project! {
     /// Dropping an SSE body (the client went away) releases its stream: in the legacy era the
     /// request keeps running and its remaining events stay in the session's event log for a
     /// `GET` + `Last-Event-ID` resumption; in the modern era dropping it cancels the request.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use http_body_util::BodyExt;
+    /// use mcp_affinity::handler::handler_fn;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// let svc = mcp_affinity::SseTransportLayer::new().layer(handler_fn(|_r, _c| async { Ok(serde_json::json!({})) }));
+    /// let req = http::Request::post("/mcp").header("host", "localhost").body(String::new()).unwrap();
+    /// let res: http::Response<mcp_affinity::transport::ResponseBody> = svc.oneshot(req).await.unwrap();
+    /// let json = res.into_body().collect().await.unwrap().to_bytes();
+    /// assert!(json.starts_with(br#"{"jsonrpc":"2.0""#));
+    /// # }
+    /// ```
     pub struct ResponseBody {
         #[pin]
         kind: Kind,
@@ -59,6 +76,17 @@ impl Default for ResponseBody {
 
 impl ResponseBody {
     /// An empty body.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http_body::Body;
+    /// use mcp_affinity::transport::ResponseBody;
+    ///
+    /// let body = ResponseBody::empty();
+    /// assert!(body.is_end_stream());
+    /// assert_eq!(body.size_hint().exact(), Some(0));
+    /// ```
     pub fn empty() -> Self {
         Self {
             kind: Kind::Full { data: None },
@@ -66,6 +94,19 @@ impl ResponseBody {
     }
 
     /// A body of these bytes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use http_body_util::BodyExt;
+    /// use mcp_affinity::transport::ResponseBody;
+    ///
+    /// let body = ResponseBody::full(bytes::Bytes::from_static(b"{}"));
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "{}");
+    /// # }
+    /// ```
     pub fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full {

@@ -36,17 +36,48 @@ impl HostPolicy {
     ///
     /// Only behind a proxy or balancer that itself restricts the `Host` header, or for servers
     /// that are not reachable from a browser.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::transport::HostPolicy;
+    ///
+    /// assert!(HostPolicy::any().allows("attacker.example"));
+    /// assert!(!HostPolicy::localhost().allows("attacker.example"));
+    /// ```
     pub fn any() -> Self {
         Self(HostPolicyKind::Any)
     }
 
     /// `localhost`, `127.0.0.1` and `[::1]`, on any port (the default).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::transport::HostPolicy;
+    ///
+    /// let p = HostPolicy::localhost();
+    /// assert!(p.allows("localhost:3000"));
+    /// assert!(p.allows("[::1]:3000"));
+    /// assert!(!p.allows("0.0.0.0:3000"));
+    /// ```
     pub fn localhost() -> Self {
         Self::list(["localhost", "127.0.0.1", "[::1]"])
     }
 
     /// Exactly these hosts; an entry without a port matches every port, one with a port
     /// (`host:8080`) only that port. Matching ignores ASCII case.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::transport::HostPolicy;
+    ///
+    /// let p = HostPolicy::list(["Mcp.Example.com"]);
+    /// assert!(p.allows("mcp.example.com"));
+    /// assert!(p.allows("mcp.example.com:8443"));
+    /// assert!(!p.allows("example.com"));
+    /// ```
     pub fn list<I, S>(hosts: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -61,6 +92,17 @@ impl HostPolicy {
     }
 
     /// Whether a `Host` header value (`host[:port]`) is allowed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::transport::HostPolicy;
+    ///
+    /// let p = HostPolicy::list(["mcp.example.com", "internal:8080"]);
+    /// assert!(p.allows("MCP.example.com:443"));
+    /// assert!(p.allows("internal:8080"));
+    /// assert!(!p.allows("internal:9090"));
+    /// ```
     pub fn allows(&self, host: &str) -> bool {
         match &self.0 {
             HostPolicyKind::Any => true,
@@ -119,6 +161,16 @@ pub struct OriginPolicy {
 
 impl OriginPolicy {
     /// Same-origin requests only (the default).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::transport::OriginPolicy;
+    ///
+    /// let p = OriginPolicy::same_origin();
+    /// assert!(p.allows("https://mcp.example.com", "mcp.example.com"));
+    /// assert!(!p.allows("https://other.example.com", "mcp.example.com"));
+    /// ```
     pub fn same_origin() -> Self {
         Self::default()
     }
@@ -129,6 +181,16 @@ impl OriginPolicy {
     ///
     /// Disables the spec's required `Origin` validation: any web page a user visits can then
     /// talk to this server through the user's browser.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::transport::OriginPolicy;
+    ///
+    /// let p = OriginPolicy::any();
+    /// assert!(p.allows("https://evil.example.com", "localhost"));
+    /// assert!(!OriginPolicy::same_origin().allows("https://evil.example.com", "localhost"));
+    /// ```
     pub fn any() -> Self {
         Self {
             allowed: Vec::new(),
@@ -137,6 +199,16 @@ impl OriginPolicy {
     }
 
     /// Also accepts this exact origin (`scheme://host[:port]`, ASCII case ignored).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::transport::OriginPolicy;
+    ///
+    /// let p = OriginPolicy::same_origin().allow("https://App.Example.com");
+    /// assert!(p.allows("https://app.example.com", "mcp.example.com"));
+    /// assert!(!p.allows("http://app.example.com", "mcp.example.com"));
+    /// ```
     #[must_use]
     pub fn allow(mut self, origin: impl Into<String>) -> Self {
         self.allowed.push(origin.into().to_ascii_lowercase());
@@ -144,6 +216,17 @@ impl OriginPolicy {
     }
 
     /// Whether `origin` is allowed for a request whose `Host` is `host`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::transport::OriginPolicy;
+    ///
+    /// let p = OriginPolicy::same_origin();
+    /// assert!(p.allows("http://localhost:8080", "localhost:8080"));
+    /// assert!(!p.allows("http://localhost:3000", "localhost:8080"));
+    /// assert!(!p.allows("null", "localhost:8080"));
+    /// ```
     pub fn allows(&self, origin: &str, host: &str) -> bool {
         if self.any {
             return true;
@@ -203,6 +286,18 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// The name of the offending setting.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let err = SseTransportLayer::new().with_event_log(0, 1024).build().unwrap_err();
+    /// assert_eq!(err.field(), "event_log_events");
+    /// let err = SseTransportLayer::new().with_request_timeout(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "request_timeout");
+    /// ```
     pub fn field(&self) -> &'static str {
         self.field
     }

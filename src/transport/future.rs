@@ -17,6 +17,22 @@ pin_project! {
     ///
     /// Requests the transport answers itself (rejections, `GET`, `DELETE`) are ready at once;
     /// a `POST` reads its body and runs the handler behind one allocation.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use mcp_affinity::{handler::handler_fn, transport::ResponseFuture};
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// let mut svc = mcp_affinity::SseTransportLayer::new().layer(handler_fn(|_r, _c| async { Ok(serde_json::json!({})) }));
+    /// // A rejected `Host` is answered at once, without reading the body or calling the handler.
+    /// let req = http::Request::post("/mcp").header("host", "evil.example").body(String::new()).unwrap();
+    /// let fut: ResponseFuture<_> = ServiceExt::<http::Request<String>>::ready(&mut svc).await.unwrap().call(req);
+    /// assert_eq!(fut.await.unwrap().status(), http::StatusCode::MISDIRECTED_REQUEST);
+    /// # }
+    /// ```
     pub struct ResponseFuture<E> {
         #[pin]
         kind: Kind<E>,

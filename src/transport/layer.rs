@@ -36,6 +36,24 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 /// poll, so a slow handler does not hold the connection's future; the number of running
 /// handlers is bounded by the number of open requests, which a `ConcurrencyLimitLayer` in
 /// front of the transport can cap.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # use tower::{Layer, ServiceExt};
+/// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+/// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+/// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+/// use mcp_affinity::SseTransportLayer;
+///
+/// let svc = SseTransportLayer::new().layer(handler);
+/// let res = svc.oneshot(post(INIT)).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// assert!(res.headers().contains_key("mcp-session-id"));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct SseTransportLayer {
@@ -147,6 +165,15 @@ impl Shared {
 
 impl SseTransportLayer {
     /// A transport with the documented defaults.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let mut layer = SseTransportLayer::new();
+    /// assert_eq!(layer.handle().unwrap().session_count(), 0);
+    /// ```
     pub fn new() -> Self {
         Self {
             config: Config::default(),
@@ -155,6 +182,23 @@ impl SseTransportLayer {
     }
 
     /// Largest accepted POST body; larger ones get `413` (default 4 MiB).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let svc = SseTransportLayer::new().with_max_body_bytes(16).layer(handler);
+    /// let res = svc.oneshot(post(INIT)).await.unwrap();
+    /// assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    /// # }
+    /// ```
     pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
         self.config.max_body_bytes = bytes;
         self.shared = None;
@@ -163,6 +207,25 @@ impl SseTransportLayer {
 
     /// Most sessions this node holds; `initialize` beyond it gets `503` with `Retry-After`
     /// (default 10,000).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let svc = SseTransportLayer::new().with_max_sessions(1).layer(handler);
+    /// assert_eq!(svc.clone().oneshot(post(INIT)).await.unwrap().status(), 200);
+    /// let res = svc.oneshot(post(INIT)).await.unwrap();
+    /// assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    /// assert!(res.headers().contains_key("retry-after"));
+    /// # }
+    /// ```
     pub fn with_max_sessions(mut self, n: usize) -> Self {
         self.config.max_sessions = n;
         self.shared = None;
@@ -170,6 +233,17 @@ impl SseTransportLayer {
     }
 
     /// A session with no request and no open stream for this long is closed (default 30 min).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// assert!(SseTransportLayer::new().with_idle_timeout(Duration::from_secs(300)).build().is_ok());
+    /// let err = SseTransportLayer::new().with_idle_timeout(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "idle_timeout");
+    /// ```
     pub fn with_idle_timeout(mut self, d: Duration) -> Self {
         self.config.idle_timeout = d;
         self.shared = None;
@@ -178,6 +252,27 @@ impl SseTransportLayer {
 
     /// A session whose client never sent `notifications/initialized` is closed after this long
     /// (default 60 s). Health probes that send `initialize` and go away cost nothing for long.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use std::time::Duration;
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let mut layer = SseTransportLayer::new().with_init_timeout(Duration::from_millis(1));
+    /// let handle = layer.handle().unwrap();
+    /// layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// tokio::time::advance(Duration::from_millis(5)).await; // no `notifications/initialized` came
+    /// handle.sweep();
+    /// assert_eq!(handle.session_count(), 0);
+    /// # }
+    /// ```
     pub fn with_init_timeout(mut self, d: Duration) -> Self {
         self.config.init_timeout = d;
         self.shared = None;
@@ -187,6 +282,28 @@ impl SseTransportLayer {
     /// Bounds of each session's event log (default 256 events and 1 MiB). The log holds the
     /// messages of all the session's streams for delivery and `Last-Event-ID` replay; the
     /// oldest are evicted first, so a client that never reads cannot grow memory beyond it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let svc = SseTransportLayer::new().with_event_log(2, 1 << 20).layer(handler);
+    /// let res = svc.oneshot(post(INIT)).await.unwrap();
+    /// let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap();
+    /// for _ in 0..5 {
+    ///     session.notify("notifications/message", None).unwrap();
+    /// }
+    /// assert!(session.buffered().0 <= 2);
+    /// assert!(session.dropped_events() > 0);
+    /// # }
+    /// ```
     pub fn with_event_log(mut self, max_events: usize, max_bytes: usize) -> Self {
         self.config.log.max_events = max_events;
         self.config.log.max_bytes = max_bytes;
@@ -197,6 +314,17 @@ impl SseTransportLayer {
     /// How long delivered events and the events of finished streams stay replayable with
     /// `Last-Event-ID` (default 60 s). Undelivered events stay until delivered or evicted by
     /// the event-log bounds.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// assert!(SseTransportLayer::new().with_replay_ttl(Duration::from_secs(10)).build().is_ok());
+    /// let err = SseTransportLayer::new().with_replay_ttl(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "replay_ttl");
+    /// ```
     pub fn with_replay_ttl(mut self, d: Duration) -> Self {
         self.config.replay_ttl = d;
         self.shared = None;
@@ -204,6 +332,25 @@ impl SseTransportLayer {
     }
 
     /// Most server→client requests awaiting an answer per session (default 32).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::{session::SendError, SseTransportLayer};
+    ///
+    /// let svc = SseTransportLayer::new().with_max_pending_requests(1).layer(handler);
+    /// let res = svc.oneshot(post(INIT)).await.unwrap();
+    /// let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap();
+    /// let _first = session.request("roots/list", None);
+    /// assert_eq!(session.request("roots/list", None).await, Err(SendError::TooManyPending));
+    /// # }
+    /// ```
     pub fn with_max_pending_requests(mut self, n: usize) -> Self {
         self.config.max_pending_requests = n;
         self.shared = None;
@@ -211,6 +358,26 @@ impl SseTransportLayer {
     }
 
     /// How long a server→client request waits for the client's answer (default 60 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use std::time::Duration;
+    /// use mcp_affinity::{session::SendError, SseTransportLayer};
+    ///
+    /// let layer = SseTransportLayer::new().with_request_timeout(Duration::from_secs(5));
+    /// let res = layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap();
+    /// // The client never answers: the request times out (Tokio's clock is paused here).
+    /// assert_eq!(session.request("roots/list", None).await, Err(SendError::Timeout));
+    /// # }
+    /// ```
     pub fn with_request_timeout(mut self, d: Duration) -> Self {
         self.config.request_timeout = d;
         self.shared = None;
@@ -218,6 +385,17 @@ impl SseTransportLayer {
     }
 
     /// Interval of keep-alive comments on open SSE streams (default 15 s); `None` disables them.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// assert!(SseTransportLayer::new().with_keep_alive(None).build().is_ok());
+    /// let err = SseTransportLayer::new().with_keep_alive(Some(Duration::ZERO)).build().unwrap_err();
+    /// assert_eq!(err.field(), "keep_alive");
+    /// ```
     pub fn with_keep_alive(mut self, d: Option<Duration>) -> Self {
         self.config.keep_alive = d;
         self.shared = None;
@@ -226,6 +404,29 @@ impl SseTransportLayer {
 
     /// The `retry:` hint sent with priming events and when the server ends a stream
     /// (default 3 s).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use std::time::Duration;
+    /// use http_body_util::BodyExt;
+    ///
+    /// let svc = mcp_affinity::SseTransportLayer::new().with_retry(Duration::from_millis(500)).layer(handler);
+    /// let id = svc.clone().oneshot(post(INIT)).await.unwrap().headers()["mcp-session-id"].clone();
+    /// let get = http::Request::get("/mcp").header("host", "localhost").header("accept", "text/event-stream")
+    ///     .header("mcp-session-id", id).header("mcp-protocol-version", "2025-11-25")
+    ///     .body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    /// let mut body = svc.oneshot(get).await.unwrap().into_body();
+    /// let priming = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    /// assert!(std::str::from_utf8(&priming).unwrap().contains("retry: 500\n"));
+    /// # }
+    /// ```
     pub fn with_retry(mut self, d: Duration) -> Self {
         self.config.retry = d;
         self.shared = None;
@@ -234,6 +435,29 @@ impl SseTransportLayer {
 
     /// Accepted `Host` headers (default [`HostPolicy::localhost`]). Deployments reachable under
     /// other names must list them.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::{transport::HostPolicy, SseTransportLayer};
+    ///
+    /// let svc = SseTransportLayer::new().layer(handler);
+    /// let mut req = post(INIT);
+    /// req.headers_mut().insert("host", "mcp.example.com".parse().unwrap());
+    /// assert_eq!(svc.oneshot(req).await.unwrap().status(), http::StatusCode::MISDIRECTED_REQUEST);
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// let svc = SseTransportLayer::new().with_allowed_hosts(HostPolicy::list(["mcp.example.com"])).layer(handler);
+    /// let mut req = post(INIT);
+    /// req.headers_mut().insert("host", "mcp.example.com".parse().unwrap());
+    /// assert_eq!(svc.oneshot(req).await.unwrap().status(), http::StatusCode::OK);
+    /// # }
+    /// ```
     pub fn with_allowed_hosts(mut self, hosts: HostPolicy) -> Self {
         self.config.hosts = hosts;
         self.shared = None;
@@ -241,6 +465,28 @@ impl SseTransportLayer {
     }
 
     /// Accepted `Origin` headers (default [`OriginPolicy::same_origin`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::{transport::OriginPolicy, SseTransportLayer};
+    ///
+    /// let origins = OriginPolicy::same_origin().allow("https://app.example.com");
+    /// let svc = SseTransportLayer::new().with_allowed_origins(origins).layer(handler);
+    /// let mut req = post(INIT);
+    /// req.headers_mut().insert("origin", "https://app.example.com".parse().unwrap());
+    /// assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), http::StatusCode::OK);
+    /// let mut req = post(INIT);
+    /// req.headers_mut().insert("origin", "https://evil.example.com".parse().unwrap());
+    /// assert_eq!(svc.oneshot(req).await.unwrap().status(), http::StatusCode::FORBIDDEN);
+    /// # }
+    /// ```
     pub fn with_allowed_origins(mut self, origins: OriginPolicy) -> Self {
         self.config.origins = origins;
         self.shared = None;
@@ -249,6 +495,24 @@ impl SseTransportLayer {
 
     /// The session id generator (default [`RandomIdGenerator`](crate::session::RandomIdGenerator)).
     /// The affinity layer provides one that embeds the node tag.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::{session::{NodeTag, TaggedIdGenerator}, SseTransportLayer};
+    ///
+    /// let ids = TaggedIdGenerator::new(NodeTag::new("n1").unwrap());
+    /// let svc = SseTransportLayer::new().with_id_generator(ids).layer(handler);
+    /// let res = svc.oneshot(post(INIT)).await.unwrap();
+    /// assert!(res.headers()["mcp-session-id"].to_str().unwrap().starts_with("n1."));
+    /// # }
+    /// ```
     pub fn with_id_generator(mut self, ids: impl SessionIdGenerator) -> Self {
         self.config.ids = Arc::new(ids);
         self.shared = None;
@@ -257,6 +521,27 @@ impl SseTransportLayer {
 
     /// Binds each session to the principal that created it: a request from another principal
     /// gets the same `404` as an unknown session.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// let user = |p: &http::request::Parts| p.headers.get("x-user")?.to_str().ok().map(str::to_owned);
+    /// let svc = mcp_affinity::SseTransportLayer::new().with_principal(user).layer(handler);
+    /// let mut req = post(INIT);
+    /// req.headers_mut().insert("x-user", "ada".parse().unwrap());
+    /// let id = svc.clone().oneshot(req).await.unwrap().headers()["mcp-session-id"].clone();
+    /// let mut req = post(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
+    /// req.headers_mut().insert("x-user", "bob".parse().unwrap());
+    /// req.headers_mut().insert("mcp-session-id", id); // not bob's session: unknown
+    /// assert_eq!(svc.oneshot(req).await.unwrap().status(), http::StatusCode::NOT_FOUND);
+    /// # }
+    /// ```
     pub fn with_principal(mut self, extractor: impl PrincipalExtractor) -> Self {
         self.config.principal = Some(Arc::new(extractor));
         self.shared = None;
@@ -268,6 +553,17 @@ impl SseTransportLayer {
     ///
     /// Calling `layer` on an unbuilt layer builds it implicitly, falling back to the defaults
     /// (with an error log) if the configuration is invalid; call `build` to see the error.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let layer = SseTransportLayer::new().with_max_body_bytes(1 << 20).build().unwrap();
+    /// let mut clone = layer.clone();
+    /// assert_eq!(clone.handle().unwrap().session_count(), 0);
+    /// assert_eq!(SseTransportLayer::new().with_max_body_bytes(0).build().unwrap_err().field(), "max_body_bytes");
+    /// ```
     pub fn build(self) -> Result<Self, ConfigError> {
         if self.shared.is_some() {
             return Ok(self);
@@ -290,6 +586,24 @@ impl SseTransportLayer {
     /// A handle for graceful shutdown and introspection of this transport's sessions.
     ///
     /// Builds the layer first; see [`build`](Self::build).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let mut layer = SseTransportLayer::new();
+    /// let handle = layer.handle().unwrap();
+    /// layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// assert_eq!(handle.session_count(), 1);
+    /// # }
+    /// ```
     pub fn handle(&mut self) -> Result<TransportHandle, ConfigError> {
         if self.shared.is_none() {
             *self = std::mem::take(self).build()?;
@@ -356,11 +670,46 @@ pub struct TransportHandle {
 
 impl TransportHandle {
     /// Sessions currently held by this node.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// let mut layer = mcp_affinity::SseTransportLayer::new();
+    /// let handle = layer.handle().unwrap();
+    /// assert_eq!(handle.session_count(), 0);
+    /// layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// assert_eq!(handle.session_count(), 1);
+    /// # }
+    /// ```
     pub fn session_count(&self) -> usize {
         self.shared.sessions.len()
     }
 
     /// Looks a session up by id (for tools and tests; requests get theirs in extensions).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// let mut layer = mcp_affinity::SseTransportLayer::new();
+    /// let handle = layer.handle().unwrap();
+    /// let res = layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// let id = res.headers()["mcp-session-id"].to_str().unwrap();
+    /// assert_eq!(handle.session(id).unwrap().id().as_str(), id);
+    /// assert!(handle.session("unknown").is_none());
+    /// # }
+    /// ```
     pub fn session(&self, id: &str) -> Option<crate::session::Session> {
         self.shared.sessions.get(id)
     }
@@ -390,6 +739,26 @@ impl TransportHandle {
     /// Graceful shutdown: refuses new `initialize` requests (`503`), ends every stream with a
     /// `retry:` hint, and closes every session (their close hooks run, so the registry removes
     /// its records). Returns the number of sessions closed. Idempotent.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// let mut layer = mcp_affinity::SseTransportLayer::new();
+    /// let handle = layer.handle().unwrap();
+    /// let svc = layer.layer(handler);
+    /// svc.clone().oneshot(post(INIT)).await.unwrap();
+    /// assert_eq!(handle.shutdown().await, 1);
+    /// assert_eq!(handle.session_count(), 0);
+    /// // New sessions are refused while draining.
+    /// assert_eq!(svc.oneshot(post(INIT)).await.unwrap().status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    /// # }
+    /// ```
     pub async fn shutdown(&self) -> usize {
         self.shared.draining.store(true, Ordering::Release);
         let retry = Some(self.shared.config.retry);
@@ -405,11 +774,43 @@ impl TransportHandle {
     }
 
     /// Whether shutdown has begun.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handle = mcp_affinity::SseTransportLayer::new().handle().unwrap();
+    /// assert!(!handle.is_shutting_down());
+    /// handle.shutdown().await;
+    /// assert!(handle.is_shutting_down());
+    /// # }
+    /// ```
     pub fn is_shutting_down(&self) -> bool {
         self.shared.draining.load(Ordering::Acquire)
     }
 
     /// Runs one idle/initialization sweep now (the transport also sweeps periodically).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use std::time::Duration;
+    ///
+    /// let mut layer = mcp_affinity::SseTransportLayer::new().with_init_timeout(Duration::from_millis(1));
+    /// let handle = layer.handle().unwrap();
+    /// layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// tokio::time::advance(Duration::from_millis(5)).await;
+    /// handle.sweep(); // closes the session that never sent `notifications/initialized`
+    /// assert_eq!(handle.session_count(), 0);
+    /// # }
+    /// ```
     pub fn sweep(&self) {
         self.shared.sweep();
     }

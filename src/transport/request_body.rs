@@ -29,6 +29,16 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// A body of these bytes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http_body::Body;
+    /// use mcp_affinity::transport::RequestBody;
+    ///
+    /// assert_eq!(RequestBody::new(bytes::Bytes::from_static(b"{}")).size_hint().exact(), Some(2));
+    /// assert!(RequestBody::new(bytes::Bytes::new()).is_end_stream());
+    /// ```
     pub fn new(data: Bytes) -> Self {
         Self {
             data: (!data.is_empty()).then_some(data),

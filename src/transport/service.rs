@@ -32,6 +32,24 @@ use crate::{
 
 /// The MCP Streamable HTTP transport service. See [`SseTransportLayer`](super::SseTransportLayer)
 /// and the [module docs](crate::transport).
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # use tower::{Layer, ServiceExt};
+/// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+/// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+/// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+/// use mcp_affinity::SseTransport;
+///
+/// let svc = SseTransport::new(handler);
+/// let res = svc.oneshot(post(INIT)).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// assert!(res.extensions().get::<mcp_affinity::session::Session>().is_some());
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct SseTransport<S> {
     inner: S,
@@ -56,11 +74,45 @@ impl<S> SseTransport<S> {
     ///
     /// Every call creates a new session table; use [`SseTransportLayer`](super::SseTransportLayer)
     /// to share one.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::SseTransport;
+    ///
+    /// let svc = SseTransport::new(handler);
+    /// let res = svc.oneshot(post(INIT)).await.unwrap();
+    /// assert_eq!(res.headers()["content-type"], "application/json");
+    /// # }
+    /// ```
     pub fn new(inner: S) -> Self {
         tower_layer::Layer::layer(&super::SseTransportLayer::new(), inner)
     }
 
     /// The layer with default settings.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::SseTransport;
+    ///
+    /// let layer = SseTransport::<()>::layer().with_max_body_bytes(8);
+    /// let res = layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    /// # }
+    /// ```
     pub fn layer() -> super::SseTransportLayer {
         super::SseTransportLayer::new()
     }

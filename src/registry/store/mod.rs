@@ -344,6 +344,15 @@ pub struct RecordKey {
 
 impl RecordKey {
     /// The default key prefix, `mcp:session:`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RecordKey;
+    ///
+    /// assert_eq!(RecordKey::DEFAULT_PREFIX, "mcp:session:");
+    /// assert_eq!(RecordKey::default().prefix(), RecordKey::DEFAULT_PREFIX);
+    /// ```
     pub const DEFAULT_PREFIX: &'static str = "mcp:session:";
 
     /// Keys under `prefix`.
