@@ -15,7 +15,7 @@ use std::{
     hash::{BuildHasher, Hasher},
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -25,7 +25,11 @@ use tokio::{
     time::Instant,
 };
 
-use super::{RegistryStore, SessionRecord, stats::Counters, store::StoreWrite};
+use super::{
+    RegistryStore, SessionRecord,
+    stats::Counters,
+    store::{StoreWrite, group_by_id},
+};
 
 pub(crate) const SHARDS: usize = 4;
 
@@ -62,8 +66,11 @@ pub(crate) struct Core<R> {
     /// Sessions this node registered, with when their TTL was last set (for refreshes).
     live: Mutex<HashMap<Arc<str>, Instant>>,
     /// When the core was made; `last_full_warning` counts milliseconds from it (0: never).
+    /// `next_full_warning` counts milliseconds from `epoch`: the "queue full" warning is
+    /// logged at most once a second.
     epoch: std::time::Instant,
-    last_full_warning: AtomicU64,
+    next_full_warning: AtomicU64,
+    started: AtomicBool,
 }
 
 impl<R: RegistryStore> Core<R> {
@@ -91,7 +98,8 @@ impl<R: RegistryStore> Core<R> {
             drained: Notify::new(),
             live: Mutex::new(HashMap::new()),
             epoch: std::time::Instant::now(),
-            last_full_warning: AtomicU64::new(0),
+            next_full_warning: AtomicU64::new(0),
+            started: AtomicBool::new(false),
         }
     }
 
@@ -103,8 +111,9 @@ impl<R: RegistryStore> Core<R> {
 
     /// Starts the workers, the refresher and the stale-record cleanup: once, and only from
     /// within a Tokio runtime (outside one it does nothing and a later call starts them).
+    /// Called for every request as a fallback, so once started it is one atomic load.
     pub(crate) fn start(self: &Arc<Self>) {
-        if tokio::runtime::Handle::try_current().is_err() {
+        if self.started.load(Ordering::Acquire) || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         let receivers = self
@@ -113,6 +122,7 @@ impl<R: RegistryStore> Core<R> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         let Some(receivers) = receivers else { return };
+        self.started.store(true, Ordering::Release);
         for rx in receivers {
             tokio::spawn(worker(Arc::downgrade(self), rx));
         }
@@ -135,12 +145,12 @@ impl<R: RegistryStore> Core<R> {
             let dropped = self.counters.dropped_ops.fetch_add(1, Ordering::Relaxed) + 1;
             // One warning per second at most: under overload a warning per operation would
             // cost more than the operations.
-            let now = self.epoch.elapsed().as_millis() as u64;
-            let last = self.last_full_warning.load(Ordering::Relaxed);
-            if (last == 0 || now.saturating_sub(last) >= 1000)
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let next = self.next_full_warning.load(Ordering::Relaxed);
+            if now >= next
                 && self
-                    .last_full_warning
-                    .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                    .next_full_warning
+                    .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
                 tracing::warn!(
@@ -252,8 +262,7 @@ fn jitter() -> f64 {
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Operations one worker runs at once. Operations on one session id stay in order; different
-/// ids run concurrently, so a multiplexed Redis connection pipelines them.
+/// Operations one worker hands to the store at once (one `write_batch` call).
 const IN_FLIGHT: usize = 64;
 
 async fn worker<R: RegistryStore>(core: Weak<Core<R>>, mut rx: mpsc::Receiver<Op>) {
@@ -285,18 +294,13 @@ async fn worker<R: RegistryStore>(core: Weak<Core<R>>, mut rx: mpsc::Receiver<Op
         drop(c);
         // The slow path: each session's operations replayed in order, each retried with backoff
         // until it lands (every write is idempotent when replayed in order).
-        let mut groups: Vec<Vec<Op>> = Vec::with_capacity(batch.len());
-        let mut index: HashMap<Arc<str>, usize> = HashMap::with_capacity(batch.len());
-        for op in batch.drain(..) {
-            match index.get(&op.id) {
-                Some(&i) => groups[i].push(op),
-                None => {
-                    index.insert(op.id.clone(), groups.len());
-                    groups.push(vec![op]);
-                }
-            }
-        }
-        for group in groups {
+        let groups = group_by_id(batch.iter().map(|op| &*op.id));
+        let mut ops: Vec<Option<Op>> = batch.drain(..).map(Some).collect();
+        for positions in groups {
+            let group = positions
+                .into_iter()
+                .filter_map(|i| ops[i].take())
+                .collect();
             running.spawn(run_in_order(core.clone(), group));
         }
         // The whole batch lands before the next one starts: that keeps per-session order across

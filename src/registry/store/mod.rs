@@ -547,23 +547,28 @@ impl StoreWrite<'_> {
     }
 }
 
+/// The positions of `ids`, grouped by id: one group per distinct id, in order of first
+/// appearance, each in order. Writes on one session are applied group by group.
+pub(crate) fn group_by_id<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_id: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, id) in ids.enumerate() {
+        let g = *by_id.entry(id).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    groups
+}
+
 /// Applies `writes` with their single-write methods: the writes on one session one after the
 /// other, different sessions concurrently. The default of [`RegistryStore::write_batch`].
 pub(crate) async fn write_each<S: RegistryStore + ?Sized>(
     store: &S,
     writes: &[StoreWrite<'_>],
 ) -> Result<Vec<bool>, StoreError> {
-    // Positions of each session's writes, in order.
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut by_id: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for (i, w) in writes.iter().enumerate() {
-        let g = *by_id.entry(w.id()).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[g].push(i);
-    }
-    let mut pending: Vec<_> = groups
+    let mut pending: Vec<_> = group_by_id(writes.iter().map(StoreWrite::id))
         .into_iter()
         .map(|positions| {
             Box::pin(async move {
