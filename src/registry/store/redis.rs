@@ -26,47 +26,69 @@ const MAX_BATCH: usize = 1024;
 /// The longest TTL sent to Redis (ten years); longer ones are capped.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 60 * 60;
 
-/// `KEYS[1]` record key; `ARGV[1]` record JSON, `ARGV[2]` TTL seconds.
-/// 1: stored (absent before, or an identical record whose TTL was reset); 0: another record.
-static REGISTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 1
+/// The Lua every script is built from, so each rule is written once: reading a record,
+/// registering, compare-and-delete, and the node-index update.
+const LUA_LIB: &str = r"
+local function record_of(value)
+  if not value then return nil end
+  local ok, record = pcall(cjson.decode, value)
+  if ok and type(record) == 'table' and type(record['n']) == 'string' then return record end
+  return nil
 end
-return 0
-",
-    )
-});
+-- 1: stored (absent before, or an identical record whose TTL was reset); 0: another record.
+local function register(key, json, ttl)
+  if redis.call('SET', key, json, 'NX', 'EX', ttl) then return 1 end
+  if redis.call('GET', key) == json then
+    redis.call('EXPIRE', key, ttl)
+    return 1
+  end
+  return 0
+end
+-- 1: deleted; 0: not owned. The second value: whether a record existed.
+local function remove_if_owned(key, node, incarnation)
+  local value = redis.call('GET', key)
+  if not value then return 0, false end
+  local record = record_of(value)
+  if record and record['n'] == node and record['i'] == incarnation then
+    redis.call('DEL', key)
+    return 1, true
+  end
+  return 0, true
+end
+-- Scores are the unix time (server clock) at which the record expires; entries past it are
+-- pruned, and the index lives at least as long as its newest entry.
+local function index_add(index, id, ttl)
+  local now = tonumber(redis.call('TIME')[1])
+  redis.call('ZADD', index, now + ttl, id)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
+  if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
+end
+";
+
+/// A script: [`LUA_LIB`] followed by `body`.
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LUA_LIB}\n{body}"))
+}
+
+/// Single-key scripts (any topology).
+///
+/// `KEYS[1]` record key; `ARGV[1]` record JSON, `ARGV[2]` TTL seconds. 1 or 0 as `register`.
+static REGISTER: LazyLock<Script> =
+    LazyLock::new(|| script("return register(KEYS[1], ARGV[1], tonumber(ARGV[2]))"));
 
 /// `KEYS[1]` record key; `ARGV[1]` node, `ARGV[2]` incarnation. 1: deleted; 0: not owned.
 static REMOVE_IF_OWNED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local value = redis.call('GET', KEYS[1])
-if not value then return 0 end
-local ok, record = pcall(cjson.decode, value)
-if ok and type(record) == 'table' and record['n'] == ARGV[1] and record['i'] == ARGV[2] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-",
-    )
+    script("local removed = remove_if_owned(KEYS[1], ARGV[1], ARGV[2])\nreturn removed")
 });
 
 /// `KEYS[1]` record key; `ARGV[1]` node, `ARGV[2]` current incarnation.
 /// 1: deleted (the node's, another incarnation); 0: kept (current incarnation);
 /// -1: gone or not the node's (drop it from the node's index).
 static REMOVE_IF_STALE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
-local value = redis.call('GET', KEYS[1])
-if not value then return -1 end
-local ok, record = pcall(cjson.decode, value)
-if not ok or type(record) ~= 'table' or record['n'] ~= ARGV[1] then return -1 end
+local record = record_of(redis.call('GET', KEYS[1]))
+if not record or record['n'] ~= ARGV[1] then return -1 end
 if record['i'] == ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
@@ -76,7 +98,7 @@ return 1
 
 /// `KEYS[1]` record key; `ARGV[1]` TTL seconds. The record's JSON if it exists (TTL reset).
 static REFRESH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
 if redis.call('EXPIRE', KEYS[1], ARGV[1]) == 1 then return redis.call('GET', KEYS[1]) end
 return false
@@ -84,36 +106,9 @@ return false
     )
 });
 
-/// `KEYS[1]` node index; `ARGV[1]` session id, `ARGV[2]` TTL seconds. Scores are the unix time
-/// (server clock) at which the record expires; entries past it are pruned, and the index lives
-/// at least as long as its newest entry.
-static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local now = tonumber(redis.call('TIME')[1])
-local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
-if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 1
-",
-    )
-});
-
-/// The node-index update of [`INDEX_ADD`], as a Lua function for the batch scripts below.
-const LUA_INDEX_ADD: &str = r"
-local function index_add(index, id, ttl)
-  local now = tonumber(redis.call('TIME')[1])
-  redis.call('ZADD', index, now + ttl, id)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
-  if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
-end
-local function node_of(value)
-  local ok, record = pcall(cjson.decode, value)
-  if ok and type(record) == 'table' and type(record['n']) == 'string' then return record end
-  return nil
-end
-";
+/// `KEYS[1]` node index; `ARGV[1]` session id, `ARGV[2]` TTL seconds.
+static INDEX_ADD: LazyLock<Script> =
+    LazyLock::new(|| script("index_add(KEYS[1], ARGV[1], tonumber(ARGV[2]))\nreturn 1"));
 
 /// Batch scripts (single server only: they write a record and its node's index in one call,
 /// and the index key is not declared when it depends on the record). All return 1 or 0, as the
@@ -122,69 +117,54 @@ end
 /// `register`: `KEYS[1]` record, `KEYS[2]` index; `ARGV[1]` record JSON, `ARGV[2]` TTL seconds,
 /// `ARGV[3]` session id.
 static REGISTER_BATCHED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{LUA_INDEX_ADD}
+    script(
+        r"
 local ttl = tonumber(ARGV[2])
-local stored = 0
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ttl) then
-  stored = 1
-elseif redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  stored = 1
-end
+local stored = register(KEYS[1], ARGV[1], ttl)
 if stored == 1 then index_add(KEYS[2], ARGV[3], ttl) end
 return stored
-"
-    ))
+",
+    )
 });
 
 /// `remove`: `KEYS[1]` record; `ARGV[1]` node index prefix, `ARGV[2]` session id.
 static REMOVE_BATCHED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{LUA_INDEX_ADD}
+    script(
+        r"
 local value = redis.call('GET', KEYS[1])
 if not value then return 0 end
 redis.call('DEL', KEYS[1])
-local record = node_of(value)
-if record then redis.call('ZREM', ARGV[1] .. record['n'] .. '}}', ARGV[2]) end
+local record = record_of(value)
+if record then redis.call('ZREM', ARGV[1] .. record['n'] .. '}', ARGV[2]) end
 return 1
-"
-    ))
+",
+    )
 });
 
 /// `remove_if_owned`: `KEYS[1]` record, `KEYS[2]` the node's index; `ARGV[1]` node, `ARGV[2]`
-/// incarnation, `ARGV[3]` session id.
+/// incarnation, `ARGV[3]` session id. The id leaves the index when its record is gone.
 static REMOVE_IF_OWNED_BATCHED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{LUA_INDEX_ADD}
-local value = redis.call('GET', KEYS[1])
-if not value then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  return 0
-end
-local record = node_of(value)
-if record and record['n'] == ARGV[1] and record['i'] == ARGV[2] then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  return 1
-end
-return 0
-"
-    ))
+    script(
+        r"
+local removed, existed = remove_if_owned(KEYS[1], ARGV[1], ARGV[2])
+if removed == 1 or not existed then redis.call('ZREM', KEYS[2], ARGV[3]) end
+return removed
+",
+    )
 });
 
 /// `refresh`: `KEYS[1]` record; `ARGV[1]` TTL seconds, `ARGV[2]` node index prefix, `ARGV[3]`
 /// session id.
 static REFRESH_BATCHED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{LUA_INDEX_ADD}
+    script(
+        r"
 local ttl = tonumber(ARGV[1])
 if redis.call('EXPIRE', KEYS[1], ttl) ~= 1 then return 0 end
-local record = node_of(redis.call('GET', KEYS[1]))
-if record then index_add(ARGV[2] .. record['n'] .. '}}', ARGV[3], ttl) end
+local record = record_of(redis.call('GET', KEYS[1]))
+if record then index_add(ARGV[2] .. record['n'] .. '}', ARGV[3], ttl) end
 return 1
-"
-    ))
+",
+    )
 });
 
 /// A [`RegistryStore`] backed by Redis: one server, or a Redis Cluster with feature
