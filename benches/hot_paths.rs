@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench hot_paths`
 
+mod support;
+use support::{INIT, trivial};
+
 use std::{
     convert::Infallible,
     hint::black_box,
@@ -24,7 +27,7 @@ use mcp_affinity::{
     SessionAffinityLayer, SseTransportLayer,
     protocol::{Message, ProtocolVersion},
     session::{NodeTag, SessionId, SessionIdGenerator},
-    transport::{RequestBody, TransportHandle},
+    transport::TransportHandle,
 };
 use serde_json::json;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -32,27 +35,9 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 /// Sessions held by the table in the lookup benches.
 const SESSIONS: usize = 10_000;
 
-const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"b","version":"1"}}}"#;
 const PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
 const TOOLS_CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"search_issues","arguments":{"query":"label:bug is:open","limit":25,"fields":["title","state","labels"],"include_closed":false},"_meta":{"progressToken":"p-42"}}}"#;
 const MODERN_CALL: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"sampling":{}}}}}"#;
-
-/// The trivial handler: reads the message, answers a fixed JSON-RPC result.
-async fn trivial(req: Request<RequestBody>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let init = body.windows(10).any(|w| w == b"initialize");
-    let answer: &'static [u8] = if init {
-        br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"b","version":"1"}}}"#
-    } else {
-        br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
-    };
-    Ok(Response::new(Full::new(Bytes::from_static(answer))))
-}
 
 fn post() -> http::request::Builder {
     Request::post("http://localhost/mcp")
