@@ -46,16 +46,41 @@ use crate::{
 /// # Example
 ///
 /// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # use http_body_util::BodyExt;
+/// # use tower::{Service, ServiceExt};
 /// use mcp_affinity::handler::{handler_fn, ErrorObject};
 /// use serde_json::json;
 ///
 /// let handler = handler_fn(|req, _cx| async move {
+///     if req.method == "initialize" {
+///         return Ok(json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}));
+///     }
 ///     match (req.method.as_str(), req.params.get("name")) {
 ///         ("tools/call", Some(name)) => Ok(json!({"called": name})),
 ///         _ => Err(ErrorObject::invalid_params("missing name")),
 ///     }
 /// });
-/// # let _ = handler;
+/// # let mut svc = tower::Layer::layer(&mcp_affinity::SseTransportLayer::new(), handler);
+/// # let post = |body: &str, sid: Option<&str>| {
+/// #     let mut b = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json");
+/// #     if let Some(sid) = sid { b = b.header("mcp-session-id", sid).header("mcp-protocol-version", "2025-11-25"); }
+/// #     b.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap()
+/// # };
+/// # let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+/// # let res = ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc).await.unwrap().call(post(init, None)).await.unwrap();
+/// # let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+/// # let mut send = async |body: &str| {
+/// #     let res = ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc).await.unwrap().call(post(body, Some(&sid))).await.unwrap();
+/// #     let bytes = res.into_body().collect().await.unwrap().to_bytes();
+/// #     String::from_utf8(bytes.to_vec()).unwrap()
+/// # };
+/// let called = send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"}}"#).await;
+/// assert!(called.contains(r#""called":"echo""#), "{called}");
+/// let refused = send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{}}"#).await;
+/// assert!(refused.contains("-32602"), "{refused}");
+/// # }
 /// ```
 #[derive(Debug)]
 #[non_exhaustive]
@@ -76,10 +101,17 @@ impl HandlerRequest {
     /// # Example
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use http_body_util::BodyExt;
+    /// # use tower::{Service, ServiceExt};
     /// use mcp_affinity::handler::handler_fn;
     /// use serde_json::json;
     ///
     /// let handler = handler_fn(|req, _cx| async move {
+    ///     if req.method == "initialize" {
+    ///         return Ok(json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}));
+    ///     }
     ///     // Count calls per session; modern-era requests have no session.
     ///     let n = req.session().map_or(0, |s| s.get::<u32>().unwrap_or(0) + 1);
     ///     if let Some(s) = req.session() {
@@ -87,7 +119,24 @@ impl HandlerRequest {
     ///     }
     ///     Ok(json!({"calls": n}))
     /// });
-    /// # let _ = handler;
+    /// # let mut svc = tower::Layer::layer(&mcp_affinity::SseTransportLayer::new(), handler);
+    /// # let post = |body: &str, sid: Option<&str>| {
+    /// #     let mut b = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json");
+    /// #     if let Some(sid) = sid { b = b.header("mcp-session-id", sid).header("mcp-protocol-version", "2025-11-25"); }
+    /// #     b.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap()
+    /// # };
+    /// # let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let res = ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc).await.unwrap().call(post(init, None)).await.unwrap();
+    /// # let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    /// # let mut send = async |body: &str| {
+    /// #     let res = ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc).await.unwrap().call(post(body, Some(&sid))).await.unwrap();
+    /// #     let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    /// #     String::from_utf8(bytes.to_vec()).unwrap()
+    /// # };
+    /// let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    /// assert!(send(ping).await.contains(r#""calls":1"#));
+    /// assert!(send(ping).await.contains(r#""calls":2"#));
+    /// # }
     /// ```
     pub fn session(&self) -> Option<&Session> {
         self.parts.extensions.get::<Session>()
@@ -98,16 +147,43 @@ impl HandlerRequest {
     /// # Example
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use http_body_util::BodyExt;
+    /// # use tower::{Service, ServiceExt};
     /// use mcp_affinity::handler::handler_fn;
     /// use serde_json::json;
     ///
     /// let handler = handler_fn(|req, cx| async move {
+    ///     if req.method == "initialize" {
+    ///         return Ok(json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}));
+    ///     }
     ///     if let Some(token) = req.progress_token() {
     ///         let _ = cx.notify("notifications/progress", Some(json!({"progressToken": token, "progress": 1})));
     ///     }
     ///     Ok(json!({}))
     /// });
-    /// # let _ = handler;
+    /// # let mut svc = tower::Layer::layer(&mcp_affinity::SseTransportLayer::new(), handler);
+    /// # let post = |body: &str, sid: Option<&str>| {
+    /// #     let mut b = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json");
+    /// #     if let Some(sid) = sid { b = b.header("mcp-session-id", sid).header("mcp-protocol-version", "2025-11-25"); }
+    /// #     b.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap()
+    /// # };
+    /// # let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let res = ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc).await.unwrap().call(post(init, None)).await.unwrap();
+    /// # let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    /// # let mut send = async |body: &str| {
+    /// #     let res = ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc).await.unwrap().call(post(body, Some(&sid))).await.unwrap();
+    /// #     let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    /// #     String::from_utf8(bytes.to_vec()).unwrap()
+    /// # };
+    /// // With a token the answer streams (SSE): the progress notification, then the result.
+    /// let sse = send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":"p1"}}}"#).await;
+    /// assert!(sse.contains(r#""progressToken":"p1""#), "{sse}");
+    /// // Without one, a plain JSON answer.
+    /// let json = send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"t"}}"#).await;
+    /// assert!(!json.contains("notifications/progress"), "{json}");
+    /// # }
     /// ```
     pub fn progress_token(&self) -> Option<&Value> {
         self.params.get("_meta")?.get("progressToken")
