@@ -30,6 +30,10 @@ mod redis_support;
 #[path = "support/mcp.rs"]
 mod support;
 
+#[path = "support/process.rs"]
+#[allow(dead_code)]
+mod process_support;
+
 #[path = "support/cluster.rs"]
 mod cluster_support;
 

@@ -292,22 +292,11 @@ impl NodeProcess {
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         self.starts += 1;
         let log = self.log_path();
-        let out = File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
         let bin = node_binary();
-        let child = Command::new(&bin)
-            .arg("--listen")
-            .arg(self.addr.to_string())
+        let child = crate::process_support::example_command(&bin, self.addr, &log)
+            .map_err(|e| format!("create {}: {e}", log.display()))?
             .args(["--node", &self.name, "--redis", &self.redis_url])
             .args(&self.extra_args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
         self.child = Some(child);

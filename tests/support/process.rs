@@ -22,6 +22,28 @@ pub(crate) fn free_port() -> u16 {
         .expect("bind an ephemeral loopback port")
 }
 
+/// `bin --listen addr`, logging to `log` (stdout and stderr; `RUST_LOG` passed on, default
+/// `info`; no colours). Append the example's other arguments and spawn it.
+pub(crate) fn example_command(
+    bin: &Path,
+    addr: SocketAddr,
+    log: &Path,
+) -> std::io::Result<Command> {
+    let out = File::create(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["--listen", &addr.to_string()])
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    Ok(cmd)
+}
+
 /// A running example; killed (and reaped) on drop.
 pub(crate) struct ExampleProcess {
     child: Child,
@@ -34,19 +56,9 @@ impl ExampleProcess {
     /// until `/healthz` answers 200.
     pub(crate) async fn start(bin: &Path, args: &[&str], log: PathBuf) -> Self {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let out = File::create(&log).expect("create the process log file");
-        let err = out.try_clone().expect("clone the process log file");
-        let child = Command::new(bin)
-            .args(["--listen", &addr.to_string()])
+        let child = example_command(bin, addr, &log)
+            .expect("create the process log file")
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let mut process = Self { child, addr, log };
