@@ -4,8 +4,8 @@
 //! sharded by session id so the operations on one session keep their order (a `DELETE` right
 //! after `initialize` never overtakes its registration). A worker takes up to 64 queued
 //! operations at a time and hands them to the store in one
-//! [`write_batch`](super::RegistryStore::write_batch) call (one pipelined round trip to a Redis
-//! server). If the batch fails, its operations are replayed one by one, in order per session,
+//! [`write_batch`](super::RegistryStore::write_batch) call (one script call, one round trip, on
+//! a Redis server). If the batch fails, its operations are replayed one by one, in order per session,
 //! each retried with exponential backoff and jitter while the store is down, until it succeeds
 //! or the record would have expired anyway. Enqueuing never waits and never fails the request:
 //! when a queue is full the operation is dropped and counted, and the record's TTL cleans up.

@@ -57,11 +57,16 @@ local function remove_if_owned(key, node, incarnation)
 end
 -- Scores are the unix time (server clock) at which the record expires; entries past it are
 -- pruned, and the index lives at least as long as its newest entry.
-local function index_add(index, id, ttl)
-  local now = tonumber(redis.call('TIME')[1])
-  redis.call('ZADD', index, now + ttl, id)
+local function now_seconds() return tonumber(redis.call('TIME')[1]) end
+local function index_put(index, id, ttl, now) redis.call('ZADD', index, now + ttl, id) end
+local function index_tidy(index, ttl, now)
   redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
   if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
+end
+local function index_add(index, id, ttl)
+  local now = now_seconds()
+  index_put(index, id, ttl, now)
+  index_tidy(index, ttl, now)
 end
 ";
 
@@ -110,59 +115,64 @@ return false
 static INDEX_ADD: LazyLock<Script> =
     LazyLock::new(|| script("index_add(KEYS[1], ARGV[1], tonumber(ARGV[2]))\nreturn 1"));
 
-/// Batch scripts (single server only: they write a record and its node's index in one call,
-/// and the index key is not declared when it depends on the record). All return 1 or 0, as the
-/// single-write methods return `true` or `false`.
+/// The batch script (single server only: it writes records and their nodes' indexes in one
+/// call, and an index key is not declared when it depends on the record).
 ///
-/// `register`: `KEYS[1]` record, `KEYS[2]` index; `ARGV[1]` record JSON, `ARGV[2]` TTL seconds,
-/// `ARGV[3]` session id.
-static REGISTER_BATCHED: LazyLock<Script> = LazyLock::new(|| {
+/// `ARGV` is the writes one after another, each an op letter and its arguments; `KEYS` holds
+/// each write's keys in the same order. Returns one 1 or 0 per write, as the single-write
+/// methods return `true` or `false`. Each index the batch touched is pruned and its TTL
+/// extended once, at the end.
+///
+/// - `R` register: keys record, index; args record JSON, TTL seconds, session id.
+/// - `D` remove: key record; args node index prefix, session id.
+/// - `O` remove_if_owned: keys record, the node's index; args node, incarnation, session id.
+/// - `F` refresh: key record; args TTL seconds, node index prefix, session id.
+static BATCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local ttl = tonumber(ARGV[2])
-local stored = register(KEYS[1], ARGV[1], ttl)
-if stored == 1 then index_add(KEYS[2], ARGV[3], ttl) end
-return stored
-",
-    )
-});
-
-/// `remove`: `KEYS[1]` record; `ARGV[1]` node index prefix, `ARGV[2]` session id.
-static REMOVE_BATCHED: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local value = redis.call('GET', KEYS[1])
-if not value then return 0 end
-redis.call('DEL', KEYS[1])
-local record = record_of(value)
-if record then redis.call('ZREM', ARGV[1] .. record['n'] .. '}', ARGV[2]) end
-return 1
-",
-    )
-});
-
-/// `remove_if_owned`: `KEYS[1]` record, `KEYS[2]` the node's index; `ARGV[1]` node, `ARGV[2]`
-/// incarnation, `ARGV[3]` session id. The id leaves the index when its record is gone.
-static REMOVE_IF_OWNED_BATCHED: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local removed, existed = remove_if_owned(KEYS[1], ARGV[1], ARGV[2])
-if removed == 1 or not existed then redis.call('ZREM', KEYS[2], ARGV[3]) end
-return removed
-",
-    )
-});
-
-/// `refresh`: `KEYS[1]` record; `ARGV[1]` TTL seconds, `ARGV[2]` node index prefix, `ARGV[3]`
-/// session id.
-static REFRESH_BATCHED: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local ttl = tonumber(ARGV[1])
-if redis.call('EXPIRE', KEYS[1], ttl) ~= 1 then return 0 end
-local record = record_of(redis.call('GET', KEYS[1]))
-if record then index_add(ARGV[2] .. record['n'] .. '}', ARGV[3], ttl) end
-return 1
+local now = now_seconds()
+local out, touched = {}, {}
+local function put(index, id, ttl)
+  index_put(index, id, ttl, now)
+  if (touched[index] or 0) < ttl then touched[index] = ttl end
+end
+local k, a = 1, 1
+while a <= #ARGV do
+  local op, done = ARGV[a], 0
+  if op == 'R' then
+    local ttl = tonumber(ARGV[a + 2])
+    done = register(KEYS[k], ARGV[a + 1], ttl)
+    if done == 1 then put(KEYS[k + 1], ARGV[a + 3], ttl) end
+    k, a = k + 2, a + 4
+  elseif op == 'D' then
+    local value = redis.call('GET', KEYS[k])
+    if value then
+      redis.call('DEL', KEYS[k])
+      done = 1
+      local record = record_of(value)
+      if record then redis.call('ZREM', ARGV[a + 1] .. record['n'] .. '}', ARGV[a + 2]) end
+    end
+    k, a = k + 1, a + 3
+  elseif op == 'O' then
+    local existed
+    done, existed = remove_if_owned(KEYS[k], ARGV[a + 1], ARGV[a + 2])
+    if done == 1 or not existed then redis.call('ZREM', KEYS[k + 1], ARGV[a + 3]) end
+    k, a = k + 2, a + 4
+  elseif op == 'F' then
+    local ttl = tonumber(ARGV[a + 1])
+    if redis.call('EXPIRE', KEYS[k], ttl) == 1 then
+      done = 1
+      local record = record_of(redis.call('GET', KEYS[k]))
+      if record then put(ARGV[a + 2] .. record['n'] .. '}', ARGV[a + 3], ttl) end
+    end
+    k, a = k + 1, a + 4
+  else
+    return redis.error_reply('unknown batch op')
+  end
+  out[#out + 1] = done
+end
+for index, ttl in pairs(touched) do index_tidy(index, ttl, now) end
+return out
 ",
     )
 });
@@ -189,8 +199,8 @@ return 1
 /// Commands: `register`, `remove_if_owned` and `refresh` run small Lua scripts (`EVALSHA`, one
 /// key each) followed by the index update; `lookup` is `GET`, `remove` is `GETDEL`, `ping` is
 /// `PING`. [`write_batch`](RegistryStore::write_batch), which the registry's write queues use,
-/// sends a single server one pipeline with one `EVALSHA` per write that updates the record and
-/// its node's index together (on a cluster it falls back to the single-write methods). This
+/// sends a single server one `EVALSHA` for the whole batch, which updates the records and their
+/// nodes' indexes together (on a cluster it falls back to the single-write methods). This
 /// needs Redis 6.2 or later (or Valkey).
 ///
 /// TTLs are whole seconds (see [`RegistryStore`]) and capped at ten years.
@@ -948,10 +958,10 @@ impl RegistryStore for RedisStore {
         self.query::<()>(::redis::cmd("PING")).await
     }
 
-    /// On a single server: one pipeline of `EVALSHA` calls, each writing a record and its
-    /// node's index (one round trip for the batch; the scripts are loaded again if the server
-    /// lost them). On a cluster, where a record and its index live in different slots: the
-    /// single-write methods, different sessions concurrently.
+    /// On a single server: one `EVALSHA` of the batch script, which writes every record and its
+    /// node's index (one round trip and one script call for the batch; the script is loaded
+    /// again if the server lost it). On a cluster, where a record and its index live in
+    /// different slots: the single-write methods, different sessions concurrently.
     async fn write_batch(&self, writes: &[StoreWrite<'_>]) -> Result<Vec<bool>, StoreError> {
         let conn = match &self.inner.conn {
             Conn::Single(conn) => conn,
@@ -961,87 +971,80 @@ impl RegistryStore for RedisStore {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = ::redis::pipe();
-        for write in writes {
-            pipe.add_command(self.batched(write));
-        }
+        let cmd = self.batch_command(writes);
         let run = || async {
             let mut conn = conn.clone();
-            pipe.query_async::<Vec<i64>>(&mut conn).await
+            cmd.query_async::<Vec<i64>>(&mut conn).await
         };
         let limit = self.inner.command_timeout;
         let outcome = match tokio::time::timeout(limit, run()).await {
             Err(_elapsed) => return Err(StoreError::timeout()),
             Ok(Err(err)) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                // A restarted or flushed server: load the scripts, then run the batch again.
-                bounded(limit, self.load_batch_scripts()).await?;
+                // A restarted or flushed server: load the script, then run the batch again.
+                let load = async {
+                    BATCH
+                        .prepare_invoke()
+                        .load_async(&mut conn.clone())
+                        .await
+                        .map(drop)
+                };
+                bounded(limit, load).await?;
                 bounded(limit, run()).await?
             }
             Ok(other) => other.map_err(classify)?,
         };
+        if outcome.len() != writes.len() {
+            return Err(StoreError::backend(format!(
+                "the batch script answered {} of {} writes",
+                outcome.len(),
+                writes.len()
+            )));
+        }
         Ok(outcome.into_iter().map(|r| r == 1).collect())
     }
 }
 
 impl RedisStore {
-    /// The `EVALSHA` of a batched write.
-    fn batched(&self, write: &StoreWrite<'_>) -> Cmd {
-        let keys = &self.inner.keys;
-        let evalsha = |script: &Script, keys: &[&str], args: &[&str]| {
-            let mut cmd = ::redis::cmd("EVALSHA");
-            cmd.arg(script.get_hash())
-                .arg(keys.len())
-                .arg(keys)
-                .arg(args);
-            cmd
-        };
-        match *write {
-            StoreWrite::Register { id, record, ttl } => evalsha(
-                &REGISTER_BATCHED,
-                &[&keys.session(id), &keys.node_index(&record.node)],
-                &[&record.to_json(), &ttl_arg(ttl), id],
-            ),
-            StoreWrite::Remove { id } => evalsha(
-                &REMOVE_BATCHED,
-                &[&keys.session(id)],
-                &[&keys.node_index_prefix(), id],
-            ),
-            StoreWrite::RemoveIfOwned {
-                id,
-                node,
-                incarnation,
-            } => evalsha(
-                &REMOVE_IF_OWNED_BATCHED,
-                &[&keys.session(id), &keys.node_index(node)],
-                &[node, incarnation, id],
-            ),
-            StoreWrite::Refresh { id, ttl } => evalsha(
-                &REFRESH_BATCHED,
-                &[&keys.session(id)],
-                &[&ttl_arg(ttl), &keys.node_index_prefix(), id],
-            ),
+    /// The `EVALSHA` of the batch script for `writes`.
+    fn batch_command(&self, writes: &[StoreWrite<'_>]) -> Cmd {
+        let names = &self.inner.keys;
+        let mut keys: Vec<String> = Vec::with_capacity(writes.len() * 2);
+        let mut args: Vec<String> = Vec::with_capacity(writes.len() * 4);
+        for write in writes {
+            match *write {
+                StoreWrite::Register { id, record, ttl } => {
+                    keys.extend([names.session(id), names.node_index(&record.node)]);
+                    args.extend(["R".into(), record.to_json(), ttl_arg(ttl), id.into()]);
+                }
+                StoreWrite::Remove { id } => {
+                    keys.push(names.session(id));
+                    args.extend(["D".into(), names.node_index_prefix(), id.into()]);
+                }
+                StoreWrite::RemoveIfOwned {
+                    id,
+                    node,
+                    incarnation,
+                } => {
+                    keys.extend([names.session(id), names.node_index(node)]);
+                    args.extend(["O".into(), node.into(), incarnation.into(), id.into()]);
+                }
+                StoreWrite::Refresh { id, ttl } => {
+                    keys.push(names.session(id));
+                    args.extend([
+                        "F".into(),
+                        ttl_arg(ttl),
+                        names.node_index_prefix(),
+                        id.into(),
+                    ]);
+                }
+            }
         }
-    }
-
-    /// Loads the batch scripts into the server's script cache.
-    async fn load_batch_scripts(&self) -> RedisResult<()> {
-        let conn = match &self.inner.conn {
-            Conn::Single(conn) => conn,
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(_) => return Ok(()),
-        };
-        for script in [
-            &*REGISTER_BATCHED,
-            &*REMOVE_BATCHED,
-            &*REMOVE_IF_OWNED_BATCHED,
-            &*REFRESH_BATCHED,
-        ] {
-            script
-                .prepare_invoke()
-                .load_async(&mut conn.clone())
-                .await?;
-        }
-        Ok(())
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(BATCH.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
+        cmd
     }
 }
 
