@@ -170,6 +170,9 @@ pin_project! {
         prelude: Option<Bytes>,
         with_ids: bool,
         interval: Option<Duration>,
+        // When the last frame went out: the keep-alive timer is moved only when it fires (a
+        // timer reset per event costs a timer-wheel update per delivery, per stream).
+        last_frame: tokio::time::Instant,
         // Boxed so the body is `Unpin` (easy to poll by hand); one allocation per stream.
         keep_alive: Option<Pin<Box<Sleep>>>,
         done: bool,
@@ -209,6 +212,7 @@ impl SseBody {
             prelude,
             with_ids,
             interval: keep_alive,
+            last_frame: tokio::time::Instant::now(),
             keep_alive: keep_alive.map(|d| Box::pin(tokio::time::sleep(d))),
             done: false,
             guard,
@@ -221,9 +225,24 @@ fn cursor_last_seq(c: &Cursor) -> u32 {
 }
 
 fn put_event_id(b: &mut BytesMut, stream: u32, seq: u32) {
-    b.put_slice(stream.to_string().as_bytes());
+    put_u32(b, stream);
     b.put_u8(b'-');
-    b.put_slice(seq.to_string().as_bytes());
+    put_u32(b, seq);
+}
+
+/// Decimal digits of `n`, without an allocation.
+fn put_u32(b: &mut BytesMut, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    b.put_slice(&digits[at..]);
 }
 
 /// Parses an event id `<stream>-<seq>`.
@@ -278,15 +297,27 @@ impl SseBody {
                 }));
             }
             Poll::Pending => {
-                let Some(sleep) = this.keep_alive.as_mut() else {
+                let (Some(sleep), Some(interval)) = (this.keep_alive.as_mut(), *this.interval)
+                else {
                     return Poll::Pending;
                 };
-                ready!(sleep.as_mut().poll(cx));
-                Bytes::from_static(b":\n\n")
+                loop {
+                    ready!(sleep.as_mut().poll(cx));
+                    // Fired: a keep-alive is due only `interval` after the last frame.
+                    let due = *this.last_frame + interval;
+                    if due <= sleep.deadline() {
+                        break;
+                    }
+                    sleep.as_mut().reset(due);
+                }
+                let now = tokio::time::Instant::now();
+                sleep.as_mut().reset(now + interval);
+                *this.last_frame = now;
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b":\n\n")))));
             }
         };
-        if let (Some(sleep), Some(interval)) = (this.keep_alive.as_mut(), *this.interval) {
-            sleep.as_mut().reset(tokio::time::Instant::now() + interval);
+        if this.keep_alive.is_some() {
+            *this.last_frame = tokio::time::Instant::now();
         }
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }
@@ -306,6 +337,11 @@ mod tests {
             &encode_event(None, b"a\r\nb")[..],
             b"event: message\ndata: a\ndata: b\n\n"
         );
+        assert_eq!(
+            &encode_event(Some((0, u32::MAX)), b"{}")[..4 + 12],
+            b"id: 0-4294967295"
+        );
+        assert_eq!(&encode_event(Some((10, 109)), b"")[..12], b"id: 10-109\ne");
         assert_eq!(parse_event_id("3-7"), Some((3, 7)));
         assert_eq!(parse_event_id("x-7"), None);
         assert_eq!(parse_event_id("37"), None);
