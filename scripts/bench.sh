@@ -89,7 +89,11 @@ start_server() { # target -> sets SERVER_PID, URL
     port=$(free_port)
     URL=http://127.0.0.1:$port/mcp
     case $1 in
-        bare) taskset -c "$SERVER_CORE" "$BIN/peer-hyper" --listen "127.0.0.1:$port" >/dev/null & ;;
+        bare)
+            # For the fan-out, the bare server also holds streams and broadcasts (--fanout).
+            local mode=()
+            [ "$WORKLOAD" = fanout ] && mode=(--fanout)
+            taskset -c "$SERVER_CORE" "$BIN/peer-hyper" --listen "127.0.0.1:$port" "${mode[@]}" >/dev/null & ;;
         rmcp) taskset -c "$SERVER_CORE" "$BIN/peer-rmcp" --listen "127.0.0.1:$port" >/dev/null & ;;
         ours-transport)
             RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" \
@@ -178,7 +182,7 @@ EOF
 # tools); rmcp has no broadcast trigger for the fan-out.
 applies() { # TARGET WORKLOAD
     case "$1:$2" in
-        bare:ping) return 0 ;;
+        bare:ping | bare:fanout) return 0 ;;
         bare:*) return 1 ;;
         rmcp:fanout) return 1 ;;
         *) return 0 ;;
@@ -190,6 +194,7 @@ applies() { # TARGET WORKLOAD
 each() {
     local i=$1 workload=$2 target
     shift 2
+    WORKLOAD=$workload
     for target in $TARGETS; do
         applies "$target" "$workload" && run "$i" "$target" --workload "$workload" "$@"
     done

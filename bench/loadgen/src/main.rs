@@ -900,6 +900,29 @@ async fn open_streams(
     }
 }
 
+/// The server's RSS once it has stopped falling after a close: an allocator may hand freed
+/// pages back to the system some time after they were freed (jemalloc's decay, ~1 s in the node
+/// example). Waits at least `settle`, then until RSS has not fallen by more than 1% for 1.5 s
+/// (at most 15 s).
+async fn settled_rss(pid: u32, settle: Duration) -> Result<u64, Error> {
+    let read =
+        || procfs::rss_bytes(pid).ok_or_else(|| Error::from("cannot read the server's VmRSS"));
+    tokio::time::sleep(settle).await;
+    let start = Instant::now();
+    let mut low = read()?;
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(1500) && start.elapsed() < Duration::from_secs(15)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = read()?;
+        if (now as f64) < low as f64 * 0.99 {
+            since = Instant::now();
+        }
+        low = low.min(now);
+    }
+    read()
+}
+
 async fn idle(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
     let pid = args.server_pid.ok_or("idle needs --server-pid")?;
     let settle = Duration::from_secs_f64(args.settle);
@@ -930,8 +953,7 @@ async fn idle(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
     for s in &streams {
         s.abort();
     }
-    tokio::time::sleep(settle).await;
-    let rss2 = procfs::rss_bytes(pid).ok_or("cannot read the server's VmRSS")?;
+    let rss2 = settled_rss(pid, settle).await?;
     // A second round on the same process: if RSS does not grow again, the memory left after
     // the first close is held by the allocator for reuse, not leaked.
     let sessions = open_sessions(&target, args.sessions, args.connections).await?;
@@ -946,8 +968,7 @@ async fn idle(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
     for s in &streams {
         s.abort();
     }
-    tokio::time::sleep(settle).await;
-    let rss4 = procfs::rss_bytes(pid).ok_or("cannot read the server's VmRSS")?;
+    let rss4 = settled_rss(pid, settle).await?;
     // Every command the registry sent for the 2 × n session lifecycles, once it is done.
     let redis_per_session = match args.redis.clone() {
         Some(addr) => {
