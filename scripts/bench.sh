@@ -231,7 +231,7 @@ fi
 
 COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 DIRTY=
-if [ -n "$(git status --porcelain --untracked-files=no -- src examples Cargo.toml Cargo.lock bench 2>/dev/null)" ]; then
+if [ -n "$(git status --porcelain --untracked-files=no -- src examples Cargo.toml Cargo.lock bench ':!bench/results' 2>/dev/null)" ]; then
     DIRTY=" (plus uncommitted changes)"
 fi
 python3 "$ROOT/bench/report.py" "$RAW" "$OUT" \
