@@ -188,11 +188,13 @@ impl<R: RegistryStore> Core<R> {
     }
 
     pub(crate) fn forget(&self, id: &str) -> bool {
-        self.live
+        let mut live = self
+            .live
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id)
-            .is_some()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = live.remove(id).is_some();
+        crate::session::shrink_when_sparse(&mut live);
+        known
     }
 
     pub(crate) fn mark_live(&self, id: &str) {

@@ -9,6 +9,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     sync::{Mutex, MutexGuard},
     task::{Context, Poll, Waker},
     time::Duration,
@@ -19,6 +20,30 @@ use tokio::time::Instant;
 
 /// The standalone (GET) stream of a session.
 pub(crate) const STANDALONE: u32 = 0;
+
+/// Hashes the stream ids of one log. They are small sequential numbers this log assigns (never
+/// chosen by a client), so a multiplicative hash spreads them well and needs none of SipHash's
+/// flooding resistance; several lookups happen per request and per delivered event.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct StreamIdHasher(u64);
+
+impl Hasher for StreamIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        // Multiplying by an odd constant permutes the low bits (the bucket index) of
+        // sequential ids, and mixes every bit of `n` into the high bits (the control tag).
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// Bounds of one log.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +117,7 @@ struct State {
     events: VecDeque<Event>,
     first: u64,
     bytes: usize,
-    streams: HashMap<u32, Stream>,
+    streams: HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>,
     next_stream: u32,
     next_reader: u64,
     readers: usize,
@@ -162,7 +187,7 @@ pub(crate) struct EventLog {
 
 impl EventLog {
     pub(crate) fn new(limits: LogLimits, with_standalone: bool) -> Self {
-        let mut streams = HashMap::new();
+        let mut streams = HashMap::default();
         if with_standalone {
             streams.insert(STANDALONE, Stream::new(Phase::Sse));
         }
@@ -512,6 +537,19 @@ impl EventLog {
 
 #[cfg(test)]
 mod tests {
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn stream_id_hashes_spread_sequential_ids() {
+        let build = BuildHasherDefault::<StreamIdHasher>::default();
+        let low: std::collections::HashSet<u64> =
+            (0..1024u32).map(|n| build.hash_one(n) & 1023).collect();
+        assert_eq!(low.len(), 1024, "the low bits are a permutation");
+        let tags: std::collections::HashSet<u64> =
+            (0..1024u32).map(|n| build.hash_one(n) >> 57).collect();
+        assert!(tags.len() > 100, "{} distinct tags", tags.len());
+    }
+
     use super::*;
     use std::task::Waker;
 

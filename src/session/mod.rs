@@ -29,4 +29,4 @@ pub use id::{
     Fingerprint, InvalidSessionId, MAX_SESSION_ID_LEN, NodeTag, RandomIdGenerator, SessionId,
     SessionIdGenerator, TaggedIdGenerator,
 };
-pub(crate) use table::SessionTable;
+pub(crate) use table::{SessionTable, shrink_when_sparse};

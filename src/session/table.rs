@@ -68,6 +68,7 @@ impl SessionTable {
         let s = shard.remove(id);
         if s.is_some() {
             self.len.fetch_sub(1, Ordering::AcqRel);
+            shrink_when_sparse(&mut shard);
         }
         s
     }
@@ -86,5 +87,44 @@ impl SessionTable {
             out.extend(shard.values().cloned());
         }
         out
+    }
+}
+
+/// Halves a map's table once it is three-quarters empty, so the memory of a burst of sessions
+/// goes back to the allocator when they close (a table never shrinks on its own; a large one
+/// left behind also pins the heap above it, which keeps the allocator from returning that to
+/// the system). Amortised O(1) per removal.
+pub(crate) fn shrink_when_sparse<K, V, S>(map: &mut HashMap<K, V, S>)
+where
+    K: Eq + std::hash::Hash,
+    S: BuildHasher,
+{
+    const MIN_CAPACITY: usize = 64;
+    if map.capacity() > MIN_CAPACITY && map.len() * 4 < map.capacity() {
+        map.shrink_to((map.len() * 2).max(MIN_CAPACITY / 2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sparse_table_shrinks() {
+        let mut map: HashMap<u32, u32> = (0..10_000).map(|n| (n, n)).collect();
+        let full = map.capacity();
+        for n in 0..9_990 {
+            map.remove(&n);
+            shrink_when_sparse(&mut map);
+        }
+        assert_eq!(map.len(), 10);
+        assert!(map.capacity() <= 64, "{} of {full}", map.capacity());
+        // A table of at most 64 slots is left alone, however empty.
+        let mut small: HashMap<u32, u32> = (0..40).map(|n| (n, n)).collect();
+        for n in 0..38 {
+            small.remove(&n);
+            shrink_when_sparse(&mut small);
+        }
+        assert!(small.capacity() > 32, "{}", small.capacity());
     }
 }

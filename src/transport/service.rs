@@ -432,14 +432,20 @@ fn answer_event(a: &Answer, id: &RequestId) -> Bytes {
     }
 }
 
-/// Catches a panicking handler so it becomes an internal error, not a lost stream.
-struct CatchUnwind<F>(Pin<Box<F>>);
+pin_project_lite::pin_project! {
+    /// Catches a panicking handler so it becomes an internal error, not a lost stream. The
+    /// handler's future is held inline: no allocation, no move after construction.
+    struct CatchUnwind<F> {
+        #[pin]
+        fut: F,
+    }
+}
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Option<F::Output>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = self.0.as_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.project().fut;
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
             Ok(Poll::Pending) => Poll::Pending,
@@ -954,7 +960,7 @@ where
                 let handle = tokio::spawn(
                     async move {
                         let mut slot = slot;
-                        let event = match CatchUnwind(Box::pin(fut)).await {
+                        let event = match (CatchUnwind { fut }).await {
                             Some(Ok(res)) => answer_event(&collect(res).await, &task_id),
                             _ => error_body(
                                 Some(&task_id),
@@ -1096,12 +1102,14 @@ where
     let task_session = session.clone();
     let task_id = id.clone();
     let task = async move {
-        let out = match CatchUnwind(Box::pin(async move {
-            match fut.await {
-                Ok(res) => Ok(collect(res).await),
-                Err(e) => Err(e),
-            }
-        }))
+        let out = match (CatchUnwind {
+            fut: async move {
+                match fut.await {
+                    Ok(res) => Ok(collect(res).await),
+                    Err(e) => Err(e),
+                }
+            },
+        })
         .await
         {
             Some(out) => out,
