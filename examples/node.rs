@@ -1,4 +1,5 @@
-//! One MCP node: an axum server with the MCP endpoint at `/mcp` built from this crate's layers.
+//! One MCP node: an axum router served by hyper (HTTP/1.1), with the MCP endpoint at `/mcp`
+//! built from this crate's layers.
 //!
 //! ```text
 //! cargo run --example node -- --listen 127.0.0.1:8080 --node n1
@@ -332,23 +333,46 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         affinity.tag()
     );
     tracing::info!(node = %args.node, tag = %affinity.tag(), %local, "listening");
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    // One HTTP/1.1 connection per accepted socket (hyper's `http1`, no protocol sniffing), the
+    // axum router as its service, and a graceful-shutdown watcher on each connection.
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut signal = std::pin::pin!(shutdown_signal());
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut signal => break,
+        };
         // Small JSON-RPC answers would otherwise wait on Nagle + delayed ACK.
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let closed = handle.shutdown().await;
-            let flushed = registry_handle.flush(Duration::from_secs(10)).await;
-            tracing::info!(
-                closed,
-                flushed,
-                "sessions closed, registry flushed; draining connections"
-            );
-        })
-        .await?;
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+        let conn = connections.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    let closed = handle.shutdown().await;
+    let flushed = registry_handle.flush(Duration::from_secs(10)).await;
+    tracing::info!(
+        closed,
+        flushed,
+        "sessions closed, registry flushed; draining connections"
+    );
+    if tokio::time::timeout(Duration::from_secs(10), connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; exiting");
+    }
     Ok(())
 }
 
