@@ -170,6 +170,45 @@ async fn keep_alive_every_15_seconds_by_default() {
     assert_eq!(start.elapsed(), Duration::from_secs(30));
 }
 
+/// Events postpone the keep-alive: the comment goes out one interval after the last frame,
+/// never while events come more often than that.
+#[tokio::test(start_paused = true)]
+async fn events_postpone_the_keep_alive() {
+    let (mut svc, handle) = stack(SseTransportLayer::new());
+    let id = initialize(&mut svc, true).await;
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(http::Method::GET, Some(&id), None))
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    let priming = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(priming.starts_with(b"id: 0-0\nretry: 3000"));
+    let start = tokio::time::Instant::now();
+    for at in [10, 20] {
+        tokio::time::sleep_until(start + Duration::from_secs(at)).await;
+        assert_eq!(
+            handle.notify_all("notifications/tools/list_changed", None),
+            1
+        );
+        let event = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(
+            event.starts_with(b"id: 0-"),
+            "{}",
+            String::from_utf8_lossy(&event)
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(at));
+    }
+    let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&ka[..], b":\n\n");
+    assert_eq!(start.elapsed(), Duration::from_secs(35));
+    let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&ka[..], b":\n\n");
+    assert_eq!(start.elapsed(), Duration::from_secs(50));
+}
+
 #[tokio::test(start_paused = true)]
 async fn unanswered_server_requests_time_out() {
     let (mut svc, _handle) =
