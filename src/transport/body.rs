@@ -169,12 +169,7 @@ pin_project! {
         cursor: Cursor,
         prelude: Option<Bytes>,
         with_ids: bool,
-        interval: Option<Duration>,
-        // When the last frame went out: the keep-alive timer is moved only when it fires (a
-        // timer reset per event costs a timer-wheel update per delivery, per stream).
-        last_frame: tokio::time::Instant,
-        // Boxed so the body is `Unpin` (easy to poll by hand); one allocation per stream.
-        keep_alive: Option<Pin<Box<Sleep>>>,
+        keep_alive: Option<KeepAlive>,
         done: bool,
         guard: Option<AbortOnDrop>,
     }
@@ -184,6 +179,45 @@ pin_project! {
             let this = this.project();
             this.log.log().release(this.cursor);
         }
+    }
+}
+
+/// The keep-alive of one stream: a comment goes out `interval` after the last frame. The timer
+/// is moved only when it fires (resetting it on every event would cost a timer-wheel update
+/// per delivery, per stream).
+struct KeepAlive {
+    interval: Duration,
+    last_frame: tokio::time::Instant,
+    // Boxed so the body is `Unpin` (easy to poll by hand); one allocation per stream.
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl KeepAlive {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last_frame: tokio::time::Instant::now(),
+            sleep: Box::pin(tokio::time::sleep(interval)),
+        }
+    }
+
+    /// Ready when a keep-alive is due (`interval` without a frame); the caller sends it. A timer
+    /// that fired early (frames went out meanwhile) is moved to `interval` after the last one.
+    fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            let due = self.last_frame + self.interval;
+            if due <= self.sleep.deadline() {
+                self.sent();
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(due);
+        }
+    }
+
+    /// A frame went out now.
+    fn sent(&mut self) {
+        self.last_frame = tokio::time::Instant::now();
     }
 }
 
@@ -211,9 +245,7 @@ impl SseBody {
             cursor,
             prelude,
             with_ids,
-            interval: keep_alive,
-            last_frame: tokio::time::Instant::now(),
-            keep_alive: keep_alive.map(|d| Box::pin(tokio::time::sleep(d))),
+            keep_alive: keep_alive.map(KeepAlive::new),
             done: false,
             guard,
         }
@@ -297,27 +329,15 @@ impl SseBody {
                 }));
             }
             Poll::Pending => {
-                let (Some(sleep), Some(interval)) = (this.keep_alive.as_mut(), *this.interval)
-                else {
+                let Some(keep_alive) = this.keep_alive.as_mut() else {
                     return Poll::Pending;
                 };
-                loop {
-                    ready!(sleep.as_mut().poll(cx));
-                    // Fired: a keep-alive is due only `interval` after the last frame.
-                    let due = *this.last_frame + interval;
-                    if due <= sleep.deadline() {
-                        break;
-                    }
-                    sleep.as_mut().reset(due);
-                }
-                let now = tokio::time::Instant::now();
-                sleep.as_mut().reset(now + interval);
-                *this.last_frame = now;
+                ready!(keep_alive.poll_due(cx));
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b":\n\n")))));
             }
         };
-        if this.keep_alive.is_some() {
-            *this.last_frame = tokio::time::Instant::now();
+        if let Some(keep_alive) = this.keep_alive.as_mut() {
+            keep_alive.sent();
         }
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }
