@@ -1007,18 +1007,25 @@ impl RegistryStore for RedisStore {
 impl RedisStore {
     /// The `EVALSHA` of the batch script for `writes`.
     fn batch_command(&self, writes: &[StoreWrite<'_>]) -> Cmd {
+        use std::borrow::Cow::{Borrowed, Owned};
         let names = &self.inner.keys;
+        let prefix = names.node_index_prefix();
         let mut keys: Vec<String> = Vec::with_capacity(writes.len() * 2);
-        let mut args: Vec<String> = Vec::with_capacity(writes.len() * 4);
+        let mut args = Vec::with_capacity(writes.len() * 4);
         for write in writes {
             match *write {
                 StoreWrite::Register { id, record, ttl } => {
                     keys.extend([names.session(id), names.node_index(&record.node)]);
-                    args.extend(["R".into(), record.to_json(), ttl_arg(ttl), id.into()]);
+                    args.extend([
+                        Borrowed("R"),
+                        Owned(record.to_json()),
+                        Owned(ttl_arg(ttl)),
+                        Borrowed(id),
+                    ]);
                 }
                 StoreWrite::Remove { id } => {
                     keys.push(names.session(id));
-                    args.extend(["D".into(), names.node_index_prefix(), id.into()]);
+                    args.extend([Borrowed("D"), Borrowed(prefix.as_str()), Borrowed(id)]);
                 }
                 StoreWrite::RemoveIfOwned {
                     id,
@@ -1026,15 +1033,20 @@ impl RedisStore {
                     incarnation,
                 } => {
                     keys.extend([names.session(id), names.node_index(node)]);
-                    args.extend(["O".into(), node.into(), incarnation.into(), id.into()]);
+                    args.extend([
+                        Borrowed("O"),
+                        Borrowed(node),
+                        Borrowed(incarnation),
+                        Borrowed(id),
+                    ]);
                 }
                 StoreWrite::Refresh { id, ttl } => {
                     keys.push(names.session(id));
                     args.extend([
-                        "F".into(),
-                        ttl_arg(ttl),
-                        names.node_index_prefix(),
-                        id.into(),
+                        Borrowed("F"),
+                        Owned(ttl_arg(ttl)),
+                        Borrowed(prefix.as_str()),
+                        Borrowed(id),
                     ]);
                 }
             }
