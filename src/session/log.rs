@@ -537,7 +537,9 @@ impl EventLog {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use std::hash::BuildHasher;
+    use std::task::Waker;
 
     #[test]
     fn stream_id_hashes_spread_sequential_ids() {
@@ -549,9 +551,6 @@ mod tests {
             (0..1024u32).map(|n| build.hash_one(n) >> 57).collect();
         assert!(tags.len() > 100, "{} distinct tags", tags.len());
     }
-
-    use super::*;
-    use std::task::Waker;
 
     fn cx() -> Context<'static> {
         Context::from_waker(Waker::noop())

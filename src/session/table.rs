@@ -90,10 +90,11 @@ impl SessionTable {
     }
 }
 
-/// Halves a map's table once it is three-quarters empty, so the memory of a burst of sessions
-/// goes back to the allocator when they close (a table never shrinks on its own; a large one
-/// left behind also pins the heap above it, which keeps the allocator from returning that to
-/// the system). Amortised O(1) per removal.
+/// Halves a map's table once it is three-quarters empty, so the table of a burst of sessions
+/// goes back to the allocator when they close (a `HashMap` never shrinks on its own). Whether
+/// the allocator then returns it to the system is its own affair (glibc mostly keeps it for
+/// reuse). Shrinking to twice the length leaves room to grow again before the next resize, so
+/// the cost stays amortised O(1) per removal.
 pub(crate) fn shrink_when_sparse<K, V, S>(map: &mut HashMap<K, V, S>)
 where
     K: Eq + std::hash::Hash,
