@@ -147,20 +147,26 @@ async fn uninitialized_sessions_time_out() {
     assert_eq!(ping(&mut svc, &good).await, 200);
 }
 
-#[tokio::test(start_paused = true)]
-async fn keep_alive_every_15_seconds_by_default() {
-    let (mut svc, _handle) = stack(SseTransportLayer::new());
-    let id = initialize(&mut svc, true).await;
+/// Opens the session's standalone (GET) stream and reads its priming event.
+async fn standalone_stream(svc: &mut Svc, id: &str) -> ResponseBody {
     let res = svc
         .ready()
         .await
         .unwrap()
-        .call(req(http::Method::GET, Some(&id), None))
+        .call(req(http::Method::GET, Some(id), None))
         .await
         .unwrap();
     let mut body = res.into_body();
     let priming = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert!(priming.starts_with(b"id: 0-0\nretry: 3000"));
+    body
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_every_15_seconds_by_default() {
+    let (mut svc, _handle) = stack(SseTransportLayer::new());
+    let id = initialize(&mut svc, true).await;
+    let mut body = standalone_stream(&mut svc, &id).await;
     let start = tokio::time::Instant::now();
     let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(&ka[..], b":\n\n");
@@ -176,16 +182,7 @@ async fn keep_alive_every_15_seconds_by_default() {
 async fn events_postpone_the_keep_alive() {
     let (mut svc, handle) = stack(SseTransportLayer::new());
     let id = initialize(&mut svc, true).await;
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(req(http::Method::GET, Some(&id), None))
-        .await
-        .unwrap();
-    let mut body = res.into_body();
-    let priming = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert!(priming.starts_with(b"id: 0-0\nretry: 3000"));
+    let mut body = standalone_stream(&mut svc, &id).await;
     let start = tokio::time::Instant::now();
     for at in [10, 20] {
         tokio::time::sleep_until(start + Duration::from_secs(at)).await;
