@@ -84,7 +84,7 @@ else
 fi
 
 # --- one server per run -------------------------------------------------------------------------
-start_server() { # target -> sets SERVER_PID, URL
+start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL
     local port
     port=$(free_port)
     URL=http://127.0.0.1:$port/mcp
@@ -92,7 +92,7 @@ start_server() { # target -> sets SERVER_PID, URL
         bare)
             # For the fan-out, the bare server also holds streams and broadcasts (--fanout).
             local mode=()
-            [ "$WORKLOAD" = fanout ] && mode=(--fanout)
+            [ "$2" = fanout ] && mode=(--fanout)
             taskset -c "$SERVER_CORE" "$BIN/peer-hyper" --listen "127.0.0.1:$port" "${mode[@]}" >/dev/null & ;;
         rmcp) taskset -c "$SERVER_CORE" "$BIN/peer-rmcp" --listen "127.0.0.1:$port" >/dev/null & ;;
         ours-transport)
@@ -112,18 +112,18 @@ stop_server() {
     SERVER_PID=
 }
 
-# run ROUND TARGET ARGS... : one fresh-server run of one workload, its JSON line appended to
-# $RAW. A timed run during which other processes kept more than $MAX_OTHER of a core busy is
-# repeated (at most twice); the line records how busy they were either way.
+# run ROUND TARGET WORKLOAD ARGS... : one fresh-server run of one workload, its JSON line
+# appended to $RAW. A timed run during which other processes kept more than $MAX_OTHER of a
+# core busy is repeated (at most twice); the line records how busy they were either way.
 MAX_OTHER=${MAX_OTHER:-0.2}
 run() {
-    local i=$1 target=$2
-    shift 2
+    local i=$1 target=$2 workload=$3
+    shift 3
     local ping_full=
-    [ "$target" = ours-full ] && [[ " $* " == *" --workload ping "* ]] && ping_full=1
+    [ "$target" = ours-full ] && [ "$workload" = ping ] && ping_full=1
     local attempt line other
     for attempt in 1 2 3; do
-        start_server "$target"
+        start_server "$target" "$workload"
         local extra=()
         [ "$target" = ours-full ] && extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID")
         # Redis commands are counted twice for ping on the full stack: here around the whole
@@ -132,7 +132,7 @@ run() {
         # registry has written the new sessions).
         [ -n "$ping_full" ] && redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
         line=$(taskset -c "$CLIENT_CORE" "$LOADGEN" --url "$URL" --server-pid "$SERVER_PID" \
-            --label "$target" --run "$i" --duration "$SECS" --warmup "$WARMUP" "${extra[@]}" "$@" \
+            --label "$target" --run "$i" --duration "$SECS" --warmup "$WARMUP" "${extra[@]}" --workload "$workload" "$@" \
             2>>"$WORK/loadgen.log") || true
         if [ -n "$ping_full" ]; then
             {
@@ -194,9 +194,8 @@ applies() { # TARGET WORKLOAD
 each() {
     local i=$1 workload=$2 target
     shift 2
-    WORKLOAD=$workload
     for target in $TARGETS; do
-        applies "$target" "$workload" && run "$i" "$target" --workload "$workload" "$@"
+        applies "$target" "$workload" && run "$i" "$target" "$workload" "$@"
     done
     return 0
 }
