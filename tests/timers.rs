@@ -162,18 +162,21 @@ async fn standalone_stream(svc: &mut Svc, id: &str) -> ResponseBody {
     body
 }
 
+/// The stream's next frame is a keep-alive comment, `secs` after `start`.
+async fn expect_keep_alive(body: &mut ResponseBody, start: tokio::time::Instant, secs: u64) {
+    let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&ka[..], b":\n\n");
+    assert_eq!(start.elapsed(), Duration::from_secs(secs));
+}
+
 #[tokio::test(start_paused = true)]
 async fn keep_alive_every_15_seconds_by_default() {
     let (mut svc, _handle) = stack(SseTransportLayer::new());
     let id = initialize(&mut svc, true).await;
     let mut body = standalone_stream(&mut svc, &id).await;
     let start = tokio::time::Instant::now();
-    let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(&ka[..], b":\n\n");
-    assert_eq!(start.elapsed(), Duration::from_secs(15));
-    let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(&ka[..], b":\n\n");
-    assert_eq!(start.elapsed(), Duration::from_secs(30));
+    expect_keep_alive(&mut body, start, 15).await;
+    expect_keep_alive(&mut body, start, 30).await;
 }
 
 /// Events postpone the keep-alive: the comment goes out one interval after the last frame,
@@ -198,12 +201,8 @@ async fn events_postpone_the_keep_alive() {
         );
         assert_eq!(start.elapsed(), Duration::from_secs(at));
     }
-    let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(&ka[..], b":\n\n");
-    assert_eq!(start.elapsed(), Duration::from_secs(35));
-    let ka = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(&ka[..], b":\n\n");
-    assert_eq!(start.elapsed(), Duration::from_secs(50));
+    expect_keep_alive(&mut body, start, 35).await;
+    expect_keep_alive(&mut body, start, 50).await;
 }
 
 #[tokio::test(start_paused = true)]
