@@ -310,20 +310,26 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     let handler = handler_fn(move |req, cx| handle_request(app.clone(), req, cx));
     let router = if args.transport_only {
         tracing::info!("transport only: no registry");
-        routes(
-            &args,
-            ServiceBuilder::new().layer(transport).service(handler),
-        )?
+        routes(ServiceBuilder::new().layer(transport).service(handler))
     } else {
         routes(
-            &args,
             ServiceBuilder::new()
                 .layer(affinity.clone())
                 .layer(registry)
                 .layer(transport)
                 .service(handler),
-        )?
+        )
     };
+    // `x-mcp-node` on every response, by a plain `tower` map around the whole router:
+    // `Router::layer` would wrap each route once more (a second boxed route, cloned per
+    // request), and axum's middleware boxes a future per response.
+    let node_header = HeaderValue::from_str(&args.node)?;
+    let app = ServiceBuilder::new()
+        .map_response(move |mut res: axum::response::Response| {
+            res.headers_mut().insert("x-mcp-node", node_header.clone());
+            res
+        })
+        .service(router);
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
@@ -352,7 +358,7 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         };
         // Small JSON-RPC answers would otherwise wait on Nagle + delayed ACK.
         let _ = tcp.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
         let conn = connections.watch(conn);
@@ -376,28 +382,20 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     Ok(())
 }
 
-/// `/mcp` served by `mcp`, `/healthz`, a stand-in `/graphql`, and `x-mcp-node` on everything.
-fn routes<S>(args: &Args, mcp: S) -> Result<Router, Box<dyn std::error::Error>>
+/// `/mcp` served by `mcp`, `/healthz` and a stand-in `/graphql`.
+fn routes<S>(mcp: S) -> Router
 where
     S: tower::Service<axum::extract::Request, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Response: axum::response::IntoResponse,
     S::Future: Send + 'static,
 {
-    let node_header = HeaderValue::from_str(&args.node)?;
-    Ok(Router::new()
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/graphql",
             get(|| async { "graphql" }).post(|| async { "graphql" }),
         )
         .route_service("/mcp", mcp)
-        // A plain `tower` map (no boxed future per response, unlike axum's middleware).
-        .layer(tower::util::MapResponseLayer::new(
-            move |mut res: axum::response::Response| {
-                res.headers_mut().insert("x-mcp-node", node_header.clone());
-                res
-            },
-        )))
 }
 
 async fn shutdown_signal() {
