@@ -145,9 +145,8 @@ while a <= #ARGV do
     if done == 1 then put(KEYS[k + 1], ARGV[a + 3], ttl) end
     k, a = k + 2, a + 4
   elseif op == 'D' then
-    local value = redis.call('GET', KEYS[k])
+    local value = redis.call('GETDEL', KEYS[k])
     if value then
-      redis.call('DEL', KEYS[k])
       done = 1
       local record = record_of(value)
       if record then redis.call('ZREM', ARGV[a + 1] .. record['n'] .. '}', ARGV[a + 2]) end
