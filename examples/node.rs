@@ -324,7 +324,7 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     // `Router::layer` would wrap each route once more (a second boxed route, cloned per
     // request), and axum's middleware boxes a future per response.
     let node_header = HeaderValue::from_str(&args.node)?;
-    let app = ServiceBuilder::new()
+    let service = ServiceBuilder::new()
         .map_response(move |mut res: axum::response::Response| {
             res.headers_mut().insert("x-mcp-node", node_header.clone());
             res
@@ -358,9 +358,10 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         };
         // Small JSON-RPC answers would otherwise wait on Nagle + delayed ACK.
         let _ = tcp.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(
+            hyper_util::rt::TokioIo::new(tcp),
+            hyper_util::service::TowerToHyperService::new(service.clone()),
+        );
         let conn = connections.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
