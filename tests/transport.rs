@@ -665,6 +665,64 @@ async fn handler_panic_becomes_an_error_response() {
     );
 }
 
+// A `handler_fn` closure that panics before it returns its future (the transport catches
+// panics in futures; this one happens in `Service::call`) is answered the same way.
+#[tokio::test]
+async fn handler_closure_panic_before_its_future_becomes_an_error_response() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use mcp_affinity::handler::handler_fn;
+    use tower::{Service, ServiceExt};
+
+    let handler = handler_fn(|req, _cx| {
+        assert_ne!(
+            req.method, "tools/call",
+            "a synchronous panic in the handler"
+        );
+        async { Ok(json!({})) }
+    });
+    let mut svc = tower::Layer::layer(&SseTransportLayer::new(), handler);
+    let post = |body: Value, session: Option<&str>| {
+        let mut b = http::Request::post("http://localhost/mcp")
+            .header("host", "localhost")
+            .header("accept", ACCEPT_BOTH)
+            .header("content-type", "application/json");
+        if let Some(s) = session {
+            b = b
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    };
+    let res = ServiceExt::<http::Request<Full<Bytes>>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(post(initialize_body("2025-11-25"), None))
+        .await
+        .unwrap();
+    let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    for (id, method, code) in [(2, "tools/call", Some(-32603)), (3, "ping", None)] {
+        let res = ServiceExt::<http::Request<Full<Bytes>>>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(post(
+                json!({"jsonrpc":"2.0","id":id,"method":method,"params":{"name":"x"}}),
+                Some(&sid),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{method}");
+        let body: Value =
+            serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["id"], id, "{body}");
+        assert_eq!(
+            body.pointer("/error/code").and_then(Value::as_i64),
+            code,
+            "{method}: {body}"
+        );
+    }
+}
+
 // JSON-RPC batches: only on 2025-03-26 sessions.
 #[tokio::test]
 async fn batches_on_2025_03_26_and_refused_later() {

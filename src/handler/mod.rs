@@ -437,77 +437,134 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let f = self.f.clone();
-        HandlerFuture {
-            inner: Box::pin(async move {
-                let (mut parts, body) = req.into_parts();
-                let msg = match parts.extensions.remove::<Message>() {
-                    Some(m) => m,
-                    None => {
-                        let bytes = body
-                            .collect()
-                            .await
-                            .map(|c| c.to_bytes())
-                            .unwrap_or_default();
-                        match Message::parse(&bytes) {
-                            Ok(m) => m,
-                            Err(_) => {
-                                let e = crate::protocol::error_body(
-                                    None,
-                                    codes::PARSE_ERROR,
-                                    "parse error",
-                                    None,
-                                );
-                                return Ok(json(StatusCode::BAD_REQUEST, e.to_vec()));
-                            }
+        let (mut parts, body) = req.into_parts();
+        // Under this crate's transport the parsed message is in the extensions, and the
+        // request is prepared here, before the future exists: the boxed future then holds the
+        // handler's own future and the request id, not the request a second time.
+        let inner: Pin<Box<dyn Future<Output = _> + Send>> =
+            match parts.extensions.remove::<Message>() {
+                Some(msg) => Box::pin(respond(&f, msg, parts)),
+                None => Box::pin(async move {
+                    let bytes = body
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
+                    match Message::parse(&bytes) {
+                        Ok(msg) => respond(&f, msg, parts).await,
+                        Err(_) => {
+                            let e = crate::protocol::error_body(
+                                None,
+                                codes::PARSE_ERROR,
+                                "parse error",
+                                None,
+                            );
+                            Ok(json(StatusCode::BAD_REQUEST, e.to_vec()))
                         }
                     }
-                };
-                let cx = parts.extensions.get::<RequestContext>().cloned();
-                let Some(cx) = cx else {
-                    let e = crate::protocol::error_body(
-                        msg.id(),
-                        codes::INTERNAL_ERROR,
-                        "no transport context",
-                        None,
-                    );
-                    return Ok(json(StatusCode::INTERNAL_SERVER_ERROR, e.to_vec()));
-                };
-                let params = msg
-                    .params()
-                    .and_then(|p| serde_json::from_str(p.get()).ok())
-                    .unwrap_or(Value::Null);
-                let request = HandlerRequest {
-                    id: msg.id().cloned(),
-                    method: msg.method().unwrap_or_default().to_owned(),
-                    params,
-                    parts,
-                };
-                let id = request.id.clone();
-                let out = f(request, cx).await;
-                let Some(id) = id else {
-                    let mut res = Response::new(HandlerBody::default());
-                    *res.status_mut() = StatusCode::ACCEPTED;
-                    return Ok(res);
-                };
-                let env = match &out {
-                    Ok(v) => Envelope {
-                        jsonrpc: "2.0",
-                        id: &id,
-                        result: Some(v),
-                        error: None,
-                    },
-                    Err(e) => Envelope {
-                        jsonrpc: "2.0",
-                        id: &id,
-                        result: None,
-                        error: Some(e),
-                    },
-                };
-                Ok(json(
-                    StatusCode::OK,
-                    serde_json::to_vec(&env).unwrap_or_default(),
-                ))
-            }),
+                }),
+            };
+        HandlerFuture { inner }
+    }
+}
+
+/// Builds the [`HandlerRequest`] for `msg` and calls `f` with it; the future answers with
+/// the JSON-RPC response (or `202` for a notification).
+fn respond<F, Fut>(f: &F, msg: Message, parts: Parts) -> Respond<Fut>
+where
+    F: Fn(HandlerRequest, RequestContext) -> Fut,
+    Fut: Future<Output = Result<Value, ErrorObject>>,
+{
+    let Some(cx) = parts.extensions.get::<RequestContext>().cloned() else {
+        let e = crate::protocol::error_body(
+            msg.id(),
+            codes::INTERNAL_ERROR,
+            "no transport context",
+            None,
+        );
+        return Respond::Done {
+            res: Some(json(StatusCode::INTERNAL_SERVER_ERROR, e.to_vec())),
+        };
+    };
+    let params = msg
+        .params()
+        .and_then(|p| serde_json::from_str(p.get()).ok())
+        .unwrap_or(Value::Null);
+    let request = HandlerRequest {
+        id: msg.id().cloned(),
+        method: msg.method().unwrap_or_default().to_owned(),
+        params,
+        parts,
+    };
+    let id = request.id.clone();
+    // A closure that panics before it returns its future is answered like a future that
+    // panics (the transport catches those): an internal error.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(request, cx))) {
+        Ok(fut) => Respond::Call { fut, id },
+        Err(_) => {
+            let e = crate::protocol::error_body(
+                id.as_ref(),
+                codes::INTERNAL_ERROR,
+                "internal error",
+                None,
+            );
+            Respond::Done {
+                res: Some(json(StatusCode::OK, e.to_vec())),
+            }
         }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's future, then its result as a JSON-RPC response. Hand-written: an
+    /// `async` block would hold the handler's future twice (captured, and awaited).
+    #[project = RespondProj]
+    enum Respond<Fut> {
+        Call { #[pin] fut: Fut, id: Option<RequestId> },
+        Done { res: Option<Response<HandlerBody>> },
+    }
+}
+
+impl<Fut> Future for Respond<Fut>
+where
+    Fut: Future<Output = Result<Value, ErrorObject>>,
+{
+    type Output = Result<Response<HandlerBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RespondProj::Call { fut, id } => {
+                let out = std::task::ready!(fut.poll(cx));
+                Poll::Ready(Ok(encode(id.take(), &out)))
+            }
+            // Polled again after it answered: an empty 500 rather than a panic.
+            RespondProj::Done { res } => Poll::Ready(Ok(res
+                .take()
+                .unwrap_or_else(|| json(StatusCode::INTERNAL_SERVER_ERROR, Vec::new())))),
+        }
+    }
+}
+
+/// The handler's result as the JSON-RPC response to request `id` (`202` for a notification).
+fn encode(id: Option<RequestId>, out: &Result<Value, ErrorObject>) -> Response<HandlerBody> {
+    let Some(id) = id else {
+        let mut res = Response::new(HandlerBody::default());
+        *res.status_mut() = StatusCode::ACCEPTED;
+        return res;
+    };
+    let env = match out {
+        Ok(v) => Envelope {
+            jsonrpc: "2.0",
+            id: &id,
+            result: Some(v),
+            error: None,
+        },
+        Err(e) => Envelope {
+            jsonrpc: "2.0",
+            id: &id,
+            result: None,
+            error: Some(e),
+        },
+    };
+    json(StatusCode::OK, serde_json::to_vec(&env).unwrap_or_default())
 }
