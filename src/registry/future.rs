@@ -272,10 +272,11 @@ where
                     let (Some(core), Some(ctx)) = (this.core.as_ref(), this.ctx.as_ref()) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
+                    let sid = ctx.sid.as_ref().and_then(|v| v.to_str().ok());
                     if let (StatusCode::NOT_FOUND, false, Some(sid)) =
-                        (res.status(), ctx.delete, ctx.sid.clone())
+                        (res.status(), ctx.delete, sid)
                     {
-                        let fut = Box::pin(lookup(core.clone(), sid));
+                        let fut = Box::pin(lookup(core.clone(), sid.into()));
                         let (parts, _) = res.into_parts();
                         this.state.set(State::Lookup {
                             fut,
@@ -283,7 +284,7 @@ where
                         });
                         continue;
                     }
-                    let Some(id) = minted_id(&res, ctx.sid.as_deref()) else {
+                    let Some(id) = minted_id(&res, sid) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
                     if let Some(session) = res.extensions().get::<Session>() {

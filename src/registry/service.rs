@@ -68,8 +68,9 @@ impl<S, R> SessionRegistry<S, R> {
 /// What the future needs to know about the request.
 #[derive(Debug)]
 pub(crate) struct Ctx {
-    /// The session id the request carried (valid ids only).
-    pub(crate) sid: Option<Arc<str>>,
+    /// The session id the request carried (valid ids only). The header value itself (a
+    /// reference-counted view of the request's bytes): no copy of the id on the hot path.
+    pub(crate) sid: Option<http::HeaderValue>,
     pub(crate) delete: bool,
 }
 
@@ -97,14 +98,13 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         self.core.start();
-        let sid: Option<Arc<str>> = req
+        let sid = req
             .headers()
             .get(headers::MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| SessionId::is_valid(s))
-            .map(Into::into);
+            .filter(|v| v.to_str().is_ok_and(SessionId::is_valid))
+            .cloned();
         let delete = req.method() == Method::DELETE;
-        if let (true, Some(sid)) = (delete, &sid) {
+        if let (true, Some(sid)) = (delete, sid.as_ref().and_then(|v| v.to_str().ok())) {
             // ADR-0066: the record goes whatever the local close returns (the session may live on
             // another node or in a previous process). Enqueued now, so a client that hangs up
             // mid-request cannot cancel it.
