@@ -302,6 +302,11 @@ impl std::error::Error for ErrorObject {}
 
 /// Builds a handler service from an async closure; see the [module docs](self).
 ///
+/// The closure is called in [`Service::call`] (under this crate's transport, where the parsed
+/// message is in the request's extensions) and its future is polled by the returned
+/// [`HandlerFuture`]. A panic in the closure is answered with a JSON-RPC internal error
+/// (`-32603`); under this crate's transport, so is a panic in its future.
+///
 /// # Example
 ///
 /// ```
