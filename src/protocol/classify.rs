@@ -172,13 +172,15 @@ pub(crate) fn classify_post(
 }
 
 /// Decodes a header value that may use the `=?base64?…?=` sentinel form.
-pub(crate) fn decode_header_value(v: &str) -> Option<String> {
+pub(crate) fn decode_header_value(v: &str) -> Option<std::borrow::Cow<'_, str>> {
     match v
         .strip_prefix("=?base64?")
         .and_then(|r| r.strip_suffix("?="))
     {
-        Some(b64) => base64_decode(b64).and_then(|b| String::from_utf8(b).ok()),
-        None => Some(v.to_owned()),
+        Some(b64) => base64_decode(b64)
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(std::borrow::Cow::Owned),
+        None => Some(std::borrow::Cow::Borrowed(v)),
     }
 }
 

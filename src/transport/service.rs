@@ -211,11 +211,13 @@ fn accepts(h: &HeaderMap) -> (bool, bool) {
         let Ok(v) = v.to_str() else { continue };
         for item in v.split(',') {
             let mt = item.split(';').next().unwrap_or("").trim();
-            match mt.to_ascii_lowercase().as_str() {
-                "*/*" => (json, sse) = (true, true),
-                "application/json" | "application/*" => json = true,
-                "text/event-stream" | "text/*" => sse = true,
-                _ => {}
+            let is = |m: &str| mt.eq_ignore_ascii_case(m);
+            if is("*/*") {
+                (json, sse) = (true, true);
+            } else if is("application/json") || is("application/*") {
+                json = true;
+            } else if is("text/event-stream") || is("text/*") {
+                sse = true;
             }
         }
     }
