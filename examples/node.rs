@@ -396,9 +396,11 @@ where
         + 'static,
     M::Future: Send + 'static,
 {
+    // A `HeaderName` made once: inserting with a `&str` name would copy it on every response.
+    let name = axum::http::HeaderName::from_static("x-mcp-node");
     ServiceBuilder::new()
         .map_response(move |mut res: Response<NodeBody<B>>| {
-            res.headers_mut().insert("x-mcp-node", header.clone());
+            res.headers_mut().insert(name.clone(), header.clone());
             res
         })
         .service(McpFirst { mcp, router })

@@ -107,10 +107,11 @@ impl HostPolicy {
         match &self.0 {
             HostPolicyKind::Any => true,
             HostPolicyKind::List(list) => {
-                let host = host.to_ascii_lowercase();
-                let name = strip_port(&host);
-                list.iter()
-                    .any(|h| *h == host || (*h == name && !has_port(h)))
+                // Entries are stored lowercase; the request's host is compared without a copy.
+                let name = strip_port(host);
+                list.iter().any(|h| {
+                    h.eq_ignore_ascii_case(host) || (h.eq_ignore_ascii_case(name) && !has_port(h))
+                })
             }
         }
     }
