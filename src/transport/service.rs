@@ -9,7 +9,6 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header, request::Parts};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -17,6 +16,7 @@ use super::{
     RequestBody, ResponseFuture,
     body::{AbortOnDrop, ResponseBody, SseBody, parse_event_id},
     layer::Shared,
+    read::{ReadError, read_to_bytes},
 };
 use crate::{
     BoxError,
@@ -374,14 +374,17 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = res.into_parts();
-    match body.collect().await {
-        Ok(c) => Answer {
+    match read_to_bytes(body, usize::MAX).await {
+        Ok(body) => Answer {
             status: parts.status,
             headers: parts.headers,
-            body: c.to_bytes(),
+            body,
         },
         Err(e) => {
-            let e: BoxError = e.into();
+            let e: BoxError = match e {
+                ReadError::Body(e) => e.into(),
+                ReadError::TooLarge => "response body too large".into(),
+            };
             tracing::error!(error = %e, "handler response body failed");
             Answer {
                 status: StatusCode::OK,
@@ -534,12 +537,9 @@ where
                 "Content-Type must be application/json",
             )));
         }
-        let bytes = match Limited::new(body, shared.config.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<LengthLimitError>() => {
+        let bytes = match read_to_bytes(body, shared.config.max_body_bytes).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::TooLarge) => {
                 return Ok(Err(Rejection::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     codes::INVALID_REQUEST,
