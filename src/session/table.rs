@@ -120,12 +120,15 @@ mod tests {
         }
         assert_eq!(map.len(), 10);
         assert!(map.capacity() <= 64, "{} of {full}", map.capacity());
-        // A table of at most 64 slots is left alone, however empty.
+        // A table of at most 64 slots is left alone, however empty. (`capacity()` also falls
+        // as removals leave tombstones, by an amount that depends on the random hashes, so
+        // the check is that the call changes nothing, not a fixed figure.)
         let mut small: HashMap<u32, u32> = (0..40).map(|n| (n, n)).collect();
         for n in 0..38 {
             small.remove(&n);
+            let before = small.capacity();
             shrink_when_sparse(&mut small);
+            assert_eq!(small.capacity(), before, "after removing {}", n + 1);
         }
-        assert!(small.capacity() > 32, "{}", small.capacity());
     }
 }
