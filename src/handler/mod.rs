@@ -305,7 +305,8 @@ impl std::error::Error for ErrorObject {}
 /// The closure is called in [`Service::call`] (under this crate's transport, where the parsed
 /// message is in the request's extensions) and its future is polled by the returned
 /// [`HandlerFuture`]. A panic in the closure is answered with a JSON-RPC internal error
-/// (`-32603`); under this crate's transport, so is a panic in its future.
+/// (`-32603`); under this crate's transport, so is a panic in the future of a request
+/// (other than `initialize`).
 ///
 /// # Example
 ///
@@ -441,33 +442,35 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let f = self.f.clone();
         let (mut parts, body) = req.into_parts();
         // Under this crate's transport the parsed message is in the extensions, and the
         // request is prepared here, before the future exists: the boxed future then holds the
         // handler's own future and the request id, not the request a second time.
         let inner: Pin<Box<dyn Future<Output = _> + Send>> =
             match parts.extensions.remove::<Message>() {
-                Some(msg) => Box::pin(respond(&f, msg, parts)),
-                None => Box::pin(async move {
-                    let bytes = body
-                        .collect()
-                        .await
-                        .map(|c| c.to_bytes())
-                        .unwrap_or_default();
-                    match Message::parse(&bytes) {
-                        Ok(msg) => respond(&f, msg, parts).await,
-                        Err(_) => {
-                            let e = crate::protocol::error_body(
-                                None,
-                                codes::PARSE_ERROR,
-                                "parse error",
-                                None,
-                            );
-                            Ok(json(StatusCode::BAD_REQUEST, e.to_vec()))
+                Some(msg) => Box::pin(respond(&self.f, msg, parts)),
+                None => {
+                    let f = self.f.clone();
+                    Box::pin(async move {
+                        let bytes = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        match Message::parse(&bytes) {
+                            Ok(msg) => respond(&f, msg, parts).await,
+                            Err(_) => {
+                                let e = crate::protocol::error_body(
+                                    None,
+                                    codes::PARSE_ERROR,
+                                    "parse error",
+                                    None,
+                                );
+                                Ok(json(StatusCode::BAD_REQUEST, e.to_vec()))
+                            }
                         }
-                    }
-                }),
+                    })
+                }
             };
         HandlerFuture { inner }
     }
@@ -507,6 +510,7 @@ where
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(request, cx))) {
         Ok(fut) => Respond::Call { fut, id },
         Err(_) => {
+            tracing::error!("handler panicked");
             let e = crate::protocol::error_body(
                 id.as_ref(),
                 codes::INTERNAL_ERROR,
@@ -536,17 +540,22 @@ where
 {
     type Output = Result<Response<HandlerBody>, Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let res = match self.as_mut().project() {
             RespondProj::Call { fut, id } => {
                 let out = std::task::ready!(fut.poll(cx));
-                Poll::Ready(Ok(encode(id.take(), &out)))
+                encode(id.take(), &out)
             }
             // Polled again after it answered: an empty 500 rather than a panic.
-            RespondProj::Done { res } => Poll::Ready(Ok(res
-                .take()
-                .unwrap_or_else(|| json(StatusCode::INTERNAL_SERVER_ERROR, Vec::new())))),
-        }
+            RespondProj::Done { res } => {
+                return Poll::Ready(Ok(res
+                    .take()
+                    .unwrap_or_else(|| json(StatusCode::INTERNAL_SERVER_ERROR, Vec::new()))));
+            }
+        };
+        // The handler's future is finished: drop it, so a further poll never resumes it.
+        self.set(Self::Done { res: None });
+        Poll::Ready(Ok(res))
     }
 }
 
