@@ -665,6 +665,34 @@ async fn handler_panic_becomes_an_error_response() {
     );
 }
 
+// A body limit of an outer layer (`http_body_util::Limited`, as tower-http's
+// `RequestBodyLimitLayer` uses) is answered 413 too, not as an unreadable body.
+#[tokio::test]
+async fn an_outer_body_limit_is_a_413() {
+    use bytes::Bytes;
+    use http_body_util::{Full, Limited};
+    use mcp_affinity::handler::handler_fn;
+    use tower::{Service, ServiceExt};
+
+    let handler = handler_fn(|_req, _cx| async { Ok(json!({})) });
+    let mut svc = tower::Layer::layer(&SseTransportLayer::new(), handler);
+    let body = initialize_body("2025-11-25").to_string();
+    let req = http::Request::post("http://localhost/mcp")
+        .header("host", "localhost")
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .body(Limited::new(Full::new(Bytes::from(body)), 16))
+        .unwrap();
+    let res = ServiceExt::<http::Request<Limited<Full<Bytes>>>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert!(res.headers().get("mcp-session-id").is_none());
+}
+
 // A `handler_fn` closure that panics before it returns its future (the transport catches
 // panics in futures; this one happens in `Service::call`) is answered the same way.
 #[tokio::test]
