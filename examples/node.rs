@@ -431,6 +431,8 @@ where
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The router is always ready (and each request gets its own clone). The MCP stack's
+        // readiness gates every path; its layers pass `handler_fn`'s, which is always ready.
         self.mcp.poll_ready(cx)
     }
 
