@@ -2,15 +2,30 @@
 
 use bytes::{Bytes, BytesMut};
 use http_body::Body;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, LengthLimitError};
+
+use crate::BoxError;
 
 /// Why [`read_to_bytes`] gave up.
 #[derive(Debug)]
-pub(crate) enum ReadError<E> {
-    /// The body is (or announced itself as) longer than the limit.
+pub(crate) enum ReadError {
+    /// The body is (or announced itself as) longer than the limit: this one's, or an outer
+    /// layer's (`http_body_util::Limited`, tower-http's `RequestBodyLimitLayer`), whose body
+    /// fails with [`LengthLimitError`].
     TooLarge,
     /// The body failed.
-    Body(E),
+    Body(BoxError),
+}
+
+impl ReadError {
+    fn from_body<E: Into<BoxError>>(e: E) -> Self {
+        let e = e.into();
+        if e.is::<LengthLimitError>() {
+            Self::TooLarge
+        } else {
+            Self::Body(e)
+        }
+    }
 }
 
 /// Reads `body` to its end, at most `limit` bytes of data; trailers are ignored.
@@ -18,9 +33,10 @@ pub(crate) enum ReadError<E> {
 /// A body of one data frame (a JSON-RPC message almost always is) is returned as that frame,
 /// without a copy and without the queue `BodyExt::collect` allocates for every body; longer
 /// bodies are joined into one buffer.
-pub(crate) async fn read_to_bytes<B>(body: B, limit: usize) -> Result<Bytes, ReadError<B::Error>>
+pub(crate) async fn read_to_bytes<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     if body.size_hint().lower() > limit as u64 {
         return Err(ReadError::TooLarge);
@@ -30,7 +46,7 @@ where
     let mut joined = BytesMut::new();
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(ReadError::Body)?.into_data() else {
+        let Ok(data) = frame.map_err(ReadError::from_body)?.into_data() else {
             continue;
         };
         if data.is_empty() {
@@ -87,6 +103,22 @@ mod tests {
         assert_eq!(out, "abcde");
         let empty = read_to_bytes(chunks(&[]), 5).await.unwrap();
         assert!(empty.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_outer_limit_is_too_large_and_other_failures_are_body_errors() {
+        let limited = http_body_util::Limited::new(Full::new(Bytes::from_static(b"abcdef")), 3);
+        assert!(matches!(
+            read_to_bytes(limited, 1024).await,
+            Err(ReadError::TooLarge)
+        ));
+        let failing = StreamBody::new(futures_util::stream::iter([Err::<Frame<Bytes>, _>(
+            std::io::Error::other("reset"),
+        )]));
+        assert!(matches!(
+            read_to_bytes(failing, 1024).await,
+            Err(ReadError::Body(e)) if e.to_string() == "reset"
+        ));
     }
 
     #[tokio::test]

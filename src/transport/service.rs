@@ -382,7 +382,7 @@ where
         },
         Err(e) => {
             let e: BoxError = match e {
-                ReadError::Body(e) => e.into(),
+                ReadError::Body(e) => e,
                 ReadError::TooLarge => "response body too large".into(),
             };
             tracing::error!(error = %e, "handler response body failed");
@@ -539,25 +539,18 @@ where
         }
         let bytes = match read_to_bytes(body, shared.config.max_body_bytes).await {
             Ok(bytes) => bytes,
-            Err(e) => {
-                // A limit of an outer layer (`http_body_util::Limited`, tower-http's
-                // `RequestBodyLimitLayer`) fails the body with `LengthLimitError`: also a 413.
-                let too_large = match e {
-                    ReadError::TooLarge => true,
-                    ReadError::Body(e) => {
-                        let e: BoxError = e.into();
-                        e.is::<http_body_util::LengthLimitError>()
-                    }
-                };
-                return Ok(Err(if too_large {
-                    Rejection::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        codes::INVALID_REQUEST,
-                        "request body too large",
-                    )
-                } else {
-                    bad_request(codes::PARSE_ERROR, "could not read the request body")
-                }));
+            Err(ReadError::TooLarge) => {
+                return Ok(Err(Rejection::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    codes::INVALID_REQUEST,
+                    "request body too large",
+                )));
+            }
+            Err(ReadError::Body(_)) => {
+                return Ok(Err(bad_request(
+                    codes::PARSE_ERROR,
+                    "could not read the request body",
+                )));
             }
         };
         let msg = match protocol::parse_body(&bytes) {
