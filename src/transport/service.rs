@@ -467,11 +467,11 @@ fn bad_request(code: i64, msg: &'static str) -> Rejection {
 }
 
 // `post`, `post_inner`, `modern` and `legacy` return `async move` blocks instead of being
-// (deliberately, against clippy's `manual_async_fn`)
-// `async fn`s: an `async fn` keeps each argument twice in its state (as passed, and moved
-// into its body), and these run nested on every POST, with `Parts` (224 bytes) among their
-// arguments. As blocks, the POST future is 2.4 KiB instead of 3.3 KiB (about 4.9 KiB before
-// `initialize` and `batch` were boxed), and it is copied as it is built and boxed.
+// `async fn`s (deliberately, against clippy's `manual_async_fn`): an `async fn` keeps each
+// argument twice in its state (as passed, and moved into its body), and these run nested on
+// every POST, with `Parts` (224 bytes) among their arguments. As blocks, the POST future is
+// 2.4 KiB instead of 3.3 KiB (about 4.9 KiB before `initialize` and `batch` were boxed), and
+// it is copied as it is built and boxed.
 #[allow(clippy::manual_async_fn)] // held arguments once: see above `post`
 fn post<S, B, ResBody>(
     shared: Arc<Shared>,
@@ -655,17 +655,15 @@ where
         ready(&mut inner).await?;
         let cx = RequestContext::modern(log.clone(), Some(id.clone()), Some(stream));
         let fut = inner.call(handler_request(parts, bytes, msg, cx, None));
-        run(
-            shared,
-            fut,
-            LogRef::Own(log),
+        let to = Answering {
+            log: LogRef::Own(log),
             stream,
-            None,
+            session: None,
             id,
-            Era::Modern,
-            None,
-        )
-        .await
+            era: Era::Modern,
+            priming: None,
+        };
+        run(shared, fut, to).await
     }
 }
 
@@ -761,17 +759,15 @@ where
                     Some(session.clone()),
                 ));
                 let priming = version.primes_streams().then_some(shared.config.retry);
-                run(
-                    shared,
-                    fut,
-                    LogRef::Session(session.clone()),
+                let to = Answering {
+                    log: LogRef::Session(session.clone()),
                     stream,
-                    Some(session),
+                    session: Some(session),
                     id,
-                    Era::Legacy,
+                    era: Era::Legacy,
                     priming,
-                )
-                .await
+                };
+                run(shared, fut, to).await
             }
         }
     }
@@ -1130,22 +1126,30 @@ enum TaskOut<E> {
     Streamed,
 }
 
-/// Runs the handler's future `fut` for a request on `stream` and answers it: JSON when the
-/// handler finished before streaming anything, else the stream from the log.
+/// Where the answer to one request goes and how it is framed.
+struct Answering {
+    /// The log holding the request's stream.
+    log: LogRef,
+    /// The request's POST stream in `log`.
+    stream: u32,
+    /// The legacy session, which tracks the request for `notifications/cancelled`.
+    session: Option<Session>,
+    id: RequestId,
+    era: Era,
+    /// The SSE `retry` to prime the stream with (legacy versions that resume).
+    priming: Option<std::time::Duration>,
+}
+
+/// Runs the handler's future `fut` for the request `to` describes and answers it: JSON when
+/// the handler finished before streaming anything, else the stream from the log.
 ///
 /// Not an `async fn`: the handler's future and the step after it are boxed here, when `run`
 /// is called, so the future the caller awaits (and holds in its own state) does not carry
 /// `F` a second and third time.
-#[allow(clippy::too_many_arguments)]
 fn run<'a, F, ResBody, E>(
     shared: &'a Arc<Shared>,
     fut: F,
-    log: LogRef,
-    stream: u32,
-    session: Option<Session>,
-    id: RequestId,
-    era: Era,
-    priming: Option<std::time::Duration>,
+    to: Answering,
 ) -> impl Future<Output = Result<Result<Response<ResponseBody>, Rejection>, E>> + Send + 'a
 where
     F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
@@ -1153,9 +1157,10 @@ where
     ResBody::Error: Into<BoxError>,
     E: Send + 'static,
 {
-    let task_log = log.clone();
-    let task_session = session.clone();
-    let task_id = id.clone();
+    let task_log = to.log.clone();
+    let task_session = to.session.clone();
+    let task_id = to.id.clone();
+    let stream = to.stream;
     let task = async move {
         let out = match (CatchUnwind {
             fut: async move {
@@ -1201,34 +1206,27 @@ where
             TaskOut::Streamed
         }
     };
-    serve(
-        shared,
-        Box::pin(task),
+    serve(shared, Box::pin(task), to)
+}
+
+/// The rest of [`run`], once the handler's task is boxed.
+async fn serve<T, E>(
+    shared: &Arc<Shared>,
+    mut task: Pin<Box<T>>,
+    to: Answering,
+) -> Result<Result<Response<ResponseBody>, Rejection>, E>
+where
+    T: Future<Output = TaskOut<E>> + Send + 'static,
+    E: Send + 'static,
+{
+    let Answering {
         log,
         stream,
         session,
         id,
         era,
         priming,
-    )
-}
-
-/// The rest of [`run`], once the handler's task is boxed.
-#[allow(clippy::too_many_arguments)]
-async fn serve<T, E>(
-    shared: &Arc<Shared>,
-    mut task: Pin<Box<T>>,
-    log: LogRef,
-    stream: u32,
-    session: Option<Session>,
-    id: RequestId,
-    era: Era,
-    priming: Option<std::time::Duration>,
-) -> Result<Result<Response<ResponseBody>, Rejection>, E>
-where
-    T: Future<Output = TaskOut<E>> + Send + 'static,
-    E: Send + 'static,
-{
+    } = to;
     // Fast path: most handlers answer at once; no task is spawned for them.
     let first = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
     let outcome = match first {
