@@ -272,7 +272,7 @@ where
                     let (Some(core), Some(ctx)) = (this.core.as_ref(), this.ctx.as_ref()) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
-                    let sid = ctx.sid.as_ref().and_then(|v| v.to_str().ok());
+                    let sid = ctx.sid();
                     if let (StatusCode::NOT_FOUND, false, Some(sid)) =
                         (res.status(), ctx.delete, sid)
                     {

@@ -74,6 +74,13 @@ pub(crate) struct Ctx {
     pub(crate) delete: bool,
 }
 
+impl Ctx {
+    /// The request's session id (only valid, hence visible-ASCII, ids are kept).
+    pub(crate) fn sid(&self) -> Option<&str> {
+        self.sid.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
 /// Whether the request is of the modern (stateless) era, from the header alone.
 fn is_modern(req_headers: &http::HeaderMap) -> bool {
     req_headers
@@ -103,8 +110,11 @@ where
             .get(headers::MCP_SESSION_ID)
             .filter(|v| v.to_str().is_ok_and(SessionId::is_valid))
             .cloned();
-        let delete = req.method() == Method::DELETE;
-        if let (true, Some(sid)) = (delete, sid.as_ref().and_then(|v| v.to_str().ok())) {
+        let ctx = Ctx {
+            sid,
+            delete: req.method() == Method::DELETE,
+        };
+        if let (true, Some(sid)) = (ctx.delete, ctx.sid()) {
             // ADR-0066: the record goes whatever the local close returns (the session may live on
             // another node or in a previous process). Enqueued now, so a client that hangs up
             // mid-request cannot cancel it.
@@ -112,10 +122,10 @@ where
             self.core.enqueue(sid, OpKind::Remove);
             tracing::debug!(session = %crate::session::Fingerprint::of(sid), "session record removal queued (DELETE)");
         }
-        if !delete && is_modern(req.headers()) {
+        if !ctx.delete && is_modern(req.headers()) {
             return ResponseFuture::passthrough(self.inner.call(req));
         }
         let fut = self.inner.call(req);
-        ResponseFuture::new(fut, self.core.clone(), Ctx { sid, delete })
+        ResponseFuture::new(fut, self.core.clone(), ctx)
     }
 }
