@@ -335,14 +335,30 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     let connections = if args.transport_only {
         tracing::info!("transport only: no registry");
         let mcp = ServiceBuilder::new().layer(transport).service(handler);
-        accept(listener, node(mcp, routes(), node_header)).await
+        accept(
+            listener,
+            McpFirst {
+                mcp,
+                router: routes(),
+            },
+            node_header,
+        )
+        .await
     } else {
         let mcp = ServiceBuilder::new()
             .layer(affinity.clone())
             .layer(registry)
             .layer(transport)
             .service(handler);
-        accept(listener, node(mcp, routes(), node_header)).await
+        accept(
+            listener,
+            McpFirst {
+                mcp,
+                router: routes(),
+            },
+            node_header,
+        )
+        .await
     };
     let closed = handle.shutdown().await;
     let flushed = registry_handle.flush(Duration::from_secs(10)).await;
@@ -370,46 +386,14 @@ fn routes() -> Router {
         )
 }
 
-/// The whole node as one service: `/mcp` goes to `mcp` (the layers around the handler),
-/// every other path to the axum `router`, and each response gets `x-mcp-node`.
-///
-/// `/mcp` is dispatched before the router rather than mounted with `route_service`: axum's
-/// routing boxes the request body, records `MatchedPath` in the extensions and clones a
-/// boxed route per request, which measured about 1 µs (7 %) of a `ping` on this node. The
-/// header is added by a plain `tower` map: `Router::layer` would wrap each route once more.
-fn node<M, B>(
-    mcp: M,
-    router: Router,
-    header: HeaderValue,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response<NodeBody<B>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static
-where
-    M: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    M::Future: Send + 'static,
-{
-    // A `HeaderName` made once: inserting with a `&str` name would copy it on every response.
-    let name = axum::http::HeaderName::from_static("x-mcp-node");
-    ServiceBuilder::new()
-        .map_response(move |mut res: Response<NodeBody<B>>| {
-            res.headers_mut().insert(name.clone(), header.clone());
-            res
-        })
-        .service(McpFirst { mcp, router })
-}
-
 /// A response body from either side of [`McpFirst`].
 type NodeBody<B> = http_body_util::Either<B, axum::body::Body>;
 
-/// `/mcp` to `mcp`, anything else to `router`.
+/// `/mcp` to `mcp` (the layers around the handler), anything else to `router`.
+///
+/// `/mcp` is dispatched before the router rather than mounted with `route_service`: axum's
+/// routing boxes the request body, records `MatchedPath` in the extensions and clones a
+/// boxed route per request, which measured about 1 µs (7 %) of a `ping` on this node.
 #[derive(Clone)]
 struct McpFirst<M> {
     mcp: M,
@@ -453,11 +437,13 @@ where
     }
 }
 
-/// Serves HTTP/1.1 connections with `service` until SIGINT or SIGTERM; returns the open
-/// connections, to be drained once the sessions are closed.
+/// Serves HTTP/1.1 connections with `service` until SIGINT or SIGTERM, with `x-mcp-node:
+/// <node>` on every response; returns the open connections, to be drained once the sessions
+/// are closed.
 async fn accept<S, B>(
     listener: tokio::net::TcpListener,
     service: S,
+    node: HeaderValue,
 ) -> hyper_util::server::graceful::GracefulShutdown
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -468,6 +454,15 @@ where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // The header by a plain `tower` map around the whole node (`Router::layer` would wrap
+    // each route once more), with a `HeaderName` made once: a `&str` name is copied per use.
+    let name = axum::http::HeaderName::from_static("x-mcp-node");
+    let service = ServiceBuilder::new()
+        .map_response(move |mut res: Response<B>| {
+            res.headers_mut().insert(name.clone(), node.clone());
+            res
+        })
+        .service(service);
     // One HTTP/1.1 connection per accepted socket (hyper's `http1`, no protocol sniffing),
     // and a graceful-shutdown watcher on each connection.
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
