@@ -232,8 +232,9 @@ impl OriginPolicy {
         if self.any {
             return true;
         }
-        let origin = origin.to_ascii_lowercase();
-        if self.allowed.contains(&origin) {
+        // Entries are stored lowercase; the request's origin is compared without a copy
+        // (browsers send `Origin` on every POST).
+        if self.allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
             return true;
         }
         let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or("");
