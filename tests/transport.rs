@@ -665,30 +665,36 @@ async fn handler_panic_becomes_an_error_response() {
     );
 }
 
+/// A POST to `/mcp` for an in-process call, with `body` as it is and, given a session, its
+/// id and the protocol version.
+fn in_process_post<B>(body: B, session: Option<&str>) -> http::Request<B> {
+    let mut b = http::Request::post("http://localhost/mcp")
+        .header("host", "localhost")
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "application/json");
+    if let Some(s) = session {
+        b = b
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    b.body(body).unwrap()
+}
+
+fn json_body(v: &Value) -> http_body_util::Full<bytes::Bytes> {
+    http_body_util::Full::new(bytes::Bytes::from(v.to_string()))
+}
+
 // A body limit of an outer layer (`http_body_util::Limited`, as tower-http's
 // `RequestBodyLimitLayer` uses) is answered 413 too, not as an unreadable body.
 #[tokio::test]
 async fn an_outer_body_limit_is_a_413() {
-    use bytes::Bytes;
-    use http_body_util::{Full, Limited};
     use mcp_affinity::handler::handler_fn;
-    use tower::{Service, ServiceExt};
+    use tower::ServiceExt;
 
     let handler = handler_fn(|_req, _cx| async { Ok(json!({})) });
-    let mut svc = tower::Layer::layer(&SseTransportLayer::new(), handler);
-    let body = initialize_body("2025-11-25").to_string();
-    let req = http::Request::post("http://localhost/mcp")
-        .header("host", "localhost")
-        .header("accept", ACCEPT_BOTH)
-        .header("content-type", "application/json")
-        .body(Limited::new(Full::new(Bytes::from(body)), 16))
-        .unwrap();
-    let res = ServiceExt::<http::Request<Limited<Full<Bytes>>>>::ready(&mut svc)
-        .await
-        .unwrap()
-        .call(req)
-        .await
-        .unwrap();
+    let svc = tower::Layer::layer(&SseTransportLayer::new(), handler);
+    let body = http_body_util::Limited::new(json_body(&initialize_body("2025-11-25")), 16);
+    let res = svc.oneshot(in_process_post(body, None)).await.unwrap();
     assert_eq!(res.status(), 413);
     assert!(res.headers().get("mcp-session-id").is_none());
 }
@@ -697,10 +703,9 @@ async fn an_outer_body_limit_is_a_413() {
 // panics in futures; this one happens in `Service::call`) is answered the same way.
 #[tokio::test]
 async fn handler_closure_panic_before_its_future_becomes_an_error_response() {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::BodyExt;
     use mcp_affinity::handler::handler_fn;
-    use tower::{Service, ServiceExt};
+    use tower::ServiceExt;
 
     let handler = handler_fn(|req, _cx| {
         assert_ne!(
@@ -709,34 +714,15 @@ async fn handler_closure_panic_before_its_future_becomes_an_error_response() {
         );
         async { Ok(json!({})) }
     });
-    let mut svc = tower::Layer::layer(&SseTransportLayer::new(), handler);
-    let post = |body: Value, session: Option<&str>| {
-        let mut b = http::Request::post("http://localhost/mcp")
-            .header("host", "localhost")
-            .header("accept", ACCEPT_BOTH)
-            .header("content-type", "application/json");
-        if let Some(s) = session {
-            b = b
-                .header("mcp-session-id", s)
-                .header("mcp-protocol-version", "2025-11-25");
-        }
-        b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
-    };
-    let res = ServiceExt::<http::Request<Full<Bytes>>>::ready(&mut svc)
-        .await
-        .unwrap()
-        .call(post(initialize_body("2025-11-25"), None))
-        .await
-        .unwrap();
+    let svc = tower::Layer::layer(&SseTransportLayer::new(), handler);
+    let init = in_process_post(json_body(&initialize_body("2025-11-25")), None);
+    let res = svc.clone().oneshot(init).await.unwrap();
     let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     for (id, method, code) in [(2, "tools/call", Some(-32603)), (3, "ping", None)] {
-        let res = ServiceExt::<http::Request<Full<Bytes>>>::ready(&mut svc)
-            .await
-            .unwrap()
-            .call(post(
-                json!({"jsonrpc":"2.0","id":id,"method":method,"params":{"name":"x"}}),
-                Some(&sid),
-            ))
+        let msg = json!({"jsonrpc":"2.0","id":id,"method":method,"params":{"name":"x"}});
+        let res = svc
+            .clone()
+            .oneshot(in_process_post(json_body(&msg), Some(&sid)))
             .await
             .unwrap();
         assert_eq!(res.status(), 200, "{method}");
