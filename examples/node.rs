@@ -335,30 +335,14 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     let connections = if args.transport_only {
         tracing::info!("transport only: no registry");
         let mcp = ServiceBuilder::new().layer(transport).service(handler);
-        accept(
-            listener,
-            McpFirst {
-                mcp,
-                router: routes(),
-            },
-            node_header,
-        )
-        .await
+        serve_node(listener, mcp, node_header).await
     } else {
         let mcp = ServiceBuilder::new()
             .layer(affinity.clone())
             .layer(registry)
             .layer(transport)
             .service(handler);
-        accept(
-            listener,
-            McpFirst {
-                mcp,
-                router: routes(),
-            },
-            node_header,
-        )
-        .await
+        serve_node(listener, mcp, node_header).await
     };
     let closed = handle.shutdown().await;
     let flushed = registry_handle.flush(Duration::from_secs(10)).await;
@@ -437,20 +421,20 @@ where
     }
 }
 
-/// Serves HTTP/1.1 connections with `service` until SIGINT or SIGTERM, with `x-mcp-node:
-/// <node>` on every response; returns the open connections, to be drained once the sessions
-/// are closed.
-async fn accept<S, B>(
+/// Serves the node on HTTP/1.1 until SIGINT or SIGTERM: `/mcp` by `mcp`, every other path by
+/// the axum [`routes`], and `x-mcp-node: <node>` on every response. Returns the open
+/// connections, to be drained once the sessions are closed.
+async fn serve_node<M, B>(
     listener: tokio::net::TcpListener,
-    service: S,
+    mcp: M,
     node: HeaderValue,
 ) -> hyper_util::server::graceful::GracefulShutdown
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    M: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
-    S::Future: Send + 'static,
+    M::Future: Send + 'static,
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -458,11 +442,14 @@ where
     // each route once more), with a `HeaderName` made once: a `&str` name is copied per use.
     let name = axum::http::HeaderName::from_static("x-mcp-node");
     let service = ServiceBuilder::new()
-        .map_response(move |mut res: Response<B>| {
+        .map_response(move |mut res: Response<NodeBody<B>>| {
             res.headers_mut().insert(name.clone(), node.clone());
             res
         })
-        .service(service);
+        .service(McpFirst {
+            mcp,
+            router: routes(),
+        });
     // One HTTP/1.1 connection per accepted socket (hyper's `http1`, no protocol sniffing),
     // and a graceful-shutdown watcher on each connection.
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
