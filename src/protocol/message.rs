@@ -17,13 +17,40 @@ use serde_json::value::RawValue;
 /// assert_eq!(id, RequestId::Number(7));
 /// assert_eq!(serde_json::to_string(&RequestId::from("a")).unwrap(), "\"a\"");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum RequestId {
     /// A numeric id.
     Number(i64),
     /// A string id.
     String(Arc<str>),
+}
+
+// By hand rather than `#[serde(untagged)]`, which buffers every id into serde's `Content`
+// before trying each variant: the id is read on every request. Same outcome: an integer that
+// fits `i64` or a string; anything else (a fraction, `null`, an object) is an error.
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RequestId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer or a string")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RequestId, E> {
+                Ok(RequestId::Number(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RequestId, E> {
+                i64::try_from(n).map(RequestId::Number).map_err(|_| {
+                    E::invalid_value(serde::de::Unexpected::Unsigned(n), &"an i64 integer")
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RequestId, E> {
+                Ok(RequestId::String(s.into()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl From<&str> for RequestId {
@@ -93,8 +120,10 @@ pub struct Message {
 }
 
 #[derive(Deserialize)]
-struct Wire {
-    jsonrpc: Option<Box<RawValue>>,
+struct Wire<'a> {
+    // Borrowed: only compared with "2.0", never kept.
+    #[serde(borrow)]
+    jsonrpc: Option<&'a RawValue>,
     #[serde(default, deserialize_with = "present")]
     id: Option<Option<RequestId>>,
     method: Option<Box<str>>,
@@ -141,7 +170,7 @@ impl Message {
     /// assert!(Message::parse(br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).is_err());
     /// ```
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
-        let wire: Wire = match serde_json::from_slice(bytes) {
+        let wire: Wire<'_> = match serde_json::from_slice(bytes) {
             Ok(w) => w,
             Err(e) if e.is_data() => return Err(ParseError::Invalid("not a JSON-RPC 2.0 message")),
             Err(_) => return Err(ParseError::Json),
@@ -151,13 +180,13 @@ impl Message {
 
     /// Parses a JSON-RPC 2.0 message from an already parsed value (a batch element).
     pub(crate) fn from_value(value: &RawValue) -> Result<Self, ParseError> {
-        let wire: Wire = serde_json::from_str(value.get())
+        let wire: Wire<'_> = serde_json::from_str(value.get())
             .map_err(|_| ParseError::Invalid("not a JSON-RPC 2.0 message"))?;
         Self::from_wire(wire)
     }
 
-    fn from_wire(w: Wire) -> Result<Self, ParseError> {
-        if w.jsonrpc.as_deref().map(RawValue::get) != Some("\"2.0\"") {
+    fn from_wire(w: Wire<'_>) -> Result<Self, ParseError> {
+        if w.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
             return Err(ParseError::Invalid("jsonrpc must be \"2.0\""));
         }
         let id = match w.id {
@@ -231,6 +260,11 @@ impl Message {
     /// ```
     pub fn method(&self) -> Option<&str> {
         self.method.as_deref()
+    }
+
+    /// The method, moved out as a `String` without a copy.
+    pub(crate) fn into_method(self) -> Option<String> {
+        self.method.map(String::from)
     }
 
     /// The raw params, if any.
