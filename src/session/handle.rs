@@ -780,7 +780,11 @@ impl Session {
     }
 
     pub(crate) fn untrack(&self, id: &RequestId) {
-        lock(&self.inner.mutable).inflight.remove(id);
+        let mut m = lock(&self.inner.mutable);
+        // Most requests were answered without being tracked: skip hashing the id then.
+        if !m.inflight.is_empty() {
+            m.inflight.remove(id);
+        }
     }
 
     /// Cancels a running handler; returns whether one was found.
