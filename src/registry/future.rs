@@ -228,12 +228,12 @@ fn unavailable<B>() -> Response<ResponseBody<B>> {
 }
 
 /// A successful response that minted a session id the request did not carry.
-fn minted_id<B>(res: &Response<B>, sid: Option<&str>) -> Option<Arc<str>> {
+fn minted_id<B>(res: &Response<B>, ctx: &Ctx) -> Option<Arc<str>> {
     if !res.status().is_success() {
         return None;
     }
     let id = res.headers().get(headers::MCP_SESSION_ID)?.to_str().ok()?;
-    (SessionId::is_valid(id) && sid != Some(id)).then(|| id.into())
+    (SessionId::is_valid(id) && ctx.sid() != Some(id)).then(|| id.into())
 }
 
 fn record_for<R>(core: &Core<R>) -> SessionRecord {
@@ -272,10 +272,8 @@ where
                     let (Some(core), Some(ctx)) = (this.core.as_ref(), this.ctx.as_ref()) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
-                    let sid = ctx.sid();
-                    if let (StatusCode::NOT_FOUND, false, Some(sid)) =
-                        (res.status(), ctx.delete, sid)
-                    {
+                    let not_found = res.status() == StatusCode::NOT_FOUND && !ctx.delete;
+                    if not_found && let Some(sid) = ctx.sid() {
                         let fut = Box::pin(lookup(core.clone(), sid.into()));
                         let (parts, _) = res.into_parts();
                         this.state.set(State::Lookup {
@@ -284,7 +282,7 @@ where
                         });
                         continue;
                     }
-                    let Some(id) = minted_id(&res, sid) else {
+                    let Some(id) = minted_id(&res, ctx) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
                     if let Some(session) = res.extensions().get::<Session>() {

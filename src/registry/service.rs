@@ -68,16 +68,21 @@ impl<S, R> SessionRegistry<S, R> {
 /// What the future needs to know about the request.
 #[derive(Debug)]
 pub(crate) struct Ctx {
-    /// The session id the request carried (valid ids only). The header value itself (a
-    /// reference-counted view of the request's bytes): no copy of the id on the hot path.
+    /// The session id header the request carried, unchecked ([`Ctx::sid`] validates it): the
+    /// header value itself (a reference-counted view of the request's bytes), no copy of the
+    /// id on the hot path.
     pub(crate) sid: Option<http::HeaderValue>,
     pub(crate) delete: bool,
 }
 
 impl Ctx {
-    /// The request's session id (only valid, hence visible-ASCII, ids are kept).
+    /// The request's session id, if it is a valid one (validated here, when a response needs
+    /// it, rather than on every request).
     pub(crate) fn sid(&self) -> Option<&str> {
-        self.sid.as_ref().and_then(|v| v.to_str().ok())
+        self.sid
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| SessionId::is_valid(s))
     }
 }
 
@@ -105,16 +110,14 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         self.core.start();
-        let sid = req
-            .headers()
-            .get(headers::MCP_SESSION_ID)
-            .filter(|v| v.to_str().is_ok_and(SessionId::is_valid))
-            .cloned();
+        let sid = req.headers().get(headers::MCP_SESSION_ID).cloned();
         let ctx = Ctx {
             sid,
             delete: req.method() == Method::DELETE,
         };
-        if let (true, Some(sid)) = (ctx.delete, ctx.sid()) {
+        if ctx.delete
+            && let Some(sid) = ctx.sid()
+        {
             // ADR-0066: the record goes whatever the local close returns (the session may live on
             // another node or in a previous process). Enqueued now, so a client that hangs up
             // mid-request cannot cancel it.
