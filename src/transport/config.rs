@@ -26,7 +26,8 @@ pub struct HostPolicy(HostPolicyKind);
 #[derive(Debug, Clone)]
 enum HostPolicyKind {
     Any,
-    List(Arc<[String]>),
+    /// Lowercase entries, each with whether it names a port (worked out once, not per request).
+    List(Arc<[(String, bool)]>),
 }
 
 impl HostPolicy {
@@ -86,7 +87,11 @@ impl HostPolicy {
         Self(HostPolicyKind::List(
             hosts
                 .into_iter()
-                .map(|h| h.into().to_ascii_lowercase())
+                .map(|h| {
+                    let h = h.into().to_ascii_lowercase();
+                    let port = has_port(&h);
+                    (h, port)
+                })
                 .collect(),
         ))
     }
@@ -109,8 +114,12 @@ impl HostPolicy {
             HostPolicyKind::List(list) => {
                 // Entries are stored lowercase; the request's host is compared without a copy.
                 let name = strip_port(host);
-                list.iter().any(|h| {
-                    h.eq_ignore_ascii_case(host) || (h.eq_ignore_ascii_case(name) && !has_port(h))
+                list.iter().any(|(h, port)| {
+                    if *port {
+                        h.eq_ignore_ascii_case(host)
+                    } else {
+                        h.eq_ignore_ascii_case(name)
+                    }
                 })
             }
         }
@@ -133,8 +142,10 @@ fn strip_port(h: &str) -> &str {
             None => h,
         };
     }
-    match h.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+    // `name:digits` (a plain scan from the end: ports are short, `rsplit_once` searches more).
+    let digits = h.bytes().rev().take_while(u8::is_ascii_digit).count();
+    match h.len().checked_sub(digits + 1) {
+        Some(colon) if h.as_bytes()[colon] == b':' => &h[..colon],
         _ => h,
     }
 }
@@ -398,5 +409,40 @@ impl Config {
             Some((field, _)) => Err(ConfigError { field }),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_port_cuts_a_trailing_numeric_port_only() {
+        for (h, want) in [
+            ("localhost:3000", "localhost"),
+            ("localhost:", "localhost"),
+            ("localhost", "localhost"),
+            ("a:b:80", "a:b"),
+            (":80", ""),
+            ("80", "80"),
+            ("host:8x", "host:8x"),
+            ("[::1]:3000", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("", ""),
+        ] {
+            assert_eq!(strip_port(h), want, "{h}");
+        }
+        assert!(has_port("example.com:443"));
+        assert!(!has_port("[::1]"));
+    }
+
+    #[test]
+    fn host_entries_with_and_without_port() {
+        let p = HostPolicy::list(["a.example", "B.example:8443"]);
+        assert!(p.allows("A.EXAMPLE:1"));
+        assert!(p.allows("b.example:8443"));
+        assert!(!p.allows("b.example:8444"));
+        assert!(!p.allows("b.example"));
+        assert!(!p.allows("c.example"));
     }
 }
