@@ -50,12 +50,14 @@ fn mismatch(msg: &'static str) -> Rejection {
 }
 
 /// Classifies a single POSTed message. `Ok(Era::Modern)` means the modern checks passed.
+/// `header` is [`header_version`] of `h` (read once by the caller, which needs it again).
 pub(crate) fn classify_post(
     h: &HeaderMap,
+    header: Result<Option<&str>, ()>,
     msg: &Message,
     peek: &ParamsPeek,
 ) -> Result<Era, Rejection> {
-    let header = header_version(h).map_err(|()| {
+    let header = header.map_err(|()| {
         Rejection::new(
             StatusCode::BAD_REQUEST,
             codes::INVALID_REQUEST,
@@ -225,7 +227,7 @@ mod tests {
 
     fn classify(h: &HeaderMap, body: &str) -> Result<Era, Rejection> {
         let m = Message::parse(body.as_bytes()).unwrap();
-        classify_post(h, &m, &m.peek_params())
+        classify_post(h, header_version(h), &m, &m.peek_params())
     }
 
     const MODERN_PING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;

@@ -205,18 +205,26 @@ fn check_security(shared: &Shared, parts: &Parts) -> Result<(), Rejection> {
 }
 
 /// Whether the `Accept` header allows JSON and/or SSE.
+///
+/// Read as bytes: a media range is ASCII, so a value with other bytes elsewhere still counts
+/// for the ranges it names. Hand-rolled rather than `str::split`, whose searcher costs more
+/// than the whole comparison for a value this short (read on every POST and GET).
 fn accepts(h: &HeaderMap) -> (bool, bool) {
     let (mut json, mut sse) = (false, false);
     for v in h.get_all(header::ACCEPT) {
-        let Ok(v) = v.to_str() else { continue };
-        for item in v.split(',') {
-            let mt = item.split(';').next().unwrap_or("").trim();
-            let is = |m: &str| mt.eq_ignore_ascii_case(m);
-            if is("*/*") {
+        // What the MCP SDKs send, byte for byte.
+        if v.as_bytes() == b"application/json, text/event-stream" {
+            return (true, true);
+        }
+        for item in v.as_bytes().split(|&b| b == b',') {
+            let end = item.iter().position(|&b| b == b';').unwrap_or(item.len());
+            let mt = item[..end].trim_ascii();
+            let is = |m: &[u8]| mt.eq_ignore_ascii_case(m);
+            if is(b"*/*") {
                 (json, sse) = (true, true);
-            } else if is("application/json") || is("application/*") {
+            } else if is(b"application/json") || is(b"application/*") {
                 json = true;
-            } else if is("text/event-stream") || is("text/*") {
+            } else if is(b"text/event-stream") || is(b"text/*") {
                 sse = true;
             }
         }
@@ -259,18 +267,32 @@ fn lookup(shared: &Shared, parts: &Parts) -> Result<Lookup, Rejection> {
 
 /// Checks `MCP-Protocol-Version` on a request of an existing legacy session.
 fn check_legacy_version(parts: &Parts) -> Result<(), Rejection> {
-    match protocol::header_version(&parts.headers) {
-        Ok(None) => Ok(()),
-        Ok(Some(v)) if ProtocolVersion::parse(v).is_some_and(|v| v.era() == Era::Legacy) => Ok(()),
-        _ => Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
-            codes::BAD_REQUEST,
-            "unsupported MCP-Protocol-Version",
-        )
-        .with_data(
-            serde_json::json!({ "supported": ProtocolVersion::ALL.map(ProtocolVersion::as_str) }),
-        )),
+    if legacy_version_ok(protocol::header_version(&parts.headers)) {
+        Ok(())
+    } else {
+        Err(unsupported_version())
     }
+}
+
+/// Whether an `MCP-Protocol-Version` header (as [`protocol::header_version`] reads it) is
+/// absent or names a legacy revision this crate knows.
+fn legacy_version_ok(header: Result<Option<&str>, ()>) -> bool {
+    match header {
+        Ok(None) => true,
+        Ok(Some(v)) => ProtocolVersion::parse(v).is_some_and(|v| v.era() == Era::Legacy),
+        Err(()) => false,
+    }
+}
+
+fn unsupported_version() -> Rejection {
+    Rejection::new(
+        StatusCode::BAD_REQUEST,
+        codes::BAD_REQUEST,
+        "unsupported MCP-Protocol-Version",
+    )
+    .with_data(
+        serde_json::json!({ "supported": ProtocolVersion::ALL.map(ProtocolVersion::as_str) }),
+    )
 }
 
 fn session_version(session: &Session) -> ProtocolVersion {
@@ -409,13 +431,17 @@ fn json_response(mut a: Answer, era: Era) -> Response<ResponseBody> {
             _ => status,
         };
     }
-    a.headers.remove(header::CONTENT_LENGTH);
-    a.headers.remove(header::TRANSFER_ENCODING);
-    if !a.body.is_empty() && !a.headers.contains_key(header::CONTENT_TYPE) {
-        a.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+    // Most handlers set `Content-Type` alone: then there is nothing to remove or add.
+    let only_content_type = a.headers.len() == 1 && a.headers.contains_key(header::CONTENT_TYPE);
+    if !only_content_type {
+        a.headers.remove(header::CONTENT_LENGTH);
+        a.headers.remove(header::TRANSFER_ENCODING);
+        if !a.body.is_empty() && !a.headers.contains_key(header::CONTENT_TYPE) {
+            a.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
     }
     let mut res = Response::new(ResponseBody::full(a.body));
     *res.status_mut() = status;
@@ -568,15 +594,19 @@ where
             }
         };
         let peek = msg.peek_params();
-        let era = match protocol::classify_post(&parts.headers, &msg, &peek) {
+        let version_header = protocol::header_version(&parts.headers);
+        let era = match protocol::classify_post(&parts.headers, version_header, &msg, &peek) {
             Ok(era) => era,
             Err(r) => return Ok(Err(r)),
         };
-        let span = tracing::Span::current();
-        span.record("era", tracing::field::debug(era));
+        let version_ok = legacy_version_ok(version_header);
+        // The span is `debug`: don't look it up when nothing logs at that level.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("era", tracing::field::debug(era));
+        }
         match era {
             Era::Modern => modern(shared, inner, parts, bytes, msg).await,
-            Era::Legacy => legacy(shared, inner, parts, bytes, msg, peek).await,
+            Era::Legacy => legacy(shared, inner, parts, bytes, msg, peek, version_ok).await,
         }
     }
 }
@@ -688,6 +718,8 @@ fn legacy<S, ResBody>(
     bytes: Bytes,
     msg: Message,
     peek: protocol::ParamsPeek,
+    // Whether the `MCP-Protocol-Version` header is absent or legacy (read once, by `post_inner`).
+    version_ok: bool,
 ) -> impl Future<Output = Outcome<S::Error>>
 where
     S: Service<Request<RequestBody>, Response = Response<ResBody>> + Send + 'static,
@@ -712,8 +744,8 @@ where
             }
             Err(r) => return Ok(Err(r)),
         };
-        if let Err(r) = check_legacy_version(&parts) {
-            return Ok(Err(r.with_id(msg.id().cloned())));
+        if !version_ok {
+            return Ok(Err(unsupported_version().with_id(msg.id().cloned())));
         }
         let version = session_version(&session);
         match msg.kind() {
@@ -1313,5 +1345,33 @@ mod tests {
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         assert_eq!(accepts(&h), (true, true));
         assert_eq!(accepts(&HeaderMap::new()), (false, false));
+    }
+
+    #[test]
+    fn accept_parsing_edge_cases() {
+        let one = |v: &'static [u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_bytes(v).unwrap());
+            accepts(&h)
+        };
+        assert_eq!(
+            one(b"  Text/Event-Stream ; q=1 ,APPLICATION/*"),
+            (true, true)
+        );
+        assert_eq!(one(b"text/*"), (false, true));
+        assert_eq!(
+            one(b"application/jsonx, text/event-streams"),
+            (false, false)
+        );
+        assert_eq!(one(b"application/json;text/event-stream"), (true, false));
+        assert_eq!(one(b",,;, ;"), (false, false));
+        assert_eq!(one(b"application/json, t\xe9xt/html"), (true, false));
+        let mut h = HeaderMap::new();
+        h.append(header::ACCEPT, HeaderValue::from_static("application/json"));
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        assert_eq!(accepts(&h), (true, true));
     }
 }
