@@ -578,3 +578,42 @@ fn encode(id: Option<RequestId>, out: &Result<Value, ErrorObject>) -> Response<H
     }
     json(StatusCode::OK, body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(res: Response<HandlerBody>) -> String {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt.block_on(res.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn encode_writes_the_jsonrpc_envelope() {
+        let ok = encode(
+            Some(RequestId::Number(7)),
+            &Ok(serde_json::json!({"a": [1]})),
+        );
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(body(ok), r#"{"jsonrpc":"2.0","id":7,"result":{"a":[1]}}"#);
+
+        let err = encode(
+            Some(RequestId::from("q\"1")),
+            &Err(ErrorObject::method_not_found("nope")),
+        );
+        let v: Value = serde_json::from_str(&body(err)).unwrap();
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], "q\"1");
+        assert_eq!(v["error"]["code"], -32601);
+        assert!(v.get("result").is_none());
+
+        let note = encode(None, &Ok(Value::Null));
+        assert_eq!(note.status(), StatusCode::ACCEPTED);
+        assert!(body(note).is_empty());
+    }
+}

@@ -403,6 +403,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn request_ids_are_integers_or_strings() {
+        let id = |s: &str| serde_json::from_str::<RequestId>(s).ok();
+        assert_eq!(id("7"), Some(RequestId::Number(7)));
+        assert_eq!(id("-7"), Some(RequestId::Number(-7)));
+        assert_eq!(id(&i64::MAX.to_string()), Some(RequestId::Number(i64::MAX)));
+        assert_eq!(id(&(i64::MAX as u64 + 1).to_string()), None);
+        assert_eq!(id(r#""a\"b""#), Some(RequestId::from("a\"b")));
+        assert_eq!(id(r#""""#), Some(RequestId::from("")));
+        for bad in ["1.5", "null", "true", "{}", "[1]"] {
+            assert_eq!(id(bad), None, "{bad}");
+        }
+        // Inside a message: a bad id is not JSON-RPC; a null id is refused by name.
+        assert!(Message::parse(br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#).is_err());
+        assert_eq!(
+            Message::parse(br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).unwrap_err(),
+            ParseError::Invalid("id must not be null")
+        );
+        let m = Message::parse(br#"{"jsonrpc":"2.0","id":"x","method":"ping"}"#).unwrap();
+        assert_eq!(m.id(), Some(&RequestId::from("x")));
+        assert_eq!(m.into_method().as_deref(), Some("ping"));
+    }
+
+    #[test]
     fn kinds() {
         let n =
             Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
