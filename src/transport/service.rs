@@ -1190,7 +1190,6 @@ where
     E: Send + 'static,
 {
     let task_log = to.log.clone();
-    let task_session = to.session.clone();
     let task_id = to.id.clone();
     let stream = to.stream;
     let task = async move {
@@ -1226,9 +1225,6 @@ where
             ),
         };
         let json = task_log.log().complete(stream, Some(event));
-        if let Some(s) = &task_session {
-            s.untrack(&task_id);
-        }
         if json {
             TaskOut::Json(out)
         } else {
@@ -1269,10 +1265,17 @@ where
         Some(out) => (None, Ok(out)),
         None => {
             let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+            // Only a spawned handler is tracked (for `notifications/cancelled`), so only it
+            // is untracked: the common answer-at-once path takes no session lock for it.
+            let tracked = session.clone().map(|s| (s, id.clone()));
             let mut handle = tokio::spawn(
                 async move {
                     let _ = gate_rx.await;
-                    task.await
+                    let out = task.await;
+                    if let Some((s, id)) = tracked {
+                        s.untrack(&id);
+                    }
+                    out
                 }
                 .in_current_span(),
             );
