@@ -1,8 +1,9 @@
 //! The node-local session table: sharded, read-mostly.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
-    hash::BuildHasher,
+    hash::{BuildHasher, Hash, Hasher},
     sync::{
         RwLock,
         atomic::{AtomicUsize, Ordering},
@@ -13,10 +14,67 @@ use super::{Session, SessionId};
 
 const SHARDS: usize = 32;
 
+/// Ids up to this long are kept inside the table's buckets: the default ids (24 characters,
+/// plus a node tag) are compared without reading another allocation, which is a cache miss
+/// per request once a node holds thousands of sessions.
+const INLINE: usize = 46;
+
+/// A table key: the id's bytes, inline when short. Hashes and compares as `[u8]`, so lookups
+/// take `id.as_bytes()`.
+#[derive(Debug)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(SessionId),
+}
+
+impl Key {
+    fn new(id: &SessionId) -> Self {
+        let b = id.as_str().as_bytes();
+        if b.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..b.len()].copy_from_slice(b);
+            // `b.len() <= INLINE < 256`.
+            Self::Inline {
+                len: b.len() as u8,
+                bytes,
+            }
+        } else {
+            Self::Heap(id.clone())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(id) => id.as_str().as_bytes(),
+        }
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
 /// Sessions held by this node.
 #[derive(Debug)]
 pub(crate) struct SessionTable {
-    shards: Box<[RwLock<HashMap<SessionId, Session>>]>,
+    shards: Box<[RwLock<HashMap<Key, Session>>]>,
     len: AtomicUsize,
 }
 
@@ -31,7 +89,7 @@ impl SessionTable {
     /// The shard of an id: FNV-1a over its bytes. Only spreads lock contention, so it need not
     /// resist chosen ids (each shard's map keeps std's keyed SipHash); about a third of the
     /// cost of hashing the id twice with SipHash, on every request.
-    fn shard(&self, id: &str) -> &RwLock<HashMap<SessionId, Session>> {
+    fn shard(&self, id: &str) -> &RwLock<HashMap<Key, Session>> {
         let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
@@ -43,7 +101,7 @@ impl SessionTable {
             .shard(id)
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        shard.get(id).cloned()
+        shard.get(id.as_bytes()).cloned()
     }
 
     /// Inserts unless `len() >= max`; returns false when full.
@@ -56,7 +114,7 @@ impl SessionTable {
             .shard(session.id().as_str())
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if shard.insert(session.id().clone(), session).is_some() {
+        if shard.insert(Key::new(session.id()), session).is_some() {
             self.len.fetch_sub(1, Ordering::AcqRel);
         }
         true
@@ -67,7 +125,7 @@ impl SessionTable {
             .shard(id)
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let s = shard.remove(id);
+        let s = shard.remove(id.as_bytes());
         if s.is_some() {
             self.len.fetch_sub(1, Ordering::AcqRel);
             shrink_when_sparse(&mut shard);
@@ -111,6 +169,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_inline_or_not_find_by_bytes() {
+        let ids: Vec<SessionId> = [1, INLINE - 1, INLINE, INLINE + 1, 200]
+            .iter()
+            .map(|&n| SessionId::parse(&format!("{}y", "x".repeat(n - 1))).unwrap())
+            .collect();
+        let mut map = HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let key = Key::new(id);
+            assert_eq!(key.as_bytes(), id.as_str().as_bytes());
+            assert_eq!(
+                matches!(key, Key::Inline { .. }),
+                id.as_str().len() <= INLINE
+            );
+            map.insert(key, i);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(map.get(id.as_str().as_bytes()), Some(&i));
+        }
+        assert_eq!(map.get(&b"x"[..]), None);
+        assert_eq!(map.get(&[][..]), None);
+        assert_eq!(map.remove(ids[3].as_str().as_bytes()), Some(3));
+        assert_eq!(map.len(), ids.len() - 1);
+    }
 
     #[test]
     fn a_sparse_table_shrinks() {
