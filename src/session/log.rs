@@ -118,6 +118,11 @@ struct State {
     first: u64,
     bytes: usize,
     streams: HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>,
+    /// POST streams opened and still untouched (`Pending`, no waker, no reader), kept here
+    /// instead of in `streams` until something needs their state: most handlers answer at
+    /// once, and then the answer goes out as JSON without the map ever being read or written
+    /// (its table is a separate allocation: a cache miss per request with many sessions).
+    untouched: Untouched,
     next_stream: u32,
     next_reader: u64,
     readers: usize,
@@ -125,6 +130,40 @@ struct State {
     dropped: u64,
     /// Bumped when events are removed from the middle of the log.
     generation: u64,
+}
+
+/// A few stream ids, inline.
+#[derive(Debug, Default)]
+struct Untouched {
+    ids: [u32; 4],
+    len: u8,
+}
+
+impl Untouched {
+    /// Adds `id`; false when full (the caller keeps the stream in the map instead).
+    fn push(&mut self, id: u32) -> bool {
+        let Some(slot) = self.ids.get_mut(usize::from(self.len)) else {
+            return false;
+        };
+        *slot = id;
+        self.len += 1;
+        true
+    }
+
+    /// Removes `id`; whether it was there.
+    fn take(&mut self, id: u32) -> bool {
+        let len = usize::from(self.len);
+        let Some(i) = self.ids[..len].iter().position(|&x| x == id) else {
+            return false;
+        };
+        self.ids.swap(i, len - 1);
+        self.len -= 1;
+        true
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.ids[..usize::from(self.len)].contains(&id)
+    }
 }
 
 /// Why a message could not be sent.
@@ -197,6 +236,7 @@ impl EventLog {
                 first: 0,
                 bytes: 0,
                 streams,
+                untouched: Untouched::default(),
                 next_stream: 1,
                 next_reader: 1,
                 readers: 0,
@@ -224,8 +264,17 @@ impl EventLog {
         }
         let id = s.next_stream;
         s.next_stream = s.next_stream.wrapping_add(1).max(1);
-        s.streams.insert(id, Stream::new(Phase::Pending));
+        if !s.untouched.push(id) {
+            s.streams.insert(id, Stream::new(Phase::Pending));
+        }
         Ok(id)
+    }
+
+    /// Moves an untouched stream into the map, where the operations below find it.
+    fn touch(s: &mut State, stream: u32) {
+        if s.untouched.take(stream) {
+            s.streams.insert(stream, Stream::new(Phase::Pending));
+        }
     }
 
     /// Appends a message to a stream; `last` ends the stream after it.
@@ -235,6 +284,7 @@ impl EventLog {
         if s.closed.is_some() {
             return Err(AppendError::Closed);
         }
+        Self::touch(s, stream);
         let st = s.streams.get_mut(&stream).ok_or(AppendError::StreamEnded)?;
         if st.finished || st.phase == Phase::Json {
             return Err(AppendError::StreamEnded);
@@ -285,6 +335,7 @@ impl EventLog {
     /// Forces a pending stream into SSE form (a handler closing its stream early).
     pub(crate) fn force_sse(&self, stream: u32) {
         let mut s = self.lock();
+        Self::touch(&mut s, stream);
         if let Some(st) = s.streams.get_mut(&stream)
             && st.phase == Phase::Pending
         {
@@ -298,6 +349,7 @@ impl EventLog {
     pub(crate) fn detach_reader(&self, stream: u32) {
         let mut guard = self.lock();
         let s = &mut *guard;
+        Self::touch(s, stream);
         if let Some(st) = s.streams.get_mut(&stream) {
             if st.reader == 0 {
                 st.detach_pending = true;
@@ -315,6 +367,10 @@ impl EventLog {
     pub(crate) fn complete(&self, stream: u32, data: Option<Bytes>) -> bool {
         {
             let mut s = self.lock();
+            // Untouched: nothing was streamed, so the answer goes out as JSON.
+            if s.untouched.take(stream) {
+                return true;
+            }
             let Some(st) = s.streams.get_mut(&stream) else {
                 return false;
             };
@@ -343,6 +399,7 @@ impl EventLog {
     /// The phase of a POST stream, registering `cx` to be woken when it changes.
     pub(crate) fn poll_phase(&self, stream: u32, cx: &mut Context<'_>) -> Phase {
         let mut s = self.lock();
+        Self::touch(&mut s, stream);
         match s.streams.get_mut(&stream) {
             Some(st) => {
                 if st.phase == Phase::Pending {
@@ -370,6 +427,7 @@ impl EventLog {
         if s.closed.is_some() {
             return Err(AttachError::Closed);
         }
+        Self::touch(s, stream);
         let reader = s.next_reader;
         let first = s.first;
         let st = s.streams.get_mut(&stream).ok_or(AttachError::Unknown)?;
@@ -525,7 +583,8 @@ impl EventLog {
 
     /// Whether a stream exists (for `Last-Event-ID` resumption).
     pub(crate) fn has_stream(&self, stream: u32) -> bool {
-        self.lock().streams.contains_key(&stream)
+        let s = self.lock();
+        s.streams.contains_key(&stream) || s.untouched.contains(stream)
     }
 
     /// (events held, bytes held, events dropped before delivery) — for tests and metrics.
@@ -564,6 +623,49 @@ mod tests {
             },
             true,
         )
+    }
+
+    #[test]
+    fn untouched_streams_behave_like_pending_ones() {
+        let l = log(16);
+        // More streams than fit inline: the fifth goes to the map, and all behave alike.
+        let ids: Vec<u32> = (0..6).map(|_| l.open_stream().unwrap()).collect();
+        for &id in &ids {
+            assert!(l.has_stream(id));
+            assert_eq!(l.poll_phase(id, &mut cx()), Phase::Pending);
+        }
+        let l = log(16);
+        let ids: Vec<u32> = (0..6).map(|_| l.open_stream().unwrap()).collect();
+        // Answered at once: JSON, and the stream is gone.
+        assert!(l.complete(ids[0], Some(Bytes::from_static(b"a"))));
+        assert!(!l.has_stream(ids[0]));
+        assert_eq!(l.poll_phase(ids[0], &mut cx()), Phase::Json);
+        assert_eq!(
+            l.append(ids[0], Bytes::from_static(b"late"), false),
+            Err(AppendError::StreamEnded)
+        );
+        // Something streamed first: SSE, and the answer is the last event.
+        l.append(ids[1], Bytes::from_static(b"n"), false).unwrap();
+        assert_eq!(l.poll_phase(ids[1], &mut cx()), Phase::Sse);
+        assert!(!l.complete(ids[1], Some(Bytes::from_static(b"r"))));
+        assert_eq!(l.stats().0, 2);
+        // Forced to SSE before anything was sent; cancelled (no answer) while untouched.
+        l.force_sse(ids[2]);
+        assert_eq!(l.poll_phase(ids[2], &mut cx()), Phase::Sse);
+        assert!(l.complete(ids[3], None));
+        assert!(!l.has_stream(ids[3]));
+        // A reader may attach to a stream whose handler has not answered yet; if nothing
+        // is streamed, the answer still goes out as JSON and the reader ends.
+        let mut cur = l.attach(ids[4], None, true, false).unwrap();
+        assert!(l.poll_next(&mut cur, &mut cx()).is_pending());
+        assert!(l.complete(ids[4], Some(Bytes::from_static(b"x"))));
+        assert!(matches!(
+            l.poll_next(&mut cur, &mut cx()),
+            Poll::Ready(Item::End { retry: None })
+        ));
+        // The one kept in the map from the start.
+        assert!(l.complete(ids[5], None));
+        assert!(!l.has_stream(ids[5]));
     }
 
     fn next(l: &EventLog, c: &mut Cursor) -> Option<(u32, u32)> {
