@@ -3,6 +3,7 @@
 use std::{
     borrow::Borrow,
     collections::HashMap,
+    fmt,
     hash::{BuildHasher, Hash, Hasher},
     sync::{
         RwLock,
@@ -10,7 +11,7 @@ use std::{
     },
 };
 
-use super::{Session, SessionId};
+use super::{Fingerprint, Session, SessionId};
 
 const SHARDS: usize = 32;
 
@@ -20,8 +21,7 @@ const SHARDS: usize = 32;
 const INLINE: usize = 46;
 
 /// A table key: the id's bytes, inline when short. Hashes and compares as `[u8]`, so lookups
-/// take `id.as_bytes()`.
-#[derive(Debug)]
+/// take `id.as_bytes()`. Its `Debug` shows a fingerprint, like [`SessionId`]'s, never the id.
 enum Key {
     Inline { len: u8, bytes: [u8; INLINE] },
     Heap(SessionId),
@@ -48,6 +48,14 @@ impl Key {
             Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Self::Heap(id) => id.as_str().as_bytes(),
         }
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Ids are visible ASCII (checked when the `SessionId` was made).
+        let id = std::str::from_utf8(self.as_bytes()).unwrap_or_default();
+        write!(f, "Key({})", Fingerprint::of(id))
     }
 }
 
@@ -188,6 +196,15 @@ mod tests {
         }
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(map.get(id.as_str().as_bytes()), Some(&i));
+        }
+        for id in &ids {
+            let shown = format!("{:?}", Key::new(id));
+            assert!(
+                id.as_str().len() < 4 || !shown.contains(id.as_str()),
+                "{shown}"
+            );
+            assert!(!shown.contains("120,"), "no raw bytes: {shown}");
+            assert!(shown.contains(&Fingerprint::of(id.as_str()).to_string()));
         }
         assert_eq!(map.get(&b"x"[..]), None);
         assert_eq!(map.get(&[][..]), None);
