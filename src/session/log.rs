@@ -378,7 +378,13 @@ impl EventLog {
                 st.phase = Phase::Json;
                 st.finished = true;
                 st.wake();
+                // A reader may have attached (a GET naming this stream) before the answer
+                // went out as JSON: it ends, and no longer counts as one.
+                let had_reader = st.reader != 0;
                 s.streams.remove(&stream);
+                if had_reader {
+                    s.readers -= 1;
+                }
                 return true;
             }
             if data.is_none() {
@@ -658,11 +664,19 @@ mod tests {
         // is streamed, the answer still goes out as JSON and the reader ends.
         let mut cur = l.attach(ids[4], None, true, false).unwrap();
         assert!(l.poll_next(&mut cur, &mut cx()).is_pending());
+        assert_eq!(l.readers(), 1);
         assert!(l.complete(ids[4], Some(Bytes::from_static(b"x"))));
+        assert_eq!(
+            l.readers(),
+            0,
+            "the ended reader no longer keeps the session busy"
+        );
         assert!(matches!(
             l.poll_next(&mut cur, &mut cx()),
             Poll::Ready(Item::End { retry: None })
         ));
+        l.release(&cur);
+        assert_eq!(l.readers(), 0);
         // The one kept in the map from the start.
         assert!(l.complete(ids[5], None));
         assert!(!l.has_stream(ids[5]));
