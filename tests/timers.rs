@@ -23,15 +23,28 @@ type Svc = tower::util::BoxCloneService<
 >;
 
 fn stack(layer: SseTransportLayer) -> (Svc, TransportHandle) {
+    let (svc, handle, _, _) = stack_with_probe(layer);
+    (svc, handle)
+}
+
+fn stack_with_probe(
+    layer: SseTransportLayer,
+) -> (
+    Svc,
+    TransportHandle,
+    std::sync::Arc<support::Probe>,
+    support::Observations,
+) {
     let mut layer = layer.build().unwrap();
     let handle = layer.handle().unwrap();
-    let (probe, _) = support::Probe::new();
+    let (probe, obs) = support::Probe::new();
+    let p = probe.clone();
     let svc = tower::ServiceBuilder::new()
         .layer(layer)
         .service(handler_fn(move |req, cx| {
-            support::handle_request(probe.clone(), req, cx)
+            support::handle_request(p.clone(), req, cx)
         }));
-    (tower::util::BoxCloneService::new(svc), handle)
+    (tower::util::BoxCloneService::new(svc), handle, probe, obs)
 }
 
 fn req(
@@ -128,6 +141,41 @@ async fn idle_sessions_are_closed_and_busy_ones_are_not() {
         "a session with an open stream is not idle"
     );
     drop(get);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_goes_idle_once_its_spawned_request_has_answered() {
+    let (mut svc, handle, probe, mut obs) =
+        stack_with_probe(SseTransportLayer::new().with_idle_timeout(Duration::from_secs(60)));
+    let id = initialize(&mut svc, true).await;
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    handle.session(&id).unwrap().on_close(move |_, r| {
+        let _ = tx.send(r);
+    });
+    // `wait` does not answer at once: the transport spawns and tracks it.
+    let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
+        "params":{"name":"wait","arguments":{}}});
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(http::Method::POST, Some(&id), Some(call)));
+    let answer = tokio::spawn(fut);
+    obs.wait("started", "wait").await;
+    tokio::time::advance(Duration::from_secs(61)).await;
+    handle.sweep();
+    assert!(rx.try_recv().is_err(), "a running request keeps it open");
+
+    probe.release.notify_one();
+    let res = answer.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("released"));
+    // Answered: untracked, so it is idle again and the sweep closes it (close hooks run
+    // inside `sweep`).
+    tokio::time::advance(Duration::from_secs(61)).await;
+    handle.sweep();
+    assert_eq!(rx.try_recv(), Ok(CloseReason::Idle));
 }
 
 #[tokio::test(start_paused = true)]
