@@ -779,10 +779,16 @@ impl Session {
             .insert(id, (handle, stream));
     }
 
+    /// Forgets the running handler of request `id`, if the calling task is the one tracked
+    /// under it (a client may reuse an id once its request has answered; the newer request's
+    /// entry stays).
     pub(crate) fn untrack(&self, id: &RequestId) {
         let mut m = lock(&self.inner.mutable);
-        // Most requests were answered without being tracked: skip hashing the id then.
-        if !m.inflight.is_empty() {
+        let current = tokio::task::try_id();
+        if m.inflight
+            .get(id)
+            .is_some_and(|(h, _)| current.is_none_or(|t| h.id() == t))
+        {
             m.inflight.remove(id);
         }
     }

@@ -1034,8 +1034,11 @@ where
                 };
                 let task_id = id.clone();
                 let task_session = session.clone();
+                // Tracked before it runs (the gate), so its untrack cannot come first.
+                let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
                 let handle = tokio::spawn(
                     async move {
+                        let _ = gate_rx.await;
                         let mut slot = slot;
                         let event = match (CatchUnwind { fut }).await {
                             Some(Ok(res)) => answer_event(&collect(res).await, &task_id),
@@ -1052,6 +1055,7 @@ where
                     .in_current_span(),
                 );
                 session.track(id, handle.abort_handle(), None);
+                let _ = gate_tx.send(());
             }
         }
     }
