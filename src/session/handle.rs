@@ -771,26 +771,42 @@ impl Session {
         !lock(&self.inner.mutable).inflight.is_empty() || self.inner.log.readers() > 0
     }
 
-    /// Registers a running handler so `notifications/cancelled` can abort it.
-    /// `stream` is the request's own stream, ended on cancellation (`None` when shared).
-    pub(crate) fn track(&self, id: RequestId, handle: AbortHandle, stream: Option<u32>) {
+    /// Spawns the handler of request `id` and tracks it until it ends, so
+    /// `notifications/cancelled` can abort it (and end `stream`, the request's own stream,
+    /// when it has one). The task starts only once tracked, so it cannot finish (and
+    /// untrack) first; it untracks only its own entry, so a client reusing the id for a
+    /// newer request keeps that one's.
+    pub(crate) fn spawn_tracked<F>(
+        &self,
+        id: RequestId,
+        stream: Option<u32>,
+        fut: F,
+    ) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (gate_tx, gate_rx) = oneshot::channel::<()>();
+        let session = self.clone();
+        let task_id = id.clone();
+        let handle = tokio::spawn(async move {
+            let _ = gate_rx.await;
+            let out = fut.await;
+            let mut m = lock(&session.inner.mutable);
+            let ours = tokio::task::try_id();
+            if m.inflight
+                .get(&task_id)
+                .is_some_and(|(h, _)| ours.is_none_or(|t| h.id() == t))
+            {
+                m.inflight.remove(&task_id);
+            }
+            out
+        });
         lock(&self.inner.mutable)
             .inflight
-            .insert(id, (handle, stream));
-    }
-
-    /// Forgets the running handler of request `id`, if the calling task is the one tracked
-    /// under it (a client may reuse an id once its request has answered; the newer request's
-    /// entry stays).
-    pub(crate) fn untrack(&self, id: &RequestId) {
-        let mut m = lock(&self.inner.mutable);
-        let current = tokio::task::try_id();
-        if m.inflight
-            .get(id)
-            .is_some_and(|(h, _)| current.is_none_or(|t| h.id() == t))
-        {
-            m.inflight.remove(id);
-        }
+            .insert(id, (handle.abort_handle(), stream));
+        let _ = gate_tx.send(());
+        handle
     }
 
     /// Cancels a running handler; returns whether one was found.

@@ -1033,12 +1033,10 @@ where
                     done: false,
                 };
                 let task_id = id.clone();
-                let task_session = session.clone();
-                // Tracked before it runs (the gate), so its untrack cannot come first.
-                let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
-                let handle = tokio::spawn(
+                session.spawn_tracked(
+                    id,
+                    None,
                     async move {
-                        let _ = gate_rx.await;
                         let mut slot = slot;
                         let event = match (CatchUnwind { fut }).await {
                             Some(Ok(res)) => answer_event(&collect(res).await, &task_id),
@@ -1050,12 +1048,9 @@ where
                             ),
                         };
                         slot.finish(Some(event));
-                        task_session.untrack(&task_id);
                     }
                     .in_current_span(),
                 );
-                session.track(id, handle.abort_handle(), None);
-                let _ = gate_tx.send(());
             }
         }
     }
@@ -1268,25 +1263,12 @@ where
     let (guard, outcome) = match outcome {
         Some(out) => (None, Ok(out)),
         None => {
-            let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
-            // Only a spawned handler is tracked (for `notifications/cancelled`), so only it
-            // is untracked: the common answer-at-once path takes no session lock for it.
-            let tracked = session.clone().map(|s| (s, id.clone()));
-            let mut handle = tokio::spawn(
-                async move {
-                    let _ = gate_rx.await;
-                    let out = task.await;
-                    if let Some((s, id)) = tracked {
-                        s.untrack(&id);
-                    }
-                    out
-                }
-                .in_current_span(),
-            );
-            if let Some(s) = &session {
-                s.track(id.clone(), handle.abort_handle(), Some(stream));
-            }
-            let _ = gate_tx.send(());
+            // Only a legacy request is tracked (for `notifications/cancelled`).
+            let task = task.in_current_span();
+            let mut handle = match &session {
+                Some(s) => s.spawn_tracked(id.clone(), Some(stream), task),
+                None => tokio::spawn(task),
+            };
             let guard = (era == Era::Modern).then(|| AbortOnDrop(handle.abort_handle()));
             let waited = poll_fn(|cx| {
                 if let Poll::Ready(r) = Pin::new(&mut handle).poll(cx) {
