@@ -305,11 +305,7 @@ fn read_session_id(h: &HeaderMap, here: &NodeTag, envelope: bool) -> SessionIdTa
     let Some(raw) = h.get(headers::MCP_SESSION_ID) else {
         return SessionIdTag::Absent;
     };
-    // `<tag>.<rest>`: tags are short, so a plain scan finds the dot sooner than `split_once`.
-    let Some((tag, rest)) = raw.to_str().ok().and_then(|s| {
-        let dot = s.bytes().position(|b| b == b'.')?;
-        Some((&s[..dot], &s[dot + 1..]))
-    }) else {
+    let Some((tag, rest)) = raw.to_str().ok().and_then(|s| s.split_once('.')) else {
         return SessionIdTag::Untagged;
     };
     if !NodeTag::is_valid(tag) {
