@@ -71,7 +71,7 @@ pub(crate) struct Ctx {
     /// The session id header the request carried, unchecked ([`Ctx::sid`] validates it): the
     /// header value itself (a reference-counted view of the request's bytes), no copy of the
     /// id on the hot path.
-    pub(crate) sid: Option<http::HeaderValue>,
+    sid: Option<http::HeaderValue>,
     pub(crate) delete: bool,
 }
 
