@@ -132,6 +132,15 @@ struct State {
     generation: u64,
 }
 
+impl State {
+    /// Moves an untouched stream into the map, where every operation but `complete` finds it.
+    fn touch(&mut self, stream: u32) {
+        if self.untouched.take(stream) {
+            self.streams.insert(stream, Stream::new(Phase::Pending));
+        }
+    }
+}
+
 /// A few stream ids, inline.
 #[derive(Debug, Default)]
 struct Untouched {
@@ -270,13 +279,6 @@ impl EventLog {
         Ok(id)
     }
 
-    /// Moves an untouched stream into the map, where the operations below find it.
-    fn touch(s: &mut State, stream: u32) {
-        if s.untouched.take(stream) {
-            s.streams.insert(stream, Stream::new(Phase::Pending));
-        }
-    }
-
     /// Appends a message to a stream; `last` ends the stream after it.
     pub(crate) fn append(&self, stream: u32, data: Bytes, last: bool) -> Result<(), AppendError> {
         let mut guard = self.lock();
@@ -284,7 +286,7 @@ impl EventLog {
         if s.closed.is_some() {
             return Err(AppendError::Closed);
         }
-        Self::touch(s, stream);
+        s.touch(stream);
         let st = s.streams.get_mut(&stream).ok_or(AppendError::StreamEnded)?;
         if st.finished || st.phase == Phase::Json {
             return Err(AppendError::StreamEnded);
@@ -335,7 +337,7 @@ impl EventLog {
     /// Forces a pending stream into SSE form (a handler closing its stream early).
     pub(crate) fn force_sse(&self, stream: u32) {
         let mut s = self.lock();
-        Self::touch(&mut s, stream);
+        s.touch(stream);
         if let Some(st) = s.streams.get_mut(&stream)
             && st.phase == Phase::Pending
         {
@@ -349,7 +351,7 @@ impl EventLog {
     pub(crate) fn detach_reader(&self, stream: u32) {
         let mut guard = self.lock();
         let s = &mut *guard;
-        Self::touch(s, stream);
+        s.touch(stream);
         if let Some(st) = s.streams.get_mut(&stream) {
             if st.reader == 0 {
                 st.detach_pending = true;
@@ -405,7 +407,7 @@ impl EventLog {
     /// The phase of a POST stream, registering `cx` to be woken when it changes.
     pub(crate) fn poll_phase(&self, stream: u32, cx: &mut Context<'_>) -> Phase {
         let mut s = self.lock();
-        Self::touch(&mut s, stream);
+        s.touch(stream);
         match s.streams.get_mut(&stream) {
             Some(st) => {
                 if st.phase == Phase::Pending {
@@ -433,7 +435,7 @@ impl EventLog {
         if s.closed.is_some() {
             return Err(AttachError::Closed);
         }
-        Self::touch(s, stream);
+        s.touch(stream);
         let reader = s.next_reader;
         let first = s.first;
         let st = s.streams.get_mut(&stream).ok_or(AttachError::Unknown)?;
