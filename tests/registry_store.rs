@@ -787,10 +787,11 @@ mod redis_single {
         assert_eq!(left, 0);
     }
 
-    /// A batch is one `EVALSHA` of one script for all its writes, and survives a server
-    /// that lost its script cache (restart, `SCRIPT FLUSH`).
+    /// A batch is plain commands for the records (one or two per write) and one or two
+    /// commands per node index, whatever the number of sessions; it survives a server that
+    /// lost its script cache (restart, `SCRIPT FLUSH`).
     #[tokio::test]
-    async fn a_batch_is_one_evalsha_and_reloads_a_lost_script() {
+    async fn a_batch_is_plain_commands_and_reloads_a_lost_script() {
         let server = RedisServer::start();
         let store = RedisStore::lazy(&server.url()).expect("store");
         let record = SessionRecord::new("node-a", "inc");
@@ -803,7 +804,8 @@ mod redis_single {
                 ttl: MONTH,
             })
             .collect();
-        // The server has never seen the scripts: NOSCRIPT, load, run again.
+        // The server has never seen the index script: NOSCRIPT, load, run the index update again.
+        server.reset_stats();
         assert!(
             store
                 .write_batch(&writes)
@@ -813,6 +815,16 @@ mod redis_single {
                 .all(|r| *r)
         );
         assert_eq!(server.keys("mcp:session:{*").len(), 40);
+        let zcard: u64 = server.cmd(&["ZCARD", "mcp:session:node:{node-a}"]);
+        assert_eq!(zcard, 40, "every id indexed");
+        assert_eq!(server.command_count("set"), 40);
+        assert_eq!(server.command_count("zadd"), 1, "one ZADD for the index");
+        assert_eq!(
+            server.command_count("evalsha"),
+            2,
+            "refused, then run again"
+        );
+        assert_eq!(server.command_count("script|load"), 1);
 
         let _: String = server.cmd(&["SCRIPT", "FLUSH"]);
         server.reset_stats();
@@ -835,9 +847,83 @@ mod redis_single {
         assert!(server.keys("mcp:session:{*").is_empty());
         let zcard: u64 = server.cmd(&["ZCARD", "mcp:session:node:{node-a}"]);
         assert_eq!(zcard, 0, "the index follows");
-        // One call for the whole batch: refused, then run again after loading the script.
-        assert_eq!(server.command_count("evalsha"), 2);
+        // Each compare-and-delete refused, the script loaded, each sent again; one ZREM.
+        assert_eq!(server.command_count("evalsha"), 80);
         assert_eq!(server.command_count("script|load"), 1);
+        assert_eq!(server.command_count("zrem"), 1);
+
+        // Registered and removed in one batch: the index is never touched.
+        server.reset_stats();
+        let results = store
+            .write_batch(&[
+                StoreWrite::Register {
+                    id: "brief",
+                    record: &record,
+                    ttl: MONTH,
+                },
+                StoreWrite::Remove { id: "brief" },
+            ])
+            .await
+            .expect("batch");
+        assert_eq!(results, [true, true]);
+        assert!(server.keys("mcp:session:{*").is_empty());
+        assert_eq!(server.command_count("set"), 1);
+        assert_eq!(server.command_count("getdel"), 1);
+        for untouched in ["zadd", "zrem", "evalsha"] {
+            assert_eq!(server.command_count(untouched), 0, "{untouched}");
+        }
+    }
+
+    /// A batch sent again (its reply was lost) lands the same: each register finds its own
+    /// record, counts as stored and resets the TTL; a large batch's index update is split
+    /// into several commands.
+    #[tokio::test]
+    async fn a_replayed_batch_lands_the_same() {
+        let server = RedisServer::start();
+        let store = RedisStore::lazy(&server.url()).expect("store");
+        let record = SessionRecord::new("node-a", "inc");
+        let ids: Vec<String> = (0..600).map(|n| format!("s{n}")).collect();
+        let batch = |ttl| -> Vec<StoreWrite<'_>> {
+            ids.iter()
+                .map(|id| StoreWrite::Register {
+                    id,
+                    record: &record,
+                    ttl,
+                })
+                .collect()
+        };
+        let short = Duration::from_secs(600);
+        let first = store.write_batch(&batch(short)).await.expect("batch");
+        assert!(first.iter().all(|r| *r));
+        server.reset_stats();
+        let again = store.write_batch(&batch(MONTH)).await.expect("replay");
+        assert!(again.iter().all(|r| *r), "an identical record counts as stored");
+        assert_ttl_near(server.ttl("mcp:session:{s0}"), MONTH);
+        assert_ttl_near(server.ttl("mcp:session:{s599}"), MONTH);
+        let zcard: u64 = server.cmd(&["ZCARD", "mcp:session:node:{node-a}"]);
+        assert_eq!(zcard, 600);
+        // 600 ids joining one index: two calls of the index script (512 + 88).
+        assert_eq!(server.command_count("evalsha"), 2);
+        // Each record's TTL reset, and the index's own expiry extended to the longer TTL.
+        assert_eq!(server.command_count("expire"), 601);
+        assert_ttl_near(server.ttl("mcp:session:node:{node-a}"), MONTH);
+
+        // Another node's record under the same id is left alone, and not indexed here.
+        let theirs = SessionRecord::new("node-b", "inc");
+        let results = store
+            .write_batch(&[StoreWrite::Register {
+                id: "s0",
+                record: &theirs,
+                ttl: MONTH,
+            }])
+            .await
+            .expect("batch");
+        assert_eq!(results, [false]);
+        assert_eq!(
+            store.lookup("s0").await.expect("lookup"),
+            Some(record.clone())
+        );
+        assert!(server.keys("mcp:session:node:{node-b}").is_empty());
     }
 
     #[tokio::test]

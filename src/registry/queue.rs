@@ -4,8 +4,8 @@
 //! sharded by session id so the operations on one session keep their order (a `DELETE` right
 //! after `initialize` never overtakes its registration). A worker takes up to 64 queued
 //! operations at a time and hands them to the store in one
-//! [`write_batch`](super::RegistryStore::write_batch) call (one script call, one round trip, on
-//! a Redis server). If the batch fails, its operations are replayed one by one, in order per session,
+//! [`write_batch`](super::RegistryStore::write_batch) call (two pipelined round trips of plain
+//! commands on a Redis server, whatever the batch's size). If the batch fails, its operations are replayed one by one, in order per session,
 //! each retried with exponential backoff and jitter while the store is down, until it succeeds
 //! or the record would have expired anyway. Enqueuing never waits and never fails the request:
 //! when a queue is full the operation is dropped and counted, and the record's TTL cleans up.
@@ -272,7 +272,7 @@ async fn worker<R: RegistryStore>(core: Weak<Core<R>>, mut rx: mpsc::Receiver<Op
     let mut running = tokio::task::JoinSet::new();
     while rx.recv_many(&mut batch, IN_FLIGHT).await > 0 {
         let Some(c) = core.upgrade() else { return };
-        // The fast path: the whole batch in one store call (one round trip to a Redis server).
+        // The fast path: the whole batch in one store call (two round trips to a Redis server).
         let landed = {
             let writes: Vec<StoreWrite<'_>> = batch.iter().map(|op| c.write(op)).collect();
             c.store.write_batch(&writes).await

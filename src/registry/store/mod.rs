@@ -741,8 +741,8 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
     /// The registry's write queues call this with up to 64 queued writes at a time. The writes
     /// on one session take effect in their order; writes on different sessions may interleave.
     /// The default runs each write with its single-write method, the writes of different
-    /// sessions concurrently; `RedisStore` sends the whole batch as one pipeline (one round
-    /// trip) to a single server.
+    /// sessions concurrently; `RedisStore` sends a single server the whole batch in two
+    /// pipelined round trips (the records, then the node indexes).
     ///
     /// # Errors
     ///

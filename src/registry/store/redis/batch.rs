@@ -1,0 +1,355 @@
+//! [`RedisStore::write_batch`](super::RedisStore) on a single server: two pipelined round trips
+//! of plain commands.
+//!
+//! The first round trip writes the records, in the batch's order, one or two commands per
+//! write:
+//!
+//! | write | commands | result |
+//! |---|---|---|
+//! | register | `SET key json NX GET EX ttl` | stored (nil), or an identical record was there |
+//! | remove | `GETDEL key` | a record was there |
+//! | remove if owned | the compare-and-delete script (`EVALSHA`) | it was ours and is gone |
+//! | refresh | `EXPIRE key ttl`, `GET key` | the record exists |
+//!
+//! Its replies give each write's result and say which node index each session joins or leaves
+//! (a removed record names its node). The second round trip updates the indexes: per index,
+//! one call of the index script for every id that joins it (scored with the server's clock,
+//! then the index is pruned and its expiry extended) and one `ZREM` of every id that leaves it.
+//! The last change to a session in the batch wins, so a session registered and removed in the
+//! same batch touches no index at all; an identical record found by a register gets its TTL
+//! reset there (`EXPIRE`).
+//!
+//! Plain commands cost Redis a fraction of what the same work costs inside a script (each
+//! `redis.call` and each argument crosses into Lua and back): this is the registry's write
+//! path, so under session churn it is most of what Redis does.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use ::redis::{Pipeline, RedisError, ServerErrorKind, Value};
+
+use super::{INDEX_PUT, REMOVE_IF_OWNED, RedisStore};
+use crate::registry::store::{SessionRecord, StoreError, StoreWrite};
+
+/// The most ids one index command carries (the index script unpacks its arguments onto the Lua
+/// stack, which holds about 8,000 values).
+const IDS_PER_INDEX_COMMAND: usize = 512;
+
+/// What the batch does to the node indexes: per (node, session), the last write wins.
+#[derive(Default)]
+struct IndexChanges<'a> {
+    entries: HashMap<(Cow<'a, str>, &'a str), Change>,
+}
+
+struct Change {
+    /// `Some(ttl)`: join the index (or stay, with a new expiry); `None`: leave it.
+    join: Option<u64>,
+    /// The batch's first change was a register that stored a new record, so the id was not
+    /// listed before the batch: leaving needs no `ZREM`.
+    unlisted: bool,
+}
+
+impl<'a> IndexChanges<'a> {
+    /// `id` joins `node`'s index for `ttl`; `new_record`: its record was just created.
+    fn join(&mut self, node: Cow<'a, str>, id: &'a str, ttl: u64, new_record: bool) {
+        let change = self.entries.entry((node, id)).or_insert(Change {
+            join: None,
+            unlisted: new_record,
+        });
+        change.join = Some(ttl);
+    }
+
+    fn leave(&mut self, node: Cow<'a, str>, id: &'a str) {
+        let change = self.entries.entry((node, id)).or_insert(Change {
+            join: None,
+            unlisted: false,
+        });
+        change.join = None;
+    }
+
+    /// Per node: the ids joining its index and the ids leaving it.
+    fn by_node(&self) -> HashMap<&str, NodeUpdate<'a>> {
+        let mut by_node: HashMap<&str, NodeUpdate<'a>> = HashMap::new();
+        for ((node, id), change) in &self.entries {
+            match change.join {
+                Some(ttl) => by_node.entry(node).or_default().joins.push((ttl, *id)),
+                None if change.unlisted => {}
+                None => by_node.entry(node).or_default().leaves.push(*id),
+            }
+        }
+        by_node
+    }
+}
+
+/// One node index's part of a batch.
+#[derive(Default)]
+struct NodeUpdate<'a> {
+    /// Ids joining the index, with their TTLs in seconds.
+    joins: Vec<(u64, &'a str)>,
+    /// Ids leaving it.
+    leaves: Vec<&'a str>,
+}
+
+impl RedisStore {
+    /// Applies `writes` in two round trips (see the module docs), without a deadline of its
+    /// own: the caller bounds the whole.
+    pub(super) async fn write_pipelined(
+        &self,
+        conn: &ConnectionManager,
+        writes: &[StoreWrite<'_>],
+    ) -> Result<Vec<bool>, StoreError> {
+        let keys = &self.inner.keys;
+
+        // Round trip 1: the records.
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        for write in writes {
+            match *write {
+                StoreWrite::Register { id, record, ttl } => {
+                    pipe.cmd("SET")
+                        .arg(keys.session(id))
+                        .arg(record.to_json())
+                        .arg("NX")
+                        .arg("GET")
+                        .arg("EX")
+                        .arg(secs(ttl));
+                }
+                StoreWrite::Remove { id } => {
+                    pipe.cmd("GETDEL").arg(keys.session(id));
+                }
+                StoreWrite::RemoveIfOwned {
+                    id,
+                    node,
+                    incarnation,
+                } => {
+                    remove_if_owned(&mut pipe, &keys.session(id), node, incarnation);
+                }
+                StoreWrite::Refresh { id, ttl } => {
+                    let key = keys.session(id);
+                    pipe.cmd("EXPIRE").arg(&key).arg(secs(ttl));
+                    pipe.cmd("GET").arg(key);
+                }
+            }
+        }
+        let mut replies = run(conn, &pipe).await?;
+
+        // A server that lost its scripts (restart, `SCRIPT FLUSH`) refused the compare-and-delete
+        // writes without running them: load the script and send those writes again.
+        let refused: Vec<(usize, usize)> = reply_positions(writes)
+            .filter(|&(w, r)| {
+                matches!(writes[w], StoreWrite::RemoveIfOwned { .. }) && is_noscript(&replies[r])
+            })
+            .collect();
+        if !refused.is_empty() {
+            REMOVE_IF_OWNED
+                .load_async(&mut conn.clone())
+                .await
+                .map_err(super::classify)?;
+            let mut again = ::redis::pipe();
+            again.ignore_errors();
+            for &(w, _) in &refused {
+                if let StoreWrite::RemoveIfOwned {
+                    id,
+                    node,
+                    incarnation,
+                } = writes[w]
+                {
+                    remove_if_owned(&mut again, &keys.session(id), node, incarnation);
+                }
+            }
+            for (&(_, r), reply) in refused.iter().zip(run(conn, &again).await?) {
+                replies[r] = reply;
+            }
+        }
+
+        // Each write's result, and what it does to the indexes.
+        let mut results = Vec::with_capacity(writes.len());
+        let mut index = IndexChanges::default();
+        let mut expire = Vec::new();
+        for (w, r) in reply_positions(writes) {
+            let done = match writes[w] {
+                StoreWrite::Register { id, record, ttl } => match bytes(&replies[r])? {
+                    None => {
+                        index.join(Cow::Borrowed(&record.node), id, secs(ttl), true);
+                        true
+                    }
+                    // Already there: the same record (a write replayed after a lost reply)
+                    // counts as stored, and gets its TTL reset; another record is left alone.
+                    Some(old) if old == record.to_json().as_bytes() => {
+                        expire.push((keys.session(id), secs(ttl)));
+                        index.join(Cow::Borrowed(&record.node), id, secs(ttl), false);
+                        true
+                    }
+                    Some(_) => false,
+                },
+                StoreWrite::Remove { id } => match bytes(&replies[r])? {
+                    None => false,
+                    Some(value) => {
+                        // The record names the index it is listed in; an unreadable one is in
+                        // none of ours.
+                        if let Some(record) = record_of(value) {
+                            index.leave(Cow::Owned(record.node), id);
+                        }
+                        true
+                    }
+                },
+                StoreWrite::RemoveIfOwned { id, node, .. } => match int(&replies[r])? {
+                    1 => {
+                        index.leave(Cow::Borrowed(node), id);
+                        true
+                    }
+                    // No record at all: nothing to own, but no reason to stay listed either.
+                    -1 => {
+                        index.leave(Cow::Borrowed(node), id);
+                        false
+                    }
+                    _ => false,
+                },
+                StoreWrite::Refresh { id, ttl } => {
+                    let refreshed = int(&replies[r])? == 1;
+                    // Keep the index entry's expiry in step with the record's.
+                    if refreshed && let Some(record) = bytes(&replies[r + 1])?.and_then(record_of) {
+                        index.join(Cow::Owned(record.node), id, secs(ttl), false);
+                    }
+                    refreshed
+                }
+            };
+            results.push(done);
+        }
+
+        // Round trip 2: the node indexes.
+        let pipe = index_pipeline(self, &index, &expire);
+        if !pipe.is_empty() {
+            let mut replies = run(conn, &pipe).await?;
+            if replies.iter().any(is_noscript) {
+                // Every command of this round trip can run twice: load, send it again.
+                INDEX_PUT
+                    .load_async(&mut conn.clone())
+                    .await
+                    .map_err(super::classify)?;
+                replies = run(conn, &pipe).await?;
+            }
+            if let Some(err) = replies.into_iter().find_map(server_error) {
+                return Err(super::classify(err));
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// `(write, first reply)` for each write: a refresh has two replies, every other write one.
+fn reply_positions<'w>(
+    writes: &'w [StoreWrite<'_>],
+) -> impl Iterator<Item = (usize, usize)> + use<'w> {
+    writes.iter().enumerate().scan(0, |next, (w, write)| {
+        let r = *next;
+        *next += match write {
+            StoreWrite::Refresh { .. } => 2,
+            _ => 1,
+        };
+        Some((w, r))
+    })
+}
+
+fn remove_if_owned(pipe: &mut Pipeline, key: &str, node: &str, incarnation: &str) {
+    pipe.cmd("EVALSHA")
+        .arg(REMOVE_IF_OWNED.get_hash())
+        .arg(1)
+        .arg(key)
+        .arg(node)
+        .arg(incarnation);
+}
+
+/// The second round trip's commands: per node index, the ids joining it (the index script,
+/// [`IDS_PER_INDEX_COMMAND`] at a time) and the ids leaving it (`ZREM`); then the `EXPIRE`s.
+fn index_pipeline(
+    store: &RedisStore,
+    index: &IndexChanges<'_>,
+    expire: &[(String, u64)],
+) -> Pipeline {
+    let mut pipe = ::redis::pipe();
+    pipe.ignore_errors();
+    for (node, update) in index.by_node() {
+        let key = store.inner.keys.node_index(node);
+        for chunk in update.joins.chunks(IDS_PER_INDEX_COMMAND) {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(INDEX_PUT.get_hash())
+                .arg(1)
+                .arg(&key);
+            for (ttl, id) in chunk {
+                cmd.arg(*ttl).arg(*id);
+            }
+        }
+        for chunk in update.leaves.chunks(IDS_PER_INDEX_COMMAND) {
+            pipe.cmd("ZREM").arg(&key).arg(chunk);
+        }
+    }
+    for (key, ttl) in expire {
+        pipe.cmd("EXPIRE").arg(key).arg(*ttl);
+    }
+    pipe
+}
+
+/// Sends `pipe`; one reply per command (errors among them).
+async fn run(conn: &ConnectionManager, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
+    let replies: Vec<Value> = pipe
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(super::classify)?;
+    if replies.len() != pipe.len() {
+        return Err(StoreError::backend(format!(
+            "the pipeline answered {} of {} commands",
+            replies.len(),
+            pipe.len()
+        )));
+    }
+    Ok(replies)
+}
+
+fn is_noscript(reply: &Value) -> bool {
+    matches!(reply, Value::ServerError(err) if err.kind() == Some(ServerErrorKind::NoScript))
+}
+
+fn server_error(reply: Value) -> Option<RedisError> {
+    match reply {
+        Value::ServerError(err) => Some(err.into()),
+        _ => None,
+    }
+}
+
+/// A string reply's bytes, `None` for nil.
+fn bytes(reply: &Value) -> Result<Option<&[u8]>, StoreError> {
+    match reply {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => Ok(Some(bytes)),
+        Value::SimpleString(s) => Ok(Some(s.as_bytes())),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn int(reply: &Value) -> Result<i64, StoreError> {
+    match reply {
+        Value::Int(n) => Ok(*n),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(reply: &Value) -> StoreError {
+    match reply {
+        Value::ServerError(err) => super::classify(err.clone().into()),
+        other => StoreError::backend(format!("unexpected reply in a batch: {other:?}")),
+    }
+}
+
+fn record_of(value: &[u8]) -> Option<SessionRecord> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|json| SessionRecord::from_json(json).ok())
+}
+
+fn secs(ttl: Duration) -> u64 {
+    super::capped_ttl_seconds(ttl)
+}
