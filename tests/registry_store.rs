@@ -897,7 +897,10 @@ mod redis_single {
         assert!(first.iter().all(|r| *r));
         server.reset_stats();
         let again = store.write_batch(&batch(MONTH)).await.expect("replay");
-        assert!(again.iter().all(|r| *r), "an identical record counts as stored");
+        assert!(
+            again.iter().all(|r| *r),
+            "an identical record counts as stored"
+        );
         assert_ttl_near(server.ttl("mcp:session:{s0}"), MONTH);
         assert_ttl_near(server.ttl("mcp:session:{s599}"), MONTH);
         let zcard: u64 = server.cmd(&["ZCARD", "mcp:session:node:{node-a}"]);

@@ -395,12 +395,12 @@ impl RecordKey {
     /// ```
     #[must_use]
     pub fn session(&self, id: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + id.len() + 2);
-        key.push_str(&self.prefix);
-        key.push('{');
-        key.push_str(id);
-        key.push('}');
-        key
+        self.session_parts(id).concat()
+    }
+
+    /// The pieces of [`session`](Self::session)'s key, in order (for writing it out in place).
+    pub(crate) fn session_parts<'a>(&'a self, id: &'a str) -> [&'a str; 4] {
+        [&self.prefix, "{", id, "}"]
     }
 
     /// The key of `node`'s session index: `{prefix}node:{<node>}`.

@@ -28,10 +28,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
-use ::redis::{Pipeline, RedisError, ServerErrorKind, Value};
+use std::io::Write as _;
+
+use serde::Deserialize;
+
+use ::redis::{Cmd, Pipeline, RedisError, RedisWrite, ServerErrorKind, ToRedisArgs, Value};
 
 use super::{INDEX_PUT, REMOVE_IF_OWNED, RedisStore};
-use crate::registry::store::{SessionRecord, StoreError, StoreWrite};
+use crate::registry::store::{RecordKey, SessionRecord, StoreError, StoreWrite};
 
 /// The most ids one index command carries (the index script unpacks its arguments onto the Lua
 /// stack, which holds about 8,000 values).
@@ -102,34 +106,44 @@ impl RedisStore {
     ) -> Result<Vec<bool>, StoreError> {
         let keys = &self.inner.keys;
 
-        // Round trip 1: the records.
-        let mut pipe = ::redis::pipe();
+        // Round trip 1: the records. Each command is built at its final size, with the key and
+        // the record's JSON written straight into it.
+        let mut pipe = Pipeline::with_capacity(writes.len());
         pipe.ignore_errors();
         for write in writes {
             match *write {
                 StoreWrite::Register { id, record, ttl } => {
-                    pipe.cmd("SET")
-                        .arg(keys.session(id))
-                        .arg(record.to_json())
+                    let key = SessionKey::new(keys, id);
+                    let json = record.node.len() + record.incarnation.len() + 40;
+                    let mut cmd = command("SET", 7, key.len() + json + 24);
+                    cmd.arg(key)
+                        .arg(RecordJson(record))
                         .arg("NX")
                         .arg("GET")
                         .arg("EX")
                         .arg(secs(ttl));
+                    pipe.add_command(cmd);
                 }
                 StoreWrite::Remove { id } => {
-                    pipe.cmd("GETDEL").arg(keys.session(id));
+                    let key = SessionKey::new(keys, id);
+                    let mut cmd = command("GETDEL", 2, key.len() + 6);
+                    cmd.arg(key);
+                    pipe.add_command(cmd);
                 }
                 StoreWrite::RemoveIfOwned {
                     id,
                     node,
                     incarnation,
                 } => {
-                    remove_if_owned(&mut pipe, &keys.session(id), node, incarnation);
+                    remove_if_owned(&mut pipe, SessionKey::new(keys, id), node, incarnation);
                 }
                 StoreWrite::Refresh { id, ttl } => {
-                    let key = keys.session(id);
-                    pipe.cmd("EXPIRE").arg(&key).arg(secs(ttl));
-                    pipe.cmd("GET").arg(key);
+                    let key = SessionKey::new(keys, id);
+                    let mut expire = command("EXPIRE", 3, key.len() + 16);
+                    expire.arg(&key).arg(secs(ttl));
+                    let mut get = command("GET", 2, key.len() + 3);
+                    get.arg(key);
+                    pipe.add_command(expire).add_command(get);
                 }
             }
         }
@@ -156,7 +170,7 @@ impl RedisStore {
                     incarnation,
                 } = writes[w]
                 {
-                    remove_if_owned(&mut again, &keys.session(id), node, incarnation);
+                    remove_if_owned(&mut again, SessionKey::new(keys, id), node, incarnation);
                 }
             }
             for (&(_, r), reply) in refused.iter().zip(run(conn, &again).await?) {
@@ -189,8 +203,8 @@ impl RedisStore {
                     Some(value) => {
                         // The record names the index it is listed in; an unreadable one is in
                         // none of ours.
-                        if let Some(record) = record_of(value) {
-                            index.leave(Cow::Owned(record.node), id);
+                        if let Some(node) = node_of(value) {
+                            index.leave(node, id);
                         }
                         true
                     }
@@ -210,8 +224,8 @@ impl RedisStore {
                 StoreWrite::Refresh { id, ttl } => {
                     let refreshed = int(&replies[r])? == 1;
                     // Keep the index entry's expiry in step with the record's.
-                    if refreshed && let Some(record) = bytes(&replies[r + 1])?.and_then(record_of) {
-                        index.join(Cow::Owned(record.node), id, secs(ttl), false);
+                    if refreshed && let Some(node) = bytes(&replies[r + 1])?.and_then(node_of) {
+                        index.join(node, id, secs(ttl), false);
                     }
                     refreshed
                 }
@@ -253,13 +267,53 @@ fn reply_positions<'w>(
     })
 }
 
-fn remove_if_owned(pipe: &mut Pipeline, key: &str, node: &str, incarnation: &str) {
-    pipe.cmd("EVALSHA")
-        .arg(REMOVE_IF_OWNED.get_hash())
-        .arg(1)
-        .arg(key)
-        .arg(node)
-        .arg(incarnation);
+fn remove_if_owned(pipe: &mut Pipeline, key: SessionKey<'_>, node: &str, incarnation: &str) {
+    let hash = REMOVE_IF_OWNED.get_hash();
+    let bytes = hash.len() + key.len() + node.len() + incarnation.len() + 8;
+    let mut cmd = command("EVALSHA", 6, bytes);
+    cmd.arg(hash).arg(1).arg(key).arg(node).arg(incarnation);
+    pipe.add_command(cmd);
+}
+
+/// A command named `name` with room for `args` arguments (the name included) of `bytes` bytes
+/// in all, so that writing them never grows its buffers.
+fn command(name: &str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(args, bytes);
+    cmd.arg(name);
+    cmd
+}
+
+/// A session record's key, written into a command in place (see [`RecordKey::session`]).
+struct SessionKey<'a>([&'a str; 4]);
+
+impl<'a> SessionKey<'a> {
+    fn new(keys: &'a RecordKey, id: &'a str) -> Self {
+        Self(keys.session_parts(id))
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|part| part.len()).sum()
+    }
+}
+
+impl ToRedisArgs for SessionKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut arg = out.writer_for_next_arg();
+        for part in self.0 {
+            // The writer appends to the command's buffer: it cannot fail.
+            let _ = arg.write_all(part.as_bytes());
+        }
+    }
+}
+
+/// A record's JSON (as [`SessionRecord::to_json`]), serialised into a command in place.
+struct RecordJson<'a>(&'a SessionRecord);
+
+impl ToRedisArgs for RecordJson<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        // Two strings and an integer into the command's buffer: it cannot fail.
+        let _ = serde_json::to_writer(out.writer_for_next_arg(), self.0);
+    }
 }
 
 /// The second round trip's commands: per node index, the ids joining it (the index script,
@@ -344,12 +398,69 @@ fn unexpected(reply: &Value) -> StoreError {
     }
 }
 
-fn record_of(value: &[u8]) -> Option<SessionRecord> {
-    std::str::from_utf8(value)
+/// The node a stored record names, if it is a record ([`SessionRecord::from_json`] accepts
+/// the same), borrowed from the reply where it has no escapes.
+fn node_of(value: &[u8]) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Stored<'a> {
+        #[serde(rename = "n", borrow)]
+        node: Cow<'a, str>,
+        #[serde(rename = "i", borrow)]
+        _incarnation: Cow<'a, str>,
+        #[serde(rename = "c")]
+        _created_at: u64,
+    }
+    serde_json::from_slice::<Stored<'_>>(value)
         .ok()
-        .and_then(|json| SessionRecord::from_json(json).ok())
+        .map(|stored| stored.node)
 }
 
 fn secs(ttl: Duration) -> u64 {
     super::capped_ttl_seconds(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_records_are_written_as_their_strings() {
+        let keys = RecordKey::new("app:mcp:");
+        let record = SessionRecord::new("node-\"a\"", "7f3a").with_created_at(1_767_225_600);
+        let mut in_place = Cmd::new();
+        in_place
+            .arg(SessionKey::new(&keys, "n1.Zx9"))
+            .arg(RecordJson(&record));
+        let mut copied = Cmd::new();
+        copied.arg(keys.session("n1.Zx9")).arg(record.to_json());
+        assert_eq!(in_place.get_packed_command(), copied.get_packed_command());
+        assert_eq!(
+            SessionKey::new(&keys, "n1.Zx9").len(),
+            "app:mcp:{n1.Zx9}".len()
+        );
+    }
+
+    #[test]
+    fn node_of_reads_what_from_json_reads() {
+        for json in [
+            r#"{"n":"node-a","i":"7f3a","c":1}"#,
+            r#"{"n":"node-\"a\"","i":"7f3a","c":1}"#,
+            r#"{"c":1,"i":"x","n":"b","extra":true}"#,
+            r#"{"n":"node-a","c":1}"#,
+            r#"{"n":"node-a","i":"7f3a","c":"1"}"#,
+            r#"{"n":1,"i":"7f3a","c":1}"#,
+            "not a record",
+            "",
+        ] {
+            assert_eq!(
+                node_of(json.as_bytes()).map(String::from),
+                SessionRecord::from_json(json).ok().map(|r| r.node),
+                "{json}"
+            );
+        }
+        assert!(matches!(
+            node_of(br#"{"n":"node-a","i":"7f3a","c":1}"#),
+            Some(Cow::Borrowed("node-a"))
+        ));
+    }
 }
