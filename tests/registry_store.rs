@@ -506,19 +506,21 @@ mod cases {
         let node = unique("batch");
         let mine = SessionRecord::new(&node, "inc");
         let theirs = SessionRecord::new(unique("other"), "inc");
-        let ids: Vec<String> = (0..6).map(|_| unique("b")).collect();
+        let ids: Vec<String> = (0..9).map(|_| unique("b")).collect();
         assert!(
             store
                 .register(&ids[4], &theirs, MONTH)
                 .await
                 .expect("register")
         );
-        assert!(
-            store
-                .register(&ids[5], &mine, MONTH)
-                .await
-                .expect("register")
-        );
+        for registered in [&ids[5], &ids[6], &ids[7], &ids[8]] {
+            assert!(
+                store
+                    .register(registered, &mine, MONTH)
+                    .await
+                    .expect("register")
+            );
+        }
         let short = Duration::from_secs(600);
         let results = store
             .write_batch(&[
@@ -563,13 +565,38 @@ mod cases {
                     id: &ids[3],
                     ttl: short,
                 },
+                // Registered before the batch, removed in it; then refreshed: gone.
+                StoreWrite::Remove { id: &ids[6] },
+                StoreWrite::Refresh {
+                    id: &ids[6],
+                    ttl: short,
+                },
+                // Removed, then registered again: there afterwards.
+                StoreWrite::Remove { id: &ids[7] },
+                StoreWrite::Register {
+                    id: &ids[7],
+                    record: &mine,
+                    ttl: MONTH,
+                },
+                // Registered again with the same record (a replay), then refreshed: the
+                // refresh's TTL is the one that holds.
+                StoreWrite::Register {
+                    id: &ids[8],
+                    record: &mine,
+                    ttl: MONTH,
+                },
+                StoreWrite::Refresh {
+                    id: &ids[8],
+                    ttl: short,
+                },
             ])
             .await
             .expect("write_batch");
         assert_eq!(
             results,
             [
-                true, true, true, true, true, false, false, false, true, false
+                true, true, true, true, true, false, false, false, true, false, true, false, true,
+                true, true, true
             ]
         );
         assert_eq!(
@@ -579,7 +606,17 @@ mod cases {
         for gone in [&ids[1], &ids[2], &ids[3]] {
             assert_eq!(store.lookup(gone).await.expect("lookup"), None);
         }
-        assert_eq!(store.lookup(&ids[4]).await.expect("lookup"), Some(theirs));
+        assert_eq!(store.lookup(&ids[6]).await.expect("lookup"), None);
+        for there in [&ids[7], &ids[8]] {
+            assert_eq!(
+                store.lookup(there).await.expect("lookup"),
+                Some(mine.clone())
+            );
+        }
+        assert_eq!(
+            store.lookup(&ids[4]).await.expect("lookup"),
+            Some(theirs.clone())
+        );
         assert!(
             store
                 .write_batch(&[])
@@ -590,23 +627,26 @@ mod cases {
         if let Some(raw) = backend.raw() {
             let keys = RecordKey::default();
             assert_ttl_near(raw.expiry(&keys.session(&ids[5])), short);
+            assert_ttl_near(raw.expiry(&keys.session(&ids[8])), short);
+            assert_ttl_near(raw.expiry(&keys.session(&ids[7])), MONTH);
             let index = keys.node_index(&node);
-            assert!(
-                raw.zscore(&index, &ids[0]).is_some(),
-                "registered id indexed"
-            );
-            assert!(
-                raw.zscore(&index, &ids[5]).is_some(),
-                "refreshed id indexed"
-            );
-            for gone in [&ids[1], &ids[2]] {
+            for listed in [&ids[0], &ids[5], &ids[7], &ids[8]] {
+                assert!(raw.zscore(&index, listed).is_some(), "{listed} indexed");
+            }
+            for gone in [&ids[1], &ids[2], &ids[6]] {
                 assert_eq!(raw.zscore(&index, gone), None, "removed id unindexed");
             }
+            assert!(
+                raw.zscore(&keys.node_index(&theirs.node), &ids[4])
+                    .is_some(),
+                "another node's record stays in its node's index"
+            );
+            assert_eq!(raw.zscore(&index, &ids[4]), None);
         }
         // The index still drives the cleanup after a restart.
         assert_eq!(
             store.remove_stale(&node, "next", 10).await.expect("stale"),
-            2
+            4
         );
     }
 
@@ -927,6 +967,102 @@ mod redis_single {
             Some(record.clone())
         );
         assert!(server.keys("mcp:session:node:{node-b}").is_empty());
+    }
+
+    /// The index is best effort in a batch as in the single writes: an index update that
+    /// fails does not fail the records' writes. A listed id whose record is gone leaves the
+    /// index on `remove_if_owned`.
+    #[tokio::test]
+    async fn a_failed_index_update_does_not_fail_the_batch() {
+        let server = RedisServer::start();
+        let store = RedisStore::lazy(&server.url()).expect("store");
+        // An index key of the wrong type: every index command on it fails (WRONGTYPE).
+        let () = server.cmd(&["SET", "mcp:session:node:{node-z}", "not a sorted set"]);
+        let record = SessionRecord::new("node-z", "inc");
+        let results = store
+            .write_batch(&[StoreWrite::Register {
+                id: "s1",
+                record: &record,
+                ttl: MONTH,
+            }])
+            .await
+            .expect("the records' writes landed");
+        assert_eq!(results, [true]);
+        assert_eq!(store.lookup("s1").await.expect("lookup"), Some(record));
+
+        let record = SessionRecord::new("node-a", "inc");
+        assert!(
+            store
+                .register("s2", &record, MONTH)
+                .await
+                .expect("register")
+        );
+        let () = server.cmd(&["DEL", "mcp:session:{s2}"]);
+        let results = store
+            .write_batch(&[StoreWrite::RemoveIfOwned {
+                id: "s2",
+                node: "node-a",
+                incarnation: "inc",
+            }])
+            .await
+            .expect("batch");
+        assert_eq!(results, [false], "nothing to remove");
+        let listed: Option<f64> = server.cmd(&["ZSCORE", "mcp:session:node:{node-a}", "s2"]);
+        assert_eq!(listed, None, "no record, no index entry");
+    }
+
+    /// A server that lost the compare-and-delete script refused it; when a later write of the
+    /// batch touched the same session, sending it again would reorder them: the batch fails
+    /// instead (the registry then replays it in order), and the next try succeeds.
+    #[tokio::test]
+    async fn a_lost_script_never_reorders_a_sessions_writes() {
+        let server = RedisServer::start();
+        let store = RedisStore::lazy(&server.url()).expect("store");
+        let record = SessionRecord::new("node-a", "inc");
+        assert!(
+            store
+                .register("s1", &record, MONTH)
+                .await
+                .expect("register")
+        );
+        let _: String = server.cmd(&["SCRIPT", "FLUSH"]);
+        let writes = [
+            StoreWrite::RemoveIfOwned {
+                id: "s1",
+                node: "node-a",
+                incarnation: "inc",
+            },
+            StoreWrite::Register {
+                id: "s1",
+                record: &record,
+                ttl: MONTH,
+            },
+        ];
+        let err = store.write_batch(&writes).await.expect_err("reordered");
+        assert!(!err.is_timeout() && !err.is_unavailable(), "{err}");
+        // Sent in order, one by one, the removal lands first and the register after it.
+        assert!(
+            store
+                .remove_if_owned("s1", "node-a", "inc")
+                .await
+                .expect("remove")
+        );
+        assert!(
+            store
+                .register("s1", &record, MONTH)
+                .await
+                .expect("register")
+        );
+        assert_eq!(
+            store.lookup("s1").await.expect("lookup"),
+            Some(record.clone())
+        );
+        // The script is loaded again: the same batch now runs as one.
+        server.reset_stats();
+        let results = store.write_batch(&writes).await.expect("batch");
+        assert_eq!(results, [true, true]);
+        assert_eq!(store.lookup("s1").await.expect("lookup"), Some(record));
+        assert_eq!(server.command_count("script|load"), 0);
     }
 
     #[tokio::test]

@@ -421,7 +421,7 @@ impl RecordKey {
     }
 
     /// `{prefix}node:{`: a node index key without the node name and the closing brace.
-    pub(crate) fn node_index_prefix(&self) -> String {
+    fn node_index_prefix(&self) -> String {
         let mut key = String::with_capacity(self.prefix.len() + 24);
         key.push_str(&self.prefix);
         key.push_str("node:{");

@@ -12,12 +12,20 @@
 //! | refresh | `EXPIRE key ttl`, `GET key` | the record exists |
 //!
 //! Its replies give each write's result and say which node index each session joins or leaves
-//! (a removed record names its node). The second round trip updates the indexes: per index,
-//! one call of the index script for every id that joins it (scored with the server's clock,
-//! then the index is pruned and its expiry extended) and one `ZREM` of every id that leaves it.
-//! The last change to a session in the batch wins, so a session registered and removed in the
-//! same batch touches no index at all; an identical record found by a register gets its TTL
-//! reset there (`EXPIRE`).
+//! (a removed record names its node). The second round trip first resets the TTL of each record
+//! a register found already there, identical (a write replayed after a lost reply), unless a
+//! later write of the batch set or removed it; then it updates the indexes: per index, one call
+//! of the index script listing the ids that join it (scored with the server's clock; then the
+//! index is pruned and its expiry extended) and one `ZREM` of the ids that leave it, at most
+//! [`IDS_PER_INDEX_COMMAND`] ids per command. Per session and index the batch's last change
+//! wins, so a session registered and removed in the same batch touches no index at all. The
+//! index updates are best effort, as in the single-write methods: a failure is logged, and
+//! each record's own TTL still applies.
+//!
+//! Writes on one session take effect in the batch's order. The one exception would be a
+//! compare-and-delete refused because the server lost its script: it is sent again after the
+//! rest, so when a later write of the batch touched the same session the batch fails instead
+//! (and the registry replays it write by write, in order).
 //!
 //! Plain commands cost Redis a fraction of what the same work costs inside a script (each
 //! `redis.call` and each argument crosses into Lua and back): this is the registry's write
@@ -25,16 +33,15 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::Duration;
-
-use ::redis::aio::ConnectionManager;
+use std::future::Future;
 use std::io::Write as _;
 
+use ::redis::aio::ConnectionManager;
+use ::redis::{Cmd, Pipeline, RedisWrite, ServerErrorKind, ToRedisArgs, Value};
 use serde::Deserialize;
+use tokio::time::Instant;
 
-use ::redis::{Cmd, Pipeline, RedisError, RedisWrite, ServerErrorKind, ToRedisArgs, Value};
-
-use super::{INDEX_PUT, REMOVE_IF_OWNED, RedisStore};
+use super::{INDEX_PUT, REMOVE_IF_OWNED, RedisStore, capped_ttl_seconds as secs, classify};
 use crate::registry::store::{RecordKey, SessionRecord, StoreError, StoreWrite};
 
 /// The most ids one index command carries (the index script unpacks its arguments onto the Lua
@@ -97,12 +104,12 @@ struct NodeUpdate<'a> {
 }
 
 impl RedisStore {
-    /// Applies `writes` in two round trips (see the module docs), without a deadline of its
-    /// own: the caller bounds the whole.
+    /// Applies `writes` in two round trips (see the module docs), done by `deadline`.
     pub(super) async fn write_pipelined(
         &self,
         conn: &ConnectionManager,
         writes: &[StoreWrite<'_>],
+        deadline: Instant,
     ) -> Result<Vec<bool>, StoreError> {
         let keys = &self.inner.keys;
 
@@ -147,20 +154,29 @@ impl RedisStore {
                 }
             }
         }
-        let mut replies = run(conn, &pipe).await?;
+        let mut replies = within(deadline, run(conn, &pipe)).await?;
 
         // A server that lost its scripts (restart, `SCRIPT FLUSH`) refused the compare-and-delete
-        // writes without running them: load the script and send those writes again.
+        // writes without running them: load the script and send those writes again, unless a
+        // later write of the batch touched the same session (sent again now, they would land
+        // after it: the batch fails instead, and the queue replays it in order).
         let refused: Vec<(usize, usize)> = reply_positions(writes)
             .filter(|&(w, r)| {
                 matches!(writes[w], StoreWrite::RemoveIfOwned { .. }) && is_noscript(&replies[r])
             })
             .collect();
         if !refused.is_empty() {
-            REMOVE_IF_OWNED
-                .load_async(&mut conn.clone())
-                .await
-                .map_err(super::classify)?;
+            within(deadline, load(conn, &REMOVE_IF_OWNED)).await?;
+            let overtaken = refused.iter().any(|&(w, _)| {
+                let id = writes[w].id();
+                writes[w + 1..].iter().any(|later| later.id() == id)
+            });
+            if overtaken {
+                return Err(StoreError::backend(
+                    "the server had lost the compare-and-delete script, and a later write of \
+                     the batch touched the same session",
+                ));
+            }
             let mut again = ::redis::pipe();
             again.ignore_errors();
             for &(w, _) in &refused {
@@ -173,7 +189,8 @@ impl RedisStore {
                     remove_if_owned(&mut again, SessionKey::new(keys, id), node, incarnation);
                 }
             }
-            for (&(_, r), reply) in refused.iter().zip(run(conn, &again).await?) {
+            let resent = within(deadline, run(conn, &again)).await?;
+            for (&(_, r), reply) in refused.iter().zip(resent) {
                 replies[r] = reply;
             }
         }
@@ -181,18 +198,25 @@ impl RedisStore {
         // Each write's result, and what it does to the indexes.
         let mut results = Vec::with_capacity(writes.len());
         let mut index = IndexChanges::default();
-        let mut expire = Vec::new();
+        // Registers that found their own record: its TTL is reset in round 2, unless a later
+        // write of the batch set or removed the record (the last write on a session wins).
+        let mut ttl_resets: HashMap<&str, u64> = HashMap::new();
         for (w, r) in reply_positions(writes) {
-            let done = match writes[w] {
+            let write = &writes[w];
+            if !matches!(write, StoreWrite::Register { .. }) {
+                ttl_resets.remove(write.id());
+            }
+            let done = match *write {
                 StoreWrite::Register { id, record, ttl } => match bytes(&replies[r])? {
                     None => {
+                        ttl_resets.remove(id);
                         index.join(Cow::Borrowed(&record.node), id, secs(ttl), true);
                         true
                     }
                     // Already there: the same record (a write replayed after a lost reply)
                     // counts as stored, and gets its TTL reset; another record is left alone.
                     Some(old) if old == record.to_json().as_bytes() => {
-                        expire.push((keys.session(id), secs(ttl)));
+                        ttl_resets.insert(id, secs(ttl));
                         index.join(Cow::Borrowed(&record.node), id, secs(ttl), false);
                         true
                     }
@@ -233,24 +257,49 @@ impl RedisStore {
             results.push(done);
         }
 
-        // Round trip 2: the node indexes.
-        let pipe = index_pipeline(self, &index, &expire);
-        if !pipe.is_empty() {
-            let mut replies = run(conn, &pipe).await?;
-            if replies.iter().any(is_noscript) {
-                // Every command of this round trip can run twice: load, send it again.
-                INDEX_PUT
-                    .load_async(&mut conn.clone())
-                    .await
-                    .map_err(super::classify)?;
-                replies = run(conn, &pipe).await?;
+        // Round trip 2: the TTL resets, then the node indexes. A reset is part of its write's
+        // result: if it fails, the batch fails. The indexes are best effort, as in the
+        // single-write methods: a failure is logged, and each record's own TTL still applies.
+        let pipe = index_pipeline(self, &ttl_resets, &index);
+        if pipe.is_empty() {
+            return Ok(results);
+        }
+        let sent = within(deadline, async {
+            let replies = run(conn, &pipe).await?;
+            if !replies.iter().any(is_noscript) {
+                return Ok(replies);
             }
-            if let Some(err) = replies.into_iter().find_map(server_error) {
-                return Err(super::classify(err));
+            // Every command of this round trip can run twice: load, send it again.
+            load(conn, &INDEX_PUT).await?;
+            run(conn, &pipe).await
+        })
+        .await;
+        let index_failure = match sent {
+            Ok(replies) => {
+                let (resets, updates) = replies.split_at(ttl_resets.len());
+                if let Some(err) = resets.iter().find_map(server_error) {
+                    return Err(err);
+                }
+                updates.iter().find_map(server_error)
             }
+            Err(err) if ttl_resets.is_empty() => Some(err),
+            Err(err) => return Err(err),
+        };
+        if let Some(err) = index_failure {
+            tracing::debug!(error = %err, "registry: node index update failed");
         }
         Ok(results)
     }
+}
+
+/// `fut`, or a timeout error once `deadline` has passed.
+async fn within<T>(
+    deadline: Instant,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .unwrap_or_else(|_elapsed| Err(StoreError::timeout()))
 }
 
 /// `(write, first reply)` for each write: a refresh has two replies, every other write one.
@@ -316,17 +365,22 @@ impl ToRedisArgs for RecordJson<'_> {
     }
 }
 
-/// The second round trip's commands: per node index, the ids joining it (the index script,
-/// [`IDS_PER_INDEX_COMMAND`] at a time) and the ids leaving it (`ZREM`); then the `EXPIRE`s.
+/// The second round trip's commands: the TTL resets first (one `EXPIRE` each), then per node
+/// index the ids joining it (the index script, [`IDS_PER_INDEX_COMMAND`] at a time) and the ids
+/// leaving it (`ZREM`, as many at a time).
 fn index_pipeline(
     store: &RedisStore,
+    ttl_resets: &HashMap<&str, u64>,
     index: &IndexChanges<'_>,
-    expire: &[(String, u64)],
 ) -> Pipeline {
+    let keys = &store.inner.keys;
     let mut pipe = ::redis::pipe();
     pipe.ignore_errors();
+    for (id, ttl) in ttl_resets {
+        pipe.cmd("EXPIRE").arg(SessionKey::new(keys, id)).arg(*ttl);
+    }
     for (node, update) in index.by_node() {
-        let key = store.inner.keys.node_index(node);
+        let key = keys.node_index(node);
         for chunk in update.joins.chunks(IDS_PER_INDEX_COMMAND) {
             let cmd = pipe
                 .cmd("EVALSHA")
@@ -341,9 +395,6 @@ fn index_pipeline(
             pipe.cmd("ZREM").arg(&key).arg(chunk);
         }
     }
-    for (key, ttl) in expire {
-        pipe.cmd("EXPIRE").arg(key).arg(*ttl);
-    }
     pipe
 }
 
@@ -352,7 +403,7 @@ async fn run(conn: &ConnectionManager, pipe: &Pipeline) -> Result<Vec<Value>, St
     let replies: Vec<Value> = pipe
         .query_async(&mut conn.clone())
         .await
-        .map_err(super::classify)?;
+        .map_err(classify)?;
     if replies.len() != pipe.len() {
         return Err(StoreError::backend(format!(
             "the pipeline answered {} of {} commands",
@@ -363,13 +414,21 @@ async fn run(conn: &ConnectionManager, pipe: &Pipeline) -> Result<Vec<Value>, St
     Ok(replies)
 }
 
+async fn load(conn: &ConnectionManager, script: &::redis::Script) -> Result<(), StoreError> {
+    script
+        .load_async(&mut conn.clone())
+        .await
+        .map(drop)
+        .map_err(classify)
+}
+
 fn is_noscript(reply: &Value) -> bool {
     matches!(reply, Value::ServerError(err) if err.kind() == Some(ServerErrorKind::NoScript))
 }
 
-fn server_error(reply: Value) -> Option<RedisError> {
+fn server_error(reply: &Value) -> Option<StoreError> {
     match reply {
-        Value::ServerError(err) => Some(err.into()),
+        Value::ServerError(err) => Some(classify(err.clone().into())),
         _ => None,
     }
 }
@@ -393,7 +452,7 @@ fn int(reply: &Value) -> Result<i64, StoreError> {
 
 fn unexpected(reply: &Value) -> StoreError {
     match reply {
-        Value::ServerError(err) => super::classify(err.clone().into()),
+        Value::ServerError(err) => classify(err.clone().into()),
         other => StoreError::backend(format!("unexpected reply in a batch: {other:?}")),
     }
 }
@@ -413,10 +472,6 @@ fn node_of(value: &[u8]) -> Option<Cow<'_, str>> {
     serde_json::from_slice::<Stored<'_>>(value)
         .ok()
         .map(|stored| stored.node)
-}
-
-fn secs(ttl: Duration) -> u64 {
-    super::capped_ttl_seconds(ttl)
 }
 
 #[cfg(test)]

@@ -28,8 +28,10 @@ const MAX_BATCH: usize = 1024;
 /// The longest TTL sent to Redis (ten years); longer ones are capped.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 60 * 60;
 
-/// The Lua every script is built from, so each rule is written once: reading a record,
-/// registering, compare-and-delete, and the node-index update.
+/// The Lua every script is built from, so each rule is written once among the scripts:
+/// reading a record, registering, compare-and-delete, and pruning a node index. (The batch
+/// path, `batch.rs`, registers and refreshes with plain commands instead; the scripts serve
+/// the single-write methods, whose keys may live on different cluster nodes.)
 const LUA_LIB: &str = r"
 local function record_of(value)
   if not value then return nil end
@@ -162,13 +164,17 @@ return 1
 /// single server two pipelined round trips of plain commands, whatever the batch's size. The
 /// first writes the records in the batch's order: a register is `SET key json NX GET EX ttl`,
 /// a remove `GETDEL`, a refresh `EXPIRE` and `GET`, a `remove_if_owned` the compare-and-delete
-/// script. The second updates the node indexes: per index, one script call that lists the ids
-/// joining it and prunes it, and one `ZREM` of the ids leaving it; a session registered and
+/// script. The second resets the TTL of records a register found already there (a replayed
+/// write) and updates the node indexes: per index, one script call that lists the ids joining
+/// it and prunes it, and one `ZREM` of the ids leaving it (512 ids at most per command). The
+/// index updates are best effort, as in the single-write methods; a session registered and
 /// removed in the same batch touches no index. Plain commands keep Redis's share of the work
-/// small: under session churn, a script that did the same work cost Redis about three times
+/// small: under session churn, one script doing the whole batch's work cost Redis about twice
 /// as much CPU per session. On a cluster `write_batch` falls back to the single-write methods.
 ///
-/// This needs Redis 7.0 or later (`SET` with both `NX` and `GET`), or Valkey.
+/// This needs Redis 7.0 or later (`SET` with both `NX` and `GET`), or Valkey. On an older
+/// server every batch fails with a syntax error, and the registry's queue then replays its
+/// writes one by one through the single-write methods (which need 6.2: `GETDEL`).
 ///
 /// TTLs are whole seconds (see [`RegistryStore`]) and capped at ten years.
 ///
@@ -932,7 +938,7 @@ impl RegistryStore for RedisStore {
 
     /// On a single server: the records in one pipelined round trip of plain commands, then the
     /// node indexes in a second (see [`RedisStore`]'s "Commands"), both within one command
-    /// timeout. On a cluster, where a record
+    /// timeout (an index update that fails or runs out of time is logged, not returned). On a cluster, where a record
     /// and its index live in different slots: the single-write methods, different sessions
     /// concurrently.
     async fn write_batch(&self, writes: &[StoreWrite<'_>]) -> Result<Vec<bool>, StoreError> {
@@ -944,12 +950,8 @@ impl RegistryStore for RedisStore {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        tokio::time::timeout(
-            self.inner.command_timeout,
-            self.write_pipelined(conn, writes),
-        )
-        .await
-        .unwrap_or_else(|_elapsed| Err(StoreError::timeout()))
+        let deadline = tokio::time::Instant::now() + self.inner.command_timeout;
+        self.write_pipelined(conn, writes, deadline).await
     }
 }
 
