@@ -522,73 +522,41 @@ mod cases {
             );
         }
         let short = Duration::from_secs(600);
+        let register = |id| StoreWrite::Register {
+            id,
+            record: &mine,
+            ttl: MONTH,
+        };
+        let remove_owned = |id| StoreWrite::RemoveIfOwned {
+            id,
+            node: &node,
+            incarnation: "inc",
+        };
+        let refresh = |id| StoreWrite::Refresh { id, ttl: short };
+        let remove = |id| StoreWrite::Remove { id };
         let results = store
             .write_batch(&[
-                StoreWrite::Register {
-                    id: &ids[0],
-                    record: &mine,
-                    ttl: MONTH,
-                },
-                StoreWrite::Register {
-                    id: &ids[1],
-                    record: &mine,
-                    ttl: MONTH,
-                },
+                register(&ids[0]),
+                register(&ids[1]),
                 // Registered then closed in the same batch: gone afterwards.
-                StoreWrite::Register {
-                    id: &ids[2],
-                    record: &mine,
-                    ttl: MONTH,
-                },
-                StoreWrite::RemoveIfOwned {
-                    id: &ids[2],
-                    node: &node,
-                    incarnation: "inc",
-                },
-                StoreWrite::Remove { id: &ids[1] },
-                StoreWrite::Remove { id: &ids[3] },
-                StoreWrite::Register {
-                    id: &ids[4],
-                    record: &mine,
-                    ttl: MONTH,
-                },
-                StoreWrite::RemoveIfOwned {
-                    id: &ids[4],
-                    node: &node,
-                    incarnation: "inc",
-                },
-                StoreWrite::Refresh {
-                    id: &ids[5],
-                    ttl: short,
-                },
-                StoreWrite::Refresh {
-                    id: &ids[3],
-                    ttl: short,
-                },
+                register(&ids[2]),
+                remove_owned(&ids[2]),
+                remove(&ids[1]),
+                remove(&ids[3]),
+                register(&ids[4]),
+                remove_owned(&ids[4]),
+                refresh(&ids[5]),
+                refresh(&ids[3]),
                 // Registered before the batch, removed in it; then refreshed: gone.
-                StoreWrite::Remove { id: &ids[6] },
-                StoreWrite::Refresh {
-                    id: &ids[6],
-                    ttl: short,
-                },
+                remove(&ids[6]),
+                refresh(&ids[6]),
                 // Removed, then registered again: there afterwards.
-                StoreWrite::Remove { id: &ids[7] },
-                StoreWrite::Register {
-                    id: &ids[7],
-                    record: &mine,
-                    ttl: MONTH,
-                },
+                remove(&ids[7]),
+                register(&ids[7]),
                 // Registered again with the same record (a replay), then refreshed: the
                 // refresh's TTL is the one that holds.
-                StoreWrite::Register {
-                    id: &ids[8],
-                    record: &mine,
-                    ttl: MONTH,
-                },
-                StoreWrite::Refresh {
-                    id: &ids[8],
-                    ttl: short,
-                },
+                register(&ids[8]),
+                refresh(&ids[8]),
             ])
             .await
             .expect("write_batch");
