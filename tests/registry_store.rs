@@ -57,6 +57,11 @@ trait Backend {
     fn raw(&self) -> Option<&dyn Raw>;
 }
 
+/// A batch's register write.
+fn register_write<'a>(id: &'a str, record: &'a SessionRecord, ttl: Duration) -> StoreWrite<'a> {
+    StoreWrite::Register { id, record, ttl }
+}
+
 /// Asserts a TTL reported by Redis is within a minute below `expected`.
 fn assert_ttl_near(ttl: i64, expected: Duration) {
     let expected = i64::try_from(expected.as_secs()).unwrap_or(i64::MAX);
@@ -522,11 +527,7 @@ mod cases {
             );
         }
         let short = Duration::from_secs(600);
-        let register = |id| StoreWrite::Register {
-            id,
-            record: &mine,
-            ttl: MONTH,
-        };
+        let register = |id| register_write(id, &mine, MONTH);
         let remove_owned = |id| StoreWrite::RemoveIfOwned {
             id,
             node: &node,
@@ -806,11 +807,7 @@ mod redis_single {
         let ids: Vec<String> = (0..40).map(|n| format!("s{n}")).collect();
         let writes: Vec<StoreWrite<'_>> = ids
             .iter()
-            .map(|id| StoreWrite::Register {
-                id,
-                record: &record,
-                ttl: MONTH,
-            })
+            .map(|id| register_write(id, &record, MONTH))
             .collect();
         // The server has never seen the index script: NOSCRIPT, load, run the index update again.
         server.reset_stats();
@@ -864,11 +861,7 @@ mod redis_single {
         server.reset_stats();
         let results = store
             .write_batch(&[
-                StoreWrite::Register {
-                    id: "brief",
-                    record: &record,
-                    ttl: MONTH,
-                },
+                register_write("brief", &record, MONTH),
                 StoreWrite::Remove { id: "brief" },
             ])
             .await
@@ -893,11 +886,7 @@ mod redis_single {
         let ids: Vec<String> = (0..600).map(|n| format!("s{n}")).collect();
         let batch = |ttl| -> Vec<StoreWrite<'_>> {
             ids.iter()
-                .map(|id| StoreWrite::Register {
-                    id,
-                    record: &record,
-                    ttl,
-                })
+                .map(|id| register_write(id, &record, ttl))
                 .collect()
         };
         let short = Duration::from_secs(600);
@@ -922,11 +911,7 @@ mod redis_single {
         // Another node's record under the same id is left alone, and not indexed here.
         let theirs = SessionRecord::new("node-b", "inc");
         let results = store
-            .write_batch(&[StoreWrite::Register {
-                id: "s0",
-                record: &theirs,
-                ttl: MONTH,
-            }])
+            .write_batch(&[register_write("s0", &theirs, MONTH)])
             .await
             .expect("batch");
         assert_eq!(results, [false]);
@@ -948,11 +933,7 @@ mod redis_single {
         let () = server.cmd(&["SET", "mcp:session:node:{node-z}", "not a sorted set"]);
         let record = SessionRecord::new("node-z", "inc");
         let results = store
-            .write_batch(&[StoreWrite::Register {
-                id: "s1",
-                record: &record,
-                ttl: MONTH,
-            }])
+            .write_batch(&[register_write("s1", &record, MONTH)])
             .await
             .expect("the records' writes landed");
         assert_eq!(results, [true]);
@@ -1000,11 +981,7 @@ mod redis_single {
                 node: "node-a",
                 incarnation: "inc",
             },
-            StoreWrite::Register {
-                id: "s1",
-                record: &record,
-                ttl: MONTH,
-            },
+            register_write("s1", &record, MONTH),
         ];
         let err = store.write_batch(&writes).await.expect_err("reordered");
         assert!(!err.is_timeout() && !err.is_unavailable(), "{err}");
