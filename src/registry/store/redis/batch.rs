@@ -34,15 +34,14 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write as _;
 
 use ::redis::aio::ConnectionManager;
-use ::redis::{Cmd, Pipeline, RedisWrite, ServerErrorKind, ToRedisArgs, Value};
-use serde::Deserialize;
+use ::redis::{Pipeline, ServerErrorKind, Value};
 use tokio::time::Instant;
 
+use super::commands::{Registered, SessionKey, command, node_of, register_command, registered};
 use super::{INDEX_PUT, REMOVE_IF_OWNED, RedisStore, capped_ttl_seconds as secs, classify};
-use crate::registry::store::{RecordKey, SessionRecord, StoreError, StoreWrite};
+use crate::registry::store::{StoreError, StoreWrite};
 
 /// The most ids one index command carries (the index script unpacks its arguments onto the Lua
 /// stack, which holds about 8,000 values).
@@ -120,16 +119,7 @@ impl RedisStore {
         for write in writes {
             match *write {
                 StoreWrite::Register { id, record, ttl } => {
-                    let key = SessionKey::new(keys, id);
-                    let json = record.node.len() + record.incarnation.len() + 40;
-                    let mut cmd = command("SET", 7, key.len() + json + 24);
-                    cmd.arg(key)
-                        .arg(RecordJson(record))
-                        .arg("NX")
-                        .arg("GET")
-                        .arg("EX")
-                        .arg(secs(ttl));
-                    pipe.add_command(cmd);
+                    pipe.add_command(register_command(keys, id, record, secs(ttl)));
                 }
                 StoreWrite::Remove { id } => {
                     let key = SessionKey::new(keys, id);
@@ -207,21 +197,21 @@ impl RedisStore {
                 ttl_resets.remove(write.id());
             }
             let done = match *write {
-                StoreWrite::Register { id, record, ttl } => match bytes(&replies[r])? {
-                    None => {
-                        ttl_resets.remove(id);
-                        index.join(Cow::Borrowed(&record.node), id, secs(ttl), true);
-                        true
+                StoreWrite::Register { id, record, ttl } => {
+                    match registered(bytes(&replies[r])?, record) {
+                        Registered::New => {
+                            ttl_resets.remove(id);
+                            index.join(Cow::Borrowed(&record.node), id, secs(ttl), true);
+                            true
+                        }
+                        Registered::Again => {
+                            ttl_resets.insert(id, secs(ttl));
+                            index.join(Cow::Borrowed(&record.node), id, secs(ttl), false);
+                            true
+                        }
+                        Registered::Other => false,
                     }
-                    // Already there: the same record (a write replayed after a lost reply)
-                    // counts as stored, and gets its TTL reset; another record is left alone.
-                    Some(old) if old == record.to_json().as_bytes() => {
-                        ttl_resets.insert(id, secs(ttl));
-                        index.join(Cow::Borrowed(&record.node), id, secs(ttl), false);
-                        true
-                    }
-                    Some(_) => false,
-                },
+                }
                 StoreWrite::Remove { id } => match bytes(&replies[r])? {
                     None => false,
                     Some(value) => {
@@ -324,47 +314,6 @@ fn remove_if_owned(pipe: &mut Pipeline, key: SessionKey<'_>, node: &str, incarna
     pipe.add_command(cmd);
 }
 
-/// A command named `name` with room for `args` arguments (the name included) of `bytes` bytes
-/// in all, so that writing them never grows its buffers.
-fn command(name: &str, args: usize, bytes: usize) -> Cmd {
-    let mut cmd = Cmd::with_capacity(args, bytes);
-    cmd.arg(name);
-    cmd
-}
-
-/// A session record's key, written into a command in place (see [`RecordKey::session`]).
-struct SessionKey<'a>([&'a str; 4]);
-
-impl<'a> SessionKey<'a> {
-    fn new(keys: &'a RecordKey, id: &'a str) -> Self {
-        Self(keys.session_parts(id))
-    }
-
-    fn len(&self) -> usize {
-        self.0.iter().map(|part| part.len()).sum()
-    }
-}
-
-impl ToRedisArgs for SessionKey<'_> {
-    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
-        let mut arg = out.writer_for_next_arg();
-        for part in self.0 {
-            // The writer appends to the command's buffer: it cannot fail.
-            let _ = arg.write_all(part.as_bytes());
-        }
-    }
-}
-
-/// A record's JSON (as [`SessionRecord::to_json`]), serialised into a command in place.
-struct RecordJson<'a>(&'a SessionRecord);
-
-impl ToRedisArgs for RecordJson<'_> {
-    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
-        // Two strings and an integer into the command's buffer: it cannot fail.
-        let _ = serde_json::to_writer(out.writer_for_next_arg(), self.0);
-    }
-}
-
 /// The second round trip's commands: the TTL resets first (one `EXPIRE` each), then per node
 /// index the ids joining it (the index script, [`IDS_PER_INDEX_COMMAND`] at a time) and the ids
 /// leaving it (`ZREM`, as many at a time).
@@ -454,68 +403,5 @@ fn unexpected(reply: &Value) -> StoreError {
     match reply {
         Value::ServerError(err) => classify(err.clone().into()),
         other => StoreError::backend(format!("unexpected reply in a batch: {other:?}")),
-    }
-}
-
-/// The node a stored record names, if it is a record ([`SessionRecord::from_json`] accepts
-/// the same), borrowed from the reply where it has no escapes.
-fn node_of(value: &[u8]) -> Option<Cow<'_, str>> {
-    #[derive(Deserialize)]
-    struct Stored<'a> {
-        #[serde(rename = "n", borrow)]
-        node: Cow<'a, str>,
-        #[serde(rename = "i", borrow)]
-        _incarnation: Cow<'a, str>,
-        #[serde(rename = "c")]
-        _created_at: u64,
-    }
-    serde_json::from_slice::<Stored<'_>>(value)
-        .ok()
-        .map(|stored| stored.node)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_and_records_are_written_as_their_strings() {
-        let keys = RecordKey::new("app:mcp:");
-        let record = SessionRecord::new("node-\"a\"", "7f3a").with_created_at(1_767_225_600);
-        let mut in_place = Cmd::new();
-        in_place
-            .arg(SessionKey::new(&keys, "n1.Zx9"))
-            .arg(RecordJson(&record));
-        let mut copied = Cmd::new();
-        copied.arg(keys.session("n1.Zx9")).arg(record.to_json());
-        assert_eq!(in_place.get_packed_command(), copied.get_packed_command());
-        assert_eq!(
-            SessionKey::new(&keys, "n1.Zx9").len(),
-            "app:mcp:{n1.Zx9}".len()
-        );
-    }
-
-    #[test]
-    fn node_of_reads_what_from_json_reads() {
-        for json in [
-            r#"{"n":"node-a","i":"7f3a","c":1}"#,
-            r#"{"n":"node-\"a\"","i":"7f3a","c":1}"#,
-            r#"{"c":1,"i":"x","n":"b","extra":true}"#,
-            r#"{"n":"node-a","c":1}"#,
-            r#"{"n":"node-a","i":"7f3a","c":"1"}"#,
-            r#"{"n":1,"i":"7f3a","c":1}"#,
-            "not a record",
-            "",
-        ] {
-            assert_eq!(
-                node_of(json.as_bytes()).map(String::from),
-                SessionRecord::from_json(json).ok().map(|r| r.node),
-                "{json}"
-            );
-        }
-        assert!(matches!(
-            node_of(br#"{"n":"node-a","i":"7f3a","c":1}"#),
-            Some(Cow::Borrowed("node-a"))
-        ));
     }
 }

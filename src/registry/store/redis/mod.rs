@@ -13,6 +13,9 @@ use ::redis::{
 use tokio::task::JoinSet;
 
 mod batch;
+mod commands;
+
+use commands::Registered;
 
 use super::{Kind, RecordKey, RegistryStore, SessionRecord, StoreError, StoreWrite, ttl_seconds};
 
@@ -28,25 +31,15 @@ const MAX_BATCH: usize = 1024;
 /// The longest TTL sent to Redis (ten years); longer ones are capped.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 60 * 60;
 
-/// The Lua every script is built from, so each rule is written once among the scripts:
-/// reading a record, registering, compare-and-delete, and pruning a node index. (The batch
-/// path, `batch.rs`, registers and refreshes with plain commands instead; the scripts serve
-/// the single-write methods, whose keys may live on different cluster nodes.)
+/// The Lua every script is built from, so each rule is written once: reading a record,
+/// compare-and-delete, and pruning a node index. Everything that needs no atomic
+/// read-then-write (registering, refreshing, removing) is plain commands.
 const LUA_LIB: &str = r"
 local function record_of(value)
   if not value then return nil end
   local ok, record = pcall(cjson.decode, value)
   if ok and type(record) == 'table' and type(record['n']) == 'string' then return record end
   return nil
-end
--- 1: stored (absent before, or an identical record whose TTL was reset); 0: another record.
-local function register(key, json, ttl)
-  if redis.call('SET', key, json, 'NX', 'EX', ttl) then return 1 end
-  if redis.call('GET', key) == json then
-    redis.call('EXPIRE', key, ttl)
-    return 1
-  end
-  return 0
 end
 -- 1: deleted; 0: not owned. The second value: whether a record existed.
 local function remove_if_owned(key, node, incarnation)
@@ -75,10 +68,6 @@ fn script(body: &str) -> Script {
 
 /// Single-key scripts (any topology).
 ///
-/// `KEYS[1]` record key; `ARGV[1]` record JSON, `ARGV[2]` TTL seconds. 1 or 0 as `register`.
-static REGISTER: LazyLock<Script> =
-    LazyLock::new(|| script("return register(KEYS[1], ARGV[1], tonumber(ARGV[2]))"));
-
 /// `KEYS[1]` record key; `ARGV[1]` node, `ARGV[2]` incarnation. 1: deleted; 0: another
 /// node's or incarnation's record, kept; -1: no record.
 static REMOVE_IF_OWNED: LazyLock<Script> = LazyLock::new(|| {
@@ -102,16 +91,6 @@ if not record or record['n'] ~= ARGV[1] then return -1 end
 if record['i'] == ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
-",
-    )
-});
-
-/// `KEYS[1]` record key; `ARGV[1]` TTL seconds. The record's JSON if it exists (TTL reset).
-static REFRESH: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-if redis.call('EXPIRE', KEYS[1], ARGV[1]) == 1 then return redis.call('GET', KEYS[1]) end
-return false
 ",
     )
 });
@@ -156,9 +135,11 @@ return 1
 ///
 /// # Commands
 ///
-/// The single-write methods: `register`, `remove_if_owned` and `refresh` run small Lua scripts
-/// (`EVALSHA`, one key each) followed by the index update; `lookup` is `GET`, `remove` is
-/// `GETDEL`, `ping` is `PING`.
+/// The single-write methods, one key per command: `register` is `SET key json NX GET EX ttl`
+/// (and `EXPIRE` when it finds the same record, a replayed write), `refresh` is `EXPIRE` then
+/// `GET`, `remove` is `GETDEL`, `remove_if_owned` a small compare-and-delete Lua script
+/// (`EVALSHA`); each is followed by its node index update (the index script, or `ZREM`).
+/// `lookup` is `GET`, `ping` is `PING`.
 ///
 /// [`write_batch`](RegistryStore::write_batch), which the registry's write queues use, sends a
 /// single server two pipelined round trips of plain commands, whatever the batch's size. The
@@ -719,9 +700,12 @@ impl RedisStore {
     }
 
     /// Adds `id` to `node`'s index. Best effort: a failure is logged and otherwise ignored.
-    async fn index_add(&self, node: &str, id: &str, ttl: &str) {
+    async fn index_add(&self, node: &str, id: &str, ttl: u64) {
         let index = self.inner.keys.node_index(node);
-        if let Err(err) = self.eval::<i64>(&INDEX_PUT, &index, &[ttl, id]).await {
+        if let Err(err) = self
+            .eval::<i64>(&INDEX_PUT, &index, &[&ttl.to_string(), id])
+            .await
+        {
             tracing::debug!(node, error = %err, "registry: node index update failed");
         }
     }
@@ -772,10 +756,6 @@ fn classify(err: RedisError) -> StoreError {
     StoreError::with(kind, Some(Box::new(err)))
 }
 
-fn ttl_arg(ttl: Duration) -> String {
-    capped_ttl_seconds(ttl).to_string()
-}
-
 /// A TTL in whole seconds, at most [`MAX_TTL_SECONDS`].
 fn capped_ttl_seconds(ttl: Duration) -> u64 {
     ttl_seconds(ttl).min(MAX_TTL_SECONDS)
@@ -799,16 +779,21 @@ impl RegistryStore for RedisStore {
         record: &SessionRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let key = self.inner.keys.session(id);
-        let ttl = ttl_arg(ttl);
-        let stored = self
-            .eval::<i64>(&REGISTER, &key, &[&record.to_json(), &ttl])
-            .await?
-            == 1;
-        if stored {
-            self.index_add(&record.node, id, &ttl).await;
+        let keys = &self.inner.keys;
+        let secs = capped_ttl_seconds(ttl);
+        let cmd = commands::register_command(keys, id, record, secs);
+        let found: Option<Vec<u8>> = self.query(cmd).await?;
+        match commands::registered(found.as_deref(), record) {
+            Registered::New => {}
+            Registered::Again => {
+                let mut expire = ::redis::cmd("EXPIRE");
+                expire.arg(keys.session(id)).arg(secs);
+                self.query::<i64>(expire).await?;
+            }
+            Registered::Other => return Ok(false),
         }
-        Ok(stored)
+        self.index_add(&record.node, id, secs).await;
+        Ok(true)
     }
 
     async fn lookup(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -852,13 +837,18 @@ impl RegistryStore for RedisStore {
 
     async fn refresh(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
         let key = self.inner.keys.session(id);
-        let ttl = ttl_arg(ttl);
-        let Some(json) = self.eval::<Option<String>>(&REFRESH, &key, &[&ttl]).await? else {
+        let secs = capped_ttl_seconds(ttl);
+        let mut expire = ::redis::cmd("EXPIRE");
+        expire.arg(&key).arg(secs);
+        if self.query::<i64>(expire).await? != 1 {
             return Ok(false);
-        };
+        }
         // Keep the index entry's expiry in step with the record's.
-        if let Ok(record) = SessionRecord::from_json(&json) {
-            self.index_add(&record.node, id, &ttl).await;
+        let mut get = ::redis::cmd("GET");
+        get.arg(&key);
+        let json: Option<Vec<u8>> = self.query(get).await?;
+        if let Some(node) = json.as_deref().and_then(commands::node_of) {
+            self.index_add(&node, id, secs).await;
         }
         Ok(true)
     }
@@ -996,7 +986,7 @@ mod tests {
 
     #[test]
     fn ttl_argument_is_capped() {
-        assert_eq!(ttl_arg(Duration::from_secs(30)), "30");
-        assert_eq!(ttl_arg(Duration::MAX), MAX_TTL_SECONDS.to_string());
+        assert_eq!(capped_ttl_seconds(Duration::from_secs(30)), 30);
+        assert_eq!(capped_ttl_seconds(Duration::MAX), MAX_TTL_SECONDS);
     }
 }

@@ -1,0 +1,154 @@
+//! The commands both write paths send, built in place, and the reading of their replies.
+
+use std::borrow::Cow;
+use std::io::Write as _;
+
+use ::redis::{Cmd, RedisWrite, ToRedisArgs};
+use serde::Deserialize;
+
+use crate::registry::store::{RecordKey, SessionRecord};
+
+/// `SET key json NX GET EX ttl`: registers `record` under `id` unless a record is there, and
+/// answers with that record (nil when it stored this one). [`registered`] reads the answer.
+pub(super) fn register_command(
+    keys: &RecordKey,
+    id: &str,
+    record: &SessionRecord,
+    ttl: u64,
+) -> Cmd {
+    let key = SessionKey::new(keys, id);
+    let json = record.node.len() + record.incarnation.len() + 40;
+    let mut cmd = command("SET", 7, key.len() + json + 24);
+    cmd.arg(key)
+        .arg(RecordJson(record))
+        .arg("NX")
+        .arg("GET")
+        .arg("EX")
+        .arg(ttl);
+    cmd
+}
+
+/// What a register found, from [`register_command`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Registered {
+    /// Nothing was there: the record is stored.
+    New,
+    /// The same record was there (a write replayed after a lost reply): it counts as stored,
+    /// and its TTL must be reset (`EXPIRE`).
+    Again,
+    /// Another record is there, left alone: not stored.
+    Other,
+}
+
+/// Reads [`register_command`]'s answer for `record`: the record that was there, if any.
+pub(super) fn registered(found: Option<&[u8]>, record: &SessionRecord) -> Registered {
+    match found {
+        None => Registered::New,
+        Some(old) if old == record.to_json().as_bytes() => Registered::Again,
+        Some(_) => Registered::Other,
+    }
+}
+
+/// A command named `name` with room for `args` arguments (the name included) of `bytes` bytes
+/// in all, so that writing them never grows its buffers.
+pub(super) fn command(name: &str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(args, bytes);
+    cmd.arg(name);
+    cmd
+}
+
+/// A session record's key, written into a command in place (see [`RecordKey::session`]).
+pub(super) struct SessionKey<'a>([&'a str; 4]);
+
+impl<'a> SessionKey<'a> {
+    pub(super) fn new(keys: &'a RecordKey, id: &'a str) -> Self {
+        Self(keys.session_parts(id))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.iter().map(|part| part.len()).sum()
+    }
+}
+
+impl ToRedisArgs for SessionKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut arg = out.writer_for_next_arg();
+        for part in self.0 {
+            // The writer appends to the command's buffer: it cannot fail.
+            let _ = arg.write_all(part.as_bytes());
+        }
+    }
+}
+
+/// A record's JSON (as [`SessionRecord::to_json`]), serialised into a command in place.
+pub(super) struct RecordJson<'a>(&'a SessionRecord);
+
+impl ToRedisArgs for RecordJson<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        // Two strings and an integer into the command's buffer: it cannot fail.
+        let _ = serde_json::to_writer(out.writer_for_next_arg(), self.0);
+    }
+}
+
+/// The node a stored record names, if it is a record ([`SessionRecord::from_json`] accepts
+/// the same), borrowed from the reply where it has no escapes.
+pub(super) fn node_of(value: &[u8]) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Stored<'a> {
+        #[serde(rename = "n", borrow)]
+        node: Cow<'a, str>,
+        #[serde(rename = "i", borrow)]
+        _incarnation: Cow<'a, str>,
+        #[serde(rename = "c")]
+        _created_at: u64,
+    }
+    serde_json::from_slice::<Stored<'_>>(value)
+        .ok()
+        .map(|stored| stored.node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_records_are_written_as_their_strings() {
+        let keys = RecordKey::new("app:mcp:");
+        let record = SessionRecord::new("node-\"a\"", "7f3a").with_created_at(1_767_225_600);
+        let mut in_place = Cmd::new();
+        in_place
+            .arg(SessionKey::new(&keys, "n1.Zx9"))
+            .arg(RecordJson(&record));
+        let mut copied = Cmd::new();
+        copied.arg(keys.session("n1.Zx9")).arg(record.to_json());
+        assert_eq!(in_place.get_packed_command(), copied.get_packed_command());
+        assert_eq!(
+            SessionKey::new(&keys, "n1.Zx9").len(),
+            "app:mcp:{n1.Zx9}".len()
+        );
+    }
+
+    #[test]
+    fn node_of_reads_what_from_json_reads() {
+        for json in [
+            r#"{"n":"node-a","i":"7f3a","c":1}"#,
+            r#"{"n":"node-\"a\"","i":"7f3a","c":1}"#,
+            r#"{"c":1,"i":"x","n":"b","extra":true}"#,
+            r#"{"n":"node-a","c":1}"#,
+            r#"{"n":"node-a","i":"7f3a","c":"1"}"#,
+            r#"{"n":1,"i":"7f3a","c":1}"#,
+            "not a record",
+            "",
+        ] {
+            assert_eq!(
+                node_of(json.as_bytes()).map(String::from),
+                SessionRecord::from_json(json).ok().map(|r| r.node),
+                "{json}"
+            );
+        }
+        assert!(matches!(
+            node_of(br#"{"n":"node-a","i":"7f3a","c":1}"#),
+            Some(Cow::Borrowed("node-a"))
+        ));
+    }
+}
