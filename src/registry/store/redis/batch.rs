@@ -48,7 +48,6 @@ use crate::registry::store::{StoreError, StoreWrite};
 const IDS_PER_INDEX_COMMAND: usize = 512;
 
 /// What the batch does to the node indexes: per (node, session), the last write wins.
-#[derive(Default)]
 struct IndexChanges<'a> {
     entries: HashMap<(Cow<'a, str>, &'a str), Change>,
 }
@@ -62,6 +61,13 @@ struct Change {
 }
 
 impl<'a> IndexChanges<'a> {
+    /// Room for `writes` changes without growing.
+    fn with_capacity(writes: usize) -> Self {
+        Self {
+            entries: HashMap::with_capacity(writes),
+        }
+    }
+
     /// `id` joins `node`'s index for `ttl`; `new_record`: its record was just created.
     fn join(&mut self, node: Cow<'a, str>, id: &'a str, ttl: u64, new_record: bool) {
         let change = self.entries.entry((node, id)).or_insert(Change {
@@ -187,13 +193,13 @@ impl RedisStore {
 
         // Each write's result, and what it does to the indexes.
         let mut results = Vec::with_capacity(writes.len());
-        let mut index = IndexChanges::default();
+        let mut index = IndexChanges::with_capacity(writes.len());
         // Registers that found their own record: its TTL is reset in round 2, unless a later
         // write of the batch set or removed the record (the last write on a session wins).
         let mut ttl_resets: HashMap<&str, u64> = HashMap::new();
         for (w, r) in reply_positions(writes) {
             let write = &writes[w];
-            if !matches!(write, StoreWrite::Register { .. }) {
+            if !ttl_resets.is_empty() && !matches!(write, StoreWrite::Register { .. }) {
                 ttl_resets.remove(write.id());
             }
             let done = match *write {
