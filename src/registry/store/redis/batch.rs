@@ -39,7 +39,10 @@ use ::redis::aio::ConnectionManager;
 use ::redis::{Pipeline, ServerErrorKind, Value};
 use tokio::time::Instant;
 
-use super::commands::{Registered, SessionKey, command, node_of, register_command, registered};
+use super::commands::{
+    OwnedRemoval, Registered, SessionKey, command, expire_command, get_command, getdel_command,
+    node_of, register_command, registered,
+};
 use super::{INDEX_PUT, REMOVE_IF_OWNED, RedisStore, capped_ttl_seconds as secs, classify};
 use crate::registry::store::{StoreError, StoreWrite};
 
@@ -128,10 +131,7 @@ impl RedisStore {
                     pipe.add_command(register_command(keys, id, record, secs(ttl)));
                 }
                 StoreWrite::Remove { id } => {
-                    let key = SessionKey::new(keys, id);
-                    let mut cmd = command("GETDEL", 2, key.len() + 6);
-                    cmd.arg(key);
-                    pipe.add_command(cmd);
+                    pipe.add_command(getdel_command(keys, id));
                 }
                 StoreWrite::RemoveIfOwned {
                     id,
@@ -141,12 +141,8 @@ impl RedisStore {
                     remove_if_owned(&mut pipe, SessionKey::new(keys, id), node, incarnation);
                 }
                 StoreWrite::Refresh { id, ttl } => {
-                    let key = SessionKey::new(keys, id);
-                    let mut expire = command("EXPIRE", 3, key.len() + 16);
-                    expire.arg(&key).arg(secs(ttl));
-                    let mut get = command("GET", 2, key.len() + 3);
-                    get.arg(key);
-                    pipe.add_command(expire).add_command(get);
+                    pipe.add_command(expire_command(keys, id, secs(ttl)))
+                        .add_command(get_command(keys, id));
                 }
             }
         }
@@ -229,18 +225,13 @@ impl RedisStore {
                         true
                     }
                 },
-                StoreWrite::RemoveIfOwned { id, node, .. } => match int(&replies[r])? {
-                    1 => {
+                StoreWrite::RemoveIfOwned { id, node, .. } => {
+                    let outcome = OwnedRemoval::from_reply(int(&replies[r])?);
+                    if outcome.unlists() {
                         index.leave(Cow::Borrowed(node), id);
-                        true
                     }
-                    // No record at all: nothing to own, but no reason to stay listed either.
-                    -1 => {
-                        index.leave(Cow::Borrowed(node), id);
-                        false
-                    }
-                    _ => false,
-                },
+                    outcome == OwnedRemoval::Removed
+                }
                 StoreWrite::Refresh { id, ttl } => {
                     let refreshed = int(&replies[r])? == 1;
                     // Keep the index entry's expiry in step with the record's.
@@ -332,7 +323,7 @@ fn index_pipeline(
     let mut pipe = ::redis::pipe();
     pipe.ignore_errors();
     for (id, ttl) in ttl_resets {
-        pipe.cmd("EXPIRE").arg(SessionKey::new(keys, id)).arg(*ttl);
+        pipe.add_command(expire_command(keys, id, *ttl));
     }
     for (node, update) in index.by_node() {
         let key = keys.node_index(node);

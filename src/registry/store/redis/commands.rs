@@ -49,6 +49,59 @@ pub(super) fn registered(found: Option<&[u8]>, record: &SessionRecord) -> Regist
     }
 }
 
+/// `GET key`: session `id`'s record.
+pub(super) fn get_command(keys: &RecordKey, id: &str) -> Cmd {
+    key_command("GET", keys, id)
+}
+
+/// `GETDEL key`: removes session `id`'s record and answers with it.
+pub(super) fn getdel_command(keys: &RecordKey, id: &str) -> Cmd {
+    key_command("GETDEL", keys, id)
+}
+
+/// `EXPIRE key ttl`: sets session `id`'s record's TTL; answers 1 if the record exists.
+pub(super) fn expire_command(keys: &RecordKey, id: &str, ttl: u64) -> Cmd {
+    let key = SessionKey::new(keys, id);
+    let mut cmd = command("EXPIRE", 3, key.len() + 26);
+    cmd.arg(key).arg(ttl);
+    cmd
+}
+
+/// `name key`, for the commands that take a record's key alone.
+fn key_command(name: &str, keys: &RecordKey, id: &str) -> Cmd {
+    let key = SessionKey::new(keys, id);
+    let mut cmd = command(name, 2, name.len() + key.len());
+    cmd.arg(key);
+    cmd
+}
+
+/// What the compare-and-delete script answered (1, 0 or -1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OwnedRemoval {
+    /// The record was this node's and incarnation's: removed.
+    Removed,
+    /// Another node's or incarnation's record: kept.
+    Kept,
+    /// No record at all.
+    Absent,
+}
+
+impl OwnedRemoval {
+    pub(super) fn from_reply(reply: i64) -> Self {
+        match reply {
+            1 => Self::Removed,
+            -1 => Self::Absent,
+            _ => Self::Kept,
+        }
+    }
+
+    /// Whether the session leaves the node's index: removed, or there is no record to keep
+    /// the entry for.
+    pub(super) fn unlists(self) -> bool {
+        self != Self::Kept
+    }
+}
+
 /// A command named `name` with room for `args` arguments (the name included) of `bytes` bytes
 /// in all, so that writing them never grows its buffers.
 pub(super) fn command(name: &str, args: usize, bytes: usize) -> Cmd {

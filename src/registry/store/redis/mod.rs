@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 mod batch;
 mod commands;
 
-use commands::Registered;
+use commands::{OwnedRemoval, Registered};
 
 use super::{Kind, RecordKey, RegistryStore, SessionRecord, StoreError, StoreWrite, ttl_seconds};
 
@@ -786,9 +786,8 @@ impl RegistryStore for RedisStore {
         match commands::registered(found.as_deref(), record) {
             Registered::New => {}
             Registered::Again => {
-                let mut expire = ::redis::cmd("EXPIRE");
-                expire.arg(keys.session(id)).arg(secs);
-                self.query::<i64>(expire).await?;
+                self.query::<i64>(commands::expire_command(keys, id, secs))
+                    .await?;
             }
             Registered::Other => return Ok(false),
         }
@@ -797,8 +796,7 @@ impl RegistryStore for RedisStore {
     }
 
     async fn lookup(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let mut cmd = ::redis::cmd("GET");
-        cmd.arg(self.inner.keys.session(id));
+        let cmd = commands::get_command(&self.inner.keys, id);
         match self.query::<Option<String>>(cmd).await? {
             Some(json) => SessionRecord::from_json(&json).map(Some),
             None => Ok(None),
@@ -806,14 +804,13 @@ impl RegistryStore for RedisStore {
     }
 
     async fn remove(&self, id: &str) -> Result<bool, StoreError> {
-        let mut cmd = ::redis::cmd("GETDEL");
-        cmd.arg(self.inner.keys.session(id));
-        let Some(json) = self.query::<Option<String>>(cmd).await? else {
+        let cmd = commands::getdel_command(&self.inner.keys, id);
+        let Some(json) = self.query::<Option<Vec<u8>>>(cmd).await? else {
             return Ok(false);
         };
         // The record names the index it is listed in; an unreadable one is in none of ours.
-        if let Ok(record) = SessionRecord::from_json(&json) {
-            self.index_remove(&record.node, id).await;
+        if let Some(node) = commands::node_of(&json) {
+            self.index_remove(&node, id).await;
         }
         Ok(true)
     }
@@ -825,28 +822,28 @@ impl RegistryStore for RedisStore {
         incarnation: &str,
     ) -> Result<bool, StoreError> {
         let key = self.inner.keys.session(id);
-        let outcome = self
-            .eval::<i64>(&REMOVE_IF_OWNED, &key, &[node, incarnation])
-            .await?;
-        // Listed no longer: removed, or there was no record to keep the entry for.
-        if outcome != 0 {
+        let outcome = OwnedRemoval::from_reply(
+            self.eval::<i64>(&REMOVE_IF_OWNED, &key, &[node, incarnation])
+                .await?,
+        );
+        if outcome.unlists() {
             self.index_remove(node, id).await;
         }
-        Ok(outcome == 1)
+        Ok(outcome == OwnedRemoval::Removed)
     }
 
     async fn refresh(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let key = self.inner.keys.session(id);
+        let keys = &self.inner.keys;
         let secs = capped_ttl_seconds(ttl);
-        let mut expire = ::redis::cmd("EXPIRE");
-        expire.arg(&key).arg(secs);
-        if self.query::<i64>(expire).await? != 1 {
+        if self
+            .query::<i64>(commands::expire_command(keys, id, secs))
+            .await?
+            != 1
+        {
             return Ok(false);
         }
         // Keep the index entry's expiry in step with the record's.
-        let mut get = ::redis::cmd("GET");
-        get.arg(&key);
-        let json: Option<Vec<u8>> = self.query(get).await?;
+        let json: Option<Vec<u8>> = self.query(commands::get_command(keys, id)).await?;
         if let Some(node) = json.as_deref().and_then(commands::node_of) {
             self.index_add(&node, id, secs).await;
         }
