@@ -31,33 +31,15 @@ const MAX_BATCH: usize = 1024;
 /// The longest TTL sent to Redis (ten years); longer ones are capped.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 60 * 60;
 
-/// The Lua every script is built from, so each rule is written once: reading a record,
-/// compare-and-delete, and pruning a node index. Everything that needs no atomic
-/// read-then-write (registering, refreshing, removing) is plain commands.
+/// The Lua the record scripts share, so a record is read one way: `record_of`. Only what
+/// needs an atomic read-then-write is a script (the compare-and-deletes, and listing ids in a
+/// node index by the server's clock); registering, refreshing and removing are plain commands.
 const LUA_LIB: &str = r"
 local function record_of(value)
   if not value then return nil end
   local ok, record = pcall(cjson.decode, value)
   if ok and type(record) == 'table' and type(record['n']) == 'string' then return record end
   return nil
-end
--- 1: deleted; 0: not owned. The second value: whether a record existed.
-local function remove_if_owned(key, node, incarnation)
-  local value = redis.call('GET', key)
-  if not value then return 0, false end
-  local record = record_of(value)
-  if record and record['n'] == node and record['i'] == incarnation then
-    redis.call('DEL', key)
-    return 1, true
-  end
-  return 0, true
-end
--- Scores are the unix time (server clock) at which the record expires; entries past it are
--- pruned, and the index lives at least as long as its newest entry.
-local function now_seconds() return tonumber(redis.call('TIME')[1]) end
-local function index_tidy(index, ttl, now)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
-  if redis.call('TTL', index) < ttl then redis.call('EXPIRE', index, ttl) end
 end
 ";
 
@@ -73,9 +55,14 @@ fn script(body: &str) -> Script {
 static REMOVE_IF_OWNED: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local removed, existed = remove_if_owned(KEYS[1], ARGV[1], ARGV[2])
-if not existed then return -1 end
-return removed
+local value = redis.call('GET', KEYS[1])
+if not value then return -1 end
+local record = record_of(value)
+if record and record['n'] == ARGV[1] and record['i'] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 ",
     )
 });
@@ -98,9 +85,11 @@ return 1
 /// `KEYS[1]` node index; `ARGV` pairs of TTL seconds and session id. Lists each id, scored by
 /// the (server) time its record expires, then prunes the index and extends its expiry once.
 static INDEX_PUT: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    Script::new(
         r"
-local now, scored, longest = now_seconds(), {}, 0
+-- Scores are the unix time (server clock) at which the record expires; entries past it are
+-- pruned, and the index lives at least as long as its newest entry.
+local now, scored, longest = tonumber(redis.call('TIME')[1]), {}, 0
 for a = 1, #ARGV, 2 do
   local ttl = tonumber(ARGV[a])
   scored[#scored + 1] = now + ttl
@@ -108,7 +97,8 @@ for a = 1, #ARGV, 2 do
   if ttl > longest then longest = ttl end
 end
 redis.call('ZADD', KEYS[1], unpack(scored))
-index_tidy(KEYS[1], longest, now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+if redis.call('TTL', KEYS[1]) < longest then redis.call('EXPIRE', KEYS[1], longest) end
 return 1
 ",
     )
