@@ -33,7 +33,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::future::Future;
 
 use ::redis::aio::ConnectionManager;
 use ::redis::{Pipeline, ServerErrorKind, Value};
@@ -43,7 +42,7 @@ use super::commands::{
     OwnedRemoval, Registered, SessionKey, command, expire_command, get_command, getdel_command,
     node_of, register_command, registered,
 };
-use super::{INDEX_PUT, REMOVE_IF_OWNED, RedisStore, capped_ttl_seconds as secs, classify};
+use super::{INDEX_PUT, REMOVE_IF_OWNED, RedisStore, capped_ttl_seconds as secs, classify, within};
 use crate::registry::store::{StoreError, StoreWrite};
 
 /// The most ids one index command carries (the index script unpacks its arguments onto the Lua
@@ -277,16 +276,6 @@ impl RedisStore {
         }
         Ok(results)
     }
-}
-
-/// `fut`, or a timeout error once `deadline` has passed.
-async fn within<T>(
-    deadline: Instant,
-    fut: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout_at(deadline, fut)
-        .await
-        .unwrap_or_else(|_elapsed| Err(StoreError::timeout()))
 }
 
 /// `(write, first reply)` for each write: a refresh has two replies, every other write one.

@@ -710,16 +710,25 @@ impl RedisStore {
     }
 }
 
+/// `fut`, or a timeout error once `deadline` has passed.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .unwrap_or_else(|_elapsed| Err(StoreError::timeout()))
+}
+
 /// Runs a Redis future within `limit`, mapping its outcome to ours.
 async fn bounded<T>(
     limit: Duration,
     fut: impl Future<Output = RedisResult<T>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(classify(err)),
-        Err(_elapsed) => Err(StoreError::timeout()),
-    }
+    within(tokio::time::Instant::now() + limit, async {
+        fut.await.map_err(classify)
+    })
+    .await
 }
 
 fn classify(err: RedisError) -> StoreError {
