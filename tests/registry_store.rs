@@ -716,6 +716,13 @@ mod redis_single {
     use crate::redis_support::RedisServer;
     use mcp_affinity::registry::RedisStore;
 
+    /// A fresh redis-server of this test's own and a store on it.
+    fn server_and_store() -> (RedisServer, RedisStore) {
+        let server = RedisServer::start();
+        let store = RedisStore::lazy(&server.url()).expect("store");
+        (server, store)
+    }
+
     struct Single(RedisServer);
 
     impl Raw for RedisServer {
@@ -776,8 +783,7 @@ mod redis_single {
 
     #[tokio::test]
     async fn the_documented_keys_are_the_only_keys() {
-        let server = RedisServer::start();
-        let store = RedisStore::lazy(&server.url()).expect("store");
+        let (server, store) = server_and_store();
         let record = SessionRecord::new("node-a", "inc-1");
         assert!(
             store
@@ -803,8 +809,7 @@ mod redis_single {
     /// lost its script cache (restart, `SCRIPT FLUSH`).
     #[tokio::test]
     async fn a_batch_is_plain_commands_and_reloads_a_lost_script() {
-        let server = RedisServer::start();
-        let store = RedisStore::lazy(&server.url()).expect("store");
+        let (server, store) = server_and_store();
         let record = SessionRecord::new("node-a", "inc");
         let ids: Vec<String> = (0..40).map(|n| format!("s{n}")).collect();
         let writes: Vec<StoreWrite<'_>> = ids
@@ -882,8 +887,7 @@ mod redis_single {
     /// into several commands.
     #[tokio::test]
     async fn a_replayed_batch_lands_the_same() {
-        let server = RedisServer::start();
-        let store = RedisStore::lazy(&server.url()).expect("store");
+        let (server, store) = server_and_store();
         let record = SessionRecord::new("node-a", "inc");
         let ids: Vec<String> = (0..600).map(|n| format!("s{n}")).collect();
         let batch = |ttl| -> Vec<StoreWrite<'_>> {
@@ -929,8 +933,7 @@ mod redis_single {
     /// index on `remove_if_owned`.
     #[tokio::test]
     async fn a_failed_index_update_does_not_fail_the_batch() {
-        let server = RedisServer::start();
-        let store = RedisStore::lazy(&server.url()).expect("store");
+        let (server, store) = server_and_store();
         // An index key of the wrong type: every index command on it fails (WRONGTYPE).
         let () = server.cmd(&["SET", "mcp:session:node:{node-z}", "not a sorted set"]);
         let record = SessionRecord::new("node-z", "inc");
@@ -967,8 +970,7 @@ mod redis_single {
     /// instead (the registry then replays it in order), and the next try succeeds.
     #[tokio::test]
     async fn a_lost_script_never_reorders_a_sessions_writes() {
-        let server = RedisServer::start();
-        let store = RedisStore::lazy(&server.url()).expect("store");
+        let (server, store) = server_and_store();
         let record = SessionRecord::new("node-a", "inc");
         assert!(
             store
@@ -1014,8 +1016,7 @@ mod redis_single {
 
     #[tokio::test]
     async fn lookups_cost_one_get_and_cleanup_never_scans_the_keyspace() {
-        let server = RedisServer::start();
-        let store = RedisStore::lazy(&server.url()).expect("store");
+        let (server, store) = server_and_store();
         for n in 0..5 {
             let record = SessionRecord::new("node-a", if n < 3 { "old" } else { "new" });
             assert!(
