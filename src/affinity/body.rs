@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::full_body::FullBytes;
+
 pin_project! {
     /// The response body of [`SessionAffinity`](super::SessionAffinity): the inner service's
     /// body, untouched, or the JSON-RPC error body of a strict-mode `404`.
@@ -33,7 +35,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Full { data: Option<Bytes> },
+        Full { data: FullBytes },
     }
 }
 
@@ -74,7 +76,7 @@ impl<B> ResponseBody<B> {
     pub fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full {
-                data: (!data.is_empty()).then_some(data),
+                data: FullBytes::new(data),
             },
         }
     }
@@ -92,7 +94,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
             Kind::Inner { .. } => f.debug_struct("ResponseBody").finish_non_exhaustive(),
             Kind::Full { data } => f
                 .debug_struct("ResponseBody")
-                .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .field("len", &data.len())
                 .finish(),
         }
     }
@@ -112,7 +114,7 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data } => data.poll_frame(),
         }
     }
 
@@ -120,7 +122,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Full { data } => data.is_none(),
+            Kind::Full { data } => data.is_end_stream(),
         }
     }
 
@@ -128,7 +130,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, Bytes::len) as u64),
+            Kind::Full { data } => data.size_hint(),
         }
     }
 }

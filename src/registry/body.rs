@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::full_body::FullBytes;
+
 pin_project! {
     /// Response body of [`SessionRegistry`](super::SessionRegistry): the inner service's body,
     /// or the registry's own JSON-RPC error (an enriched `404`, a fail-closed `503`).
@@ -45,7 +47,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Full { data: Option<Bytes> },
+        Full { data: FullBytes },
     }
 }
 
@@ -64,7 +66,9 @@ impl<B> ResponseBody<B> {
 
     pub(crate) fn full(data: Bytes) -> Self {
         Self {
-            kind: Kind::Full { data: Some(data) },
+            kind: Kind::Full {
+                data: FullBytes::new(data),
+            },
         }
     }
 }
@@ -82,23 +86,21 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data } => data.poll_frame(),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Full { data } => data.is_none(),
+            Kind::Full { data } => data.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Kind::Full { data } => data.size_hint(),
         }
     }
 }

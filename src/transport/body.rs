@@ -11,9 +11,12 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::{task::AbortHandle, time::Sleep};
 
-use crate::session::{
-    LogRef,
-    log::{Cursor, Item},
+use crate::{
+    full_body::FullBytes,
+    session::{
+        LogRef,
+        log::{Cursor, Item},
+    },
 };
 
 pin_project! {
@@ -51,8 +54,11 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Full { data: Option<Bytes> },
-        Sse { #[pin] sse: SseBody },
+        Full { data: FullBytes },
+        // Boxed: a stream's state is 144 bytes, and every response (most of them JSON) is
+        // moved through each layer's future by value; boxed, `Response<ResponseBody>` is 144
+        // bytes instead of 256.
+        Sse { sse: Pin<Box<SseBody>> },
     }
 }
 
@@ -61,7 +67,7 @@ impl fmt::Debug for ResponseBody {
         match &self.kind {
             Kind::Full { data } => f
                 .debug_struct("ResponseBody")
-                .field("len", &data.as_ref().map(Bytes::len))
+                .field("len", &data.len())
                 .finish(),
             Kind::Sse { .. } => f.debug_struct("ResponseBody").field("sse", &true).finish(),
         }
@@ -89,7 +95,9 @@ impl ResponseBody {
     /// ```
     pub fn empty() -> Self {
         Self {
-            kind: Kind::Full { data: None },
+            kind: Kind::Full {
+                data: FullBytes::default(),
+            },
         }
     }
 
@@ -110,14 +118,14 @@ impl ResponseBody {
     pub fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full {
-                data: (!data.is_empty()).then_some(data),
+                data: FullBytes::new(data),
             },
         }
     }
 
     pub(crate) fn sse(sse: SseBody) -> Self {
         Self {
-            kind: Kind::Sse { sse },
+            kind: Kind::Sse { sse: Box::pin(sse) },
         }
     }
 }
@@ -131,23 +139,21 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.project().kind.project() {
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Sse { sse } => sse.poll_frame(cx),
+            KindProj::Full { data } => data.poll_frame(),
+            KindProj::Sse { sse } => sse.as_mut().poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full { data } => data.is_none(),
+            Kind::Full { data } => data.is_end_stream(),
             Kind::Sse { sse } => sse.done,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Kind::Full { data } => SizeHint::with_exact(data.len() as u64),
             Kind::Sse { .. } => SizeHint::default(),
         }
     }

@@ -1,0 +1,65 @@
+//! The one-chunk body each layer's own responses carry (a JSON document, or nothing).
+
+use std::task::Poll;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+/// Bytes sent as one data frame; empty once sent, and an empty body sends no frame.
+///
+/// A bare `Bytes` rather than `Option<Bytes>`: a body enum holding it beside a boxed or
+/// niche-carrying variant then needs no separate tag, which keeps `Response<_>` (moved by value
+/// through every layer's future) small.
+#[derive(Debug, Default)]
+pub(crate) struct FullBytes(Bytes);
+
+impl FullBytes {
+    pub(crate) const fn new(data: Bytes) -> Self {
+        Self(data)
+    }
+
+    /// The data frame, once; then the end of the body.
+    pub(crate) fn poll_frame<E>(&mut self) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+        Poll::Ready((!self.0.is_empty()).then(|| Ok(Frame::data(std::mem::take(&mut self.0)))))
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.len() as u64)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    #[test]
+    fn sends_its_bytes_once_then_ends() {
+        let mut b = FullBytes::new(Bytes::from_static(b"{}"));
+        assert!(!b.is_end_stream());
+        assert_eq!(b.size_hint().exact(), Some(2));
+        let Poll::Ready(Some(Ok(frame))) = b.poll_frame::<Infallible>() else {
+            panic!("expected the data frame");
+        };
+        assert_eq!(frame.into_data().unwrap(), "{}");
+        assert!(b.is_end_stream());
+        assert_eq!(b.size_hint().exact(), Some(0));
+        assert!(matches!(b.poll_frame::<Infallible>(), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn an_empty_body_sends_no_frame() {
+        let mut b = FullBytes::default();
+        assert!(b.is_end_stream());
+        assert!(matches!(b.poll_frame::<Infallible>(), Poll::Ready(None)));
+    }
+}
