@@ -737,6 +737,77 @@ async fn handler_closure_panic_before_its_future_becomes_an_error_response() {
     }
 }
 
+// A handler whose future panics on a notification or on `initialize` (any inner service, not
+// only `handler_fn`) fails that one message, like a request's panic: the connection and the
+// session's other requests are unaffected, and a failed `initialize` leaves no session.
+#[tokio::test]
+async fn handler_panics_on_notifications_and_initialize_become_error_responses() {
+    use http_body_util::BodyExt;
+    use mcp_affinity::handler::handler_fn;
+    use tower::ServiceExt;
+
+    let handler = handler_fn(|req, _cx| async move {
+        let boom = req.method.starts_with("notifications/")
+            || req.params.pointer("/clientInfo/name") == Some(&json!("boom"));
+        assert!(!boom, "a handler future that panics on {}", req.method);
+        if req.method == "initialize" {
+            return Ok(
+                json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}),
+            );
+        }
+        Ok(json!({}))
+    });
+    let svc = tower::Layer::layer(&SseTransportLayer::new(), handler);
+    let send = |msg: Value, session: Option<String>, version: Option<&'static str>| {
+        let mut req = in_process_post(json_body(&msg), session.as_deref());
+        if let Some(v) = version {
+            req.headers_mut()
+                .insert("mcp-protocol-version", v.parse().unwrap());
+        }
+        let svc = svc.clone();
+        async move {
+            let res = svc.oneshot(req).await.unwrap();
+            let (parts, body) = res.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (parts, serde_json::from_slice::<Value>(&body).ok())
+        }
+    };
+
+    // initialize: the client's request gets an internal error, and no session is made.
+    let mut boom = initialize_body("2025-11-25");
+    boom["params"]["clientInfo"]["name"] = json!("boom");
+    let (parts, body) = send(boom, None, None).await;
+    assert_eq!(parts.status, 200);
+    assert!(parts.headers.get("mcp-session-id").is_none());
+    let body = body.expect("a JSON-RPC error");
+    assert_eq!(
+        (error_code(&body), &body["id"]),
+        (-32603, &json!(0)),
+        "{body}"
+    );
+
+    // A legacy notification: 500 with a JSON-RPC error without an id; the session goes on.
+    let (parts, _) = send(initialize_body("2025-11-25"), None, None).await;
+    let sid = parts.headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (parts, body) = send(note.clone(), Some(sid.clone()), None).await;
+    assert_eq!(parts.status, 500);
+    let body = body.expect("a JSON-RPC error");
+    assert_eq!(error_code(&body), -32603, "{body}");
+    assert!(body.get("id").is_none_or(Value::is_null), "{body}");
+    let ping = json!({"jsonrpc": "2.0", "id": 5, "method": "ping"});
+    let (parts, body) = send(ping, Some(sid), None).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(body.unwrap()["result"], json!({}));
+
+    // A modern (stateless) notification: the same.
+    let modern = json!({"jsonrpc": "2.0", "method": "notifications/message",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+    let (parts, body) = send(modern, None, Some("2026-07-28")).await;
+    assert_eq!(parts.status, 500, "{body:?}");
+    assert_eq!(error_code(&body.unwrap()), -32603);
+}
+
 // JSON-RPC batches: only on 2025-03-26 sessions.
 #[tokio::test]
 async fn batches_on_2025_03_26_and_refused_later() {

@@ -305,8 +305,8 @@ impl std::error::Error for ErrorObject {}
 /// The closure is called in [`Service::call`] (under this crate's transport, where the parsed
 /// message is in the request's extensions) and its future is polled by the returned
 /// [`HandlerFuture`]. A panic in the closure is answered with a JSON-RPC internal error
-/// (`-32603`); under this crate's transport, so is a panic in the future of a request
-/// (other than `initialize`).
+/// (`-32603`); under this crate's transport, so is a panic in the future (a failed
+/// `initialize` leaves no session; a notification whose handler panicked is answered `500`).
 ///
 /// # Example
 ///

@@ -677,7 +677,7 @@ where
             ready(&mut inner).await?;
             let cx = RequestContext::modern(log, None, None);
             let fut = inner.call(handler_request(parts, bytes, msg, cx, None));
-            return Ok(Ok(notification_answer(fut.await?).await));
+            return Ok(Ok(notification_answer(fut).await?));
         };
         let Ok(stream) = log.open_stream() else {
             return Ok(Err(not_found()));
@@ -697,17 +697,28 @@ where
     }
 }
 
-async fn notification_answer<ResBody>(res: Response<ResBody>) -> Response<ResponseBody>
+/// The answer to a notification, from the handler's future: `202` if the handler succeeded, its
+/// own answer if not, and a `500` with a JSON-RPC error (no id) if it panicked.
+async fn notification_answer<F, ResBody, E>(fut: F) -> Result<Response<ResponseBody>, E>
 where
+    F: Future<Output = Result<Response<ResBody>, E>>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    if res.status().is_success() {
-        let mut res = Response::new(ResponseBody::empty());
-        *res.status_mut() = StatusCode::ACCEPTED;
-        return res;
+    match (CatchUnwind { fut }).await {
+        Some(Ok(res)) if res.status().is_success() => {
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = StatusCode::ACCEPTED;
+            Ok(res)
+        }
+        Some(Ok(res)) => Ok(json_response(collect(res).await, Era::Legacy)),
+        Some(Err(e)) => Err(e),
+        None => Ok(reject(Rejection::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL_ERROR,
+            "internal error",
+        ))),
     }
-    json_response(collect(res).await, Era::Legacy)
 }
 
 #[allow(clippy::manual_async_fn)] // held arguments once: see above `post`
@@ -760,10 +771,8 @@ where
                 let mut inner = inner;
                 ready(&mut inner).await?;
                 let cx = RequestContext::legacy(session.clone(), version, None, None);
-                let res = inner
-                    .call(handler_request(parts, bytes, msg, cx, Some(session)))
-                    .await?;
-                Ok(Ok(notification_answer(res).await))
+                let fut = inner.call(handler_request(parts, bytes, msg, cx, Some(session)));
+                Ok(Ok(notification_answer(fut).await?))
             }
             MessageKind::Request => {
                 let Some(id) = msg.id().cloned() else {
@@ -881,24 +890,25 @@ where
     // The handler runs inline: initialize is answered with JSON, and if the client goes away
     // the session is discarded with it (the guard below).
     let mut guard = DiscardOnDrop(Some((shared.clone(), session.clone())));
-    let result = async {
-        let mut inner = inner;
-        ready(&mut inner).await?;
-        let res = inner
-            .call(handler_request(
-                parts,
-                bytes,
-                msg,
-                cx,
-                Some(session.clone()),
-            ))
-            .await?;
-        Ok(collect(res).await)
-    }
-    .await;
-    let answer = match result {
-        Ok(a) => a,
-        Err(e) => return Err(e),
+    let mut inner = inner;
+    ready(&mut inner).await?;
+    let fut = inner.call(handler_request(
+        parts,
+        bytes,
+        msg,
+        cx,
+        Some(session.clone()),
+    ));
+    let answer = match (CatchUnwind { fut }).await {
+        Some(Ok(res)) => collect(res).await,
+        Some(Err(e)) => return Err(e),
+        // A panicking handler fails the initialize like an error answer: the session is
+        // discarded (the guard) and the client gets an internal error for its request.
+        None => Answer {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: error_body(id.as_ref(), codes::INTERNAL_ERROR, "internal error", None),
+        },
     };
     let negotiated = if answer.status.is_success() {
         peek_initialize_result(&answer.body)
@@ -1009,7 +1019,15 @@ where
                     handler_request(parts.clone(), bytes.clone(), msg, cx, Some(session.clone()));
                 let mut inner = inner.clone();
                 ready(&mut inner).await?;
-                let _ = inner.call(req).await?;
+                // A handler that panics on a notification is logged by `CatchUnwind`; the
+                // batch goes on.
+                if let Some(Err(e)) = (CatchUnwind {
+                    fut: inner.call(req),
+                })
+                .await
+                {
+                    return Err(e);
+                }
             }
             MessageKind::Request => {
                 let (Some(stream), Some(id)) = (stream, msg.id().cloned()) else {
