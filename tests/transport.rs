@@ -808,6 +808,92 @@ async fn handler_panics_on_notifications_and_initialize_become_error_responses()
     assert_eq!(error_code(&body.unwrap()), -32603);
 }
 
+// An inner service's framing headers describe its own body, not the one the transport sends:
+// `Content-Length` and `Transfer-Encoding` are dropped (the body's exact size hint frames it),
+// `Content-Type` is added when missing, other headers pass through; a response with
+// `Content-Type` alone passes as it is.
+#[tokio::test]
+async fn a_json_answer_drops_the_inner_framing_headers() {
+    use http_body_util::BodyExt;
+    use mcp_affinity::protocol::Message;
+    use tower::ServiceExt;
+
+    let inner = tower::service_fn(
+        |req: http::Request<mcp_affinity::transport::RequestBody>| async move {
+            let msg = req
+                .extensions()
+                .get::<Message>()
+                .expect("the parsed message")
+                .clone();
+            let id = serde_json::to_string(msg.id().unwrap()).unwrap();
+            let (result, framing) = match msg.method() {
+                Some("initialize") => (
+                    r#"{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"s","version":"1"}}"#,
+                    false,
+                ),
+                Some("tools/list") => (r#"{"tools":[]}"#, false),
+                _ => (r#"{}"#, true),
+            };
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#);
+            let mut res = http::Response::builder();
+            res = if framing {
+                res.header("x-inner", "kept")
+                    .header("content-length", "999")
+                    .header("transfer-encoding", "chunked")
+            } else {
+                res.header("content-type", "application/json; charset=utf-8")
+            };
+            Ok::<_, std::convert::Infallible>(
+                res.body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .unwrap(),
+            )
+        },
+    );
+    let svc = tower::Layer::layer(&SseTransportLayer::new(), inner);
+    let res = svc
+        .clone()
+        .oneshot(in_process_post(
+            json_body(&initialize_body("2025-11-25")),
+            None,
+        ))
+        .await
+        .unwrap();
+    let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+
+    let ping = json!({"jsonrpc": "2.0", "id": 7, "method": "ping"});
+    let res = svc
+        .clone()
+        .oneshot(in_process_post(json_body(&ping), Some(&sid)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers();
+    assert!(h.get("content-length").is_none(), "{h:?}");
+    assert!(h.get("transfer-encoding").is_none(), "{h:?}");
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(h["x-inner"], "kept");
+    let expected = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
+    assert_eq!(
+        http_body::Body::size_hint(res.body()).exact(),
+        Some(expected.len() as u64)
+    );
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        expected
+    );
+
+    let list = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list"});
+    let res = svc
+        .oneshot(in_process_post(json_body(&list), Some(&sid)))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
+    assert_eq!(res.headers().len(), 1, "{:?}", res.headers());
+}
+
 // JSON-RPC batches: only on 2025-03-26 sessions.
 #[tokio::test]
 async fn batches_on_2025_03_26_and_refused_later() {
