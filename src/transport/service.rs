@@ -705,13 +705,22 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    match (CatchUnwind { fut }).await {
-        Some(Ok(res)) if res.status().is_success() => {
+    let answered = CatchUnwind {
+        fut: async move {
+            match fut.await {
+                Ok(res) if res.status().is_success() => Ok(None),
+                Ok(res) => Ok(Some(collect(res).await)),
+                Err(e) => Err(e),
+            }
+        },
+    };
+    match answered.await {
+        Some(Ok(None)) => {
             let mut res = Response::new(ResponseBody::empty());
             *res.status_mut() = StatusCode::ACCEPTED;
             Ok(res)
         }
-        Some(Ok(res)) => Ok(json_response(collect(res).await, Era::Legacy)),
+        Some(Ok(Some(answer))) => Ok(json_response(answer, Era::Legacy)),
         Some(Err(e)) => Err(e),
         None => Ok(reject(Rejection::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -899,8 +908,17 @@ where
         cx,
         Some(session.clone()),
     ));
-    let answer = match (CatchUnwind { fut }).await {
-        Some(Ok(res)) => collect(res).await,
+    let answer = match (CatchUnwind {
+        fut: async move {
+            match fut.await {
+                Ok(res) => Ok(collect(res).await),
+                Err(e) => Err(e),
+            }
+        },
+    })
+    .await
+    {
+        Some(Ok(answer)) => answer,
         Some(Err(e)) => return Err(e),
         // A panicking handler fails the initialize like an error answer: the session is
         // discarded (the guard) and the client gets an internal error for its request.
