@@ -708,8 +708,8 @@ async fn handler_closure_panic_before_its_future_becomes_an_error_response() {
     use tower::ServiceExt;
 
     let handler = handler_fn(|req, _cx| {
-        assert_ne!(
-            req.method, "tools/call",
+        assert!(
+            !["tools/call", "notifications/boom"].contains(&req.method.as_str()),
             "a synchronous panic in the handler"
         );
         async { Ok(json!({})) }
@@ -735,48 +735,72 @@ async fn handler_closure_panic_before_its_future_becomes_an_error_response() {
             "{method}: {body}"
         );
     }
+    // A notification's: an HTTP error, as when its future panics.
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/boom"});
+    let (parts, body) = send_in_process(&svc, &note, Some(&sid), None).await;
+    assert_eq!(parts.status, 500);
+    assert_eq!(error_code(&body.unwrap()), -32603);
+}
+
+/// Sends `msg` through `svc` in process (with a session id and a protocol version when given)
+/// and reads the answer: the head, and the body as JSON if it is JSON.
+async fn send_in_process<S>(
+    svc: &S,
+    msg: &Value,
+    session: Option<&str>,
+    version: Option<&str>,
+) -> (http::response::Parts, Option<Value>)
+where
+    S: tower::Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+            Response = http::Response<mcp_affinity::transport::ResponseBody>,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let mut req = in_process_post(json_body(msg), session);
+    if let Some(v) = version {
+        req.headers_mut()
+            .insert("mcp-protocol-version", v.parse().unwrap());
+    }
+    let res = svc.clone().oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts, serde_json::from_slice(&body).ok())
+}
+
+fn init_result(version: &str) -> Value {
+    json!({"protocolVersion": version, "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})
 }
 
 // A handler whose future panics on a notification or on `initialize` (any inner service, not
 // only `handler_fn`) fails that one message, like a request's panic: the connection and the
-// session's other requests are unaffected, and a failed `initialize` leaves no session.
+// session's other requests are unaffected, a failed `initialize` leaves no session, and a
+// notification nobody could handle is answered with an HTTP error (`500`, a JSON-RPC error
+// without an id), alone or in a batch of notifications.
 #[tokio::test]
 async fn handler_panics_on_notifications_and_initialize_become_error_responses() {
-    use http_body_util::BodyExt;
     use mcp_affinity::handler::handler_fn;
-    use tower::ServiceExt;
 
     let handler = handler_fn(|req, _cx| async move {
-        let boom = req.method.starts_with("notifications/")
+        let boom = req.method == "notifications/boom"
             || req.params.pointer("/clientInfo/name") == Some(&json!("boom"));
         assert!(!boom, "a handler future that panics on {}", req.method);
-        if req.method == "initialize" {
-            return Ok(
-                json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}),
-            );
+        match req.method.as_str() {
+            "initialize" => Ok(init_result(req.params["protocolVersion"].as_str().unwrap())),
+            _ => Ok(json!({})),
         }
-        Ok(json!({}))
     });
-    let svc = tower::Layer::layer(&SseTransportLayer::new(), handler);
-    let send = |msg: Value, session: Option<String>, version: Option<&'static str>| {
-        let mut req = in_process_post(json_body(&msg), session.as_deref());
-        if let Some(v) = version {
-            req.headers_mut()
-                .insert("mcp-protocol-version", v.parse().unwrap());
-        }
-        let svc = svc.clone();
-        async move {
-            let res = svc.oneshot(req).await.unwrap();
-            let (parts, body) = res.into_parts();
-            let body = body.collect().await.unwrap().to_bytes();
-            (parts, serde_json::from_slice::<Value>(&body).ok())
-        }
-    };
+    let mut layer = SseTransportLayer::new();
+    let sessions = layer.handle().unwrap();
+    let svc = tower::Layer::layer(&layer, handler);
 
     // initialize: the client's request gets an internal error, and no session is made.
     let mut boom = initialize_body("2025-11-25");
     boom["params"]["clientInfo"]["name"] = json!("boom");
-    let (parts, body) = send(boom, None, None).await;
+    let (parts, body) = send_in_process(&svc, &boom, None, None).await;
     assert_eq!(parts.status, 200);
     assert!(parts.headers.get("mcp-session-id").is_none());
     let body = body.expect("a JSON-RPC error");
@@ -785,27 +809,154 @@ async fn handler_panics_on_notifications_and_initialize_become_error_responses()
         (-32603, &json!(0)),
         "{body}"
     );
+    assert_eq!(sessions.session_count(), 0);
 
     // A legacy notification: 500 with a JSON-RPC error without an id; the session goes on.
-    let (parts, _) = send(initialize_body("2025-11-25"), None, None).await;
+    let (parts, _) = send_in_process(&svc, &initialize_body("2025-11-25"), None, None).await;
     let sid = parts.headers["mcp-session-id"].to_str().unwrap().to_owned();
-    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    let (parts, body) = send(note.clone(), Some(sid.clone()), None).await;
+    assert_eq!(sessions.session_count(), 1);
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/boom"});
+    let (parts, body) = send_in_process(&svc, &note, Some(&sid), None).await;
     assert_eq!(parts.status, 500);
     let body = body.expect("a JSON-RPC error");
     assert_eq!(error_code(&body), -32603, "{body}");
     assert!(body.get("id").is_none_or(Value::is_null), "{body}");
     let ping = json!({"jsonrpc": "2.0", "id": 5, "method": "ping"});
-    let (parts, body) = send(ping, Some(sid), None).await;
+    let (parts, body) = send_in_process(&svc, &ping, Some(&sid), None).await;
     assert_eq!(parts.status, 200);
     assert_eq!(body.unwrap()["result"], json!({}));
 
     // A modern (stateless) notification: the same.
-    let modern = json!({"jsonrpc": "2.0", "method": "notifications/message",
+    let modern = json!({"jsonrpc": "2.0", "method": "notifications/boom",
         "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
-    let (parts, body) = send(modern, None, Some("2026-07-28")).await;
+    let (parts, body) = send_in_process(&svc, &modern, None, Some("2026-07-28")).await;
     assert_eq!(parts.status, 500, "{body:?}");
     assert_eq!(error_code(&body.unwrap()), -32603);
+
+    // A 2025-03-26 batch: of notifications alone, 500; with a request, the request's answer
+    // on the batch's stream (the panic is logged).
+    let (parts, _) = send_in_process(&svc, &initialize_body("2025-03-26"), None, None).await;
+    let old = parts.headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let fine = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let batch = json!([fine, note]);
+    let (parts, body) = send_in_process(&svc, &batch, Some(&old), Some("2025-03-26")).await;
+    assert_eq!(parts.status, 500, "{body:?}");
+    assert_eq!(error_code(&body.unwrap()), -32603);
+    let batch = json!([fine, note, {"jsonrpc": "2.0", "id": 9, "method": "ping"}]);
+    let mut req = in_process_post(json_body(&batch), Some(&old));
+    req.headers_mut()
+        .insert("mcp-protocol-version", "2025-03-26".parse().unwrap());
+    let res = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let events = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let events = String::from_utf8_lossy(&events);
+    assert!(events.contains(r#""id":9,"result":{}"#), "{events}");
+    assert_eq!(sessions.session_count(), 2);
+}
+
+/// A handler's response body: JSON, one that panics when read, or one that fails.
+enum TestBody {
+    Json(Option<bytes::Bytes>),
+    Panics,
+    Fails,
+}
+
+impl http_body::Body for TestBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(match self.get_mut() {
+            Self::Json(data) => data.take().map(|d| Ok(http_body::Frame::data(d))),
+            Self::Panics => panic!("a response body that panics when read"),
+            Self::Fails => Some(Err(std::io::Error::other("a response body that fails"))),
+        })
+    }
+}
+
+// A panic (or an error) while the transport reads the handler's answer is caught like a panic
+// in the handler's future: an internal error for that request (`initialize`: no session), a
+// `500` for a notification whose handler answered with an error.
+#[tokio::test]
+async fn a_panic_while_reading_the_handlers_answer_becomes_an_error_response() {
+    use mcp_affinity::protocol::Message;
+
+    let inner = tower::service_fn(
+        |req: http::Request<mcp_affinity::transport::RequestBody>| async move {
+            let msg = req.extensions().get::<Message>().unwrap().clone();
+            let fine = msg.method() == Some("initialize")
+                && msg.id() == Some(&mcp_affinity::protocol::RequestId::Number(1));
+            let res = http::Response::builder().header("content-type", "application/json");
+            let res = if fine {
+                let body = json!({"jsonrpc": "2.0", "id": 1, "result": init_result("2025-11-25")});
+                res.body(TestBody::Json(Some(bytes::Bytes::from(body.to_string()))))
+            } else {
+                // Notifications get an error status, so their answer is read.
+                let status = if msg.id().is_some() { 200 } else { 400 };
+                let body = match msg.method() {
+                    Some("tools/list" | "notifications/cancelled") => TestBody::Fails,
+                    _ => TestBody::Panics,
+                };
+                res.status(status).body(body)
+            };
+            Ok::<_, std::convert::Infallible>(res.unwrap())
+        },
+    );
+    let mut layer = SseTransportLayer::new();
+    let sessions = layer.handle().unwrap();
+    let svc = tower::Layer::layer(&layer, inner);
+
+    let (parts, body) = send_in_process(&svc, &initialize_body("2025-11-25"), None, None).await;
+    assert_eq!(parts.status, 200);
+    assert!(parts.headers.get("mcp-session-id").is_none());
+    let body = body.unwrap();
+    assert_eq!(
+        (error_code(&body), &body["id"]),
+        (-32603, &json!(0)),
+        "{body}"
+    );
+    assert_eq!(sessions.session_count(), 0);
+
+    let mut init = initialize_body("2025-11-25");
+    init["id"] = json!(1);
+    let (parts, _) = send_in_process(&svc, &init, None, None).await;
+    let sid = parts.headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let (parts, body) = send_in_process(&svc, &ping, Some(&sid), None).await;
+    assert_eq!(parts.status, 200);
+    let body = body.unwrap();
+    assert_eq!(
+        (error_code(&body), &body["id"]),
+        (-32603, &json!(2)),
+        "{body}"
+    );
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (parts, body) = send_in_process(&svc, &note, Some(&sid), None).await;
+    assert_eq!(parts.status, 500);
+    assert_eq!(error_code(&body.unwrap()), -32603);
+
+    // A body that fails (without panicking) is answered the same way.
+    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
+    let (parts, body) = send_in_process(&svc, &list, Some(&sid), None).await;
+    assert_eq!(parts.status, 200);
+    let body = body.unwrap();
+    assert_eq!(
+        (error_code(&body), &body["id"]),
+        (-32603, &json!(3)),
+        "{body}"
+    );
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 99}});
+    let (parts, body) = send_in_process(&svc, &note, Some(&sid), None).await;
+    assert_eq!(parts.status, 500);
+    assert_eq!(error_code(&body.unwrap()), -32603);
+    assert_eq!(sessions.session_count(), 1);
 }
 
 // An inner service's framing headers describe its own body, not the one the transport sends:

@@ -305,8 +305,8 @@ impl std::error::Error for ErrorObject {}
 /// The closure is called in [`Service::call`] (under this crate's transport, where the parsed
 /// message is in the request's extensions) and its future is polled by the returned
 /// [`HandlerFuture`]. A panic in the closure is answered with a JSON-RPC internal error
-/// (`-32603`); under this crate's transport, so is a panic in the future (a failed
-/// `initialize` leaves no session; a notification whose handler panicked is answered `500`).
+/// (`-32603`; for a notification, under an HTTP `500`); under this crate's transport, so is a
+/// panic in the future or while its answer is read (a failed `initialize` leaves no session).
 ///
 /// # Example
 ///
@@ -496,7 +496,8 @@ where
     };
     let id = request.id.clone();
     // A closure that panics before it returns its future is answered like a future that
-    // panics (the transport catches those): an internal error.
+    // panics (the transport catches those): an internal error, under a `500` for a
+    // notification (which has no JSON-RPC answer to carry it).
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(request, cx))) {
         Ok(fut) => Respond::Call { fut, id },
         Err(_) => {
@@ -507,8 +508,13 @@ where
                 "internal error",
                 None,
             );
+            let status = if id.is_some() {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
             Respond::Done {
-                res: Some(json(StatusCode::OK, e.to_vec())),
+                res: Some(json(status, e.to_vec())),
             }
         }
     }

@@ -153,7 +153,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data } => SizeHint::with_exact(data.len() as u64),
+            Kind::Full { data } => data.size_hint(),
             Kind::Sse { .. } => SizeHint::default(),
         }
     }

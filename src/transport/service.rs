@@ -390,7 +390,23 @@ struct Answer {
     body: Bytes,
 }
 
-async fn collect<B>(res: Response<B>) -> Answer
+/// A JSON-RPC internal error: for the request `id` (HTTP `200`, as every answer to a request),
+/// or, for a notification (`None`), without an id under an HTTP `500`.
+fn internal_error(id: Option<&RequestId>) -> Answer {
+    Answer {
+        status: if id.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        },
+        headers: HeaderMap::new(),
+        body: error_body(id, codes::INTERNAL_ERROR, "internal error", None),
+    }
+}
+
+/// The handler's answer to `id` (`None`: a notification), read whole; an unreadable body
+/// becomes an internal error.
+async fn collect<B>(res: Response<B>, id: Option<&RequestId>) -> Answer
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -408,13 +424,28 @@ where
                 ReadError::TooLarge => "response body too large".into(),
             };
             tracing::error!(error = %e, "handler response body failed");
-            Answer {
-                status: StatusCode::OK,
-                headers: HeaderMap::new(),
-                body: error_body(None, codes::INTERNAL_ERROR, "internal error", None),
-            }
+            internal_error(id)
         }
     }
+}
+
+/// The handler's answer to the request `id`, read whole, with a panic in the handler's future
+/// or while its body is read caught (and logged): an internal error for `id`.
+async fn answer_of<F, B, E>(fut: F, id: Option<&RequestId>) -> Result<Answer, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let caught = CatchUnwind {
+        fut: async move {
+            match fut.await {
+                Ok(res) => Ok(collect(res, id).await),
+                Err(e) => Err(e),
+            }
+        },
+    };
+    caught.await.unwrap_or_else(|| Ok(internal_error(id)))
 }
 
 fn json_response(mut a: Answer, era: Era) -> Response<ResponseBody> {
@@ -709,7 +740,7 @@ where
         fut: async move {
             match fut.await {
                 Ok(res) if res.status().is_success() => Ok(None),
-                Ok(res) => Ok(Some(collect(res).await)),
+                Ok(res) => Ok(Some(collect(res, None).await)),
                 Err(e) => Err(e),
             }
         },
@@ -722,11 +753,7 @@ where
         }
         Some(Ok(Some(answer))) => Ok(json_response(answer, Era::Legacy)),
         Some(Err(e)) => Err(e),
-        None => Ok(reject(Rejection::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            codes::INTERNAL_ERROR,
-            "internal error",
-        ))),
+        None => Ok(json_response(internal_error(None), Era::Legacy)),
     }
 }
 
@@ -908,26 +935,9 @@ where
         cx,
         Some(session.clone()),
     ));
-    let answer = match (CatchUnwind {
-        fut: async move {
-            match fut.await {
-                Ok(res) => Ok(collect(res).await),
-                Err(e) => Err(e),
-            }
-        },
-    })
-    .await
-    {
-        Some(Ok(answer)) => answer,
-        Some(Err(e)) => return Err(e),
-        // A panicking handler fails the initialize like an error answer: the session is
-        // discarded (the guard) and the client gets an internal error for its request.
-        None => Answer {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: error_body(id.as_ref(), codes::INTERNAL_ERROR, "internal error", None),
-        },
-    };
+    // A panicking handler fails the initialize like an error answer: the session is discarded
+    // (the guard) and the client gets an internal error for its request.
+    let answer = answer_of(fut, id.as_ref()).await?;
     let negotiated = if answer.status.is_success() {
         peek_initialize_result(&answer.body)
     } else {
@@ -1027,6 +1037,7 @@ where
         },
     };
     let remaining = Arc::new(std::sync::Mutex::new(n_requests));
+    let mut notification_failed = false;
     for msg in msgs {
         match msg.kind() {
             MessageKind::Response => take_client_answer(&session, &msg),
@@ -1038,13 +1049,15 @@ where
                 let mut inner = inner.clone();
                 ready(&mut inner).await?;
                 // A handler that panics on a notification is logged by `CatchUnwind`; the
-                // batch goes on.
-                if let Some(Err(e)) = (CatchUnwind {
+                // batch goes on, and a batch of notifications alone is answered `500`.
+                match (CatchUnwind {
                     fut: inner.call(req),
                 })
                 .await
                 {
-                    return Err(e);
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e),
+                    None => notification_failed = true,
                 }
             }
             MessageKind::Request => {
@@ -1074,9 +1087,9 @@ where
                     None,
                     async move {
                         let mut slot = slot;
-                        let event = match (CatchUnwind { fut }).await {
-                            Some(Ok(res)) => answer_event(&collect(res).await, &task_id),
-                            _ => error_body(
+                        let event = match answer_of(fut, Some(&task_id)).await {
+                            Ok(answer) => answer_event(&answer, &task_id),
+                            Err(_) => error_body(
                                 Some(&task_id),
                                 codes::INTERNAL_ERROR,
                                 "internal error",
@@ -1091,6 +1104,9 @@ where
         }
     }
     let Some(stream) = stream else {
+        if notification_failed {
+            return Ok(Ok(json_response(internal_error(None), Era::Legacy)));
+        }
         let mut res = Response::new(ResponseBody::empty());
         *res.status_mut() = StatusCode::ACCEPTED;
         return Ok(Ok(res));
@@ -1228,28 +1244,7 @@ where
     let task_id = to.id.clone();
     let stream = to.stream;
     let task = async move {
-        let out = match (CatchUnwind {
-            fut: async move {
-                match fut.await {
-                    Ok(res) => Ok(collect(res).await),
-                    Err(e) => Err(e),
-                }
-            },
-        })
-        .await
-        {
-            Some(out) => out,
-            None => Ok(Answer {
-                status: StatusCode::OK,
-                headers: HeaderMap::new(),
-                body: error_body(
-                    Some(&task_id),
-                    codes::INTERNAL_ERROR,
-                    "internal error",
-                    None,
-                ),
-            }),
-        };
+        let out = answer_of(fut, Some(&task_id)).await;
         let event = match &out {
             Ok(a) => answer_event(a, &task_id),
             Err(_) => error_body(
