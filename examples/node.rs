@@ -313,10 +313,12 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     if let Some(name) = &args.cookie_name {
         affinity = affinity.with_cookie_name(name)?;
     }
-    let mut transport = SseTransportLayer::new()
-        .with_allowed_hosts(HostPolicy::localhost())
-        .with_id_generator(affinity.id_generator())
-        .build()?;
+    let mut transport = SseTransportLayer::new().with_allowed_hosts(HostPolicy::localhost());
+    if !args.transport_only {
+        // Session ids carry this node's tag, which the affinity layer reads back.
+        transport = transport.with_id_generator(affinity.id_generator());
+    }
+    let mut transport = transport.build()?;
     let handle = transport.handle()?;
     let app = App {
         node: args.node.as_str().into(),

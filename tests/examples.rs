@@ -45,10 +45,15 @@ fn free_port() -> u16 {
 
 /// Starts an example listening on `addr`, waiting (bounded) until `/mcp` answers.
 async fn start(name: &str) -> (Running, String) {
+    start_with(name, |addr| vec![addr.to_owned()]).await
+}
+
+/// [`start`] with the arguments `args` makes of the address.
+async fn start_with(name: &str, args: impl FnOnce(&str) -> Vec<String>) -> (Running, String) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let child = Command::new(example(name))
-        .arg(&addr)
+        .args(args(&addr))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -99,6 +104,28 @@ async fn check_mcp(addr: &str) {
         .await
         .unwrap();
     assert_eq!(ping.status(), 200);
+}
+
+// The node example (the README's main command) with all three layers and its embedded
+// registry, and with `--transport-only` (for benchmarks): there, no affinity layer reads the
+// node's tag back, so session ids carry none and no cookie is set.
+#[tokio::test]
+async fn node_example_serves_mcp_with_and_without_affinity() {
+    let listen = |addr: &str| vec!["--listen".to_owned(), addr.to_owned()];
+    let (_full, addr) = start_with("node", listen).await;
+    check_mcp(&addr).await;
+
+    let (_bare, addr) = start_with("node", |addr| {
+        let mut args = listen(addr);
+        args.push("--transport-only".to_owned());
+        args
+    })
+    .await;
+    let res = initialize(&addr).await;
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["mcp-session-id"].to_str().unwrap();
+    assert!(!id.contains('.'), "an untagged id: {id}");
+    assert!(res.headers().get("set-cookie").is_none());
 }
 
 #[tokio::test]
