@@ -124,6 +124,12 @@ cargo_test() { cargo test --all-features --no-fail-fast 2>&1 | tee "$TEST_LOG"; 
 STEP_LABEL="cargo test --all-features --no-fail-fast (log: target/test-logs/cargo-test.log)" \
     run_step test cargo_test
 
+# Any crate in a user's build can turn on serde_json's `arbitrary_precision`, which changes how
+# numbers reach a deserializer (request ids are integers or strings): the JSON-RPC parsing and
+# the transport are tested under it too.
+run_step arbitrary-precision cargo test --all-features --features serde_json/arbitrary_precision \
+    --lib --test transport --test modern -q
+
 if ((QUICK == 0)); then
     run_step clippy cargo clippy --all-targets --all-features -- -D warnings
     run_step fmt cargo fmt --all -- --check
