@@ -57,6 +57,14 @@ trait Backend {
     fn raw(&self) -> Option<&dyn Raw>;
 }
 
+/// The arrange step of many cases: registers `id` for a month, which must make a new record.
+async fn register_new(store: &impl RegistryStore, id: &str, record: &SessionRecord) {
+    assert!(
+        store.register(id, record, MONTH).await.expect("register"),
+        "{id}: already registered"
+    );
+}
+
 /// A batch's register write.
 fn register_write<'a>(id: &'a str, record: &'a SessionRecord, ttl: Duration) -> StoreWrite<'a> {
     StoreWrite::Register { id, record, ttl }
@@ -81,7 +89,7 @@ mod cases {
         let first = SessionRecord::new(unique("node-a"), "inc-1");
         let second = SessionRecord::new(unique("node-b"), "inc-1");
 
-        assert!(store.register(&id, &first, MONTH).await.expect("register"));
+        register_new(&store, &id, &first).await;
         assert!(
             !store
                 .register(&id, &second, MONTH)
@@ -157,7 +165,7 @@ mod cases {
         let id = unique("del");
         let node = unique("node");
         let record = SessionRecord::new(&node, "inc-1");
-        assert!(store.register(&id, &record, MONTH).await.expect("register"));
+        register_new(&store, &id, &record).await;
 
         // Another node (the DELETE rule): removed regardless of the owner.
         assert!(backend.store().remove(&id).await.expect("remove"));
@@ -180,7 +188,7 @@ mod cases {
         let id = unique("own");
         let node = unique("node");
         let record = SessionRecord::new(&node, "inc-1");
-        assert!(store.register(&id, &record, MONTH).await.expect("register"));
+        register_new(&store, &id, &record).await;
 
         assert!(
             !store
@@ -292,13 +300,13 @@ mod cases {
         let foreign_ids: Vec<String> = (0..2).map(|_| unique("foreign")).collect();
         for (n, id) in stale_ids.iter().enumerate() {
             let record = if n == 0 { &older } else { &old };
-            assert!(store.register(id, record, MONTH).await.expect("register"));
+            register_new(&store, id, record).await;
         }
         for id in &current_ids {
-            assert!(store.register(id, &current, MONTH).await.expect("register"));
+            register_new(&store, id, &current).await;
         }
         for id in &foreign_ids {
-            assert!(store.register(id, &foreign, MONTH).await.expect("register"));
+            register_new(&store, id, &foreign).await;
         }
 
         assert_eq!(
@@ -371,7 +379,7 @@ mod cases {
         for n in 0..300 {
             let id = unique("page");
             let record = if n % 15 == 0 { &current } else { &old };
-            assert!(store.register(&id, record, MONTH).await.expect("register"));
+            register_new(&store, &id, record).await;
             if n % 15 == 0 {
                 current_ids.push(id);
             } else if n % 15 == 1 {
@@ -422,12 +430,7 @@ mod cases {
         let id = unique("pfx");
         let record = SessionRecord::new(unique("node"), "inc-1");
 
-        assert!(
-            custom
-                .register(&id, &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&custom, &id, &record).await;
         assert_eq!(
             custom.lookup(&id).await.expect("lookup"),
             Some(record.clone())
@@ -514,18 +517,15 @@ mod cases {
         let mine = SessionRecord::new(&node, "inc");
         let theirs = SessionRecord::new(unique("other"), "inc");
         let ids: Vec<String> = (0..9).map(|_| unique("b")).collect();
-        assert!(
-            store
-                .register(&ids[4], &theirs, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, &ids[4], &theirs).await;
         for registered in [&ids[5], &ids[6], &ids[7], &ids[8]] {
+            register_new(&store, registered, &mine).await;
+        }
+        if let Some(raw) = backend.raw() {
+            let index = RecordKey::default().node_index(&node);
             assert!(
-                store
-                    .register(registered, &mine, MONTH)
-                    .await
-                    .expect("register")
+                raw.zscore(&index, &ids[6]).is_some(),
+                "indexed before the batch"
             );
         }
         let short = Duration::from_secs(600);
@@ -688,7 +688,7 @@ mod memory {
     async fn records_expire_with_their_ttl() {
         let store = MemoryStore::new();
         let record = SessionRecord::new("node", "inc");
-        assert!(store.register("s", &record, MONTH).await.expect("register"));
+        register_new(&store, "s", &record).await;
         tokio::time::advance(MONTH - Duration::from_secs(1)).await;
         assert_eq!(
             store.lookup("s").await.expect("lookup"),
@@ -704,7 +704,7 @@ mod memory {
         let a = MemoryStore::new();
         let b = a.clone();
         let record = SessionRecord::new("node", "inc");
-        assert!(a.register("s", &record, MONTH).await.expect("register"));
+        register_new(&a, "s", &record).await;
         assert_eq!(b.lookup("s").await.expect("lookup"), Some(record));
         assert_eq!(MemoryStore::new().lookup("s").await.expect("lookup"), None);
     }
@@ -718,9 +718,9 @@ mod redis_single {
 
     /// A fresh redis-server of this test's own and a store on it.
     fn server_and_store() -> (RedisServer, RedisStore) {
-        let server = RedisServer::start();
-        let store = RedisStore::lazy(&server.url()).expect("store");
-        (server, store)
+        let backend = backend();
+        let store = backend.store();
+        (backend.0, store)
     }
 
     struct Single(RedisServer);
@@ -785,12 +785,7 @@ mod redis_single {
     async fn the_documented_keys_are_the_only_keys() {
         let (server, store) = server_and_store();
         let record = SessionRecord::new("node-a", "inc-1");
-        assert!(
-            store
-                .register("s1", &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, "s1", &record).await;
         assert_eq!(
             server.keys("*"),
             ["mcp:session:node:{node-a}", "mcp:session:{s1}"]
@@ -945,12 +940,9 @@ mod redis_single {
         assert_eq!(store.lookup("s1").await.expect("lookup"), Some(record));
 
         let record = SessionRecord::new("node-a", "inc");
-        assert!(
-            store
-                .register("s2", &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, "s2", &record).await;
+        let listed: Option<f64> = server.cmd(&["ZSCORE", "mcp:session:node:{node-a}", "s2"]);
+        assert!(listed.is_some(), "indexed by the register");
         let () = server.cmd(&["DEL", "mcp:session:{s2}"]);
         let results = store
             .write_batch(&[StoreWrite::RemoveIfOwned {
@@ -972,12 +964,7 @@ mod redis_single {
     async fn a_lost_script_never_reorders_a_sessions_writes() {
         let (server, store) = server_and_store();
         let record = SessionRecord::new("node-a", "inc");
-        assert!(
-            store
-                .register("s1", &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, "s1", &record).await;
         let _: String = server.cmd(&["SCRIPT", "FLUSH"]);
         let writes = [
             StoreWrite::RemoveIfOwned {
@@ -996,12 +983,7 @@ mod redis_single {
                 .await
                 .expect("remove")
         );
-        assert!(
-            store
-                .register("s1", &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, "s1", &record).await;
         assert_eq!(
             store.lookup("s1").await.expect("lookup"),
             Some(record.clone())
@@ -1019,12 +1001,7 @@ mod redis_single {
         let (server, store) = server_and_store();
         for n in 0..5 {
             let record = SessionRecord::new("node-a", if n < 3 { "old" } else { "new" });
-            assert!(
-                store
-                    .register(&format!("s{n}"), &record, MONTH)
-                    .await
-                    .expect("register")
-            );
+            register_new(&store, &format!("s{n}"), &record).await;
         }
         server.reset_stats();
         assert!(store.lookup("s0").await.expect("lookup").is_some());
@@ -1050,12 +1027,7 @@ mod redis_single {
             .await
             .expect("connect");
         let record = SessionRecord::new("node-a", "inc-1");
-        assert!(
-            store
-                .register("s1", &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, "s1", &record).await;
 
         server.pause();
         let lookup = store
@@ -1084,12 +1056,7 @@ mod redis_single {
         let mut server = RedisServer::start();
         let store = RedisStore::connect(&server.url()).await.expect("connect");
         let record = SessionRecord::new("node-a", "inc-1");
-        assert!(
-            store
-                .register("s1", &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, "s1", &record).await;
 
         server.kill();
         let err = store.lookup("s1").await.expect_err("redis is down");
@@ -1099,12 +1066,7 @@ mod redis_single {
         until_answering(&store, 200).await;
         // Nothing was persisted: the restarted server is empty, and fully usable.
         assert_eq!(store.lookup("s1").await.expect("lookup"), None);
-        assert!(
-            store
-                .register("s1", &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, "s1", &record).await;
         assert_eq!(store.lookup("s1").await.expect("lookup"), Some(record));
     }
 
@@ -1130,12 +1092,7 @@ mod redis_single {
         let server = RedisServer::start_on(port);
         until_answering(&store, 200).await;
         let record = SessionRecord::new("node-a", "inc-1");
-        assert!(
-            store
-                .register("s1", &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, "s1", &record).await;
         assert_eq!(server.get("mcp:session:{s1}"), Some(record.to_json()));
     }
 
@@ -1224,12 +1181,7 @@ mod redis_cluster {
         let store = backend.store();
         for n in 0..30 {
             let record = SessionRecord::new("spread", "inc");
-            assert!(
-                store
-                    .register(&unique(&format!("spread{n}")), &record, MONTH)
-                    .await
-                    .expect("register")
-            );
+            register_new(&store, &unique(&format!("spread{n}")), &record).await;
         }
         for node in backend.0.nodes() {
             assert!(
@@ -1279,12 +1231,7 @@ mod redis_cluster {
         }
         assert!(answered, "the store never reached the cluster");
         let record = SessionRecord::new("node-a", "inc-1");
-        assert!(
-            store
-                .register("s1", &record, MONTH)
-                .await
-                .expect("register")
-        );
+        register_new(&store, "s1", &record).await;
         assert_eq!(cluster.get("mcp:session:{s1}"), Some(record.to_json()));
     }
 }
