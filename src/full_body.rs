@@ -1,9 +1,14 @@
-//! The one-chunk body each layer's own responses carry (a JSON document, or nothing).
+//! The one-chunk body each layer's own responses carry (a JSON document, or nothing), and the
+//! body of a layer that passes the inner service's body on or answers with its own.
 
-use std::task::Poll;
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 
 /// Bytes sent as one data frame; empty once sent, and an empty body sends no frame.
 ///
@@ -11,7 +16,7 @@ use http_body::{Frame, SizeHint};
 /// body (this or a boxed SSE stream) is the size of `Bytes` alone. The registry's and
 /// affinity's bodies, which wrap that one, need a tag of their own. `Response<_>` is moved by
 /// value through every layer's future, so its size counts (see the test below).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct FullBytes(Bytes);
 
 impl FullBytes {
@@ -34,6 +39,68 @@ impl FullBytes {
 
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+}
+
+pin_project! {
+    /// The inner service's body, passed through, or a layer's own one-chunk answer: the body
+    /// of the registry's and the affinity layer's responses.
+    #[project = InnerOrFullProj]
+    pub(crate) enum InnerOrFull<B> {
+        Inner { #[pin] body: B },
+        Full { data: FullBytes },
+    }
+}
+
+impl<B> InnerOrFull<B> {
+    pub(crate) const fn inner(body: B) -> Self {
+        Self::Inner { body }
+    }
+
+    pub(crate) const fn full(data: Bytes) -> Self {
+        Self::Full {
+            data: FullBytes::new(data),
+        }
+    }
+
+    /// The length of a layer's own answer; `None` for the inner service's body.
+    pub(crate) fn full_len(&self) -> Option<usize> {
+        match self {
+            Self::Inner { .. } => None,
+            Self::Full { data } => Some(data.len()),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for InnerOrFull<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
+            InnerOrFullProj::Inner { body } => body.poll_frame(cx),
+            InnerOrFullProj::Full { data } => data.poll_frame(),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Inner { body } => body.is_end_stream(),
+            Self::Full { data } => data.is_end_stream(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Inner { body } => body.size_hint(),
+            Self::Full { data } => data.size_hint(),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::full_body::FullBytes;
+use crate::full_body::InnerOrFull;
 
 pin_project! {
     /// The response body of [`SessionAffinity`](super::SessionAffinity): the inner service's
@@ -27,15 +27,7 @@ pin_project! {
     /// ```
     pub struct ResponseBody<B> {
         #[pin]
-        kind: Kind<B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<B> {
-        Inner { #[pin] body: B },
-        Full { data: FullBytes },
+        kind: InnerOrFull<B>,
     }
 }
 
@@ -56,7 +48,7 @@ impl<B> ResponseBody<B> {
     /// ```
     pub const fn new(body: B) -> Self {
         Self {
-            kind: Kind::Inner { body },
+            kind: InnerOrFull::inner(body),
         }
     }
 
@@ -75,9 +67,7 @@ impl<B> ResponseBody<B> {
     /// ```
     pub fn full(data: Bytes) -> Self {
         Self {
-            kind: Kind::Full {
-                data: FullBytes::new(data),
-            },
+            kind: InnerOrFull::full(data),
         }
     }
 }
@@ -90,12 +80,9 @@ impl<B> Default for ResponseBody<B> {
 
 impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            Kind::Inner { .. } => f.debug_struct("ResponseBody").finish_non_exhaustive(),
-            Kind::Full { data } => f
-                .debug_struct("ResponseBody")
-                .field("len", &data.len())
-                .finish(),
+        match self.kind.full_len() {
+            None => f.debug_struct("ResponseBody").finish_non_exhaustive(),
+            Some(len) => f.debug_struct("ResponseBody").field("len", &len).finish(),
         }
     }
 }
@@ -112,25 +99,16 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => data.poll_frame(),
-        }
+        self.project().kind.poll_frame(cx)
     }
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
-            Kind::Full { data } => data.is_end_stream(),
-        }
+        self.kind.is_end_stream()
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => data.size_hint(),
-        }
+        self.kind.size_hint()
     }
 }

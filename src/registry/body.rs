@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::full_body::FullBytes;
+use crate::full_body::InnerOrFull;
 
 pin_project! {
     /// Response body of [`SessionRegistry`](super::SessionRegistry): the inner service's body,
@@ -39,15 +39,7 @@ pin_project! {
     /// ```
     pub struct ResponseBody<B> {
         #[pin]
-        kind: Kind<B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<B> {
-        Inner { #[pin] body: B },
-        Full { data: FullBytes },
+        kind: InnerOrFull<B>,
     }
 }
 
@@ -60,15 +52,13 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         Self {
-            kind: Kind::Inner { body },
+            kind: InnerOrFull::inner(body),
         }
     }
 
     pub(crate) fn full(data: Bytes) -> Self {
         Self {
-            kind: Kind::Full {
-                data: FullBytes::new(data),
-            },
+            kind: InnerOrFull::full(data),
         }
     }
 }
@@ -80,27 +70,21 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => data.poll_frame(),
-        }
+        self.project().kind.poll_frame(cx)
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
-            Kind::Full { data } => data.is_end_stream(),
-        }
+        self.kind.is_end_stream()
     }
 
+    #[inline]
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => data.size_hint(),
-        }
+        self.kind.size_hint()
     }
 }

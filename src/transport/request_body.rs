@@ -7,6 +7,8 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::full_body::FullBytes;
+
 /// The request body handlers receive: the client's JSON-RPC message, already read (and
 /// size-checked) by the transport. The parsed [`Message`](crate::protocol::Message) is in the
 /// request extensions too.
@@ -24,7 +26,7 @@ use http_body::{Body, Frame, SizeHint};
 /// ```
 #[derive(Debug, Default, Clone)]
 pub struct RequestBody {
-    data: Option<Bytes>,
+    data: FullBytes,
 }
 
 impl RequestBody {
@@ -41,7 +43,7 @@ impl RequestBody {
     /// ```
     pub fn new(data: Bytes) -> Self {
         Self {
-            data: (!data.is_empty()).then_some(data),
+            data: FullBytes::new(data),
         }
     }
 }
@@ -54,14 +56,14 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+        self.data.poll_frame()
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        self.data.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        self.data.size_hint()
     }
 }
