@@ -11,7 +11,7 @@ use mcp_affinity::{
     transport::{HostPolicy, OriginPolicy},
 };
 use serde_json::{Value, json};
-use support::{ACCEPT_BOTH, Server, Sse, initialize_body};
+use support::{ACCEPT_BOTH, Server, Sse, initialize_body, initialize_result};
 
 async fn server() -> (Server, support::Observations) {
     Server::start(SseTransportLayer::new()).await
@@ -771,10 +771,6 @@ where
     (parts, serde_json::from_slice(&body).ok())
 }
 
-fn init_result(version: &str) -> Value {
-    json!({"protocolVersion": version, "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})
-}
-
 // A handler whose future panics on a notification or on `initialize` (any inner service, not
 // only `handler_fn`) fails that one message, like a request's panic: the connection and the
 // session's other requests are unaffected, a failed `initialize` leaves no session, and a
@@ -789,7 +785,9 @@ async fn handler_panics_on_notifications_and_initialize_become_error_responses()
             || req.params.pointer("/clientInfo/name") == Some(&json!("boom"));
         assert!(!boom, "a handler future that panics on {}", req.method);
         match req.method.as_str() {
-            "initialize" => Ok(init_result(req.params["protocolVersion"].as_str().unwrap())),
+            "initialize" => Ok(initialize_result(
+                req.params["protocolVersion"].as_str().unwrap(),
+            )),
             _ => Ok(json!({})),
         }
     });
@@ -889,13 +887,23 @@ async fn a_panic_while_reading_the_handlers_answer_becomes_an_error_response() {
 
     let inner = tower::service_fn(
         |req: http::Request<mcp_affinity::transport::RequestBody>| async move {
+            use mcp_affinity::protocol::RequestId;
+
             let msg = req.extensions().get::<Message>().unwrap().clone();
-            let fine = msg.method() == Some("initialize")
-                && msg.id() == Some(&mcp_affinity::protocol::RequestId::Number(1));
             let res = http::Response::builder().header("content-type", "application/json");
-            let res = if fine {
-                let body = json!({"jsonrpc": "2.0", "id": 1, "result": init_result("2025-11-25")});
-                res.body(TestBody::Json(Some(bytes::Bytes::from(body.to_string()))))
+            let json = |v: Value| TestBody::Json(Some(bytes::Bytes::from(v.to_string())));
+            let res = if let (Some("initialize"), Some(&RequestId::Number(n @ (1 | 3)))) =
+                (msg.method(), msg.id())
+            {
+                let version = if n == 3 { "2025-03-26" } else { "2025-11-25" };
+                res.body(json(
+                    json!({"jsonrpc": "2.0", "id": n, "result": initialize_result(version)}),
+                ))
+            } else if msg.method() == Some("notifications/message") {
+                // A notification the handler refuses, with a readable answer.
+                let refused = json!({"jsonrpc": "2.0", "id": null,
+                    "error": {"code": -32602, "message": "refused"}});
+                res.status(400).body(json(refused))
             } else {
                 // Notifications get an error status, so their answer is read.
                 let status = if msg.id().is_some() { 200 } else { 400 };
@@ -927,36 +935,56 @@ async fn a_panic_while_reading_the_handlers_answer_becomes_an_error_response() {
     init["id"] = json!(1);
     let (parts, _) = send_in_process(&svc, &init, None, None).await;
     let sid = parts.headers["mcp-session-id"].to_str().unwrap().to_owned();
-    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
-    let (parts, body) = send_in_process(&svc, &ping, Some(&sid), None).await;
-    assert_eq!(parts.status, 200);
-    let body = body.unwrap();
-    assert_eq!(
-        (error_code(&body), &body["id"]),
-        (-32603, &json!(2)),
-        "{body}"
-    );
+    // Bodies that panic (`ping`, `initialized`) or fail (`tools/list`, `cancelled`) when read:
+    // an internal error for the request's id, or a `500` for a notification.
     let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    let (parts, body) = send_in_process(&svc, &note, Some(&sid), None).await;
-    assert_eq!(parts.status, 500);
-    assert_eq!(error_code(&body.unwrap()), -32603);
-
-    // A body that fails (without panicking) is answered the same way.
-    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
-    let (parts, body) = send_in_process(&svc, &list, Some(&sid), None).await;
-    assert_eq!(parts.status, 200);
-    let body = body.unwrap();
-    assert_eq!(
-        (error_code(&body), &body["id"]),
-        (-32603, &json!(3)),
-        "{body}"
-    );
-    let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+    let cancelled = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
         "params": {"requestId": 99}});
-    let (parts, body) = send_in_process(&svc, &note, Some(&sid), None).await;
-    assert_eq!(parts.status, 500);
-    assert_eq!(error_code(&body.unwrap()), -32603);
+    for (msg, status, id) in [
+        (
+            json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}),
+            200,
+            json!(2),
+        ),
+        (note.clone(), 500, Value::Null),
+        (
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+            200,
+            json!(3),
+        ),
+        (cancelled.clone(), 500, Value::Null),
+    ] {
+        let (parts, body) = send_in_process(&svc, &msg, Some(&sid), None).await;
+        let body = body.expect("a JSON-RPC error");
+        assert_eq!(
+            (parts.status.as_u16(), error_code(&body), &body["id"]),
+            (status, -32603, &id),
+            "{msg}: {body}"
+        );
+    }
     assert_eq!(sessions.session_count(), 1);
+
+    // A notification the handler refuses is answered with the handler's own answer, alone or
+    // as a 2025-03-26 batch of notifications alone (the first failure); a panic or an
+    // unreadable answer in such a batch is an internal error.
+    let refused = json!({"jsonrpc": "2.0", "method": "notifications/message",
+        "params": {"level": "info", "data": "x"}});
+    let (parts, body) = send_in_process(&svc, &refused, Some(&sid), None).await;
+    assert_eq!(parts.status, 400);
+    assert_eq!(error_code(&body.unwrap()), -32602);
+    let mut init = initialize_body("2025-03-26");
+    init["id"] = json!(3);
+    let (parts, _) = send_in_process(&svc, &init, None, None).await;
+    let old = parts.headers["mcp-session-id"].to_str().unwrap().to_owned();
+    for (batch, status, code) in [
+        (json!([refused, note]), 400, -32602),
+        (json!([note, refused]), 500, -32603),
+        (json!([cancelled]), 500, -32603),
+    ] {
+        let (parts, body) = send_in_process(&svc, &batch, Some(&old), Some("2025-03-26")).await;
+        assert_eq!(parts.status, status, "{batch}");
+        assert_eq!(error_code(&body.unwrap()), code, "{batch}");
+    }
 }
 
 // An inner service's framing headers describe its own body, not the one the transport sends:
@@ -978,12 +1006,9 @@ async fn a_json_answer_drops_the_inner_framing_headers() {
                 .clone();
             let id = serde_json::to_string(msg.id().unwrap()).unwrap();
             let (result, framing) = match msg.method() {
-                Some("initialize") => (
-                    r#"{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"s","version":"1"}}"#,
-                    false,
-                ),
-                Some("tools/list") => (r#"{"tools":[]}"#, false),
-                _ => (r#"{}"#, true),
+                Some("initialize") => (initialize_result("2025-11-25").to_string(), false),
+                Some("tools/list") => (r#"{"tools":[]}"#.to_owned(), false),
+                _ => ("{}".to_owned(), true),
             };
             let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#);
             let mut res = http::Response::builder();

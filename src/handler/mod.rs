@@ -406,8 +406,8 @@ impl Future for HandlerFuture {
 /// ```
 pub type HandlerBody = http_body_util::Full<Bytes>;
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response<HandlerBody> {
-    let mut res = Response::new(HandlerBody::new(Bytes::from(body)));
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<HandlerBody> {
+    let mut res = Response::new(HandlerBody::new(body.into()));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -456,7 +456,7 @@ where
                                     "parse error",
                                     None,
                                 );
-                                Ok(json(StatusCode::BAD_REQUEST, e.to_vec()))
+                                Ok(json(StatusCode::BAD_REQUEST, e))
                             }
                         }
                     })
@@ -481,7 +481,7 @@ where
             None,
         );
         return Respond::Done {
-            res: Some(json(StatusCode::INTERNAL_SERVER_ERROR, e.to_vec())),
+            res: Some(json(StatusCode::INTERNAL_SERVER_ERROR, e)),
         };
     };
     let params = msg
@@ -502,19 +502,9 @@ where
         Ok(fut) => Respond::Call { fut, id },
         Err(_) => {
             tracing::error!("handler panicked");
-            let e = crate::protocol::error_body(
-                id.as_ref(),
-                codes::INTERNAL_ERROR,
-                "internal error",
-                None,
-            );
-            let status = if id.is_some() {
-                StatusCode::OK
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
+            let (status, body) = crate::protocol::internal_error(id.as_ref());
             Respond::Done {
-                res: Some(json(status, e.to_vec())),
+                res: Some(json(status, body)),
             }
         }
     }

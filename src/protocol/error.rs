@@ -142,6 +142,22 @@ pub fn error_body(id: Option<&RequestId>, code: i64, message: &str, data: Option
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
+/// The answer to a failed handler (one that panicked, or whose answer could not be read): a
+/// JSON-RPC internal error for the request `id` under HTTP `200`, as every answer to a request;
+/// or, for a notification (`None`), the same error without an id under HTTP `500` (the input
+/// could not be accepted).
+pub(crate) fn internal_error(id: Option<&RequestId>) -> (StatusCode, Bytes) {
+    let status = if id.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (
+        status,
+        error_body(id, codes::INTERNAL_ERROR, "internal error", None),
+    )
+}
+
 /// A protocol outcome that ends a request before (or instead of) the handler: an HTTP status
 /// with a JSON-RPC error body.
 ///

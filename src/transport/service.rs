@@ -9,6 +9,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header, request::Parts};
 use http_body::Body;
+use http_body_util::{Either, Empty};
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -390,17 +391,15 @@ struct Answer {
     body: Bytes,
 }
 
-/// A JSON-RPC internal error: for the request `id` (HTTP `200`, as every answer to a request),
-/// or, for a notification (`None`), without an id under an HTTP `500`.
-fn internal_error(id: Option<&RequestId>) -> Answer {
-    Answer {
-        status: if id.is_some() {
-            StatusCode::OK
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        },
-        headers: HeaderMap::new(),
-        body: error_body(id, codes::INTERNAL_ERROR, "internal error", None),
+impl Answer {
+    /// A failed handler's answer to `id` (see [`protocol::internal_error`]).
+    fn internal_error(id: Option<&RequestId>) -> Self {
+        let (status, body) = protocol::internal_error(id);
+        Self {
+            status,
+            headers: HeaderMap::new(),
+            body,
+        }
     }
 }
 
@@ -424,28 +423,67 @@ where
                 ReadError::TooLarge => "response body too large".into(),
             };
             tracing::error!(error = %e, "handler response body failed");
-            internal_error(id)
+            Answer::internal_error(id)
         }
     }
 }
 
-/// The handler's answer to the request `id`, read whole, with a panic in the handler's future
-/// or while its body is read caught (and logged): an internal error for `id`.
-async fn answer_of<F, B, E>(fut: F, id: Option<&RequestId>) -> Result<Answer, E>
+/// The handler's answer to `id` (`None`: a notification), read whole, with a panic in the
+/// handler's future or while its body is read caught (and logged): an internal error for `id`.
+///
+/// Returns the catching future itself, not an `async` block around it, which would hold it
+/// twice (as captured, and awaited) in the state of every request's boxed task.
+fn answer_of<'a, F, B, E>(
+    fut: F,
+    id: Option<&'a RequestId>,
+) -> impl Future<Output = Result<Answer, E>> + 'a
 where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Body<Data = Bytes>,
+    F: Future<Output = Result<Response<B>, E>> + 'a,
+    B: Body<Data = Bytes> + 'a,
     B::Error: Into<BoxError>,
 {
-    let caught = CatchUnwind {
+    CatchUnwind {
         fut: async move {
             match fut.await {
                 Ok(res) => Ok(collect(res, id).await),
                 Err(e) => Err(e),
             }
         },
+        on_panic: Some(move || Ok(Answer::internal_error(id))),
+    }
+}
+
+/// How a notification's handler failed, if it did: `None` when it succeeded (the notification
+/// is answered `202`), else its own answer, or an internal error (`500`) if it panicked or its
+/// answer could not be read. A success's body is dropped unread: one that never ends cannot
+/// hold the POST open.
+async fn notification_failure<F, B, E>(fut: F) -> Result<Option<Answer>, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let unread_if_ok = async move {
+        fut.await.map(|res| {
+            let ok = res.status().is_success();
+            res.map(|body| {
+                if ok {
+                    Either::Right(Empty::new())
+                } else {
+                    Either::Left(body)
+                }
+            })
+        })
     };
-    caught.await.unwrap_or_else(|| Ok(internal_error(id)))
+    let answer = answer_of(unread_if_ok, None).await?;
+    Ok((!answer.status.is_success()).then_some(answer))
+}
+
+/// `202 Accepted`, empty: a notification or a client's response taken.
+fn accepted() -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::empty());
+    *res.status_mut() = StatusCode::ACCEPTED;
+    res
 }
 
 fn json_response(mut a: Answer, era: Era) -> Response<ResponseBody> {
@@ -495,25 +533,31 @@ fn answer_event(a: &Answer, id: &RequestId) -> Bytes {
 }
 
 pin_project_lite::pin_project! {
-    /// Catches a panicking handler so it becomes an internal error, not a lost stream. The
-    /// handler's future is held inline: no allocation, no move after construction.
-    struct CatchUnwind<F> {
+    /// Catches a panicking handler so it becomes an internal error (`on_panic`'s output), not
+    /// a lost stream. The handler's future is held inline: no allocation, no move after
+    /// construction.
+    struct CatchUnwind<F, P> {
         #[pin]
         fut: F,
+        on_panic: Option<P>,
     }
 }
 
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Option<F::Output>;
+impl<F: Future, P: FnOnce() -> F::Output> Future for CatchUnwind<F, P> {
+    type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = self.project().fut;
+        let this = self.project();
+        let fut = this.fut;
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(poll) => poll,
             Err(_) => {
                 tracing::error!("handler panicked");
-                Poll::Ready(None)
+                match this.on_panic.take() {
+                    Some(on_panic) => Poll::Ready(on_panic()),
+                    // Polled again after it answered for a panic: nothing more will come.
+                    None => Poll::Pending,
+                }
             }
         }
     }
@@ -708,7 +752,7 @@ where
             ready(&mut inner).await?;
             let cx = RequestContext::modern(log, None, None);
             let fut = inner.call(handler_request(parts, bytes, msg, cx, None));
-            return Ok(Ok(notification_answer(fut).await?));
+            return Ok(Ok(Box::pin(notification_answer(fut)).await?));
         };
         let Ok(stream) = log.open_stream() else {
             return Ok(Err(not_found()));
@@ -728,33 +772,17 @@ where
     }
 }
 
-/// The answer to a notification, from the handler's future: `202` if the handler succeeded, its
-/// own answer if not, and a `500` with a JSON-RPC error (no id) if it panicked.
+/// The answer to a notification, from the handler's future (see [`notification_failure`]).
 async fn notification_answer<F, ResBody, E>(fut: F) -> Result<Response<ResponseBody>, E>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let answered = CatchUnwind {
-        fut: async move {
-            match fut.await {
-                Ok(res) if res.status().is_success() => Ok(None),
-                Ok(res) => Ok(Some(collect(res, None).await)),
-                Err(e) => Err(e),
-            }
-        },
-    };
-    match answered.await {
-        Some(Ok(None)) => {
-            let mut res = Response::new(ResponseBody::empty());
-            *res.status_mut() = StatusCode::ACCEPTED;
-            Ok(res)
-        }
-        Some(Ok(Some(answer))) => Ok(json_response(answer, Era::Legacy)),
-        Some(Err(e)) => Err(e),
-        None => Ok(json_response(internal_error(None), Era::Legacy)),
-    }
+    Ok(match notification_failure(fut).await? {
+        None => accepted(),
+        Some(answer) => json_response(answer, Era::Legacy),
+    })
 }
 
 #[allow(clippy::manual_async_fn)] // held arguments once: see above `post`
@@ -798,9 +826,7 @@ where
         match msg.kind() {
             MessageKind::Response => {
                 take_client_answer(&session, &msg);
-                let mut res = Response::new(ResponseBody::empty());
-                *res.status_mut() = StatusCode::ACCEPTED;
-                Ok(Ok(res))
+                Ok(Ok(accepted()))
             }
             MessageKind::Notification => {
                 observe_notification(&session, &msg, &peek);
@@ -808,7 +834,8 @@ where
                 ready(&mut inner).await?;
                 let cx = RequestContext::legacy(session.clone(), version, None, None);
                 let fut = inner.call(handler_request(parts, bytes, msg, cx, Some(session)));
-                Ok(Ok(notification_answer(fut).await?))
+                // Boxed, like `initialize`: its state would otherwise size every POST's future.
+                Ok(Ok(Box::pin(notification_answer(fut)).await?))
             }
             MessageKind::Request => {
                 let Some(id) = msg.id().cloned() else {
@@ -1037,7 +1064,7 @@ where
         },
     };
     let remaining = Arc::new(std::sync::Mutex::new(n_requests));
-    let mut notification_failed = false;
+    let mut failed = None;
     for msg in msgs {
         match msg.kind() {
             MessageKind::Response => take_client_answer(&session, &msg),
@@ -1048,16 +1075,10 @@ where
                     handler_request(parts.clone(), bytes.clone(), msg, cx, Some(session.clone()));
                 let mut inner = inner.clone();
                 ready(&mut inner).await?;
-                // A handler that panics on a notification is logged by `CatchUnwind`; the
-                // batch goes on, and a batch of notifications alone is answered `500`.
-                match (CatchUnwind {
-                    fut: inner.call(req),
-                })
-                .await
-                {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e),
-                    None => notification_failed = true,
+                // A failed notification does not stop the batch; a batch of notifications
+                // alone is answered as the first one that failed.
+                if let Some(answer) = notification_failure(inner.call(req)).await? {
+                    failed.get_or_insert(answer);
                 }
             }
             MessageKind::Request => {
@@ -1089,12 +1110,7 @@ where
                         let mut slot = slot;
                         let event = match answer_of(fut, Some(&task_id)).await {
                             Ok(answer) => answer_event(&answer, &task_id),
-                            Err(_) => error_body(
-                                Some(&task_id),
-                                codes::INTERNAL_ERROR,
-                                "internal error",
-                                None,
-                            ),
+                            Err(_) => protocol::internal_error(Some(&task_id)).1,
                         };
                         slot.finish(Some(event));
                     }
@@ -1104,12 +1120,10 @@ where
         }
     }
     let Some(stream) = stream else {
-        if notification_failed {
-            return Ok(Ok(json_response(internal_error(None), Era::Legacy)));
-        }
-        let mut res = Response::new(ResponseBody::empty());
-        *res.status_mut() = StatusCode::ACCEPTED;
-        return Ok(Ok(res));
+        return Ok(Ok(match failed {
+            Some(answer) => json_response(answer, Era::Legacy),
+            None => accepted(),
+        }));
     };
     let log = &session.inner.log;
     log.force_sse(stream);
@@ -1247,12 +1261,7 @@ where
         let out = answer_of(fut, Some(&task_id)).await;
         let event = match &out {
             Ok(a) => answer_event(a, &task_id),
-            Err(_) => error_body(
-                Some(&task_id),
-                codes::INTERNAL_ERROR,
-                "internal error",
-                None,
-            ),
+            Err(_) => protocol::internal_error(Some(&task_id)).1,
         };
         let json = task_log.log().complete(stream, Some(event));
         if json {

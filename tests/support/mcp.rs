@@ -123,9 +123,7 @@ pub async fn handle_request(
                 .and_then(ProtocolVersion::parse)
                 .filter(|v| v.era() == Era::Legacy)
                 .unwrap_or(ProtocolVersion::LATEST_LEGACY);
-            Ok(
-                json!({"protocolVersion": v.as_str(), "capabilities": {}, "serverInfo": {"name": "t", "version": "1"}}),
-            )
+            Ok(initialize_result(v.as_str()))
         }
         "ping" => Ok(json!({})),
         "tools/call" => {
@@ -372,6 +370,11 @@ pub struct Client {
     pub http: reqwest::Client,
     pub url: String,
     pub session: Option<String>,
+}
+
+/// A server's `initialize` result for `version`.
+pub fn initialize_result(version: &str) -> Value {
+    json!({"protocolVersion": version, "capabilities": {}, "serverInfo": {"name": "t", "version": "1"}})
 }
 
 pub fn initialize_body(version: &str) -> Value {
