@@ -414,17 +414,11 @@ impl RecordKey {
     /// ```
     #[must_use]
     pub fn node_index(&self, node: &str) -> String {
-        let mut key = self.node_index_prefix();
-        key.push_str(node);
-        key.push('}');
-        key
-    }
-
-    /// `{prefix}node:{`: a node index key without the node name and the closing brace.
-    fn node_index_prefix(&self) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 24);
+        let mut key = String::with_capacity(self.prefix.len() + "node:{}".len() + node.len());
         key.push_str(&self.prefix);
         key.push_str("node:{");
+        key.push_str(node);
+        key.push('}');
         key
     }
 }

@@ -43,7 +43,7 @@ use super::commands::{
     node_of, register_command, registered,
 };
 use super::{INDEX_PUT, REMOVE_IF_OWNED, RedisStore, capped_ttl_seconds as secs, classify, within};
-use crate::registry::store::{StoreError, StoreWrite};
+use crate::registry::store::{RecordKey, StoreError, StoreWrite};
 
 /// The most ids one index command carries (the index script unpacks its arguments onto the Lua
 /// stack, which holds about 8,000 values).
@@ -246,7 +246,7 @@ impl RedisStore {
         // Round trip 2: the TTL resets, then the node indexes. A reset is part of its write's
         // result: if it fails, the batch fails. The indexes are best effort, as in the
         // single-write methods: a failure is logged, and each record's own TTL still applies.
-        let pipe = index_pipeline(self, &ttl_resets, &index);
+        let pipe = index_pipeline(&self.inner.keys, &ttl_resets, &index);
         if pipe.is_empty() {
             return Ok(results);
         }
@@ -301,14 +301,13 @@ fn remove_if_owned(pipe: &mut Pipeline, key: SessionKey<'_>, node: &str, incarna
 }
 
 /// The second round trip's commands: the TTL resets first (one `EXPIRE` each), then per node
-/// index the ids joining it (the index script, [`IDS_PER_INDEX_COMMAND`] at a time) and the ids
-/// leaving it (`ZREM`, as many at a time).
+/// index the ids joining it (the index script, [`IDS_PER_INDEX_COMMAND`] at a time: the script
+/// unpacks its arguments onto Lua's stack) and the ids leaving it (one `ZREM`).
 fn index_pipeline(
-    store: &RedisStore,
+    keys: &RecordKey,
     ttl_resets: &HashMap<&str, u64>,
     index: &IndexChanges<'_>,
 ) -> Pipeline {
-    let keys = &store.inner.keys;
     let mut pipe = ::redis::pipe();
     pipe.ignore_errors();
     for (id, ttl) in ttl_resets {
@@ -326,8 +325,8 @@ fn index_pipeline(
                 cmd.arg(*ttl).arg(*id);
             }
         }
-        for chunk in update.leaves.chunks(IDS_PER_INDEX_COMMAND) {
-            pipe.cmd("ZREM").arg(&key).arg(chunk);
+        if !update.leaves.is_empty() {
+            pipe.cmd("ZREM").arg(&key).arg(&update.leaves);
         }
     }
     pipe
@@ -386,8 +385,6 @@ fn int(reply: &Value) -> Result<i64, StoreError> {
 }
 
 fn unexpected(reply: &Value) -> StoreError {
-    match reply {
-        Value::ServerError(err) => classify(err.clone().into()),
-        other => StoreError::backend(format!("unexpected reply in a batch: {other:?}")),
-    }
+    server_error(reply)
+        .unwrap_or_else(|| StoreError::backend(format!("unexpected reply in a batch: {reply:?}")))
 }
