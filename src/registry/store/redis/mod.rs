@@ -667,6 +667,22 @@ impl RedisStore {
         bounded(self.inner.command_timeout, self.conn_query(cmd)).await
     }
 
+    /// Sends `pipe` (commands on one key: one slot on a cluster) in one round trip, within the
+    /// command timeout.
+    async fn query_pipe<T: FromRedisValue>(
+        &self,
+        pipe: &::redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let sent = async {
+            match self.inner.conn.clone() {
+                Conn::Single(mut conn) => pipe.query_async(&mut conn).await,
+                #[cfg(feature = "redis-cluster")]
+                Conn::Cluster(mut conn) => pipe.query_async(&mut conn).await,
+            }
+        };
+        bounded(self.inner.command_timeout, sent).await
+    }
+
     /// Runs `script` on `key` within the command timeout (loading it first where missing).
     async fn eval<T: FromRedisValue>(
         &self,
@@ -834,15 +850,15 @@ impl RegistryStore for RedisStore {
     async fn refresh(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
         let keys = &self.inner.keys;
         let secs = capped_ttl_seconds(ttl);
-        if self
-            .query::<i64>(commands::expire_command(keys, id, secs))
-            .await?
-            != 1
-        {
+        // The record (for its node, to keep the index entry's expiry in step) comes in the same
+        // round trip.
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(commands::expire_command(keys, id, secs))
+            .add_command(commands::get_command(keys, id));
+        let (extended, json): (i64, Option<Vec<u8>>) = self.query_pipe(&pipe).await?;
+        if extended != 1 {
             return Ok(false);
         }
-        // Keep the index entry's expiry in step with the record's.
-        let json: Option<Vec<u8>> = self.query(commands::get_command(keys, id)).await?;
         if let Some(node) = json.as_deref().and_then(commands::node_of) {
             self.index_add(&node, id, secs).await;
         }
