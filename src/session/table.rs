@@ -159,17 +159,25 @@ impl SessionTable {
 }
 
 /// Halves a map's table once it is three-quarters empty, so the table of a burst of sessions
-/// goes back to the allocator when they close (a `HashMap` never shrinks on its own). Whether
-/// the allocator then returns it to the system is its own affair (glibc mostly keeps it for
-/// reuse). Shrinking to twice the length leaves room to grow again before the next resize, so
-/// the cost stays amortised O(1) per removal.
+/// goes back to the allocator when they close (a `HashMap` never shrinks on its own), and
+/// frees it once the map is empty. Whether the allocator then returns the memory to the
+/// system is its own affair (glibc mostly keeps it for reuse), but a table left allocated
+/// after the burst is one of the live blocks that keep glibc from trimming its heap: the
+/// 32 shards' last tables, reallocated small while the sessions closed, sat high in the
+/// worker thread's heap. Shrinking to twice the length leaves room to grow again before the
+/// next resize, so the cost stays amortised O(1) per removal; an emptied map allocates again
+/// (a few slots) on its next insert.
 pub(crate) fn shrink_when_sparse<K, V, S>(map: &mut HashMap<K, V, S>)
 where
     K: Eq + std::hash::Hash,
     S: BuildHasher,
 {
     const MIN_CAPACITY: usize = 64;
-    if map.capacity() > MIN_CAPACITY && map.len() * 4 < map.capacity() {
+    if map.is_empty() {
+        if map.capacity() > 0 {
+            map.shrink_to(0);
+        }
+    } else if map.capacity() > MIN_CAPACITY && map.len() * 4 < map.capacity() {
         map.shrink_to((map.len() * 2).max(MIN_CAPACITY / 2));
     }
 }
@@ -222,7 +230,13 @@ mod tests {
         }
         assert_eq!(map.len(), 10);
         assert!(map.capacity() <= 64, "{} of {full}", map.capacity());
-        // A table of at most 64 slots is left alone, however empty. (`capacity()` also falls
+        // Emptied, it holds no table at all.
+        for n in 9_990..10_000 {
+            map.remove(&n);
+            shrink_when_sparse(&mut map);
+        }
+        assert_eq!(map.capacity(), 0);
+        // A table of at most 64 slots is otherwise left alone. (`capacity()` also falls
         // as removals leave tombstones, by an amount that depends on the random hashes, so
         // the check is that the call changes nothing, not a fixed figure.)
         let mut small: HashMap<u32, u32> = (0..40).map(|n| (n, n)).collect();
