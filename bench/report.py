@@ -196,6 +196,16 @@ def redis_lines(gs):
     return out
 
 
+def rounds(gs, a, b, n):
+    """The same ratio round by round (`a` and `b` run back to back in each round), as a range:
+    how far this machine's noise moves it."""
+    per_run = lambda label: {r.get("run"): r.get("server_cpu_us_per_op")
+                             for r in (find(gs, label, "ping", sessions=n) or Group([])).rows}
+    ra, rb = per_run(a), per_run(b)
+    rs = sorted(ratio(ra[i], rb[i]) for i in ra if i in rb and ratio(ra[i], rb[i]) is not None)
+    return "" if len(rs) < 2 else f" (rounds {rs[0]:.2f}–{rs[-1]:.2f}×)"
+
+
 def targets_table(gs):
     """The issue's targets, read off this run."""
     rows = ["| target | measured | met |", "|---|---|:---:|"]
@@ -214,7 +224,8 @@ def targets_table(gs):
             "–" if r_rmcp is None else f"{fmt(cpu('ours-full', n))} vs {fmt(cpu('rmcp', n))} µs = {r_rmcp:.2f}×",
             None if r_rmcp is None else r_rmcp <= 1 / 3)
         add(f"ping, {n:,} sessions: within 1.5× of bare hyper",
-            "–" if r_bare is None else f"{fmt(cpu('ours-full', n))} vs {fmt(cpu('bare', n))} µs = {r_bare:.2f}×",
+            "–" if r_bare is None else f"{fmt(cpu('ours-full', n))} vs {fmt(cpu('bare', n))} µs = {r_bare:.2f}×"
+            + rounds(gs, "ours-full", "bare", n),
             None if r_bare is None else r_bare <= 1.5)
         r = ratio(ops("ours-full", n), ops("rmcp", n))
         add(f"ping, {n:,} sessions: throughput ≥ rmcp's",
@@ -354,6 +365,17 @@ def esc(s):
     return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def steal_line(rows):
+    """How much CPU the hypervisor took from this virtual machine during the timed runs
+    (`steal` in `/proc/stat`, in cores): on a shared host it is the first suspect when the same
+    server measures differently from round to round."""
+    st = sorted(r["steal_util"] for r in rows if isinstance(r.get("steal_util"), (int, float)))
+    if not st:
+        return ""
+    return (f"Hypervisor steal during the timed runs (cores, of {len(st)} runs): median "
+            f"{statistics.median(st):.2f}, max {st[-1]:.2f}.")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("raw")
@@ -383,6 +405,7 @@ def main():
         f"({args.elapsed} s). Machine: {args.cpu}, {args.cores} cores; {args.rustc}; redis-server {args.redis}.",
         f"Settings: {args.settings}. Each figure is the median of {runs} runs (per metric), each run "
         "against a freshly started server. Raw JSON lines: `raw.jsonl`.",
+        steal_line(rows),
         "",
         "Servers (all HTTP/1.1, `TCP_NODELAY`, one tokio runtime pinned to one core):",
         "- **bare hyper (limit)**: `bench/peers` `peer-hyper` — reads the body, answers a fixed "
