@@ -518,17 +518,18 @@ fn json_response(mut a: Answer, era: Era) -> Response<ResponseBody> {
     res
 }
 
-/// What a handler's answer becomes as the last event of an SSE stream.
-fn answer_event(a: &Answer, id: &RequestId) -> Bytes {
-    if a.status.is_success() && !a.body.is_empty() {
-        a.body.clone()
-    } else {
-        error_body(
+/// What a handler's outcome (its answer, or the inner service's error) becomes as the last
+/// event of an SSE stream.
+fn answer_event<E>(out: &Result<Answer, E>, id: &RequestId) -> Bytes {
+    match out {
+        Ok(a) if a.status.is_success() && !a.body.is_empty() => a.body.clone(),
+        Ok(a) => error_body(
             Some(id),
             codes::INTERNAL_ERROR,
             a.status.canonical_reason().unwrap_or("handler error"),
             None,
-        )
+        ),
+        Err(_) => protocol::internal_error(Some(id)).1,
     }
 }
 
@@ -752,7 +753,7 @@ where
             ready(&mut inner).await?;
             let cx = RequestContext::modern(log, None, None);
             let fut = inner.call(handler_request(parts, bytes, msg, cx, None));
-            return Ok(Ok(Box::pin(notification_answer(fut)).await?));
+            return Ok(Ok(notification_answer(fut).await?));
         };
         let Ok(stream) = log.open_stream() else {
             return Ok(Err(not_found()));
@@ -773,15 +774,22 @@ where
 }
 
 /// The answer to a notification, from the handler's future (see [`notification_failure`]).
-async fn notification_answer<F, ResBody, E>(fut: F) -> Result<Response<ResponseBody>, E>
+///
+/// Boxed, like `initialize`: the rare notification's state would otherwise size (and be
+/// copied with) every POST's future.
+fn notification_answer<F, ResBody, E>(
+    fut: F,
+) -> Pin<Box<impl Future<Output = Result<Response<ResponseBody>, E>>>>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    Ok(match notification_failure(fut).await? {
-        None => accepted(),
-        Some(answer) => json_response(answer, Era::Legacy),
+    Box::pin(async move {
+        Ok(match notification_failure(fut).await? {
+            None => accepted(),
+            Some(answer) => json_response(answer, Era::Legacy),
+        })
     })
 }
 
@@ -834,8 +842,7 @@ where
                 ready(&mut inner).await?;
                 let cx = RequestContext::legacy(session.clone(), version, None, None);
                 let fut = inner.call(handler_request(parts, bytes, msg, cx, Some(session)));
-                // Boxed, like `initialize`: its state would otherwise size every POST's future.
-                Ok(Ok(Box::pin(notification_answer(fut)).await?))
+                Ok(Ok(notification_answer(fut).await?))
             }
             MessageKind::Request => {
                 let Some(id) = msg.id().cloned() else {
@@ -1108,11 +1115,8 @@ where
                     None,
                     async move {
                         let mut slot = slot;
-                        let event = match answer_of(fut, Some(&task_id)).await {
-                            Ok(answer) => answer_event(&answer, &task_id),
-                            Err(_) => protocol::internal_error(Some(&task_id)).1,
-                        };
-                        slot.finish(Some(event));
+                        let out = answer_of(fut, Some(&task_id)).await;
+                        slot.finish(Some(answer_event(&out, &task_id)));
                     }
                     .in_current_span(),
                 );
@@ -1259,11 +1263,9 @@ where
     let stream = to.stream;
     let task = async move {
         let out = answer_of(fut, Some(&task_id)).await;
-        let event = match &out {
-            Ok(a) => answer_event(a, &task_id),
-            Err(_) => protocol::internal_error(Some(&task_id)).1,
-        };
-        let json = task_log.log().complete(stream, Some(event));
+        let json = task_log
+            .log()
+            .complete(stream, Some(answer_event(&out, &task_id)));
         if json {
             TaskOut::Json(out)
         } else {
