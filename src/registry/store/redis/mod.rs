@@ -194,6 +194,18 @@ enum Conn {
     Cluster(::redis::cluster_async::ClusterConnection),
 }
 
+/// `$send` with `$c` bound to the connection of `$conn` (a [`Conn`], consumed), whichever kind it
+/// is: the two kinds are different types behind the same `ConnectionLike` calls.
+macro_rules! on_conn {
+    ($conn:expr, |$c:ident| $send:expr) => {
+        match $conn {
+            Conn::Single(mut $c) => $send,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(mut $c) => $send,
+        }
+    };
+}
+
 impl Conn {
     fn topology(&self) -> &'static str {
         match self {
@@ -655,11 +667,9 @@ impl RedisStore {
 
     /// Sends `cmd` without a deadline of its own.
     async fn conn_query<T: FromRedisValue>(&self, cmd: Cmd) -> RedisResult<T> {
-        match self.inner.conn.clone() {
-            Conn::Single(mut conn) => cmd.query_async(&mut conn).await,
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(mut conn) => cmd.query_async(&mut conn).await,
-        }
+        on_conn!(self.inner.conn.clone(), |conn| cmd
+            .query_async(&mut conn)
+            .await)
     }
 
     /// Sends `cmd` within the command timeout.
@@ -674,11 +684,9 @@ impl RedisStore {
         pipe: &::redis::Pipeline,
     ) -> Result<T, StoreError> {
         let sent = async {
-            match self.inner.conn.clone() {
-                Conn::Single(mut conn) => pipe.query_async(&mut conn).await,
-                #[cfg(feature = "redis-cluster")]
-                Conn::Cluster(mut conn) => pipe.query_async(&mut conn).await,
-            }
+            on_conn!(self.inner.conn.clone(), |conn| pipe
+                .query_async(&mut conn)
+                .await)
         };
         bounded(self.inner.command_timeout, sent).await
     }
@@ -696,11 +704,7 @@ impl RedisStore {
         }
         let conn = self.inner.conn.clone();
         bounded(self.inner.command_timeout, async move {
-            match conn {
-                Conn::Single(mut conn) => invocation.invoke_async(&mut conn).await,
-                #[cfg(feature = "redis-cluster")]
-                Conn::Cluster(mut conn) => invocation.invoke_async(&mut conn).await,
-            }
+            on_conn!(conn, |conn| invocation.invoke_async(&mut conn).await)
         })
         .await
     }
