@@ -524,6 +524,128 @@ async fn pending_server_request_limit() {
     assert_eq!(text, "error: too many pending server requests");
 }
 
+// A dropped server→client request future (a handler cancelled while it waits, or one that
+// never awaits it) withdraws the request: its slot is free again, so the session keeps
+// accepting requests past `max_pending_requests` dropped ones, and the client's late answer to
+// a withdrawn request is accepted (202) and ignored.
+#[tokio::test]
+async fn dropped_server_request_futures_free_their_slots() {
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    use mcp_affinity::{handler::handler_fn, session::Session};
+    use tower::ServiceExt;
+
+    const MAX: usize = 2;
+    const DEADLINE: Duration = Duration::from_secs(10);
+    let handler = handler_fn(|req, _cx| async move {
+        Ok(match req.method.as_str() {
+            "initialize" => initialize_result("2025-11-25"),
+            _ => json!({}),
+        })
+    });
+    let svc = tower::Layer::layer(
+        &SseTransportLayer::new().with_max_pending_requests(MAX),
+        handler,
+    );
+    let init = in_process_post(json_body(&initialize_body("2025-11-25")), None);
+    let res = tokio::time::timeout(DEADLINE, svc.clone().oneshot(init))
+        .await
+        .expect("initialize answered")
+        .unwrap();
+    let session = res.extensions().get::<Session>().unwrap().clone();
+    let sid = session.id().as_str().to_owned();
+
+    // Futures dropped without being polled, polled once and dropped, and awaited by a task that
+    // is aborted (as a cancelled handler is): more than the limit of each.
+    for _ in 0..=MAX {
+        drop(session.request("roots/list", None));
+        let mut polled = Box::pin(session.request("roots/list", None));
+        assert!((&mut polled).now_or_never().is_none(), "no answer yet");
+        drop(polled);
+        let waiting = session.request("roots/list", None);
+        let task = tokio::spawn(waiting);
+        task.abort();
+        assert!(
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("the aborted task ends")
+                .unwrap_err()
+                .is_cancelled()
+        );
+        assert_eq!(session.pending_requests(), 0, "every slot was freed");
+    }
+    let withdrawn = 3 * (MAX + 1);
+
+    // A later request still gets its slot, and is answered.
+    let live = tokio::spawn(session.request("roots/list", None));
+    tokio::time::timeout(DEADLINE, async {
+        while session.pending_requests() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the live request is pending");
+    // The client saw every request (they were sent when made): the last is the live one.
+    let get = http::Request::get("http://localhost/mcp")
+        .header("host", "localhost")
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let res = tokio::time::timeout(DEADLINE, svc.clone().oneshot(get))
+        .await
+        .expect("GET answered")
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut stream = res.into_body();
+    let mut ids = Vec::new();
+    while ids.len() < withdrawn + 1 {
+        let frame = tokio::time::timeout(DEADLINE, stream.frame())
+            .await
+            .expect("an event")
+            .expect("the stream is open")
+            .unwrap();
+        let data = frame.into_data().unwrap();
+        let text = std::str::from_utf8(&data).unwrap();
+        if let Some(line) = text.lines().find_map(|l| l.strip_prefix("data: "))
+            && let Ok(msg) = serde_json::from_str::<Value>(line)
+        {
+            assert_eq!(msg["method"], "roots/list");
+            ids.push(msg["id"].clone());
+        }
+    }
+    let (late, live_id) = ids.split_at(withdrawn);
+
+    // Late answers to withdrawn requests: accepted, ignored, and the session is unharmed.
+    for id in late {
+        let answer = json!({"jsonrpc": "2.0", "id": id, "result": {"roots": []}});
+        let (parts, _) =
+            tokio::time::timeout(DEADLINE, send_in_process(&svc, &answer, Some(&sid), None))
+                .await
+                .expect("late answer accepted");
+        assert_eq!(parts.status, 202);
+    }
+    assert_eq!(session.pending_requests(), 1);
+    assert!(
+        !live.is_finished(),
+        "a late answer is not taken for the live request"
+    );
+    assert!(!session.is_closed());
+    let answer = json!({"jsonrpc": "2.0", "id": live_id[0], "result": {"roots": ["file:///x"]}});
+    let (parts, _) =
+        tokio::time::timeout(DEADLINE, send_in_process(&svc, &answer, Some(&sid), None))
+            .await
+            .expect("answer accepted");
+    assert_eq!(parts.status, 202);
+    let got = tokio::time::timeout(DEADLINE, live)
+        .await
+        .expect("the live request is answered")
+        .unwrap();
+    assert_eq!(got, Ok(json!({"roots": ["file:///x"]})));
+    assert_eq!(session.pending_requests(), 0);
+}
+
 // 11. Security.
 #[tokio::test]
 async fn origin_and_host_validation() {

@@ -248,7 +248,9 @@ impl RequestContext {
 
     /// Sends a server→client request related to this request (sampling, elicitation) on its
     /// stream and waits for the answer. Legacy era only: the modern era forbids independent
-    /// requests on a response stream (use `input_required` results instead).
+    /// requests on a response stream (use `input_required` results instead). As with
+    /// [`Session::request`](crate::session::Session::request), dropping the future withdraws
+    /// the request and frees its pending slot.
     ///
     /// # Example
     ///

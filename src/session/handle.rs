@@ -163,6 +163,37 @@ pub(crate) struct Inner {
     config: SessionConfig,
 }
 
+/// The pending entry of one server→client request, owned by the future that waits for its
+/// answer: if that future is dropped first (a cancelled handler, a `select!` that lost), the
+/// entry goes with it, so abandoned requests never fill `max_pending_requests`. A late answer
+/// from the client then finds no entry and is ignored.
+struct PendingSlot {
+    inner: Arc<Inner>,
+    id: Option<RequestId>,
+}
+
+impl PendingSlot {
+    fn new(inner: Arc<Inner>, id: RequestId) -> Self {
+        Self {
+            inner,
+            id: Some(id),
+        }
+    }
+
+    /// The entry is gone already (answered or failed on close): nothing to withdraw.
+    fn disarm(&mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            lock(&self.inner.mutable).pending.remove(&id);
+        }
+    }
+}
+
 /// A handle to one legacy-era session, shared by every request of that session.
 ///
 /// The transport puts it into the request extensions of every legacy request that belongs to
@@ -441,6 +472,11 @@ impl Session {
     /// Inside a handler prefer [`RequestContext::request`](crate::session::RequestContext::request),
     /// which sends it on the request's own stream.
     ///
+    /// The request is sent when this is called, and counts towards the transport's
+    /// `max_pending_requests` until it is answered, times out, or the returned future is
+    /// dropped: dropping the future withdraws the request, and a late answer from the client
+    /// is then ignored.
+    ///
     /// # Example
     ///
     /// ```
@@ -477,19 +513,24 @@ impl Session {
         method: &str,
         params: Option<Value>,
     ) -> impl Future<Output = Result<Value, SendError>> + Send + 'static {
-        let prepared = self.prepare_request(stream, method, params);
-        let inner = self.inner.clone();
+        let timeout = self.inner.config.request_timeout;
+        // The slot is created (and owned by the future) before the future is first polled, so
+        // a future dropped unpolled withdraws its request too.
+        let prepared = self
+            .prepare_request(stream, method, params)
+            .map(|(id, rx)| (PendingSlot::new(self.inner.clone(), id), rx));
         async move {
-            let (id, rx) = prepared?;
-            match tokio::time::timeout(inner.config.request_timeout, rx).await {
+            let (mut slot, rx) = prepared?;
+            let out = match tokio::time::timeout(timeout, rx).await {
+                // The answer (`Session::answer`) or the close took the entry already.
                 Ok(Ok(Ok(v))) => Ok(v),
                 Ok(Ok(Err(e))) => Err(SendError::Rejected(e)),
                 Ok(Err(_)) => Err(SendError::Closed),
-                Err(_) => {
-                    lock(&inner.mutable).pending.remove(&id);
-                    Err(SendError::Timeout)
-                }
-            }
+                // The slot withdraws the request as it drops.
+                Err(_) => return Err(SendError::Timeout),
+            };
+            slot.disarm();
+            out
         }
     }
 
@@ -899,11 +940,49 @@ impl Session {
     /// assert_eq!(session.pending_requests(), 0);
     /// let answer = session.request("roots/list", None);
     /// assert_eq!(session.pending_requests(), 1);
-    /// drop(answer); // dropping the future does not withdraw the request
-    /// assert_eq!(session.pending_requests(), 1);
+    /// drop(answer); // dropping the future withdraws the request
+    /// assert_eq!(session.pending_requests(), 0);
     /// # }
     /// ```
     pub fn pending_requests(&self) -> usize {
         lock(&self.inner.mutable).pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(max_pending_requests: usize) -> Session {
+        let config = SessionConfig {
+            log: LogLimits {
+                max_events: 64,
+                max_bytes: 1 << 16,
+            },
+            max_pending_requests,
+            request_timeout: Duration::from_secs(5),
+        };
+        Session::new(SessionId::parse("s").unwrap(), None, config, 0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_out_or_answered_request_frees_its_slot() {
+        let s = session(1);
+        assert_eq!(s.request("roots/list", None).await, Err(SendError::Timeout));
+        assert_eq!(s.pending_requests(), 0);
+        let answered = tokio::spawn(s.request("roots/list", None));
+        tokio::task::yield_now().await;
+        assert_eq!(s.pending_requests(), 1);
+        assert_eq!(
+            s.request("roots/list", None).await,
+            Err(SendError::TooManyPending)
+        );
+        assert!(s.answer(&RequestId::Number(2), Ok(Value::Bool(true))));
+        assert_eq!(answered.await.unwrap(), Ok(Value::Bool(true)));
+        assert_eq!(s.pending_requests(), 0);
+        assert!(
+            !s.answer(&RequestId::Number(2), Ok(Value::Null)),
+            "answered once"
+        );
     }
 }
