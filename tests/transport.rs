@@ -646,6 +646,115 @@ async fn dropped_server_request_futures_free_their_slots() {
     assert_eq!(session.pending_requests(), 0);
 }
 
+// A POST whose handler has not answered yet waits for its stream's phase while a
+// `Last-Event-ID` reader of the same stream waits for events: the handler's first event wakes
+// both. The POST turns into an SSE answer (taking the stream over, so the GET ends), and
+// neither hangs.
+#[tokio::test]
+async fn a_waiting_post_and_a_resuming_get_are_both_woken() {
+    use http_body_util::BodyExt;
+    use mcp_affinity::handler::handler_fn;
+    use std::sync::Arc;
+    use tokio::sync::{Notify, mpsc};
+    use tower::ServiceExt;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+    let (go, finish) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let (g, f) = (go.clone(), finish.clone());
+    let handler = handler_fn(move |req, cx| {
+        let (go, finish, started) = (g.clone(), f.clone(), started_tx.clone());
+        async move {
+            if req.method == "initialize" {
+                return Ok(initialize_result("2025-11-25"));
+            }
+            let _ = started.send(());
+            go.notified().await;
+            cx.notify(
+                "notifications/progress",
+                Some(json!({"progressToken": 1, "progress": 1})),
+            )
+            .unwrap();
+            finish.notified().await;
+            Ok(json!({"done": true}))
+        }
+    });
+    let svc = tower::Layer::layer(&SseTransportLayer::new(), handler);
+    let init = in_process_post(json_body(&initialize_body("2025-11-25")), None);
+    let res = tokio::time::timeout(DEADLINE, svc.clone().oneshot(init))
+        .await
+        .expect("initialize answered")
+        .unwrap();
+    let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+
+    // The POST: its handler waits, so the POST future waits for the stream's phase.
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "x"}});
+    let post = tokio::spawn(
+        svc.clone()
+            .oneshot(in_process_post(json_body(&call), Some(&sid))),
+    );
+    tokio::time::timeout(DEADLINE, started.recv())
+        .await
+        .expect("the handler started");
+
+    // A reader of the same stream (the session's first POST stream is stream 1), waiting for
+    // its next event once it has the priming event.
+    let get = http::Request::get("http://localhost/mcp")
+        .header("host", "localhost")
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("last-event-id", "1-0")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let res = tokio::time::timeout(DEADLINE, svc.clone().oneshot(get))
+        .await
+        .expect("GET answered")
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    let mut get_body = res.into_body();
+    tokio::spawn(async move {
+        while let Some(frame) = get_body.frame().await {
+            let _ = frames_tx.send(frame.unwrap().into_data().unwrap());
+        }
+    });
+    let priming = tokio::time::timeout(DEADLINE, frames.recv())
+        .await
+        .expect("the priming event")
+        .unwrap();
+    assert!(priming.starts_with(b"id: 1-0"), "{priming:?}");
+
+    // The handler's first event: the POST answers with SSE at once, before the handler ends.
+    go.notify_one();
+    let res = tokio::time::timeout(DEADLINE, post)
+        .await
+        .expect("the POST was woken by the event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    // The GET was woken too: the POST took its stream over, so it ends (after the event, if it
+    // read it first).
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(frame) = frames.recv().await {
+            let text = String::from_utf8_lossy(&frame).into_owned();
+            assert!(text.contains("notifications/progress"), "{text}");
+        }
+    })
+    .await
+    .expect("the replaced GET stream ends");
+    finish.notify_one();
+    let body = tokio::time::timeout(DEADLINE, res.into_body().collect())
+        .await
+        .expect("the POST stream ends")
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("notifications/progress"), "{text}");
+    assert!(text.contains(r#""done":true"#), "{text}");
+}
+
 // 11. Security.
 #[tokio::test]
 async fn origin_and_host_validation() {

@@ -81,7 +81,12 @@ struct Stream {
     phase: Phase,
     finished: bool,
     reader: u64,
+    /// The reader's waker. A stream has two waiters at most, each with its own slot: its
+    /// reader, and the POST future that waits for the stream's phase (a `Last-Event-ID` reader
+    /// can attach while that POST still waits), so neither can take the other's wake-up.
     waker: Option<Waker>,
+    /// The waker of the POST future waiting in [`EventLog::poll_phase`].
+    phase_waker: Option<Waker>,
     /// The server asked to close the connection before any reader attached: the next
     /// (non-resuming) reader delivers what is there and ends.
     detach_pending: bool,
@@ -97,11 +102,21 @@ impl Stream {
             finished: false,
             reader: 0,
             waker: None,
+            phase_waker: None,
             detach_pending: false,
         }
     }
 
+    /// Wakes both waiters: something they wait for changed.
     fn wake(&mut self) {
+        self.wake_reader();
+        if let Some(w) = self.phase_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Wakes the reader alone (it is replaced or detached).
+    fn wake_reader(&mut self) {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
@@ -358,7 +373,7 @@ impl EventLog {
             } else {
                 st.reader = 0;
                 s.readers -= 1;
-                st.wake();
+                st.wake_reader();
             }
         }
     }
@@ -411,7 +426,7 @@ impl EventLog {
         match s.streams.get_mut(&stream) {
             Some(st) => {
                 if st.phase == Phase::Pending {
-                    st.waker = Some(cx.waker().clone());
+                    st.phase_waker = Some(cx.waker().clone());
                 }
                 st.phase
             }
@@ -445,7 +460,7 @@ impl EventLog {
         if st.reader == 0 {
             s.readers += 1;
         } else {
-            st.wake();
+            st.wake_reader();
         }
         st.reader = reader;
         let drain_then_end = st.detach_pending && !resume;
@@ -779,6 +794,134 @@ mod tests {
             1,
             "delivered events go too; the standalone backlog stays"
         );
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        fn waker() -> (std::sync::Arc<Self>, Waker) {
+            let c = std::sync::Arc::new(Self::default());
+            (c.clone(), Waker::from(c))
+        }
+
+        fn woken(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::SeqCst) > 0
+        }
+    }
+
+    /// The POST future waits for its stream's phase while a `Last-Event-ID` reader of the same
+    /// stream waits for its next event: whichever registered first, both are woken by the
+    /// event, by the end of the stream, and neither loses its registration when the other
+    /// goes away.
+    #[test]
+    fn a_waiting_post_and_a_resuming_reader_are_both_woken() {
+        for reader_first in [false, true] {
+            for event in [true, false] {
+                let l = log(16);
+                let s = l.open_stream().unwrap();
+                let (post, post_waker) = Count::waker();
+                let (reader, reader_waker) = Count::waker();
+                let mut cur = l.attach(s, Some(0), false, true).unwrap();
+                let mut poll_reader =
+                    |l: &EventLog| l.poll_next(&mut cur, &mut Context::from_waker(&reader_waker));
+                if reader_first {
+                    assert!(poll_reader(&l).is_pending());
+                }
+                assert_eq!(
+                    l.poll_phase(s, &mut Context::from_waker(&post_waker)),
+                    Phase::Pending
+                );
+                if !reader_first {
+                    assert!(poll_reader(&l).is_pending());
+                }
+                if event {
+                    l.append(s, Bytes::from_static(b"progress"), false).unwrap();
+                } else {
+                    // The handler answered without streaming: JSON, and the reader ends.
+                    assert!(l.complete(s, Some(Bytes::from_static(b"answer"))));
+                }
+                assert!(
+                    post.woken(),
+                    "the POST future is woken ({reader_first}, {event})"
+                );
+                assert!(
+                    reader.woken(),
+                    "the reader is woken ({reader_first}, {event})"
+                );
+                if event {
+                    assert_eq!(l.poll_phase(s, &mut cx()), Phase::Sse);
+                    assert!(matches!(
+                        poll_reader(&l),
+                        Poll::Ready(Item::Event { seq: 1, .. })
+                    ));
+                } else {
+                    assert_eq!(l.poll_phase(s, &mut cx()), Phase::Json);
+                    assert!(matches!(poll_reader(&l), Poll::Ready(Item::End { .. })));
+                }
+            }
+        }
+
+        // The reader goes away while the POST waits: the POST is still woken.
+        let l = log(16);
+        let s = l.open_stream().unwrap();
+        let (post, post_waker) = Count::waker();
+        let (_, reader_waker) = Count::waker();
+        let mut cur = l.attach(s, Some(0), false, true).unwrap();
+        assert_eq!(
+            l.poll_phase(s, &mut Context::from_waker(&post_waker)),
+            Phase::Pending
+        );
+        assert!(
+            l.poll_next(&mut cur, &mut Context::from_waker(&reader_waker))
+                .is_pending()
+        );
+        l.release(&cur);
+        l.append(s, Bytes::from_static(b"progress"), false).unwrap();
+        assert!(
+            post.woken(),
+            "a released reader takes no other waiter's registration"
+        );
+
+        // A new reader takes over while the POST waits: the old reader ends, the POST and the
+        // new reader are woken by the next event.
+        let l = log(16);
+        let s = l.open_stream().unwrap();
+        let (post, post_waker) = Count::waker();
+        let (old, old_waker) = Count::waker();
+        let (new, new_waker) = Count::waker();
+        let mut first = l.attach(s, Some(0), false, true).unwrap();
+        assert!(
+            l.poll_next(&mut first, &mut Context::from_waker(&old_waker))
+                .is_pending()
+        );
+        assert_eq!(
+            l.poll_phase(s, &mut Context::from_waker(&post_waker)),
+            Phase::Pending
+        );
+        let mut second = l.attach(s, Some(0), false, true).unwrap();
+        assert!(old.woken(), "the replaced reader is told to end");
+        assert!(matches!(
+            l.poll_next(&mut first, &mut cx()),
+            Poll::Ready(Item::End { .. })
+        ));
+        assert!(
+            l.poll_next(&mut second, &mut Context::from_waker(&new_waker))
+                .is_pending()
+        );
+        l.append(s, Bytes::from_static(b"progress"), false).unwrap();
+        assert!(post.woken() && new.woken());
     }
 
     #[test]
