@@ -289,7 +289,12 @@ pub(crate) fn parse_event_id(s: &str) -> Option<(u32, u32)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-/// Encodes one SSE event carrying `data` (split on line breaks, as SSE requires).
+/// Encodes one SSE event carrying `data`, one `data:` line per line of it.
+///
+/// An SSE parser ends a line at CRLF, LF or a bare CR, so `data` is split at each of them (a
+/// CRLF once): a line break in `data` arrives as an LF, and nothing after a CR can be read as a
+/// field of its own (`id:`, `event:`). JSON from serde has no raw line breaks (they are escaped
+/// inside strings): it takes the fast path, one line as it is.
 pub(crate) fn encode_event(id: Option<(u32, u32)>, data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(data.len() + 32);
     if let Some((stream, seq)) = id {
@@ -298,14 +303,26 @@ pub(crate) fn encode_event(id: Option<(u32, u32)>, data: &[u8]) -> Bytes {
         b.put_u8(b'\n');
     }
     b.put_slice(b"event: message\n");
-    for line in data.split(|&c| c == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        b.put_slice(b"data: ");
-        b.put_slice(line);
-        b.put_u8(b'\n');
+    if !data.contains(&b'\n') && !data.contains(&b'\r') {
+        put_data_line(&mut b, data);
+    } else {
+        let mut rest = data;
+        while let Some(i) = rest.iter().position(|&c| c == b'\n' || c == b'\r') {
+            put_data_line(&mut b, &rest[..i]);
+            let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+            rest = &rest[i + 1 + usize::from(crlf)..];
+        }
+        // The last line (empty after a trailing line break, which it thereby keeps).
+        put_data_line(&mut b, rest);
     }
     b.put_u8(b'\n');
     b.freeze()
+}
+
+fn put_data_line(b: &mut BytesMut, line: &[u8]) {
+    b.put_slice(b"data: ");
+    b.put_slice(line);
+    b.put_u8(b'\n');
 }
 
 impl SseBody {
@@ -364,6 +381,10 @@ mod tests {
             b"event: message\ndata: a\ndata: b\n\n"
         );
         assert_eq!(
+            &encode_event(None, b"a\rb\n\rc\r")[..],
+            b"event: message\ndata: a\ndata: b\ndata: \ndata: c\ndata: \n\n"
+        );
+        assert_eq!(
             &encode_event(Some((0, u32::MAX)), b"{}")[..4 + 12],
             b"id: 0-4294967295"
         );
@@ -371,5 +392,126 @@ mod tests {
         assert_eq!(parse_event_id("3-7"), Some((3, 7)));
         assert_eq!(parse_event_id("x-7"), None);
         assert_eq!(parse_event_id("37"), None);
+    }
+
+    /// One event as an SSE parser dispatches it.
+    #[derive(Debug, PartialEq)]
+    struct Parsed {
+        kind: String,
+        data: String,
+        id: String,
+    }
+
+    /// An event-stream parser that follows the WHATWG HTML rules ("Interpreting an event
+    /// stream"): a line ends at CRLF, LF or CR; `data` lines are joined with LF and the last LF
+    /// is removed; an event with an empty data buffer is not dispatched.
+    fn parse_sse(stream: &[u8]) -> Vec<Parsed> {
+        let text = std::str::from_utf8(stream).unwrap();
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut lines = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find(['\r', '\n']) {
+            lines.push(&rest[..i]);
+            let crlf = rest[i..].starts_with("\r\n");
+            rest = &rest[i + if crlf { 2 } else { 1 }..];
+        }
+        // What follows the last line break is an incomplete line: ignored.
+        let (mut events, mut data, mut kind, mut id) =
+            (Vec::new(), String::new(), String::new(), String::new());
+        for line in lines {
+            if line.is_empty() {
+                if !data.is_empty() {
+                    data.pop();
+                    events.push(Parsed {
+                        kind: if kind.is_empty() {
+                            "message".to_owned()
+                        } else {
+                            std::mem::take(&mut kind)
+                        },
+                        data: std::mem::take(&mut data),
+                        id: id.clone(),
+                    });
+                }
+                kind.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                "event" => kind = value.to_owned(),
+                "id" if !value.contains('\0') => id = value.to_owned(),
+                _ => {}
+            }
+        }
+        events
+    }
+
+    /// What a parser gives back for `data`: every line break (CRLF counted once) is an LF.
+    fn as_parsed(data: &str) -> String {
+        data.replace("\r\n", "\n").replace('\r', "\n")
+    }
+
+    #[test]
+    fn encoded_events_round_trip_through_an_sse_parser() {
+        let mut cases: Vec<String> = [
+            "",
+            "{}",
+            "a\rb",
+            "a\nb",
+            "a\r\nb",
+            "a\n\rb",
+            "a\r",
+            "a\r\n",
+            "a\n",
+            "\r",
+            "\r\r\n\n",
+            "data: x\r\rid: 9\revent: other\r",
+            ": not a comment\rretry: 1",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        // Every string of up to five characters over `x`, CR and LF.
+        let mut frontier = vec![String::new()];
+        for _ in 0..5 {
+            frontier = frontier
+                .iter()
+                .flat_map(|s| ['x', '\r', '\n'].map(|c| format!("{s}{c}")))
+                .collect();
+            cases.extend(frontier.iter().cloned());
+        }
+        for data in &cases {
+            let encoded = encode_event(Some((3, 7)), data.as_bytes());
+            let expected = Parsed {
+                kind: "message".to_owned(),
+                data: as_parsed(data),
+                id: "3-7".to_owned(),
+            };
+            assert_eq!(parse_sse(&encoded), [expected], "{data:?} as {encoded:?}");
+        }
+
+        // A JSON string whose content holds escaped line breaks is one line, unchanged; JSON
+        // with raw line breaks between tokens (a handler's own output) still parses the same.
+        let value = serde_json::json!({"text": "one\r\ntwo\rthree\n", "n": 1});
+        let compact = serde_json::to_vec(&value).unwrap();
+        let encoded = encode_event(None, &compact);
+        assert_eq!(encoded.iter().filter(|&&c| c == b'\n').count(), 3);
+        let parsed = parse_sse(&encoded);
+        assert_eq!(parsed[0].data.as_bytes(), &compact[..]);
+        let pretty = serde_json::to_string_pretty(&value)
+            .unwrap()
+            .replace('\n', "\r");
+        let parsed = parse_sse(&encode_event(None, pretty.as_bytes()));
+        let back: serde_json::Value = serde_json::from_str(&parsed[0].data).unwrap();
+        assert_eq!(back, value);
     }
 }
