@@ -76,6 +76,76 @@ async fn pluggable_id_generator() {
     assert_eq!(generator.generate().as_str(), "custom-fixed-id");
 }
 
+// A generator that cannot make an unguessable id says so (`try_generate`): the `initialize` is
+// answered 503 with `Retry-After` and a JSON-RPC error, and no session is minted.
+#[tokio::test]
+async fn initialize_is_refused_when_no_session_id_can_be_generated() {
+    use mcp_affinity::{handler::handler_fn, session::GenerateIdError};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    use tower::ServiceExt;
+
+    /// A generator whose random source is down until `up` is set.
+    struct Flaky(Arc<AtomicBool>);
+
+    impl SessionIdGenerator for Flaky {
+        fn generate(&self) -> SessionId {
+            self.try_generate().expect("the random source is up")
+        }
+
+        fn try_generate(&self) -> Result<SessionId, GenerateIdError> {
+            if self.0.load(Ordering::SeqCst) {
+                Ok(SessionId::parse("minted-after-recovery").unwrap())
+            } else {
+                Err(GenerateIdError::new())
+            }
+        }
+    }
+
+    let up = Arc::new(AtomicBool::new(false));
+    let mut layer = SseTransportLayer::new()
+        .with_id_generator(Flaky(up.clone()))
+        .build()
+        .unwrap();
+    let handle = layer.handle().unwrap();
+    let handler = handler_fn(|req, _cx| async move {
+        Ok(initialize_result(
+            req.params["protocolVersion"]
+                .as_str()
+                .unwrap_or("2025-11-25"),
+        ))
+    });
+    let svc = tower::Layer::layer(&layer, handler);
+    let init = initialize_body("2025-11-25");
+    let (parts, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        send_in_process(&svc, &init, None, None),
+    )
+    .await
+    .expect("initialize answered");
+    assert_eq!(parts.status, 503);
+    assert!(parts.headers.get("retry-after").is_some());
+    assert!(parts.headers.get("mcp-session-id").is_none());
+    let body = body.expect("a JSON-RPC error body");
+    assert_eq!(body["id"], 0);
+    error_code(&body);
+    assert_eq!(handle.session_count(), 0);
+
+    up.store(true, Ordering::SeqCst);
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        svc.oneshot(in_process_post(json_body(&init), None)),
+    )
+    .await
+    .expect("initialize answered")
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["mcp-session-id"], "minted-after-recovery");
+    assert_eq!(handle.session_count(), 1);
+}
+
 // 2. POST validation.
 #[tokio::test]
 async fn post_validation_statuses() {

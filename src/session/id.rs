@@ -208,6 +208,10 @@ impl fmt::Debug for Fingerprint {
 
 /// Makes new session ids. Implemented for closures `Fn() -> SessionId`.
 ///
+/// The transport mints ids with [`try_generate`](Self::try_generate): a generator that cannot
+/// make an unguessable id (its random source failed) says so there, and the `initialize` that
+/// asked for the id is answered `503` with `Retry-After`, minting no session.
+///
 /// # Example
 ///
 /// ```
@@ -217,11 +221,85 @@ impl fmt::Debug for Fingerprint {
 /// assert_eq!(id.as_str().len(), 24);
 /// let fixed = || SessionId::parse("fixed").unwrap();
 /// assert_eq!(fixed.generate().as_str(), "fixed");
+/// assert_eq!(fixed.try_generate().unwrap().as_str(), "fixed");
 /// ```
 pub trait SessionIdGenerator: Send + Sync + 'static {
     /// Returns a fresh, unguessable id.
+    ///
+    /// # Panics
+    ///
+    /// The generators of this crate panic if the operating system's random source fails (as
+    /// `getrandom` failing is not otherwise recoverable here); [`try_generate`](Self::try_generate)
+    /// returns an error instead.
     fn generate(&self) -> SessionId;
+
+    /// Returns a fresh, unguessable id, or an error if none can be made now (the random source
+    /// failed). The default calls [`generate`](Self::generate); a generator that can fail
+    /// overrides it and never falls back to a weaker source.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::{GenerateIdError, SessionId, SessionIdGenerator};
+    ///
+    /// /// A generator whose random source is down.
+    /// struct Broken;
+    ///
+    /// impl SessionIdGenerator for Broken {
+    ///     fn generate(&self) -> SessionId {
+    ///         panic!("no random source")
+    ///     }
+    ///
+    ///     fn try_generate(&self) -> Result<SessionId, GenerateIdError> {
+    ///         Err(GenerateIdError::new())
+    ///     }
+    /// }
+    ///
+    /// assert_eq!(Broken.try_generate(), Err(GenerateIdError::new()));
+    /// ```
+    fn try_generate(&self) -> Result<SessionId, GenerateIdError> {
+        Ok(self.generate())
+    }
 }
+
+/// No session id could be made: the random source failed.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::GenerateIdError;
+///
+/// assert_eq!(
+///     GenerateIdError::new().to_string(),
+///     "no session id could be generated: the random source failed"
+/// );
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenerateIdError(());
+
+impl GenerateIdError {
+    /// The error, for a [`SessionIdGenerator`] whose random source failed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::session::GenerateIdError;
+    ///
+    /// let err = GenerateIdError::new();
+    /// assert_eq!(err, GenerateIdError::default());
+    /// ```
+    pub const fn new() -> Self {
+        Self(())
+    }
+}
+
+impl fmt::Display for GenerateIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no session id could be generated: the random source failed")
+    }
+}
+
+impl std::error::Error for GenerateIdError {}
 
 impl<F> SessionIdGenerator for F
 where
@@ -233,44 +311,109 @@ where
 }
 
 /// The default generator: 144 bits from the operating system's CSPRNG, base64url (24 chars).
+/// If that source fails, [`try_generate`](SessionIdGenerator::try_generate) fails too: there is
+/// no fallback to a weaker source.
 ///
 /// # Example
 ///
 /// ```
 /// use mcp_affinity::session::{RandomIdGenerator, SessionIdGenerator};
 /// assert_ne!(RandomIdGenerator.generate(), RandomIdGenerator.generate());
+/// assert_eq!(RandomIdGenerator.try_generate().unwrap().as_str().len(), 24);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RandomIdGenerator;
 
 impl SessionIdGenerator for RandomIdGenerator {
     fn generate(&self) -> SessionId {
-        SessionId(random_token().into())
+        self.try_generate().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_generate(&self) -> Result<SessionId, GenerateIdError> {
+        Ok(SessionId(try_random_token()?.into()))
     }
 }
 
-/// 24 base64url characters carrying 144 random bits.
-pub(crate) fn random_token() -> String {
+#[cfg(test)]
+thread_local! {
+    /// Makes this thread's random source fail (unit tests only).
+    static RANDOM_SOURCE_FAILS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While it lives, the random source of the thread that made it fails (unit tests only).
+#[cfg(test)]
+pub(crate) struct FailingRandomSource(());
+
+#[cfg(test)]
+impl FailingRandomSource {
+    pub(crate) fn start() -> Self {
+        RANDOM_SOURCE_FAILS.set(true);
+        Self(())
+    }
+}
+
+#[cfg(test)]
+impl Drop for FailingRandomSource {
+    fn drop(&mut self) {
+        RANDOM_SOURCE_FAILS.set(false);
+    }
+}
+
+/// Fills `bytes` from the operating system's CSPRNG.
+fn fill_random(bytes: &mut [u8]) -> Result<(), GenerateIdError> {
+    #[cfg(test)]
+    if RANDOM_SOURCE_FAILS.get() {
+        return Err(GenerateIdError::new());
+    }
+    getrandom::fill(bytes).map_err(|e| {
+        tracing::error!(error = %e, "operating system random source failed");
+        GenerateIdError::new()
+    })
+}
+
+/// 24 base64url characters carrying 144 bits from the operating system's CSPRNG, or an error
+/// if it failed. Every secret token (a session id) comes from here.
+pub(crate) fn try_random_token() -> Result<String, GenerateIdError> {
     let mut bytes = [0u8; 18];
-    if getrandom::fill(&mut bytes).is_err() {
-        // The OS generator failed (practically never): fall back to std's randomly keyed
-        // SipHash, itself seeded from the OS, rather than failing the request.
-        tracing::error!("operating system random generator failed; using fallback");
+    fill_random(&mut bytes)?;
+    Ok(base64url(&bytes))
+}
+
+/// 24 base64url characters that tell this value apart from every other one made on this
+/// host: unique, not secret (a node's registry incarnation). From the operating system's
+/// CSPRNG; should it fail, from the clock, the process id and a counter, which is still
+/// unique but guessable, so never use it for a session id ([`try_random_token`]).
+pub(crate) fn random_token() -> String {
+    try_random_token().unwrap_or_else(|_| {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut bytes = [0u8; 18];
         for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-            let mut h = std::hash::BuildHasher::build_hasher(
-                &std::collections::hash_map::RandomState::new(),
-            );
+            #[allow(deprecated)]
+            let mut h =
+                std::hash::SipHasher::new_with_keys(0x0000_756e_6971_7565, 0x0000_0074_6f6b_656e);
+            h.write_u128(nanos);
+            h.write_u32(std::process::id());
+            h.write_u64(n);
             h.write_usize(i);
             let v = h.finish().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
-    }
-    base64url(&bytes)
+        base64url(&bytes)
+    })
 }
 
 fn base64url(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    push_base64url(&mut out, bytes);
+    out
+}
+
+fn push_base64url(out: &mut String, bytes: &[u8]) {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     for c in bytes.chunks(3) {
         let n = (u32::from(c[0]) << 16)
             | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
@@ -280,7 +423,6 @@ fn base64url(bytes: &[u8]) -> String {
             out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
     }
-    out
 }
 
 /// An opaque node tag: 1–32 characters of `[A-Za-z0-9_-]`, never a hostname or address.
@@ -376,8 +518,9 @@ impl fmt::Display for NodeTag {
     }
 }
 
-/// A generator of ids `<tag>.<random>` (random as [`RandomIdGenerator`]), so a load balancer
-/// can pin on the `Mcp-Session-Id` header alone.
+/// A generator of ids `<tag>.<random>` (random as [`RandomIdGenerator`], failing as it does
+/// when the random source fails), so a load balancer can pin on the `Mcp-Session-Id` header
+/// alone.
 ///
 /// # Example
 ///
@@ -427,11 +570,17 @@ impl TaggedIdGenerator {
 
 impl SessionIdGenerator for TaggedIdGenerator {
     fn generate(&self) -> SessionId {
+        self.try_generate().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_generate(&self) -> Result<SessionId, GenerateIdError> {
+        let mut bytes = [0u8; 18];
+        fill_random(&mut bytes)?;
         let mut s = String::with_capacity(self.tag.0.len() + 25);
         s.push_str(&self.tag.0);
         s.push('.');
-        s.push_str(&random_token());
-        SessionId(s.into())
+        push_base64url(&mut s, &bytes);
+        Ok(SessionId(s.into()))
     }
 }
 
@@ -451,6 +600,94 @@ mod tests {
             (0..1000).map(|_| RandomIdGenerator.generate()).collect();
         assert_eq!(ids.len(), 1000);
         assert!(ids.iter().all(|i| SessionId::is_valid(i.as_str())));
+    }
+
+    #[test]
+    fn a_failing_random_source_makes_no_id() {
+        let tagged = TaggedIdGenerator::new(NodeTag::new("n1").unwrap());
+        {
+            let _fail = FailingRandomSource::start();
+            assert_eq!(
+                RandomIdGenerator.try_generate(),
+                Err(GenerateIdError::new())
+            );
+            assert_eq!(tagged.try_generate(), Err(GenerateIdError::new()));
+            assert!(try_random_token().is_err());
+            // A unique, non-secret token (a registry incarnation) is still made.
+            let (a, b) = (random_token(), random_token());
+            assert_ne!(a, b);
+            assert_eq!(a.len(), 24);
+            assert!(SessionId::is_valid(&a));
+        }
+        assert!(RandomIdGenerator.try_generate().is_ok());
+        assert_eq!(tagged.try_generate().unwrap().node_tag(), Some("n1"));
+    }
+
+    /// The transport asks its generator with `try_generate`: a failing random source fails the
+    /// `initialize` (503, a JSON-RPC error, `Retry-After`), mints no session and never calls
+    /// the handler.
+    #[tokio::test]
+    async fn initialize_fails_with_503_when_the_random_source_fails() {
+        use http_body_util::BodyExt;
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        };
+        use tower::{Layer, ServiceExt};
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let handler = crate::handler::handler_fn(move |_req, _cx| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async {
+                Ok(
+                    serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                    "serverInfo": {"name": "s", "version": "1"}}),
+                )
+            }
+        });
+        let mut layer = crate::SseTransportLayer::new().build().unwrap();
+        let handle = layer.handle().unwrap();
+        let svc = layer.layer(handler);
+        let init = || {
+            let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+            http::Request::post("/mcp")
+                .header("host", "localhost")
+                .header("accept", "application/json, text/event-stream")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap()
+        };
+        let deadline = std::time::Duration::from_secs(10);
+        let res = {
+            let _fail = FailingRandomSource::start();
+            tokio::time::timeout(deadline, svc.clone().oneshot(init()))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().get("mcp-session-id").is_none());
+        assert!(res.headers().get(http::header::RETRY_AFTER).is_some());
+        assert!(res.extensions().get::<crate::session::Session>().is_none());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["id"], 1, "{body}");
+        assert!(
+            body.pointer("/error/code").is_some_and(|c| c.is_i64()),
+            "{body}"
+        );
+        assert_eq!(handle.session_count(), 0, "no session was minted");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler never ran");
+
+        // The source is back: the next initialize is served.
+        let res = tokio::time::timeout(deadline, svc.oneshot(init()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.status(), http::StatusCode::OK);
+        assert!(res.headers().get("mcp-session-id").is_some());
+        assert_eq!(handle.session_count(), 1);
     }
 
     #[test]

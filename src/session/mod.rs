@@ -26,7 +26,7 @@ pub use handle::{CloseReason, SendError, Session};
 pub(crate) use handle::{SessionConfig, encode_message};
 pub(crate) use id::random_token;
 pub use id::{
-    Fingerprint, InvalidSessionId, MAX_SESSION_ID_LEN, NodeTag, RandomIdGenerator, SessionId,
-    SessionIdGenerator, TaggedIdGenerator,
+    Fingerprint, GenerateIdError, InvalidSessionId, MAX_SESSION_ID_LEN, NodeTag, RandomIdGenerator,
+    SessionId, SessionIdGenerator, TaggedIdGenerator,
 };
 pub(crate) use table::{SessionTable, shrink_when_sparse};

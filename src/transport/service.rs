@@ -916,12 +916,21 @@ where
         Some(ex) => ex.principal(&parts).map(String::into_boxed_str),
         None => None,
     };
-    let session = Session::new(
-        shared.config.ids.generate(),
-        principal,
-        shared.session_config(),
-        shared.now_ms(),
-    );
+    // No unguessable id, no session: the client retries (never a weaker id).
+    let Ok(sid) = shared.config.ids.try_generate() else {
+        tracing::error!("no session id could be generated; initialize refused");
+        return Ok(Err(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::BAD_REQUEST,
+            "no session id could be generated: retry later",
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from(shared.config.busy_retry_after),
+        )
+        .with_id(id)));
+    };
+    let session = Session::new(sid, principal, shared.session_config(), shared.now_ms());
     if !shared
         .sessions
         .insert(session.clone(), shared.config.max_sessions)
