@@ -970,8 +970,8 @@ mod tests {
         let s = session(1);
         assert_eq!(s.request("roots/list", None).await, Err(SendError::Timeout));
         assert_eq!(s.pending_requests(), 0);
+        // Sent (and pending) when made, before the task first polls it.
         let answered = tokio::spawn(s.request("roots/list", None));
-        tokio::task::yield_now().await;
         assert_eq!(s.pending_requests(), 1);
         assert_eq!(
             s.request("roots/list", None).await,
