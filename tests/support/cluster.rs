@@ -227,12 +227,12 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `name` on a free port (other ports are tried if the node cannot bind) and waits
-    /// until it is healthy.
+    /// Starts `name` on a loopback port it binds itself (`127.0.0.1:0`) and waits until it
+    /// is healthy.
     pub async fn start(name: &str, redis_url: &str, extra_args: &[String], dir: &Path) -> Self {
         let mut last = String::new();
         for _ in 0..5 {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+            let addr = crate::process_support::any_loopback_port();
             let mut node = Self {
                 name: name.to_owned(),
                 addr,
@@ -303,13 +303,34 @@ impl NodeProcess {
         Ok(())
     }
 
+    /// Spawns the node on `addr` (port 0 the first time: the node binds a port the OS picks)
+    /// and waits until it prints the address it bound, which is then its address, and is
+    /// healthy there.
     async fn spawn_and_wait(&mut self) -> Result<(), String> {
         self.spawn()?;
+        let log = self.log_path();
+        let child = self.child.as_mut().ok_or("no child")?;
+        let listening =
+            crate::process_support::wait_listening(child, &log, NODE_READY_TIMEOUT).await;
+        let bound = listening.and_then(|bound| {
+            if self.addr.port() == 0 || bound == self.addr {
+                Ok(bound)
+            } else {
+                Err(format!("listens on {bound}, not on {}", self.addr))
+            }
+        });
+        self.addr = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                self.kill9();
+                return Err(format!("node {}: {e}\n{}", self.name, self.log_tail()));
+            }
+        };
         self.wait_healthy().await
     }
 
-    /// Polls `GET /healthz` until it answers 200 with this node's `x-mcp-node` (so a stale
-    /// process on the port does not count).
+    /// Polls `GET /healthz` until it answers 200 with this node's `x-mcp-node` (the node
+    /// printed that it bound the port, so the answer is its own).
     pub async fn wait_healthy(&mut self) -> Result<(), String> {
         let http = probe_client();
         let url = format!("{}/healthz", self.base_url());
@@ -451,6 +472,9 @@ pub fn render_config(
     let mut cfg =
         std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
     cfg = substitute(&cfg, TEMPLATE_FRONT, &format!("127.0.0.1:{front}"), &file);
+    // Without SO_REUSEPORT (HAProxy's default), a port another process holds fails HAProxy's
+    // bind (it exits and other ports are tried) instead of being shared with that process.
+    cfg = substitute(&cfg, "\nglobal\n", "\nglobal\n    noreuseport\n", &file);
     cfg = substitute(&cfg, TEMPLATE_STATS, &format!("127.0.0.1:{stats}"), &file);
     assert_eq!(nodes.len(), TEMPLATE_NODES.len());
     for ((name, addr), template_addr) in nodes.iter().zip(TEMPLATE_NODES) {
@@ -525,7 +549,7 @@ impl Haproxy {
                 log,
                 child: Some(child),
             };
-            match lb.wait_listening().await {
+            match lb.wait_listening(nodes).await {
                 Ok(()) => {
                     for (name, _) in nodes {
                         lb.wait_server(name, true).await;
@@ -551,7 +575,10 @@ impl Haproxy {
         tail(&self.log, 60)
     }
 
-    async fn wait_listening(&mut self) -> Result<(), String> {
+    /// Waits until HAProxy serves its stats, naming `nodes` as its servers (so they are the
+    /// stats of this HAProxy, which has then bound every port of its configuration), and its
+    /// front port accepts.
+    async fn wait_listening(&mut self, nodes: &[(&str, SocketAddr)]) -> Result<(), String> {
         let deadline = Instant::now() + LB_TIMEOUT;
         loop {
             if let Some(child) = &mut self.child
@@ -560,8 +587,11 @@ impl Haproxy {
                 self.child = None;
                 return Err(format!("haproxy exited ({status})\n{}", self.log_tail()));
             }
-            if self.server_states().await.is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", self.front)).is_ok()
+            if self.server_addrs().await.is_ok_and(|addrs| {
+                nodes
+                    .iter()
+                    .all(|(name, addr)| addrs.get(*name) == Some(&addr.to_string()))
+            }) && std::net::TcpStream::connect(("127.0.0.1", self.front)).is_ok()
             {
                 return Ok(());
             }
@@ -578,6 +608,16 @@ impl Haproxy {
     /// The status of each server of backend `mcp` as HAProxy's stats page reports it
     /// (`UP`, `DOWN`, `UP 1/2` = going down, `DOWN 1/2` = going up, ...).
     pub async fn server_states(&self) -> Result<HashMap<String, String>, String> {
+        self.server_column("status").await
+    }
+
+    /// The address (`ip:port`) of each server of backend `mcp`, from the stats page.
+    pub async fn server_addrs(&self) -> Result<HashMap<String, String>, String> {
+        self.server_column("addr").await
+    }
+
+    /// Column `column` of each server of backend `mcp` in the stats page's CSV.
+    async fn server_column(&self, column: &str) -> Result<HashMap<String, String>, String> {
         let url = format!("http://127.0.0.1:{}/stats;csv", self.stats);
         let text = probe_client()
             .get(&url)
@@ -598,7 +638,7 @@ impl Haproxy {
         let (px, sv, st) = (
             col("pxname").ok_or("no pxname")?,
             col("svname").ok_or("no svname")?,
-            col("status").ok_or("no status")?,
+            col(column).ok_or_else(|| format!("no {column}"))?,
         );
         Ok(lines
             .map(|l| l.split(',').collect::<Vec<_>>())
