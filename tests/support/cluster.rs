@@ -549,7 +549,7 @@ impl Haproxy {
                 log,
                 child: Some(child),
             };
-            match lb.wait_listening(nodes).await {
+            match lb.wait_listening().await {
                 Ok(()) => {
                     for (name, _) in nodes {
                         lb.wait_server(name, true).await;
@@ -575,10 +575,10 @@ impl Haproxy {
         tail(&self.log, 60)
     }
 
-    /// Waits until HAProxy serves its stats, naming `nodes` as its servers (so they are the
-    /// stats of this HAProxy, which has then bound every port of its configuration), and its
+    /// Waits until HAProxy serves its stats page with this process's pid on it (so the ports
+    /// are this HAProxy's: it binds every port of its configuration before it serves), and its
     /// front port accepts.
-    async fn wait_listening(&mut self, nodes: &[(&str, SocketAddr)]) -> Result<(), String> {
+    async fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + LB_TIMEOUT;
         loop {
             if let Some(child) = &mut self.child
@@ -587,11 +587,9 @@ impl Haproxy {
                 self.child = None;
                 return Err(format!("haproxy exited ({status})\n{}", self.log_tail()));
             }
-            if self.server_addrs().await.is_ok_and(|addrs| {
-                nodes
-                    .iter()
-                    .all(|(name, addr)| addrs.get(*name) == Some(&addr.to_string()))
-            }) && std::net::TcpStream::connect(("127.0.0.1", self.front)).is_ok()
+            let pid = self.child.as_ref().map(Child::id);
+            if self.stats_pid().await.is_ok_and(|p| Some(p) == pid)
+                && std::net::TcpStream::connect(("127.0.0.1", self.front)).is_ok()
             {
                 return Ok(());
             }
@@ -608,16 +606,6 @@ impl Haproxy {
     /// The status of each server of backend `mcp` as HAProxy's stats page reports it
     /// (`UP`, `DOWN`, `UP 1/2` = going down, `DOWN 1/2` = going up, ...).
     pub async fn server_states(&self) -> Result<HashMap<String, String>, String> {
-        self.server_column("status").await
-    }
-
-    /// The address (`ip:port`) of each server of backend `mcp`, from the stats page.
-    pub async fn server_addrs(&self) -> Result<HashMap<String, String>, String> {
-        self.server_column("addr").await
-    }
-
-    /// Column `column` of each server of backend `mcp` in the stats page's CSV.
-    async fn server_column(&self, column: &str) -> Result<HashMap<String, String>, String> {
         let url = format!("http://127.0.0.1:{}/stats;csv", self.stats);
         let text = probe_client()
             .get(&url)
@@ -638,13 +626,33 @@ impl Haproxy {
         let (px, sv, st) = (
             col("pxname").ok_or("no pxname")?,
             col("svname").ok_or("no svname")?,
-            col(column).ok_or_else(|| format!("no {column}"))?,
+            col("status").ok_or("no status")?,
         );
         Ok(lines
             .map(|l| l.split(',').collect::<Vec<_>>())
             .filter(|f| f.len() > st && f[px] == "mcp" && f[sv] != "FRONTEND" && f[sv] != "BACKEND")
             .map(|f| (f[sv].to_owned(), f[st].to_owned()))
             .collect())
+    }
+
+    /// The process id the stats page shows (`pid = </b> 1234 (process #1, …)`).
+    async fn stats_pid(&self) -> Result<u32, String> {
+        let url = format!("http://127.0.0.1:{}/stats", self.stats);
+        let html = probe_client()
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let after = html.split_once("pid = ").ok_or("no pid on the stats page")?.1;
+        let after = after.trim_start_matches("</b>").trim_start();
+        after
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| "no pid on the stats page".to_owned())
     }
 
     /// Waits (bounded) until HAProxy reports server `name` fully `UP` or fully `DOWN`.
