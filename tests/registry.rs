@@ -465,7 +465,10 @@ async fn redis_outage_is_invisible_to_clients_and_cleanup_lands_after_it() {
     redis.kill();
     // Existing sessions: zero errors (no JSON-RPC error either: it would arrive with 200).
     for c in &clients {
-        assert_eq!(success(c.post(&ping()).send().await.unwrap()).await, json!({}));
+        assert_eq!(
+            success(c.post(&ping()).send().await.unwrap()).await,
+            json!({})
+        );
         let echo = success(c.call_tool(2, "echo", json!({"text": "x"})).await).await;
         assert_eq!(echo["content"][0]["text"], "x");
     }

@@ -1285,10 +1285,9 @@ mod redis_cluster {
             assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
 
             let ports = reserved.release();
-            let started =
-                tokio::task::spawn_blocking(move || RedisCluster::try_start_on(&ports))
-                    .await
-                    .expect("cluster");
+            let started = tokio::task::spawn_blocking(move || RedisCluster::try_start_on(&ports))
+                .await
+                .expect("cluster");
             match started {
                 Ok(cluster) => break (cluster, store),
                 // A port was taken in the instant it was free: again, elsewhere.

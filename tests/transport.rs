@@ -122,10 +122,13 @@ async fn a_silent_server_fails_the_test_client_instead_of_hanging_it() {
     let mut stream = futures_util::StreamExt::boxed(res.bytes_stream());
     let first = futures_util::StreamExt::next(&mut stream).await;
     assert!(matches!(first, Some(Ok(_))), "{first:?}");
-    let err = bounded("a stalled stream", futures_util::StreamExt::next(&mut stream))
-        .await
-        .expect("an error, not the end")
-        .expect_err("nothing more was sent");
+    let err = bounded(
+        "a stalled stream",
+        futures_util::StreamExt::next(&mut stream),
+    )
+    .await
+    .expect("an error, not the end")
+    .expect_err("nothing more was sent");
     assert!(err.is_timeout(), "{err:?}");
     silent.abort();
 }

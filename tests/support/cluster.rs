@@ -646,7 +646,10 @@ impl Haproxy {
             .text()
             .await
             .map_err(|e| e.to_string())?;
-        let after = html.split_once("pid = ").ok_or("no pid on the stats page")?.1;
+        let after = html
+            .split_once("pid = ")
+            .ok_or("no pid on the stats page")?
+            .1;
         let after = after.trim_start_matches("</b>").trim_start();
         after
             .split(|c: char| !c.is_ascii_digit())
