@@ -317,7 +317,7 @@ async fn misroute_between_two_nodes_and_delete_on_the_wrong_node() {
     b.flush().await;
     assert_eq!(redis.get(&key(&id)), None);
     // The session itself still lives on node A (its own close will find no record).
-    assert_eq!(on_a.post(&ping()).send().await.unwrap().status(), 200);
+    success(on_a.post(&ping()).send().await.unwrap()).await;
 }
 
 #[tokio::test]
@@ -533,7 +533,7 @@ async fn fail_closed_refuses_initialize_while_redis_is_down() {
         1,
         "the refused session was discarded"
     );
-    assert_eq!(ok.post(&ping()).send().await.unwrap().status(), 200);
+    success(ok.post(&ping()).send().await.unwrap()).await;
     assert_eq!(node.registry.stats().refused, 1);
 }
 
