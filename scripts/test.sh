@@ -7,10 +7,12 @@
 # Idempotent on a fresh Debian machine (run as root): installs redis-server with apt
 # when it is missing, the TypeScript SDK client (npm ci, tests/clients/ts) and the
 # Python SDK client (venv at tests/clients/py/.venv), each only when its lock file
-# changed. Every step runs even after an earlier one failed; the last line is the
-# summary `N passed, M failed[, K skipped]` (tests counted from cargo's `test result:`
-# lines, plus one failure per other failed step), and the exit status is non-zero
-# on any failure.
+# changed. Every step runs even after an earlier one failed (an install too); the last
+# line is the summary `N passed, M failed[, K skipped]` (tests counted from the `test
+# result:` lines of every cargo test run, plus one failure per other failed step), and
+# the exit status is non-zero on any failure. Each cargo test run is bounded by
+# MCP_TEST_TIMEOUT seconds (default 2700): a hanging test fails its step, it never
+# hangs the run.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,7 +23,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         -h | --help)
-            sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -59,11 +61,12 @@ command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || APT_PACKAGES
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     APT_PACKAGES+=(python3-venv)
 fi
-if ((${#APT_PACKAGES[@]})); then
-    step "apt-get install ${APT_PACKAGES[*]}"
+apt_install() {
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}"
+}
+if ((${#APT_PACKAGES[@]})); then
+    STEP_LABEL="apt-get install ${APT_PACKAGES[*]}" run_step apt-install apt_install
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -79,28 +82,31 @@ stamp_of() { # stamp_of FILE EXTRA: content hash of FILE plus a tool version
 
 ts_stamp_file="$TS_DIR/node_modules/.mcp-affinity-stamp"
 ts_stamp=$(stamp_of "$TS_DIR/package-lock.json" "node $(node --version)")
+ts_install() {
+    npm ci --prefix "$TS_DIR" --no-audit --no-fund --loglevel=error &&
+        printf '%s\n' "$ts_stamp" >"$ts_stamp_file"
+}
 if [[ -f "$ts_stamp_file" && "$(cat "$ts_stamp_file")" == "$ts_stamp" ]]; then
     step "TypeScript client: node_modules up to date"
 else
-    step "TypeScript client: npm ci"
-    npm ci --prefix "$TS_DIR" --no-audit --no-fund --loglevel=error
-    printf '%s\n' "$ts_stamp" >"$ts_stamp_file"
+    STEP_LABEL="TypeScript client: npm ci" run_step ts-client-install ts_install
 fi
 
 py_stamp_file="$VENV/.mcp-affinity-stamp"
 py_stamp=$(stamp_of "$PY_DIR/requirements.txt" "$(python3 --version 2>&1)")
+py_install() {
+    rm -rf "$VENV" &&
+        python3 -m venv "$VENV" &&
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$PY_DIR/requirements.txt" &&
+        printf '%s\n' "$py_stamp" >"$py_stamp_file"
+}
 if [[ -x "$VENV/bin/python" && -f "$py_stamp_file" && "$(cat "$py_stamp_file")" == "$py_stamp" ]]; then
     step "Python client: venv up to date"
 else
-    step "Python client: venv + pip install -r requirements.txt"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$PY_DIR/requirements.txt"
-    printf '%s\n' "$py_stamp" >"$py_stamp_file"
+    STEP_LABEL="Python client: venv + pip install -r requirements.txt" run_step py-client-install py_install
 fi
 
-step "conformance suite: install (tests/conformance/run.sh --install)"
-"$ROOT/tests/conformance/run.sh" --install
+run_step conformance-install "$ROOT/tests/conformance/run.sh" --install
 
 export MCP_TS_CLIENT_DIR="$TS_DIR"
 export MCP_PY="$VENV/bin/python"
@@ -114,21 +120,48 @@ LOG_DIR="$ROOT/target/test-logs"
 mkdir -p "$LOG_DIR"
 TEST_LOG="$LOG_DIR/cargo-test.log"
 : >"$TEST_LOG"
+TEST_TIMEOUT=${MCP_TEST_TIMEOUT:-2700}
 # Figures the tests print for people (conformance totals, failover and rolling-restart times).
 export MCP_TEST_REPORT="$LOG_DIR/report.txt"
 : >"$MCP_TEST_REPORT"
 
 run_step build cargo build --all-targets --all-features
 
-cargo_test() { cargo test --all-features --no-fail-fast 2>&1 | tee "$TEST_LOG"; }
-STEP_LABEL="cargo test --all-features --no-fail-fast (log: target/test-logs/cargo-test.log)" \
-    run_step test cargo_test
+# Every cargo test run: its log (whose `test result:` lines the summary counts) per step.
+declare -A TEST_LOGS=()
+TIMED_OUT_STEPS=()
+# cargo_test_step NAME ARGS...: `cargo test ARGS` as step NAME, bounded by TEST_TIMEOUT, its
+# output shown and kept in target/test-logs/NAME.log (cargo-test.log for the step `test`).
+cargo_test_step() {
+    local name=$1
+    shift
+    local log="$LOG_DIR/$name.log"
+    [[ "$name" == test ]] && log=$TEST_LOG
+    TEST_LOGS[$name]=$log
+    STEP_LABEL="cargo test $* (log: ${log#"$ROOT"/})" run_step "$name" bounded_cargo_test "$name" "$log" "$@"
+}
+bounded_cargo_test() { # bounded_cargo_test NAME LOG ARGS...
+    local name=$1 log=$2 status=0
+    shift 2
+    timeout --kill-after=30 "$TEST_TIMEOUT" cargo test "$@" 2>&1 | tee "$log" || status=$?
+    if ((status == 124 || status == 137)); then
+        echo "!! $name: cargo test did not finish within ${TEST_TIMEOUT}s (MCP_TEST_TIMEOUT) and was" \
+            "stopped: a test hangs; the last test started is in ${log#"$ROOT"/}" | tee -a "$log" >&2
+        TIMED_OUT_STEPS+=("$name")
+    fi
+    return "$status"
+}
+
+cargo_test_step test --all-features --no-fail-fast
 
 # Any crate in a user's build can turn on serde_json's `arbitrary_precision`, which changes how
 # numbers reach a deserializer (request ids are integers or strings): the JSON-RPC parsing and
 # the transport are tested under it too.
-run_step arbitrary-precision cargo test --all-features --features serde_json/arbitrary_precision \
-    --lib --test transport --test modern -q
+cargo_test_step arbitrary-precision --all-features --features serde_json/arbitrary_precision \
+    --no-fail-fast --lib --test transport --test modern
+
+# The other workspace members' unit tests: the load generator's (bench/peers has none).
+cargo_test_step loadgen -p mcp-bench-loadgen --no-fail-fast
 
 if ((QUICK == 0)); then
     run_step clippy cargo clippy --all-targets --all-features -- -D warnings
@@ -144,7 +177,8 @@ fi
 # ---------------------------------------------------------------------------------------
 # cargo prints one line per test binary, e.g.
 #   test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.2s
-read -r PASSED FAILED IGNORED BINARIES < <(
+# test_counts LOG: "passed failed ignored binaries" of one cargo test run.
+test_counts() {
     awk '/^test result: /{
             for (i = 1; i <= NF; i++) {
                 if ($(i) ~ /^passed;?$/)  p += $(i-1)
@@ -153,8 +187,16 @@ read -r PASSED FAILED IGNORED BINARIES < <(
             }
             n++
         }
-        END { printf "%d %d %d %d\n", p, f, g, n }' "$TEST_LOG"
-)
+        END { printf "%d %d %d %d\n", p, f, g, n }' "$1"
+}
+PASSED=0 FAILED=0 IGNORED=0 BINARIES=0
+declare -A STEP_FAILED_TESTS=()
+for name in "${!TEST_LOGS[@]}"; do
+    [[ -f "${TEST_LOGS[$name]}" ]] || continue
+    read -r p f g n < <(test_counts "${TEST_LOGS[$name]}")
+    PASSED=$((PASSED + p)) FAILED=$((FAILED + f)) IGNORED=$((IGNORED + g)) BINARIES=$((BINARIES + n))
+    STEP_FAILED_TESTS[$name]=$f
+done
 
 if [[ -s "$MCP_TEST_REPORT" ]]; then
     step "reported by the tests (also in target/test-logs/report.txt)"
@@ -168,10 +210,14 @@ if ((${#FAILED_STEPS[@]})); then
 else
     echo "all steps passed"
 fi
-# A failed step counts once, except `test` when its failed tests are already counted.
+if ((${#TIMED_OUT_STEPS[@]})); then
+    echo "timed out (after ${TEST_TIMEOUT}s): ${TIMED_OUT_STEPS[*]}"
+fi
+# A failed step counts once, except a cargo test step whose failed tests are already counted
+# (and which did not time out: a hanging test is counted on top of those that failed).
 TOTAL_FAILED=$FAILED
 for name in "${FAILED_STEPS[@]}"; do
-    if [[ "$name" != test ]] || ((FAILED == 0)); then
+    if ((${STEP_FAILED_TESTS[$name]:-0} == 0)) || [[ " ${TIMED_OUT_STEPS[*]} " == *" $name "* ]]; then
         TOTAL_FAILED=$((TOTAL_FAILED + 1))
     fi
 done

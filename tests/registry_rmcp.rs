@@ -1,6 +1,8 @@
 //! The registry layer over another MCP implementation: rmcp's `StreamableHttpService`.
 //! It reads only HTTP (minted `Mcp-Session-Id`, 404s, DELETE), so it works unchanged.
 
+#[path = "support/http.rs"]
+mod http_support;
 #[path = "support/redis.rs"]
 mod redis_support;
 
@@ -60,7 +62,7 @@ async fn registry_over_rmcp_streamable_http_service() {
         }
     });
     let url = format!("http://{addr}/");
-    let http = reqwest::Client::new();
+    let http = http_support::http_client();
     let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
         "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
     let res = http

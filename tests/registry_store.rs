@@ -423,9 +423,9 @@ mod cases {
 
     pub(crate) async fn custom_prefix<B: Backend>(backend: &B) {
         let prefix = format!("{}:mcp:session:", unique("app"));
-        let Some(custom) = backend.store_with_prefix(&prefix) else {
-            return;
-        };
+        let custom = backend
+            .store_with_prefix(&prefix)
+            .expect("a Redis case: run on a backend with key prefixes");
         let default = backend.store();
         let id = unique("pfx");
         let record = SessionRecord::new(unique("node"), "inc-1");
@@ -470,7 +470,9 @@ mod cases {
     }
 
     pub(crate) async fn invalid_records_are_reported_not_trusted<B: Backend>(backend: &B) {
-        let Some(raw) = backend.raw() else { return };
+        let raw = backend
+            .raw()
+            .expect("a Redis case: run on a backend with raw access");
         let store = backend.store();
         let id = unique("junk");
         let key = RecordKey::default().session(&id);
@@ -638,11 +640,17 @@ macro_rules! all_cases {
             refresh_resets_the_ttl,
             remove_stale_removes_only_previous_incarnations,
             remove_stale_pages_through_a_large_index,
-            custom_prefix,
-            invalid_records_are_reported_not_trusted,
             write_batch_matches_single_writes,
             ping_answers,
         );
+    };
+}
+
+/// Runs `$m!` with the names of the shared cases that need what only Redis has (key prefixes,
+/// raw access to the stored values): on `MemoryStore` they are reported ignored, not passed.
+macro_rules! redis_cases {
+    ($m:ident) => {
+        $m!(custom_prefix, invalid_records_are_reported_not_trusted);
     };
 }
 
@@ -651,6 +659,21 @@ macro_rules! test_per_case {
     ($($case:ident),* $(,)?) => {
         $(
             #[tokio::test]
+            async fn $case() {
+                let backend = backend();
+                cases::$case(&backend).await;
+            }
+        )*
+    };
+}
+
+/// One ignored test per case: a case that does not apply to the backend in scope shows as
+/// ignored in the summary (and fails if run anyway with `--ignored`).
+macro_rules! ignored_per_case {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            #[ignore = "needs Redis: key prefixes and raw access to the stored values"]
             async fn $case() {
                 let backend = backend();
                 cases::$case(&backend).await;
@@ -683,6 +706,7 @@ mod memory {
     }
 
     all_cases!(test_per_case);
+    redis_cases!(ignored_per_case);
 
     #[tokio::test(start_paused = true)]
     async fn records_expire_with_their_ttl() {
@@ -713,7 +737,7 @@ mod memory {
 #[cfg(feature = "redis")]
 mod redis_single {
     use super::*;
-    use crate::redis_support::RedisServer;
+    use crate::redis_support::{PortReservation, RedisServer};
     use mcp_affinity::registry::RedisStore;
 
     /// A fresh redis-server of this test's own and a store on it.
@@ -766,6 +790,7 @@ mod redis_single {
     }
 
     all_cases!(test_per_case);
+    redis_cases!(test_per_case);
 
     /// Polls `store.ping()` until it succeeds, at most `attempts` times; each attempt is bounded
     /// by the store's command timeout. Returns the attempts used.
@@ -1072,33 +1097,69 @@ mod redis_single {
 
     #[tokio::test]
     async fn a_store_built_while_redis_is_down_works_once_it_is_up() {
-        let port = crate::redis_support::free_port(false);
-        let url = format!("redis://127.0.0.1:{port}/");
+        let mut attempts = 0;
+        let (server, store) = loop {
+            // Held until the server starts: nothing else listens there meanwhile.
+            let reserved = PortReservation::new(1, false);
+            let url = format!("redis://127.0.0.1:{}/", reserved.port());
 
-        let err = RedisStore::connect(&url)
-            .await
-            .expect_err("nothing listens yet");
-        assert!(err.is_unavailable(), "{err:?}");
+            let err = RedisStore::connect(&url)
+                .await
+                .expect_err("nothing listens yet");
+            assert!(err.is_unavailable(), "{err:?}");
 
-        let store = RedisStore::lazy(&url).expect("lazy store needs no server");
-        let err = store.ping().await.expect_err("nothing listens yet");
-        assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
-        let err = store
-            .register("s1", &SessionRecord::new("n", "i"), MONTH)
-            .await
-            .expect_err("down");
-        assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+            let store = RedisStore::lazy(&url).expect("lazy store needs no server");
+            let err = store.ping().await.expect_err("nothing listens yet");
+            assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+            let err = store
+                .register("s1", &SessionRecord::new("n", "i"), MONTH)
+                .await
+                .expect_err("down");
+            assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
 
-        let server = RedisServer::start_on(port);
+            let port = reserved.release()[0];
+            match RedisServer::try_start_on(port) {
+                Ok(server) => break (server, store),
+                // Another process took the port in the instant it was free: again, elsewhere.
+                Err(err) if attempts < 5 => {
+                    attempts += 1;
+                    eprintln!("redis-server could not start on {port} ({err}); retrying");
+                }
+                Err(err) => panic!("could not start redis-server: {err}"),
+            }
+        };
         until_answering(&store, 200).await;
         let record = SessionRecord::new("node-a", "inc-1");
         register_new(&store, "s1", &record).await;
         assert_eq!(server.get("mcp:session:{s1}"), Some(record.to_json()));
     }
 
+    /// What the tests that need an address before the server rely on: while a port is
+    /// reserved, connecting there is refused and no other process can bind it (a port that
+    /// was only found free and released could be taken meanwhile); once released, it is free.
+    #[test]
+    fn a_reserved_port_refuses_connections_and_cannot_be_taken() {
+        let reserved = PortReservation::new(2, true);
+        for &port in reserved.ports() {
+            for held in [port, port + 10000] {
+                assert!(
+                    std::net::TcpListener::bind(("127.0.0.1", held)).is_err(),
+                    "{held} taken while reserved"
+                );
+                let refused = std::net::TcpStream::connect(("127.0.0.1", held))
+                    .expect_err("nothing listens on a reserved port");
+                assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+            }
+        }
+        for port in reserved.release() {
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("free once released");
+        }
+    }
+
     #[tokio::test]
     async fn errors_keep_their_cause() {
-        let port = crate::redis_support::free_port(false);
+        let reserved = PortReservation::new(1, false);
+        let port = reserved.port();
         let err = RedisStore::connect(&format!("redis://127.0.0.1:{port}/"))
             .await
             .expect_err("down");
@@ -1113,7 +1174,7 @@ mod redis_single {
 #[cfg(feature = "redis-cluster")]
 mod redis_cluster {
     use super::*;
-    use crate::redis_support::{RedisCluster, free_port};
+    use crate::redis_support::{PortReservation, RedisCluster};
     use mcp_affinity::registry::RedisStore;
 
     struct Cluster(RedisCluster);
@@ -1176,6 +1237,7 @@ mod redis_cluster {
             };
         }
         all_cases!(run_in_sequence);
+        redis_cases!(run_in_sequence);
 
         // The keys really are spread over the masters: one key per command works across slots.
         let store = backend.store();
@@ -1203,24 +1265,39 @@ mod redis_cluster {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cluster_store_built_before_the_cluster_is_up_works_once_it_is() {
-        let ports: Vec<u16> = (0..3).map(|_| free_port(true)).collect();
-        let urls: Vec<String> = ports
-            .iter()
-            .map(|port| format!("redis://127.0.0.1:{port}/"))
-            .collect();
-        let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let mut attempts = 0;
+        let (cluster, store) = loop {
+            // Held (with their cluster bus ports) until the cluster starts.
+            let reserved = PortReservation::new(3, true);
+            let urls: Vec<String> = reserved
+                .ports()
+                .iter()
+                .map(|port| format!("redis://127.0.0.1:{port}/"))
+                .collect();
+            let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
 
-        let err = RedisStore::connect_cluster(&nodes)
-            .await
-            .expect_err("no cluster yet");
-        assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
-        let store = RedisStore::lazy_cluster(&nodes).expect("lazy store needs no server");
-        let err = store.ping().await.expect_err("no cluster yet");
-        assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+            let err = RedisStore::connect_cluster(&nodes)
+                .await
+                .expect_err("no cluster yet");
+            assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
+            let store = RedisStore::lazy_cluster(&nodes).expect("lazy store needs no server");
+            let err = store.ping().await.expect_err("no cluster yet");
+            assert!(err.is_unavailable() || err.is_timeout(), "{err:?}");
 
-        let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_on(&ports))
-            .await
-            .expect("cluster");
+            let ports = reserved.release();
+            let started = tokio::task::spawn_blocking(move || RedisCluster::try_start_on(&ports))
+                .await
+                .expect("cluster");
+            match started {
+                Ok(cluster) => break (cluster, store),
+                // A port was taken in the instant it was free: again, elsewhere.
+                Err(err) if attempts < 3 => {
+                    attempts += 1;
+                    eprintln!("the cluster could not start ({err}); retrying");
+                }
+                Err(err) => panic!("could not start a redis cluster: {err}"),
+            }
+        };
         let mut answered = false;
         for _ in 0..200 {
             if store.ping().await.is_ok() {

@@ -11,7 +11,7 @@ use mcp_affinity::{
     transport::{HostPolicy, OriginPolicy},
 };
 use serde_json::{Value, json};
-use support::{ACCEPT_BOTH, Server, Sse, initialize_body, initialize_result};
+use support::{ACCEPT_BOTH, Client, Server, Sse, initialize_body, initialize_result};
 
 async fn server() -> (Server, support::Observations) {
     Server::start(SseTransportLayer::new()).await
@@ -146,13 +146,70 @@ async fn initialize_is_refused_when_no_session_id_can_be_generated() {
     assert_eq!(handle.session_count(), 1);
 }
 
+// The tests' client gives up on a server that accepts and never answers (the head, then a
+// body that stops mid-stream) instead of hanging; on a paused clock, so no real waiting.
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_fails_the_test_client_instead_of_hanging_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = [
+        "",
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: {}\n\n",
+    ];
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for head in heads {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            tcp.write_all(head.as_bytes()).await.expect("write");
+            held.push(tcp);
+        }
+        std::future::pending::<()>().await;
+    });
+    let client = Client {
+        http: support::http_client(),
+        url: format!("http://{addr}/mcp"),
+        session: None,
+    };
+    // Far longer than any deadline the client should have.
+    async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(3600), f)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the test client has no deadline"))
+    }
+    let err = bounded("no answer", client.get().send())
+        .await
+        .expect_err("nothing answered");
+    assert!(err.is_timeout(), "{err:?}");
+    let res = bounded("the head", client.get().send())
+        .await
+        .expect("the head");
+    let mut stream = futures_util::StreamExt::boxed(res.bytes_stream());
+    let first = futures_util::StreamExt::next(&mut stream).await;
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    let err = bounded(
+        "a stalled stream",
+        futures_util::StreamExt::next(&mut stream),
+    )
+    .await
+    .expect("an error, not the end")
+    .expect_err("nothing more was sent");
+    assert!(err.is_timeout(), "{err:?}");
+    silent.abort();
+}
+
 // 2. POST validation.
 #[tokio::test]
 async fn post_validation_statuses() {
     let (srv, _) = server().await;
     let c = srv.client();
     let url = srv.url();
-    let http = reqwest::Client::new();
+    let http = support::http_client();
     let init = initialize_body("2025-11-25").to_string();
 
     let r = http
@@ -164,7 +221,7 @@ async fn post_validation_statuses() {
         .await
         .unwrap();
     assert_eq!(r.status(), 406);
-    assert!(body_json(r).await.get("error").is_some());
+    assert_eq!(error_code(&body_json(r).await), -32600);
     let r = http
         .post(&url)
         .header("accept", ACCEPT_BOTH)
@@ -174,6 +231,7 @@ async fn post_validation_statuses() {
         .await
         .unwrap();
     assert_eq!(r.status(), 415);
+    assert_eq!(error_code(&body_json(r).await), -32600);
     let r = http
         .post(&url)
         .header("accept", ACCEPT_BOTH)
@@ -195,6 +253,7 @@ async fn post_validation_statuses() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    assert_eq!(error_code(&body_json(r).await), -32600);
 
     // A non-initialize request without a session id.
     let r = c
@@ -203,7 +262,7 @@ async fn post_validation_statuses() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(body_json(r).await.get("error").is_some());
+    assert_eq!(error_code(&body_json(r).await), -32000);
 
     // Unknown session → 404 with a JSON-RPC error body.
     let mut unknown = srv.client();
@@ -239,6 +298,7 @@ async fn notifications_responses_and_protocol_version_header() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    assert_eq!(error_code(&body_json(r).await), -32000);
     let r = c
         .post(&json!({"jsonrpc":"2.0","id":2,"method":"ping"}))
         .header("mcp-protocol-version", "2025-03-26")
@@ -326,7 +386,17 @@ async fn standalone_stream_is_exclusive_and_receives_unrelated_messages() {
     let mut stream = Sse::new(get);
     let second = c.get().send().await.unwrap();
     assert_eq!(second.status(), 409);
-    assert!(body_json(second).await.get("error").is_some());
+    assert_eq!(error_code(&body_json(second).await), -32000);
+    let no_sse = c
+        .http
+        .get(&c.url)
+        .header("accept", "application/json")
+        .header("mcp-session-id", c.session.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_sse.status(), 406);
+    assert_eq!(error_code(&body_json(no_sse).await), -32600);
 
     let mut first = stream.next().await.unwrap();
     if first.data.is_empty() {
@@ -538,7 +608,7 @@ async fn body_limit_and_session_limit() {
     let big = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x".repeat(2000)}}});
     let r = c.post(&big).send().await.unwrap();
     assert_eq!(r.status(), 413);
-    assert!(body_json(r).await.get("error").is_some());
+    assert_eq!(error_code(&body_json(r).await), -32600);
 
     srv.client().connect("2025-11-25").await;
     let r = srv
@@ -832,7 +902,7 @@ async fn origin_and_host_validation() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    assert!(body_json(r).await.get("error").is_some());
+    assert_eq!(error_code(&body_json(r).await), -32600);
     let same = format!("http://{}", srv.addr);
     let r = c
         .post(&initialize_body("2025-11-25"))
@@ -848,6 +918,7 @@ async fn origin_and_host_validation() {
         .await
         .unwrap();
     assert_eq!(r.status(), 421);
+    assert_eq!(error_code(&body_json(r).await), -32600);
 
     let (srv, _) = Server::start(
         SseTransportLayer::new()
@@ -866,6 +937,7 @@ async fn origin_and_host_validation() {
     assert_eq!(r.status(), 200);
     let r = c.post(&initialize_body("2025-11-25")).send().await.unwrap();
     assert_eq!(r.status(), 421, "127.0.0.1 is not in the explicit list");
+    assert_eq!(error_code(&body_json(r).await), -32600);
 }
 
 #[tokio::test]
@@ -993,6 +1065,12 @@ async fn an_outer_body_limit_is_a_413() {
     let res = svc.oneshot(in_process_post(body, None)).await.unwrap();
     assert_eq!(res.status(), 413);
     assert!(res.headers().get("mcp-session-id").is_none());
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body).expect("a JSON-RPC body");
+    assert_eq!(error_code(&v), -32600);
 }
 
 // A `handler_fn` closure that panics before it returns its future (the transport catches
@@ -1405,7 +1483,9 @@ async fn batches_on_2025_03_26_and_refused_later() {
         json!([{"jsonrpc":"2.0","method":"notifications/a"},{"jsonrpc":"2.0","id":9,"result":{}}]);
     assert_eq!(old.post(&only_notes).send().await.unwrap().status(), 202);
     let with_init = json!([support::initialize_body("2025-03-26")]);
-    assert_eq!(old.post(&with_init).send().await.unwrap().status(), 400);
+    let res = old.post(&with_init).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(error_code(&body_json(res).await), -32600);
 
     let mut new = srv.client();
     new.connect("2025-11-25").await;
@@ -1415,5 +1495,5 @@ async fn batches_on_2025_03_26_and_refused_later() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
-    assert!(body_json(res).await.get("error").is_some());
+    assert_eq!(error_code(&body_json(res).await), -32600);
 }

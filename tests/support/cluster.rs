@@ -227,12 +227,12 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `name` on a free port (other ports are tried if the node cannot bind) and waits
-    /// until it is healthy.
+    /// Starts `name` on a loopback port it binds itself (`127.0.0.1:0`) and waits until it
+    /// is healthy.
     pub async fn start(name: &str, redis_url: &str, extra_args: &[String], dir: &Path) -> Self {
         let mut last = String::new();
         for _ in 0..5 {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+            let addr = crate::process_support::any_loopback_port();
             let mut node = Self {
                 name: name.to_owned(),
                 addr,
@@ -303,13 +303,34 @@ impl NodeProcess {
         Ok(())
     }
 
+    /// Spawns the node on `addr` (port 0 the first time: the node binds a port the OS picks)
+    /// and waits until it prints the address it bound, which is then its address, and is
+    /// healthy there.
     async fn spawn_and_wait(&mut self) -> Result<(), String> {
         self.spawn()?;
+        let log = self.log_path();
+        let child = self.child.as_mut().ok_or("no child")?;
+        let listening =
+            crate::process_support::wait_listening(child, &log, NODE_READY_TIMEOUT).await;
+        let bound = listening.and_then(|bound| {
+            if self.addr.port() == 0 || bound == self.addr {
+                Ok(bound)
+            } else {
+                Err(format!("listens on {bound}, not on {}", self.addr))
+            }
+        });
+        self.addr = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                self.kill9();
+                return Err(format!("node {}: {e}\n{}", self.name, self.log_tail()));
+            }
+        };
         self.wait_healthy().await
     }
 
-    /// Polls `GET /healthz` until it answers 200 with this node's `x-mcp-node` (so a stale
-    /// process on the port does not count).
+    /// Polls `GET /healthz` until it answers 200 with this node's `x-mcp-node` (the node
+    /// printed that it bound the port, so the answer is its own).
     pub async fn wait_healthy(&mut self) -> Result<(), String> {
         let http = probe_client();
         let url = format!("{}/healthz", self.base_url());
@@ -451,6 +472,9 @@ pub fn render_config(
     let mut cfg =
         std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
     cfg = substitute(&cfg, TEMPLATE_FRONT, &format!("127.0.0.1:{front}"), &file);
+    // Without SO_REUSEPORT (HAProxy's default), a port another process holds fails HAProxy's
+    // bind (it exits and other ports are tried) instead of being shared with that process.
+    cfg = substitute(&cfg, "\nglobal\n", "\nglobal\n    noreuseport\n", &file);
     cfg = substitute(&cfg, TEMPLATE_STATS, &format!("127.0.0.1:{stats}"), &file);
     assert_eq!(nodes.len(), TEMPLATE_NODES.len());
     for ((name, addr), template_addr) in nodes.iter().zip(TEMPLATE_NODES) {
@@ -551,6 +575,9 @@ impl Haproxy {
         tail(&self.log, 60)
     }
 
+    /// Waits until HAProxy serves its stats page with this process's pid on it (so the ports
+    /// are this HAProxy's: it binds every port of its configuration before it serves), and its
+    /// front port accepts.
     async fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + LB_TIMEOUT;
         loop {
@@ -560,7 +587,8 @@ impl Haproxy {
                 self.child = None;
                 return Err(format!("haproxy exited ({status})\n{}", self.log_tail()));
             }
-            if self.server_states().await.is_ok()
+            let pid = self.child.as_ref().map(Child::id);
+            if self.stats_pid().await.is_ok_and(|p| Some(p) == pid)
                 && std::net::TcpStream::connect(("127.0.0.1", self.front)).is_ok()
             {
                 return Ok(());
@@ -605,6 +633,29 @@ impl Haproxy {
             .filter(|f| f.len() > st && f[px] == "mcp" && f[sv] != "FRONTEND" && f[sv] != "BACKEND")
             .map(|f| (f[sv].to_owned(), f[st].to_owned()))
             .collect())
+    }
+
+    /// The process id the stats page shows (`pid = </b> 1234 (process #1, …)`).
+    async fn stats_pid(&self) -> Result<u32, String> {
+        let url = format!("http://127.0.0.1:{}/stats", self.stats);
+        let html = probe_client()
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let after = html
+            .split_once("pid = ")
+            .ok_or("no pid on the stats page")?
+            .1;
+        let after = after.trim_start_matches("</b>").trim_start();
+        after
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| "no pid on the stats page".to_owned())
     }
 
     /// Waits (bounded) until HAProxy reports server `name` fully `UP` or fully `DOWN`.

@@ -21,6 +21,11 @@ use mcp_affinity::{
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
+#[path = "http.rs"]
+mod http_support;
+#[allow(unused_imports)]
+pub use http_support::{CONNECT_TIMEOUT, READ_TIMEOUT, http_builder, http_client};
+
 pub const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 
 /// What the handler tells the test: ("started", tool), ("dropped", tool), ("finished", tool).
@@ -354,7 +359,7 @@ impl Server {
 
     pub fn client(&self) -> Client {
         Client {
-            http: reqwest::Client::builder()
+            http: http_builder()
                 .pool_max_idle_per_host(0)
                 .build()
                 .expect("client"),
@@ -515,14 +520,20 @@ impl Sse {
         }
     }
 
-    /// The next non-comment event.
+    /// The next non-comment event: bounded as a whole, so keep-alive comments on a stream
+    /// that sends nothing else do not keep the test waiting.
     pub async fn next(&mut self) -> Option<Event> {
-        loop {
-            let ev = self.next_raw().await?;
-            if !ev.comment {
-                return Some(ev);
+        let next = async {
+            loop {
+                let ev = self.next_raw().await?;
+                if !ev.comment {
+                    return Some(ev);
+                }
             }
-        }
+        };
+        tokio::time::timeout(READ_TIMEOUT, next)
+            .await
+            .unwrap_or_else(|_| panic!("no SSE event within {READ_TIMEOUT:?}"))
     }
 
     /// Reads to the end, returning the events with data (skips priming and comments).

@@ -81,6 +81,76 @@ pub fn free_port(cluster_bus: bool) -> u16 {
     panic!("no free local port found");
 }
 
+/// Loopback ports held for a test that needs an address before its server exists. Each is
+/// bound but not listening: connecting there is refused (as to a server that is down), and no
+/// other process can bind it until [`PortReservation::release`], right before the server
+/// starts on it. (The server may still lose the port in that instant: a test retries on a new
+/// reservation when it cannot start.)
+#[derive(Debug)]
+pub struct PortReservation {
+    ports: Vec<u16>,
+    sockets: Vec<tokio::net::TcpSocket>,
+}
+
+impl PortReservation {
+    /// `count` ports, each with `port + 10000` (the cluster bus port) too when `cluster_bus`.
+    pub fn new(count: usize, cluster_bus: bool) -> Self {
+        let mut reservation = Self {
+            ports: Vec::with_capacity(count),
+            sockets: Vec::new(),
+        };
+        for _ in 0..1000 {
+            if reservation.ports.len() == count {
+                return reservation;
+            }
+            let Some(socket) = bound_socket(0) else {
+                continue;
+            };
+            let Some(port) = socket.local_addr().ok().map(|a| a.port()) else {
+                continue;
+            };
+            if port == 6379 {
+                continue;
+            }
+            let bus = if cluster_bus {
+                match port.checked_add(10000).and_then(bound_socket) {
+                    Some(bus) => Some(bus),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            reservation.ports.push(port);
+            reservation.sockets.push(socket);
+            reservation.sockets.extend(bus);
+        }
+        panic!("no free local ports found");
+    }
+
+    /// The reserved ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// The first reserved port.
+    pub fn port(&self) -> u16 {
+        self.ports[0]
+    }
+
+    /// Frees the ports for the server about to start on them.
+    pub fn release(self) -> Vec<u16> {
+        self.ports
+    }
+}
+
+/// A socket bound to `127.0.0.1:port`, not listening (and without `SO_REUSEADDR`, so no other
+/// socket can bind the address while it is held).
+fn bound_socket(port: u16) -> Option<tokio::net::TcpSocket> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(([127, 0, 0, 1], port).into()).ok()?;
+    Some(socket)
+}
+
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]
 struct TempDir(PathBuf);
@@ -155,12 +225,16 @@ impl RedisServer {
 
     /// Starts a server on `port` (for a test that needs the address before the server exists).
     pub fn start_on(port: u16) -> Self {
+        Self::try_start_on(port)
+            .unwrap_or_else(|err| panic!("could not start redis-server on port {port}: {err}"))
+    }
+
+    /// [`RedisServer::start_on`], returning why it could not start (e.g. the port was taken).
+    pub fn try_start_on(port: u16) -> Result<Self, String> {
         let dir = TempDir::new("redis");
         let path = dir.0.clone();
-        match Self::spawn(port, &path, &[]) {
-            Ok(child) => Self::assemble(port, child, path, Vec::new(), Some(dir)),
-            Err(err) => panic!("could not start redis-server on port {port}: {err}"),
-        }
+        let child = Self::spawn(port, &path, &[])?;
+        Ok(Self::assemble(port, child, path, Vec::new(), Some(dir)))
     }
 
     fn assemble(
@@ -369,6 +443,11 @@ impl RedisCluster {
     pub fn start_on(ports: &[u16]) -> Self {
         Self::try_start(ports)
             .unwrap_or_else(|err| panic!("could not start a redis cluster: {err}"))
+    }
+
+    /// [`RedisCluster::start_on`], returning why it could not start (e.g. a port was taken).
+    pub fn try_start_on(ports: &[u16]) -> Result<Self, String> {
+        Self::try_start(ports)
     }
 
     fn try_start(ports: &[u16]) -> Result<Self, String> {
