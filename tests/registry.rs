@@ -5,7 +5,15 @@ mod redis_support;
 #[path = "support/mcp.rs"]
 mod support;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -299,23 +307,22 @@ async fn client_hanging_up_during_delete_still_removes_the_record() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let (probe, _) = Probe::new();
     let g = gate.clone();
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let a = arrived.clone();
     // Between the registry and the transport: DELETE waits until released.
     let svc = tower::ServiceBuilder::new()
         .layer(registry)
         .layer_fn(move |inner| Gate {
             inner,
             gate: g.clone(),
+            arrived: a.clone(),
         })
         .layer(SseTransportLayer::new())
         .service(handler_fn(move |req, cx| {
             support::handle_request(probe.clone(), req, cx)
         }));
-    let (addr, _task) = serve(svc).await;
-    let mut c = Client {
-        http: reqwest::Client::new(),
-        url: format!("http://{addr}/mcp"),
-        session: None,
-    };
+    let (addr, _task) = serve(svc.clone()).await;
+    let mut c = client_with(addr, &[]);
     c.connect("2025-11-25").await;
     assert!(handle.flush(Duration::from_secs(10)).await);
     let id = c.session.clone().unwrap();
@@ -323,21 +330,50 @@ async fn client_hanging_up_during_delete_still_removes_the_record() {
         let c = c.clone();
         async move { c.delete().send().await }
     });
-    eventually("DELETE reached the server", || {
-        handle.stats().cleanup_pending > 0 || redis.get(&key(&id)).is_none()
+    eventually("DELETE reached the gate", || {
+        arrived.load(Ordering::SeqCst) > 0
     })
     .await;
     pending.abort();
     let _ = pending.await;
+    // The server finishes the request the client gave up on: the record goes.
+    gate.notify_waiters();
+    assert!(handle.flush(Duration::from_secs(10)).await);
+    eventually("record removed", || redis.get(&key(&id)).is_none()).await;
+
+    // A server that drops the request's future before the inner service answered (what a
+    // hang-up does on servers that cancel): the record goes too.
+    let mut c = client_with(addr, &[]);
+    c.connect("2025-11-25").await;
+    assert!(handle.flush(Duration::from_secs(10)).await);
+    let id = c.session.clone().unwrap();
+    let req = http::Request::delete("/mcp")
+        .header("host", "localhost")
+        .header("mcp-session-id", &id)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let mut svc = svc;
+    tower::ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc)
+        .await
+        .unwrap();
+    let fut = tower::Service::call(&mut svc, req);
+    let mut fut = Box::pin(fut);
+    let polled = std::future::Future::poll(
+        fut.as_mut(),
+        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+    );
+    assert!(polled.is_pending(), "the DELETE waits at the gate");
+    drop(fut);
     assert!(handle.flush(Duration::from_secs(10)).await);
     assert_eq!(redis.get(&key(&id)), None);
-    gate.notify_waiters();
 }
 
 #[derive(Clone)]
 struct Gate<S> {
     inner: S,
     gate: Arc<tokio::sync::Notify>,
+    /// DELETE requests that reached the gate.
+    arrived: Arc<AtomicUsize>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Gate<S>
@@ -362,6 +398,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
+        if req.method() == http::Method::DELETE {
+            self.arrived.fetch_add(1, Ordering::SeqCst);
+        }
         Box::pin(async move {
             if req.method() == http::Method::DELETE {
                 gate.notified().await;
@@ -568,4 +607,108 @@ async fn three_master_cluster_register_lookup_delete() {
     for c in &ids {
         assert_eq!(cluster.get(&key(c.session.as_deref().unwrap())), None);
     }
+}
+
+/// A client of `node` whose every request has a deadline and carries `headers`.
+fn client_with(node_addr: SocketAddr, headers: &[(&'static str, &'static str)]) -> Client {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(*k, http::HeaderValue::from_static(v));
+    }
+    Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .default_headers(h)
+            .build()
+            .expect("client"),
+        url: format!("http://{node_addr}/mcp"),
+        session: None,
+    }
+}
+
+/// A DELETE the transport refuses (a bad `Origin`, a bad `Host`, another principal) removes
+/// nothing: the record stays and the session keeps working. A DELETE for a session of
+/// another (dead) node still removes that record.
+#[tokio::test]
+async fn a_refused_delete_removes_nothing() {
+    let redis = RedisServer::start();
+    let principal = |p: &http::request::Parts| {
+        p.headers
+            .get("x-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let node = Node::start_with(
+        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), "node-a"),
+        SseTransportLayer::new().with_principal(principal),
+    )
+    .await;
+    let mut ada = client_with(node.addr, &[("x-user", "ada")]);
+    ada.connect("2025-11-25").await;
+    node.flush().await;
+    let id = ada.session.clone().unwrap();
+    assert!(redis.get(&key(&id)).is_some());
+
+    let mut bad_origin = client_with(
+        node.addr,
+        &[("x-user", "ada"), ("origin", "https://evil.example.com")],
+    );
+    bad_origin.session = Some(id.clone());
+    let mut bad_host = client_with(
+        node.addr,
+        &[("x-user", "ada"), ("host", "evil.example.com")],
+    );
+    bad_host.session = Some(id.clone());
+    let mut bob = client_with(node.addr, &[("x-user", "bob")]);
+    bob.session = Some(id.clone());
+    for (who, c, status) in [
+        ("bad Origin", &bad_origin, 403),
+        ("bad Host", &bad_host, 421),
+        ("another principal", &bob, 404),
+    ] {
+        // Any other request of the refused client ends nothing either.
+        let res = c.post(&ping()).send().await.unwrap();
+        assert_eq!(res.status(), status, "{who}");
+        node.flush().await;
+        assert!(
+            redis.get(&key(&id)).is_some(),
+            "{who}: a refused request removed the record"
+        );
+        let res = c.delete().send().await.unwrap();
+        assert_eq!(res.status(), status, "{who}");
+        let v: Value = res.json().await.expect("JSON-RPC error body");
+        assert!(v["error"]["code"].is_i64(), "{who}: {v}");
+        node.flush().await;
+        assert!(
+            redis.get(&key(&id)).is_some(),
+            "{who}: a refused DELETE removed the record"
+        );
+        assert_eq!(
+            ada.post(&ping()).send().await.unwrap().status(),
+            200,
+            "{who}: the session still works"
+        );
+    }
+    assert_eq!(node.registry.stats().removed, 0);
+
+    // A session of a dead node: 404 here, and the record goes (ADR-0066).
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    store
+        .register(
+            "dead-node-session",
+            &SessionRecord::new("node-dead", "x"),
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let mut orphan = client_with(node.addr, &[("x-user", "ada")]);
+    orphan.session = Some("dead-node-session".into());
+    assert_eq!(orphan.delete().send().await.unwrap().status(), 404);
+    node.flush().await;
+    assert_eq!(redis.get(&key("dead-node-session")), None);
+
+    // The owner's own DELETE still removes its record.
+    assert_eq!(ada.delete().send().await.unwrap().status(), 200);
+    node.flush().await;
+    assert_eq!(redis.get(&key(&id)), None);
 }

@@ -15,7 +15,7 @@ use super::{
     service::Ctx,
 };
 use crate::{
-    protocol::{codes, error_body, headers},
+    protocol::{Refusal, codes, error_body, headers},
     session::{CloseReason, Fingerprint, Session, SessionId},
 };
 
@@ -105,6 +105,7 @@ pin_project! {
         state: State<F, B>,
         core: Option<Arc<Core<R>>>,
         ctx: Option<Ctx>,
+        removal: Option<PendingRemoval<R>>,
     }
 }
 
@@ -129,14 +130,55 @@ impl<F, B, R> ResponseFuture<F, B, R> {
             state: State::Inner { fut },
             core: None,
             ctx: None,
+            removal: None,
         }
     }
 
-    pub(crate) fn new(fut: F, core: Arc<Core<R>>, ctx: Ctx) -> Self {
+    pub(crate) fn new(
+        fut: F,
+        core: Arc<Core<R>>,
+        ctx: Ctx,
+        removal: Option<PendingRemoval<R>>,
+    ) -> Self {
         Self {
             state: State::Inner { fut },
             core: Some(core),
             ctx: Some(ctx),
+            removal,
+        }
+    }
+}
+
+/// The record removal a `DELETE` asks for, queued when the inner service has answered
+/// (unless it refused the request) or when the future is dropped before that (the client hung
+/// up: the local close may still happen, so the record goes, as ADR-0066 asks).
+pub(crate) struct PendingRemoval<R> {
+    core: Arc<Core<R>>,
+    id: Arc<str>,
+    armed: bool,
+}
+
+impl<R> PendingRemoval<R> {
+    pub(crate) fn new(core: Arc<Core<R>>, id: Arc<str>) -> Self {
+        Self {
+            core,
+            id,
+            armed: true,
+        }
+    }
+
+    /// The request was refused: nothing is removed.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<R> Drop for PendingRemoval<R> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.core.forget(&self.id);
+            self.core.enqueue(&self.id, OpKind::Remove);
+            tracing::debug!(session = %Fingerprint::of(&self.id), "session record removal queued (DELETE)");
         }
     }
 }
@@ -272,8 +314,32 @@ where
                     let (Some(core), Some(ctx)) = (this.core.as_ref(), this.ctx.as_ref()) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
-                    let not_found = res.status() == StatusCode::NOT_FOUND && !ctx.delete;
-                    if not_found && let Some(sid) = ctx.sid() {
+                    if ctx.delete {
+                        if let Some(removal) = this.removal.take() {
+                            if Refusal::is_refused(&res) {
+                                tracing::debug!(
+                                    status = res.status().as_u16(),
+                                    "DELETE refused by the inner service: the record stays"
+                                );
+                                removal.disarm();
+                            } else {
+                                drop(removal);
+                            }
+                        }
+                        return Poll::Ready(Ok(map_body(res)));
+                    }
+                    if res.status() == StatusCode::NOT_FOUND && Refusal::is_refused(&res) {
+                        // Another principal's request for a session held here: the same answer
+                        // as an unknown id, and the session and its record stay.
+                        core.counters
+                            .unknown
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let (parts, _) = res.into_parts();
+                        return Poll::Ready(Ok(not_found(parts, SessionLookup::Unknown)));
+                    }
+                    if res.status() == StatusCode::NOT_FOUND
+                        && let Some(sid) = ctx.sid()
+                    {
                         let fut = Box::pin(lookup(core.clone(), sid.into()));
                         let (parts, _) = res.into_parts();
                         this.state.set(State::Lookup {

@@ -16,7 +16,10 @@
 //!   [`SessionLookup`] response extension and the counters tell them apart. The body never
 //!   names another node.
 //! - **Cleanup.** `DELETE` removes the record whatever the inner service answered (the session
-//!   may live on another node or in a previous process); every other close of a session of
+//!   may live on another node or in a previous process), once it answered — unless it refused
+//!   the request for who sent it (a bad `Origin` or `Host`, another principal: a
+//!   [`Refusal`](crate::protocol::Refusal), or a `401`/`403`/`421`), which removes nothing; a
+//!   client hanging up before the answer still gets the record removed. Every other close of a session of
 //!   this crate's transport (idle expiry, shutdown, [`Session::close`](crate::session::Session::close))
 //!   removes it if this node still owns it (compare-and-delete). Writes go through ordered,
 //!   bounded queues retried with backoff and jitter, so they survive a client hanging up and a

@@ -129,7 +129,10 @@ impl<R: RegistryStore> Core<R> {
         tokio::spawn(refresher(Arc::downgrade(self)));
         tokio::spawn(clean_previous_incarnations(Arc::downgrade(self)));
     }
+}
 
+/// The bookkeeping that needs no store: callable from anywhere (a drop guard included).
+impl<R> Core<R> {
     pub(crate) fn enqueue(&self, id: &str, kind: OpKind) {
         let mut h = self.hasher.build_hasher();
         h.write(id.as_bytes());
@@ -203,7 +206,9 @@ impl<R: RegistryStore> Core<R> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id.into(), Instant::now());
     }
+}
 
+impl<R: RegistryStore> Core<R> {
     /// The store write an operation stands for.
     fn write<'a>(&'a self, op: &'a Op) -> StoreWrite<'a> {
         let id = &*op.id;

@@ -6,7 +6,7 @@ use std::{
 use http::{Method, Request, Response};
 use tower_service::Service;
 
-use super::{RegistryStore, ResponseFuture, queue::Core, queue::OpKind};
+use super::{RegistryStore, ResponseFuture, future::PendingRemoval, queue::Core};
 use crate::{protocol::headers, session::SessionId};
 
 /// The registry service. See [`SessionRegistryLayer`](super::SessionRegistryLayer) and the
@@ -115,20 +115,21 @@ where
             sid,
             delete: req.method() == Method::DELETE,
         };
-        if ctx.delete
-            && let Some(sid) = ctx.sid()
-        {
-            // ADR-0066: the record goes whatever the local close returns (the session may live on
-            // another node or in a previous process). Enqueued now, so a client that hangs up
-            // mid-request cannot cancel it.
-            self.core.forget(sid);
-            self.core.enqueue(sid, OpKind::Remove);
-            tracing::debug!(session = %crate::session::Fingerprint::of(sid), "session record removal queued (DELETE)");
-        }
         if !ctx.delete && is_modern(req.headers()) {
             return ResponseFuture::passthrough(self.inner.call(req));
         }
+        // ADR-0066: a DELETE removes the record whatever the local close returns (the session
+        // may live on another node or in a previous process), but only once the inner service
+        // has answered and did not refuse the request (a bad `Origin` or `Host`, another
+        // principal: see `Refusal`). A client that hangs up before the answer still gets the
+        // record removed: the pending removal is queued when the future is dropped.
+        let removal = if ctx.delete {
+            ctx.sid()
+                .map(|sid| PendingRemoval::new(self.core.clone(), sid.into()))
+        } else {
+            None
+        };
         let fut = self.inner.call(req);
-        ResponseFuture::new(fut, self.core.clone(), ctx)
+        ResponseFuture::new(fut, self.core.clone(), ctx, removal)
     }
 }
