@@ -275,7 +275,7 @@ fn minted_id<B>(res: &Response<B>, ctx: &Ctx) -> Option<Arc<str>> {
         return None;
     }
     let id = res.headers().get(headers::MCP_SESSION_ID)?.to_str().ok()?;
-    (SessionId::is_valid(id) && ctx.sid() != Some(id)).then(|| id.into())
+    (SessionId::is_valid(id) && ctx.inner_sid() != Some(id)).then(|| ctx.wire_of(id))
 }
 
 fn record_for<R>(core: &Core<R>) -> SessionRecord {
@@ -286,14 +286,17 @@ fn record_for<R>(core: &Core<R>) -> SessionRecord {
     SessionRecord::new(&*core.node, &*core.incarnation).with_created_at(now)
 }
 
-fn hook_close<R: RegistryStore>(core: &Arc<Core<R>>, session: &Session) {
+fn hook_close<R: RegistryStore>(core: &Arc<Core<R>>, session: &Session, ctx: &Ctx) {
     let core = core.clone();
+    let envelope = ctx.envelope().cloned();
     session.on_close(move |id, reason| match reason {
-        // DELETE already queued an unconditional removal; a failed initialize never wrote.
+        // DELETE queues an unconditional removal itself; a failed initialize never wrote.
         CloseReason::Deleted | CloseReason::InitializeFailed => {}
         _ => {
-            core.forget(id.as_str());
-            core.enqueue(id.as_str(), OpKind::RemoveIfOwned);
+            let wire = envelope.as_ref().and_then(|e| e.wrap(id.as_str()));
+            let wire = wire.as_deref().unwrap_or(id.as_str());
+            core.forget(wire);
+            core.enqueue(wire, OpKind::RemoveIfOwned);
         }
     });
 }
@@ -352,7 +355,7 @@ where
                         return Poll::Ready(Ok(map_body(res)));
                     };
                     if let Some(session) = res.extensions().get::<Session>() {
-                        hook_close(core, session);
+                        hook_close(core, session, ctx);
                     }
                     let record = record_for(core);
                     if !core.fail_closed {

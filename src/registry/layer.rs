@@ -61,6 +61,13 @@ impl std::error::Error for ConfigError {}
 /// transport it also sees every other close (idle expiry, shutdown) through
 /// [`Session::on_close`](crate::session::Session::on_close).
 ///
+/// Records are keyed by the session id the client uses. Below an affinity layer in envelope
+/// mode that is not the id in the request's `Mcp-Session-Id` (the inner service's own): the
+/// affinity layer passes it in the [`SessionIdEnvelope`](crate::session::SessionIdEnvelope)
+/// request extension, and the registry records `<tag>.<inner id>`. A request enveloped for
+/// another node carries no such extension and is looked up as it came, so every node finds
+/// the same record.
+///
 /// # Backpressure
 ///
 /// `poll_ready` forwards the inner service's readiness. Store writes never hold a request:
