@@ -1,6 +1,8 @@
 //! The registry layer over another MCP implementation: rmcp's `StreamableHttpService`.
 //! It reads only HTTP (minted `Mcp-Session-Id`, 404s, DELETE), so it works unchanged.
 
+#[path = "support/counting_store.rs"]
+mod counting_store;
 #[path = "support/redis.rs"]
 mod redis_support;
 
@@ -114,6 +116,7 @@ async fn registry_over_rmcp_streamable_http_service() {
 struct Node {
     url: String,
     registry: RegistryHandle<RedisStore>,
+    sessions: Arc<LocalSessionManager>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -138,9 +141,10 @@ async fn start_node(
     let handle = registry.handle();
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = keep_alive;
+    let sessions = Arc::new(sessions);
     let rmcp_service = StreamableHttpService::new(
         || Ok(Minimal),
-        Arc::new(sessions),
+        sessions.clone(),
         StreamableHttpServerConfig::default(),
     );
     let svc = tower::ServiceBuilder::new()
@@ -165,6 +169,7 @@ async fn start_node(
     Node {
         url: format!("http://{addr}/mcp"),
         registry: handle,
+        sessions,
         task,
     }
 }
@@ -285,4 +290,147 @@ async fn envelope_mode_registry_across_two_nodes() {
     assert!(a.registry.flush(Duration::from_secs(10)).await);
     assert_eq!(redis.get(&key(&id)), None);
     assert!(redis.keys("mcp:session:{*").is_empty());
+}
+
+type Req = http::Request<http_body_util::Full<bytes::Bytes>>;
+
+/// affinity (envelope mode) → `registry` → rmcp (no keep-alive expiry), called in-process.
+fn in_process<R: mcp_affinity::registry::RegistryStore>(
+    registry: SessionRegistryLayer<R>,
+) -> (
+    impl tower::Service<Req, Response = http::Response<impl Sized>, Error = std::convert::Infallible>
+    + Clone,
+    Arc<LocalSessionManager>,
+) {
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = None;
+    let sessions = Arc::new(sessions);
+    let svc = tower::ServiceBuilder::new()
+        .layer(SessionAffinityLayer::for_node("node-a").with_envelope(true))
+        .layer(registry.build().unwrap())
+        .service(StreamableHttpService::new(
+            || Ok(Minimal),
+            sessions.clone(),
+            StreamableHttpServerConfig::default(),
+        ));
+    (svc, sessions)
+}
+
+/// One request through an in-process stack; its status and `Mcp-Session-Id`.
+async fn send<S, B>(svc: &S, id: Option<&str>, body: Value) -> (http::StatusCode, Option<String>)
+where
+    S: tower::Service<Req, Response = http::Response<B>, Error = std::convert::Infallible> + Clone,
+{
+    use tower::ServiceExt;
+    let mut req = http::Request::post("/mcp")
+        .header("host", "localhost")
+        .header("accept", ACCEPT)
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(id) = id {
+        req = req.header("mcp-session-id", id);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    let id = res
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (res.status(), id)
+}
+
+/// initialize + notifications/initialized through an in-process stack.
+async fn open_in_process<S, B>(svc: &S) -> String
+where
+    S: tower::Service<Req, Response = http::Response<B>, Error = std::convert::Infallible> + Clone,
+{
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let (status, id) = send(svc, None, init).await;
+    assert_eq!(status, 200);
+    let id = id.expect("a session id");
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    assert_eq!(send(svc, Some(&id), initialized).await.0, 202);
+    id
+}
+
+const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+
+/// A session that ends inside rmcp (no close hook tells the registry): rmcp's `404` for its
+/// id drops it from the registry's tracked sessions and removes its record, without a store
+/// lookup.
+#[tokio::test]
+async fn a_session_ended_inside_rmcp_is_dropped_on_its_404() {
+    use mcp_affinity::registry::{MemoryStore, RegistryStore};
+
+    let store = counting_store::Counting::new(MemoryStore::new());
+    let registry = SessionRegistryLayer::new(store.clone(), "node-a");
+    let handle = registry.handle();
+    let (svc, sessions) = in_process(registry);
+    let id = open_in_process(&svc).await;
+    assert!(handle.flush(Duration::from_secs(10)).await);
+    assert!(store.lookup(&id).await.unwrap().is_some());
+    assert_eq!(handle.stats().tracked, 1);
+
+    // rmcp ends the session on its own (as its keep-alive expiry does).
+    let inner: Arc<str> = id.split_once('.').unwrap().1.into();
+    rmcp::transport::streamable_http_server::SessionManager::close_session(&*sessions, &inner)
+        .await
+        .unwrap();
+    let lookups = store.lookups();
+    let ping: Value = serde_json::from_str(PING).unwrap();
+    assert_eq!(send(&svc, Some(&id), ping).await.0, 404);
+    assert_eq!(
+        store.lookups(),
+        lookups,
+        "no store lookup for a session it had"
+    );
+    assert!(handle.flush(Duration::from_secs(10)).await);
+    assert_eq!(
+        store.inner.lookup(&id).await.unwrap(),
+        None,
+        "the record is removed"
+    );
+    let stats = handle.stats();
+    assert_eq!((stats.tracked, stats.inner_ended), (0, 1), "{stats:?}");
+}
+
+/// A session that ends inside rmcp without any later request: the idle bound drops it and
+/// removes its record; a session with requests stays. In-process, with paused time.
+#[tokio::test(start_paused = true)]
+async fn idle_sessions_without_a_close_hook_are_dropped_after_the_idle_bound() {
+    use mcp_affinity::registry::{MemoryStore, RegistryStore};
+
+    let idle = Duration::from_secs(600);
+    let store = MemoryStore::new();
+    let registry = SessionRegistryLayer::new(store.clone(), "node-a").with_idle_timeout(idle);
+    let handle = registry.handle();
+    let (svc, _sessions) = in_process(registry);
+    let quiet = open_in_process(&svc).await;
+    let busy = open_in_process(&svc).await;
+    assert!(handle.flush(Duration::from_secs(10)).await);
+    assert_eq!(handle.stats().tracked, 2);
+
+    let ping: Value = serde_json::from_str(PING).unwrap();
+    tokio::time::sleep(idle * 6 / 10).await;
+    assert_eq!(send(&svc, Some(&busy), ping).await.0, 200);
+    // `quiet` has had no request for 1.2 × the bound, `busy` for 0.6 ×; the sweep runs every
+    // quarter of the bound.
+    tokio::time::sleep(idle * 6 / 10).await;
+    assert!(handle.flush(Duration::from_secs(10)).await);
+    let stats = handle.stats();
+    assert_eq!((stats.tracked, stats.idle_expired), (1, 1), "{stats:?}");
+    assert_eq!(
+        store.lookup(&quiet).await.unwrap(),
+        None,
+        "the idle record is removed"
+    );
+    assert!(
+        store.lookup(&busy).await.unwrap().is_some(),
+        "the busy one stays"
+    );
 }

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 
 use super::{
     Ownership, RegistryStore, ResponseBody, SessionRecord,
-    queue::{Core, OpKind},
+    queue::{Core, Ends, OpKind},
     service::Ctx,
 };
 use crate::{
@@ -343,6 +343,20 @@ where
                     if res.status() == StatusCode::NOT_FOUND
                         && let Some(sid) = ctx.sid()
                     {
+                        if core.forget(sid) {
+                            // A session this node registered, ended inside the inner service
+                            // (its own expiry, no close hook): no lookup needed.
+                            core.enqueue(sid, OpKind::RemoveIfOwned);
+                            core.counters
+                                .inner_ended
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            core.counters
+                                .unknown
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::debug!(session = %Fingerprint::of(sid), "session ended inside the inner service; its record is removed");
+                            let (parts, _) = res.into_parts();
+                            return Poll::Ready(Ok(not_found(parts, SessionLookup::Unknown)));
+                        }
                         let fut = Box::pin(lookup(core.clone(), sid.into()));
                         let (parts, _) = res.into_parts();
                         this.state.set(State::Lookup {
@@ -354,12 +368,16 @@ where
                     let Some(id) = minted_id(&res, ctx) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
-                    if let Some(session) = res.extensions().get::<Session>() {
-                        hook_close(core, session, ctx);
-                    }
+                    let ends = match res.extensions().get::<Session>() {
+                        Some(session) => {
+                            hook_close(core, session, ctx);
+                            Ends::Hooked
+                        }
+                        None => Ends::Unreported,
+                    };
                     let record = record_for(core);
                     if !core.fail_closed {
-                        core.enqueue(&id, OpKind::Register(record));
+                        core.enqueue(&id, OpKind::Register(record, ends));
                         return Poll::Ready(Ok(map_body(res)));
                     }
                     let c = core.clone();
@@ -374,7 +392,7 @@ where
                                 c.counters
                                     .registered
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                c.mark_live(&id);
+                                c.mark_live(&id, ends);
                                 true
                             }
                             _ => {

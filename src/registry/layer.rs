@@ -113,6 +113,7 @@ pub struct SessionRegistryLayer<R> {
     fail_closed: bool,
     queue_capacity: usize,
     lookup_timeout: Duration,
+    idle_timeout: Duration,
     pub(crate) core: Arc<Core<R>>,
 }
 
@@ -126,6 +127,7 @@ impl<R> Clone for SessionRegistryLayer<R> {
             fail_closed: self.fail_closed,
             queue_capacity: self.queue_capacity,
             lookup_timeout: self.lookup_timeout,
+            idle_timeout: self.idle_timeout,
             core: self.core.clone(),
         }
     }
@@ -154,6 +156,19 @@ impl<R: fmt::Debug> fmt::Debug for SessionRegistryLayer<R> {
 /// assert_eq!(DEFAULT_TTL, Duration::from_secs(30 * 24 * 3600));
 /// ```
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The default idle bound of sessions no close hook reports: 1 hour (see
+/// [`SessionRegistryLayer::with_idle_timeout`]).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::registry::DEFAULT_IDLE_TIMEOUT;
+///
+/// assert_eq!(DEFAULT_IDLE_TIMEOUT, Duration::from_secs(3600));
+/// ```
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// A registry for node `node` (its stable name, e.g. the host or pod name) over `store`.
@@ -190,6 +205,7 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
             fail_closed: false,
             queue_capacity: 65_536,
             lookup_timeout: Duration::from_millis(500),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         };
         layer.rebuild();
         layer
@@ -204,7 +220,8 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
                 self.ttl,
                 self.queue_capacity,
             )
-            .with_options(self.fail_closed, self.lookup_timeout),
+            .with_options(self.fail_closed, self.lookup_timeout)
+            .with_idle_timeout(self.idle_timeout),
         );
     }
 
@@ -332,6 +349,38 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
         self
     }
 
+    /// The idle bound of sessions whose end the registry is not told of (default
+    /// [`DEFAULT_IDLE_TIMEOUT`], 1 hour; must not be zero).
+    ///
+    /// Over this crate's transport every close reaches the registry through a close hook, and
+    /// this setting does nothing. An inner service of its own (rmcp's `StreamableHttpService`)
+    /// ends sessions without telling: the registry then learns it from the inner service's
+    /// `404` for the id (the record is removed, compare-and-delete, with no store lookup), and
+    /// otherwise drops a session after this long without a request, removing its record if
+    /// this node still owns it. Set it no shorter than the inner service's own idle expiry
+    /// (rmcp: 5 minutes by default): a session idle for longer but still alive there keeps
+    /// working on this node, but other nodes no longer know it (a misroute reads "unknown").
+    ///
+    /// While such sessions exist, each request for one costs a lookup in the registry's
+    /// table of sessions (one short lock); over this crate's transport requests cost nothing.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// assert!(layer.clone().with_idle_timeout(Duration::from_secs(600)).build().is_ok());
+    /// let err = layer.with_idle_timeout(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "idle_timeout");
+    /// ```
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self.rebuild();
+        self
+    }
+
     /// Validates the configuration.
     ///
     /// # Example
@@ -359,6 +408,9 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
         }
         if self.lookup_timeout.is_zero() {
             return bad("lookup_timeout");
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("idle_timeout");
         }
         Ok(self)
     }
@@ -464,7 +516,9 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// # }
     /// ```
     pub fn stats(&self) -> RegistryStats {
-        self.core.counters.snapshot(self.core.pending())
+        self.core
+            .counters
+            .snapshot(self.core.pending(), self.core.tracked())
     }
 
     /// This node's name.

@@ -23,7 +23,11 @@
 //!   this crate's transport (idle expiry, shutdown, [`Session::close`](crate::session::Session::close))
 //!   removes it if this node still owns it (compare-and-delete). Writes go through ordered,
 //!   bounded queues retried with backoff and jitter, so they survive a client hanging up and a
-//!   store outage; [`RegistryHandle::flush`] drains them on shutdown. A node that restarts under
+//!   store outage; [`RegistryHandle::flush`] drains them on shutdown. Over an inner service
+//!   of its own (rmcp), which ends sessions without telling, the registry learns the end from
+//!   the inner service's `404` for a session it registered (record removed, no lookup) or
+//!   drops a session after an idle bound without requests
+//!   ([`with_idle_timeout`](SessionRegistryLayer::with_idle_timeout), default 1 hour). A node that restarts under
 //!   the same name removes its previous process's records shortly after start.
 //! - **Store down.** Existing sessions are unaffected, new ones are served (fail-open), the
 //!   `404` path answers *unknown*. A store error never becomes a `500`.
@@ -75,7 +79,9 @@ pub mod store;
 
 pub use body::ResponseBody;
 pub use future::{ResponseFuture, SessionLookup};
-pub use layer::{ConfigError, DEFAULT_TTL, RegistryHandle, SessionRegistryLayer};
+pub use layer::{
+    ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_TTL, RegistryHandle, SessionRegistryLayer,
+};
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;
 pub use store::{MemoryStore, Ownership, RecordKey, RegistryStore, SessionRecord, StoreError};

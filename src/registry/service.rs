@@ -143,6 +143,12 @@ where
             envelope: req.extensions().get::<SessionIdEnvelope>().cloned(),
             delete: req.method() == Method::DELETE,
         };
+        if self.core.tracks_requests()
+            && let Some(sid) = ctx.sid()
+        {
+            // Some sessions have no close hook: note the request for the idle bound.
+            self.core.touch(sid);
+        }
         if !ctx.delete && is_modern(req.headers()) {
             return ResponseFuture::passthrough(self.inner.call(req));
         }

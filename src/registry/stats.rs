@@ -14,6 +14,8 @@ pub(crate) struct Counters {
     pub(crate) dropped_ops: AtomicU64,
     pub(crate) stale_removed: AtomicU64,
     pub(crate) refused: AtomicU64,
+    pub(crate) inner_ended: AtomicU64,
+    pub(crate) idle_expired: AtomicU64,
 }
 
 /// A snapshot of a registry's counters.
@@ -55,10 +57,18 @@ pub struct RegistryStats {
     pub stale_removed: u64,
     /// `initialize` requests refused with `503` in fail-closed mode.
     pub refused: u64,
+    /// Sessions this node registered that the inner service ended on its own, learnt from its
+    /// `404` for their id (no store lookup is made for them).
+    pub inner_ended: u64,
+    /// Sessions without a close hook (an inner service of its own, such as rmcp) dropped after
+    /// the idle bound ([`with_idle_timeout`](super::SessionRegistryLayer::with_idle_timeout)).
+    pub idle_expired: u64,
+    /// Sessions this node registered and still tracks.
+    pub tracked: u64,
 }
 
 impl Counters {
-    pub(crate) fn snapshot(&self, pending: u64) -> RegistryStats {
+    pub(crate) fn snapshot(&self, pending: u64, tracked: usize) -> RegistryStats {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RegistryStats {
             registered: r(&self.registered),
@@ -73,6 +83,9 @@ impl Counters {
             dropped_ops: r(&self.dropped_ops),
             stale_removed: r(&self.stale_removed),
             refused: r(&self.refused),
+            inner_ended: r(&self.inner_ended),
+            idle_expired: r(&self.idle_expired),
+            tracked: tracked as u64,
         }
     }
 }
