@@ -1,5 +1,7 @@
 //! The SessionRegistryLayer over real TCP, against real `redis-server` processes started here.
 
+#[path = "support/counting_store.rs"]
+mod counting_store;
 #[path = "support/redis.rs"]
 mod redis_support;
 #[path = "support/mcp.rs"]
@@ -711,4 +713,196 @@ async fn a_refused_delete_removes_nothing() {
     assert_eq!(ada.delete().send().await.unwrap().status(), 200);
     node.flush().await;
     assert_eq!(redis.get(&key(&id)), None);
+}
+
+/// A random well-formed session id (never minted by anyone).
+fn random_id() -> String {
+    format!("flood-{:032x}", rand_u128())
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = 0u128;
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        out = (out << 64) | u128::from(h.finish());
+    }
+    out
+}
+
+/// The `404` path's lookups are bounded: under a flood of random well-formed ids a node asks
+/// the store at most its rate (the rest answer "unknown" at once), ids the store did not know
+/// are answered from memory for a while, and a real misroute is told apart again as soon as
+/// the bucket has refilled (a degraded answer is not cached). In-process, with paused time.
+#[tokio::test(start_paused = true)]
+async fn lookups_are_bounded_by_rate_and_cache_and_misroutes_still_tell() {
+    use tower::ServiceExt;
+
+    let store = counting_store::Counting::new(MemoryStore::new());
+    let stack = |registry: SessionRegistryLayer<counting_store::Counting<MemoryStore>>| {
+        let (probe, _) = Probe::new();
+        tower::ServiceBuilder::new()
+            .layer(registry.build().unwrap())
+            .layer(SseTransportLayer::new().build().unwrap())
+            .service(handler_fn(move |req, cx| {
+                support::handle_request(probe.clone(), req, cx)
+            }))
+    };
+    let a_layer = SessionRegistryLayer::new(store.clone(), "node-a");
+    let a_handle = a_layer.handle();
+    let a = stack(a_layer);
+    let b_layer = SessionRegistryLayer::new(store.clone(), "node-b")
+        .with_lookup_rate(10, Duration::from_secs(1))
+        .with_negative_cache(100, Duration::from_secs(5));
+    let b_handle = b_layer.handle();
+    let b = stack(b_layer);
+    let post = |id: Option<&str>, body: &Value| {
+        let mut req = http::Request::post("/mcp")
+            .header("host", "localhost")
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(id) = id {
+            req = req.header("mcp-session-id", id);
+        }
+        req.body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap()
+    };
+    let reason_of = |res: http::Response<_>| async move {
+        assert_eq!(res.status(), 404);
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], -32001);
+        v["error"]["data"]["reason"].as_str().unwrap().to_owned()
+    };
+    let res = a
+        .clone()
+        .oneshot(post(None, &support::initialize_body("2025-11-25")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let owned_by_a = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    assert!(a_handle.flush(Duration::from_secs(10)).await);
+
+    let ids: Vec<String> = (0..100).map(|_| random_id()).collect();
+    for id in &ids {
+        let res = b.clone().oneshot(post(Some(id), &ping())).await.unwrap();
+        assert_eq!(reason_of(res).await, "unknown");
+    }
+    assert_eq!(store.lookups(), 10, "the bucket holds 10 lookups");
+    assert_eq!(b_handle.stats().lookups_limited, 90);
+    // The misroute while the bucket is empty: degraded to "unknown", without a lookup.
+    let res = b
+        .clone()
+        .oneshot(post(Some(&owned_by_a), &ping()))
+        .await
+        .unwrap();
+    assert_eq!(reason_of(res).await, "unknown");
+    assert_eq!(store.lookups(), 10);
+    // The ids looked up (the first 10) are answered from memory.
+    for id in &ids[..10] {
+        let res = b.clone().oneshot(post(Some(id), &ping())).await.unwrap();
+        assert_eq!(reason_of(res).await, "unknown");
+    }
+    assert_eq!(store.lookups(), 10);
+    assert_eq!(b_handle.stats().known_misses, 10);
+
+    // A second later the bucket is full again: the misroute is told apart.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let res = b
+        .clone()
+        .oneshot(post(Some(&owned_by_a), &ping()))
+        .await
+        .unwrap();
+    assert_eq!(reason_of(res).await, "misrouted");
+    assert_eq!(store.lookups(), 11);
+    assert_eq!(b_handle.stats().misroutes, 1);
+    // Past the cache's TTL an unknown id is asked about again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let res = b
+        .clone()
+        .oneshot(post(Some(&ids[0]), &ping()))
+        .await
+        .unwrap();
+    assert_eq!(reason_of(res).await, "unknown");
+    assert_eq!(store.lookups(), 12);
+}
+
+/// A flood of random well-formed ids against a node on a real Redis: `INFO commandstats`
+/// shows no more GETs than the bucket allows for the flood's duration, every answer is a
+/// JSON-RPC `404`, and a real misroute on the same node is told apart right after the flood.
+#[tokio::test]
+async fn a_flood_of_random_ids_costs_redis_at_most_the_lookup_rate() {
+    use futures_util::StreamExt;
+
+    let redis = RedisServer::start();
+    let a = Node::start(RedisStore::connect(&redis.url()).await.unwrap(), "node-a").await;
+    let b = Node::start_with(
+        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), "node-b")
+            .with_lookup_rate(20, Duration::from_secs(1)),
+        SseTransportLayer::new(),
+    )
+    .await;
+    let mut on_a = client_with(a.addr, &[]);
+    on_a.connect("2025-11-25").await;
+    a.flush().await;
+    b.flush().await;
+    let owned_by_a = on_a.session.clone().unwrap();
+
+    let gets_before = redis.command_count("get");
+    let flood = client_with(b.addr, &[]);
+    const FLOOD: usize = 2000;
+    let started = std::time::Instant::now();
+    let answers: Vec<String> = futures_util::stream::iter(0..FLOOD)
+        .map(|_| {
+            let mut c = flood.clone();
+            c.session = Some(random_id());
+            async move { reason(c.post(&ping()).send().await.unwrap()).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let gets = redis.command_count("get") - gets_before;
+    // The bucket: 20 at once, then 20 a second (whole seconds, rounded up).
+    let bound = 20 + 20 * (started.elapsed().as_secs() + 1);
+    assert!(
+        answers.iter().all(|r| r == "unknown"),
+        "every answer is an unknown-session 404"
+    );
+    assert!(
+        gets <= bound,
+        "{gets} GETs for {FLOOD} random ids (bound {bound})"
+    );
+    let stats = b.registry.stats();
+    assert_eq!(
+        stats.lookups_limited + stats.known_misses + gets,
+        FLOOD as u64,
+        "{stats:?}"
+    );
+    eprintln!(
+        "flood of {FLOOD} random ids in {:?}: {gets} Redis GETs (bound {bound}), {} answered without",
+        started.elapsed(),
+        stats.lookups_limited
+    );
+
+    // Right after the flood, the same node tells a real misroute apart again (as soon as a
+    // token is back: 50 ms at this rate).
+    let mut misrouted = client_with(b.addr, &[]);
+    misrouted.session = Some(owned_by_a);
+    let mut told = false;
+    for _ in 0..400 {
+        if reason(misrouted.post(&ping()).send().await.unwrap()).await == "misrouted" {
+            told = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(told, "the misroute was never told apart after the flood");
+    assert_eq!(on_a.post(&ping()).send().await.unwrap().status(), 200);
 }

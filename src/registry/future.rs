@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 
 use super::{
     Ownership, RegistryStore, ResponseBody, SessionRecord,
+    limit::Admit,
     queue::{Core, Ends, OpKind},
     service::Ctx,
 };
@@ -188,7 +189,22 @@ fn map_body<B>(res: Response<B>) -> Response<ResponseBody<B>> {
 }
 
 async fn lookup<R: RegistryStore>(core: Arc<Core<R>>, sid: Arc<str>) -> SessionLookup {
+    use std::sync::atomic::Ordering::Relaxed;
     let fp = Fingerprint::of(&sid);
+    match core.limits.admit(&sid) {
+        Admit::Lookup => {}
+        Admit::KnownMiss => {
+            core.counters.known_misses.fetch_add(1, Relaxed);
+            core.counters.unknown.fetch_add(1, Relaxed);
+            return SessionLookup::Unknown;
+        }
+        Admit::Limited => {
+            core.counters.lookups_limited.fetch_add(1, Relaxed);
+            core.counters.unknown.fetch_add(1, Relaxed);
+            tracing::debug!(session = %fp, "registry lookups over their rate; answering unknown session");
+            return SessionLookup::Unknown;
+        }
+    }
     let found = tokio::time::timeout(core.lookup_timeout, core.store.lookup(&sid)).await;
     let outcome = match found {
         Ok(Ok(Some(record))) => match record.ownership(&core.node, &core.incarnation) {
@@ -208,7 +224,10 @@ async fn lookup<R: RegistryStore>(core: Arc<Core<R>>, sid: Arc<str>) -> SessionL
                 SessionLookup::Unknown
             }
         },
-        Ok(Ok(None)) => SessionLookup::Unknown,
+        Ok(Ok(None)) => {
+            core.limits.remember_miss(&sid);
+            SessionLookup::Unknown
+        }
         Ok(Err(e)) => {
             core.counters
                 .store_errors

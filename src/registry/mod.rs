@@ -11,7 +11,10 @@
 //! - **Happy path.** A request for a session this node holds never touches the store.
 //! - **Misroutes.** When the inner service answers `404` for a session id, the registry looks
 //!   the id up: owned by another node → *misrouted* (`warn!` with owner and here), owned by this
-//!   node's previous process → *node restarted*, absent → *unknown*. All three are `404` with a
+//!   node's previous process → *node restarted*, absent → *unknown*. The lookups are bounded:
+//!   an id the store did not know a moment ago is answered from a small cache, and over a
+//!   rate ([`with_lookup_rate`](SessionRegistryLayer::with_lookup_rate)) the answer is
+//!   *unknown* without asking, so a flood of random ids costs the store little. All three are `404` with a
 //!   JSON-RPC error (`-32001`, `data.reason`) telling the client to re-initialize; the
 //!   [`SessionLookup`] response extension and the counters tell them apart. The body never
 //!   names another node.
@@ -72,6 +75,7 @@
 mod body;
 mod future;
 mod layer;
+mod limit;
 mod queue;
 mod service;
 mod stats;
@@ -80,7 +84,8 @@ pub mod store;
 pub use body::ResponseBody;
 pub use future::{ResponseFuture, SessionLookup};
 pub use layer::{
-    ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_TTL, RegistryHandle, SessionRegistryLayer,
+    ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_LOOKUP_RATE, DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL,
+    RegistryHandle, SessionRegistryLayer,
 };
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;

@@ -27,6 +27,7 @@ use tokio::{
 
 use super::{
     RegistryStore, SessionRecord,
+    limit::LookupLimits,
     stats::Counters,
     store::{StoreWrite, group_by_id},
 };
@@ -89,6 +90,8 @@ pub(crate) struct Core<R> {
     unreported: AtomicUsize,
     /// The idle bound of [`Ends::Unreported`] sessions.
     pub(crate) idle_timeout: Duration,
+    /// Bounds on the `404` path's lookups.
+    pub(crate) limits: LookupLimits,
     /// When the core was made; `last_full_warning` counts milliseconds from it (0: never).
     /// `next_full_warning` counts milliseconds from `epoch`: the "queue full" warning is
     /// logged at most once a second.
@@ -123,6 +126,12 @@ impl<R: RegistryStore> Core<R> {
             live: Mutex::new(HashMap::new()),
             unreported: AtomicUsize::new(0),
             idle_timeout: super::layer::DEFAULT_IDLE_TIMEOUT,
+            limits: LookupLimits::new(
+                super::layer::DEFAULT_LOOKUP_RATE.0,
+                super::layer::DEFAULT_LOOKUP_RATE.1,
+                super::layer::DEFAULT_NEGATIVE_CACHE.0,
+                super::layer::DEFAULT_NEGATIVE_CACHE.1,
+            ),
             epoch: std::time::Instant::now(),
             next_full_warning: AtomicU64::new(0),
             started: AtomicBool::new(false),
@@ -137,6 +146,11 @@ impl<R: RegistryStore> Core<R> {
 
     pub(crate) fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout;
+        self
+    }
+
+    pub(crate) fn with_limits(mut self, limits: LookupLimits) -> Self {
+        self.limits = limits;
         self
     }
 

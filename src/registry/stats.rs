@@ -16,6 +16,8 @@ pub(crate) struct Counters {
     pub(crate) refused: AtomicU64,
     pub(crate) inner_ended: AtomicU64,
     pub(crate) idle_expired: AtomicU64,
+    pub(crate) lookups_limited: AtomicU64,
+    pub(crate) known_misses: AtomicU64,
 }
 
 /// A snapshot of a registry's counters.
@@ -65,6 +67,12 @@ pub struct RegistryStats {
     pub idle_expired: u64,
     /// Sessions this node registered and still tracks.
     pub tracked: u64,
+    /// `404`s answered "unknown" without a store lookup because lookups were over their rate
+    /// ([`with_lookup_rate`](super::SessionRegistryLayer::with_lookup_rate)).
+    pub lookups_limited: u64,
+    /// `404`s answered "unknown" from the cache of ids the store did not know
+    /// ([`with_negative_cache`](super::SessionRegistryLayer::with_negative_cache)).
+    pub known_misses: u64,
 }
 
 impl Counters {
@@ -86,6 +94,8 @@ impl Counters {
             inner_ended: r(&self.inner_ended),
             idle_expired: r(&self.idle_expired),
             tracked: tracked as u64,
+            lookups_limited: r(&self.lookups_limited),
+            known_misses: r(&self.known_misses),
         }
     }
 }
