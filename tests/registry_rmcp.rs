@@ -112,11 +112,10 @@ async fn registry_over_rmcp_streamable_http_service() {
     assert_eq!(redis.get(&key), None);
 }
 
-/// One node: [affinity (envelope mode) →] registry → rmcp, served over TCP.
+/// One node: affinity (envelope mode) → registry → rmcp, served over TCP.
 struct Node {
     url: String,
     registry: RegistryHandle<RedisStore>,
-    sessions: Arc<LocalSessionManager>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -126,25 +125,15 @@ impl Drop for Node {
     }
 }
 
-async fn start_node(
-    redis: &RedisServer,
-    name: &str,
-    registry: impl FnOnce(SessionRegistryLayer<RedisStore>) -> SessionRegistryLayer<RedisStore>,
-    keep_alive: Option<Duration>,
-) -> Node {
-    let registry = registry(SessionRegistryLayer::new(
-        RedisStore::connect(&redis.url()).await.unwrap(),
-        name,
-    ))
-    .build()
-    .unwrap();
+async fn start_node(redis: &RedisServer, name: &str) -> Node {
+    let registry =
+        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), name)
+            .build()
+            .unwrap();
     let handle = registry.handle();
-    let mut sessions = LocalSessionManager::default();
-    sessions.session_config.keep_alive = keep_alive;
-    let sessions = Arc::new(sessions);
     let rmcp_service = StreamableHttpService::new(
         || Ok(Minimal),
-        sessions.clone(),
+        Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default(),
     );
     let svc = tower::ServiceBuilder::new()
@@ -169,7 +158,6 @@ async fn start_node(
     Node {
         url: format!("http://{addr}/mcp"),
         registry: handle,
-        sessions,
         task,
     }
 }
@@ -248,8 +236,8 @@ async fn reason(res: reqwest::Response) -> String {
 #[tokio::test]
 async fn envelope_mode_registry_across_two_nodes() {
     let redis = RedisServer::start();
-    let a = start_node(&redis, "node-a", |r| r, None).await;
-    let b = start_node(&redis, "node-b", |r| r, None).await;
+    let a = start_node(&redis, "node-a").await;
+    let b = start_node(&redis, "node-b").await;
     let http = http();
     let id = open_session(&http, &a).await;
     assert!(a.registry.flush(Duration::from_secs(10)).await);

@@ -452,8 +452,9 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// The cache of ids the store did not know (default [`DEFAULT_NEGATIVE_CACHE`]: 4,096
     /// ids for 2 seconds): a `404` for such an id within `ttl` answers "unknown" from memory
     /// (counted in [`RegistryStats::known_misses`]). Session ids are random and minted by
-    /// `initialize`, so an id unknown a moment ago does not become a live session of another
-    /// node. At most `capacity` ids are kept (the oldest go first), as keyed 64-bit hashes;
+    /// `initialize`, so an id unknown a moment ago becomes another node's session only if it
+    /// was asked about between that node's `initialize` answer and its queued record write;
+    /// the client is told to re-initialize either way. At most `capacity` ids are kept (the oldest go first), as keyed 64-bit hashes;
     /// `0` turns the cache off. `capacity` must not exceed 1,048,576 and `ttl` must be
     /// between 1 ms and 60 s.
     ///
