@@ -49,7 +49,8 @@ pub enum SessionLookup {
     },
     /// The session belonged to this node's previous process.
     NodeRestarted,
-    /// Not in the registry (or the registry could not be asked).
+    /// Not in the registry, or not asked: the store was unreachable, the id was not in it a
+    /// moment ago, lookups were over their rate, or the session was this node's and has ended.
     Unknown,
 }
 
