@@ -1,11 +1,21 @@
 //! The SessionRegistryLayer over real TCP, against real `redis-server` processes started here.
 
+#[path = "support/counting_store.rs"]
+mod counting_store;
 #[path = "support/redis.rs"]
 mod redis_support;
 #[path = "support/mcp.rs"]
 mod support;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -373,23 +383,22 @@ async fn client_hanging_up_during_delete_still_removes_the_record() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let (probe, _) = Probe::new();
     let g = gate.clone();
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let a = arrived.clone();
     // Between the registry and the transport: DELETE waits until released.
     let svc = tower::ServiceBuilder::new()
         .layer(registry)
         .layer_fn(move |inner| Gate {
             inner,
             gate: g.clone(),
+            arrived: a.clone(),
         })
         .layer(SseTransportLayer::new())
         .service(handler_fn(move |req, cx| {
             support::handle_request(probe.clone(), req, cx)
         }));
-    let (addr, _task) = serve(svc).await;
-    let mut c = Client {
-        http: support::http_client(),
-        url: format!("http://{addr}/mcp"),
-        session: None,
-    };
+    let (addr, _task) = serve(svc.clone()).await;
+    let mut c = client_with(addr, &[]);
     c.connect("2025-11-25").await;
     assert!(handle.flush(Duration::from_secs(10)).await);
     let id = c.session.clone().unwrap();
@@ -397,21 +406,50 @@ async fn client_hanging_up_during_delete_still_removes_the_record() {
         let c = c.clone();
         async move { c.delete().send().await }
     });
-    eventually("DELETE reached the server", || {
-        handle.stats().cleanup_pending > 0 || redis.get(&key(&id)).is_none()
+    eventually("DELETE reached the gate", || {
+        arrived.load(Ordering::SeqCst) > 0
     })
     .await;
     pending.abort();
     let _ = pending.await;
+    // The server finishes the request the client gave up on: the record goes.
+    gate.notify_waiters();
+    assert!(handle.flush(Duration::from_secs(10)).await);
+    eventually("record removed", || redis.get(&key(&id)).is_none()).await;
+
+    // A server that drops the request's future before the inner service answered (what a
+    // hang-up does on servers that cancel): the record goes too.
+    let mut c = client_with(addr, &[]);
+    c.connect("2025-11-25").await;
+    assert!(handle.flush(Duration::from_secs(10)).await);
+    let id = c.session.clone().unwrap();
+    let req = http::Request::delete("/mcp")
+        .header("host", "localhost")
+        .header("mcp-session-id", &id)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let mut svc = svc;
+    tower::ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc)
+        .await
+        .unwrap();
+    let fut = tower::Service::call(&mut svc, req);
+    let mut fut = Box::pin(fut);
+    let polled = std::future::Future::poll(
+        fut.as_mut(),
+        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+    );
+    assert!(polled.is_pending(), "the DELETE waits at the gate");
+    drop(fut);
     assert!(handle.flush(Duration::from_secs(10)).await);
     assert_eq!(redis.get(&key(&id)), None);
-    gate.notify_waiters();
 }
 
 #[derive(Clone)]
 struct Gate<S> {
     inner: S,
     gate: Arc<tokio::sync::Notify>,
+    /// DELETE requests that reached the gate.
+    arrived: Arc<AtomicUsize>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Gate<S>
@@ -436,6 +474,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = self.gate.clone();
+        if req.method() == http::Method::DELETE {
+            self.arrived.fetch_add(1, Ordering::SeqCst);
+        }
         Box::pin(async move {
             if req.method() == http::Method::DELETE {
                 gate.notified().await;
@@ -643,4 +684,300 @@ async fn three_master_cluster_register_lookup_delete() {
     for c in &ids {
         assert_eq!(cluster.get(&key(c.session.as_deref().unwrap())), None);
     }
+}
+
+/// A client of `node` whose every request has a deadline and carries `headers`.
+fn client_with(node_addr: SocketAddr, headers: &[(&'static str, &'static str)]) -> Client {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(*k, http::HeaderValue::from_static(v));
+    }
+    Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .default_headers(h)
+            .build()
+            .expect("client"),
+        url: format!("http://{node_addr}/mcp"),
+        session: None,
+    }
+}
+
+/// A DELETE the transport refuses (a bad `Origin`, a bad `Host`, another principal) removes
+/// nothing: the record stays and the session keeps working. A DELETE for a session of
+/// another (dead) node still removes that record.
+#[tokio::test]
+async fn a_refused_delete_removes_nothing() {
+    let redis = RedisServer::start();
+    let principal = |p: &http::request::Parts| {
+        p.headers
+            .get("x-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let node = Node::start_with(
+        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), "node-a"),
+        SseTransportLayer::new().with_principal(principal),
+    )
+    .await;
+    let mut ada = client_with(node.addr, &[("x-user", "ada")]);
+    ada.connect("2025-11-25").await;
+    node.flush().await;
+    let id = ada.session.clone().unwrap();
+    assert!(redis.get(&key(&id)).is_some());
+
+    let mut bad_origin = client_with(
+        node.addr,
+        &[("x-user", "ada"), ("origin", "https://evil.example.com")],
+    );
+    bad_origin.session = Some(id.clone());
+    let mut bad_host = client_with(
+        node.addr,
+        &[("x-user", "ada"), ("host", "evil.example.com")],
+    );
+    bad_host.session = Some(id.clone());
+    let mut bob = client_with(node.addr, &[("x-user", "bob")]);
+    bob.session = Some(id.clone());
+    for (who, c, status) in [
+        ("bad Origin", &bad_origin, 403),
+        ("bad Host", &bad_host, 421),
+        ("another principal", &bob, 404),
+    ] {
+        // Any other request of the refused client ends nothing either.
+        let res = c.post(&ping()).send().await.unwrap();
+        assert_eq!(res.status(), status, "{who}");
+        node.flush().await;
+        assert!(
+            redis.get(&key(&id)).is_some(),
+            "{who}: a refused request removed the record"
+        );
+        let res = c.delete().send().await.unwrap();
+        assert_eq!(res.status(), status, "{who}");
+        let v: Value = res.json().await.expect("JSON-RPC error body");
+        assert!(v["error"]["code"].is_i64(), "{who}: {v}");
+        node.flush().await;
+        assert!(
+            redis.get(&key(&id)).is_some(),
+            "{who}: a refused DELETE removed the record"
+        );
+        assert_eq!(
+            ada.post(&ping()).send().await.unwrap().status(),
+            200,
+            "{who}: the session still works"
+        );
+    }
+    assert_eq!(node.registry.stats().removed, 0);
+
+    // A session of a dead node: 404 here, and the record goes (ADR-0066).
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    store
+        .register(
+            "dead-node-session",
+            &SessionRecord::new("node-dead", "x"),
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let mut orphan = client_with(node.addr, &[("x-user", "ada")]);
+    orphan.session = Some("dead-node-session".into());
+    assert_eq!(orphan.delete().send().await.unwrap().status(), 404);
+    node.flush().await;
+    assert_eq!(redis.get(&key("dead-node-session")), None);
+
+    // The owner's own DELETE still removes its record.
+    assert_eq!(ada.delete().send().await.unwrap().status(), 200);
+    node.flush().await;
+    assert_eq!(redis.get(&key(&id)), None);
+}
+
+/// A random well-formed session id (never minted by anyone).
+fn random_id() -> String {
+    format!("flood-{:032x}", rand_u128())
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = 0u128;
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        out = (out << 64) | u128::from(h.finish());
+    }
+    out
+}
+
+/// The `404` path's lookups are bounded: under a flood of random well-formed ids a node asks
+/// the store at most its rate (the rest answer "unknown" at once), ids the store did not know
+/// are answered from memory for a while, and a real misroute is told apart again as soon as
+/// the bucket has refilled (a degraded answer is not cached). In-process, with paused time.
+#[tokio::test(start_paused = true)]
+async fn lookups_are_bounded_by_rate_and_cache_and_misroutes_still_tell() {
+    use tower::ServiceExt;
+
+    let store = counting_store::Counting::new(MemoryStore::new());
+    let stack = |registry: SessionRegistryLayer<counting_store::Counting<MemoryStore>>| {
+        let (probe, _) = Probe::new();
+        tower::ServiceBuilder::new()
+            .layer(registry.build().unwrap())
+            .layer(SseTransportLayer::new().build().unwrap())
+            .service(handler_fn(move |req, cx| {
+                support::handle_request(probe.clone(), req, cx)
+            }))
+    };
+    let a_layer = SessionRegistryLayer::new(store.clone(), "node-a");
+    let a_handle = a_layer.handle();
+    let a = stack(a_layer);
+    let b_layer = SessionRegistryLayer::new(store.clone(), "node-b")
+        .with_lookup_rate(10, Duration::from_secs(1))
+        .with_negative_cache(100, Duration::from_secs(5));
+    let b_handle = b_layer.handle();
+    let b = stack(b_layer);
+    let post = |id: Option<&str>, body: &Value| {
+        let mut req = http::Request::post("/mcp")
+            .header("host", "localhost")
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(id) = id {
+            req = req.header("mcp-session-id", id);
+        }
+        req.body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap()
+    };
+    let reason_of = |res: http::Response<_>| async move {
+        assert_eq!(res.status(), 404);
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], -32001);
+        v["error"]["data"]["reason"].as_str().unwrap().to_owned()
+    };
+    let res = a
+        .clone()
+        .oneshot(post(None, &support::initialize_body("2025-11-25")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let owned_by_a = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    assert!(a_handle.flush(Duration::from_secs(10)).await);
+
+    let ids: Vec<String> = (0..100).map(|_| random_id()).collect();
+    for id in &ids {
+        let res = b.clone().oneshot(post(Some(id), &ping())).await.unwrap();
+        assert_eq!(reason_of(res).await, "unknown");
+    }
+    assert_eq!(store.lookups(), 10, "the bucket holds 10 lookups");
+    assert_eq!(b_handle.stats().lookups_limited, 90);
+    // The misroute while the bucket is empty: degraded to "unknown", without a lookup.
+    let res = b
+        .clone()
+        .oneshot(post(Some(&owned_by_a), &ping()))
+        .await
+        .unwrap();
+    assert_eq!(reason_of(res).await, "unknown");
+    assert_eq!(store.lookups(), 10);
+    // The ids looked up (the first 10) are answered from memory.
+    for id in &ids[..10] {
+        let res = b.clone().oneshot(post(Some(id), &ping())).await.unwrap();
+        assert_eq!(reason_of(res).await, "unknown");
+    }
+    assert_eq!(store.lookups(), 10);
+    assert_eq!(b_handle.stats().known_misses, 10);
+
+    // A second later the bucket is full again: the misroute is told apart.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let res = b
+        .clone()
+        .oneshot(post(Some(&owned_by_a), &ping()))
+        .await
+        .unwrap();
+    assert_eq!(reason_of(res).await, "misrouted");
+    assert_eq!(store.lookups(), 11);
+    assert_eq!(b_handle.stats().misroutes, 1);
+    // Past the cache's TTL an unknown id is asked about again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let res = b
+        .clone()
+        .oneshot(post(Some(&ids[0]), &ping()))
+        .await
+        .unwrap();
+    assert_eq!(reason_of(res).await, "unknown");
+    assert_eq!(store.lookups(), 12);
+}
+
+/// A flood of random well-formed ids against a node on a real Redis: `INFO commandstats`
+/// shows no more GETs than the bucket allows for the flood's duration, every answer is a
+/// JSON-RPC `404`, and a real misroute on the same node is told apart right after the flood.
+#[tokio::test]
+async fn a_flood_of_random_ids_costs_redis_at_most_the_lookup_rate() {
+    use futures_util::StreamExt;
+
+    let redis = RedisServer::start();
+    let a = Node::start(RedisStore::connect(&redis.url()).await.unwrap(), "node-a").await;
+    let b = Node::start_with(
+        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), "node-b")
+            .with_lookup_rate(20, Duration::from_secs(1)),
+        SseTransportLayer::new(),
+    )
+    .await;
+    let mut on_a = client_with(a.addr, &[]);
+    on_a.connect("2025-11-25").await;
+    a.flush().await;
+    b.flush().await;
+    let owned_by_a = on_a.session.clone().unwrap();
+
+    let gets_before = redis.command_count("get");
+    let flood = client_with(b.addr, &[]);
+    const FLOOD: usize = 2000;
+    let started = std::time::Instant::now();
+    let answers: Vec<String> = futures_util::stream::iter(0..FLOOD)
+        .map(|_| {
+            let mut c = flood.clone();
+            c.session = Some(random_id());
+            async move { reason(c.post(&ping()).send().await.unwrap()).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let gets = redis.command_count("get") - gets_before;
+    // The bucket: 20 at once, then 20 a second (whole seconds, rounded up).
+    let bound = 20 + 20 * (started.elapsed().as_secs() + 1);
+    assert!(
+        answers.iter().all(|r| r == "unknown"),
+        "every answer is an unknown-session 404"
+    );
+    assert!(
+        gets <= bound,
+        "{gets} GETs for {FLOOD} random ids (bound {bound})"
+    );
+    let stats = b.registry.stats();
+    assert_eq!(
+        stats.lookups_limited + stats.known_misses + gets,
+        FLOOD as u64,
+        "{stats:?}"
+    );
+    eprintln!(
+        "flood of {FLOOD} random ids in {:?}: {gets} Redis GETs (bound {bound}), {} answered without",
+        started.elapsed(),
+        stats.lookups_limited
+    );
+
+    // Right after the flood, the same node tells a real misroute apart again (as soon as a
+    // token is back: 50 ms at this rate).
+    let mut misrouted = client_with(b.addr, &[]);
+    misrouted.session = Some(owned_by_a);
+    let mut told = false;
+    for _ in 0..400 {
+        if reason(misrouted.post(&ping()).send().await.unwrap()).await == "misrouted" {
+            told = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(told, "the misroute was never told apart after the flood");
+    assert_eq!(on_a.post(&ping()).send().await.unwrap().status(), 200);
 }

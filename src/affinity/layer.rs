@@ -7,7 +7,7 @@ use super::{
     AffinityStats, ConfigError, SameSite, SessionAffinity,
     config::{Config, parse_cookie_name, parse_cookie_path, parse_scope},
 };
-use crate::session::{NodeTag, TaggedIdGenerator};
+use crate::session::{NodeTag, SessionIdEnvelope, TaggedIdGenerator};
 
 /// Adds load-balancer affinity to an MCP endpoint: the sticky cookie of ADR-0066, this node's
 /// tag in session ids, and early misroute detection.
@@ -33,7 +33,11 @@ use crate::session::{NodeTag, TaggedIdGenerator};
 /// Outermost of this crate's layers: `SessionAffinityLayer` → `SessionRegistryLayer` →
 /// `SseTransportLayer` → handler (with `ServiceBuilder`, layers added first see the request
 /// first). Affinity must see the client's `Mcp-Session-Id` before anything else does: in
-/// envelope mode the layers below it only ever see the inner service's own ids. It must also
+/// envelope mode the layers below it only ever see the inner service's own ids in
+/// `Mcp-Session-Id`; the id the client uses travels beside it in the request's
+/// [`SessionIdEnvelope`] extension (on an `initialize`, the envelope alone, so a layer below can
+/// tell the id the client will get). The session registry keys its records by that client-side
+/// id, the one every node sees. It must also
 /// see the final response, so that its cookie and its envelope are the last word. Put it
 /// inside authentication, CORS and tracing layers if you like; they do not look at session
 /// ids.
@@ -61,6 +65,8 @@ pub(crate) struct Shared {
     /// The precomputed `Set-Cookie` value.
     pub(crate) set_cookie: Option<HeaderValue>,
     pub(crate) stats: AffinityStats,
+    /// This node's envelope, in envelope mode.
+    pub(crate) envelope: Option<SessionIdEnvelope>,
 }
 
 impl SessionAffinityLayer {
@@ -425,6 +431,10 @@ impl SessionAffinityLayer {
             config: self.config.clone(),
             set_cookie,
             stats: self.stats.clone(),
+            envelope: self
+                .config
+                .envelope
+                .then(|| SessionIdEnvelope::new(&self.config.tag)),
         })
     }
 }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     protocol::{Rejection, codes, headers},
-    session::{Fingerprint, MAX_SESSION_ID_LEN, NodeTag, SessionId},
+    session::{Fingerprint, NodeTag},
 };
 
 /// The first modern-era revision: a request announcing it (or a later one) is stateless.
@@ -210,11 +210,22 @@ fn inspect<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> Decision {
     let misroute = match read_session_id(req.headers(), &cfg.tag, cfg.envelope) {
         // No session id: an `initialize` (or a request the transport refuses anyway). Never
         // a misroute, whatever the cookie says; it simply gets this node's cookie.
-        SessionIdTag::Absent => None,
+        SessionIdTag::Absent => {
+            // The layers below learn the envelope, so that they can tell the id the client
+            // will use (the registry keys its records by it).
+            if let Some(envelope) = &shared.envelope {
+                req.extensions_mut().insert(envelope.clone());
+            }
+            None
+        }
         // Ours: the session id outranks a stale cookie.
         SessionIdTag::Here { stripped } => {
             if let Some(v) = stripped {
-                req.headers_mut().insert(headers::MCP_SESSION_ID, v);
+                let wire = req.headers_mut().insert(headers::MCP_SESSION_ID, v);
+                if let (Some(envelope), Some(wire)) = (&shared.envelope, wire) {
+                    req.extensions_mut()
+                        .insert(envelope.clone().with_wire_id(wire));
+                }
             }
             None
         }
@@ -324,15 +335,14 @@ fn read_session_id(h: &HeaderMap, here: &NodeTag, envelope: bool) -> SessionIdTa
 
 /// Envelope mode, on the way out: `Mcp-Session-Id: X` becomes `<tag>.X`.
 fn envelope(shared: &Shared, h: &mut HeaderMap) {
-    let Some(raw) = h.get(headers::MCP_SESSION_ID) else {
+    let (Some(raw), Some(envelope)) = (h.get(headers::MCP_SESSION_ID), &shared.envelope) else {
         return;
     };
-    let tag = shared.config.tag.as_str();
     let wrapped = raw
         .to_str()
         .ok()
-        .filter(|id| SessionId::is_valid(id) && tag.len() + 1 + id.len() <= MAX_SESSION_ID_LEN)
-        .and_then(|id| HeaderValue::try_from(format!("{tag}.{id}")).ok());
+        .and_then(|id| envelope.wrap(id))
+        .and_then(|id| HeaderValue::try_from(id).ok());
     match wrapped {
         Some(v) => {
             h.insert(headers::MCP_SESSION_ID, v);

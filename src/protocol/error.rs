@@ -181,6 +181,7 @@ pub struct Rejection {
     data: Option<Value>,
     id: Option<RequestId>,
     headers: Vec<(header::HeaderName, HeaderValue)>,
+    refusal: Option<super::Refusal>,
 }
 
 impl Rejection {
@@ -203,6 +204,7 @@ impl Rejection {
             data: None,
             id: None,
             headers: Vec::new(),
+            refusal: None,
         }
     }
 
@@ -265,6 +267,42 @@ impl Rejection {
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
+    }
+
+    /// Marks the rejection as a [`Refusal`](super::Refusal) of who sent the request: the
+    /// response then carries it in its extensions.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Refusal, Rejection};
+    ///
+    /// let r = Rejection::new(StatusCode::FORBIDDEN, codes::INVALID_REQUEST, "origin not allowed")
+    ///     .with_refusal(Refusal::Origin);
+    /// assert_eq!(r.refusal(), Some(Refusal::Origin));
+    /// let res = r.into_response(|b| b);
+    /// assert_eq!(res.extensions().get::<Refusal>(), Some(&Refusal::Origin));
+    /// ```
+    #[must_use]
+    pub fn with_refusal(mut self, refusal: super::Refusal) -> Self {
+        self.refusal = Some(refusal);
+        self
+    }
+
+    /// The [`Refusal`](super::Refusal) this rejection stands for, if any.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::{codes, Rejection};
+    ///
+    /// let r = Rejection::new(StatusCode::NOT_FOUND, codes::SESSION_NOT_FOUND, "session not found");
+    /// assert_eq!(r.refusal(), None);
+    /// ```
+    pub fn refusal(&self) -> Option<super::Refusal> {
+        self.refusal
     }
 
     /// The HTTP status.
@@ -344,6 +382,9 @@ impl Rejection {
         );
         for (k, v) in &self.headers {
             headers.append(k.clone(), v.clone());
+        }
+        if let Some(refusal) = self.refusal {
+            res.extensions_mut().insert(refusal);
         }
         res.extensions_mut().insert(self);
         res

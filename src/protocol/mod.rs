@@ -15,6 +15,7 @@
 mod classify;
 mod error;
 mod message;
+mod refusal;
 mod version;
 
 pub(crate) use classify::{REMOVED_IN_MODERN, classify_post, header_version};
@@ -22,6 +23,7 @@ pub(crate) use error::internal_error;
 pub use error::{Rejection, codes, error_body};
 pub(crate) use message::{Body, ParamsPeek, parse_body, peek_error_code, peek_initialize_result};
 pub use message::{Message, MessageKind, ParseError, RequestId};
+pub use refusal::Refusal;
 pub(crate) use version::is_modern_string;
 pub use version::{Era, ProtocolVersion};
 

@@ -11,11 +11,12 @@ use pin_project_lite::pin_project;
 
 use super::{
     Ownership, RegistryStore, ResponseBody, SessionRecord,
-    queue::{Core, OpKind},
+    limit::Admit,
+    queue::{Core, Ends, OpKind},
     service::Ctx,
 };
 use crate::{
-    protocol::{codes, error_body, headers},
+    protocol::{Refusal, codes, error_body, headers},
     session::{CloseReason, Fingerprint, Session, SessionId},
 };
 
@@ -48,7 +49,8 @@ pub enum SessionLookup {
     },
     /// The session belonged to this node's previous process.
     NodeRestarted,
-    /// Not in the registry (or the registry could not be asked).
+    /// Not in the registry, or not asked: the store was unreachable, the id was not in it a
+    /// moment ago, lookups were over their rate, or the session was this node's and has ended.
     Unknown,
 }
 
@@ -105,6 +107,7 @@ pin_project! {
         state: State<F, B>,
         core: Option<Arc<Core<R>>>,
         ctx: Option<Ctx>,
+        removal: Option<PendingRemoval<R>>,
     }
 }
 
@@ -129,14 +132,55 @@ impl<F, B, R> ResponseFuture<F, B, R> {
             state: State::Inner { fut },
             core: None,
             ctx: None,
+            removal: None,
         }
     }
 
-    pub(crate) fn new(fut: F, core: Arc<Core<R>>, ctx: Ctx) -> Self {
+    pub(crate) fn new(
+        fut: F,
+        core: Arc<Core<R>>,
+        ctx: Ctx,
+        removal: Option<PendingRemoval<R>>,
+    ) -> Self {
         Self {
             state: State::Inner { fut },
             core: Some(core),
             ctx: Some(ctx),
+            removal,
+        }
+    }
+}
+
+/// The record removal a `DELETE` asks for, queued when the inner service has answered
+/// (unless it refused the request) or when the future is dropped before that (the client hung
+/// up: the local close may still happen, so the record goes, as ADR-0066 asks).
+pub(crate) struct PendingRemoval<R> {
+    core: Arc<Core<R>>,
+    id: Arc<str>,
+    armed: bool,
+}
+
+impl<R> PendingRemoval<R> {
+    pub(crate) fn new(core: Arc<Core<R>>, id: Arc<str>) -> Self {
+        Self {
+            core,
+            id,
+            armed: true,
+        }
+    }
+
+    /// The request was refused: nothing is removed.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<R> Drop for PendingRemoval<R> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.core.forget(&self.id);
+            self.core.enqueue(&self.id, OpKind::Remove);
+            tracing::debug!(session = %Fingerprint::of(&self.id), "session record removal queued (DELETE)");
         }
     }
 }
@@ -146,7 +190,22 @@ fn map_body<B>(res: Response<B>) -> Response<ResponseBody<B>> {
 }
 
 async fn lookup<R: RegistryStore>(core: Arc<Core<R>>, sid: Arc<str>) -> SessionLookup {
+    use std::sync::atomic::Ordering::Relaxed;
     let fp = Fingerprint::of(&sid);
+    match core.limits.admit(&sid) {
+        Admit::Lookup => {}
+        Admit::KnownMiss => {
+            core.counters.known_misses.fetch_add(1, Relaxed);
+            core.counters.unknown.fetch_add(1, Relaxed);
+            return SessionLookup::Unknown;
+        }
+        Admit::Limited => {
+            core.counters.lookups_limited.fetch_add(1, Relaxed);
+            core.counters.unknown.fetch_add(1, Relaxed);
+            tracing::debug!(session = %fp, "registry lookups over their rate; answering unknown session");
+            return SessionLookup::Unknown;
+        }
+    }
     let found = tokio::time::timeout(core.lookup_timeout, core.store.lookup(&sid)).await;
     let outcome = match found {
         Ok(Ok(Some(record))) => match record.ownership(&core.node, &core.incarnation) {
@@ -166,7 +225,10 @@ async fn lookup<R: RegistryStore>(core: Arc<Core<R>>, sid: Arc<str>) -> SessionL
                 SessionLookup::Unknown
             }
         },
-        Ok(Ok(None)) => SessionLookup::Unknown,
+        Ok(Ok(None)) => {
+            core.limits.remember_miss(&sid);
+            SessionLookup::Unknown
+        }
         Ok(Err(e)) => {
             core.counters
                 .store_errors
@@ -233,7 +295,7 @@ fn minted_id<B>(res: &Response<B>, ctx: &Ctx) -> Option<Arc<str>> {
         return None;
     }
     let id = res.headers().get(headers::MCP_SESSION_ID)?.to_str().ok()?;
-    (SessionId::is_valid(id) && ctx.sid() != Some(id)).then(|| id.into())
+    (SessionId::is_valid(id) && ctx.inner_sid() != Some(id)).then(|| ctx.wire_of(id))
 }
 
 fn record_for<R>(core: &Core<R>) -> SessionRecord {
@@ -244,14 +306,17 @@ fn record_for<R>(core: &Core<R>) -> SessionRecord {
     SessionRecord::new(&*core.node, &*core.incarnation).with_created_at(now)
 }
 
-fn hook_close<R: RegistryStore>(core: &Arc<Core<R>>, session: &Session) {
+fn hook_close<R: RegistryStore>(core: &Arc<Core<R>>, session: &Session, ctx: &Ctx) {
     let core = core.clone();
+    let envelope = ctx.envelope().cloned();
     session.on_close(move |id, reason| match reason {
-        // DELETE already queued an unconditional removal; a failed initialize never wrote.
+        // DELETE queues an unconditional removal itself; a failed initialize never wrote.
         CloseReason::Deleted | CloseReason::InitializeFailed => {}
         _ => {
-            core.forget(id.as_str());
-            core.enqueue(id.as_str(), OpKind::RemoveIfOwned);
+            let wire = envelope.as_ref().and_then(|e| e.wrap(id.as_str()));
+            let wire = wire.as_deref().unwrap_or(id.as_str());
+            core.forget(wire);
+            core.enqueue(wire, OpKind::RemoveIfOwned);
         }
     });
 }
@@ -272,8 +337,46 @@ where
                     let (Some(core), Some(ctx)) = (this.core.as_ref(), this.ctx.as_ref()) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
-                    let not_found = res.status() == StatusCode::NOT_FOUND && !ctx.delete;
-                    if not_found && let Some(sid) = ctx.sid() {
+                    if ctx.delete {
+                        if let Some(removal) = this.removal.take() {
+                            if Refusal::is_refused(&res) {
+                                tracing::debug!(
+                                    status = res.status().as_u16(),
+                                    "DELETE refused by the inner service: the record stays"
+                                );
+                                removal.disarm();
+                            } else {
+                                drop(removal);
+                            }
+                        }
+                        return Poll::Ready(Ok(map_body(res)));
+                    }
+                    if res.status() == StatusCode::NOT_FOUND && Refusal::is_refused(&res) {
+                        // Another principal's request for a session held here: the same answer
+                        // as an unknown id, and the session and its record stay.
+                        core.counters
+                            .unknown
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let (parts, _) = res.into_parts();
+                        return Poll::Ready(Ok(not_found(parts, SessionLookup::Unknown)));
+                    }
+                    if res.status() == StatusCode::NOT_FOUND
+                        && let Some(sid) = ctx.sid()
+                    {
+                        if core.forget(sid) {
+                            // A session this node registered, ended inside the inner service
+                            // (its own expiry, no close hook): no lookup needed.
+                            core.enqueue(sid, OpKind::RemoveIfOwned);
+                            core.counters
+                                .inner_ended
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            core.counters
+                                .unknown
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::debug!(session = %Fingerprint::of(sid), "session ended inside the inner service; its record is removed");
+                            let (parts, _) = res.into_parts();
+                            return Poll::Ready(Ok(not_found(parts, SessionLookup::Unknown)));
+                        }
                         let fut = Box::pin(lookup(core.clone(), sid.into()));
                         let (parts, _) = res.into_parts();
                         this.state.set(State::Lookup {
@@ -285,12 +388,16 @@ where
                     let Some(id) = minted_id(&res, ctx) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
-                    if let Some(session) = res.extensions().get::<Session>() {
-                        hook_close(core, session);
-                    }
+                    let ends = match res.extensions().get::<Session>() {
+                        Some(session) => {
+                            hook_close(core, session, ctx);
+                            Ends::Hooked
+                        }
+                        None => Ends::Unreported,
+                    };
                     let record = record_for(core);
                     if !core.fail_closed {
-                        core.enqueue(&id, OpKind::Register(record));
+                        core.enqueue(&id, OpKind::Register(record, ends));
                         return Poll::Ready(Ok(map_body(res)));
                     }
                     let c = core.clone();
@@ -305,7 +412,7 @@ where
                                 c.counters
                                     .registered
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                c.mark_live(&id);
+                                c.mark_live(&id, ends);
                                 true
                             }
                             _ => {

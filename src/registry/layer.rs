@@ -2,7 +2,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
-use super::{RegistryStats, RegistryStore, SessionRegistry, queue::Core};
+use super::{RegistryStats, RegistryStore, SessionRegistry, limit::LookupLimits, queue::Core};
 
 /// An invalid registry configuration, reported by [`SessionRegistryLayer::build`].
 ///
@@ -61,11 +61,22 @@ impl std::error::Error for ConfigError {}
 /// transport it also sees every other close (idle expiry, shutdown) through
 /// [`Session::on_close`](crate::session::Session::on_close).
 ///
+/// Records are keyed by the session id the client uses. Below an affinity layer in envelope
+/// mode that is not the id in the request's `Mcp-Session-Id` (the inner service's own): the
+/// affinity layer passes it in the [`SessionIdEnvelope`](crate::session::SessionIdEnvelope)
+/// request extension, and the registry records `<tag>.<inner id>`. A request enveloped for
+/// another node carries no such extension and is looked up as it came, so every node finds
+/// the same record.
+///
 /// # Backpressure
 ///
 /// `poll_ready` forwards the inner service's readiness. Store writes never hold a request:
 /// they go to bounded, ordered queues drained by background workers (fail-open). In
-/// fail-closed mode the `initialize` response waits for its registration.
+/// fail-closed mode the `initialize` response waits for its registration. The `404` path's
+/// store lookups are bounded: by a rate
+/// ([`with_lookup_rate`](Self::with_lookup_rate), over it the answer is "unknown" at once) and
+/// by a short cache of ids the store did not know
+/// ([`with_negative_cache`](Self::with_negative_cache)).
 ///
 /// # Runtime
 ///
@@ -106,6 +117,9 @@ pub struct SessionRegistryLayer<R> {
     fail_closed: bool,
     queue_capacity: usize,
     lookup_timeout: Duration,
+    idle_timeout: Duration,
+    lookup_rate: (u32, Duration),
+    negative_cache: (usize, Duration),
     pub(crate) core: Arc<Core<R>>,
 }
 
@@ -119,6 +133,9 @@ impl<R> Clone for SessionRegistryLayer<R> {
             fail_closed: self.fail_closed,
             queue_capacity: self.queue_capacity,
             lookup_timeout: self.lookup_timeout,
+            idle_timeout: self.idle_timeout,
+            lookup_rate: self.lookup_rate,
+            negative_cache: self.negative_cache,
             core: self.core.clone(),
         }
     }
@@ -147,6 +164,45 @@ impl<R: fmt::Debug> fmt::Debug for SessionRegistryLayer<R> {
 /// assert_eq!(DEFAULT_TTL, Duration::from_secs(30 * 24 * 3600));
 /// ```
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The default idle bound of sessions no close hook reports: 1 hour (see
+/// [`SessionRegistryLayer::with_idle_timeout`]).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::registry::DEFAULT_IDLE_TIMEOUT;
+///
+/// assert_eq!(DEFAULT_IDLE_TIMEOUT, Duration::from_secs(3600));
+/// ```
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The default bound on the `404` path's store lookups: 200 per second (see
+/// [`SessionRegistryLayer::with_lookup_rate`]).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::registry::DEFAULT_LOOKUP_RATE;
+///
+/// assert_eq!(DEFAULT_LOOKUP_RATE, (200, Duration::from_secs(1)));
+/// ```
+pub const DEFAULT_LOOKUP_RATE: (u32, Duration) = (200, Duration::from_secs(1));
+
+/// The default cache of ids the store did not know: 4,096 ids for 2 seconds (see
+/// [`SessionRegistryLayer::with_negative_cache`]).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::registry::DEFAULT_NEGATIVE_CACHE;
+///
+/// assert_eq!(DEFAULT_NEGATIVE_CACHE, (4096, Duration::from_secs(2)));
+/// ```
+pub const DEFAULT_NEGATIVE_CACHE: (usize, Duration) = (4096, Duration::from_secs(2));
 
 impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// A registry for node `node` (its stable name, e.g. the host or pod name) over `store`.
@@ -183,6 +239,9 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
             fail_closed: false,
             queue_capacity: 65_536,
             lookup_timeout: Duration::from_millis(500),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            lookup_rate: DEFAULT_LOOKUP_RATE,
+            negative_cache: DEFAULT_NEGATIVE_CACHE,
         };
         layer.rebuild();
         layer
@@ -197,7 +256,14 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
                 self.ttl,
                 self.queue_capacity,
             )
-            .with_options(self.fail_closed, self.lookup_timeout),
+            .with_options(self.fail_closed, self.lookup_timeout)
+            .with_idle_timeout(self.idle_timeout)
+            .with_limits(LookupLimits::new(
+                self.lookup_rate.0,
+                self.lookup_rate.1,
+                self.negative_cache.0,
+                self.negative_cache.1,
+            )),
         );
     }
 
@@ -325,6 +391,91 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
         self
     }
 
+    /// The idle bound of sessions whose end the registry is not told of (default
+    /// [`DEFAULT_IDLE_TIMEOUT`], 1 hour; must not be zero).
+    ///
+    /// Over this crate's transport every close reaches the registry through a close hook, and
+    /// this setting does nothing. An inner service of its own (rmcp's `StreamableHttpService`)
+    /// ends sessions without telling: the registry then learns it from the inner service's
+    /// `404` for the id (the record is removed, compare-and-delete, with no store lookup), and
+    /// otherwise drops a session after this long without a request, removing its record if
+    /// this node still owns it. Set it no shorter than the inner service's own idle expiry
+    /// (rmcp: 5 minutes by default): a session idle for longer but still alive there keeps
+    /// working on this node, but other nodes no longer know it (a misroute reads "unknown").
+    ///
+    /// While such sessions exist, each request for one costs a lookup in the registry's
+    /// table of sessions (one short lock); over this crate's transport requests cost nothing.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// assert!(layer.clone().with_idle_timeout(Duration::from_secs(600)).build().is_ok());
+    /// let err = layer.with_idle_timeout(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "idle_timeout");
+    /// ```
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self.rebuild();
+        self
+    }
+
+    /// Bounds the store lookups of the `404` path (default [`DEFAULT_LOOKUP_RATE`], 200 per
+    /// second): a token bucket of `lookups` tokens refilled at `lookups` per `per`. A `404`
+    /// for a well-formed id over that rate answers "unknown" without asking the store (and
+    /// counts in [`RegistryStats::lookups_limited`]). The client's next step is the same
+    /// (re-initialize); only the log line and the counters lose the misroute or restart, and
+    /// only while the rate is exceeded. `lookups` must be at least 1 and `per` not zero.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// assert!(layer.clone().with_lookup_rate(50, Duration::from_secs(1)).build().is_ok());
+    /// let err = layer.clone().with_lookup_rate(0, Duration::from_secs(1)).build().unwrap_err();
+    /// assert_eq!(err.field(), "lookup_rate");
+    /// let err = layer.with_lookup_rate(50, Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.field(), "lookup_rate");
+    /// ```
+    pub fn with_lookup_rate(mut self, lookups: u32, per: Duration) -> Self {
+        self.lookup_rate = (lookups, per);
+        self.rebuild();
+        self
+    }
+
+    /// The cache of ids the store did not know (default [`DEFAULT_NEGATIVE_CACHE`]: 4,096
+    /// ids for 2 seconds): a `404` for such an id within `ttl` answers "unknown" from memory
+    /// (counted in [`RegistryStats::known_misses`]). Session ids are random and minted by
+    /// `initialize`, so an id unknown a moment ago becomes another node's session only if it
+    /// was asked about between that node's `initialize` answer and its queued record write;
+    /// the client is told to re-initialize either way. At most `capacity` ids are kept (the oldest go first), as keyed 64-bit hashes;
+    /// `0` turns the cache off. `capacity` must not exceed 1,048,576 and `ttl` must be
+    /// between 1 ms and 60 s.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// assert!(layer.clone().with_negative_cache(1024, Duration::from_secs(1)).build().is_ok());
+    /// assert!(layer.clone().with_negative_cache(0, Duration::from_secs(1)).build().is_ok());
+    /// let err = layer.with_negative_cache(1024, Duration::from_secs(600)).build().unwrap_err();
+    /// assert_eq!(err.field(), "negative_cache");
+    /// ```
+    pub fn with_negative_cache(mut self, capacity: usize, ttl: Duration) -> Self {
+        self.negative_cache = (capacity, ttl);
+        self.rebuild();
+        self
+    }
+
     /// Validates the configuration.
     ///
     /// # Example
@@ -352,6 +503,16 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
         }
         if self.lookup_timeout.is_zero() {
             return bad("lookup_timeout");
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("idle_timeout");
+        }
+        if self.lookup_rate.0 == 0 || self.lookup_rate.1.is_zero() {
+            return bad("lookup_rate");
+        }
+        let (capacity, ttl) = self.negative_cache;
+        if capacity > 1 << 20 || ttl < Duration::from_millis(1) || ttl > Duration::from_secs(60) {
+            return bad("negative_cache");
         }
         Ok(self)
     }
@@ -457,7 +618,9 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// # }
     /// ```
     pub fn stats(&self) -> RegistryStats {
-        self.core.counters.snapshot(self.core.pending())
+        self.core
+            .counters
+            .snapshot(self.core.pending(), self.core.tracked())
     }
 
     /// This node's name.

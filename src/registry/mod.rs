@@ -11,16 +11,26 @@
 //! - **Happy path.** A request for a session this node holds never touches the store.
 //! - **Misroutes.** When the inner service answers `404` for a session id, the registry looks
 //!   the id up: owned by another node → *misrouted* (`warn!` with owner and here), owned by this
-//!   node's previous process → *node restarted*, absent → *unknown*. All three are `404` with a
+//!   node's previous process → *node restarted*, absent → *unknown*. The lookups are bounded:
+//!   an id the store did not know a moment ago is answered from a small cache, and over a
+//!   rate ([`with_lookup_rate`](SessionRegistryLayer::with_lookup_rate)) the answer is
+//!   *unknown* without asking, so a flood of random ids costs the store little. All three are `404` with a
 //!   JSON-RPC error (`-32001`, `data.reason`) telling the client to re-initialize; the
 //!   [`SessionLookup`] response extension and the counters tell them apart. The body never
 //!   names another node.
 //! - **Cleanup.** `DELETE` removes the record whatever the inner service answered (the session
-//!   may live on another node or in a previous process); every other close of a session of
+//!   may live on another node or in a previous process), once it answered — unless it refused
+//!   the request for who sent it (a bad `Origin` or `Host`, another principal: a
+//!   [`Refusal`](crate::protocol::Refusal), or a `401`/`403`/`421`), which removes nothing; a
+//!   client hanging up before the answer still gets the record removed. Every other close of a session of
 //!   this crate's transport (idle expiry, shutdown, [`Session::close`](crate::session::Session::close))
 //!   removes it if this node still owns it (compare-and-delete). Writes go through ordered,
 //!   bounded queues retried with backoff and jitter, so they survive a client hanging up and a
-//!   store outage; [`RegistryHandle::flush`] drains them on shutdown. A node that restarts under
+//!   store outage; [`RegistryHandle::flush`] drains them on shutdown. Over an inner service
+//!   of its own (rmcp), which ends sessions without telling, the registry learns the end from
+//!   the inner service's `404` for a session it registered (record removed, no lookup) or
+//!   drops a session after an idle bound without requests
+//!   ([`with_idle_timeout`](SessionRegistryLayer::with_idle_timeout), default 1 hour). A node that restarts under
 //!   the same name removes its previous process's records shortly after start.
 //! - **Store down.** Existing sessions are unaffected, new ones are served (fail-open), the
 //!   `404` path answers *unknown*. A store error never becomes a `500`.
@@ -65,6 +75,7 @@
 mod body;
 mod future;
 mod layer;
+mod limit;
 mod queue;
 mod service;
 mod stats;
@@ -72,7 +83,10 @@ pub mod store;
 
 pub use body::ResponseBody;
 pub use future::{ResponseFuture, SessionLookup};
-pub use layer::{ConfigError, DEFAULT_TTL, RegistryHandle, SessionRegistryLayer};
+pub use layer::{
+    ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_LOOKUP_RATE, DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL,
+    RegistryHandle, SessionRegistryLayer,
+};
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;
 pub use store::{MemoryStore, Ownership, RecordKey, RegistryStore, SessionRecord, StoreError};

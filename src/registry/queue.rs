@@ -15,7 +15,7 @@ use std::{
     hash::{BuildHasher, Hasher},
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -27,15 +27,26 @@ use tokio::{
 
 use super::{
     RegistryStore, SessionRecord,
+    limit::LookupLimits,
     stats::Counters,
     store::{StoreWrite, group_by_id},
 };
 
 pub(crate) const SHARDS: usize = 4;
 
+/// How the registry learns that a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ends {
+    /// The session's close hook reports it (this crate's transport).
+    Hooked,
+    /// Nothing reports it (an inner service of its own, such as rmcp): the inner service's
+    /// `404` for the id, or the idle bound.
+    Unreported,
+}
+
 #[derive(Debug)]
 pub(crate) enum OpKind {
-    Register(SessionRecord),
+    Register(SessionRecord, Ends),
     Remove,
     RemoveIfOwned,
     Refresh,
@@ -46,6 +57,15 @@ pub(crate) struct Op {
     pub(crate) id: Arc<str>,
     pub(crate) kind: OpKind,
     pub(crate) deadline: Instant,
+}
+
+/// A session this node registered.
+#[derive(Debug)]
+struct Tracked {
+    /// When its record's TTL was last set (for refreshes).
+    refreshed: Instant,
+    /// The last request for it, for sessions no close hook reports ([`Ends::Unreported`]).
+    seen: Option<Instant>,
 }
 
 /// Shared registry state used by the service and the workers.
@@ -63,8 +83,15 @@ pub(crate) struct Core<R> {
     hasher: std::collections::hash_map::RandomState,
     pending: AtomicU64,
     drained: Notify,
-    /// Sessions this node registered, with when their TTL was last set (for refreshes).
-    live: Mutex<HashMap<Arc<str>, Instant>>,
+    /// Sessions this node registered (keyed by the id clients use).
+    live: Mutex<HashMap<Arc<str>, Tracked>>,
+    /// How many of `live` are [`Ends::Unreported`]: while there are none, requests are not
+    /// tracked at all.
+    unreported: AtomicUsize,
+    /// The idle bound of [`Ends::Unreported`] sessions.
+    pub(crate) idle_timeout: Duration,
+    /// Bounds on the `404` path's lookups.
+    pub(crate) limits: LookupLimits,
     /// When the core was made; `last_full_warning` counts milliseconds from it (0: never).
     /// `next_full_warning` counts milliseconds from `epoch`: the "queue full" warning is
     /// logged at most once a second.
@@ -97,6 +124,14 @@ impl<R: RegistryStore> Core<R> {
             pending: AtomicU64::new(0),
             drained: Notify::new(),
             live: Mutex::new(HashMap::new()),
+            unreported: AtomicUsize::new(0),
+            idle_timeout: super::layer::DEFAULT_IDLE_TIMEOUT,
+            limits: LookupLimits::new(
+                super::layer::DEFAULT_LOOKUP_RATE.0,
+                super::layer::DEFAULT_LOOKUP_RATE.1,
+                super::layer::DEFAULT_NEGATIVE_CACHE.0,
+                super::layer::DEFAULT_NEGATIVE_CACHE.1,
+            ),
             epoch: std::time::Instant::now(),
             next_full_warning: AtomicU64::new(0),
             started: AtomicBool::new(false),
@@ -106,6 +141,16 @@ impl<R: RegistryStore> Core<R> {
     pub(crate) fn with_options(mut self, fail_closed: bool, lookup_timeout: Duration) -> Self {
         self.fail_closed = fail_closed;
         self.lookup_timeout = lookup_timeout;
+        self
+    }
+
+    pub(crate) fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    pub(crate) fn with_limits(mut self, limits: LookupLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -127,9 +172,13 @@ impl<R: RegistryStore> Core<R> {
             tokio::spawn(worker(Arc::downgrade(self), rx));
         }
         tokio::spawn(refresher(Arc::downgrade(self)));
+        tokio::spawn(idle_sweeper(Arc::downgrade(self)));
         tokio::spawn(clean_previous_incarnations(Arc::downgrade(self)));
     }
+}
 
+/// The bookkeeping that needs no store: callable from anywhere (a drop guard included).
+impl<R> Core<R> {
     pub(crate) fn enqueue(&self, id: &str, kind: OpKind) {
         let mut h = self.hasher.build_hasher();
         h.write(id.as_bytes());
@@ -187,28 +236,66 @@ impl<R: RegistryStore> Core<R> {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    pub(crate) fn forget(&self, id: &str) -> bool {
-        let mut live = self
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let known = live.remove(id).is_some();
-        crate::session::shrink_when_sparse(&mut live);
-        known
-    }
-
-    pub(crate) fn mark_live(&self, id: &str) {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Tracked>> {
         self.live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.into(), Instant::now());
     }
 
+    /// Drops a session from the sessions this node tracks; whether it was tracked.
+    pub(crate) fn forget(&self, id: &str) -> bool {
+        let mut live = self.live();
+        let removed = live.remove(id);
+        if removed.as_ref().is_some_and(|t| t.seen.is_some()) {
+            self.unreported.fetch_sub(1, Ordering::Relaxed);
+        }
+        crate::session::shrink_when_sparse(&mut live);
+        removed.is_some()
+    }
+
+    pub(crate) fn mark_live(&self, id: &str, ends: Ends) {
+        let now = Instant::now();
+        let tracked = Tracked {
+            refreshed: now,
+            seen: (ends == Ends::Unreported).then_some(now),
+        };
+        if tracked.seen.is_some() {
+            self.unreported.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(old) = self.live().insert(id.into(), tracked)
+            && old.seen.is_some()
+        {
+            self.unreported.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes a request for session `id` (the id clients use), for the idle bound. Costs one
+    /// atomic load while no tracked session lacks a close hook (this crate's transport).
+    #[inline]
+    pub(crate) fn tracks_requests(&self) -> bool {
+        self.unreported.load(Ordering::Relaxed) > 0
+    }
+
+    pub(crate) fn touch(&self, id: &str) {
+        if let Some(tracked) = self.live().get_mut(id)
+            && let Some(seen) = &mut tracked.seen
+        {
+            *seen = Instant::now();
+        }
+    }
+
+    /// How many sessions this node tracks.
+    pub(crate) fn tracked(&self) -> usize {
+        self.live().len()
+    }
+}
+
+impl<R: RegistryStore> Core<R> {
     /// The store write an operation stands for.
     fn write<'a>(&'a self, op: &'a Op) -> StoreWrite<'a> {
         let id = &*op.id;
         match &op.kind {
-            OpKind::Register(record) => StoreWrite::Register {
+            OpKind::Register(record, _) => StoreWrite::Register {
                 id,
                 record,
                 ttl: self.ttl,
@@ -227,10 +314,10 @@ impl<R: RegistryStore> Core<R> {
     fn settle(&self, op: &Op, done: bool) {
         let id = &*op.id;
         match &op.kind {
-            OpKind::Register(_) => {
+            OpKind::Register(_, ends) => {
                 if done {
                     self.counters.registered.fetch_add(1, Ordering::Relaxed);
-                    self.mark_live(id);
+                    self.mark_live(id, *ends);
                 } else {
                     tracing::warn!(node = %self.node, "a different record already exists for a new session id");
                 }
@@ -363,20 +450,66 @@ async fn refresher<R: RegistryStore>(core: Weak<Core<R>>) {
         let Some(c) = core.upgrade() else { return };
         let now = Instant::now();
         let due: Vec<Arc<str>> = {
-            let mut live = c
-                .live
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut live = c.live();
             live.iter_mut()
-                .filter(|(_, at)| now.duration_since(**at) >= c.ttl / 2)
-                .map(|(id, at)| {
-                    *at = now;
+                .filter(|(_, t)| now.duration_since(t.refreshed) >= c.ttl / 2)
+                .map(|(id, t)| {
+                    t.refreshed = now;
                     id.clone()
                 })
                 .collect()
         };
         for id in due {
             c.enqueue(&id, OpKind::Refresh);
+        }
+    }
+}
+
+/// Drops the sessions no close hook reports (an inner service of its own) once no request
+/// came for them for the idle bound: their records are removed if this node still owns them.
+/// An inner service's own expiry leaves no other trace, and without this the tracked set and
+/// the refreshed records would grow for ever.
+async fn idle_sweeper<R: RegistryStore>(core: Weak<Core<R>>) {
+    let period = match core.upgrade() {
+        Some(c) => (c.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(60)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(c) = core.upgrade() else { return };
+        if !c.tracks_requests() {
+            continue;
+        }
+        let now = Instant::now();
+        let idle: Vec<Arc<str>> = {
+            let mut live = c.live();
+            let idle: Vec<Arc<str>> = live
+                .iter()
+                .filter(|(_, t)| {
+                    t.seen
+                        .is_some_and(|seen| now.duration_since(seen) >= c.idle_timeout)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &idle {
+                live.remove(id);
+            }
+            crate::session::shrink_when_sparse(&mut live);
+            idle
+        };
+        if idle.is_empty() {
+            continue;
+        }
+        c.unreported.fetch_sub(idle.len(), Ordering::Relaxed);
+        c.counters
+            .idle_expired
+            .fetch_add(idle.len() as u64, Ordering::Relaxed);
+        tracing::debug!(node = %c.node, sessions = idle.len(), "idle sessions without a close hook dropped; their records are removed");
+        for id in idle {
+            c.enqueue(&id, OpKind::RemoveIfOwned);
         }
     }
 }
@@ -428,11 +561,14 @@ mod tests {
         core.start();
         for i in 0..1000 {
             let id = format!("s{i}");
-            core.enqueue(&id, OpKind::Register(SessionRecord::new("n1", "inc")));
+            core.enqueue(
+                &id,
+                OpKind::Register(SessionRecord::new("n1", "inc"), Ends::Hooked),
+            );
             core.enqueue(&id, OpKind::RemoveIfOwned);
         }
         assert!(core.flush(Duration::from_secs(10)).await);
-        let stats = core.counters.snapshot(core.pending());
+        let stats = core.counters.snapshot(core.pending(), core.tracked());
         assert_eq!(stats.dropped_ops, 0);
         assert_eq!(stats.registered, 1000);
         assert_eq!(stats.removed, 1000);

@@ -6,8 +6,11 @@ use std::{
 use http::{Method, Request, Response};
 use tower_service::Service;
 
-use super::{RegistryStore, ResponseFuture, queue::Core, queue::OpKind};
-use crate::{protocol::headers, session::SessionId};
+use super::{RegistryStore, ResponseFuture, future::PendingRemoval, queue::Core};
+use crate::{
+    protocol::headers,
+    session::{SessionId, SessionIdEnvelope},
+};
 
 /// The registry service. See [`SessionRegistryLayer`](super::SessionRegistryLayer) and the
 /// [module docs](crate::registry).
@@ -72,17 +75,41 @@ pub(crate) struct Ctx {
     /// header value itself (a reference-counted view of the request's bytes), no copy of the
     /// id on the hot path.
     sid: Option<http::HeaderValue>,
+    /// The affinity layer's envelope (envelope mode only): records are keyed by the id the
+    /// client uses, the *wire id*, which every node sees the same.
+    envelope: Option<SessionIdEnvelope>,
     pub(crate) delete: bool,
 }
 
 impl Ctx {
-    /// The request's session id, if it is a valid one (validated here, when a response needs
-    /// it, rather than on every request).
-    pub(crate) fn sid(&self) -> Option<&str> {
+    /// The request's session id as the inner service sees it, if it is a valid one (validated
+    /// here, when a response needs it, rather than on every request).
+    pub(crate) fn inner_sid(&self) -> Option<&str> {
         self.sid
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .filter(|s| SessionId::is_valid(s))
+    }
+
+    /// The request's session id as the client sent it (the wire id: what records are keyed
+    /// by), if it is a valid one.
+    pub(crate) fn sid(&self) -> Option<&str> {
+        match self.envelope.as_ref().and_then(SessionIdEnvelope::wire_id) {
+            Some(wire) => Some(wire).filter(|s| SessionId::is_valid(s)),
+            None => self.inner_sid(),
+        }
+    }
+
+    /// The wire id of a session id the inner service minted.
+    pub(crate) fn wire_of(&self, minted: &str) -> Arc<str> {
+        self.envelope
+            .as_ref()
+            .and_then(|e| e.wrap(minted))
+            .map_or_else(|| minted.into(), Into::into)
+    }
+
+    pub(crate) fn envelope(&self) -> Option<&SessionIdEnvelope> {
+        self.envelope.as_ref()
     }
 }
 
@@ -113,22 +140,30 @@ where
         let sid = req.headers().get(headers::MCP_SESSION_ID).cloned();
         let ctx = Ctx {
             sid,
+            envelope: req.extensions().get::<SessionIdEnvelope>().cloned(),
             delete: req.method() == Method::DELETE,
         };
-        if ctx.delete
+        if self.core.tracks_requests()
             && let Some(sid) = ctx.sid()
         {
-            // ADR-0066: the record goes whatever the local close returns (the session may live on
-            // another node or in a previous process). Enqueued now, so a client that hangs up
-            // mid-request cannot cancel it.
-            self.core.forget(sid);
-            self.core.enqueue(sid, OpKind::Remove);
-            tracing::debug!(session = %crate::session::Fingerprint::of(sid), "session record removal queued (DELETE)");
+            // Some sessions have no close hook: note the request for the idle bound.
+            self.core.touch(sid);
         }
         if !ctx.delete && is_modern(req.headers()) {
             return ResponseFuture::passthrough(self.inner.call(req));
         }
+        // ADR-0066: a DELETE removes the record whatever the local close returns (the session
+        // may live on another node or in a previous process), but only once the inner service
+        // has answered and did not refuse the request (a bad `Origin` or `Host`, another
+        // principal: see `Refusal`). A client that hangs up before the answer still gets the
+        // record removed: the pending removal is queued when the future is dropped.
+        let removal = if ctx.delete {
+            ctx.sid()
+                .map(|sid| PendingRemoval::new(self.core.clone(), sid.into()))
+        } else {
+            None
+        };
         let fut = self.inner.call(req);
-        ResponseFuture::new(fut, self.core.clone(), ctx)
+        ResponseFuture::new(fut, self.core.clone(), ctx, removal)
     }
 }

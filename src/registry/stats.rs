@@ -14,6 +14,10 @@ pub(crate) struct Counters {
     pub(crate) dropped_ops: AtomicU64,
     pub(crate) stale_removed: AtomicU64,
     pub(crate) refused: AtomicU64,
+    pub(crate) inner_ended: AtomicU64,
+    pub(crate) idle_expired: AtomicU64,
+    pub(crate) lookups_limited: AtomicU64,
+    pub(crate) known_misses: AtomicU64,
 }
 
 /// A snapshot of a registry's counters.
@@ -55,10 +59,24 @@ pub struct RegistryStats {
     pub stale_removed: u64,
     /// `initialize` requests refused with `503` in fail-closed mode.
     pub refused: u64,
+    /// Sessions this node registered that the inner service ended on its own, learnt from its
+    /// `404` for their id (no store lookup is made for them).
+    pub inner_ended: u64,
+    /// Sessions without a close hook (an inner service of its own, such as rmcp) dropped after
+    /// the idle bound ([`with_idle_timeout`](super::SessionRegistryLayer::with_idle_timeout)).
+    pub idle_expired: u64,
+    /// Sessions this node registered and still tracks.
+    pub tracked: u64,
+    /// `404`s answered "unknown" without a store lookup because lookups were over their rate
+    /// ([`with_lookup_rate`](super::SessionRegistryLayer::with_lookup_rate)).
+    pub lookups_limited: u64,
+    /// `404`s answered "unknown" from the cache of ids the store did not know
+    /// ([`with_negative_cache`](super::SessionRegistryLayer::with_negative_cache)).
+    pub known_misses: u64,
 }
 
 impl Counters {
-    pub(crate) fn snapshot(&self, pending: u64) -> RegistryStats {
+    pub(crate) fn snapshot(&self, pending: u64, tracked: usize) -> RegistryStats {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RegistryStats {
             registered: r(&self.registered),
@@ -73,6 +91,11 @@ impl Counters {
             dropped_ops: r(&self.dropped_ops),
             stale_removed: r(&self.stale_removed),
             refused: r(&self.refused),
+            inner_ended: r(&self.inner_ended),
+            idle_expired: r(&self.idle_expired),
+            tracked: tracked as u64,
+            lookups_limited: r(&self.lookups_limited),
+            known_misses: r(&self.known_misses),
         }
     }
 }

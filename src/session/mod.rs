@@ -15,6 +15,7 @@
 //! ```
 
 mod context;
+mod envelope;
 mod handle;
 mod id;
 pub(crate) mod log;
@@ -22,6 +23,7 @@ mod table;
 
 pub(crate) use context::LogRef;
 pub use context::RequestContext;
+pub use envelope::SessionIdEnvelope;
 pub use handle::{CloseReason, SendError, Session};
 pub(crate) use handle::{SessionConfig, encode_message};
 pub(crate) use id::random_token;

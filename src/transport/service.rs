@@ -22,8 +22,8 @@ use super::{
 use crate::{
     BoxError,
     protocol::{
-        self, Era, Message, MessageKind, ProtocolVersion, Rejection, RequestId, codes, error_body,
-        headers, peek_error_code, peek_initialize_result,
+        self, Era, Message, MessageKind, ProtocolVersion, Refusal, Rejection, RequestId, codes,
+        error_body, headers, peek_error_code, peek_initialize_result,
     },
     session::{
         CloseReason, LogRef, RequestContext, Session,
@@ -189,7 +189,8 @@ fn check_security(shared: &Shared, parts: &Parts) -> Result<(), Rejection> {
             StatusCode::MISDIRECTED_REQUEST,
             codes::INVALID_REQUEST,
             "host not allowed",
-        ));
+        )
+        .with_refusal(Refusal::Host));
     }
     if let Some(origin) = parts.headers.get(header::ORIGIN) {
         let ok = origin.to_str().is_ok_and(|o| cfg.origins.allows(o, host));
@@ -199,7 +200,8 @@ fn check_security(shared: &Shared, parts: &Parts) -> Result<(), Rejection> {
                 StatusCode::FORBIDDEN,
                 codes::INVALID_REQUEST,
                 "origin not allowed",
-            ));
+            )
+            .with_refusal(Refusal::Origin));
         }
     }
     Ok(())
@@ -260,7 +262,7 @@ fn lookup(shared: &Shared, parts: &Parts) -> Result<Lookup, Rejection> {
         && extractor.principal(parts).as_deref() != session.inner.principal.as_deref()
     {
         tracing::warn!(session = %session.id(), "session used by another principal");
-        return Err(not_found());
+        return Err(not_found().with_refusal(Refusal::Principal));
     }
     session.touch(shared.now_ms());
     Ok(Lookup::Found(session))
