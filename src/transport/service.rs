@@ -142,6 +142,10 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (parts, body) = req.into_parts();
+        // Before anything reads a header: a repeated one is ambiguous (see `protocol::single`).
+        if let Err(r) = protocol::single::check(&parts.headers, &protocol::single::TRANSPORT) {
+            return ResponseFuture::ready(reject(r));
+        }
         if let Err(r) = check_security(&self.shared, &parts) {
             return ResponseFuture::ready(reject(r));
         }
