@@ -656,3 +656,144 @@ async fn initialize_with_malformed_params_is_invalid_params_and_mints_nothing() 
     assert_eq!(res.status(), 200);
     assert_eq!(handle.session_count(), 1);
 }
+
+// ---- The standalone GET stream, replaced by a resuming GET ----------------------------------
+
+/// Reads SSE events from an in-process response body, each read within the deadline.
+struct Events<B> {
+    body: B,
+    buf: String,
+}
+
+impl<B> Events<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Debug,
+{
+    fn new(res: Response<B>) -> Self {
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        Self {
+            body: res.into_body(),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event or comment block (`(id, data)`), `None` at the end of the body.
+    async fn next(&mut self) -> Option<(Option<String>, String)> {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let mut id = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                return Some((id, data));
+            }
+            let frame = tokio::time::timeout(DEADLINE, self.body.frame())
+                .await
+                .expect("SSE frame within the deadline")?
+                .expect("body");
+            if let Ok(data) = frame.into_data() {
+                self.buf.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+
+    /// The next event with data (skips priming events and keep-alives).
+    async fn message(&mut self) -> Option<(Option<String>, Value)> {
+        loop {
+            let (id, data) = self.next().await?;
+            if !data.is_empty() {
+                return Some((id, serde_json::from_str(&data).expect("JSON data")));
+            }
+        }
+    }
+}
+
+fn get(sid: &str, last_event_id: Option<&str>) -> Req {
+    let mut h = vec![
+        ("host", "localhost"),
+        ("accept", "text/event-stream"),
+        ("mcp-session-id", sid),
+    ];
+    if let Some(id) = last_event_id {
+        h.push(("last-event-id", id));
+    }
+    request(Method::GET, &h, None)
+}
+
+#[tokio::test]
+async fn a_resuming_get_replaces_the_standalone_stream_and_replays_from_its_id() {
+    let (svc, _handle, _calls) = transport();
+    let res = send(&svc, post(&initialize(), &[])).await;
+    let session = res
+        .extensions()
+        .get::<mcp_affinity::session::Session>()
+        .expect("session")
+        .clone();
+    let sid = res.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    body_of(res).await;
+    let say = |n: i64| {
+        session
+            .notify("notifications/message", Some(json!({"n": n})))
+            .expect("notify")
+    };
+
+    // The first stream: its priming event names the standalone stream.
+    let mut first = Events::new(send(&svc, get(&sid, None)).await);
+    let (priming, data) = first.next().await.expect("priming event");
+    assert!(data.is_empty());
+    let priming = priming.expect("priming id");
+    say(1);
+    let (seen, msg) = first.message().await.expect("first message");
+    assert_eq!(msg["params"]["n"], 1);
+    let seen = seen.expect("event id");
+    // Sent while the client is away; the first stream is still registered (as behind a proxy
+    // that has not noticed the client hang up).
+    say(2);
+
+    // A second stream without Last-Event-ID while the first is live: 409.
+    let res = send(&svc, get(&sid, None)).await;
+    assert_eq!(error_of(res).await.0, 409);
+    // A stream resuming another session's or an unknown stream is not a resumption: 409 too.
+    let res = send(&svc, get(&sid, Some("99-0"))).await;
+    assert_eq!(error_of(res).await.0, 409);
+
+    // Resuming the standalone stream replaces the first: the first ends, the new one replays
+    // what followed the id.
+    let mut second = Events::new(send(&svc, get(&sid, Some(&seen))).await);
+    let (_, msg) = second.message().await.expect("replayed message");
+    assert_eq!(msg["params"]["n"], 2, "replayed from the id");
+    assert!(first.message().await.is_none(), "the replaced stream ended");
+    say(3);
+    let (_, msg) = second.message().await.expect("live message");
+    assert_eq!(msg["params"]["n"], 3);
+
+    // Resuming from the priming id replays everything after it, again replacing.
+    let mut third = Events::new(send(&svc, get(&sid, Some(&priming))).await);
+    let mut got = vec![];
+    for _ in 0..3 {
+        let (_, msg) = third.message().await.expect("replay");
+        got.push(msg["params"]["n"].as_i64().expect("n"));
+    }
+    assert_eq!(got, [1, 2, 3]);
+    assert!(
+        second.message().await.is_none(),
+        "the replaced stream ended"
+    );
+    let res = send(&svc, get(&sid, None)).await;
+    assert_eq!(
+        error_of(res).await.0,
+        409,
+        "still exclusive without Last-Event-ID"
+    );
+}
