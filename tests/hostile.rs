@@ -503,6 +503,13 @@ async fn registry_refuses_a_repeated_session_id_or_version_and_removes_nothing()
         (
             post(
                 &ping(1),
+                &[("mcp-session-id", "other"), ("mcp-session-id", live)],
+            ),
+            -32600,
+        ),
+        (
+            post(
+                &ping(1),
                 &[
                     ("mcp-session-id", live),
                     ("mcp-protocol-version", V),
@@ -532,6 +539,8 @@ async fn registry_refuses_a_repeated_session_id_or_version_and_removes_nothing()
         "nothing reached the inner service"
     );
     assert!(layer.handle().flush(DEADLINE).await, "writes landed");
+    let stats = layer.handle().stats();
+    assert_eq!((stats.removed, stats.unknown), (0, 0), "{stats:?}");
     assert!(
         store.lookup(live).await.expect("lookup").is_some(),
         "the record is still there"
