@@ -806,3 +806,106 @@ async fn a_resuming_get_replaces_the_standalone_stream_and_replays_from_its_id()
         "still exclusive without Last-Event-ID"
     );
 }
+
+// ---- On the wire: the whole stack behind hyper -----------------------------------------------
+
+/// A raw HTTP/1.1 exchange (the request as written, so a header can be sent twice the way a
+/// CRLF injection in a client library sends it); the whole response, within the deadline.
+async fn raw_exchange(addr: std::net::SocketAddr, request: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.expect("read");
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("exchange within the deadline")
+}
+
+fn raw_post(extra_headers: &str, body: &Value) -> String {
+    let body = body.to_string();
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: {ACCEPT_BOTH}\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn an_injected_second_session_id_is_refused_by_the_whole_stack() {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::conn::auto,
+        service::TowerToHyperService,
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let mut transport = SseTransportLayer::new().build().expect("config");
+    let handle = transport.handle().expect("handle");
+    let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a")
+        .build()
+        .expect("config");
+    let svc = tower::ServiceBuilder::new()
+        .layer(SessionAffinityLayer::new(NodeTag::new("n1").expect("tag")))
+        .layer(registry)
+        .layer(transport)
+        .service(handler_fn(move |req: HandlerRequest, _cx| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok(match req.method.as_str() {
+                    "initialize" => {
+                        json!({"protocolVersion": V, "capabilities": {}, "serverInfo": {"name": "t", "version": "1"}})
+                    }
+                    _ => json!({}),
+                })
+            }
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+
+    let res = raw_exchange(addr, raw_post("", &initialize())).await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    let sid = res
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mcp-session-id:")
+                .then(|| l["mcp-session-id:".len()..].trim().to_owned())
+        })
+        .expect("a session id");
+    let before = calls.load(Ordering::SeqCst);
+    let injected = format!("Mcp-Session-Id: {sid}\r\nMcp-Session-Id: n2.injected\r\n");
+    let res = raw_exchange(addr, raw_post(&injected, &ping(1))).await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    let body = &res[res.find("\r\n\r\n").expect("a body") + 4..];
+    let v: Value = serde_json::from_str(body.trim()).expect("a JSON-RPC error body");
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    assert_eq!(v["error"]["data"]["header"], "mcp-session-id", "{v}");
+    assert_eq!(calls.load(Ordering::SeqCst), before, "no handler ran");
+    // The session itself is untouched.
+    let res = raw_exchange(
+        addr,
+        raw_post(&format!("Mcp-Session-Id: {sid}\r\n"), &ping(2)),
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert_eq!(handle.session_count(), 1);
+    server.abort();
+}
