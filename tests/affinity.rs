@@ -346,7 +346,7 @@ async fn no_cookie_when_the_request_has_this_nodes_cookie() {
         vec!["_mcp_backend=n1"],
         vec!["a=1; _mcp_backend=n1; b=2"],
         vec!["a=1", "_mcp_backend=n1"],
-        vec!["_mcp_backend=n2; _mcp_backend=n1"],
+        vec!["_mcp_backend=n1", "_mcp_backend=n1"],
     ] {
         let mut req = srv.post("/mcp");
         for c in &cookies {

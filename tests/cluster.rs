@@ -6,6 +6,7 @@
 //! | test | balancer | what it shows |
 //! |---|---|---|
 //! | `header_mode_real_clients_stay_on_one_node` | header | the TypeScript and Python SDK clients complete full sessions, every response from one node |
+//! | `header_mode_ts_client_resumes_its_dropped_standalone_stream` | header | the TypeScript SDK client drops its standalone GET; its own reconnection (`Last-Event-ID`) replaces the stream the node still holds and gets what was sent meanwhile |
 //! | `cookie_mode_pins_cookie_keeping_clients_only` | cookie | the Python client (keeps cookies) stays pinned; what the TypeScript client (no cookies) gets is recorded |
 //! | `non_mcp_paths_round_robin_without_cookie` | header | `/graphql` reaches all three nodes and never gets a cookie |
 //! | `killed_node_fails_over_and_is_cleaned_up` | header | SIGKILL of a session's node: 404 `misrouted` from a live node, new session, records gone after the restart; recovery time printed |
@@ -455,6 +456,71 @@ async fn header_mode_real_clients_stay_on_one_node() {
     }
     // Both clients sent DELETE: no record is left.
     wait_records(&cluster, &BTreeSet::new(), "after the clients' DELETE").await;
+    no_panics(&cluster);
+}
+
+// ---------------------------------------------------------------------------------------------
+// a2. Header mode: the TS SDK client gets its dropped standalone stream back
+// ---------------------------------------------------------------------------------------------
+
+/// Through HAProxy, the node learns late that a client dropped its standalone GET (when a
+/// write fails). The SDK reconnects with `Last-Event-ID` at once; that GET replaces the
+/// stream the node still holds (instead of a `409` for every retry until the SDK gives up),
+/// and the notification sent while the client was away is replayed on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_mode_ts_client_resumes_its_dropped_standalone_stream() {
+    let _serial = exclusive().await;
+    let Some(dir) = ts_client_dir() else {
+        return;
+    };
+    let Some(cluster) = Cluster::start("standalone-reconnect", Balancer::Header, &[]).await else {
+        return;
+    };
+    let url = cluster.lb.mcp_url();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(dir.join("standalone_reconnect.mjs"))
+        .arg(&url)
+        .current_dir(&dir);
+    let what = "TS SDK client reconnecting its standalone stream via HAProxy";
+    let run = run_client(cmd, what).await;
+    assert!(
+        run.success,
+        "{what} failed ({})\n--- stderr ---\n{}\n--- stdout ---\n{}",
+        run.status, run.stderr, run.stdout
+    );
+    let report = run
+        .report
+        .unwrap_or_else(|| panic!("{what}: no JSON report\n{}", run.stdout));
+    eprintln!("{what}: {report}");
+    assert_eq!(report["protocol_version"], Value::from(LEGACY), "{report}");
+    let gets = report["gets"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        gets.len(),
+        3,
+        "one GET, then one reconnection per drop: {report}"
+    );
+    assert_eq!(gets[0]["last_event_id"], Value::Null, "{report}");
+    for get in &gets {
+        assert_eq!(
+            get["status"],
+            Value::from(200),
+            "every GET, no 409: {report}"
+        );
+        assert_eq!(get["node"], gets[0]["node"], "{report}");
+    }
+    for get in &gets[1..] {
+        assert!(
+            get["last_event_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("0-")),
+            "a reconnection resumes the standalone stream: {report}"
+        );
+    }
+    assert_eq!(
+        report["messages"],
+        json!(["while-away-1", "before", "while-away-2", "after"]),
+        "nothing lost, nothing twice: {report}"
+    );
     no_panics(&cluster);
 }
 

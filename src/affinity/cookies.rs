@@ -8,11 +8,16 @@ use crate::session::NodeTag;
 pub(crate) const MAX_COOKIE_HEADER_BYTES: usize = 4096;
 
 /// What a request's `Cookie` headers say about affinity.
+///
+/// Several affinity cookies may arrive (a browser sends one per matching `Path`/`Domain`,
+/// HTTP/2 splits cookies over lines). They count only when every valid one names the same
+/// node: when they disagree, a balancer in front may have followed any of them, so they
+/// confirm no node (`here` and `other` stay unset) and the node sets its cookie again.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct CookieView {
-    /// A valid cookie names this node.
+    /// The valid cookies name this node (and no other).
     pub(crate) here: bool,
-    /// The first valid cookie naming another node.
+    /// The valid cookies name this other node (and no other).
     pub(crate) other: Option<String>,
     /// Affinity cookies ignored: values that are not a node tag, and oversized or non-text
     /// header lines that mention the cookie's name.
@@ -22,6 +27,7 @@ pub(crate) struct CookieView {
 /// Reads every `Cookie` header line (HTTP/2 may split cookies over several).
 pub(crate) fn read(headers: &HeaderMap, name: &str, here: &NodeTag) -> CookieView {
     let mut view = CookieView::default();
+    let mut disagree = false;
     for line in headers.get_all(header::COOKIE) {
         let bytes = line.as_bytes();
         // Cheap filter: most lines carry only other cookies.
@@ -41,13 +47,18 @@ pub(crate) fn read(headers: &HeaderMap, name: &str, here: &NodeTag) -> CookieVie
             if value == here.as_str() {
                 view.here = true;
             } else if NodeTag::is_valid(value) {
-                if view.other.is_none() {
-                    view.other = Some(value.to_owned());
+                match &view.other {
+                    None => view.other = Some(value.to_owned()),
+                    Some(o) => disagree |= o != value,
                 }
             } else {
                 view.malformed += 1;
             }
         }
+    }
+    if disagree || (view.here && view.other.is_some()) {
+        view.here = false;
+        view.other = None;
     }
     view
 }
@@ -99,9 +110,22 @@ mod tests {
         assert_eq!(view(&[]), CookieView::default());
         assert!(view(&[b"a=1; _mcp_backend=n1"]).here);
         assert!(view(&[b"a=1", b"_mcp_backend=n1"]).here);
-        let v = view(&[b"_mcp_backend=n2; _mcp_backend=n1"]);
-        assert!(v.here);
+        // Cookies that disagree confirm no node.
+        assert_eq!(
+            view(&[b"_mcp_backend=n2; _mcp_backend=n1"]),
+            CookieView::default()
+        );
+        assert_eq!(
+            view(&[b"_mcp_backend=n1", b"_mcp_backend=n2"]),
+            CookieView::default()
+        );
+        assert_eq!(
+            view(&[b"_mcp_backend=n2; _mcp_backend=n3"]),
+            CookieView::default()
+        );
+        let v = view(&[b"_mcp_backend=n2", b"_mcp_backend=n2"]);
         assert_eq!(v.other.as_deref(), Some("n2"));
+        assert!(view(&[b"_mcp_backend=n1; _mcp_backend=n1"]).here);
         let v = view(&[b"_mcp_backend=n2"]);
         assert!(!v.here);
         assert_eq!(v.other.as_deref(), Some("n2"));

@@ -12,12 +12,14 @@ use super::{
     ResponseBody,
     service::{Finish, misrouted_response},
 };
+use crate::protocol::Rejection;
 
 pin_project! {
     /// Response future of [`SessionAffinity`](super::SessionAffinity).
     ///
     /// It polls the inner service's future and then adds the cookie, the envelope and the
-    /// misroute hint to the response; a strict-mode `404` is ready at once.
+    /// misroute hint to the response; a strict-mode `404` (or the `400` for a repeated
+    /// singleton header) is ready at once.
     ///
     /// # Example
     ///
@@ -45,6 +47,7 @@ pin_project! {
         PassThrough { #[pin] future: F },
         Legacy { #[pin] future: F, finish: Option<Finish> },
         Rejected { finish: Option<Finish> },
+        Refused { rejection: Option<Rejection> },
     }
 }
 
@@ -64,6 +67,14 @@ impl<F> ResponseFuture<F> {
         }
     }
 
+    pub(crate) fn refused(rejection: Rejection) -> Self {
+        Self {
+            kind: Kind::Refused {
+                rejection: Some(rejection),
+            },
+        }
+    }
+
     pub(crate) fn rejected(finish: Finish) -> Self {
         Self {
             kind: Kind::Rejected {
@@ -79,6 +90,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
             Kind::PassThrough { .. } => "pass_through",
             Kind::Legacy { .. } => "legacy",
             Kind::Rejected { .. } => "rejected",
+            Kind::Refused { .. } => "refused",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
@@ -112,6 +124,10 @@ where
                     Poll::Ready(Ok(res))
                 }
                 // Polled again after completion.
+                None => Poll::Pending,
+            },
+            KindProj::Refused { rejection } => match rejection.take() {
+                Some(r) => Poll::Ready(Ok(r.into_response(ResponseBody::full))),
                 None => Poll::Pending,
             },
         }

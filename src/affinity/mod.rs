@@ -23,6 +23,7 @@
 //! | request | treatment |
 //! |---|---|
 //! | path outside the scope (default `/mcp`: `/mcp` and `/mcp/…`, not `/mcpx`) | untouched, no cookie |
+//! | in scope, with a repeated `Mcp-Session-Id` or `MCP-Protocol-Version` header | `400` with a JSON-RPC error (`-32600`, or `-32020` when a copy names the modern era), inner not called, no cookie |
 //! | `POST` with `MCP-Protocol-Version` ≥ `2026-07-28` (modern era, stateless) | untouched, no cookie |
 //! | anything else in scope (legacy era) | the cookie unless the request carries this node's; the envelope in envelope mode; misroute detection |
 //!
@@ -43,7 +44,10 @@
 //!
 //! Cookies are read following RFC 6265 §4.2.1 and never trusted: a value that is not a valid node
 //! tag, or a `Cookie` header line over 4096 bytes, is ignored and counted
-//! ([`AffinityStats`]); incoming cookies are never echoed.
+//! ([`AffinityStats`]); incoming cookies are never echoed. Several affinity cookies (one per
+//! matching `Path`, or split over HTTP/2 lines) count only when they name the same node: when
+//! they disagree, a balancer may have followed any of them, so they confirm no node (no cookie
+//! misroute) and the node's cookie is set again.
 //!
 //! # Example
 //!

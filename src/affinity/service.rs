@@ -140,6 +140,7 @@ where
             Decision::PassThrough => ResponseFuture::pass_through(self.inner.call(req)),
             Decision::Legacy(finish) => ResponseFuture::legacy(self.inner.call(req), finish),
             Decision::Reject(finish) => ResponseFuture::rejected(finish),
+            Decision::Refuse(rejection) => ResponseFuture::refused(rejection),
         }
     }
 }
@@ -152,6 +153,8 @@ pub(crate) enum Decision {
     Legacy(Finish),
     /// Strict mode: answer `404` without calling inner.
     Reject(Finish),
+    /// A repeated singleton header: answer `400` without calling inner (no cookie).
+    Refuse(Rejection),
 }
 
 /// What to do to a legacy response.
@@ -193,7 +196,16 @@ pub(crate) fn misrouted_response() -> Rejection {
 
 fn inspect<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> Decision {
     let cfg = &shared.config;
-    if !in_scope(req.uri().path(), &cfg.scope) || is_modern(req) {
+    if !in_scope(req.uri().path(), &cfg.scope) {
+        return Decision::PassThrough;
+    }
+    // Before the era or the session id is read: with two copies, a balancer in front may
+    // have routed on the other one.
+    if let Err(r) = crate::protocol::single::check(req.headers(), &crate::protocol::single::ROUTING)
+    {
+        return Decision::Refuse(r);
+    }
+    if is_modern(req) {
         return Decision::PassThrough;
     }
 

@@ -133,17 +133,8 @@ pub(crate) fn classify_post(
         )
         .with_id(id));
     }
-    // Mcp-Method and Mcp-Name (SEP-2243).
-    // A repeated mirrored header is ambiguous: whoever routes on it may read another copy.
-    for name in [
-        headers::MCP_PROTOCOL_VERSION,
-        headers::MCP_METHOD,
-        headers::MCP_NAME,
-    ] {
-        if h.get_all(&name).iter().nth(1).is_some() {
-            return Err(mismatch("repeated MCP header").with_id(id));
-        }
-    }
+    // Mcp-Method and Mcp-Name (SEP-2243). The transport refused repeated copies of them (and
+    // of `MCP-Protocol-Version`) before reading the body: see `single::check`.
     let method = msg.method().unwrap_or_default();
     if msg.id().is_some() {
         match h.get(headers::MCP_METHOD).map(|v| v.to_str()) {

@@ -16,6 +16,7 @@ mod classify;
 mod error;
 mod message;
 mod refusal;
+pub(crate) mod single;
 mod version;
 
 pub(crate) use classify::{REMOVED_IN_MODERN, classify_post, header_version};

@@ -16,7 +16,7 @@ use super::{
     service::Ctx,
 };
 use crate::{
-    protocol::{Refusal, codes, error_body, headers},
+    protocol::{Refusal, Rejection, codes, error_body, headers},
     session::{CloseReason, Fingerprint, Session, SessionId},
 };
 
@@ -117,6 +117,7 @@ pin_project! {
         Inner { #[pin] fut: F },
         Lookup { fut: BoxFuture<SessionLookup>, parts: Option<http::response::Parts> },
         Register { fut: BoxFuture<bool>, response: Option<Response<B>> },
+        Refused { rejection: Option<Rejection> },
     }
 }
 
@@ -130,6 +131,18 @@ impl<F, B, R> ResponseFuture<F, B, R> {
     pub(crate) fn passthrough(fut: F) -> Self {
         Self {
             state: State::Inner { fut },
+            core: None,
+            ctx: None,
+            removal: None,
+        }
+    }
+
+    /// A request refused before the inner service was called.
+    pub(crate) fn refused(rejection: Rejection) -> Self {
+        Self {
+            state: State::Refused {
+                rejection: Some(rejection),
+            },
             core: None,
             ctx: None,
             removal: None,
@@ -427,6 +440,12 @@ where
                         fut,
                         response: Some(res),
                     });
+                }
+                StateProj::Refused { rejection } => {
+                    return match rejection.take() {
+                        Some(r) => Poll::Ready(Ok(r.into_response(ResponseBody::full))),
+                        None => Poll::Pending,
+                    };
                 }
                 StateProj::Lookup { fut, parts } => {
                     let outcome = ready!(fut.as_mut().poll(cx));

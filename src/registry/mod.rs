@@ -35,6 +35,9 @@
 //! - **Store down.** Existing sessions are unaffected, new ones are served (fail-open), the
 //!   `404` path answers *unknown*. A store error never becomes a `500`.
 //! - **Modern era.** `2026-07-28` requests pass through untouched.
+//! - **Repeated headers.** A request with two `Mcp-Session-Id` or `MCP-Protocol-Version`
+//!   headers is answered `400` with a JSON-RPC error before anything is read or removed (a
+//!   balancer in front may have read the other copy); the inner service is not called.
 //!
 //! Stores: [`MemoryStore`] (embedded default: one process, several nodes may share it) and,
 //! with the `redis` feature (on by default), [`RedisStore`] (single server or Redis Cluster

@@ -137,6 +137,13 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         self.core.start();
+        // Before the session id is read (and a DELETE's removal queued): with two copies, a
+        // balancer in front and the node may disagree on the session.
+        if let Err(r) =
+            crate::protocol::single::check(req.headers(), &crate::protocol::single::ROUTING)
+        {
+            return ResponseFuture::refused(r);
+        }
         let sid = req.headers().get(headers::MCP_SESSION_ID).cloned();
         let ctx = Ctx {
             sid,

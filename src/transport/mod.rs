@@ -18,8 +18,9 @@
 //! |---|---|---|
 //! | `POST initialize` | creates a session, `Mcp-Session-Id` on success | `404`/`-32601` |
 //! | `POST` other | needs `Mcp-Session-Id` (`400` without, `404` unknown) | stateless, headers validated |
-//! | `GET` | standalone stream, `Last-Event-ID` resumption, `409` for a second | `405` |
+//! | `GET` | standalone stream, `Last-Event-ID` resumption, `409` for a second (a `GET` whose `Last-Event-ID` names the standalone stream replaces it: the old one ends, the new one replays from the id) | `405` |
 //! | `DELETE` | closes the session | `405` |
+//! | any, with a repeated singleton header (`Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`, `Last-Event-ID`, `Host`, `Origin`, `Content-Type`) | `400`/`-32600` | `400`/`-32020` |
 //!
 //! # Example
 //!
@@ -50,7 +51,7 @@
 //!     .header("accept", "application/json, text/event-stream")
 //!     .header("content-type", "application/json")
 //!     .body(Full::new(Bytes::from(
-//!         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#,
+//!         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#,
 //!     )))?;
 //! let res = ServiceExt::<http::Request<Full<Bytes>>>::ready(&mut svc).await?.call(req).await?;
 //! assert_eq!(res.status(), 200);

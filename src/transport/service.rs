@@ -142,6 +142,10 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (parts, body) = req.into_parts();
+        // Before anything reads a header: a repeated one is ambiguous (see `protocol::single`).
+        if let Err(r) = protocol::single::check(&parts.headers, &protocol::single::TRANSPORT) {
+            return ResponseFuture::ready(reject(r));
+        }
         if let Err(r) = check_security(&self.shared, &parts) {
             return ResponseFuture::ready(reject(r));
         }
@@ -886,6 +890,69 @@ where
     }
 }
 
+/// Checks an `initialize`'s params as the transport relies on them: an object with a string
+/// `protocolVersion`, an object `capabilities` and a `clientInfo` object with string `name`
+/// and `version` (every revision requires all three). Anything else is `-32602`, before a
+/// session exists or the handler runs.
+fn check_initialize_params(msg: &Message, peek: &protocol::ParamsPeek) -> Result<(), Rejection> {
+    use serde_json::Value;
+    let invalid = |m: &'static str| bad_request(codes::INVALID_PARAMS, m);
+    let is_object = msg
+        .params()
+        .is_some_and(|p| p.get().trim_start().starts_with('{'));
+    if !is_object {
+        return Err(invalid("initialize needs params (an object)"));
+    }
+    if !matches!(peek.protocol_version, Some(Value::String(_))) {
+        return Err(invalid(
+            "initialize needs params.protocolVersion (a string)",
+        ));
+    }
+    if !matches!(peek.capabilities, Some(Value::Object(_))) {
+        return Err(invalid("initialize needs params.capabilities (an object)"));
+    }
+    let info_ok = match &peek.client_info {
+        Some(Value::Object(info)) => {
+            matches!(info.get("name"), Some(Value::String(_)))
+                && matches!(info.get("version"), Some(Value::String(_)))
+        }
+        _ => false,
+    };
+    if !info_ok {
+        return Err(invalid(
+            "initialize needs params.clientInfo (an object with string name and version)",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the request's `Mcp-Session-Id` names a live session of this node (that its
+/// principal may use): an `initialize` carrying it is refused, it would mint a second session
+/// for one client. Read without touching the session. An id this node does not hold (unknown,
+/// closed, another principal's, or not an id) names nothing to disagree about: the
+/// `initialize` is served as if the header were absent.
+fn holds_live_session(shared: &Shared, parts: &Parts) -> bool {
+    let Some(id) = parts
+        .headers
+        .get(headers::MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(session) = shared.sessions.get(id) else {
+        return false;
+    };
+    if session.is_closed() {
+        return false;
+    }
+    match &shared.config.principal {
+        Some(extractor) => {
+            extractor.principal(parts).as_deref() == session.inner.principal.as_deref()
+        }
+        None => true,
+    }
+}
+
 async fn initialize<S, ResBody>(
     shared: &Arc<Shared>,
     inner: S,
@@ -902,6 +969,17 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let id = msg.id().cloned();
+    if let Err(r) = check_initialize_params(&msg, &peek) {
+        return Ok(Err(r.with_id(id)));
+    }
+    if holds_live_session(shared, &parts) {
+        tracing::debug!("initialize refused: it carries the id of a live session");
+        return Ok(Err(bad_request(
+            codes::INVALID_REQUEST,
+            "initialize on a live session: the session is already initialized (send initialize without Mcp-Session-Id to start another)",
+        )
+        .with_id(id)));
+    }
     if shared.draining.load(Ordering::Acquire) {
         return Ok(Err(Rejection::new(
             StatusCode::SERVICE_UNAVAILABLE,
