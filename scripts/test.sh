@@ -130,6 +130,12 @@ STEP_LABEL="cargo test --all-features --no-fail-fast (log: target/test-logs/carg
 run_step arbitrary-precision cargo test --all-features --features serde_json/arbitrary_precision \
     --lib --test transport --test modern -q
 
+# Chaos: three nodes behind HAProxy with a real Redis, under the load generator, while Redis is
+# killed, paused and restarted and nodes are killed and restarted; fails on any error outside a
+# killed node's sessions and on any registry key left once everything closed. Reuses the node
+# the build step built (debug) and builds bench/loadgen once.
+run_step chaos scripts/chaos.sh 60
+
 if ((QUICK == 0)); then
     run_step clippy cargo clippy --all-targets --all-features -- -D warnings
     run_step fmt cargo fmt --all -- --check
