@@ -184,7 +184,7 @@ enum Failed {
 }
 
 fn call_body(id: u64) -> Bytes {
-    if id % 2 == 0 {
+    if id.is_multiple_of(2) {
         Bytes::from(format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"chaos"}}}}}}"#
         ))
@@ -194,7 +194,11 @@ fn call_body(id: u64) -> Bytes {
 }
 
 async fn call(conn: &mut Conn, target: &Target, s: &Session, id: u64) -> Result<(), Failed> {
-    let method = if id % 2 == 0 { "tools/call" } else { "ping" };
+    let method = if id.is_multiple_of(2) {
+        "tools/call"
+    } else {
+        "ping"
+    };
     let req = client::post(target, Some(s), call_body(id), method, Some("echo"));
     let answer = tokio::time::timeout(TIMEOUT, async {
         let res = conn.send(req).await.map_err(Failed::Other)?;
@@ -250,7 +254,7 @@ async fn drive(
         n += 1;
         tally.requests += 1;
         match &slots[i] {
-            Some(slot) if renew > 0 && n % renew == 0 => {
+            Some(slot) if renew > 0 && n.is_multiple_of(renew) => {
                 match client::close_session(&mut conn, &slot.session).await {
                     Ok(()) => {
                         tally.ok += 1;
