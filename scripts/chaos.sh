@@ -32,7 +32,7 @@ DURATION=60
 for arg in "$@"; do
     case "$arg" in
         -h | --help)
-            sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+            awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
             exit 0
             ;;
         *[!0-9]* | "")
@@ -394,7 +394,11 @@ if ((load_status != 0)) || [[ -z "$requests" || -z "$errors" || -z "$killed" ]];
     tail -5 "$LOG_DIR/loadgen.log" >&2 || true
     die "the load generator failed (status $load_status; $LOG_DIR/loadgen.json)"
 fi
-grep '^chaos: error' "$LOG_DIR/loadgen.log" >&2 || true
+if ((errors > 0)); then
+    grep '^chaos: error' "$LOG_DIR/loadgen.log" >&2 || true
+    # A live node that HAProxy took for dead sends its sessions elsewhere.
+    grep -h 'is DOWN\|is UP' "$LOG_DIR/haproxy.log" >&2 || true
+fi
 
 mib() { awk -v k="${1:-0}" 'BEGIN { printf "%.1f", k / 1024 }'; }
 rss=""
