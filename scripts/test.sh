@@ -163,6 +163,12 @@ cargo_test_step arbitrary-precision --all-features --features serde_json/arbitra
 # The other workspace members' unit tests: the load generator's (bench/peers has none).
 cargo_test_step loadgen -p mcp-bench-loadgen --no-fail-fast
 
+# Chaos: three nodes behind HAProxy with a real Redis, under the load generator, while Redis is
+# killed, paused and restarted and nodes are killed and restarted; fails on any error outside a
+# killed node's sessions and on any registry key left once everything closed. Reuses the node
+# the build step built (debug) and builds bench/loadgen once.
+run_step chaos scripts/chaos.sh 60
+
 if ((QUICK == 0)); then
     run_step clippy cargo clippy --all-targets --all-features -- -D warnings
     run_step fmt cargo fmt --all -- --check

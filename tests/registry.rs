@@ -542,6 +542,43 @@ async fn redis_outage_is_invisible_to_clients_and_cleanup_lands_after_it() {
     assert!(stats.retries > 0 && stats.store_errors > 0, "{stats:?}");
 }
 
+/// A DELETE's removal sent to a paused Redis times out and is retried; the removal ran once
+/// Redis went on, but its answer was lost, so the retry finds no record, which alone names the
+/// node index to leave. The id must leave this node's index all the same: nothing of the
+/// session stays in Redis (`scripts/chaos.sh` found such index keys left behind).
+#[tokio::test]
+async fn a_removal_whose_answer_was_lost_still_unlists_the_session() {
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(&redis.url())
+        .with_command_timeout(Duration::from_millis(100))
+        .build_lazy()
+        .unwrap();
+    let node = Node::start(store, "node-a").await;
+    let mut c = node.client();
+    c.connect("2025-11-25").await;
+    node.flush().await;
+    assert_eq!(
+        redis.keys("mcp:session:*"),
+        [
+            "mcp:session:node:{node-a}".to_owned(),
+            key(c.session.as_deref().expect("session id"))
+        ],
+        "the record and the node's index"
+    );
+
+    redis.pause();
+    assert_eq!(c.delete().send().await.unwrap().status(), 200);
+    // The removal reached Redis and timed out, and so did its first retry.
+    eventually("a retried removal", || node.registry.stats().retries > 0).await;
+    redis.resume();
+    node.flush().await;
+    assert!(
+        redis.keys("mcp:session:*").is_empty(),
+        "left behind: {:?}",
+        redis.keys("*")
+    );
+}
+
 #[tokio::test]
 async fn fail_closed_refuses_initialize_while_redis_is_down() {
     let mut redis = RedisServer::start();

@@ -850,7 +850,11 @@ mod redis_single {
         let zcard: u64 = server.cmd(&["ZCARD", "mcp:session:node:{node-a}"]);
         assert_eq!(zcard, 40, "every id indexed");
         assert_eq!(server.command_count("set"), 40);
-        assert_eq!(server.command_count("zadd"), 1, "one ZADD for the index");
+        assert_eq!(
+            server.command_count("zadd"),
+            2,
+            "one ZADD listing the sessions before their records, one in the index script"
+        );
         assert_eq!(
             server.command_count("evalsha"),
             2,
@@ -980,6 +984,38 @@ mod redis_single {
         assert_eq!(results, [false], "nothing to remove");
         let listed: Option<f64> = server.cmd(&["ZSCORE", "mcp:session:node:{node-a}", "s2"]);
         assert_eq!(listed, None, "no record, no index entry");
+    }
+
+    /// A node can die between a batch's two round trips, its records written and their index
+    /// entries not yet. Each session is listed in its node's index before its record is
+    /// written, so the node's next process still finds and removes what the dead one left
+    /// (`scripts/chaos.sh` found such a record, out of reach of the cleanup until its TTL).
+    #[tokio::test]
+    async fn a_batch_cut_short_after_its_records_leaves_them_findable() {
+        let (server, store) = server_and_store();
+        let record = SessionRecord::new("node-a", "old");
+        assert_eq!(until_answering(&store, 100).await, 1);
+        server.pause();
+        // Sent to a server that does not answer: the batch gives up after its first round
+        // trip, as a node that dies then would.
+        let cut = store
+            .write_batch(&[register_write("s1", &record, MONTH)])
+            .await;
+        assert!(cut.is_err_and(|e| e.is_timeout()));
+        server.resume();
+        // The first round trip runs now (before this PING, on the same connection).
+        until_answering(&store, 100).await;
+        assert_eq!(store.lookup("s1").await.expect("lookup"), Some(record));
+
+        assert_eq!(
+            store
+                .remove_stale("node-a", "new", 16)
+                .await
+                .expect("cleanup"),
+            1,
+            "the next process finds the record"
+        );
+        assert!(server.keys("mcp:session:*").is_empty());
     }
 
     /// A server that lost the compare-and-delete script refused it; when a later write of the

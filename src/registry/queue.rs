@@ -336,8 +336,25 @@ impl<R: RegistryStore> Core<R> {
         }
     }
 
+    /// Applies `op` alone: the replay of a failed batch, or a retry. Either way an earlier
+    /// attempt may have landed with its answer lost.
     async fn execute(&self, op: &Op) -> Result<(), super::StoreError> {
         let done = self.write(op).apply(&*self.store).await?;
+        if !done && matches!(op.kind, OpKind::Remove) {
+            // The record names the node index its session is listed in, and an unconditional
+            // removal that landed unanswered took it along: finding no record now, the removal
+            // cannot unlist the session. A compare-and-delete of this node's (no record: leave
+            // the index) makes sure the session is not left in this node's index, where it is
+            // listed when this node made it; another node's index is pruned when that node
+            // restarts or as its entries expire.
+            StoreWrite::RemoveIfOwned {
+                id: &op.id,
+                node: &self.node,
+                incarnation: &self.incarnation,
+            }
+            .apply(&*self.store)
+            .await?;
+        }
         self.settle(op, done);
         Ok(())
     }

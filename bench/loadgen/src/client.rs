@@ -66,6 +66,9 @@ impl Target {
 pub struct Session {
     pub id: Option<HeaderValue>,
     pub version: HeaderValue,
+    /// The node that answered the `initialize` (its `x-mcp-node` header, which the node example
+    /// sets), if it named one.
+    pub node: Option<String>,
 }
 
 /// Opens a TCP connection with `TCP_NODELAY` and performs the HTTP/1.1 handshake; the
@@ -328,15 +331,20 @@ pub async fn open_session(conn: &mut Conn) -> Result<Session, Error> {
     let res = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let res = conn.send(req).await?;
         let id = res.headers().get("mcp-session-id").cloned();
+        let node = res
+            .headers()
+            .get("x-mcp-node")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let answer = read_answer(res, None).await?;
-        Ok::<_, Error>((id, answer))
+        Ok::<_, Error>((id, node, answer))
     })
     .await
     .map_err(|_| "initialize timed out".to_owned())??;
-    let (id, answer) = res;
+    let (id, node, answer) = res;
     let version = negotiated_version(&answer.response)
         .unwrap_or_else(|| HeaderValue::from_static(LEGACY_VERSION));
-    let session = Session { id, version };
+    let session = Session { id, version, node };
     let req = post(
         &target,
         Some(&session),

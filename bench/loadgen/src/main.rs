@@ -14,6 +14,12 @@
 //!   the server's RSS per session, close them all and report RSS again
 //! - `fanout`: N sessions with GET streams; `tools/call broadcast` (the node example's tool)
 //!   sends one log message to every stream; time from the trigger to the last receipt
+//! - `chaos`: N sessions calling `tools/call echo` and `ping` (`--rate R` requests per second in
+//!   all, 0: closed loop; `--renew K`: every K-th request of a connection ends a session, which
+//!   a new one replaces) while `scripts/chaos.sh` kills and restarts Redis and the nodes; a
+//!   session that gets `404` is initialized again, and failures are split into those on a
+//!   killed node's sessions (`--events FILE` says which node was killed when) and the others
+//!   (see `chaos.rs`)
 //!
 //! `--stateless` sends 2026-07-28 requests (per-request `_meta` and headers, no session) for
 //! `call` and `stream`.
@@ -22,6 +28,7 @@
 //! own, over the measured window (after `--warmup`). `--redis ADDR` counts Redis commands in the
 //! window (CONFIG RESETSTAT at its start, INFO commandstats at its end).
 
+mod chaos;
 mod client;
 mod procfs;
 mod stats;
@@ -51,6 +58,7 @@ enum Workload {
     Stream,
     Idle,
     Fanout,
+    Chaos,
 }
 
 impl Workload {
@@ -62,6 +70,7 @@ impl Workload {
             "stream" => Self::Stream,
             "idle" => Self::Idle,
             "fanout" => Self::Fanout,
+            "chaos" => Self::Chaos,
             _ => return None,
         })
     }
@@ -74,6 +83,7 @@ impl Workload {
             Self::Stream => "stream",
             Self::Idle => "idle",
             Self::Fanout => "fanout",
+            Self::Chaos => "chaos",
         }
     }
 }
@@ -98,14 +108,18 @@ struct Args {
     redis: Option<String>,
     redis_pid: Option<u32>,
     wait: f64,
+    rate: f64,
+    renew: u64,
+    events: Option<String>,
 }
 
 const USAGE: &str =
-    "usage: loadgen --url http://HOST:PORT/mcp --workload churn|ping|call|stream|idle|fanout
+    "usage: loadgen --url http://HOST:PORT/mcp --workload churn|ping|call|stream|idle|fanout|chaos
   [--sessions N (64)] [--connections C (64)] [--duration SECS (5)] [--warmup SECS (1)]
   [--server-pid PID] [--with-get] [--steps K (10)] [--triggers R (5)] [--stateless]
   [--label TEXT] [--run I] [--threads T (1)] [--settle SECS (1)] [--redis HOST:PORT]
-  [--redis-pid PID] [--wait SECS (10)]";
+  [--redis-pid PID] [--wait SECS (10)] [--rate R (0: closed loop; chaos)]
+  [--renew K (0: never; chaos)] [--events FILE (chaos)]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -127,6 +141,9 @@ fn parse_args() -> Result<Args, String> {
         redis: None,
         redis_pid: None,
         wait: 10.0,
+        rate: 0.0,
+        renew: 0,
+        events: None,
     };
     let mut it = std::env::args().skip(1);
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
@@ -156,6 +173,9 @@ fn parse_args() -> Result<Args, String> {
             "--redis" => a.redis = Some(num(&arg, it.next())?),
             "--redis-pid" => a.redis_pid = Some(num(&arg, it.next())?),
             "--wait" => a.wait = num(&arg, it.next())?,
+            "--rate" => a.rate = num(&arg, it.next())?,
+            "--renew" => a.renew = num(&arg, it.next())?,
+            "--events" => a.events = Some(num(&arg, it.next())?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -168,6 +188,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.connections == 0 || a.sessions == 0 {
         return Err("--connections and --sessions must be at least 1".into());
+    }
+    if !(a.rate.is_finite() && a.rate >= 0.0) {
+        return Err("--rate must be 0 (closed loop) or a positive number".into());
     }
     if a.stateless && !matches!(a.workload, Workload::Call | Workload::Stream) {
         return Err("--stateless applies to the call and stream workloads".into());
@@ -236,6 +259,17 @@ async fn run(args: Args) -> Result<Value, Error> {
         Workload::Ping | Workload::Call | Workload::Stream => rpc(&args, target).await,
         Workload::Idle => idle(&args, target).await,
         Workload::Fanout => fanout(&args, target).await,
+        Workload::Chaos => {
+            let sessions = open_sessions(&target, args.sessions, args.connections).await?;
+            let options = chaos::Options {
+                connections: args.connections,
+                duration: Duration::from_secs_f64(args.duration),
+                rate: args.rate,
+                renew: args.renew,
+                events: args.events.clone(),
+            };
+            chaos::run(target, sessions, options).await
+        }
     }
 }
 

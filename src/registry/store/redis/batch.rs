@@ -1,8 +1,9 @@
 //! [`RedisStore::write_batch`](super::RedisStore) on a single server: two pipelined round trips
 //! of plain commands.
 //!
-//! The first round trip writes the records, in the batch's order, one or two commands per
-//! write:
+//! The first round trip lists the sessions the batch registers in their node's index (one
+//! `ZADD` per node; not those a later write of the batch removes), then writes the records, in
+//! the batch's order, one or two commands per write:
 //!
 //! | write | commands | result |
 //! |---|---|---|
@@ -19,8 +20,16 @@
 //! index is pruned and its expiry extended) and one `ZREM` of the ids that leave it, at most
 //! [`IDS_PER_INDEX_COMMAND`] ids per command. Per session and index the batch's last change
 //! wins, so a session registered and removed in the same batch touches no index at all. The
-//! index updates are best effort, as in the single-write methods: a failure is logged, and
-//! each record's own TTL still applies.
+//! index updates are best effort, as in the single-write methods: an error the server answers
+//! is logged, and each record's own TTL still applies; a round trip lost on the way (timed
+//! out, the connection dropped) fails the batch, which the registry then replays write by
+//! write, each write putting its session's index entry in step again.
+//!
+//! Listing a session before its record is written means that a node dying between the two
+//! round trips (or while the first runs) leaves at worst an index entry without a record, which
+//! its next process drops, never a record its next process cannot find
+//! ([`remove_stale`](crate::registry::RegistryStore::remove_stale) walks the index). A register
+//! that finds another node's record takes its listing back in the second round trip.
 //!
 //! Writes on one session take effect in the batch's order. The one exception would be a
 //! compare-and-delete refused because the server lost its script: it is sent again after the
@@ -32,7 +41,7 @@
 //! path, so under session churn it is most of what Redis does.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ::redis::aio::ConnectionManager;
 use ::redis::{Pipeline, ServerErrorKind, Value};
@@ -120,10 +129,12 @@ impl RedisStore {
     ) -> Result<Vec<bool>, StoreError> {
         let keys = &self.inner.keys;
 
-        // Round trip 1: the records. Each command is built at its final size, with the key and
-        // the record's JSON written straight into it.
-        let mut pipe = Pipeline::with_capacity(writes.len());
+        // Round trip 1: the listings, then the records. Each record command is built at its final
+        // size, with the key and the record's JSON written straight into it.
+        let mut pipe = Pipeline::with_capacity(writes.len() + 1);
         pipe.ignore_errors();
+        let prelisted = prelist(&mut pipe, keys, writes);
+        let listings = pipe.len();
         for write in writes {
             match *write {
                 StoreWrite::Register { id, record, ttl } => {
@@ -146,6 +157,11 @@ impl RedisStore {
             }
         }
         let mut replies = within(deadline, run(conn, &pipe)).await?;
+        // The listings are best effort, as every index update: the second round trip lists
+        // the new sessions again.
+        if let Some(err) = replies.drain(..listings).find_map(|r| server_error(&r)) {
+            tracing::debug!(error = %err, "registry: node index update failed");
+        }
 
         // A server that lost its scripts (restart, `SCRIPT FLUSH`) refused the compare-and-delete
         // writes without running them: load the script and send those writes again, unless a
@@ -210,7 +226,12 @@ impl RedisStore {
                             index.join(Cow::Borrowed(&record.node), id, secs(ttl), false);
                             true
                         }
-                        Registered::Other => false,
+                        Registered::Other => {
+                            if prelisted.contains(id) {
+                                index.leave(Cow::Borrowed(&record.node), id);
+                            }
+                            false
+                        }
                     }
                 }
                 StoreWrite::Remove { id } => match bytes(&replies[r])? {
@@ -245,7 +266,8 @@ impl RedisStore {
 
         // Round trip 2: the TTL resets, then the node indexes. A reset is part of its write's
         // result: if it fails, the batch fails. The indexes are best effort, as in the
-        // single-write methods: a failure is logged, and each record's own TTL still applies.
+        // single-write methods: an error the server answers is logged, and each record's own
+        // TTL still applies; a round trip lost on the way fails the batch.
         let pipe = index_pipeline(&self.inner.keys, &ttl_resets, &index);
         if pipe.is_empty() {
             return Ok(results);
@@ -268,7 +290,9 @@ impl RedisStore {
                 }
                 updates.iter().find_map(server_error)
             }
-            Err(err) if ttl_resets.is_empty() => Some(err),
+            Err(err) if ttl_resets.is_empty() && !err.is_timeout() && !err.is_unavailable() => {
+                Some(err)
+            }
             Err(err) => return Err(err),
         };
         if let Some(err) = index_failure {
@@ -276,6 +300,50 @@ impl RedisStore {
         }
         Ok(results)
     }
+}
+
+/// Adds to `pipe` one `ZADD` per node listing the sessions `writes` registers, except those a
+/// later write of the batch removes, scored by their expiry (this machine's clock; the second
+/// round trip scores them again with the server's). Returns the ids listed.
+fn prelist<'w>(
+    pipe: &mut Pipeline,
+    keys: &RecordKey,
+    writes: &[StoreWrite<'w>],
+) -> HashSet<&'w str> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut removed_later: HashSet<&str> = HashSet::new();
+    let mut listed: HashSet<&'w str> = HashSet::new();
+    let mut by_node: HashMap<&'w str, Vec<(u64, &'w str)>> = HashMap::new();
+    for write in writes.iter().rev() {
+        match *write {
+            StoreWrite::Remove { id } | StoreWrite::RemoveIfOwned { id, .. } => {
+                removed_later.insert(id);
+            }
+            StoreWrite::Register { id, record, ttl }
+                if !removed_later.contains(id) && listed.insert(id) =>
+            {
+                by_node
+                    .entry(record.node.as_str())
+                    .or_default()
+                    .push((now.saturating_add(secs(ttl)), id));
+            }
+            _ => {}
+        }
+    }
+    for (node, ids) in &by_node {
+        for chunk in ids.chunks(IDS_PER_INDEX_COMMAND) {
+            let mut cmd = ::redis::cmd("ZADD");
+            cmd.arg(keys.node_index(node));
+            for (score, id) in chunk {
+                cmd.arg(*score).arg(*id);
+            }
+            pipe.add_command(cmd);
+        }
+    }
+    listed
 }
 
 /// `(write, first reply)` for each write: a refresh has two replies, every other write one.

@@ -120,25 +120,29 @@ return 1
 /// ([`remove_stale`](RegistryStore::remove_stale)) without scanning the keyspace: the store
 /// never uses `KEYS` or `SCAN`. The single-write methods touch one key per command, so the
 /// store works on a Redis Cluster; the braces are the keys' hash tags. The index is best
-/// effort: entries are pruned once expired, and if an index write fails the record's own TTL
-/// still removes the record.
+/// effort against the server: entries are pruned once expired, and if the server refuses an
+/// index write the record's own TTL still removes the record. An index write lost on the way
+/// (timed out, the connection dropped) fails its write, which the registry then retries.
 ///
 /// # Commands
 ///
 /// The single-write methods, one key per command: `register` is `SET key json NX GET EX ttl`
 /// (and `EXPIRE` when it finds the same record, a replayed write), `refresh` is `EXPIRE` then
 /// `GET`, `remove` is `GETDEL`, `remove_if_owned` a small compare-and-delete Lua script
-/// (`EVALSHA`); each is followed by its node index update (the index script, or `ZREM`).
-/// `lookup` is `GET`, `ping` is `PING`.
+/// (`EVALSHA`); each is followed by its node index update (the index script, or `ZREM`),
+/// except `register`, which lists the session in the index first (so a node that dies in
+/// between leaves no record its restart cannot find). `lookup` is `GET`, `ping` is `PING`.
 ///
 /// [`write_batch`](RegistryStore::write_batch), which the registry's write queues use, sends a
 /// single server two pipelined round trips of plain commands, whatever the batch's size. The
-/// first writes the records in the batch's order: a register is `SET key json NX GET EX ttl`,
+/// first lists the sessions it registers in their node's index (one `ZADD` per node), then
+/// writes the records in the batch's order: a register is `SET key json NX GET EX ttl`,
 /// a remove `GETDEL`, a refresh `EXPIRE` and `GET`, a `remove_if_owned` the compare-and-delete
 /// script. The second resets the TTL of records a register found already there (a replayed
 /// write) and updates the node indexes: per index, one script call that lists the ids joining
 /// it and prunes it, and one `ZREM` of the ids leaving it (512 ids at most per command). The
-/// index updates are best effort, as in the single-write methods; a session registered and
+/// index updates are best effort, as in the single-write methods (a lost round trip fails the
+/// batch, which the registry replays write by write); a session registered and
 /// removed in the same batch touches no index. Plain commands keep Redis's share of the work
 /// small: under session churn, one script doing the whole batch's work cost Redis about twice
 /// as much CPU per session. On a cluster `write_batch` falls back to the single-write methods.
@@ -709,24 +713,37 @@ impl RedisStore {
         .await
     }
 
-    /// Adds `id` to `node`'s index. Best effort: a failure is logged and otherwise ignored.
-    async fn index_add(&self, node: &str, id: &str, ttl: u64) {
+    /// Adds `id` to `node`'s index (see [`index_outcome`]).
+    async fn index_add(&self, node: &str, id: &str, ttl: u64) -> Result<(), StoreError> {
         let index = self.inner.keys.node_index(node);
-        if let Err(err) = self
+        let sent = self
             .eval::<i64>(&INDEX_PUT, &index, &[&ttl.to_string(), id])
-            .await
-        {
-            tracing::debug!(node, error = %err, "registry: node index update failed");
-        }
+            .await;
+        index_outcome(node, sent.map(drop))
     }
 
-    /// Removes `id` from `node`'s index. Best effort: a failure is logged and otherwise ignored.
-    async fn index_remove(&self, node: &str, id: &str) {
+    /// Removes `id` from `node`'s index (see [`index_outcome`]).
+    async fn index_remove(&self, node: &str, id: &str) -> Result<(), StoreError> {
         let mut cmd = ::redis::cmd("ZREM");
         cmd.arg(self.inner.keys.node_index(node)).arg(id);
-        if let Err(err) = self.query::<i64>(cmd).await {
+        let sent = self.query::<i64>(cmd).await;
+        index_outcome(node, sent.map(drop))
+    }
+}
+
+/// What a node index update's failure does to its write. The index is best effort against the
+/// server: an error it answers (say, the index key holds another type) is logged and otherwise
+/// ignored, and the record's own TTL still applies. An update lost on the way (timed out, the
+/// connection dropped) may or may not have run: the write fails, and the registry retries it,
+/// which puts the index entry in step again.
+fn index_outcome(node: &str, sent: Result<(), StoreError>) -> Result<(), StoreError> {
+    match sent {
+        Err(err) if err.is_timeout() || err.is_unavailable() => Err(err),
+        Err(err) => {
             tracing::debug!(node, error = %err, "registry: node index update failed");
+            Ok(())
         }
+        Ok(()) => Ok(()),
     }
 }
 
@@ -800,6 +817,10 @@ impl RegistryStore for RedisStore {
     ) -> Result<bool, StoreError> {
         let keys = &self.inner.keys;
         let secs = capped_ttl_seconds(ttl);
+        // Listed before the record is written: a node that dies in between leaves at worst an
+        // index entry without a record (its next process drops it), never a record its next
+        // process cannot find.
+        self.index_add(&record.node, id, secs).await?;
         let cmd = commands::register_command(keys, id, record, secs);
         let found: Option<Vec<u8>> = self.query(cmd).await?;
         match commands::registered(found.as_deref(), record) {
@@ -808,9 +829,11 @@ impl RegistryStore for RedisStore {
                 self.query::<i64>(commands::expire_command(keys, id, secs))
                     .await?;
             }
-            Registered::Other => return Ok(false),
+            Registered::Other => {
+                self.index_remove(&record.node, id).await?;
+                return Ok(false);
+            }
         }
-        self.index_add(&record.node, id, secs).await;
         Ok(true)
     }
 
@@ -829,7 +852,7 @@ impl RegistryStore for RedisStore {
         };
         // The record names the index it is listed in; an unreadable one is in none of ours.
         if let Some(node) = commands::node_of(&json) {
-            self.index_remove(&node, id).await;
+            self.index_remove(&node, id).await?;
         }
         Ok(true)
     }
@@ -846,7 +869,7 @@ impl RegistryStore for RedisStore {
                 .await?,
         );
         if outcome.unlists() {
-            self.index_remove(node, id).await;
+            self.index_remove(node, id).await?;
         }
         Ok(outcome == OwnedRemoval::Removed)
     }
@@ -864,7 +887,7 @@ impl RegistryStore for RedisStore {
             return Ok(false);
         }
         if let Some(node) = json.as_deref().and_then(commands::node_of) {
-            self.index_add(&node, id, secs).await;
+            self.index_add(&node, id, secs).await?;
         }
         Ok(true)
     }
