@@ -82,15 +82,13 @@ impl<R: RegistryStore> Drop for Node<R> {
 impl<R: RegistryStore + Clone> Node<R> {
     async fn start(store: R, name: &str) -> Self {
         Self::start_with(
-            SessionRegistryLayer::new(store, name),
+            SessionRegistryLayer::new(store, name).unwrap(),
             SseTransportLayer::new(),
         )
         .await
     }
 
     async fn start_with(registry: SessionRegistryLayer<R>, transport: SseTransportLayer) -> Self {
-        let registry = registry.build().expect("registry config");
-        let mut transport = transport.build().expect("transport config");
         let (probe, _) = Probe::new();
         let svc = tower::ServiceBuilder::new()
             .layer(registry.clone())
@@ -102,7 +100,7 @@ impl<R: RegistryStore + Clone> Node<R> {
         Self {
             addr,
             registry: registry.handle(),
-            transport: transport.handle().expect("handle"),
+            transport: transport.handle(),
             task,
         }
     }
@@ -251,8 +249,11 @@ async fn every_close_path_removes_the_record() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     let node = Node::start_with(
-        SessionRegistryLayer::new(store, "node-a"),
-        SseTransportLayer::new().with_idle_timeout(Duration::from_millis(300)),
+        SessionRegistryLayer::new(store, "node-a").unwrap(),
+        SseTransportLayer::builder()
+            .with_idle_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap(),
     )
     .await;
     // Idle expiry.
@@ -293,7 +294,6 @@ async fn client_hanging_up_during_delete_still_removes_the_record() {
     let redis = RedisServer::start();
     let registry =
         SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), "node-a")
-            .build()
             .unwrap();
     let handle = registry.handle();
     let gate = Arc::new(tokio::sync::Notify::new());
@@ -434,9 +434,11 @@ async fn fail_closed_refuses_initialize_while_redis_is_down() {
         .build_lazy()
         .unwrap();
     let node = Node::start_with(
-        SessionRegistryLayer::new(store, "node-a")
+        SessionRegistryLayer::builder(store, "node-a")
             .with_fail_closed(true)
-            .with_lookup_timeout(Duration::from_millis(200)),
+            .with_lookup_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
         SseTransportLayer::new(),
     )
     .await;

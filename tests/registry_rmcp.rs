@@ -33,7 +33,6 @@ async fn registry_over_rmcp_streamable_http_service() {
         RedisStore::connect(&redis.url()).await.unwrap(),
         "rmcp-node",
     )
-    .build()
     .unwrap();
     let handle = registry.handle();
     let rmcp_service = StreamableHttpService::new(

@@ -28,7 +28,7 @@ fn initialize_request() -> http::Request<Full<Bytes>> {
 #[tokio::test(start_paused = true)]
 async fn long_lived_sessions_get_their_ttl_refreshed_rarely() {
     let store = MemoryStore::new();
-    let registry = SessionRegistryLayer::new(store.clone(), "node-a")
+    let registry = SessionRegistryLayer::builder(store.clone(), "node-a")
         .with_ttl(Duration::from_secs(80))
         .build()
         .unwrap();
@@ -36,7 +36,12 @@ async fn long_lived_sessions_get_their_ttl_refreshed_rarely() {
     let (probe, _) = support::Probe::new();
     let mut svc = tower::ServiceBuilder::new()
         .layer(registry)
-        .layer(SseTransportLayer::new().with_idle_timeout(Duration::from_secs(3600)))
+        .layer(
+            SseTransportLayer::builder()
+                .with_idle_timeout(Duration::from_secs(3600))
+                .build()
+                .unwrap(),
+        )
         .service(handler_fn(move |req, cx| {
             support::handle_request(probe.clone(), req, cx)
         }));

@@ -35,8 +35,7 @@ fn stack_with_probe(
     std::sync::Arc<support::Probe>,
     support::Observations,
 ) {
-    let mut layer = layer.build().unwrap();
-    let handle = layer.handle().unwrap();
+    let handle = layer.handle();
     let (probe, obs) = support::Probe::new();
     let p = probe.clone();
     let svc = tower::ServiceBuilder::new()
@@ -107,8 +106,12 @@ async fn ping(svc: &mut Svc, id: &str) -> http::StatusCode {
 
 #[tokio::test(start_paused = true)]
 async fn idle_sessions_are_closed_and_busy_ones_are_not() {
-    let (mut svc, handle) =
-        stack(SseTransportLayer::new().with_idle_timeout(Duration::from_secs(60)));
+    let (mut svc, handle) = stack(
+        SseTransportLayer::builder()
+            .with_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
     let idle = initialize(&mut svc, true).await;
     let streaming = initialize(&mut svc, true).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -145,8 +148,12 @@ async fn idle_sessions_are_closed_and_busy_ones_are_not() {
 
 #[tokio::test(start_paused = true)]
 async fn a_session_goes_idle_once_its_spawned_request_has_answered() {
-    let (mut svc, handle, probe, mut obs) =
-        stack_with_probe(SseTransportLayer::new().with_idle_timeout(Duration::from_secs(60)));
+    let (mut svc, handle, probe, mut obs) = stack_with_probe(
+        SseTransportLayer::builder()
+            .with_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
     let id = initialize(&mut svc, true).await;
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     handle.session(&id).unwrap().on_close(move |_, r| {
@@ -180,8 +187,12 @@ async fn a_session_goes_idle_once_its_spawned_request_has_answered() {
 
 #[tokio::test(start_paused = true)]
 async fn uninitialized_sessions_time_out() {
-    let (mut svc, handle) =
-        stack(SseTransportLayer::new().with_init_timeout(Duration::from_secs(10)));
+    let (mut svc, handle) = stack(
+        SseTransportLayer::builder()
+            .with_init_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    );
     let probe_like = initialize(&mut svc, false).await;
     let good = initialize(&mut svc, true).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -255,8 +266,12 @@ async fn events_postpone_the_keep_alive() {
 
 #[tokio::test(start_paused = true)]
 async fn unanswered_server_requests_time_out() {
-    let (mut svc, _handle) =
-        stack(SseTransportLayer::new().with_request_timeout(Duration::from_secs(5)));
+    let (mut svc, _handle) = stack(
+        SseTransportLayer::builder()
+            .with_request_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
     let id = initialize(&mut svc, true).await;
     let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"ask","arguments":{}}});
     let res = svc
@@ -276,8 +291,8 @@ async fn unanswered_server_requests_time_out() {
 /// under the transport, concurrent requests through clones all complete.
 #[tokio::test]
 async fn readiness_is_respected_under_a_concurrency_limit() {
-    let mut layer = SseTransportLayer::new().build().unwrap();
-    let _handle = layer.handle().unwrap();
+    let layer = SseTransportLayer::new();
+    let _handle = layer.handle();
     let (probe, _) = support::Probe::new();
     let svc = tower::ServiceBuilder::new()
         .layer(layer)

@@ -69,7 +69,13 @@ async fn initialize_mints_session_id_and_failure_leaves_nothing() {
 #[tokio::test]
 async fn pluggable_id_generator() {
     let generator = || SessionId::parse("custom-fixed-id").unwrap();
-    let (srv, _) = Server::start(SseTransportLayer::new().with_id_generator(generator)).await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_id_generator(generator)
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     c.connect("2025-11-25").await;
     assert_eq!(c.session.as_deref(), Some("custom-fixed-id"));
@@ -440,9 +446,13 @@ async fn delete_closes_session_tasks_and_streams() {
 // 9. Keep-alive comments on open streams.
 #[tokio::test]
 async fn keep_alive_comments() {
-    let (srv, _) =
-        Server::start(SseTransportLayer::new().with_keep_alive(Some(Duration::from_millis(50))))
-            .await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_keep_alive(Some(Duration::from_millis(50)))
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     c.connect("2025-11-25").await;
     let mut stream = Sse::new(c.get().send().await.unwrap());
@@ -458,9 +468,11 @@ async fn keep_alive_comments() {
 #[tokio::test]
 async fn body_limit_and_session_limit() {
     let (srv, _) = Server::start(
-        SseTransportLayer::new()
+        SseTransportLayer::builder()
             .with_max_body_bytes(1024)
-            .with_max_sessions(2),
+            .with_max_sessions(2)
+            .build()
+            .unwrap(),
     )
     .await;
     let mut c = srv.client();
@@ -484,7 +496,13 @@ async fn body_limit_and_session_limit() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_cannot_grow_memory() {
-    let (srv, _) = Server::start(SseTransportLayer::new().with_event_log(64, 64 * 1024)).await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_event_log(64, 64 * 1024)
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     c.connect("2025-11-25").await;
     // Open the standalone stream and never read it, then push far more than the bounds.
@@ -507,7 +525,13 @@ async fn a_client_that_never_reads_cannot_grow_memory() {
 
 #[tokio::test]
 async fn pending_server_request_limit() {
-    let (srv, _) = Server::start(SseTransportLayer::new().with_max_pending_requests(1)).await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_max_pending_requests(1)
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     c.connect("2025-11-25").await;
     let _first = c.call_tool(1, "ask", json!({})).await;
@@ -554,9 +578,11 @@ async fn origin_and_host_validation() {
     assert_eq!(r.status(), 421);
 
     let (srv, _) = Server::start(
-        SseTransportLayer::new()
+        SseTransportLayer::builder()
             .with_allowed_hosts(HostPolicy::list(["mcp.example.com"]))
-            .with_allowed_origins(OriginPolicy::same_origin().allow("https://app.example.com")),
+            .with_allowed_origins(OriginPolicy::same_origin().allow("https://app.example.com"))
+            .build()
+            .unwrap(),
     )
     .await;
     let c = srv.client();
@@ -580,7 +606,13 @@ async fn sessions_bound_to_a_principal() {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let (srv, _) = Server::start(SseTransportLayer::new().with_principal(principal)).await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_principal(principal)
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     let r = c
         .post(&initialize_body("2025-11-25"))
@@ -791,8 +823,8 @@ async fn handler_panics_on_notifications_and_initialize_become_error_responses()
             _ => Ok(json!({})),
         }
     });
-    let mut layer = SseTransportLayer::new();
-    let sessions = layer.handle().unwrap();
+    let layer = SseTransportLayer::new();
+    let sessions = layer.handle();
     let svc = tower::Layer::layer(&layer, handler);
 
     // initialize: the client's request gets an internal error, and no session is made.
@@ -916,8 +948,8 @@ async fn a_panic_while_reading_the_handlers_answer_becomes_an_error_response() {
             Ok::<_, std::convert::Infallible>(res.unwrap())
         },
     );
-    let mut layer = SseTransportLayer::new();
-    let sessions = layer.handle().unwrap();
+    let layer = SseTransportLayer::new();
+    let sessions = layer.handle();
     let svc = tower::Layer::layer(&layer, inner);
 
     let (parts, body) = send_in_process(&svc, &initialize_body("2025-11-25"), None, None).await;

@@ -36,7 +36,7 @@
 //! use mcp_affinity::{handler::handler_fn, registry::{MemoryStore, SessionRegistryLayer}, SseTransportLayer};
 //! use serde_json::json;
 //!
-//! let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().unwrap();
+//! let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
 //! let service = tower::ServiceBuilder::new()
 //!     .layer(registry)
 //!     .layer(SseTransportLayer::new())
@@ -54,7 +54,7 @@
 //! let store = RedisStore::builder("redis://127.0.0.1:6379")
 //!     .with_command_timeout(Duration::from_millis(200))
 //!     .build_lazy()?;
-//! let registry: RedisSessionRegistryLayer = RedisSessionRegistryLayer::new(store, "node-a")
+//! let registry: RedisSessionRegistryLayer = RedisSessionRegistryLayer::builder(store, "node-a")
 //!     .with_ttl(Duration::from_secs(7 * 24 * 3600))
 //!     .build()?;
 //! # let _ = registry;
@@ -72,7 +72,9 @@ pub mod store;
 
 pub use body::ResponseBody;
 pub use future::{ResponseFuture, SessionLookup};
-pub use layer::{ConfigError, DEFAULT_TTL, RegistryHandle, SessionRegistryLayer};
+pub use layer::{
+    ConfigError, DEFAULT_TTL, RegistryHandle, SessionRegistryBuilder, SessionRegistryLayer,
+};
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;
 pub use store::{MemoryStore, Ownership, RecordKey, RegistryStore, SessionRecord, StoreError};
@@ -90,7 +92,7 @@ pub use store::{RedisStore, RedisStoreBuilder};
 ///
 /// // `build_lazy` connects on first use, so no Redis server is needed here.
 /// let store = RedisStore::builder("redis://127.0.0.1:6379").build_lazy()?;
-/// let registry = RedisSessionRegistryLayer::new(store, "node-a").build()?;
+/// let registry = RedisSessionRegistryLayer::new(store, "node-a")?;
 /// assert_eq!(registry.handle().node(), "node-a");
 /// # Ok(())
 /// # }

@@ -23,7 +23,7 @@ pub(crate) struct Counters {
 /// ```
 /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
 ///
-/// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().unwrap();
+/// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
 /// let stats = layer.handle().stats();
 /// assert_eq!(stats.registered, 0);
 /// assert_eq!(stats.cleanup_pending, 0);

@@ -289,7 +289,7 @@ where
 /// use std::time::Duration;
 /// use mcp_affinity::SseTransportLayer;
 ///
-/// let err = SseTransportLayer::new().with_max_sessions(0).build().unwrap_err();
+/// let err = SseTransportLayer::builder().with_max_sessions(0).build().unwrap_err();
 /// assert!(err.to_string().contains("max_sessions"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,9 +306,9 @@ impl ConfigError {
     /// use std::time::Duration;
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// let err = SseTransportLayer::new().with_event_log(0, 1024).build().unwrap_err();
+    /// let err = SseTransportLayer::builder().with_event_log(0, 1024).build().unwrap_err();
     /// assert_eq!(err.field(), "event_log_events");
-    /// let err = SseTransportLayer::new().with_request_timeout(Duration::ZERO).build().unwrap_err();
+    /// let err = SseTransportLayer::builder().with_request_timeout(Duration::ZERO).build().unwrap_err();
     /// assert_eq!(err.field(), "request_timeout");
     /// ```
     pub fn field(&self) -> &'static str {
@@ -434,6 +434,12 @@ mod tests {
         }
         assert!(has_port("example.com:443"));
         assert!(!has_port("[::1]"));
+    }
+
+    /// `SseTransportLayer::new` serves the defaults without validating them.
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
     }
 
     #[test]

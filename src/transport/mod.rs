@@ -70,6 +70,6 @@ mod service;
 pub use body::ResponseBody;
 pub use config::{ConfigError, HostPolicy, OriginPolicy, PrincipalExtractor};
 pub use future::ResponseFuture;
-pub use layer::{SseTransportLayer, TransportHandle};
+pub use layer::{SseTransportBuilder, SseTransportLayer, TransportHandle};
 pub use request_body::RequestBody;
 pub use service::SseTransport;

@@ -109,9 +109,11 @@ impl<S> SseTransport<S> {
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// use mcp_affinity::SseTransport;
     ///
-    /// let layer = SseTransport::<()>::layer().with_max_body_bytes(8);
+    /// let layer = SseTransport::<()>::layer();
+    /// let handle = layer.handle();
     /// let res = layer.layer(handler).oneshot(post(INIT)).await.unwrap();
-    /// assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    /// assert_eq!(res.status(), 200);
+    /// assert_eq!(handle.session_count(), 1);
     /// # }
     /// ```
     pub fn layer() -> super::SseTransportLayer {
