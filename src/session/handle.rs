@@ -161,6 +161,8 @@ pub(crate) struct Inner {
     next_request: AtomicI64,
     closed_tx: watch::Sender<Option<CloseReason>>,
     config: SessionConfig,
+    /// Request handlers of this session running now (the transport's per-session bound).
+    pub(crate) running: std::sync::atomic::AtomicUsize,
 }
 
 /// A handle to one legacy-era session, shared by every request of that session.
@@ -249,6 +251,7 @@ impl Session {
                 next_request: AtomicI64::new(1),
                 closed_tx,
                 config,
+                running: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }

@@ -341,6 +341,8 @@ pub(crate) struct Config {
     pub(crate) keep_alive: Option<Duration>,
     pub(crate) retry: Duration,
     pub(crate) busy_retry_after: u32,
+    pub(crate) max_running: usize,
+    pub(crate) max_running_per_session: usize,
     pub(crate) hosts: HostPolicy,
     pub(crate) origins: OriginPolicy,
     pub(crate) ids: Arc<dyn SessionIdGenerator>,
@@ -360,6 +362,8 @@ impl fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("keep_alive", &self.keep_alive)
             .field("retry", &self.retry)
+            .field("max_running", &self.max_running)
+            .field("max_running_per_session", &self.max_running_per_session)
             .field("hosts", &self.hosts)
             .field("origins", &self.origins)
             .field("principal", &self.principal.is_some())
@@ -384,6 +388,8 @@ impl Default for Config {
             keep_alive: Some(Duration::from_secs(15)),
             retry: Duration::from_secs(3),
             busy_retry_after: 5,
+            max_running: 4096,
+            max_running_per_session: 64,
             hosts: HostPolicy::localhost(),
             origins: OriginPolicy::default(),
             ids: Arc::new(RandomIdGenerator),
@@ -394,7 +400,7 @@ impl Default for Config {
 
 impl Config {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool); 9] = [
+        let checks: [(&'static str, bool); 11] = [
             ("replay_ttl", !self.replay_ttl.is_zero()),
             ("max_body_bytes", self.max_body_bytes > 0),
             ("max_sessions", self.max_sessions > 0),
@@ -404,6 +410,11 @@ impl Config {
             ("event_log_bytes", self.log.max_bytes > 0),
             ("request_timeout", !self.request_timeout.is_zero()),
             ("keep_alive", self.keep_alive.is_none_or(|d| !d.is_zero())),
+            ("max_running_handlers", self.max_running > 0),
+            (
+                "max_running_handlers_per_session",
+                self.max_running_per_session > 0,
+            ),
         ];
         match checks.iter().find(|(_, ok)| !ok) {
             Some((field, _)) => Err(ConfigError { field }),

@@ -46,10 +46,20 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 ///
 /// `poll_ready` forwards the handler's readiness. Requests the transport answers itself
 /// (rejections, `GET`, `DELETE`, client responses) do not use the handler's readiness.
-/// Handler calls for requests run in their own task once they do not complete on the first
-/// poll, so a slow handler does not hold the connection's future; the number of running
-/// handlers is bounded by the number of open requests, which a `ConcurrencyLimitLayer` in
-/// front of the transport can cap.
+/// A request's handler runs in its own task once it does not complete on the first poll, so
+/// a slow handler does not hold the connection's future. In the legacy era that task
+/// outlives the `POST` (the client may resume the stream with `Last-Event-ID`), so a
+/// `ConcurrencyLimitLayer` in front of the transport does not bound it; the transport bounds
+/// running request handlers itself, in both eras: at most
+/// [`with_max_running_handlers`](SseTransportBuilder::with_max_running_handlers) per node
+/// (default 4,096) and
+/// [`with_max_running_handlers_per_session`](SseTransportBuilder::with_max_running_handlers_per_session)
+/// per legacy session (default 64). A request beyond either bound is answered at once with
+/// `503`, `Retry-After` and a JSON-RPC error, without calling the handler: it is not queued
+/// (a queue would only move the memory). A `2025-03-26` batch takes the places of all its
+/// requests up front, or none. `initialize` and notifications run inside their `POST`, never
+/// in a task of their own, and count against neither bound: what bounds open requests (a
+/// `ConcurrencyLimitLayer`, the server's connection limit) bounds them.
 ///
 /// # Example
 ///
@@ -123,6 +133,8 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     sweeper: AtomicBool,
     pub(crate) counters: Counters,
+    /// Request handlers running now, in every session and both eras (the per-node bound).
+    pub(crate) running: std::sync::atomic::AtomicUsize,
 }
 
 /// Counters (for tests and metrics).
@@ -250,6 +262,7 @@ impl SseTransportLayer {
                 draining: AtomicBool::new(false),
                 sweeper: AtomicBool::new(false),
                 counters: Counters::default(),
+                running: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -645,6 +658,43 @@ impl SseTransportBuilder {
     /// ```
     pub fn with_principal(mut self, extractor: impl PrincipalExtractor) -> Self {
         self.config.principal = Some(Arc::new(extractor));
+        self
+    }
+
+    /// Most request handlers running at once on this node, in every session and both eras
+    /// (default 4,096). A request beyond it is answered at once with `503`, `Retry-After`
+    /// and a JSON-RPC error, without calling the handler: it is not queued.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// assert!(SseTransportLayer::builder().with_max_running_handlers(256).build().is_ok());
+    /// let err = SseTransportLayer::builder().with_max_running_handlers(0).build().unwrap_err();
+    /// assert_eq!(err.field(), "max_running_handlers");
+    /// ```
+    pub fn with_max_running_handlers(mut self, n: usize) -> Self {
+        self.config.max_running = n;
+        self
+    }
+
+    /// Most request handlers running at once in one legacy session (default 64). A request
+    /// beyond it is answered at once with `503`, `Retry-After` and a JSON-RPC error, without
+    /// calling the handler; a `2025-03-26` batch takes its places up front, all or nothing,
+    /// and one with more requests than the bound is refused with `400`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// assert!(SseTransportLayer::builder().with_max_running_handlers_per_session(8).build().is_ok());
+    /// let err = SseTransportLayer::builder().with_max_running_handlers_per_session(0).build().unwrap_err();
+    /// assert_eq!(err.field(), "max_running_handlers_per_session");
+    /// ```
+    pub fn with_max_running_handlers_per_session(mut self, n: usize) -> Self {
+        self.config.max_running_per_session = n;
         self
     }
 

@@ -63,6 +63,7 @@ mod body;
 mod config;
 mod future;
 mod layer;
+mod limit;
 mod read;
 mod request_body;
 mod service;

@@ -17,6 +17,7 @@ use super::{
     RequestBody, ResponseFuture,
     body::{AbortOnDrop, ResponseBody, SseBody, parse_event_id},
     layer::Shared,
+    limit::Permit,
     read::{ReadError, read_to_bytes},
 };
 use crate::{
@@ -757,6 +758,10 @@ where
             let fut = inner.call(handler_request(parts, bytes, msg, cx, None));
             return Ok(Ok(notification_answer(fut).await?));
         };
+        let permit = match Permit::acquire(shared, None) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r.with_id(Some(id)))),
+        };
         let Ok(stream) = log.open_stream() else {
             return Ok(Err(not_found()));
         };
@@ -771,7 +776,7 @@ where
             era: Era::Modern,
             priming: None,
         };
-        run(shared, fut, to).await
+        run(shared, fut, to, permit).await
     }
 }
 
@@ -853,6 +858,10 @@ where
                         "request without id",
                     )));
                 };
+                let permit = match Permit::acquire(shared, Some(&session)) {
+                    Ok(p) => p,
+                    Err(r) => return Ok(Err(r.with_id(Some(id)))),
+                };
                 let Ok(stream) = session.inner.log.open_stream() else {
                     return Ok(Err(not_found()));
                 };
@@ -880,7 +889,7 @@ where
                     era: Era::Legacy,
                     priming,
                 };
-                run(shared, fut, to).await
+                run(shared, fut, to, permit).await
             }
         }
     }
@@ -1065,6 +1074,14 @@ where
         .iter()
         .filter(|m| m.kind() == MessageKind::Request)
         .count();
+    // The places of all the batch's requests, taken before anything runs: all or none.
+    let mut permits = match n_requests {
+        0 => Vec::new(),
+        n => match Permit::acquire_many(shared, &session, n) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r)),
+        },
+    };
     let stream = match n_requests {
         0 => None,
         _ => match session.inner.log.open_stream() {
@@ -1091,7 +1108,9 @@ where
                 }
             }
             MessageKind::Request => {
-                let (Some(stream), Some(id)) = (stream, msg.id().cloned()) else {
+                let (Some(stream), Some(id), Some(permit)) =
+                    (stream, msg.id().cloned(), permits.pop())
+                else {
                     continue;
                 };
                 let cx = RequestContext::legacy(
@@ -1118,6 +1137,7 @@ where
                     async move {
                         let mut slot = slot;
                         let out = answer_of(fut, Some(&task_id)).await;
+                        drop(permit);
                         slot.finish(Some(answer_event(&out, &task_id)));
                     }
                     .in_current_span(),
@@ -1253,6 +1273,7 @@ fn run<'a, F, ResBody, E>(
     shared: &'a Arc<Shared>,
     fut: F,
     to: Answering,
+    permit: Permit,
 ) -> impl Future<Output = Result<Result<Response<ResponseBody>, Rejection>, E>> + Send + 'a
 where
     F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
@@ -1265,6 +1286,7 @@ where
     let stream = to.stream;
     let task = async move {
         let out = answer_of(fut, Some(&task_id)).await;
+        drop(permit);
         let json = task_log
             .log()
             .complete(stream, Some(answer_event(&out, &task_id)));
