@@ -47,6 +47,9 @@ pub enum CloseReason {
     Closed,
     /// The `initialize` request failed; the session never existed for the client.
     InitializeFailed,
+    /// The session reached the transport's absolute session lifetime (closed even while
+    /// busy).
+    Lifetime,
 }
 
 impl CloseReason {
@@ -68,6 +71,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::Closed => "closed",
             Self::InitializeFailed => "initialize_failed",
+            Self::Lifetime => "lifetime",
         }
     }
 }

@@ -343,6 +343,8 @@ pub(crate) struct Config {
     pub(crate) busy_retry_after: u32,
     pub(crate) max_running: usize,
     pub(crate) max_running_per_session: usize,
+    pub(crate) handler_timeout: Duration,
+    pub(crate) session_lifetime: Duration,
     pub(crate) hosts: HostPolicy,
     pub(crate) origins: OriginPolicy,
     pub(crate) ids: Arc<dyn SessionIdGenerator>,
@@ -364,6 +366,8 @@ impl fmt::Debug for Config {
             .field("retry", &self.retry)
             .field("max_running", &self.max_running)
             .field("max_running_per_session", &self.max_running_per_session)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("session_lifetime", &self.session_lifetime)
             .field("hosts", &self.hosts)
             .field("origins", &self.origins)
             .field("principal", &self.principal.is_some())
@@ -390,6 +394,8 @@ impl Default for Config {
             busy_retry_after: 5,
             max_running: 4096,
             max_running_per_session: 64,
+            handler_timeout: Duration::from_secs(10 * 60),
+            session_lifetime: Duration::from_secs(24 * 3600),
             hosts: HostPolicy::localhost(),
             origins: OriginPolicy::default(),
             ids: Arc::new(RandomIdGenerator),
@@ -400,7 +406,7 @@ impl Default for Config {
 
 impl Config {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool); 11] = [
+        let checks: [(&'static str, bool); 13] = [
             ("replay_ttl", !self.replay_ttl.is_zero()),
             ("max_body_bytes", self.max_body_bytes > 0),
             ("max_sessions", self.max_sessions > 0),
@@ -415,6 +421,8 @@ impl Config {
                 "max_running_handlers_per_session",
                 self.max_running_per_session > 0,
             ),
+            ("handler_timeout", !self.handler_timeout.is_zero()),
+            ("session_lifetime", !self.session_lifetime.is_zero()),
         ];
         match checks.iter().find(|(_, ok)| !ok) {
             Some((field, _)) => Err(ConfigError { field }),

@@ -57,7 +57,12 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 /// per legacy session (default 64). A request beyond either bound is answered at once with
 /// `503`, `Retry-After` and a JSON-RPC error, without calling the handler: it is not queued
 /// (a queue would only move the memory). A `2025-03-26` batch takes the places of all its
-/// requests up front, or none. `initialize` and notifications run inside their `POST`, never
+/// requests up front, or none. A request handler still running after
+/// [`with_handler_timeout`](SseTransportBuilder::with_handler_timeout) (default 10 min) is
+/// dropped and its request answered with a JSON-RPC error, and a session is closed at its
+/// [`with_session_lifetime`](SseTransportBuilder::with_session_lifetime) (default 24 h) even
+/// while busy, so neither a handler nor a stream that never ends holds a place or a session
+/// for ever. `initialize` and notifications run inside their `POST`, never
 /// in a task of their own, and count against neither bound: what bounds open requests (a
 /// `ConcurrencyLimitLayer`, the server's connection limit) bounds them.
 ///
@@ -183,6 +188,7 @@ impl Shared {
             .idle_timeout
             .min(self.config.init_timeout)
             .min(self.config.replay_ttl)
+            .min(self.config.session_lifetime)
             / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
         let weak: Weak<Self> = Arc::downgrade(self);
@@ -197,14 +203,19 @@ impl Shared {
         });
     }
 
-    /// Closes idle sessions and sessions that never finished initialization.
+    /// Closes idle sessions, sessions that never finished initialization, and sessions past
+    /// their absolute lifetime (even busy ones: a handler or stream that never ends must not
+    /// keep a session for ever).
     pub(crate) fn sweep(&self) {
         let now = self.now_ms();
         let idle = self.config.idle_timeout.as_millis() as u64;
         let init = self.config.init_timeout.as_millis() as u64;
+        let lifetime = u64::try_from(self.config.session_lifetime.as_millis()).unwrap_or(u64::MAX);
         for s in self.sessions.snapshot() {
             if s.is_closed() {
                 self.sessions.remove(s.id().as_str());
+            } else if now.saturating_sub(s.created_ms()) >= lifetime {
+                self.close(&s, CloseReason::Lifetime, None);
             } else if !s.is_initialized()
                 && s.last_activity() <= s.created_ms()
                 && now.saturating_sub(s.created_ms()) >= init
@@ -695,6 +706,75 @@ impl SseTransportBuilder {
     /// ```
     pub fn with_max_running_handlers_per_session(mut self, n: usize) -> Self {
         self.config.max_running_per_session = n;
+        self
+    }
+
+    /// How long a request handler may run (default 10 min). A handler still running then is
+    /// dropped, and the client gets a JSON-RPC error (`-32603`) as the request's answer, on
+    /// its JSON response or its SSE stream. Applies to requests of both eras; `initialize`
+    /// and notifications run inside their `POST`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str, sid: Option<&http::HeaderValue>| { let mut b = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json"); if let Some(sid) = sid { b = b.header("mcp-session-id", sid); } b.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap() };
+    /// use std::time::Duration;
+    /// use http_body_util::BodyExt;
+    /// use mcp_affinity::{handler::handler_fn, SseTransportLayer};
+    ///
+    /// let handler = handler_fn(|req, _cx| async move {
+    ///     if req.method == "initialize" {
+    ///         return Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}));
+    ///     }
+    ///     std::future::pending().await // never answers
+    /// });
+    /// let layer = SseTransportLayer::builder().with_handler_timeout(Duration::from_secs(30)).build().unwrap();
+    /// let svc = layer.layer(handler);
+    /// let res = svc.clone().oneshot(post(INIT, None)).await.unwrap();
+    /// let id = res.headers()["mcp-session-id"].clone();
+    /// let res = svc.oneshot(post(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#, Some(&id))).await.unwrap();
+    /// let body = res.into_body().collect().await.unwrap().to_bytes();
+    /// assert!(std::str::from_utf8(&body).unwrap().contains("-32603"));
+    /// assert!(SseTransportLayer::builder().with_handler_timeout(Duration::ZERO).build().is_err());
+    /// # }
+    /// ```
+    pub fn with_handler_timeout(mut self, d: Duration) -> Self {
+        self.config.handler_timeout = d;
+        self
+    }
+
+    /// The absolute lifetime of a session (default 24 h): a session this old is closed even
+    /// while a request or a stream is open (its handlers are aborted, its streams end, the
+    /// registry removes its record), and its client gets `404` and initializes a new one.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use std::time::Duration;
+    /// use mcp_affinity::{session::{CloseReason, Session}, SseTransportLayer};
+    ///
+    /// let layer = SseTransportLayer::builder().with_session_lifetime(Duration::from_secs(3600)).build().unwrap();
+    /// let handle = layer.handle();
+    /// let res = layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// let session = res.extensions().get::<Session>().unwrap().clone();
+    /// tokio::time::advance(Duration::from_secs(3600)).await;
+    /// handle.sweep();
+    /// assert_eq!(session.close_reason(), Some(CloseReason::Lifetime));
+    /// assert!(SseTransportLayer::builder().with_session_lifetime(Duration::ZERO).build().is_err());
+    /// # }
+    /// ```
+    pub fn with_session_lifetime(mut self, d: Duration) -> Self {
+        self.config.session_lifetime = d;
         self
     }
 

@@ -1,8 +1,15 @@
-//! The bounds on request handlers running at once, per session and per node.
+//! The bounds on request handlers: how many run at once, per session and per node, and for
+//! how long.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
 };
 
 use http::{HeaderValue, StatusCode, header};
@@ -115,4 +122,45 @@ fn busy(shared: &Shared, msg: &'static str) -> Rejection {
         header::RETRY_AFTER,
         HeaderValue::from(shared.config.busy_retry_after),
     )
+}
+
+pin_project_lite::pin_project! {
+    /// A request handler's future with the transport's handler timeout: `None` once it has
+    /// run for `after` (then the caller drops it). The timer is armed only when the handler
+    /// does not finish on its first poll, so a handler that answers at once costs no timer.
+    pub(super) struct Deadline<F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+        after: Duration,
+    }
+}
+
+impl<F> Deadline<F> {
+    pub(super) fn new(fut: F, after: Duration) -> Self {
+        Self {
+            fut,
+            sleep: None,
+            after,
+        }
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep(*this.after)));
+        }
+        match this.sleep.as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    }
 }

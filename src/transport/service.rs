@@ -17,7 +17,7 @@ use super::{
     RequestBody, ResponseFuture,
     body::{AbortOnDrop, ResponseBody, SseBody, parse_event_id},
     layer::Shared,
-    limit::Permit,
+    limit::{Deadline, Permit},
     read::{ReadError, read_to_bytes},
 };
 use crate::{
@@ -395,6 +395,26 @@ struct Answer {
 }
 
 impl Answer {
+    /// The answer to `id` when its handler ran past the handler timeout.
+    fn timed_out(id: &RequestId) -> Self {
+        tracing::warn!("request handler timed out; dropped");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Self {
+            status: StatusCode::OK,
+            headers,
+            body: error_body(
+                Some(id),
+                codes::INTERNAL_ERROR,
+                "request handler timed out",
+                None,
+            ),
+        }
+    }
+
     /// A failed handler's answer to `id` (see [`protocol::internal_error`]).
     fn internal_error(id: Option<&RequestId>) -> Self {
         let (status, body) = protocol::internal_error(id);
@@ -1131,12 +1151,15 @@ where
                     done: false,
                 };
                 let task_id = id.clone();
+                let timeout = shared.config.handler_timeout;
                 session.spawn_tracked(
                     id,
                     None,
                     async move {
                         let mut slot = slot;
-                        let out = answer_of(fut, Some(&task_id)).await;
+                        let out = Deadline::new(answer_of(fut, Some(&task_id)), timeout)
+                            .await
+                            .unwrap_or_else(|| Ok(Answer::timed_out(&task_id)));
                         drop(permit);
                         slot.finish(Some(answer_event(&out, &task_id)));
                     }
@@ -1284,8 +1307,11 @@ where
     let task_log = to.log.clone();
     let task_id = to.id.clone();
     let stream = to.stream;
+    let timeout = shared.config.handler_timeout;
     let task = async move {
-        let out = answer_of(fut, Some(&task_id)).await;
+        let out = Deadline::new(answer_of(fut, Some(&task_id)), timeout)
+            .await
+            .unwrap_or_else(|| Ok(Answer::timed_out(&task_id)));
         drop(permit);
         let json = task_log
             .log()
