@@ -188,6 +188,24 @@ async fn session(svc: &Svc, version: &str) -> String {
     id
 }
 
+/// A `2026-07-28` `tools/call` (no session).
+fn modern_call(id: i64) -> http::Request<Full<Bytes>> {
+    let mut body = tool_call(id);
+    body["params"]["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    http::Request::post("http://localhost/mcp")
+        .header("host", "localhost")
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "block")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
 fn tool_call(id: i64) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "block", "arguments": {}}})
 }
@@ -280,6 +298,9 @@ async fn the_request_beyond_the_nodes_bound_gets_503_in_any_session() {
         let res = call(&svc, post_to(Some(s), "2025-11-25", tool_call(id))).await;
         assert_busy(res, id, "node").await;
     }
+    // A modern (stateless) request counts against the node's bound too.
+    let res = call(&svc, modern_call(9)).await;
+    assert_busy(res, 9, "node").await;
     assert!(started.try_recv().is_err(), "no third handler ran");
 
     gate.send_replace(true);
@@ -288,6 +309,7 @@ async fn the_request_beyond_the_nodes_bound_gets_503_in_any_session() {
     }
     let res = call(&svc, post_to(Some(&c), "2025-11-25", tool_call(5))).await;
     assert_eq!(res.status(), 200, "served again once the handlers finished");
+    assert_eq!(call(&svc, modern_call(10)).await.status(), 200);
 }
 
 #[tokio::test]
