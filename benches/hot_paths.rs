@@ -60,11 +60,13 @@ fn transport() -> (
     > + Clone,
     TransportHandle,
 ) {
-    let mut layer = SseTransportLayer::new()
+    let layer = SseTransportLayer::builder()
         .with_max_sessions(2 * SESSIONS)
         .with_idle_timeout(Duration::from_secs(3600))
-        .with_init_timeout(Duration::from_secs(3600));
-    let handle = layer.handle().unwrap();
+        .with_init_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
     (layer.layer(service_fn(trivial)), handle)
 }
 

@@ -68,7 +68,7 @@ fn main() {
         {
             let with_stream = mode == "stream";
             let mut svc = tower::ServiceBuilder::new()
-                .layer(SseTransportLayer::new().with_max_sessions(n + 200))
+                .layer(SseTransportLayer::builder().with_max_sessions(n + 200).build().unwrap())
                 .service(service_fn(handler));
             // Warm up allocator pools so the baseline is fair.
             for _ in 0..100 {

@@ -130,13 +130,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (embedded store), then the transport, whose default Host allow-list is localhost only
     // (DNS-rebinding protection for a local server).
     let affinity = SessionAffinityLayer::for_node(&args.node);
-    let registry = SessionRegistryLayer::new(MemoryStore::new(), args.node.clone()).build()?;
+    let registry = SessionRegistryLayer::new(MemoryStore::new(), args.node.clone())?;
     let registry_handle = registry.handle();
-    let mut transport = SseTransportLayer::new()
+    let transport = SseTransportLayer::builder()
         .with_allowed_hosts(HostPolicy::localhost())
         .with_id_generator(affinity.id_generator())
         .build()?;
-    let transport_handle = transport.handle()?;
+    let transport_handle = transport.handle();
     let mcp = ServiceBuilder::new()
         .layer(affinity)
         .layer(registry)

@@ -303,7 +303,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std::error::Error>> {
-    let registry = SessionRegistryLayer::new(store, args.node.clone()).build()?;
+    let registry = SessionRegistryLayer::new(store, args.node.clone())?;
     let registry_handle = registry.handle();
     let tag = match &args.tag {
         Some(t) => NodeTag::new(t).map_err(|e| format!("--tag {t}: {e}"))?,
@@ -313,13 +313,13 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     if let Some(name) = &args.cookie_name {
         affinity = affinity.with_cookie_name(name)?;
     }
-    let mut transport = SseTransportLayer::new().with_allowed_hosts(HostPolicy::localhost());
+    let mut transport = SseTransportLayer::builder().with_allowed_hosts(HostPolicy::localhost());
     if !args.transport_only {
         // Session ids carry this node's tag, which the affinity layer reads back.
         transport = transport.with_id_generator(affinity.id_generator());
     }
-    let mut transport = transport.build()?;
-    let handle = transport.handle()?;
+    let transport = transport.build()?;
+    let handle = transport.handle();
     let app = App {
         node: args.node.as_str().into(),
         transport: handle.clone(),

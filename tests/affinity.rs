@@ -785,11 +785,11 @@ async fn strict_short_circuit_keeps_the_inner_reservation_until_drop() {
 #[tokio::test]
 async fn stacked_over_the_real_transport_with_tagged_ids() {
     let affinity = layer();
-    let mut transport = SseTransportLayer::new()
+    let transport = SseTransportLayer::builder()
         .with_id_generator(affinity.id_generator())
         .build()
         .expect("valid transport");
-    let handle = transport.handle().expect("handle");
+    let handle = transport.handle();
     let (probe, _obs) = support::Probe::new();
     let svc = ServiceBuilder::new()
         .layer(affinity.clone())

@@ -124,8 +124,8 @@ fn transport() -> (
 ) {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    let mut layer = SseTransportLayer::new().build().expect("config");
-    let handle = layer.handle().expect("handle");
+    let layer = SseTransportLayer::new();
+    let handle = layer.handle();
     let svc = layer.layer(handler_fn(move |req: HandlerRequest, _cx| {
         c.fetch_add(1, Ordering::SeqCst);
         async move {
@@ -479,9 +479,7 @@ async fn registry_refuses_a_repeated_session_id_or_version_and_removes_nothing()
             .expect("register")
     );
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = SessionRegistryLayer::new(store.clone(), "node-a")
-        .build()
-        .expect("config");
+    let layer = SessionRegistryLayer::new(store.clone(), "node-a").expect("config");
     let svc = layer.layer(stand_in(calls.clone()));
     let cases: Vec<(Req, i64)> = vec![
         (
@@ -842,11 +840,9 @@ async fn an_injected_second_session_id_is_refused_by_the_whole_stack() {
     };
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    let mut transport = SseTransportLayer::new().build().expect("config");
-    let handle = transport.handle().expect("handle");
-    let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a")
-        .build()
-        .expect("config");
+    let transport = SseTransportLayer::new();
+    let handle = transport.handle();
+    let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").expect("config");
     let svc = tower::ServiceBuilder::new()
         .layer(SessionAffinityLayer::new(NodeTag::new("n1").expect("tag")))
         .layer(registry)

@@ -72,10 +72,11 @@ async fn session_ids_never_appear_in_logs() {
     let store = MemoryStore::new();
     let build = |name: &str| {
         let affinity = SessionAffinityLayer::for_node(name);
-        let transport = SseTransportLayer::new().with_id_generator(affinity.id_generator());
-        let registry = SessionRegistryLayer::new(store.clone(), name)
+        let transport = SseTransportLayer::builder()
+            .with_id_generator(affinity.id_generator())
             .build()
             .unwrap();
+        let registry = SessionRegistryLayer::new(store.clone(), name).unwrap();
         let handle = registry.handle();
         let (probe, _) = support::Probe::new();
         let svc = tower::ServiceBuilder::new()

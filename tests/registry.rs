@@ -92,15 +92,13 @@ impl<R: RegistryStore> Drop for Node<R> {
 impl<R: RegistryStore + Clone> Node<R> {
     async fn start(store: R, name: &str) -> Self {
         Self::start_with(
-            SessionRegistryLayer::new(store, name),
+            SessionRegistryLayer::new(store, name).unwrap(),
             SseTransportLayer::new(),
         )
         .await
     }
 
     async fn start_with(registry: SessionRegistryLayer<R>, transport: SseTransportLayer) -> Self {
-        let registry = registry.build().expect("registry config");
-        let mut transport = transport.build().expect("transport config");
         let (probe, _) = Probe::new();
         let svc = tower::ServiceBuilder::new()
             .layer(registry.clone())
@@ -112,7 +110,7 @@ impl<R: RegistryStore + Clone> Node<R> {
         Self {
             addr,
             registry: registry.handle(),
-            transport: transport.handle().expect("handle"),
+            transport: transport.handle(),
             task,
         }
     }
@@ -335,8 +333,11 @@ async fn every_close_path_removes_the_record() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     let node = Node::start_with(
-        SessionRegistryLayer::new(store, "node-a"),
-        SseTransportLayer::new().with_idle_timeout(Duration::from_millis(300)),
+        SessionRegistryLayer::new(store, "node-a").unwrap(),
+        SseTransportLayer::builder()
+            .with_idle_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap(),
     )
     .await;
     // Idle expiry.
@@ -377,7 +378,6 @@ async fn client_hanging_up_during_delete_still_removes_the_record() {
     let redis = RedisServer::start();
     let registry =
         SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), "node-a")
-            .build()
             .unwrap();
     let handle = registry.handle();
     let gate = Arc::new(tokio::sync::Notify::new());
@@ -587,9 +587,11 @@ async fn fail_closed_refuses_initialize_while_redis_is_down() {
         .build_lazy()
         .unwrap();
     let node = Node::start_with(
-        SessionRegistryLayer::new(store, "node-a")
+        SessionRegistryLayer::builder(store, "node-a")
             .with_fail_closed(true)
-            .with_lookup_timeout(Duration::from_millis(200)),
+            .with_lookup_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
         SseTransportLayer::new(),
     )
     .await;
@@ -753,8 +755,12 @@ async fn a_refused_delete_removes_nothing() {
             .map(str::to_owned)
     };
     let node = Node::start_with(
-        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), "node-a"),
-        SseTransportLayer::new().with_principal(principal),
+        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), "node-a")
+            .unwrap(),
+        SseTransportLayer::builder()
+            .with_principal(principal)
+            .build()
+            .unwrap(),
     )
     .await;
     let mut ada = client_with(node.addr, &[("x-user", "ada")]);
@@ -855,18 +861,20 @@ async fn lookups_are_bounded_by_rate_and_cache_and_misroutes_still_tell() {
     let stack = |registry: SessionRegistryLayer<counting_store::Counting<MemoryStore>>| {
         let (probe, _) = Probe::new();
         tower::ServiceBuilder::new()
-            .layer(registry.build().unwrap())
-            .layer(SseTransportLayer::new().build().unwrap())
+            .layer(registry)
+            .layer(SseTransportLayer::new())
             .service(handler_fn(move |req, cx| {
                 support::handle_request(probe.clone(), req, cx)
             }))
     };
-    let a_layer = SessionRegistryLayer::new(store.clone(), "node-a");
+    let a_layer = SessionRegistryLayer::new(store.clone(), "node-a").unwrap();
     let a_handle = a_layer.handle();
     let a = stack(a_layer);
-    let b_layer = SessionRegistryLayer::new(store.clone(), "node-b")
+    let b_layer = SessionRegistryLayer::builder(store.clone(), "node-b")
         .with_lookup_rate(10, Duration::from_secs(1))
-        .with_negative_cache(100, Duration::from_secs(5));
+        .with_negative_cache(100, Duration::from_secs(5))
+        .build()
+        .unwrap();
     let b_handle = b_layer.handle();
     let b = stack(b_layer);
     let post = |id: Option<&str>, body: &Value| {
@@ -956,8 +964,10 @@ async fn a_flood_of_random_ids_costs_redis_at_most_the_lookup_rate() {
     let redis = RedisServer::start();
     let a = Node::start(RedisStore::connect(&redis.url()).await.unwrap(), "node-a").await;
     let b = Node::start_with(
-        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), "node-b")
-            .with_lookup_rate(20, Duration::from_secs(1)),
+        SessionRegistryLayer::builder(RedisStore::connect(&redis.url()).await.unwrap(), "node-b")
+            .with_lookup_rate(20, Duration::from_secs(1))
+            .build()
+            .unwrap(),
         SseTransportLayer::new(),
     )
     .await;

@@ -1,10 +1,10 @@
 //! The registry layer over another MCP implementation: rmcp's `StreamableHttpService`.
 //! It reads only HTTP (minted `Mcp-Session-Id`, 404s, DELETE), so it works unchanged.
 
-#[path = "support/http.rs"]
-mod http_support;
 #[path = "support/counting_store.rs"]
 mod counting_store;
+#[path = "support/http.rs"]
+mod http_support;
 #[path = "support/redis.rs"]
 mod redis_support;
 
@@ -40,7 +40,6 @@ async fn registry_over_rmcp_streamable_http_service() {
         RedisStore::connect(&redis.url()).await.unwrap(),
         "rmcp-node",
     )
-    .build()
     .unwrap();
     let handle = registry.handle();
     let rmcp_service = StreamableHttpService::new(
@@ -129,9 +128,7 @@ impl Drop for Node {
 
 async fn start_node(redis: &RedisServer, name: &str) -> Node {
     let registry =
-        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), name)
-            .build()
-            .unwrap();
+        SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), name).unwrap();
     let handle = registry.handle();
     let rmcp_service = StreamableHttpService::new(
         || Ok(Minimal),
@@ -297,7 +294,7 @@ fn in_process<R: mcp_affinity::registry::RegistryStore>(
     let sessions = Arc::new(sessions);
     let svc = tower::ServiceBuilder::new()
         .layer(SessionAffinityLayer::for_node("node-a").with_envelope(true))
-        .layer(registry.build().unwrap())
+        .layer(registry)
         .service(StreamableHttpService::new(
             || Ok(Minimal),
             sessions.clone(),
@@ -358,7 +355,7 @@ async fn a_session_ended_inside_rmcp_is_dropped_on_its_404() {
     use mcp_affinity::registry::{MemoryStore, RegistryStore};
 
     let store = counting_store::Counting::new(MemoryStore::new());
-    let registry = SessionRegistryLayer::new(store.clone(), "node-a");
+    let registry = SessionRegistryLayer::new(store.clone(), "node-a").unwrap();
     let handle = registry.handle();
     let (svc, sessions) = in_process(registry);
     let id = open_in_process(&svc).await;
@@ -397,7 +394,10 @@ async fn idle_sessions_without_a_close_hook_are_dropped_after_the_idle_bound() {
 
     let idle = Duration::from_secs(600);
     let store = MemoryStore::new();
-    let registry = SessionRegistryLayer::new(store.clone(), "node-a").with_idle_timeout(idle);
+    let registry = SessionRegistryLayer::builder(store.clone(), "node-a")
+        .with_idle_timeout(idle)
+        .build()
+        .unwrap();
     let handle = registry.handle();
     let (svc, _sessions) = in_process(registry);
     let quiet = open_in_process(&svc).await;

@@ -35,8 +35,7 @@ fn stack_with_probe(
     std::sync::Arc<support::Probe>,
     support::Observations,
 ) {
-    let mut layer = layer.build().unwrap();
-    let handle = layer.handle().unwrap();
+    let handle = layer.handle();
     let (probe, obs) = support::Probe::new();
     let p = probe.clone();
     let svc = tower::ServiceBuilder::new()
@@ -107,8 +106,12 @@ async fn ping(svc: &mut Svc, id: &str) -> http::StatusCode {
 
 #[tokio::test(start_paused = true)]
 async fn idle_sessions_are_closed_and_busy_ones_are_not() {
-    let (mut svc, handle) =
-        stack(SseTransportLayer::new().with_idle_timeout(Duration::from_secs(60)));
+    let (mut svc, handle) = stack(
+        SseTransportLayer::builder()
+            .with_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
     let idle = initialize(&mut svc, true).await;
     let streaming = initialize(&mut svc, true).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -145,8 +148,12 @@ async fn idle_sessions_are_closed_and_busy_ones_are_not() {
 
 #[tokio::test(start_paused = true)]
 async fn a_session_goes_idle_once_its_spawned_request_has_answered() {
-    let (mut svc, handle, probe, mut obs) =
-        stack_with_probe(SseTransportLayer::new().with_idle_timeout(Duration::from_secs(60)));
+    let (mut svc, handle, probe, mut obs) = stack_with_probe(
+        SseTransportLayer::builder()
+            .with_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
     let id = initialize(&mut svc, true).await;
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     handle.session(&id).unwrap().on_close(move |_, r| {
@@ -180,8 +187,12 @@ async fn a_session_goes_idle_once_its_spawned_request_has_answered() {
 
 #[tokio::test(start_paused = true)]
 async fn uninitialized_sessions_time_out() {
-    let (mut svc, handle) =
-        stack(SseTransportLayer::new().with_init_timeout(Duration::from_secs(10)));
+    let (mut svc, handle) = stack(
+        SseTransportLayer::builder()
+            .with_init_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    );
     let probe_like = initialize(&mut svc, false).await;
     let good = initialize(&mut svc, true).await;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -255,8 +266,12 @@ async fn events_postpone_the_keep_alive() {
 
 #[tokio::test(start_paused = true)]
 async fn unanswered_server_requests_time_out() {
-    let (mut svc, _handle) =
-        stack(SseTransportLayer::new().with_request_timeout(Duration::from_secs(5)));
+    let (mut svc, _handle) = stack(
+        SseTransportLayer::builder()
+            .with_request_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
     let id = initialize(&mut svc, true).await;
     let call = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"ask","arguments":{}}});
     let res = svc
@@ -276,8 +291,8 @@ async fn unanswered_server_requests_time_out() {
 /// under the transport, concurrent requests through clones all complete.
 #[tokio::test]
 async fn readiness_is_respected_under_a_concurrency_limit() {
-    let mut layer = SseTransportLayer::new().build().unwrap();
-    let _handle = layer.handle().unwrap();
+    let layer = SseTransportLayer::new();
+    let _handle = layer.handle();
     let (probe, _) = support::Probe::new();
     let svc = tower::ServiceBuilder::new()
         .layer(layer)
@@ -295,4 +310,163 @@ async fn readiness_is_respected_under_a_concurrency_limit() {
     for status in futures_util::future::join_all(calls).await {
         assert_eq!(status, 200);
     }
+}
+
+/// Calls `tools/call` `tool` (id 7) in its own task; returns it once the handler started.
+async fn started_call(
+    svc: &mut Svc,
+    obs: &mut support::Observations,
+    id: &str,
+    tool: &str,
+) -> tokio::task::JoinHandle<Result<http::Response<ResponseBody>, std::convert::Infallible>> {
+    let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
+        "params":{"name":tool,"arguments":{}}});
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(http::Method::POST, Some(id), Some(call)));
+    let task = tokio::spawn(fut);
+    obs.wait("started", tool).await;
+    task
+}
+
+/// Well past every default timer (on the paused clock): the deadline of a test's call.
+const AN_HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_never_finishes_is_answered_with_an_error_after_10_minutes() {
+    let (mut svc, _handle, _probe, mut obs) = stack_with_probe(SseTransportLayer::new());
+    let id = initialize(&mut svc, true).await;
+    let start = tokio::time::Instant::now();
+    let call = started_call(&mut svc, &mut obs, &id, "wait").await;
+    let res = tokio::time::timeout(AN_HOUR, call)
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap();
+    assert!(start.elapsed() >= Duration::from_secs(600));
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let body: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["id"], 7);
+    assert_eq!(body["error"]["code"], -32603);
+    assert!(
+        obs.try_has("dropped", "wait"),
+        "the handler future was dropped"
+    );
+    assert_eq!(ping(&mut svc, &id).await, 200, "the session lives on");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_handler_answers_on_its_sse_stream() {
+    let (mut svc, _handle, _probe, mut obs) = stack_with_probe(
+        SseTransportLayer::builder()
+            .with_handler_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    );
+    let id = initialize(&mut svc, true).await;
+    // It streams a notification first, so its answer is an SSE stream.
+    let call = started_call(&mut svc, &mut obs, &id, "stream_wait").await;
+    let res = tokio::time::timeout(AN_HOUR, call)
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let body = tokio::time::timeout(AN_HOUR, res.into_body().collect())
+        .await
+        .expect("the stream ends")
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains(r#""data":"first""#), "{text}");
+    assert!(
+        text.contains(r#""id":7"#) && text.contains("-32603") && text.contains("timed out"),
+        "{text}"
+    );
+    assert!(!text.contains(r#""data":"second""#), "{text}");
+    assert!(obs.try_has("dropped", "stream_wait"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_session_is_closed_at_its_lifetime_of_24_hours() {
+    let (mut svc, handle) = stack(SseTransportLayer::new());
+    let id = initialize(&mut svc, true).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    handle.session(&id).unwrap().on_close(move |_, r| {
+        let _ = tx.send(r);
+    });
+    // An open standalone stream keeps the session busy, so it is never idle.
+    let mut stream = standalone_stream(&mut svc, &id).await;
+    // In use all along: requests do not extend the lifetime.
+    for _ in 0..23 {
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(ping(&mut svc, &id).await, 200);
+    }
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    handle.sweep();
+    let reason = tokio::time::timeout(AN_HOUR, rx).await.expect("closed");
+    assert_eq!(reason.unwrap(), CloseReason::Lifetime);
+    // Its stream ends (after what it holds) and its id is unknown from now on.
+    let rest = tokio::time::timeout(AN_HOUR, async {
+        while let Some(frame) = stream.frame().await {
+            frame.unwrap();
+        }
+    });
+    rest.await.expect("the stream ends");
+    assert_eq!(ping(&mut svc, &id).await, 404);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lifetime_closes_a_session_whose_handler_still_runs() {
+    let (mut svc, handle, _probe, mut obs) = stack_with_probe(
+        SseTransportLayer::builder()
+            .with_session_lifetime(Duration::from_secs(3600))
+            .with_handler_timeout(Duration::from_secs(7200))
+            .build()
+            .unwrap(),
+    );
+    let id = initialize(&mut svc, true).await;
+    let call = started_call(&mut svc, &mut obs, &id, "wait").await;
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    handle.sweep();
+    assert_eq!(
+        handle.session(&id).map(|s| s.close_reason()),
+        None,
+        "removed from the table"
+    );
+    let res = tokio::time::timeout(AN_HOUR, call)
+        .await
+        .expect("the POST ends")
+        .unwrap()
+        .unwrap();
+    let _ = tokio::time::timeout(AN_HOUR, res.into_body().collect())
+        .await
+        .expect("its body ends");
+    obs.wait("dropped", "wait").await;
+    assert_eq!(ping(&mut svc, &id).await, 404);
+}
+
+#[test]
+fn handler_timeout_and_session_lifetime_are_validated() {
+    let err = SseTransportLayer::builder()
+        .with_handler_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "handler_timeout");
+    let err = SseTransportLayer::builder()
+        .with_session_lifetime(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "session_lifetime");
+    assert!(
+        SseTransportLayer::builder()
+            .with_session_lifetime(Duration::MAX)
+            .with_handler_timeout(Duration::MAX)
+            .build()
+            .is_ok()
+    );
 }

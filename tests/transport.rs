@@ -69,7 +69,13 @@ async fn initialize_mints_session_id_and_failure_leaves_nothing() {
 #[tokio::test]
 async fn pluggable_id_generator() {
     let generator = || SessionId::parse("custom-fixed-id").unwrap();
-    let (srv, _) = Server::start(SseTransportLayer::new().with_id_generator(generator)).await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_id_generator(generator)
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     c.connect("2025-11-25").await;
     assert_eq!(c.session.as_deref(), Some("custom-fixed-id"));
@@ -105,11 +111,11 @@ async fn initialize_is_refused_when_no_session_id_can_be_generated() {
     }
 
     let up = Arc::new(AtomicBool::new(false));
-    let mut layer = SseTransportLayer::new()
+    let layer = SseTransportLayer::builder()
         .with_id_generator(Flaky(up.clone()))
         .build()
         .unwrap();
-    let handle = layer.handle().unwrap();
+    let handle = layer.handle();
     let handler = handler_fn(|req, _cx| async move {
         Ok(initialize_result(
             req.params["protocolVersion"]
@@ -580,9 +586,13 @@ async fn delete_closes_session_tasks_and_streams() {
 // 9. Keep-alive comments on open streams.
 #[tokio::test]
 async fn keep_alive_comments() {
-    let (srv, _) =
-        Server::start(SseTransportLayer::new().with_keep_alive(Some(Duration::from_millis(50))))
-            .await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_keep_alive(Some(Duration::from_millis(50)))
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     c.connect("2025-11-25").await;
     let mut stream = Sse::new(c.get().send().await.unwrap());
@@ -598,9 +608,11 @@ async fn keep_alive_comments() {
 #[tokio::test]
 async fn body_limit_and_session_limit() {
     let (srv, _) = Server::start(
-        SseTransportLayer::new()
+        SseTransportLayer::builder()
             .with_max_body_bytes(1024)
-            .with_max_sessions(2),
+            .with_max_sessions(2)
+            .build()
+            .unwrap(),
     )
     .await;
     let mut c = srv.client();
@@ -624,7 +636,13 @@ async fn body_limit_and_session_limit() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_cannot_grow_memory() {
-    let (srv, _) = Server::start(SseTransportLayer::new().with_event_log(64, 64 * 1024)).await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_event_log(64, 64 * 1024)
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     c.connect("2025-11-25").await;
     // Open the standalone stream and never read it, then push far more than the bounds.
@@ -647,7 +665,13 @@ async fn a_client_that_never_reads_cannot_grow_memory() {
 
 #[tokio::test]
 async fn pending_server_request_limit() {
-    let (srv, _) = Server::start(SseTransportLayer::new().with_max_pending_requests(1)).await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_max_pending_requests(1)
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     c.connect("2025-11-25").await;
     let _first = c.call_tool(1, "ask", json!({})).await;
@@ -684,7 +708,10 @@ async fn dropped_server_request_futures_free_their_slots() {
         })
     });
     let svc = tower::Layer::layer(
-        &SseTransportLayer::new().with_max_pending_requests(MAX),
+        &SseTransportLayer::builder()
+            .with_max_pending_requests(MAX)
+            .build()
+            .unwrap(),
         handler,
     );
     let init = in_process_post(json_body(&initialize_body("2025-11-25")), None);
@@ -921,9 +948,11 @@ async fn origin_and_host_validation() {
     assert_eq!(error_code(&body_json(r).await), -32600);
 
     let (srv, _) = Server::start(
-        SseTransportLayer::new()
+        SseTransportLayer::builder()
             .with_allowed_hosts(HostPolicy::list(["mcp.example.com"]))
-            .with_allowed_origins(OriginPolicy::same_origin().allow("https://app.example.com")),
+            .with_allowed_origins(OriginPolicy::same_origin().allow("https://app.example.com"))
+            .build()
+            .unwrap(),
     )
     .await;
     let c = srv.client();
@@ -948,7 +977,13 @@ async fn sessions_bound_to_a_principal() {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let (srv, _) = Server::start(SseTransportLayer::new().with_principal(principal)).await;
+    let (srv, _) = Server::start(
+        SseTransportLayer::builder()
+            .with_principal(principal)
+            .build()
+            .unwrap(),
+    )
+    .await;
     let mut c = srv.client();
     let r = c
         .post(&initialize_body("2025-11-25"))
@@ -1165,8 +1200,8 @@ async fn handler_panics_on_notifications_and_initialize_become_error_responses()
             _ => Ok(json!({})),
         }
     });
-    let mut layer = SseTransportLayer::new();
-    let sessions = layer.handle().unwrap();
+    let layer = SseTransportLayer::new();
+    let sessions = layer.handle();
     let svc = tower::Layer::layer(&layer, handler);
 
     // initialize: the client's request gets an internal error, and no session is made.
@@ -1290,8 +1325,8 @@ async fn a_panic_while_reading_the_handlers_answer_becomes_an_error_response() {
             Ok::<_, std::convert::Infallible>(res.unwrap())
         },
     );
-    let mut layer = SseTransportLayer::new();
-    let sessions = layer.handle().unwrap();
+    let layer = SseTransportLayer::new();
+    let sessions = layer.handle();
     let svc = tower::Layer::layer(&layer, inner);
 
     let (parts, body) = send_in_process(&svc, &initialize_body("2025-11-25"), None, None).await;

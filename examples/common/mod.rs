@@ -73,10 +73,10 @@ pub(crate) fn mcp_service(
     Box<dyn std::error::Error>,
 > {
     let affinity = SessionAffinityLayer::for_node(name).with_cookie_secure(false);
-    let transport = SseTransportLayer::new()
+    let transport = SseTransportLayer::builder()
         .with_id_generator(affinity.id_generator())
         .build()?;
-    let registry = SessionRegistryLayer::new(MemoryStore::new(), name).build()?;
+    let registry = SessionRegistryLayer::new(MemoryStore::new(), name)?;
     Ok(tower::ServiceBuilder::new()
         .layer(affinity)
         .layer(registry)

@@ -24,7 +24,7 @@ use crate::session::{NodeTag, SessionIdEnvelope, TaggedIdGenerator};
 ///
 /// let affinity = SessionAffinityLayer::for_node("node-a");
 /// // The transport mints `<tag>.<random>` ids, so a balancer can pin on the header alone.
-/// let transport = SseTransportLayer::new().with_id_generator(affinity.id_generator());
+/// let transport = SseTransportLayer::builder().with_id_generator(affinity.id_generator()).build().unwrap();
 /// # let _ = (affinity, transport);
 /// ```
 ///

@@ -141,7 +141,7 @@
 //! use serde_json::json;
 //!
 //! let affinity = SessionAffinityLayer::for_node("node-a");
-//! let transport = SseTransportLayer::new().with_id_generator(affinity.id_generator());
+//! let transport = SseTransportLayer::builder().with_id_generator(affinity.id_generator()).build().unwrap();
 //! let svc = tower::ServiceBuilder::new()
 //!     .layer(affinity) // outermost
 //!     // .layer(registry)

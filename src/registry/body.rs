@@ -28,7 +28,7 @@ pin_project! {
     /// use http_body_util::BodyExt;
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").layer(app);
+    /// let svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap().layer(app);
     /// let mut req = post(PING);
     /// req.headers_mut().insert("mcp-session-id", "gone".parse().unwrap());
     /// let body = svc.oneshot(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();

@@ -96,7 +96,7 @@ pin_project! {
     /// use mcp_affinity::registry::{MemoryStore, ResponseFuture, SessionRegistryLayer};
     /// use tower::Service;
     ///
-    /// let mut svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").layer(app);
+    /// let mut svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap().layer(app);
     /// ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc).await.unwrap();
     /// let fut: ResponseFuture<_, _, _> = svc.call(post(INIT));
     /// assert_eq!(fut.await.unwrap().status(), 200);

@@ -11,7 +11,7 @@ use super::{RegistryStats, RegistryStore, SessionRegistry, limit::LookupLimits, 
 /// ```
 /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
 ///
-/// let err = SessionRegistryLayer::new(MemoryStore::new(), "").build().unwrap_err();
+/// let err = SessionRegistryLayer::new(MemoryStore::new(), "").unwrap_err();
 /// assert_eq!(err.field(), "node");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ impl ConfigError {
     /// use std::time::Duration;
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").with_ttl(Duration::ZERO);
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a").with_ttl(Duration::ZERO);
     /// assert_eq!(layer.build().unwrap_err().field(), "ttl");
     /// ```
     pub fn field(&self) -> &'static str {
@@ -50,7 +50,17 @@ impl std::error::Error for ConfigError {}
 /// See the [module docs](crate::registry) for the full behaviour and an example.
 ///
 /// The layer, its clones and every service it builds share one registry (store handle, write
-/// queues, counters): build it once per node.
+/// queues, counters), created once by [`new`](Self::new) or [`SessionRegistryBuilder::build`]:
+/// build it once per node. Settings are made on the builder, which validates them; the layer
+/// itself has none, so an invalid configuration never reaches a served service:
+///
+/// ```compile_fail
+/// # let app = mcp_affinity::SseTransportLayer::new().layer(mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({})) }));
+/// use tower::Layer;
+/// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+///
+/// let svc = SessionRegistryLayer::new(MemoryStore::new(), "").layer(app);
+/// ```
 ///
 /// # Order
 ///
@@ -99,7 +109,7 @@ impl std::error::Error for ConfigError {}
 /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
 /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
 ///
-/// let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().unwrap();
+/// let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
 /// let handle = registry.handle();
 /// let svc = registry.layer(app); // registry outside, transport inside
 /// let res = svc.oneshot(post(INIT)).await.unwrap();
@@ -110,32 +120,12 @@ impl std::error::Error for ConfigError {}
 /// ```
 #[must_use]
 pub struct SessionRegistryLayer<R> {
-    store: Arc<R>,
-    node: Arc<str>,
-    incarnation: Arc<str>,
-    ttl: Duration,
-    fail_closed: bool,
-    queue_capacity: usize,
-    lookup_timeout: Duration,
-    idle_timeout: Duration,
-    lookup_rate: (u32, Duration),
-    negative_cache: (usize, Duration),
     pub(crate) core: Arc<Core<R>>,
 }
 
 impl<R> Clone for SessionRegistryLayer<R> {
     fn clone(&self) -> Self {
         Self {
-            store: self.store.clone(),
-            node: self.node.clone(),
-            incarnation: self.incarnation.clone(),
-            ttl: self.ttl,
-            fail_closed: self.fail_closed,
-            queue_capacity: self.queue_capacity,
-            lookup_timeout: self.lookup_timeout,
-            idle_timeout: self.idle_timeout,
-            lookup_rate: self.lookup_rate,
-            negative_cache: self.negative_cache,
             core: self.core.clone(),
         }
     }
@@ -144,12 +134,69 @@ impl<R> Clone for SessionRegistryLayer<R> {
 impl<R: fmt::Debug> fmt::Debug for SessionRegistryLayer<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionRegistryLayer")
+            .field("store", &self.core.store)
+            .field("node", &self.core.node)
+            .field("incarnation", &self.core.incarnation)
+            .field("ttl", &self.core.ttl)
+            .field("fail_closed", &self.core.fail_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The configuration of a [`SessionRegistryLayer`], validated by [`build`](Self::build).
+///
+/// A builder is not a layer: only the layer that [`build`](Self::build) returns wraps a
+/// service, so an invalid configuration cannot be served.
+///
+/// ```compile_fail
+/// # let app = mcp_affinity::SseTransportLayer::new().layer(mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({})) }));
+/// use tower::Layer;
+/// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+///
+/// let svc = SessionRegistryLayer::builder(MemoryStore::new(), "").layer(app);
+/// ```
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+///
+/// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a")
+///     .with_ttl(Duration::from_secs(7 * 24 * 3600))
+///     .build()
+///     .unwrap();
+/// assert_eq!(layer.handle().node(), "node-a");
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct SessionRegistryBuilder<R> {
+    store: R,
+    node: String,
+    incarnation: Option<String>,
+    ttl: Duration,
+    fail_closed: bool,
+    queue_capacity: usize,
+    lookup_timeout: Duration,
+    idle_timeout: Duration,
+    lookup_rate: (u32, Duration),
+    negative_cache: (usize, Duration),
+}
+
+impl<R: fmt::Debug> fmt::Debug for SessionRegistryBuilder<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRegistryBuilder")
             .field("store", &self.store)
             .field("node", &self.node)
             .field("incarnation", &self.incarnation)
             .field("ttl", &self.ttl)
             .field("fail_closed", &self.fail_closed)
-            .finish_non_exhaustive()
+            .field("queue_capacity", &self.queue_capacity)
+            .field("lookup_timeout", &self.lookup_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("lookup_rate", &self.lookup_rate)
+            .field("negative_cache", &self.negative_cache)
+            .finish()
     }
 }
 
@@ -166,7 +213,7 @@ impl<R: fmt::Debug> fmt::Debug for SessionRegistryLayer<R> {
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The default idle bound of sessions no close hook reports: 1 hour (see
-/// [`SessionRegistryLayer::with_idle_timeout`]).
+/// [`SessionRegistryBuilder::with_idle_timeout`]).
 ///
 /// # Example
 ///
@@ -179,7 +226,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The default bound on the `404` path's store lookups: 200 per second (see
-/// [`SessionRegistryLayer::with_lookup_rate`]).
+/// [`SessionRegistryBuilder::with_lookup_rate`]).
 ///
 /// # Example
 ///
@@ -192,7 +239,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LOOKUP_RATE: (u32, Duration) = (200, Duration::from_secs(1));
 
 /// The default cache of ids the store did not know: 4,096 ids for 2 seconds (see
-/// [`SessionRegistryLayer::with_negative_cache`]).
+/// [`SessionRegistryBuilder::with_negative_cache`]).
 ///
 /// # Example
 ///
@@ -205,7 +252,10 @@ pub const DEFAULT_LOOKUP_RATE: (u32, Duration) = (200, Duration::from_secs(1));
 pub const DEFAULT_NEGATIVE_CACHE: (usize, Duration) = (4096, Duration::from_secs(2));
 
 impl<R: RegistryStore> SessionRegistryLayer<R> {
-    /// A registry for node `node` (its stable name, e.g. the host or pod name) over `store`.
+    /// A registry with the default settings for node `node` (its stable name, e.g. the host
+    /// or pod name) over `store`; an invalid node name is an error. The registry (store
+    /// handle, write queues, counters) is created here: the layer, its clones and every
+    /// service they build share it.
     ///
     /// Each construction picks a fresh random *incarnation*: records of earlier processes with
     /// the same node name are recognised ("node restarted") and removed shortly after start.
@@ -216,25 +266,74 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
     /// let store = MemoryStore::new();
-    /// let layer = SessionRegistryLayer::new(store.clone(), "node-a");
+    /// let layer = SessionRegistryLayer::new(store.clone(), "node-a").unwrap();
     /// assert_eq!(layer.handle().node(), "node-a");
     /// assert!(layer.handle().store().is_empty());
+    /// assert_eq!(SessionRegistryLayer::new(store, "").unwrap_err().field(), "node");
+    /// ```
+    pub fn new(store: R, node: impl Into<String>) -> Result<Self, ConfigError> {
+        Self::builder(store, node).build()
+    }
+
+    /// A builder for a registry with other settings.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a")
+    ///     .with_lookup_timeout(Duration::from_millis(100))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(layer.handle().node(), "node-a");
+    /// ```
+    pub fn builder(store: R, node: impl Into<String>) -> SessionRegistryBuilder<R> {
+        SessionRegistryBuilder::new(store, node)
+    }
+
+    /// A handle to the registry: counters and flushing.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
+    /// let handle = layer.handle(); // shares the layer's registry
+    /// assert_eq!(handle.node(), "node-a");
+    /// assert!(handle.flush(Duration::from_millis(100)).await);
+    /// assert_eq!(handle.stats().registered, 0);
+    /// # }
+    /// ```
+    pub fn handle(&self) -> RegistryHandle<R> {
+        RegistryHandle {
+            core: self.core.clone(),
+        }
+    }
+}
+
+impl<R: RegistryStore> SessionRegistryBuilder<R> {
+    /// A builder with the default settings for node `node` over `store` (see
+    /// [`SessionRegistryLayer::new`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryBuilder};
+    ///
+    /// let layer = SessionRegistryBuilder::new(MemoryStore::new(), "node-a").build().unwrap();
+    /// assert_eq!(layer.handle().node(), "node-a");
     /// ```
     pub fn new(store: R, node: impl Into<String>) -> Self {
-        let store = Arc::new(store);
-        let node: Arc<str> = node.into().into();
-        let incarnation: Arc<str> = crate::session::random_token()[..12].into();
-        let mut layer = Self {
-            core: Arc::new(Core::new(
-                store.clone(),
-                node.clone(),
-                incarnation.clone(),
-                DEFAULT_TTL,
-                65_536,
-            )),
+        Self {
             store,
-            node,
-            incarnation,
+            node: node.into(),
+            incarnation: None,
             ttl: DEFAULT_TTL,
             fail_closed: false,
             queue_capacity: 65_536,
@@ -242,29 +341,7 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             lookup_rate: DEFAULT_LOOKUP_RATE,
             negative_cache: DEFAULT_NEGATIVE_CACHE,
-        };
-        layer.rebuild();
-        layer
-    }
-
-    fn rebuild(&mut self) {
-        self.core = Arc::new(
-            Core::new(
-                self.store.clone(),
-                self.node.clone(),
-                self.incarnation.clone(),
-                self.ttl,
-                self.queue_capacity,
-            )
-            .with_options(self.fail_closed, self.lookup_timeout)
-            .with_idle_timeout(self.idle_timeout)
-            .with_limits(LookupLimits::new(
-                self.lookup_rate.0,
-                self.lookup_rate.1,
-                self.negative_cache.0,
-                self.negative_cache.1,
-            )),
-        );
+        }
     }
 
     /// Record TTL (default 30 days). Long-lived sessions get it refreshed once half of it has
@@ -276,14 +353,13 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// use std::time::Duration;
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a");
     /// assert!(layer.clone().with_ttl(Duration::from_secs(7 * 24 * 3600)).build().is_ok());
     /// let err = layer.with_ttl(Duration::from_millis(500)).build().unwrap_err();
     /// assert_eq!(err.field(), "ttl");
     /// ```
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
-        self.rebuild();
         self
     }
 
@@ -303,7 +379,7 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
     /// use mcp_affinity::registry::{MemoryStore, RegistryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").with_incarnation("boot-7");
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a").with_incarnation("boot-7").build().unwrap();
     /// let handle = layer.handle();
     /// let res = layer.layer(app).oneshot(post(INIT)).await.unwrap();
     /// let id = res.headers()["mcp-session-id"].to_str().unwrap();
@@ -313,8 +389,7 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// # }
     /// ```
     pub fn with_incarnation(mut self, incarnation: impl Into<String>) -> Self {
-        self.incarnation = incarnation.into().into();
-        self.rebuild();
+        self.incarnation = Some(incarnation.into());
         self
     }
 
@@ -339,7 +414,7 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").with_fail_closed(true);
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a").with_fail_closed(true).build().unwrap();
     /// let handle = layer.handle();
     /// let res = layer.layer(app).oneshot(post(INIT)).await.unwrap();
     /// assert_eq!(res.status(), 200);
@@ -349,7 +424,6 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// ```
     pub fn with_fail_closed(mut self, fail_closed: bool) -> Self {
         self.fail_closed = fail_closed;
-        self.rebuild();
         self
     }
 
@@ -361,14 +435,13 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// ```
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a");
     /// assert!(layer.clone().with_queue_capacity(1024).build().is_ok());
     /// let err = layer.with_queue_capacity(0).build().unwrap_err();
     /// assert_eq!(err.field(), "queue_capacity");
     /// ```
     pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity;
-        self.rebuild();
         self
     }
 
@@ -380,14 +453,13 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// use std::time::Duration;
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a");
     /// assert!(layer.clone().with_lookup_timeout(Duration::from_millis(100)).build().is_ok());
     /// let err = layer.with_lookup_timeout(Duration::ZERO).build().unwrap_err();
     /// assert_eq!(err.field(), "lookup_timeout");
     /// ```
     pub fn with_lookup_timeout(mut self, timeout: Duration) -> Self {
         self.lookup_timeout = timeout;
-        self.rebuild();
         self
     }
 
@@ -412,14 +484,13 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// use std::time::Duration;
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a");
     /// assert!(layer.clone().with_idle_timeout(Duration::from_secs(600)).build().is_ok());
     /// let err = layer.with_idle_timeout(Duration::ZERO).build().unwrap_err();
     /// assert_eq!(err.field(), "idle_timeout");
     /// ```
     pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
         self.idle_timeout = idle;
-        self.rebuild();
         self
     }
 
@@ -436,7 +507,7 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// use std::time::Duration;
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a");
     /// assert!(layer.clone().with_lookup_rate(50, Duration::from_secs(1)).build().is_ok());
     /// let err = layer.clone().with_lookup_rate(0, Duration::from_secs(1)).build().unwrap_err();
     /// assert_eq!(err.field(), "lookup_rate");
@@ -445,7 +516,6 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// ```
     pub fn with_lookup_rate(mut self, lookups: u32, per: Duration) -> Self {
         self.lookup_rate = (lookups, per);
-        self.rebuild();
         self
     }
 
@@ -464,7 +534,7 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// use std::time::Duration;
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a");
     /// assert!(layer.clone().with_negative_cache(1024, Duration::from_secs(1)).build().is_ok());
     /// assert!(layer.clone().with_negative_cache(0, Duration::from_secs(1)).build().is_ok());
     /// let err = layer.with_negative_cache(1024, Duration::from_secs(600)).build().unwrap_err();
@@ -472,24 +542,24 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// ```
     pub fn with_negative_cache(mut self, capacity: usize, ttl: Duration) -> Self {
         self.negative_cache = (capacity, ttl);
-        self.rebuild();
         self
     }
 
-    /// Validates the configuration.
+    /// Validates the configuration and creates the registry (store handle, write queues,
+    /// counters): the returned layer, its clones and every service they build share it.
     ///
     /// # Example
     ///
     /// ```
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// assert!(SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().is_ok());
-    /// let err = SessionRegistryLayer::new(MemoryStore::new(), "node\n").build().unwrap_err();
+    /// assert!(SessionRegistryLayer::builder(MemoryStore::new(), "node-a").build().is_ok());
+    /// let err = SessionRegistryLayer::builder(MemoryStore::new(), "node\n").build().unwrap_err();
     /// assert_eq!(err.field(), "node");
-    /// let err = SessionRegistryLayer::new(MemoryStore::new(), "x".repeat(129)).build().unwrap_err();
+    /// let err = SessionRegistryLayer::builder(MemoryStore::new(), "x".repeat(129)).build().unwrap_err();
     /// assert_eq!(err.field(), "node");
     /// ```
-    pub fn build(self) -> Result<Self, ConfigError> {
+    pub fn build(self) -> Result<SessionRegistryLayer<R>, ConfigError> {
         let bad = |field| Err(ConfigError { field });
         if self.node.is_empty() || self.node.len() > 128 || self.node.chars().any(char::is_control)
         {
@@ -514,30 +584,28 @@ impl<R: RegistryStore> SessionRegistryLayer<R> {
         if capacity > 1 << 20 || ttl < Duration::from_millis(1) || ttl > Duration::from_secs(60) {
             return bad("negative_cache");
         }
-        Ok(self)
-    }
-
-    /// A handle to the registry: counters and flushing.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// use std::time::Duration;
-    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
-    ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
-    /// let handle = layer.handle(); // shares the layer's registry
-    /// assert_eq!(handle.node(), "node-a");
-    /// assert!(handle.flush(Duration::from_millis(100)).await);
-    /// assert_eq!(handle.stats().registered, 0);
-    /// # }
-    /// ```
-    pub fn handle(&self) -> RegistryHandle<R> {
-        RegistryHandle {
-            core: self.core.clone(),
-        }
+        let incarnation: Arc<str> = match self.incarnation {
+            Some(i) => i.into(),
+            None => crate::session::random_token()[..12].into(),
+        };
+        let core = Core::new(
+            Arc::new(self.store),
+            self.node.into(),
+            incarnation,
+            self.ttl,
+            self.queue_capacity,
+        )
+        .with_options(self.fail_closed, self.lookup_timeout)
+        .with_idle_timeout(self.idle_timeout)
+        .with_limits(LookupLimits::new(
+            self.lookup_rate.0,
+            self.lookup_rate.1,
+            self.negative_cache.0,
+            self.negative_cache.1,
+        ));
+        Ok(SessionRegistryLayer {
+            core: Arc::new(core),
+        })
     }
 }
 
@@ -562,7 +630,7 @@ impl<S, R: RegistryStore> Layer<S> for SessionRegistryLayer<R> {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+/// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
 /// let handle = layer.handle();
 /// assert!(handle.flush(Duration::from_secs(1)).await);
 /// assert_eq!(handle.node(), "node-a");
@@ -605,7 +673,7 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
     /// let handle = layer.handle();
     /// let svc = layer.layer(app);
     /// svc.clone().oneshot(post(INIT)).await.unwrap();
@@ -630,7 +698,7 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// ```
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let handle = SessionRegistryLayer::new(MemoryStore::new(), "pod-3").handle();
+    /// let handle = SessionRegistryLayer::new(MemoryStore::new(), "pod-3").unwrap().handle();
     /// assert_eq!(handle.node(), "pod-3");
     /// ```
     pub fn node(&self) -> &str {
@@ -644,8 +712,8 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// ```
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let a = SessionRegistryLayer::new(MemoryStore::new(), "node-a").handle();
-    /// let b = SessionRegistryLayer::new(MemoryStore::new(), "node-a").handle();
+    /// let a = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap().handle();
+    /// let b = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap().handle();
     /// assert_eq!(a.incarnation().len(), 12);
     /// assert_ne!(a.incarnation(), b.incarnation()); // one per process start
     /// ```
@@ -663,7 +731,7 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// use mcp_affinity::registry::{MemoryStore, RegistryStore, SessionRecord, SessionRegistryLayer};
     /// use std::time::Duration;
     ///
-    /// let handle = SessionRegistryLayer::new(MemoryStore::new(), "node-a").handle();
+    /// let handle = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap().handle();
     /// let record = SessionRecord::new("node-b", "x");
     /// handle.store().register("s1", &record, Duration::from_secs(60)).await.unwrap();
     /// assert_eq!(handle.store().lookup("s1").await.unwrap(), Some(record));
@@ -691,7 +759,7 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
     /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
     ///
-    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a");
+    /// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
     /// let handle = layer.handle();
     /// layer.layer(app).oneshot(post(INIT)).await.unwrap();
     /// // The record is written in the background (fail-open): wait for it.

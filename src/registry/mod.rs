@@ -13,7 +13,7 @@
 //!   the id up: owned by another node → *misrouted* (`warn!` with owner and here), owned by this
 //!   node's previous process → *node restarted*, absent → *unknown*. The lookups are bounded:
 //!   an id the store did not know a moment ago is answered from a small cache, and over a
-//!   rate ([`with_lookup_rate`](SessionRegistryLayer::with_lookup_rate)) the answer is
+//!   rate ([`with_lookup_rate`](SessionRegistryBuilder::with_lookup_rate)) the answer is
 //!   *unknown* without asking, so a flood of random ids costs the store little. All three are `404` with a
 //!   JSON-RPC error (`-32001`, `data.reason`) telling the client to re-initialize; the
 //!   [`SessionLookup`] response extension and the counters tell them apart. The body never
@@ -30,7 +30,7 @@
 //!   of its own (rmcp), which ends sessions without telling, the registry learns the end from
 //!   the inner service's `404` for a session it registered (record removed, no lookup) or
 //!   drops a session after an idle bound without requests
-//!   ([`with_idle_timeout`](SessionRegistryLayer::with_idle_timeout), default 1 hour). A node that restarts under
+//!   ([`with_idle_timeout`](SessionRegistryBuilder::with_idle_timeout), default 1 hour). A node that restarts under
 //!   the same name removes its previous process's records shortly after start.
 //! - **Store down.** Existing sessions are unaffected, new ones are served (fail-open), the
 //!   `404` path answers *unknown*. A store error never becomes a `500`.
@@ -49,7 +49,7 @@
 //! use mcp_affinity::{handler::handler_fn, registry::{MemoryStore, SessionRegistryLayer}, SseTransportLayer};
 //! use serde_json::json;
 //!
-//! let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().unwrap();
+//! let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
 //! let service = tower::ServiceBuilder::new()
 //!     .layer(registry)
 //!     .layer(SseTransportLayer::new())
@@ -67,7 +67,7 @@
 //! let store = RedisStore::builder("redis://127.0.0.1:6379")
 //!     .with_command_timeout(Duration::from_millis(200))
 //!     .build_lazy()?;
-//! let registry: RedisSessionRegistryLayer = RedisSessionRegistryLayer::new(store, "node-a")
+//! let registry: RedisSessionRegistryLayer = RedisSessionRegistryLayer::builder(store, "node-a")
 //!     .with_ttl(Duration::from_secs(7 * 24 * 3600))
 //!     .build()?;
 //! # let _ = registry;
@@ -88,7 +88,7 @@ pub use body::ResponseBody;
 pub use future::{ResponseFuture, SessionLookup};
 pub use layer::{
     ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_LOOKUP_RATE, DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL,
-    RegistryHandle, SessionRegistryLayer,
+    RegistryHandle, SessionRegistryBuilder, SessionRegistryLayer,
 };
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;
@@ -107,7 +107,7 @@ pub use store::{RedisStore, RedisStoreBuilder};
 ///
 /// // `build_lazy` connects on first use, so no Redis server is needed here.
 /// let store = RedisStore::builder("redis://127.0.0.1:6379").build_lazy()?;
-/// let registry = RedisSessionRegistryLayer::new(store, "node-a").build()?;
+/// let registry = RedisSessionRegistryLayer::new(store, "node-a")?;
 /// assert_eq!(registry.handle().node(), "node-a");
 /// # Ok(())
 /// # }

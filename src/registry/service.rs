@@ -29,7 +29,7 @@ use crate::{
 /// # let app = mcp_affinity::SseTransportLayer::new().layer(handler);
 /// use mcp_affinity::registry::{MemoryStore, SessionLookup, SessionRegistryLayer};
 ///
-/// let svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").layer(app);
+/// let svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap().layer(app);
 /// let mut req = post(PING);
 /// req.headers_mut().insert("mcp-session-id", "gone".parse().unwrap());
 /// let res = svc.oneshot(req).await.unwrap();

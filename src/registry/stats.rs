@@ -27,7 +27,7 @@ pub(crate) struct Counters {
 /// ```
 /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
 ///
-/// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").build().unwrap();
+/// let layer = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
 /// let stats = layer.handle().stats();
 /// assert_eq!(stats.registered, 0);
 /// assert_eq!(stats.cleanup_pending, 0);
@@ -63,15 +63,15 @@ pub struct RegistryStats {
     /// `404` for their id (no store lookup is made for them).
     pub inner_ended: u64,
     /// Sessions without a close hook (an inner service of its own, such as rmcp) dropped after
-    /// the idle bound ([`with_idle_timeout`](super::SessionRegistryLayer::with_idle_timeout)).
+    /// the idle bound ([`with_idle_timeout`](super::SessionRegistryBuilder::with_idle_timeout)).
     pub idle_expired: u64,
     /// Sessions this node registered and still tracks.
     pub tracked: u64,
     /// `404`s answered "unknown" without a store lookup because lookups were over their rate
-    /// ([`with_lookup_rate`](super::SessionRegistryLayer::with_lookup_rate)).
+    /// ([`with_lookup_rate`](super::SessionRegistryBuilder::with_lookup_rate)).
     pub lookups_limited: u64,
     /// `404`s answered "unknown" from the cache of ids the store did not know
-    /// ([`with_negative_cache`](super::SessionRegistryLayer::with_negative_cache)).
+    /// ([`with_negative_cache`](super::SessionRegistryBuilder::with_negative_cache)).
     pub known_misses: u64,
 }
 

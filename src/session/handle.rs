@@ -47,6 +47,9 @@ pub enum CloseReason {
     Closed,
     /// The `initialize` request failed; the session never existed for the client.
     InitializeFailed,
+    /// The session reached the transport's absolute session lifetime (closed even while
+    /// busy).
+    Lifetime,
 }
 
 impl CloseReason {
@@ -68,6 +71,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::Closed => "closed",
             Self::InitializeFailed => "initialize_failed",
+            Self::Lifetime => "lifetime",
         }
     }
 }
@@ -161,6 +165,8 @@ pub(crate) struct Inner {
     next_request: AtomicI64,
     closed_tx: watch::Sender<Option<CloseReason>>,
     config: SessionConfig,
+    /// Request handlers of this session running now (the transport's per-session bound).
+    pub(crate) running: std::sync::atomic::AtomicUsize,
 }
 
 /// The pending entry of one server→client request, owned by the future that waits for its
@@ -280,6 +286,7 @@ impl Session {
                 next_request: AtomicI64::new(1),
                 closed_tx,
                 config,
+                running: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }

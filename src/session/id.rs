@@ -646,8 +646,8 @@ mod tests {
                 )
             }
         });
-        let mut layer = crate::SseTransportLayer::new().build().unwrap();
-        let handle = layer.handle().unwrap();
+        let layer = crate::SseTransportLayer::new();
+        let handle = layer.handle();
         let svc = layer.layer(handler);
         let init = || {
             let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;

@@ -289,7 +289,7 @@ where
 /// use std::time::Duration;
 /// use mcp_affinity::SseTransportLayer;
 ///
-/// let err = SseTransportLayer::new().with_max_sessions(0).build().unwrap_err();
+/// let err = SseTransportLayer::builder().with_max_sessions(0).build().unwrap_err();
 /// assert!(err.to_string().contains("max_sessions"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,9 +306,9 @@ impl ConfigError {
     /// use std::time::Duration;
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// let err = SseTransportLayer::new().with_event_log(0, 1024).build().unwrap_err();
+    /// let err = SseTransportLayer::builder().with_event_log(0, 1024).build().unwrap_err();
     /// assert_eq!(err.field(), "event_log_events");
-    /// let err = SseTransportLayer::new().with_request_timeout(Duration::ZERO).build().unwrap_err();
+    /// let err = SseTransportLayer::builder().with_request_timeout(Duration::ZERO).build().unwrap_err();
     /// assert_eq!(err.field(), "request_timeout");
     /// ```
     pub fn field(&self) -> &'static str {
@@ -341,6 +341,10 @@ pub(crate) struct Config {
     pub(crate) keep_alive: Option<Duration>,
     pub(crate) retry: Duration,
     pub(crate) busy_retry_after: u32,
+    pub(crate) max_running: usize,
+    pub(crate) max_running_per_session: usize,
+    pub(crate) handler_timeout: Duration,
+    pub(crate) session_lifetime: Duration,
     pub(crate) hosts: HostPolicy,
     pub(crate) origins: OriginPolicy,
     pub(crate) ids: Arc<dyn SessionIdGenerator>,
@@ -360,6 +364,10 @@ impl fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("keep_alive", &self.keep_alive)
             .field("retry", &self.retry)
+            .field("max_running", &self.max_running)
+            .field("max_running_per_session", &self.max_running_per_session)
+            .field("handler_timeout", &self.handler_timeout)
+            .field("session_lifetime", &self.session_lifetime)
             .field("hosts", &self.hosts)
             .field("origins", &self.origins)
             .field("principal", &self.principal.is_some())
@@ -384,6 +392,10 @@ impl Default for Config {
             keep_alive: Some(Duration::from_secs(15)),
             retry: Duration::from_secs(3),
             busy_retry_after: 5,
+            max_running: 4096,
+            max_running_per_session: 64,
+            handler_timeout: Duration::from_secs(10 * 60),
+            session_lifetime: Duration::from_secs(24 * 3600),
             hosts: HostPolicy::localhost(),
             origins: OriginPolicy::default(),
             ids: Arc::new(RandomIdGenerator),
@@ -394,7 +406,7 @@ impl Default for Config {
 
 impl Config {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool); 9] = [
+        let checks: [(&'static str, bool); 13] = [
             ("replay_ttl", !self.replay_ttl.is_zero()),
             ("max_body_bytes", self.max_body_bytes > 0),
             ("max_sessions", self.max_sessions > 0),
@@ -404,6 +416,13 @@ impl Config {
             ("event_log_bytes", self.log.max_bytes > 0),
             ("request_timeout", !self.request_timeout.is_zero()),
             ("keep_alive", self.keep_alive.is_none_or(|d| !d.is_zero())),
+            ("max_running_handlers", self.max_running > 0),
+            (
+                "max_running_handlers_per_session",
+                self.max_running_per_session > 0,
+            ),
+            ("handler_timeout", !self.handler_timeout.is_zero()),
+            ("session_lifetime", !self.session_lifetime.is_zero()),
         ];
         match checks.iter().find(|(_, ok)| !ok) {
             Some((field, _)) => Err(ConfigError { field }),
@@ -434,6 +453,12 @@ mod tests {
         }
         assert!(has_port("example.com:443"));
         assert!(!has_port("[::1]"));
+    }
+
+    /// `SseTransportLayer::new` serves the defaults without validating them.
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
     }
 
     #[test]

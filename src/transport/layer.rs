@@ -19,8 +19,22 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 ///
 /// See the [module docs](crate::transport) for the handler contract and an example.
 ///
-/// Cloning the layer, and every service it builds, shares one session table: build the layer
-/// once per node.
+/// The layer holds the transport's shared state (its session table), created once by
+/// [`new`](Self::new) or [`SseTransportBuilder::build`]: cloning the layer does not create a
+/// new one, and every service it builds shares it, so the services axum's
+/// `MethodRouter::layer` builds per method (POST, GET, DELETE) see the same sessions. Build
+/// the layer once per node.
+///
+/// Settings are made on an [`SseTransportBuilder`] ([`builder`](Self::builder)), whose
+/// [`build`](SseTransportBuilder::build) validates them; the layer itself has none, so an
+/// invalid configuration never reaches a served service:
+///
+/// ```compile_fail
+/// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({})) });
+/// use tower::Layer;
+///
+/// let svc = mcp_affinity::SseTransportLayer::new().with_max_body_bytes(0).layer(handler);
+/// ```
 ///
 /// # Order
 ///
@@ -32,10 +46,25 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 ///
 /// `poll_ready` forwards the handler's readiness. Requests the transport answers itself
 /// (rejections, `GET`, `DELETE`, client responses) do not use the handler's readiness.
-/// Handler calls for requests run in their own task once they do not complete on the first
-/// poll, so a slow handler does not hold the connection's future; the number of running
-/// handlers is bounded by the number of open requests, which a `ConcurrencyLimitLayer` in
-/// front of the transport can cap.
+/// A request's handler runs in its own task once it does not complete on the first poll, so
+/// a slow handler does not hold the connection's future. In the legacy era that task
+/// outlives the `POST` (the client may resume the stream with `Last-Event-ID`), so a
+/// `ConcurrencyLimitLayer` in front of the transport does not bound it; the transport bounds
+/// running request handlers itself, in both eras: at most
+/// [`with_max_running_handlers`](SseTransportBuilder::with_max_running_handlers) per node
+/// (default 4,096) and
+/// [`with_max_running_handlers_per_session`](SseTransportBuilder::with_max_running_handlers_per_session)
+/// per legacy session (default 64). A request beyond either bound is answered at once with
+/// `503`, `Retry-After` and a JSON-RPC error, without calling the handler: it is not queued
+/// (a queue would only move the memory). A `2025-03-26` batch takes the places of all its
+/// requests up front, or none. A request handler still running after
+/// [`with_handler_timeout`](SseTransportBuilder::with_handler_timeout) (default 10 min) is
+/// dropped and its request answered with a JSON-RPC error, and a session is closed at its
+/// [`with_session_lifetime`](SseTransportBuilder::with_session_lifetime) (default 24 h) even
+/// while busy, so neither a handler nor a stream that never ends holds a place or a session
+/// for ever. `initialize` and notifications run inside their `POST`, never
+/// in a task of their own, and count against neither bound: what bounds open requests (a
+/// `ConcurrencyLimitLayer`, the server's connection limit) bounds them.
 ///
 /// # Example
 ///
@@ -57,14 +86,47 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct SseTransportLayer {
-    config: Config,
-    shared: Option<Arc<Shared>>,
+    shared: Arc<Shared>,
 }
 
 impl Default for SseTransportLayer {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The configuration of an [`SseTransportLayer`]: limits, timeouts and policies, validated by
+/// [`build`](Self::build).
+///
+/// A builder is not a layer: only the layer that [`build`](Self::build) returns wraps a
+/// service, so an invalid configuration cannot be served.
+///
+/// ```compile_fail
+/// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({})) });
+/// use tower::Layer;
+///
+/// let svc = mcp_affinity::SseTransportLayer::builder().with_max_body_bytes(0).layer(handler);
+/// ```
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mcp_affinity::SseTransportLayer;
+///
+/// let layer = SseTransportLayer::builder()
+///     .with_max_sessions(1_000)
+///     .with_idle_timeout(Duration::from_secs(600))
+///     .build()
+///     .unwrap();
+/// assert_eq!(layer.handle().session_count(), 0);
+/// let err = SseTransportLayer::builder().with_max_sessions(0).build().unwrap_err();
+/// assert_eq!(err.field(), "max_sessions");
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct SseTransportBuilder {
+    config: Config,
 }
 
 /// State shared by every clone of a built transport.
@@ -76,6 +138,8 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     sweeper: AtomicBool,
     pub(crate) counters: Counters,
+    /// Request handlers running now, in every session and both eras (the per-node bound).
+    pub(crate) running: std::sync::atomic::AtomicUsize,
 }
 
 /// Counters (for tests and metrics).
@@ -124,6 +188,7 @@ impl Shared {
             .idle_timeout
             .min(self.config.init_timeout)
             .min(self.config.replay_ttl)
+            .min(self.config.session_lifetime)
             / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
         let weak: Weak<Self> = Arc::downgrade(self);
@@ -138,14 +203,19 @@ impl Shared {
         });
     }
 
-    /// Closes idle sessions and sessions that never finished initialization.
+    /// Closes idle sessions, sessions that never finished initialization, and sessions past
+    /// their absolute lifetime (even busy ones: a handler or stream that never ends must not
+    /// keep a session for ever).
     pub(crate) fn sweep(&self) {
         let now = self.now_ms();
         let idle = self.config.idle_timeout.as_millis() as u64;
         let init = self.config.init_timeout.as_millis() as u64;
+        let lifetime = u64::try_from(self.config.session_lifetime.as_millis()).unwrap_or(u64::MAX);
         for s in self.sessions.snapshot() {
             if s.is_closed() {
                 self.sessions.remove(s.id().as_str());
+            } else if now.saturating_sub(s.created_ms()) >= lifetime {
+                self.close(&s, CloseReason::Lifetime, None);
             } else if !s.is_initialized()
                 && s.last_activity() <= s.created_ms()
                 && now.saturating_sub(s.created_ms()) >= init
@@ -164,21 +234,89 @@ impl Shared {
 }
 
 impl SseTransportLayer {
-    /// A transport with the documented defaults.
+    /// A transport with the documented defaults. Its session table is created here: the layer,
+    /// its clones and every service they build share it.
     ///
     /// # Example
     ///
     /// ```
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// let mut layer = SseTransportLayer::new();
-    /// assert_eq!(layer.handle().unwrap().session_count(), 0);
+    /// let layer = SseTransportLayer::new();
+    /// assert_eq!(layer.handle().session_count(), 0);
     /// ```
     pub fn new() -> Self {
+        // The defaults are valid (checked by a unit test), so nothing can fail here.
+        Self::from_config(Config::default())
+    }
+
+    /// A builder for a transport with other limits, timeouts or policies.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let layer = SseTransportLayer::builder().with_max_body_bytes(1 << 20).build().unwrap();
+    /// assert_eq!(layer.handle().session_count(), 0);
+    /// ```
+    pub fn builder() -> SseTransportBuilder {
+        SseTransportBuilder::new()
+    }
+
+    fn from_config(config: Config) -> Self {
         Self {
-            config: Config::default(),
-            shared: None,
+            shared: Arc::new(Shared {
+                config,
+                sessions: SessionTable::new(),
+                epoch: Instant::now(),
+                draining: AtomicBool::new(false),
+                sweeper: AtomicBool::new(false),
+                counters: Counters::default(),
+                running: std::sync::atomic::AtomicUsize::new(0),
+            }),
         }
+    }
+
+    /// A handle for graceful shutdown and introspection of this transport's sessions (shared
+    /// with the layer and its clones).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let layer = SseTransportLayer::new();
+    /// let handle = layer.handle();
+    /// layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// assert_eq!(handle.session_count(), 1);
+    /// # }
+    /// ```
+    pub fn handle(&self) -> TransportHandle {
+        TransportHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl SseTransportBuilder {
+    /// A builder holding the documented defaults.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::transport::SseTransportBuilder;
+    ///
+    /// assert!(SseTransportBuilder::new().build().is_ok());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Largest accepted POST body; larger ones get `413` (default 4 MiB).
@@ -194,14 +332,13 @@ impl SseTransportLayer {
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// let svc = SseTransportLayer::new().with_max_body_bytes(16).layer(handler);
+    /// let svc = SseTransportLayer::builder().with_max_body_bytes(16).build().unwrap().layer(handler);
     /// let res = svc.oneshot(post(INIT)).await.unwrap();
     /// assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
     /// # }
     /// ```
     pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
         self.config.max_body_bytes = bytes;
-        self.shared = None;
         self
     }
 
@@ -219,7 +356,7 @@ impl SseTransportLayer {
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// let svc = SseTransportLayer::new().with_max_sessions(1).layer(handler);
+    /// let svc = SseTransportLayer::builder().with_max_sessions(1).build().unwrap().layer(handler);
     /// assert_eq!(svc.clone().oneshot(post(INIT)).await.unwrap().status(), 200);
     /// let res = svc.oneshot(post(INIT)).await.unwrap();
     /// assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE);
@@ -228,7 +365,6 @@ impl SseTransportLayer {
     /// ```
     pub fn with_max_sessions(mut self, n: usize) -> Self {
         self.config.max_sessions = n;
-        self.shared = None;
         self
     }
 
@@ -240,13 +376,12 @@ impl SseTransportLayer {
     /// use std::time::Duration;
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// assert!(SseTransportLayer::new().with_idle_timeout(Duration::from_secs(300)).build().is_ok());
-    /// let err = SseTransportLayer::new().with_idle_timeout(Duration::ZERO).build().unwrap_err();
+    /// assert!(SseTransportLayer::builder().with_idle_timeout(Duration::from_secs(300)).build().is_ok());
+    /// let err = SseTransportLayer::builder().with_idle_timeout(Duration::ZERO).build().unwrap_err();
     /// assert_eq!(err.field(), "idle_timeout");
     /// ```
     pub fn with_idle_timeout(mut self, d: Duration) -> Self {
         self.config.idle_timeout = d;
-        self.shared = None;
         self
     }
 
@@ -265,8 +400,8 @@ impl SseTransportLayer {
     /// use std::time::Duration;
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// let mut layer = SseTransportLayer::new().with_init_timeout(Duration::from_millis(1));
-    /// let handle = layer.handle().unwrap();
+    /// let mut layer = SseTransportLayer::builder().with_init_timeout(Duration::from_millis(1)).build().unwrap();
+    /// let handle = layer.handle();
     /// layer.layer(handler).oneshot(post(INIT)).await.unwrap();
     /// tokio::time::advance(Duration::from_millis(5)).await; // no `notifications/initialized` came
     /// handle.sweep();
@@ -275,7 +410,6 @@ impl SseTransportLayer {
     /// ```
     pub fn with_init_timeout(mut self, d: Duration) -> Self {
         self.config.init_timeout = d;
-        self.shared = None;
         self
     }
 
@@ -294,7 +428,7 @@ impl SseTransportLayer {
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// let svc = SseTransportLayer::new().with_event_log(2, 1 << 20).layer(handler);
+    /// let svc = SseTransportLayer::builder().with_event_log(2, 1 << 20).build().unwrap().layer(handler);
     /// let res = svc.oneshot(post(INIT)).await.unwrap();
     /// let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap();
     /// for _ in 0..5 {
@@ -307,7 +441,6 @@ impl SseTransportLayer {
     pub fn with_event_log(mut self, max_events: usize, max_bytes: usize) -> Self {
         self.config.log.max_events = max_events;
         self.config.log.max_bytes = max_bytes;
-        self.shared = None;
         self
     }
 
@@ -321,13 +454,12 @@ impl SseTransportLayer {
     /// use std::time::Duration;
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// assert!(SseTransportLayer::new().with_replay_ttl(Duration::from_secs(10)).build().is_ok());
-    /// let err = SseTransportLayer::new().with_replay_ttl(Duration::ZERO).build().unwrap_err();
+    /// assert!(SseTransportLayer::builder().with_replay_ttl(Duration::from_secs(10)).build().is_ok());
+    /// let err = SseTransportLayer::builder().with_replay_ttl(Duration::ZERO).build().unwrap_err();
     /// assert_eq!(err.field(), "replay_ttl");
     /// ```
     pub fn with_replay_ttl(mut self, d: Duration) -> Self {
         self.config.replay_ttl = d;
-        self.shared = None;
         self
     }
 
@@ -344,7 +476,7 @@ impl SseTransportLayer {
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// use mcp_affinity::{session::SendError, SseTransportLayer};
     ///
-    /// let svc = SseTransportLayer::new().with_max_pending_requests(1).layer(handler);
+    /// let svc = SseTransportLayer::builder().with_max_pending_requests(1).build().unwrap().layer(handler);
     /// let res = svc.oneshot(post(INIT)).await.unwrap();
     /// let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap();
     /// let _first = session.request("roots/list", None);
@@ -353,7 +485,6 @@ impl SseTransportLayer {
     /// ```
     pub fn with_max_pending_requests(mut self, n: usize) -> Self {
         self.config.max_pending_requests = n;
-        self.shared = None;
         self
     }
 
@@ -371,7 +502,7 @@ impl SseTransportLayer {
     /// use std::time::Duration;
     /// use mcp_affinity::{session::SendError, SseTransportLayer};
     ///
-    /// let layer = SseTransportLayer::new().with_request_timeout(Duration::from_secs(5));
+    /// let layer = SseTransportLayer::builder().with_request_timeout(Duration::from_secs(5)).build().unwrap();
     /// let res = layer.layer(handler).oneshot(post(INIT)).await.unwrap();
     /// let session = res.extensions().get::<mcp_affinity::session::Session>().unwrap();
     /// // The client never answers: the request times out (Tokio's clock is paused here).
@@ -380,7 +511,6 @@ impl SseTransportLayer {
     /// ```
     pub fn with_request_timeout(mut self, d: Duration) -> Self {
         self.config.request_timeout = d;
-        self.shared = None;
         self
     }
 
@@ -392,13 +522,12 @@ impl SseTransportLayer {
     /// use std::time::Duration;
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// assert!(SseTransportLayer::new().with_keep_alive(None).build().is_ok());
-    /// let err = SseTransportLayer::new().with_keep_alive(Some(Duration::ZERO)).build().unwrap_err();
+    /// assert!(SseTransportLayer::builder().with_keep_alive(None).build().is_ok());
+    /// let err = SseTransportLayer::builder().with_keep_alive(Some(Duration::ZERO)).build().unwrap_err();
     /// assert_eq!(err.field(), "keep_alive");
     /// ```
     pub fn with_keep_alive(mut self, d: Option<Duration>) -> Self {
         self.config.keep_alive = d;
-        self.shared = None;
         self
     }
 
@@ -417,7 +546,7 @@ impl SseTransportLayer {
     /// use std::time::Duration;
     /// use http_body_util::BodyExt;
     ///
-    /// let svc = mcp_affinity::SseTransportLayer::new().with_retry(Duration::from_millis(500)).layer(handler);
+    /// let svc = mcp_affinity::SseTransportLayer::builder().with_retry(Duration::from_millis(500)).build().unwrap().layer(handler);
     /// let id = svc.clone().oneshot(post(INIT)).await.unwrap().headers()["mcp-session-id"].clone();
     /// let get = http::Request::get("/mcp").header("host", "localhost").header("accept", "text/event-stream")
     ///     .header("mcp-session-id", id).header("mcp-protocol-version", "2025-11-25")
@@ -429,7 +558,6 @@ impl SseTransportLayer {
     /// ```
     pub fn with_retry(mut self, d: Duration) -> Self {
         self.config.retry = d;
-        self.shared = None;
         self
     }
 
@@ -452,7 +580,7 @@ impl SseTransportLayer {
     /// req.headers_mut().insert("host", "mcp.example.com".parse().unwrap());
     /// assert_eq!(svc.oneshot(req).await.unwrap().status(), http::StatusCode::MISDIRECTED_REQUEST);
     /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
-    /// let svc = SseTransportLayer::new().with_allowed_hosts(HostPolicy::list(["mcp.example.com"])).layer(handler);
+    /// let svc = SseTransportLayer::builder().with_allowed_hosts(HostPolicy::list(["mcp.example.com"])).build().unwrap().layer(handler);
     /// let mut req = post(INIT);
     /// req.headers_mut().insert("host", "mcp.example.com".parse().unwrap());
     /// assert_eq!(svc.oneshot(req).await.unwrap().status(), http::StatusCode::OK);
@@ -460,7 +588,6 @@ impl SseTransportLayer {
     /// ```
     pub fn with_allowed_hosts(mut self, hosts: HostPolicy) -> Self {
         self.config.hosts = hosts;
-        self.shared = None;
         self
     }
 
@@ -478,7 +605,7 @@ impl SseTransportLayer {
     /// use mcp_affinity::{transport::OriginPolicy, SseTransportLayer};
     ///
     /// let origins = OriginPolicy::same_origin().allow("https://app.example.com");
-    /// let svc = SseTransportLayer::new().with_allowed_origins(origins).layer(handler);
+    /// let svc = SseTransportLayer::builder().with_allowed_origins(origins).build().unwrap().layer(handler);
     /// let mut req = post(INIT);
     /// req.headers_mut().insert("origin", "https://app.example.com".parse().unwrap());
     /// assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), http::StatusCode::OK);
@@ -489,7 +616,6 @@ impl SseTransportLayer {
     /// ```
     pub fn with_allowed_origins(mut self, origins: OriginPolicy) -> Self {
         self.config.origins = origins;
-        self.shared = None;
         self
     }
 
@@ -508,14 +634,13 @@ impl SseTransportLayer {
     /// use mcp_affinity::{session::{NodeTag, TaggedIdGenerator}, SseTransportLayer};
     ///
     /// let ids = TaggedIdGenerator::new(NodeTag::new("n1").unwrap());
-    /// let svc = SseTransportLayer::new().with_id_generator(ids).layer(handler);
+    /// let svc = SseTransportLayer::builder().with_id_generator(ids).build().unwrap().layer(handler);
     /// let res = svc.oneshot(post(INIT)).await.unwrap();
     /// assert!(res.headers()["mcp-session-id"].to_str().unwrap().starts_with("n1."));
     /// # }
     /// ```
     pub fn with_id_generator(mut self, ids: impl SessionIdGenerator) -> Self {
         self.config.ids = Arc::new(ids);
-        self.shared = None;
         self
     }
 
@@ -532,7 +657,7 @@ impl SseTransportLayer {
     /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// let user = |p: &http::request::Parts| p.headers.get("x-user")?.to_str().ok().map(str::to_owned);
-    /// let svc = mcp_affinity::SseTransportLayer::new().with_principal(user).layer(handler);
+    /// let svc = mcp_affinity::SseTransportLayer::builder().with_principal(user).build().unwrap().layer(handler);
     /// let mut req = post(INIT);
     /// req.headers_mut().insert("x-user", "ada".parse().unwrap());
     /// let id = svc.clone().oneshot(req).await.unwrap().headers()["mcp-session-id"].clone();
@@ -544,107 +669,140 @@ impl SseTransportLayer {
     /// ```
     pub fn with_principal(mut self, extractor: impl PrincipalExtractor) -> Self {
         self.config.principal = Some(Arc::new(extractor));
-        self.shared = None;
         self
     }
 
-    /// Validates the configuration and freezes it. Services built by [`Layer::layer`] from the
-    /// returned layer (and its clones) share one session table.
-    ///
-    /// Calling `layer` on an unbuilt layer builds it implicitly, falling back to the defaults
-    /// (with an error log) if the configuration is invalid; call `build` to see the error.
+    /// Most request handlers running at once on this node, in every session and both eras
+    /// (default 4,096). A request beyond it is answered at once with `503`, `Retry-After`
+    /// and a JSON-RPC error, without calling the handler: it is not queued.
     ///
     /// # Example
     ///
     /// ```
     /// use mcp_affinity::SseTransportLayer;
     ///
-    /// let layer = SseTransportLayer::new().with_max_body_bytes(1 << 20).build().unwrap();
-    /// let mut clone = layer.clone();
-    /// assert_eq!(clone.handle().unwrap().session_count(), 0);
-    /// assert_eq!(SseTransportLayer::new().with_max_body_bytes(0).build().unwrap_err().field(), "max_body_bytes");
+    /// assert!(SseTransportLayer::builder().with_max_running_handlers(256).build().is_ok());
+    /// let err = SseTransportLayer::builder().with_max_running_handlers(0).build().unwrap_err();
+    /// assert_eq!(err.field(), "max_running_handlers");
     /// ```
-    pub fn build(self) -> Result<Self, ConfigError> {
-        if self.shared.is_some() {
-            return Ok(self);
-        }
-        self.config.validate()?;
-        let shared = Arc::new(Shared {
-            config: self.config.clone(),
-            sessions: SessionTable::new(),
-            epoch: Instant::now(),
-            draining: AtomicBool::new(false),
-            sweeper: AtomicBool::new(false),
-            counters: Counters::default(),
-        });
-        Ok(Self {
-            config: self.config,
-            shared: Some(shared),
-        })
+    pub fn with_max_running_handlers(mut self, n: usize) -> Self {
+        self.config.max_running = n;
+        self
     }
 
-    /// A handle for graceful shutdown and introspection of this transport's sessions.
-    ///
-    /// Builds the layer first; see [`build`](Self::build).
+    /// Most request handlers running at once in one legacy session (default 64). A request
+    /// beyond it is answered at once with `503`, `Retry-After` and a JSON-RPC error, without
+    /// calling the handler; a `2025-03-26` batch takes its places up front, all or nothing,
+    /// and one with more requests than the bound is refused with `400`.
     ///
     /// # Example
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// assert!(SseTransportLayer::builder().with_max_running_handlers_per_session(8).build().is_ok());
+    /// let err = SseTransportLayer::builder().with_max_running_handlers_per_session(0).build().unwrap_err();
+    /// assert_eq!(err.field(), "max_running_handlers_per_session");
+    /// ```
+    pub fn with_max_running_handlers_per_session(mut self, n: usize) -> Self {
+        self.config.max_running_per_session = n;
+        self
+    }
+
+    /// How long a request handler may run (default 10 min). A handler still running then is
+    /// dropped, and the client gets a JSON-RPC error (`-32603`) as the request's answer, on
+    /// its JSON response or its SSE stream. Applies to requests of both eras; `initialize`
+    /// and notifications run inside their `POST`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str, sid: Option<&http::HeaderValue>| { let mut b = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json"); if let Some(sid) = sid { b = b.header("mcp-session-id", sid); } b.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap() };
+    /// use std::time::Duration;
+    /// use http_body_util::BodyExt;
+    /// use mcp_affinity::{handler::handler_fn, SseTransportLayer};
+    ///
+    /// let handler = handler_fn(|req, _cx| async move {
+    ///     if req.method == "initialize" {
+    ///         return Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}));
+    ///     }
+    ///     std::future::pending().await // never answers
+    /// });
+    /// let layer = SseTransportLayer::builder().with_handler_timeout(Duration::from_secs(30)).build().unwrap();
+    /// let svc = layer.layer(handler);
+    /// let res = svc.clone().oneshot(post(INIT, None)).await.unwrap();
+    /// let id = res.headers()["mcp-session-id"].clone();
+    /// let res = svc.oneshot(post(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#, Some(&id))).await.unwrap();
+    /// let body = res.into_body().collect().await.unwrap().to_bytes();
+    /// assert!(std::str::from_utf8(&body).unwrap().contains("-32603"));
+    /// assert!(SseTransportLayer::builder().with_handler_timeout(Duration::ZERO).build().is_err());
+    /// # }
+    /// ```
+    pub fn with_handler_timeout(mut self, d: Duration) -> Self {
+        self.config.handler_timeout = d;
+        self
+    }
+
+    /// The absolute lifetime of a session (default 24 h): a session this old is closed even
+    /// while a request or a stream is open (its handlers are aborted, its streams end, the
+    /// registry removes its record), and its client gets `404` and initializes a new one.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
     /// # use tower::{Layer, ServiceExt};
     /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
     /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
-    /// use mcp_affinity::SseTransportLayer;
+    /// use std::time::Duration;
+    /// use mcp_affinity::{session::{CloseReason, Session}, SseTransportLayer};
     ///
-    /// let mut layer = SseTransportLayer::new();
-    /// let handle = layer.handle().unwrap();
-    /// layer.layer(handler).oneshot(post(INIT)).await.unwrap();
-    /// assert_eq!(handle.session_count(), 1);
+    /// let layer = SseTransportLayer::builder().with_session_lifetime(Duration::from_secs(3600)).build().unwrap();
+    /// let handle = layer.handle();
+    /// let res = layer.layer(handler).oneshot(post(INIT)).await.unwrap();
+    /// let session = res.extensions().get::<Session>().unwrap().clone();
+    /// tokio::time::advance(Duration::from_secs(3600)).await;
+    /// handle.sweep();
+    /// assert_eq!(session.close_reason(), Some(CloseReason::Lifetime));
+    /// assert!(SseTransportLayer::builder().with_session_lifetime(Duration::ZERO).build().is_err());
     /// # }
     /// ```
-    pub fn handle(&mut self) -> Result<TransportHandle, ConfigError> {
-        if self.shared.is_none() {
-            *self = std::mem::take(self).build()?;
-        }
-        Ok(TransportHandle {
-            shared: self.shared.clone().ok_or(ConfigError { field: "layer" })?,
-        })
+    pub fn with_session_lifetime(mut self, d: Duration) -> Self {
+        self.config.session_lifetime = d;
+        self
     }
 
-    fn shared(&self) -> Arc<Shared> {
-        if let Some(s) = &self.shared {
-            return s.clone();
-        }
-        match self.clone().build() {
-            Ok(built) => built
-                .shared
-                .unwrap_or_else(|| unreachable_shared(&Config::default())),
-            Err(e) => {
-                tracing::error!(error = %e, "invalid transport configuration; using defaults");
-                unreachable_shared(&Config::default())
-            }
-        }
+    /// Validates the configuration and creates the transport's shared state (its session
+    /// table): the returned layer, its clones and every service they build share it. An
+    /// invalid setting is an error naming it, never a silent default.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::SseTransportLayer;
+    ///
+    /// let layer = SseTransportLayer::builder().with_max_body_bytes(1 << 20).build().unwrap();
+    /// let clone = layer.clone();
+    /// assert_eq!(clone.handle().session_count(), 0);
+    /// assert_eq!(SseTransportLayer::builder().with_max_body_bytes(0).build().unwrap_err().field(), "max_body_bytes");
+    /// ```
+    pub fn build(self) -> Result<SseTransportLayer, ConfigError> {
+        self.config.validate()?;
+        Ok(SseTransportLayer::from_config(self.config))
     }
-}
-
-fn unreachable_shared(config: &Config) -> Arc<Shared> {
-    Arc::new(Shared {
-        config: config.clone(),
-        sessions: SessionTable::new(),
-        epoch: Instant::now(),
-        draining: AtomicBool::new(false),
-        sweeper: AtomicBool::new(false),
-        counters: Counters::default(),
-    })
 }
 
 impl<S> Layer<S> for SseTransportLayer {
     type Service = SseTransport<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SseTransport::from_shared(inner, self.shared())
+        SseTransport::from_shared(inner, self.shared.clone())
     }
 }
 
@@ -657,7 +815,7 @@ impl<S> Layer<S> for SseTransportLayer {
 ///
 /// # async fn run() {
 /// let mut layer = SseTransportLayer::new();
-/// let handle = layer.handle().unwrap();
+/// let handle = layer.handle();
 /// // ... serve with `layer` ...
 /// let closed = handle.shutdown().await;
 /// assert_eq!(closed, 0);
@@ -681,7 +839,7 @@ impl TransportHandle {
     /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// let mut layer = mcp_affinity::SseTransportLayer::new();
-    /// let handle = layer.handle().unwrap();
+    /// let handle = layer.handle();
     /// assert_eq!(handle.session_count(), 0);
     /// layer.layer(handler).oneshot(post(INIT)).await.unwrap();
     /// assert_eq!(handle.session_count(), 1);
@@ -703,7 +861,7 @@ impl TransportHandle {
     /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// let mut layer = mcp_affinity::SseTransportLayer::new();
-    /// let handle = layer.handle().unwrap();
+    /// let handle = layer.handle();
     /// let res = layer.layer(handler).oneshot(post(INIT)).await.unwrap();
     /// let id = res.headers()["mcp-session-id"].to_str().unwrap();
     /// assert_eq!(handle.session(id).unwrap().id().as_str(), id);
@@ -722,7 +880,7 @@ impl TransportHandle {
     /// # Example
     ///
     /// ```
-    /// # let handle = mcp_affinity::SseTransportLayer::new().handle().unwrap();
+    /// # let handle = mcp_affinity::SseTransportLayer::new().handle();
     /// let sent = handle.notify_all("notifications/tools/list_changed", None);
     /// assert_eq!(sent, 0);
     /// ```
@@ -750,7 +908,7 @@ impl TransportHandle {
     /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// let mut layer = mcp_affinity::SseTransportLayer::new();
-    /// let handle = layer.handle().unwrap();
+    /// let handle = layer.handle();
     /// let svc = layer.layer(handler);
     /// svc.clone().oneshot(post(INIT)).await.unwrap();
     /// assert_eq!(handle.shutdown().await, 1);
@@ -780,7 +938,7 @@ impl TransportHandle {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let handle = mcp_affinity::SseTransportLayer::new().handle().unwrap();
+    /// let handle = mcp_affinity::SseTransportLayer::new().handle();
     /// assert!(!handle.is_shutting_down());
     /// handle.shutdown().await;
     /// assert!(handle.is_shutting_down());
@@ -803,8 +961,8 @@ impl TransportHandle {
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// use std::time::Duration;
     ///
-    /// let mut layer = mcp_affinity::SseTransportLayer::new().with_init_timeout(Duration::from_millis(1));
-    /// let handle = layer.handle().unwrap();
+    /// let mut layer = mcp_affinity::SseTransportLayer::builder().with_init_timeout(Duration::from_millis(1)).build().unwrap();
+    /// let handle = layer.handle();
     /// layer.layer(handler).oneshot(post(INIT)).await.unwrap();
     /// tokio::time::advance(Duration::from_millis(5)).await;
     /// handle.sweep(); // closes the session that never sent `notifications/initialized`

@@ -17,6 +17,7 @@ use super::{
     RequestBody, ResponseFuture,
     body::{AbortOnDrop, ResponseBody, SseBody, parse_event_id},
     layer::Shared,
+    limit::{Deadline, Permit},
     read::{ReadError, read_to_bytes},
 };
 use crate::{
@@ -109,9 +110,11 @@ impl<S> SseTransport<S> {
     /// # let post = |body: &str| http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json").body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
     /// use mcp_affinity::SseTransport;
     ///
-    /// let layer = SseTransport::<()>::layer().with_max_body_bytes(8);
+    /// let layer = SseTransport::<()>::layer();
+    /// let handle = layer.handle();
     /// let res = layer.layer(handler).oneshot(post(INIT)).await.unwrap();
-    /// assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    /// assert_eq!(res.status(), 200);
+    /// assert_eq!(handle.session_count(), 1);
     /// # }
     /// ```
     pub fn layer() -> super::SseTransportLayer {
@@ -398,6 +401,26 @@ struct Answer {
 }
 
 impl Answer {
+    /// The answer to `id` when its handler ran past the handler timeout.
+    fn timed_out(id: &RequestId) -> Self {
+        tracing::warn!("request handler timed out; dropped");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Self {
+            status: StatusCode::OK,
+            headers,
+            body: error_body(
+                Some(id),
+                codes::INTERNAL_ERROR,
+                "request handler timed out",
+                None,
+            ),
+        }
+    }
+
     /// A failed handler's answer to `id` (see [`protocol::internal_error`]).
     fn internal_error(id: Option<&RequestId>) -> Self {
         let (status, body) = protocol::internal_error(id);
@@ -761,6 +784,10 @@ where
             let fut = inner.call(handler_request(parts, bytes, msg, cx, None));
             return Ok(Ok(notification_answer(fut).await?));
         };
+        let permit = match Permit::acquire(shared, None) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r.with_id(Some(id)))),
+        };
         let Ok(stream) = log.open_stream() else {
             return Ok(Err(not_found()));
         };
@@ -775,7 +802,7 @@ where
             era: Era::Modern,
             priming: None,
         };
-        run(shared, fut, to).await
+        run(shared, fut, to, permit).await
     }
 }
 
@@ -857,6 +884,10 @@ where
                         "request without id",
                     )));
                 };
+                let permit = match Permit::acquire(shared, Some(&session)) {
+                    Ok(p) => p,
+                    Err(r) => return Ok(Err(r.with_id(Some(id)))),
+                };
                 let Ok(stream) = session.inner.log.open_stream() else {
                     return Ok(Err(not_found()));
                 };
@@ -884,7 +915,7 @@ where
                     era: Era::Legacy,
                     priming,
                 };
-                run(shared, fut, to).await
+                run(shared, fut, to, permit).await
             }
         }
     }
@@ -1152,6 +1183,14 @@ where
         .iter()
         .filter(|m| m.kind() == MessageKind::Request)
         .count();
+    // The places of all the batch's requests, taken before anything runs: all or none.
+    let mut permits = match n_requests {
+        0 => Vec::new(),
+        n => match Permit::acquire_many(shared, &session, n) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r)),
+        },
+    };
     let stream = match n_requests {
         0 => None,
         _ => match session.inner.log.open_stream() {
@@ -1178,7 +1217,9 @@ where
                 }
             }
             MessageKind::Request => {
-                let (Some(stream), Some(id)) = (stream, msg.id().cloned()) else {
+                let (Some(stream), Some(id), Some(permit)) =
+                    (stream, msg.id().cloned(), permits.pop())
+                else {
                     continue;
                 };
                 let cx = RequestContext::legacy(
@@ -1199,12 +1240,16 @@ where
                     done: false,
                 };
                 let task_id = id.clone();
+                let timeout = shared.config.handler_timeout;
                 session.spawn_tracked(
                     id,
                     None,
                     async move {
                         let mut slot = slot;
-                        let out = answer_of(fut, Some(&task_id)).await;
+                        let out = Deadline::new(answer_of(fut, Some(&task_id)), timeout)
+                            .await
+                            .unwrap_or_else(|| Ok(Answer::timed_out(&task_id)));
+                        drop(permit);
                         slot.finish(Some(answer_event(&out, &task_id)));
                     }
                     .in_current_span(),
@@ -1340,6 +1385,7 @@ fn run<'a, F, ResBody, E>(
     shared: &'a Arc<Shared>,
     fut: F,
     to: Answering,
+    permit: Permit,
 ) -> impl Future<Output = Result<Result<Response<ResponseBody>, Rejection>, E>> + Send + 'a
 where
     F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
@@ -1350,8 +1396,12 @@ where
     let task_log = to.log.clone();
     let task_id = to.id.clone();
     let stream = to.stream;
+    let timeout = shared.config.handler_timeout;
     let task = async move {
-        let out = answer_of(fut, Some(&task_id)).await;
+        let out = Deadline::new(answer_of(fut, Some(&task_id)), timeout)
+            .await
+            .unwrap_or_else(|| Ok(Answer::timed_out(&task_id)));
+        drop(permit);
         let json = task_log
             .log()
             .complete(stream, Some(answer_event(&out, &task_id)));

@@ -315,8 +315,7 @@ impl Drop for Server {
 
 impl Server {
     pub async fn start(layer: SseTransportLayer) -> (Self, Observations) {
-        let mut layer = layer.build().expect("valid config");
-        let handle = layer.handle().expect("handle");
+        let handle = layer.handle();
         let (probe, obs) = Probe::new();
         let p = probe.clone();
         let svc = tower::ServiceBuilder::new()
