@@ -809,6 +809,22 @@ async fn a_refused_delete_removes_nothing() {
             "{who}: the session still works"
         );
     }
+    // A DELETE the transport refuses before it looks at the session (here a repeated
+    // singleton header, from another principal) is no close either: the record stays.
+    let res = bob
+        .delete()
+        .header("last-event-id", "1-1")
+        .header("last-event-id", "1-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400, "a repeated header");
+    node.flush().await;
+    assert!(
+        redis.get(&key(&id)).is_some(),
+        "a DELETE refused with 400 removed the record"
+    );
+    assert_eq!(ada.post(&ping()).send().await.unwrap().status(), 200);
     assert_eq!(node.registry.stats().removed, 0);
 
     // A session of a dead node: 404 here, and the record goes (ADR-0066).
@@ -1027,4 +1043,95 @@ async fn a_flood_of_random_ids_costs_redis_at_most_the_lookup_rate() {
     }
     assert!(told, "the misroute was never told apart after the flood");
     assert_eq!(on_a.post(&ping()).send().await.unwrap().status(), 200);
+}
+
+/// A `404` a handler itself answers on a live session of this node (a tool that reports a
+/// missing resource with the HTTP status) is the handler's answer, not the end of the session:
+/// the record stays, the session keeps working and the answer reaches the client untouched.
+#[tokio::test]
+async fn a_handlers_own_404_on_a_live_session_removes_nothing() {
+    use tower::ServiceExt;
+
+    let store = MemoryStore::new();
+    let registry = SessionRegistryLayer::new(store.clone(), "node-a").unwrap();
+    let handle = registry.handle();
+    let inner = tower::service_fn(|req: http::Request<_>| async move {
+        let _ = &req;
+        let (status, body) = if req.headers().contains_key("x-answer-404") {
+            (
+                404,
+                json!({"jsonrpc":"2.0","id":2,"error":{"code":-32002,"message":"no such thing"}}),
+            )
+        } else {
+            (
+                200,
+                json!({"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25",
+                    "capabilities":{},"serverInfo":{"name":"s","version":"1"}}}),
+            )
+        };
+        Ok::<_, Infallible>(
+            http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                )))
+                .unwrap(),
+        )
+    });
+    let svc = tower::ServiceBuilder::new()
+        .layer(registry)
+        .layer(SseTransportLayer::new())
+        .service(inner);
+    let post = |id: Option<&str>, body: &Value, answer_404: bool| {
+        let mut req = http::Request::post("/mcp")
+            .header("host", "localhost")
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(id) = id {
+            req = req.header("mcp-session-id", id);
+        }
+        if answer_404 {
+            req = req.header("x-answer-404", "1");
+        }
+        req.body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap()
+    };
+    let deadline = Duration::from_secs(10);
+    let call = |req| tokio::time::timeout(deadline, svc.clone().oneshot(req));
+    let res = call(post(None, &support::initialize_body("2025-11-25"), false))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    assert!(handle.flush(deadline).await);
+    assert_eq!(store.len(), 1);
+
+    let call_tool = json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+        "params":{"name":"find","arguments":{}}});
+    for _ in 0..2 {
+        let res = call(post(Some(&id), &call_tool, true))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(res.status(), 404);
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], -32002, "the handler's own answer: {v}");
+        assert!(handle.flush(deadline).await);
+        assert_eq!(store.len(), 1, "a handler's 404 removed the record");
+    }
+    assert_eq!(handle.stats().removed, 0);
+    let res = call(post(Some(&id), &ping(), false))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(res.status(), 200, "the session still works");
 }

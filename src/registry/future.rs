@@ -334,6 +334,16 @@ fn hook_close<R: RegistryStore>(core: &Arc<Core<R>>, session: &Session, ctx: &Ct
     });
 }
 
+/// Whether the inner service refused a `DELETE` before closing anything: a [`Refusal`], or
+/// any client error but an unmarked `404` (a malformed or repeated header, a bad version…).
+/// A `2xx` closed the session, a `404` means it is not held here (another node's, or a
+/// previous process's) and a `5xx` is a failed local close: in those three the record goes,
+/// as ADR-0066 asks.
+fn delete_refused<B>(res: &Response<B>) -> bool {
+    Refusal::is_refused(res)
+        || (res.status().is_client_error() && res.status() != StatusCode::NOT_FOUND)
+}
+
 impl<F, B, E, R> Future for ResponseFuture<F, B, R>
 where
     F: Future<Output = Result<Response<B>, E>>,
@@ -352,7 +362,7 @@ where
                     };
                     if ctx.delete {
                         if let Some(removal) = this.removal.take() {
-                            if Refusal::is_refused(&res) {
+                            if delete_refused(&res) {
                                 tracing::debug!(
                                     status = res.status().as_u16(),
                                     "DELETE refused by the inner service: the record stays"
@@ -376,27 +386,34 @@ where
                     if res.status() == StatusCode::NOT_FOUND
                         && let Some(sid) = ctx.sid()
                     {
-                        if core.forget(sid) {
+                        match core.inner_not_found(sid) {
+                            // Held here and reported by its close hook (this crate's
+                            // transport): the `404` is the handler's own answer.
+                            Some(Ends::Hooked) => return Poll::Ready(Ok(map_body(res))),
                             // A session this node registered, ended inside the inner service
                             // (its own expiry, no close hook): no lookup needed.
-                            core.enqueue(sid, OpKind::RemoveIfOwned);
-                            core.counters
-                                .inner_ended
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            core.counters
-                                .unknown
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tracing::debug!(session = %Fingerprint::of(sid), "session ended inside the inner service; its record is removed");
-                            let (parts, _) = res.into_parts();
-                            return Poll::Ready(Ok(not_found(parts, SessionLookup::Unknown)));
+                            Some(Ends::Unreported) => {
+                                core.enqueue(sid, OpKind::RemoveIfOwned);
+                                core.counters
+                                    .inner_ended
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                core.counters
+                                    .unknown
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tracing::debug!(session = %Fingerprint::of(sid), "session ended inside the inner service; its record is removed");
+                                let (parts, _) = res.into_parts();
+                                return Poll::Ready(Ok(not_found(parts, SessionLookup::Unknown)));
+                            }
+                            None => {
+                                let fut = Box::pin(lookup(core.clone(), sid.into()));
+                                let (parts, _) = res.into_parts();
+                                this.state.set(State::Lookup {
+                                    fut,
+                                    parts: Some(parts),
+                                });
+                                continue;
+                            }
                         }
-                        let fut = Box::pin(lookup(core.clone(), sid.into()));
-                        let (parts, _) = res.into_parts();
-                        this.state.set(State::Lookup {
-                            fut,
-                            parts: Some(parts),
-                        });
-                        continue;
                     }
                     let Some(id) = minted_id(&res, ctx) else {
                         return Poll::Ready(Ok(map_body(res)));

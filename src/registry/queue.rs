@@ -243,6 +243,22 @@ impl<R> Core<R> {
     }
 
     /// Drops a session from the sessions this node tracks; whether it was tracked.
+    /// After the inner service's `404` for `id`: how this node tracks the session, and for a
+    /// session no close hook reports, forgets it (the `404` is its end). A session the close
+    /// hook reports stays: it is still held, so that `404` is the handler's own answer.
+    pub(crate) fn inner_not_found(&self, id: &str) -> Option<Ends> {
+        let mut live = self.live();
+        let ends = match live.get(id) {
+            None => return None,
+            Some(t) if t.seen.is_none() => return Some(Ends::Hooked),
+            Some(_) => Ends::Unreported,
+        };
+        live.remove(id);
+        self.unreported.fetch_sub(1, Ordering::Relaxed);
+        crate::session::shrink_when_sparse(&mut live);
+        Some(ends)
+    }
+
     pub(crate) fn forget(&self, id: &str) -> bool {
         let mut live = self.live();
         let removed = live.remove(id);
