@@ -934,8 +934,9 @@ mod redis_single {
         assert_eq!(zcard, 600);
         // 600 ids joining one index: two calls of the index script (512 + 88).
         assert_eq!(server.command_count("evalsha"), 2);
-        // Each record's TTL reset, and the index's own expiry extended to the longer TTL.
-        assert_eq!(server.command_count("expire"), 601);
+        // Each record's TTL reset, the listing's `EXPIRE … NX` (a no-op on an index that has
+        // one), and the index's own expiry extended to the longer TTL.
+        assert_eq!(server.command_count("expire"), 602);
         assert_ttl_near(server.ttl("mcp:session:node:{node-a}"), MONTH);
 
         // Another node's record under the same id is left alone, and not indexed here.
@@ -1006,6 +1007,13 @@ mod redis_single {
         // The first round trip runs now (before this PING, on the same connection).
         until_answering(&store, 100).await;
         assert_eq!(store.lookup("s1").await.expect("lookup"), Some(record));
+        // The listing made the node's index; it expires, as its entries do, even though the
+        // round trip that sets the index's TTL never ran (the node may never come back).
+        let ttl: i64 = server.cmd(&["TTL", "mcp:session:node:{node-a}"]);
+        assert!(
+            ttl > 0 && ttl <= MONTH.as_secs() as i64,
+            "the index has no expiry: TTL {ttl}"
+        );
 
         assert_eq!(
             store

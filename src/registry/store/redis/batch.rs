@@ -303,7 +303,8 @@ impl RedisStore {
 }
 
 /// Adds to `pipe` one `ZADD` per node listing the sessions `writes` registers, except those a
-/// later write of the batch removes, scored by their expiry (this machine's clock; the second
+/// later write of the batch removes (and an `EXPIRE … NX`, so a new index expires even if the
+/// second round trip never runs), scored by their expiry (this machine's clock; the second
 /// round trip scores them again with the server's). Returns the ids listed.
 fn prelist<'w>(
     pipe: &mut Pipeline,
@@ -334,14 +335,26 @@ fn prelist<'w>(
         }
     }
     for (node, ids) in &by_node {
+        let index = keys.node_index(node);
         for chunk in ids.chunks(IDS_PER_INDEX_COMMAND) {
             let mut cmd = ::redis::cmd("ZADD");
-            cmd.arg(keys.node_index(node));
+            cmd.arg(&index);
             for (score, id) in chunk {
                 cmd.arg(*score).arg(*id);
             }
             pipe.add_command(cmd);
         }
+        // A new index gets an expiry at once (`NX`: an existing one keeps its own), as long as
+        // its newest entry's: should the node die before the second round trip sets it, the
+        // index does not outlive its records.
+        let newest = ids.iter().map(|(expiry, _)| *expiry).max().unwrap_or(now);
+        pipe.add_command(
+            ::redis::cmd("EXPIRE")
+                .arg(&index)
+                .arg(newest.saturating_sub(now).max(1))
+                .arg("NX")
+                .to_owned(),
+        );
     }
     listed
 }
