@@ -383,7 +383,7 @@ impl SessionAffinityLayer {
 
     /// A session id generator for this node: `<tag>.<24 random base64url characters>` (144
     /// bits from the operating system's generator). Give it to the transport with
-    /// [`SseTransportLayer::with_id_generator`](crate::SseTransportLayer::with_id_generator);
+    /// [`SseTransportBuilder::with_id_generator`](crate::transport::SseTransportBuilder::with_id_generator);
     /// its ids then pass through this layer unchanged.
     ///
     /// Ids are visible ASCII, `tag + 25` characters long: 33 for a derived tag, at most 57.

@@ -4,7 +4,7 @@ use tower_layer::Layer;
 
 use super::{RegistryStats, RegistryStore, SessionRegistry, limit::LookupLimits, queue::Core};
 
-/// An invalid registry configuration, reported by [`SessionRegistryLayer::build`].
+/// An invalid registry configuration, reported by [`SessionRegistryBuilder::build`].
 ///
 /// # Example
 ///
@@ -84,9 +84,9 @@ impl std::error::Error for ConfigError {}
 /// they go to bounded, ordered queues drained by background workers (fail-open). In
 /// fail-closed mode the `initialize` response waits for its registration. The `404` path's
 /// store lookups are bounded: by a rate
-/// ([`with_lookup_rate`](Self::with_lookup_rate), over it the answer is "unknown" at once) and
+/// ([`with_lookup_rate`](SessionRegistryBuilder::with_lookup_rate), over it the answer is "unknown" at once) and
 /// by a short cache of ids the store did not know
-/// ([`with_negative_cache`](Self::with_negative_cache)).
+/// ([`with_negative_cache`](SessionRegistryBuilder::with_negative_cache)).
 ///
 /// # Runtime
 ///

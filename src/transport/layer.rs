@@ -40,7 +40,7 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 ///
 /// Innermost of this crate's layers: `SessionAffinityLayer` → `SessionRegistryLayer` →
 /// `SseTransportLayer` → handler. Put authentication outside it if sessions are bound to a
-/// principal ([`with_principal`](Self::with_principal)).
+/// principal ([`with_principal`](SseTransportBuilder::with_principal)).
 ///
 /// # Backpressure
 ///
