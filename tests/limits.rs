@@ -392,3 +392,62 @@ async fn a_cancelled_request_gives_its_place_back() {
     let _ = body_of(res).await;
     let _third = blocked(&svc, &id, 3, &mut started).await;
 }
+
+/// A `2026-07-28` request for `method` (no session, no `Mcp-Name`).
+fn modern_request(method: &str, id: i64) -> http::Request<Full<Bytes>> {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}
+    }}});
+    http::Request::post("http://localhost/mcp")
+        .header("host", "localhost")
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// A `subscriptions/listen` stream lives as long as its client keeps it open (its handler is
+/// dropped when the stream closes): it takes no place of the node's bound and has no handler
+/// timeout, so long-lived listeners neither starve other requests nor are cut off.
+#[tokio::test(start_paused = true)]
+async fn a_listen_stream_takes_no_place_and_never_times_out() {
+    let layer = SseTransportLayer::builder()
+        .with_max_running_handlers(1)
+        .with_handler_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let handler = handler_fn(move |req, _cx| {
+        let started = started_tx.clone();
+        async move {
+            if req.method == "subscriptions/listen" {
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+            }
+            Ok(json!({"tools": []}))
+        }
+    });
+    let svc: Svc = tower::util::BoxCloneService::new(
+        tower::ServiceBuilder::new().layer(layer).service(handler),
+    );
+    let mut listen = tokio::spawn(
+        svc.clone()
+            .oneshot(modern_request("subscriptions/listen", 1)),
+    );
+    tokio::time::timeout(DEADLINE, started.recv())
+        .await
+        .expect("the listener runs");
+    // The node's one place is free for other requests.
+    for id in 2..4 {
+        let res = call(&svc, modern_request("tools/list", id)).await;
+        assert_eq!(res.status(), 200);
+        assert!(body_of(res).await.contains(r#""tools""#));
+    }
+    // Far past the handler timeout, the listener is still open (not answered `-32603`).
+    let open = tokio::time::timeout(Duration::from_secs(3600), &mut listen).await;
+    assert!(open.is_err(), "the listen stream was answered: {open:?}");
+    listen.abort();
+}

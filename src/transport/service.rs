@@ -784,9 +784,16 @@ where
             let fut = inner.call(handler_request(parts, bytes, msg, cx, None));
             return Ok(Ok(notification_answer(fut).await?));
         };
-        let permit = match Permit::acquire(shared, None) {
-            Ok(p) => p,
-            Err(r) => return Ok(Err(r.with_id(Some(id)))),
+        // A `subscriptions/listen` stream lives as long as its client keeps it open (the
+        // handler is dropped when the stream closes): it takes no place of the node's bound
+        // and has no handler timeout, so listeners neither starve requests nor are cut off.
+        let permit = if method == "subscriptions/listen" {
+            None
+        } else {
+            match Permit::acquire(shared, None) {
+                Ok(p) => Some(p),
+                Err(r) => return Ok(Err(r.with_id(Some(id)))),
+            }
         };
         let Ok(stream) = log.open_stream() else {
             return Ok(Err(not_found()));
@@ -915,7 +922,7 @@ where
                     era: Era::Legacy,
                     priming,
                 };
-                run(shared, fut, to, permit).await
+                run(shared, fut, to, Some(permit)).await
             }
         }
     }
@@ -1385,7 +1392,7 @@ fn run<'a, F, ResBody, E>(
     shared: &'a Arc<Shared>,
     fut: F,
     to: Answering,
-    permit: Permit,
+    permit: Option<Permit>,
 ) -> impl Future<Output = Result<Result<Response<ResponseBody>, Rejection>, E>> + Send + 'a
 where
     F: Future<Output = Result<Response<ResBody>, E>> + Send + 'static,
@@ -1396,11 +1403,15 @@ where
     let task_log = to.log.clone();
     let task_id = to.id.clone();
     let stream = to.stream;
-    let timeout = shared.config.handler_timeout;
+    // A handler without a place (a listen stream) has no timeout either.
+    let timeout = permit.as_ref().map(|_| shared.config.handler_timeout);
     let task = async move {
-        let out = Deadline::new(answer_of(fut, Some(&task_id)), timeout)
-            .await
-            .unwrap_or_else(|| Ok(Answer::timed_out(&task_id)));
+        let out = match timeout {
+            Some(timeout) => Deadline::new(answer_of(fut, Some(&task_id)), timeout)
+                .await
+                .unwrap_or_else(|| Ok(Answer::timed_out(&task_id))),
+            None => answer_of(fut, Some(&task_id)).await,
+        };
         drop(permit);
         let json = task_log
             .log()
