@@ -170,7 +170,13 @@ impl Message {
     /// assert!(Message::parse(br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).is_err());
     /// ```
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
-        let wire: Wire<'_> = match serde_json::from_slice(bytes) {
+        // JSON text is UTF-8 (RFC 8259 §8.1). Checked here, once: serde_json's slice reader
+        // checks only the strings it decodes, not those it skips (unknown fields), and the
+        // `&str` reader then skips its own checks.
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Err(ParseError::Json);
+        };
+        let wire: Wire<'_> = match serde_json::from_str(text) {
             Ok(w) => w,
             Err(e) if e.is_data() => return Err(ParseError::Invalid("not a JSON-RPC 2.0 message")),
             Err(_) => return Err(ParseError::Json),
