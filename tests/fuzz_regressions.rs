@@ -1,7 +1,7 @@
 //! Inputs the fuzz targets (`fuzz/fuzz_targets/`) found, kept as tests through the public API
 //! (in-process calls, each bounded by a deadline). Each names its target.
 
-use std::time::Duration;
+use std::{convert::Infallible, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -9,12 +9,14 @@ use http_body_util::{BodyExt, Full};
 use mcp_affinity::{
     SseTransportLayer,
     protocol::{Message, ParseError, codes},
+    session::RequestContext,
     transport::HostPolicy,
 };
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
 
 const DEADLINE: Duration = Duration::from_secs(10);
+const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
 
 fn post(body: impl Into<Bytes>, sid: Option<&str>) -> Request<Full<Bytes>> {
     let mut b = Request::post("/mcp")
@@ -38,6 +40,84 @@ where
         .expect("the body ends in time")
         .unwrap()
         .to_bytes()
+}
+
+/// The `data` of each event of an SSE stream, as the WHATWG algorithm reads it: a line ends
+/// at CRLF, LF or a bare CR, and `data` lines are joined with LF.
+fn sse_data(stream: &str) -> Vec<String> {
+    let mut events = Vec::new();
+    let mut data: Option<String> = None;
+    let stream = stream.replace("\r\n", "\n").replace('\r', "\n");
+    for line in stream.split('\n') {
+        if line.is_empty() {
+            events.extend(data.take());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(v);
+                }
+                None => data = Some(v.to_owned()),
+            }
+        }
+    }
+    events
+}
+
+/// Target `sse`: an answer whose JSON has a bare CR between tokens (legal JSON whitespace),
+/// sent on an SSE stream. The encoder split lines on LF only, so every SSE parser cut the
+/// `data:` line at the CR and dropped the rest of the answer.
+#[tokio::test]
+async fn sse_answer_with_a_bare_cr_reads_back_whole() {
+    let inner = tower::service_fn(
+        |req: Request<mcp_affinity::transport::RequestBody>| async move {
+            if let Some(cx) = req.extensions().get::<RequestContext>() {
+                // Something on the request's stream first: the answer then goes out as SSE.
+                cx.notify("notifications/message", Some(json!({"level": "info"})))
+                    .unwrap();
+            }
+            let msg = req.extensions().get::<Message>().unwrap();
+            let body = if msg.method() == Some("initialize") {
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":0,"result":{{"protocolVersion":"2025-11-25","capabilities":{{}},"serverInfo":{{"name":"s","version":"1"}}}}}}"#
+                )
+            } else {
+                "{\"jsonrpc\":\"2.0\",\r\"id\":1,\r\"result\":{\"a\":\r1}}".to_owned()
+            };
+            let res = Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        },
+    );
+    let svc = SseTransportLayer::new().layer(inner);
+    let res = tokio::time::timeout(DEADLINE, svc.clone().oneshot(post(INIT, None)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = body_of(res).await;
+
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#;
+    let res = tokio::time::timeout(DEADLINE, svc.oneshot(post(call, Some(&sid))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let stream = String::from_utf8(body_of(res).await.to_vec()).unwrap();
+    let answer = sse_data(&stream)
+        .into_iter()
+        .filter(|d| !d.is_empty())
+        .map(|d| serde_json::from_str::<Value>(&d).unwrap_or_else(|e| panic!("{e}: {d:?}")))
+        .find(|v| v.get("id").is_some())
+        .expect("the answer event");
+    assert_eq!(
+        answer,
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"a": 1}})
+    );
 }
 
 /// Target `host_origin`: `HostPolicy` dropped whatever followed `]` in a bracketed host, so

@@ -289,7 +289,8 @@ pub(crate) fn parse_event_id(s: &str) -> Option<(u32, u32)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-/// Encodes one SSE event carrying `data` (split on line breaks, as SSE requires).
+/// Encodes one SSE event carrying `data`, one `data:` line per line of it: a line ends at
+/// CRLF, LF or a bare CR, as for every SSE parser (WHATWG HTML §9.2.6).
 pub(crate) fn encode_event(id: Option<(u32, u32)>, data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(data.len() + 32);
     if let Some((stream, seq)) = id {
@@ -298,11 +299,15 @@ pub(crate) fn encode_event(id: Option<(u32, u32)>, data: &[u8]) -> Bytes {
         b.put_u8(b'\n');
     }
     b.put_slice(b"event: message\n");
-    for line in data.split(|&c| c == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut rest = data;
+    loop {
+        let end = rest.iter().position(|&c| c == b'\n' || c == b'\r');
         b.put_slice(b"data: ");
-        b.put_slice(line);
+        b.put_slice(&rest[..end.unwrap_or(rest.len())]);
         b.put_u8(b'\n');
+        let Some(end) = end else { break };
+        let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
+        rest = &rest[end + 1 + usize::from(crlf)..];
     }
     b.put_u8(b'\n');
     b.freeze()
@@ -371,5 +376,19 @@ mod tests {
         assert_eq!(parse_event_id("3-7"), Some((3, 7)));
         assert_eq!(parse_event_id("x-7"), None);
         assert_eq!(parse_event_id("37"), None);
+    }
+
+    /// Found by the `sse` fuzz target: a bare CR ends a line for every SSE parser, so it
+    /// must end a `data:` line here too (as LF and CRLF do).
+    #[test]
+    fn every_line_break_ends_a_data_line() {
+        assert_eq!(
+            &encode_event(None, b"a\rb\r\nc\nd\r")[..],
+            b"event: message\ndata: a\ndata: b\ndata: c\ndata: d\ndata: \n\n"
+        );
+        assert_eq!(
+            &encode_event(None, b"\r\r\n")[..],
+            b"event: message\ndata: \ndata: \ndata: \n\n"
+        );
     }
 }
