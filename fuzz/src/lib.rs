@@ -457,31 +457,3 @@ where
         self.inner.call(req)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sse_parser_follows_the_algorithm() {
-        let (e, retry) = parse_sse(
-            b"id: 1-2\nretry: 500\ndata: \n\nevent: x\ndata: a\r\ndata:b\rdata\n\n:c\n\ndata: cut",
-        );
-        assert_eq!(retry, Some(500));
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].event, "x");
-        assert_eq!(e[0].data, "a\nb\n");
-        assert_eq!(e[0].last_event_id, "1-2");
-    }
-
-    #[test]
-    fn input_notation() {
-        let (o, r) = parse_input(b"# envelope\nPOST /mcp\na: 1\nb:2\n\n{}\n~~~\nGET\n");
-        assert_eq!(o, ["envelope"]);
-        assert_eq!(r.len(), 2);
-        assert_eq!(r[0].headers.len(), 2);
-        assert_eq!(r[0].body, b"{}");
-        assert_eq!(r[1].method, b"GET");
-        assert!(r[1].body.is_empty());
-    }
-}
