@@ -79,9 +79,7 @@ async fn sse_answer_with_a_bare_cr_reads_back_whole() {
             }
             let msg = req.extensions().get::<Message>().unwrap();
             let body = if msg.method() == Some("initialize") {
-                format!(
-                    r#"{{"jsonrpc":"2.0","id":0,"result":{{"protocolVersion":"2025-11-25","capabilities":{{}},"serverInfo":{{"name":"s","version":"1"}}}}}}"#
-                )
+                r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"s","version":"1"}}}"#.to_owned()
             } else {
                 "{\"jsonrpc\":\"2.0\",\r\"id\":1,\r\"result\":{\"a\":\r1}}".to_owned()
             };
