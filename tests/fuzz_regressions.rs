@@ -157,3 +157,50 @@ async fn a_body_that_is_not_utf8_is_a_parse_error() {
         assert_eq!(v["error"]["code"], codes::PARSE_ERROR, "{v}");
     }
 }
+
+/// Target `jsonrpc`: the era is read from `params._meta`, but a wrong-typed field elsewhere in
+/// `params` (here `requestId: 1.5`) made the whole peek fail, so a request claiming the modern
+/// era on a legacy session's connection was served as legacy. Each field is now read on its
+/// own: the claim is seen, and the header that contradicts it is a `-32001` mismatch.
+#[tokio::test]
+async fn a_wrong_typed_param_does_not_hide_the_era_claim() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let handler = mcp_affinity::handler::handler_fn(move |req, cx| {
+        log.lock().unwrap().push((req.method.clone(), cx.era()));
+        async move {
+            Ok(
+                json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}),
+            )
+        }
+    });
+    let svc = SseTransportLayer::new().layer(handler);
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    let res = tokio::time::timeout(DEADLINE, svc.clone().oneshot(post(init, None)))
+        .await
+        .unwrap()
+        .unwrap();
+    let sid = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    seen.lock().unwrap().clear();
+
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#;
+    for params in [
+        format!(r#"{{"requestId":1.5,{meta}}}"#),
+        format!(r#"{{"name":["x"],"uri":7,{meta},"clientInfo":3}}"#),
+    ] {
+        let body =
+            format!(r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{params}}}"#);
+        let res = tokio::time::timeout(DEADLINE, svc.clone().oneshot(post(body, Some(&sid))))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{params}");
+        let v: Value = serde_json::from_slice(&body_of(res).await).unwrap();
+        assert_eq!(v["error"]["code"], codes::HEADER_MISMATCH, "{params}: {v}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}

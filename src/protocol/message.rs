@@ -328,21 +328,107 @@ impl Message {
 }
 
 /// The fields of `params` the transport looks at.
-#[derive(Debug, Default, Deserialize)]
+///
+/// Read from a JSON object only (never positionally from an array), each field on its own: a
+/// field of an unexpected type is absent without hiding the others (a wrong `requestId` must
+/// not hide the `_meta` era claim), and of a repeated key the last wins, as for
+/// `serde_json::Value`.
+#[derive(Debug, Default)]
 pub(crate) struct ParamsPeek {
-    #[serde(rename = "_meta")]
     pub(crate) meta: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(rename = "protocolVersion")]
     pub(crate) protocol_version: Option<serde_json::Value>,
     pub(crate) name: Option<serde_json::Value>,
     pub(crate) uri: Option<serde_json::Value>,
-    #[serde(rename = "taskId")]
     pub(crate) task_id: Option<serde_json::Value>,
-    #[serde(rename = "requestId")]
     pub(crate) request_id: Option<RequestId>,
-    #[serde(rename = "clientInfo")]
     pub(crate) client_info: Option<serde_json::Value>,
     pub(crate) capabilities: Option<serde_json::Value>,
+}
+
+/// The keys of `params` that [`ParamsPeek`] reads (matched without an allocation).
+enum PeekField {
+    Meta,
+    ProtocolVersion,
+    Name,
+    Uri,
+    TaskId,
+    RequestId,
+    ClientInfo,
+    Capabilities,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for PeekField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PeekField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PeekField, E> {
+                Ok(match s {
+                    "_meta" => PeekField::Meta,
+                    "protocolVersion" => PeekField::ProtocolVersion,
+                    "name" => PeekField::Name,
+                    "uri" => PeekField::Uri,
+                    "taskId" => PeekField::TaskId,
+                    "requestId" => PeekField::RequestId,
+                    "clientInfo" => PeekField::ClientInfo,
+                    "capabilities" => PeekField::Capabilities,
+                    _ => PeekField::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(Visitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for ParamsPeek {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ParamsPeek;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a params object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ParamsPeek, A::Error> {
+                use serde_json::Value;
+                let mut p = ParamsPeek::default();
+                // `null` reads as absent, like an `Option` field.
+                let value = |v: Value| (!v.is_null()).then_some(v);
+                while let Some(key) = map.next_key::<PeekField>()? {
+                    match key {
+                        PeekField::Meta => {
+                            p.meta = match map.next_value()? {
+                                Value::Object(m) => Some(m),
+                                _ => None,
+                            };
+                        }
+                        PeekField::ProtocolVersion => {
+                            p.protocol_version = value(map.next_value()?);
+                        }
+                        PeekField::Name => p.name = value(map.next_value()?),
+                        PeekField::Uri => p.uri = value(map.next_value()?),
+                        PeekField::TaskId => p.task_id = value(map.next_value()?),
+                        PeekField::RequestId => {
+                            p.request_id = RequestId::deserialize(map.next_value::<Value>()?).ok();
+                        }
+                        PeekField::ClientInfo => p.client_info = value(map.next_value()?),
+                        PeekField::Capabilities => p.capabilities = value(map.next_value()?),
+                        PeekField::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// The body of a POST: one message or a batch.
