@@ -12,7 +12,8 @@
 //! Properties: every answer is a JSON-RPC answer (error statuses with error bodies); every
 //! minted session id carries this node's tag; the affinity layer passes a single session id on
 //! unchanged, or stripped of this node's tag in envelope mode; a misroute hint names another
-//! valid node; and unless a request was a `DELETE`, the live session still answers a `ping`.
+//! valid node; the cookie is set exactly when an in-scope legacy request lacks a valid one for
+//! this node; and unless a request was a `DELETE`, the live session still answers a `ping`.
 #![no_main]
 
 use std::sync::{Arc, Mutex};
@@ -141,6 +142,7 @@ async fn serve(envelope: bool, strict: bool, requests: Vec<RawRequest>) {
             req.uri(),
             req.headers()
         );
+        let cookie_here = names_this_node(req.headers());
         passed.lock().expect("log").clear();
         let res = read(call(&mut svc, req).await.expect("infallible")).await;
         check_answer(&res, &context);
@@ -152,6 +154,7 @@ async fn serve(envelope: bool, strict: bool, requests: Vec<RawRequest>) {
             &passed.lock().expect("log"),
             touched,
             in_scope,
+            cookie_here,
             &context,
         );
     }
@@ -182,6 +185,28 @@ fn is_modern_revision(v: &str) -> bool {
         && v >= "2026-07-28"
 }
 
+/// Whether a `Cookie` header names this node (RFC 6265 §4.2.1: `name=value` pairs separated by
+/// `;` and optional whitespace, a value optionally in double quotes). Lines longer than the
+/// layer's 4096-byte bound, or not visible ASCII, are not read.
+fn names_this_node(h: &http::HeaderMap) -> bool {
+    h.get_all("cookie")
+        .iter()
+        .filter(|v| v.len() <= 4096)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|line| line.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .any(|(name, value)| {
+            let ows = |c: char| c == ' ' || c == '\t';
+            let value = value.trim_matches(ows);
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            name.trim_matches(ows) == "_mcp_backend" && value == TAG
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn check_affinity(
     res: &mcp_affinity_fuzz::Answer,
     envelope: bool,
@@ -189,6 +214,7 @@ fn check_affinity(
     passed: &[Vec<HeaderValue>],
     touched: bool,
     in_scope: bool,
+    cookie_here: bool,
     context: &str,
 ) {
     // A minted id carries the tag: the transport's own generator tags it, or (envelope mode)
@@ -220,6 +246,12 @@ fn check_affinity(
             "{context}: a cookie out of scope"
         );
     }
+    // This node's cookie is set on every legacy answer in scope unless the request has it.
+    assert_eq!(
+        res.headers.contains_key("set-cookie"),
+        touched && !cookie_here,
+        "{context}: Set-Cookie"
+    );
     // What the layer below saw (nothing when strict mode or a check answered first).
     let Some(seen) = passed.first() else { return };
     let [one] = outer else {
