@@ -167,7 +167,7 @@ async fn a_wrong_typed_param_does_not_hide_the_era_claim() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     let handler = mcp_affinity::handler::handler_fn(move |req, cx| {
-        log.lock().unwrap().push((req.method.clone(), cx.era()));
+        log.lock().unwrap().push((req.method, cx.era()));
         async move {
             Ok(
                 json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}),
