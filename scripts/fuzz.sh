@@ -2,6 +2,7 @@
 # Runs every fuzz target in fuzz/fuzz_targets/ (cargo-fuzz, libFuzzer) for SECONDS each.
 #
 #   scripts/fuzz.sh [SECONDS]    default 60 seconds per target
+#   FUZZ_CODEGEN_UNITS=1 scripts/fuzz.sh 3600   slower build, faster targets
 #
 # Each target starts from its checked-in seed corpus (fuzz/seeds/<target>/) plus what earlier
 # runs found (fuzz/corpus/<target>/, not checked in). The exit status is non-zero when a target
@@ -18,7 +19,7 @@ ROOT=$(pwd)
 
 case "${1:-}" in
     -h | --help)
-        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
 esac
@@ -40,9 +41,15 @@ FUZZ="$ROOT/fuzz"
 LOGS="$FUZZ/target/logs"
 mkdir -p "$LOGS"
 
+# cargo-fuzz compiles every crate as one codegen unit by default. 16 let both cores of a small
+# machine work on the crates at the end of the graph (this crate, the targets): the cold build
+# took 74 s instead of 102 s here, for fewer executions per second (about a third fewer in one
+# noisy comparison). Long runs may prefer FUZZ_CODEGEN_UNITS=1 (a change rebuilds everything).
+FLAGS=(--sanitizer none --codegen-units "${FUZZ_CODEGEN_UNITS:-16}")
+
 start=$(date +%s)
-echo "==> cargo fuzz build --sanitizer none"
-cargo fuzz build --sanitizer none
+echo "==> cargo fuzz build ${FLAGS[*]}"
+cargo fuzz build "${FLAGS[@]}"
 echo "built in $(($(date +%s) - start)) s"
 
 mapfile -t TARGETS < <(cargo fuzz list)
@@ -53,7 +60,7 @@ for t in "${TARGETS[@]}"; do
     [[ -f "$FUZZ/dict/$t.dict" ]] && args+=(-dict="$FUZZ/dict/$t.dict")
     log="$LOGS/$t.log"
     printf '==> fuzz %s for %s s (log: fuzz/target/logs/%s.log): ' "$t" "$DURATION" "$t"
-    if cargo fuzz run --sanitizer none "$t" "$FUZZ/corpus/$t" "$FUZZ/seeds/$t" -- "${args[@]}" >"$log" 2>&1; then
+    if cargo fuzz run "${FLAGS[@]}" "$t" "$FUZZ/corpus/$t" "$FUZZ/seeds/$t" -- "${args[@]}" >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
         echo "ok, ${runs:-?} runs"
     else
