@@ -130,9 +130,9 @@ STEP_LABEL="cargo test --all-features --no-fail-fast (log: target/test-logs/carg
 run_step arbitrary-precision cargo test --all-features --features serde_json/arbitrary_precision \
     --lib --test transport --test modern -q
 
-# Coverage-guided fuzzing (cargo-fuzz on stable, see fuzz/README.md): 10 s per target from the
+# Coverage-guided fuzzing (cargo-fuzz on stable, see fuzz/README.md): 8 s per target from the
 # checked-in seeds; fails on a crash. Longer runs: scripts/fuzz.sh [SECONDS].
-STEP_LABEL="scripts/fuzz.sh 10 (logs: fuzz/target/logs/)" run_step fuzz "$ROOT/scripts/fuzz.sh" 10
+STEP_LABEL="scripts/fuzz.sh 8 (logs: fuzz/target/logs/)" run_step fuzz "$ROOT/scripts/fuzz.sh" 8
 
 if ((QUICK == 0)); then
     run_step clippy cargo clippy --all-targets --all-features -- -D warnings
