@@ -21,7 +21,7 @@ use mcp_affinity::{
     handler::handler_fn,
     protocol::{Era, Message, MessageKind, ParseError, ProtocolVersion, RequestId},
 };
-use mcp_affinity_fuzz::{RawRequest, call, check_answer, read, runtime};
+use mcp_affinity_fuzz::{RawRequest, call, check_answer, json_value, read, runtime};
 use serde_json::{Value, json};
 use tower_layer::Layer;
 
@@ -39,27 +39,29 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let parsed = Message::parse(body);
-    let value = serde_json::from_slice::<Value>(body);
+    let value = json_value(body);
     check_parse(&parsed, &value, body);
     runtime().block_on(serve(
         mode.wrapping_sub(b'0') % 5,
         body,
         parsed.ok(),
-        value.ok(),
+        value.ok().flatten(),
     ));
 });
 
 /// `Message::parse` against the JSON-RPC 2.0 model, computed from a `serde_json::Value`.
 fn check_parse(
     parsed: &Result<Message, ParseError>,
-    value: &Result<Value, serde_json::Error>,
+    value: &Result<Option<Value>, serde_json::Error>,
     body: &[u8],
 ) {
     let text = String::from_utf8_lossy(body);
     match (parsed, value) {
-        (Err(ParseError::Json), Ok(_)) => panic!("valid JSON reported as a parse error: {text:?}"),
+        (Err(ParseError::Json), Ok(Some(_))) => {
+            panic!("valid JSON reported as a parse error: {text:?}")
+        }
         (Ok(_), Err(e)) => panic!("invalid JSON ({e}) accepted: {text:?}"),
-        (Ok(m), Ok(v)) => {
+        (Ok(m), Ok(Some(v))) => {
             let o = v.as_object().expect("a message is an object");
             assert_eq!(o.get("jsonrpc"), Some(&json!("2.0")), "{text:?}");
             let id = o.get("id");
@@ -261,7 +263,8 @@ async fn serve(mode: u8, body: &[u8], parsed: Option<Message>, value: Option<Val
     assert_eq!(seen.len(), 1, "{context}: {seen:?}");
     assert_eq!(Some(s.method.as_str()), msg.method(), "{context}");
     assert_eq!(s.id.as_ref(), msg.id(), "{context}");
-    let v = value.expect("a parsed message is JSON");
+    // A message whose JSON no `Value` holds (a huge number somewhere): no model to compare.
+    let Some(v) = value else { return };
     let header_modern = h
         .iter()
         .find(|(n, _)| *n == "mcp-protocol-version")

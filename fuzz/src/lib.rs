@@ -341,6 +341,17 @@ pub fn check_server_message(v: &Value, context: &str) {
     }
 }
 
+/// Parses JSON as a `serde_json::Value`: `Ok(None)` when the text is valid JSON that a `Value`
+/// cannot hold (a number beyond `f64`, which RFC 8259 §6 allows and a parser that skips or
+/// keeps the number raw accepts), `Err` when it is not JSON.
+pub fn json_value(bytes: &[u8]) -> Result<Option<Value>, serde_json::Error> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.to_string().starts_with("number out of range") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The JSON-RPC error code of a JSON answer, if it is an error.
 pub fn error_code(a: &Answer) -> Option<i64> {
     let v: Value = serde_json::from_slice(&a.body).ok()?;
