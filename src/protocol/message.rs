@@ -576,4 +576,33 @@ mod tests {
             None
         );
     }
+
+    /// Found by the `jsonrpc` fuzz target (see `tests/fuzz_regressions.rs`).
+    #[test]
+    fn params_are_peeked_from_an_object_each_field_on_its_own() {
+        let peek = |params: &str| {
+            let body = format!(r#"{{"jsonrpc":"2.0","method":"m","params":{params}}}"#);
+            Message::parse(body.as_bytes()).unwrap().peek_params()
+        };
+        let p =
+            peek(r#"{"requestId":1.5,"name":["x"],"_meta":{"k":1},"uri":"u","clientInfo":null}"#);
+        assert_eq!(p.meta.map(|m| m.len()), Some(1));
+        assert_eq!(p.uri, Some(serde_json::json!("u")));
+        assert!(p.request_id.is_none() && p.client_info.is_none());
+        assert_eq!(p.name, Some(serde_json::json!(["x"])));
+        assert_eq!(
+            peek(r#"{"requestId":"7"}"#).request_id,
+            Some(RequestId::from("7"))
+        );
+        assert_eq!(
+            peek(r#"{"requestId":7}"#).request_id,
+            Some(RequestId::Number(7))
+        );
+        // The last of a repeated key, as `serde_json::Value` reads it.
+        assert!(peek(r#"{"_meta":{"k":1},"_meta":5}"#).meta.is_none());
+        assert!(peek(r#"{"_meta":5,"_meta":{"k":1}}"#).meta.is_some());
+        // Never positionally: an array has no named fields.
+        let p = peek(r#"[{"k":1},"2025-11-25","n","u","t",1,{},{}]"#);
+        assert!(p.meta.is_none() && p.protocol_version.is_none() && p.request_id.is_none());
+    }
 }
