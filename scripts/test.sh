@@ -169,6 +169,10 @@ cargo_test_step loadgen -p mcp-bench-loadgen --no-fail-fast
 # the build step built (debug) and builds bench/loadgen once.
 run_step chaos scripts/chaos.sh 60
 
+# Coverage-guided fuzzing (cargo-fuzz on stable, see fuzz/README.md): 8 s per target from the
+# checked-in seeds; fails on a crash. Longer runs: scripts/fuzz.sh [SECONDS].
+STEP_LABEL="scripts/fuzz.sh 8 (logs: fuzz/target/logs/)" run_step fuzz "$ROOT/scripts/fuzz.sh" 8
+
 if ((QUICK == 0)); then
     run_step clippy cargo clippy --all-targets --all-features -- -D warnings
     run_step fmt cargo fmt --all -- --check

@@ -66,6 +66,25 @@ pub use transport::{SseTransport, SseTransportLayer};
 /// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Internals the fuzz targets in `fuzz/` reach directly (feature `__fuzz`). Not part of the
+/// API: no stability promise, may change in any release.
+#[cfg(feature = "__fuzz")]
+#[doc(hidden)]
+pub mod __fuzz {
+    use bytes::Bytes;
+
+    /// The SSE encoding of one `message` event carrying `data`, with the event id
+    /// `<stream>-<seq>` when `id` is given.
+    pub fn encode_event(id: Option<(u32, u32)>, data: &[u8]) -> Bytes {
+        crate::transport::encode_event(id, data)
+    }
+
+    /// Parses an SSE event id (`<stream>-<seq>`), as `Last-Event-ID` is read.
+    pub fn parse_event_id(s: &str) -> Option<(u32, u32)> {
+        crate::transport::parse_event_id(s)
+    }
+}
+
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -170,7 +170,13 @@ impl Message {
     /// assert!(Message::parse(br#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#).is_err());
     /// ```
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
-        let wire: Wire<'_> = match serde_json::from_slice(bytes) {
+        // JSON text is UTF-8 (RFC 8259 §8.1). Checked here, once: serde_json's slice reader
+        // checks only the strings it decodes, not those it skips (unknown fields), and the
+        // `&str` reader then skips its own checks.
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Err(ParseError::Json);
+        };
+        let wire: Wire<'_> = match serde_json::from_str(text) {
             Ok(w) => w,
             Err(e) if e.is_data() => return Err(ParseError::Invalid("not a JSON-RPC 2.0 message")),
             Err(_) => return Err(ParseError::Json),
@@ -322,21 +328,107 @@ impl Message {
 }
 
 /// The fields of `params` the transport looks at.
-#[derive(Debug, Default, Deserialize)]
+///
+/// Read from a JSON object only (never positionally from an array), each field on its own: a
+/// field of an unexpected type is absent without hiding the others (a wrong `requestId` must
+/// not hide the `_meta` era claim), and of a repeated key the last wins, as for
+/// `serde_json::Value`.
+#[derive(Debug, Default)]
 pub(crate) struct ParamsPeek {
-    #[serde(rename = "_meta")]
     pub(crate) meta: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(rename = "protocolVersion")]
     pub(crate) protocol_version: Option<serde_json::Value>,
     pub(crate) name: Option<serde_json::Value>,
     pub(crate) uri: Option<serde_json::Value>,
-    #[serde(rename = "taskId")]
     pub(crate) task_id: Option<serde_json::Value>,
-    #[serde(rename = "requestId")]
     pub(crate) request_id: Option<RequestId>,
-    #[serde(rename = "clientInfo")]
     pub(crate) client_info: Option<serde_json::Value>,
     pub(crate) capabilities: Option<serde_json::Value>,
+}
+
+/// The keys of `params` that [`ParamsPeek`] reads (matched without an allocation).
+enum PeekField {
+    Meta,
+    ProtocolVersion,
+    Name,
+    Uri,
+    TaskId,
+    RequestId,
+    ClientInfo,
+    Capabilities,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for PeekField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PeekField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PeekField, E> {
+                Ok(match s {
+                    "_meta" => PeekField::Meta,
+                    "protocolVersion" => PeekField::ProtocolVersion,
+                    "name" => PeekField::Name,
+                    "uri" => PeekField::Uri,
+                    "taskId" => PeekField::TaskId,
+                    "requestId" => PeekField::RequestId,
+                    "clientInfo" => PeekField::ClientInfo,
+                    "capabilities" => PeekField::Capabilities,
+                    _ => PeekField::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(Visitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for ParamsPeek {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ParamsPeek;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a params object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ParamsPeek, A::Error> {
+                use serde_json::Value;
+                let mut p = ParamsPeek::default();
+                // `null` reads as absent, like an `Option` field.
+                let value = |v: Value| (!v.is_null()).then_some(v);
+                while let Some(key) = map.next_key::<PeekField>()? {
+                    match key {
+                        PeekField::Meta => {
+                            p.meta = match map.next_value()? {
+                                Value::Object(m) => Some(m),
+                                _ => None,
+                            };
+                        }
+                        PeekField::ProtocolVersion => {
+                            p.protocol_version = value(map.next_value()?);
+                        }
+                        PeekField::Name => p.name = value(map.next_value()?),
+                        PeekField::Uri => p.uri = value(map.next_value()?),
+                        PeekField::TaskId => p.task_id = value(map.next_value()?),
+                        PeekField::RequestId => {
+                            p.request_id = RequestId::deserialize(map.next_value::<Value>()?).ok();
+                        }
+                        PeekField::ClientInfo => p.client_info = value(map.next_value()?),
+                        PeekField::Capabilities => p.capabilities = value(map.next_value()?),
+                        PeekField::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// The body of a POST: one message or a batch.
@@ -483,5 +575,34 @@ mod tests {
             peek_initialize_result(br#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":""}}"#),
             None
         );
+    }
+
+    /// Found by the `jsonrpc` fuzz target (see `tests/fuzz_regressions.rs`).
+    #[test]
+    fn params_are_peeked_from_an_object_each_field_on_its_own() {
+        let peek = |params: &str| {
+            let body = format!(r#"{{"jsonrpc":"2.0","method":"m","params":{params}}}"#);
+            Message::parse(body.as_bytes()).unwrap().peek_params()
+        };
+        let p =
+            peek(r#"{"requestId":1.5,"name":["x"],"_meta":{"k":1},"uri":"u","clientInfo":null}"#);
+        assert_eq!(p.meta.map(|m| m.len()), Some(1));
+        assert_eq!(p.uri, Some(serde_json::json!("u")));
+        assert!(p.request_id.is_none() && p.client_info.is_none());
+        assert_eq!(p.name, Some(serde_json::json!(["x"])));
+        assert_eq!(
+            peek(r#"{"requestId":"7"}"#).request_id,
+            Some(RequestId::from("7"))
+        );
+        assert_eq!(
+            peek(r#"{"requestId":7}"#).request_id,
+            Some(RequestId::Number(7))
+        );
+        // The last of a repeated key, as `serde_json::Value` reads it.
+        assert!(peek(r#"{"_meta":{"k":1},"_meta":5}"#).meta.is_none());
+        assert!(peek(r#"{"_meta":5,"_meta":{"k":1}}"#).meta.is_some());
+        // Never positionally: an array has no named fields.
+        let p = peek(r#"[{"k":1},"2025-11-25","n","u","t",1,{},{}]"#);
+        assert!(p.meta.is_none() && p.protocol_version.is_none() && p.request_id.is_none());
     }
 }

@@ -294,7 +294,7 @@ pub(crate) fn parse_event_id(s: &str) -> Option<(u32, u32)> {
 /// An SSE parser ends a line at CRLF, LF or a bare CR, so `data` is split at each of them (a
 /// CRLF once): a line break in `data` arrives as an LF, and nothing after a CR can be read as a
 /// field of its own (`id:`, `event:`). JSON from serde has no raw line breaks (they are escaped
-/// inside strings): it takes the fast path, one line as it is.
+/// inside strings): one scan finds no line break and it goes out as one line, as it is.
 pub(crate) fn encode_event(id: Option<(u32, u32)>, data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(data.len() + 32);
     if let Some((stream, seq)) = id {
@@ -303,17 +303,13 @@ pub(crate) fn encode_event(id: Option<(u32, u32)>, data: &[u8]) -> Bytes {
         b.put_u8(b'\n');
     }
     b.put_slice(b"event: message\n");
-    if !data.contains(&b'\n') && !data.contains(&b'\r') {
-        put_data_line(&mut b, data);
-    } else {
-        let mut rest = data;
-        while let Some(i) = rest.iter().position(|&c| c == b'\n' || c == b'\r') {
-            put_data_line(&mut b, &rest[..i]);
-            let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
-            rest = &rest[i + 1 + usize::from(crlf)..];
-        }
-        // The last line (empty after a trailing line break, which it thereby keeps).
-        put_data_line(&mut b, rest);
+    let mut rest = data;
+    loop {
+        let end = rest.iter().position(|&c| c == b'\n' || c == b'\r');
+        put_data_line(&mut b, &rest[..end.unwrap_or(rest.len())]);
+        let Some(end) = end else { break };
+        let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
+        rest = &rest[end + 1 + usize::from(crlf)..];
     }
     b.put_u8(b'\n');
     b.freeze()
@@ -513,5 +509,19 @@ mod tests {
         let parsed = parse_sse(&encode_event(None, pretty.as_bytes()));
         let back: serde_json::Value = serde_json::from_str(&parsed[0].data).unwrap();
         assert_eq!(back, value);
+    }
+
+    /// Found by the `sse` fuzz target: a bare CR ends a line for every SSE parser, so it
+    /// must end a `data:` line here too (as LF and CRLF do).
+    #[test]
+    fn every_line_break_ends_a_data_line() {
+        assert_eq!(
+            &encode_event(None, b"a\rb\r\nc\nd\r")[..],
+            b"event: message\ndata: a\ndata: b\ndata: c\ndata: d\ndata: \n\n"
+        );
+        assert_eq!(
+            &encode_event(None, b"\r\r\n")[..],
+            b"event: message\ndata: \ndata: \ndata: \n\n"
+        );
     }
 }

@@ -136,10 +136,11 @@ fn has_port(h: &str) -> bool {
 
 fn strip_port(h: &str) -> &str {
     if let Some(rest) = h.strip_prefix('[') {
-        // [v6]:port
+        // `[v6]` or `[v6]:port`; anything else after the `]` is not a port: nothing is
+        // stripped, so the whole value must match an entry.
         return match rest.find(']') {
-            Some(i) => &h[..i + 2],
-            None => h,
+            Some(i) if is_port_suffix(&rest[i + 1..]) => &h[..i + 2],
+            _ => h,
         };
     }
     // `name:digits` (a plain scan from the end: ports are short, `rsplit_once` searches more).
@@ -148,6 +149,13 @@ fn strip_port(h: &str) -> &str {
         Some(colon) if h.as_bytes()[colon] == b':' => &h[..colon],
         _ => h,
     }
+}
+
+/// Nothing, or `:` and digits (RFC 9110 `[ ":" port ]`, `port = *DIGIT`).
+fn is_port_suffix(s: &str) -> bool {
+    s.is_empty()
+        || s.strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Which `Origin` header values are accepted; a request without `Origin` always passes.

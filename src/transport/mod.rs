@@ -70,6 +70,8 @@ mod request_body;
 mod service;
 
 pub use body::ResponseBody;
+#[cfg(feature = "__fuzz")]
+pub(crate) use body::{encode_event, parse_event_id};
 pub use config::{ConfigError, HostPolicy, OriginPolicy, PrincipalExtractor};
 pub use future::ResponseFuture;
 pub use layer::{SseTransportBuilder, SseTransportLayer, TransportHandle};
