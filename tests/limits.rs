@@ -233,9 +233,11 @@ async fn blocked(
     task
 }
 
-/// A `503` with `Retry-After` and a JSON-RPC error for request `id`.
+/// A `503` (the node's bound) or `429` (the session's) with `Retry-After` and a JSON-RPC
+/// error for request `id`.
 async fn assert_busy(res: http::Response<ResponseBody>, id: i64, scope: &str) {
-    assert_eq!(res.status(), 503);
+    let status = if scope == "session" { 429 } else { 503 };
+    assert_eq!(res.status(), status, "{scope}");
     assert_eq!(res.headers()["retry-after"], "5");
     assert_eq!(res.headers()["content-type"], "application/json");
     let body: Value = serde_json::from_str(&body_of(res).await).unwrap();
@@ -247,7 +249,7 @@ async fn assert_busy(res: http::Response<ResponseBody>, id: i64, scope: &str) {
 }
 
 #[tokio::test]
-async fn the_request_beyond_a_sessions_bound_gets_503_until_one_finishes() {
+async fn the_request_beyond_a_sessions_bound_gets_429_until_one_finishes() {
     let layer = SseTransportLayer::builder()
         .with_max_running_handlers_per_session(2)
         .build()
@@ -350,7 +352,7 @@ async fn a_batch_takes_its_places_up_front_all_or_nothing() {
         task
     };
     let res = call(&svc, post_to(Some(&id), "2025-03-26", batch(&[5, 6]))).await;
-    assert_eq!(res.status(), 503);
+    assert_eq!(res.status(), 429, "the session's bound");
     assert!(res.headers().contains_key("retry-after"));
     let body: Value = serde_json::from_str(&body_of(res).await).unwrap();
     assert_eq!(body["error"]["code"], -32000);

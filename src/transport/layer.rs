@@ -55,8 +55,12 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 /// (default 4,096) and
 /// [`with_max_running_handlers_per_session`](SseTransportBuilder::with_max_running_handlers_per_session)
 /// per legacy session (default 64). A request beyond either bound is answered at once with
-/// `503`, `Retry-After` and a JSON-RPC error, without calling the handler: it is not queued
-/// (a queue would only move the memory). A `2025-03-26` batch takes the places of all its
+/// `503` (the node's bound) or `429` (the session's: the client's own doing, which a balancer
+/// that retries or marks a server down on `503` must not take for the node's state), with
+/// `Retry-After` and a JSON-RPC error, without calling the handler: it is not queued (a queue
+/// would only move the memory). A `subscriptions/listen` stream lives as long as its client
+/// keeps it open (its handler is dropped when the stream closes): it takes no place and has no
+/// handler timeout. A `2025-03-26` batch takes the places of all its
 /// requests up front, or none. A request handler still running after
 /// [`with_handler_timeout`](SseTransportBuilder::with_handler_timeout) (default 10 min) is
 /// dropped and its request answered with a JSON-RPC error, and a session is closed at its
@@ -691,7 +695,7 @@ impl SseTransportBuilder {
     }
 
     /// Most request handlers running at once in one legacy session (default 64). A request
-    /// beyond it is answered at once with `503`, `Retry-After` and a JSON-RPC error, without
+    /// beyond it is answered at once with `429`, `Retry-After` and a JSON-RPC error, without
     /// calling the handler; a `2025-03-26` batch takes its places up front, all or nothing,
     /// and one with more requests than the bound is refused with `400`.
     ///

@@ -47,7 +47,8 @@ fn take(counter: &AtomicUsize, n: usize, max: usize) -> bool {
 
 impl Permit {
     /// One place for a request handler on this node and, in the legacy era, in `session`.
-    /// Never waits: a full bound is a `503` with `Retry-After`.
+    /// Never waits: a full bound is a `503` (the node's) or a `429` (the session's), with
+    /// `Retry-After`.
     pub(super) fn acquire(
         shared: &Arc<Shared>,
         session: Option<&Session>,
@@ -91,12 +92,16 @@ impl Permit {
 fn reserve(shared: &Shared, session: Option<&Session>, n: usize) -> Result<(), Rejection> {
     let cfg = &shared.config;
     if !take(&shared.running, n, cfg.max_running) {
-        tracing::warn!(
-            max = cfg.max_running,
-            "request handler limit of the node reached"
-        );
+        // Once a second at most: this happens when the node is overloaded already.
+        if warn_now() {
+            tracing::warn!(
+                max = cfg.max_running,
+                "request handler limit of the node reached (logged once a second)"
+            );
+        }
         return Err(busy(
             shared,
+            StatusCode::SERVICE_UNAVAILABLE,
             "too many requests running on this node: retry later",
         ));
     }
@@ -109,19 +114,34 @@ fn reserve(shared: &Shared, session: Option<&Session>, n: usize) -> Result<(), R
             max = cfg.max_running_per_session,
             "request handler limit of the session reached"
         );
+        // The client's own doing, not the node's state: `429`, so a balancer that retries or
+        // marks a server down on `503` does neither for one busy session.
         return Err(busy(
             shared,
+            StatusCode::TOO_MANY_REQUESTS,
             "too many requests running on this session: retry later",
         ));
     }
     Ok(())
 }
 
-fn busy(shared: &Shared, msg: &'static str) -> Rejection {
-    Rejection::new(StatusCode::SERVICE_UNAVAILABLE, codes::BAD_REQUEST, msg).with_header(
+fn busy(shared: &Shared, status: StatusCode, msg: &'static str) -> Rejection {
+    Rejection::new(status, codes::BAD_REQUEST, msg).with_header(
         header::RETRY_AFTER,
         HeaderValue::from(shared.config.busy_retry_after),
     )
+}
+
+/// Whether a warning may be logged now: true at most once a second in this process.
+fn warn_now() -> bool {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + 1;
+    LAST.swap(now, Ordering::Relaxed) != now
 }
 
 pin_project_lite::pin_project! {
