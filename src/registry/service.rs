@@ -135,7 +135,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         self.core.start();
         // Before the session id is read (and a DELETE's removal queued): with two copies, a
         // balancer in front and the node may disagree on the session.
@@ -147,7 +147,8 @@ where
         let sid = req.headers().get(headers::MCP_SESSION_ID).cloned();
         let ctx = Ctx {
             sid,
-            envelope: req.extensions().get::<SessionIdEnvelope>().cloned(),
+            // Taken, not cloned: nothing below the registry reads it.
+            envelope: req.extensions_mut().remove::<SessionIdEnvelope>(),
             delete: req.method() == Method::DELETE,
         };
         if self.core.tracks_requests()

@@ -18,7 +18,8 @@ use super::{NodeTag, SessionId};
 ///
 /// The session registry reads it so that its records are keyed by the wire id, the one every
 /// node sees: a misrouted request reaches another node still enveloped, and that node must
-/// find the record under the same id.
+/// find the record under the same id. The registry takes it out of the request: the layers
+/// below it (and the handler) do not see it.
 ///
 /// # Example
 ///

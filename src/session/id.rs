@@ -210,7 +210,9 @@ impl fmt::Debug for Fingerprint {
 ///
 /// The transport mints ids with [`try_generate`](Self::try_generate): a generator that cannot
 /// make an unguessable id (its random source failed) says so there, and the `initialize` that
-/// asked for the id is answered `503` with `Retry-After`, minting no session.
+/// asked for the id is answered `503` with `Retry-After`, minting no session. A generator
+/// that wraps another (say, to add a prefix) wraps its `try_generate`, not its `generate`,
+/// which panics when the random source fails.
 ///
 /// # Example
 ///
