@@ -190,20 +190,33 @@ async fn session(svc: &Svc, version: &str) -> String {
 
 /// A `2026-07-28` `tools/call` (no session).
 fn modern_call(id: i64) -> http::Request<Full<Bytes>> {
-    let mut body = tool_call(id);
+    modern_post(tool_call(id), Some("block"))
+}
+
+/// A `2026-07-28` request for `method` (no session, no `Mcp-Name`).
+fn modern_request(method: &str, id: i64) -> http::Request<Full<Bytes>> {
+    modern_post(
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {}}),
+        None,
+    )
+}
+
+/// `body` as a `2026-07-28` request: its `_meta` and the headers that mirror it.
+fn modern_post(mut body: Value, name: Option<&str>) -> http::Request<Full<Bytes>> {
     body["params"]["_meta"] = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {}
     });
-    http::Request::post("http://localhost/mcp")
+    let mut b = http::Request::post("http://localhost/mcp")
         .header("host", "localhost")
         .header("accept", ACCEPT_BOTH)
         .header("content-type", "application/json")
         .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "block")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
+        .header("mcp-method", body["method"].as_str().unwrap_or_default());
+    if let Some(name) = name {
+        b = b.header("mcp-name", name);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }
 
 fn tool_call(id: i64) -> Value {
@@ -393,22 +406,6 @@ async fn a_cancelled_request_gives_its_place_back() {
     let res = first.await.unwrap();
     let _ = body_of(res).await;
     let _third = blocked(&svc, &id, 3, &mut started).await;
-}
-
-/// A `2026-07-28` request for `method` (no session, no `Mcp-Name`).
-fn modern_request(method: &str, id: i64) -> http::Request<Full<Bytes>> {
-    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"_meta": {
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {}
-    }}});
-    http::Request::post("http://localhost/mcp")
-        .header("host", "localhost")
-        .header("accept", ACCEPT_BOTH)
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", method)
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap()
 }
 
 /// A `subscriptions/listen` stream lives as long as its client keeps it open (its handler is

@@ -469,15 +469,21 @@ async fn run_with_retry<R: RegistryStore>(core: &Weak<Core<R>>, op: &Op) -> bool
     }
 }
 
+/// An interval of `period` that delays missed ticks, past its first (immediate) tick.
+async fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    tick
+}
+
 /// Refreshes the TTL of long-lived sessions, rarely: once half the TTL has passed.
 async fn refresher<R: RegistryStore>(core: Weak<Core<R>>) {
     let period = match core.upgrade() {
         Some(c) => (c.ttl / 8).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
         None => return,
     };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let mut tick = ticker(period).await;
     loop {
         tick.tick().await;
         let Some(c) = core.upgrade() else { return };
@@ -507,9 +513,7 @@ async fn idle_sweeper<R: RegistryStore>(core: Weak<Core<R>>) {
         Some(c) => (c.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(60)),
         None => return,
     };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let mut tick = ticker(period).await;
     loop {
         tick.tick().await;
         let Some(c) = core.upgrade() else { return };
