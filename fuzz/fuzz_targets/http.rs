@@ -56,14 +56,12 @@ async fn serve(envelope: bool, strict: bool, requests: Vec<RawRequest>) {
     let affinity = SessionAffinityLayer::new(tag)
         .with_envelope(envelope)
         .with_strict(strict);
-    let mut transport = SseTransportLayer::new();
+    let mut transport = SseTransportLayer::builder();
     if !envelope {
         transport = transport.with_id_generator(affinity.id_generator());
     }
     let transport = transport.build().expect("a valid transport");
-    let registry = SessionRegistryLayer::new(MemoryStore::new(), TAG)
-        .build()
-        .expect("a valid registry");
+    let registry = SessionRegistryLayer::new(MemoryStore::new(), TAG).expect("a valid registry");
     let handler = handler_fn(|req, cx| async move {
         match req.method.as_str() {
             "initialize" => Ok(json!({
@@ -142,11 +140,22 @@ async fn serve(envelope: bool, strict: bool, requests: Vec<RawRequest>) {
             req.uri(),
             req.headers()
         );
+        // A repeated `Mcp-Session-Id` or `MCP-Protocol-Version` in scope is refused by the
+        // affinity layer itself (400): a balancer in front may have read the other copy.
+        let repeated = |name: &str| req.headers().get_all(name).iter().count() > 1;
+        let refused = in_scope && (repeated("mcp-session-id") || repeated("mcp-protocol-version"));
         let cookie_here = names_this_node(req.headers());
         passed.lock().expect("log").clear();
         let res = read(call(&mut svc, req).await.expect("infallible")).await;
         check_answer(&res, &context);
-        let touched = in_scope && !modern;
+        if refused {
+            assert_eq!(res.status, 400, "{context}: a repeated routing header");
+            assert!(
+                passed.lock().expect("log").is_empty(),
+                "{context}: a refused request reached the layers below"
+            );
+        }
+        let touched = in_scope && !modern && !refused;
         check_affinity(
             &res,
             envelope,
@@ -189,21 +198,29 @@ fn is_modern_revision(v: &str) -> bool {
 /// `;` and optional whitespace, a value optionally in double quotes). Lines longer than the
 /// layer's 4096-byte bound, or not visible ASCII, are not read.
 fn names_this_node(h: &http::HeaderMap) -> bool {
-    h.get_all("cookie")
+    // RFC 6265 pairs; a value may be quoted. Cookies count only when every one that is a
+    // node tag names this node: cookies that disagree confirm no node.
+    let ows = |c: char| c == ' ' || c == '\t';
+    let values: Vec<&str> = h
+        .get_all("cookie")
         .iter()
         .filter(|v| v.len() <= 4096)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|line| line.split(';'))
         .filter_map(|pair| pair.split_once('='))
-        .any(|(name, value)| {
-            let ows = |c: char| c == ' ' || c == '\t';
+        .filter(|(name, _)| name.trim_matches(ows) == "_mcp_backend")
+        .map(|(_, value)| {
             let value = value.trim_matches(ows);
-            let value = value
+            value
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
-            name.trim_matches(ows) == "_mcp_backend" && value == TAG
+                .unwrap_or(value)
         })
+        .collect();
+    values.contains(&TAG)
+        && values
+            .iter()
+            .all(|v| *v == TAG || NodeTag::new(*v).is_err())
 }
 
 #[allow(clippy::too_many_arguments)]
