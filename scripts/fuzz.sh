@@ -3,6 +3,9 @@
 #
 #   scripts/fuzz.sh [SECONDS]    default 60 seconds per target
 #   FUZZ_CODEGEN_UNITS=1 scripts/fuzz.sh 3600   slower build, faster targets
+#   FUZZ_SEED=1 scripts/fuzz.sh 8                 libFuzzer's random seed fixed (the test
+#                                                 command's brief run: from the same corpus it
+#                                                 explores the same inputs every time)
 #
 # Each target starts from its checked-in seed corpus (fuzz/seeds/<target>/) plus what earlier
 # runs found (fuzz/corpus/<target>/, not checked in). The exit status is non-zero when a target
@@ -58,6 +61,7 @@ for t in "${TARGETS[@]}"; do
     mkdir -p "$FUZZ/corpus/$t"
     args=(-max_total_time="$DURATION" -timeout=10 -rss_limit_mb=2048 -max_len=4096 -print_final_stats=1)
     [[ -f "$FUZZ/dict/$t.dict" ]] && args+=(-dict="$FUZZ/dict/$t.dict")
+    [[ -n "${FUZZ_SEED:-}" ]] && args+=(-seed="$FUZZ_SEED")
     log="$LOGS/$t.log"
     printf '==> fuzz %s for %s s (log: fuzz/target/logs/%s.log): ' "$t" "$DURATION" "$t"
     if cargo fuzz run "${FLAGS[@]}" "$t" "$FUZZ/corpus/$t" "$FUZZ/seeds/$t" -- "${args[@]}" >"$log" 2>&1; then

@@ -204,3 +204,22 @@ async fn a_wrong_typed_param_does_not_hide_the_era_claim() {
         seen.lock().unwrap()
     );
 }
+
+/// Found by the `record` target: a JSON array (`["", "", 14]`, the sequence form serde's
+/// derived struct decoding also takes) was accepted as a record owned by a node named "".
+/// A record is a JSON object.
+#[test]
+fn a_json_array_is_not_a_record() {
+    use mcp_affinity::registry::SessionRecord;
+
+    for text in [
+        "\r\r\r[\r\n\"\", \r\n\"\", \r\n\r14]",
+        r#"["node-a","inc",1]"#,
+        " [\"a\",\"b\",1] ",
+    ] {
+        let err = SessionRecord::from_json(text).expect_err(text);
+        assert!(err.is_invalid_record(), "{text:?}: {err}");
+    }
+    let record = SessionRecord::from_json(" \r\n{\"n\":\"a\",\"i\":\"b\",\"c\":1}").unwrap();
+    assert_eq!(record.node, "a");
+}

@@ -278,9 +278,19 @@ impl SessionRecord {
     /// let record = SessionRecord::from_json(r#"{"n":"a","i":"b","c":1,"future":true}"#)?;
     /// assert_eq!(record.node, "a");
     /// assert!(SessionRecord::from_json("not json").unwrap_err().is_invalid_record());
+    /// // A record is an object: not the array form a derived decoder would also take.
+    /// assert!(SessionRecord::from_json(r#"["a","b",1]"#).unwrap_err().is_invalid_record());
     /// # Ok::<(), mcp_affinity::registry::StoreError>(())
     /// ```
     pub fn from_json(json: &str) -> Result<Self, StoreError> {
+        if !json
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
+            return Err(StoreError::invalid_record(
+                "a session record is a JSON object",
+            ));
+        }
         serde_json::from_str(json).map_err(StoreError::invalid_record)
     }
 }
