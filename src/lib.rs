@@ -39,6 +39,7 @@
 
 mod full_body;
 mod macros;
+mod throttle;
 
 pub mod affinity;
 pub mod handler;

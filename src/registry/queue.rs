@@ -92,11 +92,8 @@ pub(crate) struct Core<R> {
     pub(crate) idle_timeout: Duration,
     /// Bounds on the `404` path's lookups.
     pub(crate) limits: LookupLimits,
-    /// When the core was made; `last_full_warning` counts milliseconds from it (0: never).
-    /// `next_full_warning` counts milliseconds from `epoch`: the "queue full" warning is
-    /// logged at most once a second.
-    epoch: std::time::Instant,
-    next_full_warning: AtomicU64,
+    /// The "queue full" warning, logged at most once a second.
+    full_warning: crate::throttle::Throttle,
     started: AtomicBool,
 }
 
@@ -132,8 +129,7 @@ impl<R: RegistryStore> Core<R> {
                 super::layer::DEFAULT_NEGATIVE_CACHE.0,
                 super::layer::DEFAULT_NEGATIVE_CACHE.1,
             ),
-            epoch: std::time::Instant::now(),
-            next_full_warning: AtomicU64::new(0),
+            full_warning: crate::throttle::Throttle::new(),
             started: AtomicBool::new(false),
         }
     }
@@ -192,16 +188,7 @@ impl<R> Core<R> {
         if self.senders[shard].try_send(op).is_err() {
             self.op_done();
             let dropped = self.counters.dropped_ops.fetch_add(1, Ordering::Relaxed) + 1;
-            // One warning per second at most: under overload a warning per operation would
-            // cost more than the operations.
-            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let next = self.next_full_warning.load(Ordering::Relaxed);
-            if now >= next
-                && self
-                    .next_full_warning
-                    .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if self.full_warning.ready() {
                 tracing::warn!(
                     node = %self.node,
                     dropped,
@@ -242,30 +229,29 @@ impl<R> Core<R> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Drops a session from the sessions this node tracks; whether it was tracked.
     /// After the inner service's `404` for `id`: how this node tracks the session, and for a
     /// session no close hook reports, forgets it (the `404` is its end). A session the close
     /// hook reports stays: it is still held, so that `404` is the handler's own answer.
     pub(crate) fn inner_not_found(&self, id: &str) -> Option<Ends> {
         let mut live = self.live();
-        let ends = match live.get(id) {
-            None => return None,
-            Some(t) if t.seen.is_none() => return Some(Ends::Hooked),
-            Some(_) => Ends::Unreported,
-        };
-        live.remove(id);
-        self.unreported.fetch_sub(1, Ordering::Relaxed);
-        crate::session::shrink_when_sparse(&mut live);
-        Some(ends)
+        if live.get(id)?.seen.is_none() {
+            return Some(Ends::Hooked);
+        }
+        self.untrack(&mut live, id);
+        Some(Ends::Unreported)
     }
 
+    /// Drops a session from the sessions this node tracks; whether it was tracked.
     pub(crate) fn forget(&self, id: &str) -> bool {
-        let mut live = self.live();
+        self.untrack(&mut self.live(), id)
+    }
+
+    fn untrack(&self, live: &mut HashMap<Arc<str>, Tracked>, id: &str) -> bool {
         let removed = live.remove(id);
         if removed.as_ref().is_some_and(|t| t.seen.is_some()) {
             self.unreported.fetch_sub(1, Ordering::Relaxed);
         }
-        crate::session::shrink_when_sparse(&mut live);
+        crate::session::shrink_when_sparse(live);
         removed.is_some()
     }
 
