@@ -144,6 +144,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Request handlers running now, in every session and both eras (the per-node bound).
     pub(crate) running: std::sync::atomic::AtomicUsize,
+    /// The warning that the per-node bound was reached, logged at most once a second.
+    pub(crate) busy_warning: crate::throttle::Throttle,
 }
 
 /// Counters (for tests and metrics).
@@ -154,6 +156,20 @@ pub(crate) struct Counters {
 }
 
 impl Shared {
+    /// A refusal the client should retry (`503`: this node cannot take it now; `429`: the
+    /// session has too much running): `Retry-After` and a JSON-RPC error.
+    pub(crate) fn retry_later(
+        &self,
+        status: http::StatusCode,
+        msg: &'static str,
+    ) -> crate::protocol::Rejection {
+        crate::protocol::Rejection::new(status, crate::protocol::codes::BAD_REQUEST, msg)
+            .with_header(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(self.config.busy_retry_after),
+            )
+    }
+
     pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -278,6 +294,7 @@ impl SseTransportLayer {
                 sweeper: AtomicBool::new(false),
                 counters: Counters::default(),
                 running: std::sync::atomic::AtomicUsize::new(0),
+                busy_warning: crate::throttle::Throttle::new(),
             }),
         }
     }

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderValue, StatusCode, header};
+use http::StatusCode;
 
 use super::layer::Shared;
 use crate::{
@@ -93,14 +93,13 @@ fn reserve(shared: &Shared, session: Option<&Session>, n: usize) -> Result<(), R
     let cfg = &shared.config;
     if !take(&shared.running, n, cfg.max_running) {
         // Once a second at most: this happens when the node is overloaded already.
-        if warn_now() {
+        if shared.busy_warning.ready() {
             tracing::warn!(
                 max = cfg.max_running,
                 "request handler limit of the node reached (logged once a second)"
             );
         }
-        return Err(busy(
-            shared,
+        return Err(shared.retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many requests running on this node: retry later",
         ));
@@ -116,32 +115,12 @@ fn reserve(shared: &Shared, session: Option<&Session>, n: usize) -> Result<(), R
         );
         // The client's own doing, not the node's state: `429`, so a balancer that retries or
         // marks a server down on `503` does neither for one busy session.
-        return Err(busy(
-            shared,
+        return Err(shared.retry_later(
             StatusCode::TOO_MANY_REQUESTS,
             "too many requests running on this session: retry later",
         ));
     }
     Ok(())
-}
-
-fn busy(shared: &Shared, status: StatusCode, msg: &'static str) -> Rejection {
-    Rejection::new(status, codes::BAD_REQUEST, msg).with_header(
-        header::RETRY_AFTER,
-        HeaderValue::from(shared.config.busy_retry_after),
-    )
-}
-
-/// Whether a warning may be logged now: true at most once a second in this process.
-fn warn_now() -> bool {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs()
-        + 1;
-    LAST.swap(now, Ordering::Relaxed) != now
 }
 
 pin_project_lite::pin_project! {

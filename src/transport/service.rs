@@ -457,6 +457,27 @@ where
     }
 }
 
+/// The handler's answer, as [`answer_of`] reads it; once the handler has run for `timeout`,
+/// it is dropped and the answer is the timed-out error (`-32603`).
+async fn answer_within<F, B, E>(
+    fut: F,
+    id: &RequestId,
+    timeout: Option<std::time::Duration>,
+) -> Result<Answer, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let answer = answer_of(fut, Some(id));
+    match timeout {
+        Some(after) => Deadline::new(answer, after)
+            .await
+            .unwrap_or_else(|| Ok(Answer::timed_out(id))),
+        None => answer.await,
+    }
+}
+
 /// The handler's answer to `id` (`None`: a notification), read whole, with a panic in the
 /// handler's future or while its body is read caught (and logged): an internal error for `id`.
 ///
@@ -1019,16 +1040,12 @@ where
         .with_id(id)));
     }
     if shared.draining.load(Ordering::Acquire) {
-        return Ok(Err(Rejection::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            codes::BAD_REQUEST,
-            "server shutting down: retry on another node",
-        )
-        .with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from(shared.config.busy_retry_after),
-        )
-        .with_id(id)));
+        return Ok(Err(shared
+            .retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server shutting down: retry on another node",
+            )
+            .with_id(id)));
     }
     let principal = match &shared.config.principal {
         Some(ex) => ex.principal(&parts).map(String::into_boxed_str),
@@ -1037,16 +1054,12 @@ where
     // No unguessable id, no session: the client retries (never a weaker id).
     let Ok(sid) = shared.config.ids.try_generate() else {
         tracing::error!("no session id could be generated; initialize refused");
-        return Ok(Err(Rejection::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            codes::BAD_REQUEST,
-            "no session id could be generated: retry later",
-        )
-        .with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from(shared.config.busy_retry_after),
-        )
-        .with_id(id)));
+        return Ok(Err(shared
+            .retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no session id could be generated: retry later",
+            )
+            .with_id(id)));
     };
     let session = Session::new(sid, principal, shared.session_config(), shared.now_ms());
     if !shared
@@ -1054,16 +1067,12 @@ where
         .insert(session.clone(), shared.config.max_sessions)
     {
         tracing::warn!(max = shared.config.max_sessions, "session limit reached");
-        return Ok(Err(Rejection::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            codes::BAD_REQUEST,
-            "too many sessions on this node",
-        )
-        .with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from(shared.config.busy_retry_after),
-        )
-        .with_id(id)));
+        return Ok(Err(shared
+            .retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sessions on this node",
+            )
+            .with_id(id)));
     }
     shared.ensure_sweeper();
     // However the session closes (including `Session::close` by the application), it leaves the
@@ -1253,9 +1262,7 @@ where
                     None,
                     async move {
                         let mut slot = slot;
-                        let out = Deadline::new(answer_of(fut, Some(&task_id)), timeout)
-                            .await
-                            .unwrap_or_else(|| Ok(Answer::timed_out(&task_id)));
+                        let out = answer_within(fut, &task_id, Some(timeout)).await;
                         drop(permit);
                         slot.finish(Some(answer_event(&out, &task_id)));
                     }
@@ -1406,12 +1413,7 @@ where
     // A handler without a place (a listen stream) has no timeout either.
     let timeout = permit.as_ref().map(|_| shared.config.handler_timeout);
     let task = async move {
-        let out = match timeout {
-            Some(timeout) => Deadline::new(answer_of(fut, Some(&task_id)), timeout)
-                .await
-                .unwrap_or_else(|| Ok(Answer::timed_out(&task_id))),
-            None => answer_of(fut, Some(&task_id)).await,
-        };
+        let out = answer_within(fut, &task_id, timeout).await;
         drop(permit);
         let json = task_log
             .log()
