@@ -94,4 +94,16 @@ pub mod headers {
     /// assert_eq!(headers::X_ACCEL_BUFFERING, "x-accel-buffering");
     /// ```
     pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+    /// `Mcp-Forwarded-By`: set by the session registry on a request it forwards to the
+    /// session's owner, naming the forwarding node. A request carrying it is never forwarded
+    /// again (at most one hop), whoever set it: a client that forges it only gives up
+    /// forwarding for itself.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::headers;
+    /// assert_eq!(headers::MCP_FORWARDED_BY, "mcp-forwarded-by");
+    /// ```
+    pub const MCP_FORWARDED_BY: HeaderName = HeaderName::from_static("mcp-forwarded-by");
 }

@@ -92,7 +92,10 @@ pub use layer::{
 };
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;
-pub use store::{MemoryStore, Ownership, RecordKey, RegistryStore, SessionRecord, StoreError};
+pub use store::{
+    Claim, MemoryStore, NodeRecord, NodeState, Ownership, RecordKey, RegistryStore, SessionRecord,
+    StoreError,
+};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
 

@@ -19,6 +19,7 @@ mod envelope;
 mod handle;
 mod id;
 pub(crate) mod log;
+mod restore;
 mod table;
 
 pub(crate) use context::LogRef;
@@ -31,4 +32,5 @@ pub use id::{
     Fingerprint, GenerateIdError, InvalidSessionId, MAX_SESSION_ID_LEN, NodeTag, RandomIdGenerator,
     SessionId, SessionIdGenerator, TaggedIdGenerator,
 };
+pub use restore::{Forwarded, RestoreSession, SessionRestored, principal_digest};
 pub(crate) use table::{SessionTable, shrink_when_sparse};

@@ -151,7 +151,7 @@ use crate::BoxError;
 /// assert_eq!(SessionRecord::from_json(&record.to_json()).ok(), Some(record.clone()));
 /// assert_eq!(record.ownership("node-a", "0001"), Ownership::PreviousIncarnation);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SessionRecord {
     /// The node that owns the session. JSON field `n`.
@@ -163,6 +163,22 @@ pub struct SessionRecord {
     /// Creation time, in seconds since the Unix epoch. JSON field `c`.
     #[serde(rename = "c")]
     pub created_at: u64,
+    /// The protocol version negotiated in `initialize`. JSON field `v`. A record without it
+    /// (written by an inner service other than this crate's transport, or by an earlier
+    /// version) can be forwarded to its owner but not adopted.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// The `clientInfo` of the client's `initialize`. JSON field `ci`.
+    #[serde(rename = "ci", default, skip_serializing_if = "Option::is_none")]
+    pub client_info: Option<serde_json::Value>,
+    /// The `capabilities` of the client's `initialize`. JSON field `cc`.
+    #[serde(rename = "cc", default, skip_serializing_if = "Option::is_none")]
+    pub client_capabilities: Option<serde_json::Value>,
+    /// The digest of the principal the session is bound to
+    /// ([`principal_digest`](crate::session::principal_digest)), never the principal. JSON
+    /// field `p`.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 impl SessionRecord {
@@ -185,6 +201,73 @@ impl SessionRecord {
             node: node.into(),
             incarnation: incarnation.into(),
             created_at,
+            protocol_version: None,
+            client_info: None,
+            client_capabilities: None,
+            principal: None,
+        }
+    }
+
+    /// Adds what another node needs to restore the session: the negotiated protocol version,
+    /// the client's `clientInfo` and `capabilities`, and the principal digest, if bound.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::SessionRecord;
+    ///
+    /// let record = SessionRecord::new("node-a", "7f3a")
+    ///     .with_created_at(1)
+    ///     .with_restore("2025-11-25", Some(serde_json::json!({"name": "c", "version": "1"})), None, None);
+    /// assert!(record.is_restorable());
+    /// assert_eq!(record.to_json(), r#"{"n":"node-a","i":"7f3a","c":1,"v":"2025-11-25","ci":{"name":"c","version":"1"}}"#);
+    /// ```
+    pub fn with_restore(
+        mut self,
+        protocol_version: impl Into<String>,
+        client_info: Option<serde_json::Value>,
+        client_capabilities: Option<serde_json::Value>,
+        principal: Option<String>,
+    ) -> Self {
+        self.protocol_version = Some(protocol_version.into());
+        self.client_info = client_info;
+        self.client_capabilities = client_capabilities;
+        self.principal = principal;
+        self
+    }
+
+    /// Whether the record carries what a node needs to restore the session (adopt it).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::SessionRecord;
+    ///
+    /// assert!(!SessionRecord::new("node-a", "7f3a").is_restorable());
+    /// ```
+    #[must_use]
+    pub fn is_restorable(&self) -> bool {
+        self.protocol_version.is_some()
+    }
+
+    /// The same record under a new owner: `node` in `incarnation` (what an adopting node
+    /// writes). The creation time and the restore fields stay.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::SessionRecord;
+    ///
+    /// let moved = SessionRecord::new("node-a", "1").with_created_at(5).owned_by("node-b", "2");
+    /// assert!(moved.is_owned_by("node-b", "2"));
+    /// assert_eq!(moved.created_at, 5);
+    /// ```
+    #[must_use]
+    pub fn owned_by(&self, node: impl Into<String>, incarnation: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            incarnation: incarnation.into(),
+            ..self.clone()
         }
     }
 
@@ -293,6 +376,205 @@ impl SessionRecord {
         }
         serde_json::from_str(json).map_err(StoreError::invalid_record)
     }
+}
+
+/// Whether a node takes requests. See [`NodeRecord`].
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::registry::NodeState;
+///
+/// assert_eq!(NodeState::Serving.as_str(), "serving");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum NodeState {
+    /// Serving: requests for its sessions are forwarded to it.
+    Serving,
+    /// Shutting down: its sessions are adopted by whichever node their next request reaches.
+    Draining,
+}
+
+impl NodeState {
+    /// `"serving"` or `"draining"`, as stored.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::NodeState;
+    ///
+    /// assert_eq!(NodeState::Draining.as_str(), "draining");
+    /// ```
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// A node's liveness record: written by the node itself in the background, with a short time
+/// to live, so other nodes can tell a live owner (forward to it) from a gone, draining or
+/// restarted one (adopt its sessions).
+///
+/// Stored as compact JSON: `{"s":"serving","i":"<incarnation>","a":"<address>","t":<unix
+/// seconds>}`.
+///
+/// | field | JSON name | meaning |
+/// |---|---|---|
+/// | [`state`](Self::state) | `s` | `serving` or `draining` |
+/// | [`incarnation`](Self::incarnation) | `i` | the node's current incarnation |
+/// | [`address`](Self::address) | `a` | where other nodes reach it (`host:port`, internal), if it takes forwarded requests |
+/// | [`updated_at`](Self::updated_at) | `t` | when it was written, unix seconds |
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::registry::{NodeRecord, NodeState};
+///
+/// let record = NodeRecord::new(NodeState::Serving, "7f3a").with_address("10.0.0.5:8080").with_updated_at(1);
+/// assert_eq!(record.to_json(), r#"{"s":"serving","i":"7f3a","a":"10.0.0.5:8080","t":1}"#);
+/// assert_eq!(NodeRecord::from_json(&record.to_json()).ok(), Some(record));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NodeRecord {
+    /// Serving or draining. JSON field `s`.
+    #[serde(rename = "s")]
+    pub state: NodeState,
+    /// The node's current incarnation. JSON field `i`.
+    #[serde(rename = "i")]
+    pub incarnation: String,
+    /// The internal address other nodes forward to. JSON field `a`.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// When the record was written, unix seconds. JSON field `t`.
+    #[serde(rename = "t", default)]
+    pub updated_at: u64,
+}
+
+impl NodeRecord {
+    /// A liveness record in `state` for `incarnation`, written now (system clock), with no
+    /// address.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{NodeRecord, NodeState};
+    ///
+    /// let record = NodeRecord::new(NodeState::Draining, "7f3a");
+    /// assert_eq!(record.state, NodeState::Draining);
+    /// assert!(record.address.is_none());
+    /// ```
+    pub fn new(state: NodeState, incarnation: impl Into<String>) -> Self {
+        Self {
+            state,
+            incarnation: incarnation.into(),
+            address: None,
+            updated_at: unix_now(),
+        }
+    }
+
+    /// Sets the internal address other nodes forward to.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{NodeRecord, NodeState};
+    ///
+    /// let record = NodeRecord::new(NodeState::Serving, "1").with_address("127.0.0.1:9000");
+    /// assert_eq!(record.address.as_deref(), Some("127.0.0.1:9000"));
+    /// ```
+    pub fn with_address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// Replaces the write time (unix seconds).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{NodeRecord, NodeState};
+    ///
+    /// assert_eq!(NodeRecord::new(NodeState::Serving, "1").with_updated_at(9).updated_at, 9);
+    /// ```
+    #[must_use]
+    pub fn with_updated_at(mut self, unix_seconds: u64) -> Self {
+        self.updated_at = unix_seconds;
+        self
+    }
+
+    /// The record's JSON form, as stored.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{NodeRecord, NodeState};
+    ///
+    /// let json = NodeRecord::new(NodeState::Serving, "1").with_updated_at(2).to_json();
+    /// assert_eq!(json, r#"{"s":"serving","i":"1","t":2}"#);
+    /// ```
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses a stored liveness record.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] for which [`StoreError::is_invalid_record`] is true if `json` is not
+    /// a liveness record.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::NodeRecord;
+    ///
+    /// assert!(NodeRecord::from_json(r#"{"s":"serving","i":"1"}"#).is_ok());
+    /// assert!(NodeRecord::from_json(r#"{"s":"sleeping","i":"1"}"#).unwrap_err().is_invalid_record());
+    /// ```
+    pub fn from_json(json: &str) -> Result<Self, StoreError> {
+        if !json
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
+            return Err(StoreError::invalid_record("a node record is a JSON object"));
+        }
+        serde_json::from_str(json).map_err(StoreError::invalid_record)
+    }
+}
+
+/// The outcome of [`RegistryStore::claim`]: the compare-and-set an adopting node makes on a
+/// session's record.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::registry::Claim;
+///
+/// fn won(c: &Claim) -> bool { matches!(c, Claim::Won) }
+/// assert!(won(&Claim::Won));
+/// assert!(!won(&Claim::Lost(None)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// The record named the expected owner and now names the claimant.
+    Won,
+    /// The record names someone else (another node won a race, or the owner moved it): the
+    /// record as it is now, or `None` if there is none.
+    Lost(Option<SessionRecord>),
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// How a [`SessionRecord`] relates to the node that reads it. See [`SessionRecord::ownership`].
@@ -733,6 +1015,100 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
         batch: usize,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
+    /// Writes `node`'s liveness record with a time to live, and lists `node` among the nodes
+    /// of the cluster (for the orphan sweep, [`nodes`](Self::nodes)).
+    ///
+    /// Redis: `SET` with `EX` on the node's liveness key, and `SADD` to the node set. The
+    /// registry calls it in the background (never per request). The default answers an
+    /// error: a store that does not implement liveness makes the registry keep today's `404`s
+    /// for sessions of other nodes (no forwarding, no adoption).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness.
+    fn announce(
+        &self,
+        node: &str,
+        record: &NodeRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (node, record, ttl);
+        std::future::ready(Err(StoreError::backend(
+            "this store keeps no node liveness",
+        )))
+    }
+
+    /// `node`'s liveness record, if it is alive (its record has not expired).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness (the
+    /// default).
+    fn node(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Option<NodeRecord>, StoreError>> + Send {
+        let _ = node;
+        std::future::ready(Err(StoreError::backend(
+            "this store keeps no node liveness",
+        )))
+    }
+
+    /// Removes `node`'s liveness record if it names `incarnation` (a node leaving the cluster
+    /// for good, so the others adopt its sessions at once). Returns whether it was removed.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness (the
+    /// default).
+    fn withdraw(
+        &self,
+        node: &str,
+        incarnation: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (node, incarnation);
+        std::future::ready(Err(StoreError::backend(
+            "this store keeps no node liveness",
+        )))
+    }
+
+    /// Every node that announced itself and still has session records listed (see
+    /// [`announce`](Self::announce)), alive or not.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness (the
+    /// default).
+    fn nodes(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        std::future::ready(Err(StoreError::backend(
+            "this store keeps no node liveness",
+        )))
+    }
+
+    /// Takes ownership of session `id` atomically: if its record names `owner` in
+    /// `incarnation`, replaces it with `record` (the claimant as owner, see
+    /// [`SessionRecord::owned_by`]) with time to live `ttl`, and lists `id` in the claimant's
+    /// node index. When two nodes claim one session at once, exactly one wins.
+    ///
+    /// Redis: a compare-and-set Lua script on the record's key, then the claimant's index
+    /// update.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed, did not answer in time, or cannot claim (the
+    /// default).
+    fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        incarnation: &str,
+        record: &SessionRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        let _ = (id, owner, incarnation, record, ttl);
+        std::future::ready(Err(StoreError::backend("this store cannot claim sessions")))
+    }
+
     /// Checks that the store answers.
     ///
     /// # Errors
@@ -833,6 +1209,45 @@ impl<S: RegistryStore> RegistryStore for Arc<S> {
 
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         S::ping(self)
+    }
+
+    fn announce(
+        &self,
+        node: &str,
+        record: &NodeRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        S::announce(self, node, record, ttl)
+    }
+
+    fn node(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Option<NodeRecord>, StoreError>> + Send {
+        S::node(self, node)
+    }
+
+    fn withdraw(
+        &self,
+        node: &str,
+        incarnation: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        S::withdraw(self, node, incarnation)
+    }
+
+    fn nodes(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        S::nodes(self)
+    }
+
+    fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        incarnation: &str,
+        record: &SessionRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        S::claim(self, id, owner, incarnation, record, ttl)
     }
 
     fn write_batch(

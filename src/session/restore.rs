@@ -1,0 +1,170 @@
+//! Restoring a session on a node that did not create it ("adoption"), and telling that a
+//! response came from another node ("forwarding").
+//!
+//! The layers meet here. The session registry decides that this node takes over a session
+//! whose owner is gone, draining or a previous process of this node; it puts a
+//! [`RestoreSession`] into the request's extensions and passes the request on. The transport
+//! finds no such session in its table, restores it from the [`RestoreSession`] (after checking
+//! the principal binding), marks the handler's request with [`SessionRestored`], runs its
+//! restore hook, and serves the request. Nothing else crosses between the layers.
+
+use serde_json::Value;
+
+use super::SessionId;
+use crate::protocol::ProtocolVersion;
+
+/// What the transport needs to restore a legacy session another node (or a previous process of
+/// this node) created: put into the request extensions by the session registry when it has
+/// taken ownership of the session. The transport restores the session only for a request that
+/// names exactly this id and that it does not hold already.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::protocol::ProtocolVersion;
+/// use mcp_affinity::session::{RestoreSession, SessionId};
+///
+/// let restore = RestoreSession::new(SessionId::new("n1.abc").unwrap(), ProtocolVersion::V2025_11_25);
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(restore);
+/// assert!(req.extensions().get::<RestoreSession>().is_some());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RestoreSession {
+    /// The session id as the transport sees it (inside the affinity layer's envelope, if any).
+    pub id: SessionId,
+    /// The protocol version negotiated when the session was created.
+    pub protocol_version: ProtocolVersion,
+    /// The `clientInfo` the client sent in `initialize`.
+    pub client_info: Option<Value>,
+    /// The `capabilities` the client sent in `initialize`.
+    pub client_capabilities: Option<Value>,
+    /// The digest of the principal the session is bound to ([`principal_digest`]), if it is
+    /// bound to one.
+    pub principal: Option<String>,
+}
+
+impl RestoreSession {
+    /// A session to restore, with no client info, capabilities or principal.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    /// use mcp_affinity::session::{RestoreSession, SessionId};
+    ///
+    /// let r = RestoreSession::new(SessionId::new("s1").unwrap(), ProtocolVersion::V2025_06_18);
+    /// assert_eq!(r.protocol_version, ProtocolVersion::V2025_06_18);
+    /// assert!(r.principal.is_none());
+    /// ```
+    pub fn new(id: SessionId, protocol_version: ProtocolVersion) -> Self {
+        Self {
+            id,
+            protocol_version,
+            client_info: None,
+            client_capabilities: None,
+            principal: None,
+        }
+    }
+
+    /// Sets the client's `clientInfo` and `capabilities` from its `initialize`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    /// use mcp_affinity::session::{RestoreSession, SessionId};
+    ///
+    /// let r = RestoreSession::new(SessionId::new("s1").unwrap(), ProtocolVersion::V2025_11_25)
+    ///     .with_client(Some(serde_json::json!({"name": "c", "version": "1"})), None);
+    /// assert_eq!(r.client_info.unwrap()["name"], "c");
+    /// ```
+    #[must_use]
+    pub fn with_client(mut self, info: Option<Value>, capabilities: Option<Value>) -> Self {
+        self.client_info = info;
+        self.client_capabilities = capabilities;
+        self
+    }
+
+    /// Sets the digest of the principal the session is bound to.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    /// use mcp_affinity::session::{principal_digest, RestoreSession, SessionId};
+    ///
+    /// let r = RestoreSession::new(SessionId::new("s1").unwrap(), ProtocolVersion::V2025_11_25)
+    ///     .with_principal(Some(principal_digest("ada")));
+    /// assert_eq!(r.principal.as_deref(), Some(principal_digest("ada").as_str()));
+    /// ```
+    #[must_use]
+    pub fn with_principal(mut self, digest: Option<String>) -> Self {
+        self.principal = digest;
+        self
+    }
+}
+
+/// Marker in the extensions of the handler's request that restored its session on this node
+/// (the session was created elsewhere, or by a previous process of this node): per-session
+/// state the application keeps in [`Session::insert`](super::Session::insert) is empty, and
+/// the handler may rebuild it. The transport's restore hook
+/// ([`with_on_restore`](crate::transport::SseTransportBuilder::with_on_restore)) runs once
+/// before that request.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::SessionRestored;
+///
+/// fn restored<B>(req: &http::Request<B>) -> bool {
+///     req.extensions().get::<SessionRestored>().is_some()
+/// }
+/// assert!(!restored(&http::Request::new(())));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct SessionRestored;
+
+/// Marker in the extensions of a response another node produced: the session registry
+/// forwarded the request to the session's owner and streams its answer back. The affinity
+/// layer sets no cookie of its own on such a response (the owner's, if any, passes through).
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::Forwarded;
+///
+/// let mut res = http::Response::new(());
+/// res.extensions_mut().insert(Forwarded);
+/// assert!(res.extensions().get::<Forwarded>().is_some());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Forwarded;
+
+/// The digest under which a session's principal binding is stored and compared: SHA-256 of the
+/// principal, the first 16 bytes in lowercase hex. The registry's record carries it, never the
+/// principal itself.
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::principal_digest;
+///
+/// let d = principal_digest("ada");
+/// assert_eq!(d.len(), 32);
+/// assert_eq!(d, principal_digest("ada"));
+/// assert_ne!(d, principal_digest("bob"));
+/// ```
+pub fn principal_digest(principal: &str) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(principal.as_bytes());
+    let mut out = String::with_capacity(32);
+    for b in &hash[..16] {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
