@@ -330,7 +330,14 @@ async fn transport_refuses_repeated_modern_headers_with_a_json_rpc_400() {
 /// An inner service standing in for the rest of the stack: counts calls, answers 200.
 fn stand_in(
     calls: Arc<AtomicUsize>,
-) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
+) -> impl Service<
+    Req,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
     tower::service_fn(move |_req: Req| {
         calls.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}")))) }

@@ -20,7 +20,7 @@ use tower::{Service, ServiceExt};
 
 type Svc = tower::util::BoxCloneService<
     http::Request<Full<Bytes>>,
-    http::Response<http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>>,
+    http::Response<http_body_util::combinators::UnsyncBoxBody<Bytes, mcp_affinity::BoxError>>,
     std::convert::Infallible,
 >;
 

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     protocol::{Rejection, codes, headers},
-    session::{Fingerprint, NodeTag},
+    session::{Fingerprint, Forwarded, NodeTag, SessionRestored},
 };
 
 /// The first modern-era revision: a request announcing it (or a later one) is stateless.
@@ -172,10 +172,14 @@ impl Finish {
             set_cookie,
             misroute,
         } = self;
-        if shared.config.envelope {
+        // Another node's answer (a forwarded request) is that node's: its cookie and its
+        // envelope, if any, pass through. An adopted session's id is already the client's.
+        let forwarded = res.extensions().get::<Forwarded>().is_some();
+        if shared.config.envelope && !forwarded && res.extensions().get::<SessionRestored>().is_none()
+        {
             envelope(&shared, res.headers_mut());
         }
-        if set_cookie && let Some(v) = &shared.set_cookie {
+        if set_cookie && !forwarded && let Some(v) = &shared.set_cookie {
             res.headers_mut().append(header::SET_COOKIE, v.clone());
             shared.stats.cookie_set();
         }

@@ -7,7 +7,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::full_body::InnerOrFull;
+use crate::{BoxError, full_body::InnerOrFull};
+
+/// The body of a response another node produced (a forwarded request), streamed through.
+pub(crate) type ForwardedBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 pin_project! {
     /// Response body of [`SessionRegistry`](super::SessionRegistry): the inner service's body,
@@ -39,7 +42,15 @@ pin_project! {
     /// ```
     pub struct ResponseBody<B> {
         #[pin]
-        kind: InnerOrFull<B>,
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Local { #[pin] body: InnerOrFull<B> },
+        Forwarded { body: ForwardedBody },
     }
 }
 
@@ -52,13 +63,25 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         Self {
-            kind: InnerOrFull::inner(body),
+            kind: Kind::Local {
+                body: InnerOrFull::inner(body),
+            },
         }
     }
 
     pub(crate) fn full(data: Bytes) -> Self {
         Self {
-            kind: InnerOrFull::full(data),
+            kind: Kind::Local {
+                body: InnerOrFull::full(data),
+            },
+        }
+    }
+
+    /// The owner's answer to a forwarded request.
+    #[cfg_attr(not(feature = "forward"), allow(dead_code))]
+    pub(crate) fn forwarded(body: ForwardedBody) -> Self {
+        Self {
+            kind: Kind::Forwarded { body },
         }
     }
 }
@@ -66,25 +89,35 @@ impl<B> ResponseBody<B> {
 impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        self.project().kind.poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProj::Local { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Forwarded { body } => Pin::new(body).poll_frame(cx),
+        }
     }
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.kind.is_end_stream()
+        match &self.kind {
+            Kind::Local { body } => body.is_end_stream(),
+            Kind::Forwarded { body } => body.is_end_stream(),
+        }
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
-        self.kind.size_hint()
+        match &self.kind {
+            Kind::Local { body } => body.size_hint(),
+            Kind::Forwarded { body } => body.size_hint(),
+        }
     }
 }

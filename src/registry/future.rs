@@ -98,13 +98,13 @@ pin_project! {
     ///
     /// let mut svc = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap().layer(app);
     /// ServiceExt::<http::Request<http_body_util::Full<bytes::Bytes>>>::ready(&mut svc).await.unwrap();
-    /// let fut: ResponseFuture<_, _, _> = svc.call(post(INIT));
+    /// let fut: ResponseFuture<_, _, _, _> = svc.call(post(INIT));
     /// assert_eq!(fut.await.unwrap().status(), 200);
     /// # }
     /// ```
-    pub struct ResponseFuture<F, B, R> {
+    pub struct ResponseFuture<F, B, E, R> {
         #[pin]
-        state: State<F, B>,
+        state: State<F, B, E>,
         core: Option<Arc<Core<R>>>,
         ctx: Option<Ctx>,
         removal: Option<PendingRemoval<R>>,
@@ -113,21 +113,32 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B> {
+    enum State<F, B, E> {
         Inner { #[pin] fut: F },
         Lookup { fut: BoxFuture<SessionLookup>, parts: Option<http::response::Parts> },
         Register { fut: BoxFuture<bool>, response: Option<Response<B>> },
         Refused { rejection: Option<Rejection> },
+        Unheld { fut: BoxFuture<Result<Response<ResponseBody<B>>, E>> },
     }
 }
 
-impl<F, B, R> fmt::Debug for ResponseFuture<F, B, R> {
+impl<F, B, E, R> fmt::Debug for ResponseFuture<F, B, E, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, B, R> ResponseFuture<F, B, R> {
+impl<F, B, E, R> ResponseFuture<F, B, E, R> {
+    /// A request for a session this node does not hold (see `continuity`).
+    pub(crate) fn unheld(fut: BoxFuture<Result<Response<ResponseBody<B>>, E>>) -> Self {
+        Self {
+            state: State::Unheld { fut },
+            core: None,
+            ctx: None,
+            removal: None,
+        }
+    }
+
     pub(crate) fn passthrough(fut: F) -> Self {
         Self {
             state: State::Inner { fut },
@@ -183,7 +194,7 @@ impl<R> PendingRemoval<R> {
     }
 
     /// The request was refused: nothing is removed.
-    fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.armed = false;
     }
 }
@@ -266,7 +277,10 @@ async fn lookup<R: RegistryStore>(core: Arc<Core<R>>, sid: Arc<str>) -> SessionL
     outcome
 }
 
-fn not_found<B>(parts: http::response::Parts, outcome: SessionLookup) -> Response<ResponseBody<B>> {
+pub(crate) fn not_found<B>(
+    parts: http::response::Parts,
+    outcome: SessionLookup,
+) -> Response<ResponseBody<B>> {
     let data = serde_json::json!({ "reason": outcome.reason() });
     let body = error_body(
         None,
@@ -311,25 +325,40 @@ fn minted_id<B>(res: &Response<B>, ctx: &Ctx) -> Option<Arc<str>> {
     (SessionId::is_valid(id) && ctx.inner_sid() != Some(id)).then(|| ctx.wire_of(id))
 }
 
-fn record_for<R>(core: &Core<R>) -> SessionRecord {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    SessionRecord::new(&*core.node, &*core.incarnation).with_created_at(now)
+/// The record of a session just minted: with what another node needs to restore it when the
+/// inner service is this crate's transport (the response carries the [`Session`]).
+fn record_for<R>(core: &Core<R>, session: Option<&Session>) -> SessionRecord {
+    let record = SessionRecord::new(&*core.node, &*core.incarnation)
+        .with_created_at(super::store::unix_now());
+    match session.and_then(|s| Some((s, s.protocol_version()?))) {
+        Some((s, version)) => record.with_restore(
+            version.as_str(),
+            s.client_info().cloned(),
+            s.client_capabilities().cloned(),
+            s.principal_digest().map(str::to_owned),
+        ),
+        None => record,
+    }
 }
 
-fn hook_close<R: RegistryStore>(core: &Arc<Core<R>>, session: &Session, ctx: &Ctx) {
+pub(crate) fn hook_close<R: RegistryStore>(core: &Arc<Core<R>>, session: &Session, ctx: &Ctx) {
     let core = core.clone();
     let envelope = ctx.envelope().cloned();
-    session.on_close(move |id, reason| match reason {
-        // DELETE queues an unconditional removal itself; a failed initialize never wrote.
-        CloseReason::Deleted | CloseReason::InitializeFailed => {}
-        _ => {
-            let wire = envelope.as_ref().and_then(|e| e.wrap(id.as_str()));
-            let wire = wire.as_deref().unwrap_or(id.as_str());
-            core.forget(wire);
-            core.enqueue(wire, OpKind::RemoveIfOwned);
+    session.on_close(move |id, reason| {
+        let wire = envelope.as_ref().and_then(|e| e.wrap(id.as_str()));
+        let wire = wire.as_deref().unwrap_or(id.as_str());
+        match reason {
+            // DELETE queues an unconditional removal itself; a failed initialize never wrote.
+            CloseReason::Deleted | CloseReason::InitializeFailed => {}
+            // A node shutting down hands its sessions over: the records stay for the node
+            // each session's next request reaches, which adopts it.
+            CloseReason::Shutdown if core.hands_over() => {
+                core.forget(wire);
+            }
+            _ => {
+                core.forget(wire);
+                core.enqueue(wire, OpKind::RemoveIfOwned);
+            }
         }
     });
 }
@@ -339,12 +368,12 @@ fn hook_close<R: RegistryStore>(core: &Arc<Core<R>>, session: &Session, ctx: &Ct
 /// A `2xx` closed the session, a `404` means it is not held here (another node's, or a
 /// previous process's) and a `5xx` is a failed local close: in those three the record goes,
 /// as ADR-0066 asks.
-fn delete_refused<B>(res: &Response<B>) -> bool {
+pub(crate) fn delete_refused<B>(res: &Response<B>) -> bool {
     Refusal::is_refused(res)
         || (res.status().is_client_error() && res.status() != StatusCode::NOT_FOUND)
 }
 
-impl<F, B, E, R> Future for ResponseFuture<F, B, R>
+impl<F, B, E, R> Future for ResponseFuture<F, B, E, R>
 where
     F: Future<Output = Result<Response<B>, E>>,
     R: RegistryStore,
@@ -418,15 +447,18 @@ where
                     let Some(id) = minted_id(&res, ctx) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
-                    let ends = match res.extensions().get::<Session>() {
+                    let session = res.extensions().get::<Session>();
+                    let ends = match session {
                         Some(session) => {
                             hook_close(core, session, ctx);
                             Ends::Hooked
                         }
                         None => Ends::Unreported,
                     };
-                    let record = record_for(core);
+                    let record = record_for(core, session);
                     if !core.fail_closed {
+                        // Held from now on: the next request takes the local path.
+                        core.mark_live(&id, ends);
                         core.enqueue(&id, OpKind::Register(record, ends));
                         return Poll::Ready(Ok(map_body(res)));
                     }
@@ -458,6 +490,7 @@ where
                         response: Some(res),
                     });
                 }
+                StateProj::Unheld { fut } => return fut.as_mut().poll(cx),
                 StateProj::Refused { rejection } => {
                     return match rejection.take() {
                         Some(r) => Poll::Ready(Ok(r.into_response(ResponseBody::full))),

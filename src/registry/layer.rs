@@ -181,6 +181,13 @@ pub struct SessionRegistryBuilder<R> {
     idle_timeout: Duration,
     lookup_rate: (u32, Duration),
     negative_cache: (usize, Duration),
+    continuity: bool,
+    adoption: bool,
+    forwarding: bool,
+    liveness: (Duration, Duration),
+    internal_address: Option<std::net::SocketAddr>,
+    peer_networks: Vec<String>,
+    forward_connect_timeout: Duration,
 }
 
 impl<R: fmt::Debug> fmt::Debug for SessionRegistryBuilder<R> {
@@ -196,7 +203,13 @@ impl<R: fmt::Debug> fmt::Debug for SessionRegistryBuilder<R> {
             .field("idle_timeout", &self.idle_timeout)
             .field("lookup_rate", &self.lookup_rate)
             .field("negative_cache", &self.negative_cache)
-            .finish()
+            .field("continuity", &self.continuity)
+            .field("adoption", &self.adoption)
+            .field("forwarding", &self.forwarding)
+            .field("liveness", &self.liveness)
+            .field("internal_address", &self.internal_address)
+            .field("peer_networks", &self.peer_networks)
+            .finish_non_exhaustive()
     }
 }
 
@@ -250,6 +263,17 @@ pub const DEFAULT_LOOKUP_RATE: (u32, Duration) = (200, Duration::from_secs(1));
 /// assert_eq!(DEFAULT_NEGATIVE_CACHE, (4096, Duration::from_secs(2)));
 /// ```
 pub const DEFAULT_NEGATIVE_CACHE: (usize, Duration) = (4096, Duration::from_secs(2));
+
+/// The default liveness record TTL and refresh period: 15 s, rewritten every 5 s. See
+/// [`SessionRegistryBuilder::with_liveness`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(mcp_affinity::registry::DEFAULT_LIVENESS, (Duration::from_secs(15), Duration::from_secs(5)));
+/// ```
+pub const DEFAULT_LIVENESS: (Duration, Duration) = (Duration::from_secs(15), Duration::from_secs(5));
 
 impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// A registry with the default settings for node `node` (its stable name, e.g. the host
@@ -341,7 +365,156 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             lookup_rate: DEFAULT_LOOKUP_RATE,
             negative_cache: DEFAULT_NEGATIVE_CACHE,
+            continuity: true,
+            adoption: true,
+            forwarding: true,
+            liveness: DEFAULT_LIVENESS,
+            internal_address: None,
+            peer_networks: Vec::new(),
+            forward_connect_timeout: Duration::from_millis(500),
         }
+    }
+
+    /// Turns continuity on or off (default on): node liveness, forwarding to a live owner
+    /// and adoption from a gone one. Off, the registry behaves as ADR-0066 describes: a
+    /// request for another node's session is answered `404` (`misrouted`), a restarted node
+    /// removes its previous process's records at start, and shutdown removes the records of
+    /// the sessions it closes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a").with_continuity(false).build();
+    /// assert!(layer.is_ok());
+    /// ```
+    pub fn with_continuity(mut self, on: bool) -> Self {
+        self.continuity = on;
+        self
+    }
+
+    /// Turns adoption on or off (default on, with continuity): a request for a session whose
+    /// owner is gone, draining or a previous process of this node takes the session over here
+    /// (compare-and-set on the record's owner and incarnation; the transport restores the
+    /// session from the record). Off, such requests are answered `404` as without continuity.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a").with_adoption(false).build();
+    /// assert!(layer.is_ok());
+    /// ```
+    pub fn with_adoption(mut self, on: bool) -> Self {
+        self.adoption = on;
+        self
+    }
+
+    /// Turns forwarding on or off (default on; it needs cargo feature `forward`): a request
+    /// for a session whose owner is alive and serving is sent to the owner and its answer
+    /// streamed back. Off (or without the feature), such requests are answered `404`
+    /// (`misrouted`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a").with_forwarding(false).build();
+    /// assert!(layer.is_ok());
+    /// ```
+    pub fn with_forwarding(mut self, on: bool) -> Self {
+        self.forwarding = on;
+        self
+    }
+
+    /// The time to live of this node's liveness record and how often it is rewritten
+    /// (default [`DEFAULT_LIVENESS`]: 15 s, every 5 s). A node that stops (a crash, a lost
+    /// network) counts as gone once its record expired; a forward that finds nobody listening
+    /// counts it gone at once. The period must be shorter than the TTL.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a")
+    ///     .with_liveness(Duration::from_secs(6), Duration::from_secs(2))
+    ///     .build();
+    /// assert!(layer.is_ok());
+    /// let bad = SessionRegistryLayer::builder(MemoryStore::new(), "node-a")
+    ///     .with_liveness(Duration::from_secs(2), Duration::from_secs(2))
+    ///     .build();
+    /// assert_eq!(bad.unwrap_err().field(), "liveness");
+    /// ```
+    pub fn with_liveness(mut self, ttl: Duration, period: Duration) -> Self {
+        self.liveness = (ttl, period);
+        self
+    }
+
+    /// The address other nodes forward requests to: this node's internal `host:port`, which
+    /// is usually not the public one. Written into this node's liveness record; without it,
+    /// no node forwards to this one (their requests for its sessions are answered `404`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a")
+    ///     .with_internal_address("10.0.0.5:8080".parse().unwrap())
+    ///     .build();
+    /// assert!(layer.is_ok());
+    /// ```
+    pub fn with_internal_address(mut self, address: std::net::SocketAddr) -> Self {
+        self.internal_address = Some(address);
+        self
+    }
+
+    /// The networks peer nodes live in (`10.0.0.0/8`, `fd00::/8`, or single addresses): a
+    /// liveness record naming an address outside them is not followed. Default: the IP of
+    /// [`with_internal_address`](Self::with_internal_address) alone (every node on one host),
+    /// or loopback addresses when no internal address is set.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let ok = SessionRegistryLayer::builder(MemoryStore::new(), "node-a").with_peer_networks(["10.0.0.0/8"]).build();
+    /// assert!(ok.is_ok());
+    /// let bad = SessionRegistryLayer::builder(MemoryStore::new(), "node-a").with_peer_networks(["10.0.0.0/33"]).build();
+    /// assert_eq!(bad.unwrap_err().field(), "peer_networks");
+    /// ```
+    pub fn with_peer_networks<I, S>(mut self, networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.peer_networks = networks.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long a forward waits to connect to the owner (default 500 ms) before it counts the
+    /// owner as gone and adopts the session.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a")
+    ///     .with_forward_connect_timeout(Duration::from_millis(200))
+    ///     .build();
+    /// assert!(layer.is_ok());
+    /// ```
+    pub fn with_forward_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.forward_connect_timeout = timeout;
+        self
     }
 
     /// Record TTL (default 30 days). Long-lived sessions get it refreshed once half of it has
@@ -584,6 +757,30 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
         if capacity > 1 << 20 || ttl < Duration::from_millis(1) || ttl > Duration::from_secs(60) {
             return bad("negative_cache");
         }
+        let (liveness_ttl, liveness_period) = self.liveness;
+        if liveness_period < Duration::from_millis(10)
+            || liveness_ttl < Duration::from_secs(1)
+            || liveness_period >= liveness_ttl
+        {
+            return bad("liveness");
+        }
+        if self.forward_connect_timeout.is_zero() {
+            return bad("forward_connect_timeout");
+        }
+        let Ok(peers) = super::continuity::PeerPolicy::parse(&self.peer_networks) else {
+            return bad("peer_networks");
+        };
+        let continuity = self.continuity.then(|| {
+            super::continuity::Continuity::new(super::continuity::Settings {
+                adoption: self.adoption,
+                forwarding: self.forwarding,
+                liveness_ttl,
+                liveness_period,
+                address: self.internal_address,
+                peers,
+                forward_connect_timeout: self.forward_connect_timeout,
+            })
+        });
         let incarnation: Arc<str> = match self.incarnation {
             Some(i) => i.into(),
             None => crate::session::random_token()[..12].into(),
@@ -602,7 +799,8 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
             self.lookup_rate.1,
             self.negative_cache.0,
             self.negative_cache.1,
-        ));
+        ))
+        .with_continuity(continuity);
         Ok(SessionRegistryLayer {
             core: Arc::new(core),
         })
@@ -771,5 +969,83 @@ impl<R: RegistryStore> RegistryHandle<R> {
     pub async fn flush(&self, timeout: Duration) -> bool {
         self.core.start();
         self.core.flush(timeout).await
+    }
+
+    /// Starts draining: this node's liveness record says `draining` from now on (written at
+    /// once, within `timeout`), so other nodes adopt its sessions on their next request
+    /// instead of forwarding to it, and this node adopts no session itself. Returns whether
+    /// the store took the record. Call it first when a node shuts down (see the README's
+    /// drain sequence), then the transport's drain and shutdown, then
+    /// [`leave`](Self::leave).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, NodeState, RegistryStore, SessionRegistryLayer};
+    ///
+    /// let store = MemoryStore::new();
+    /// let handle = SessionRegistryLayer::new(store.clone(), "node-a").unwrap().handle();
+    /// assert!(handle.drain(Duration::from_secs(1)).await);
+    /// assert!(handle.is_draining());
+    /// assert_eq!(store.node("node-a").await.unwrap().map(|n| n.state), Some(NodeState::Draining));
+    /// # }
+    /// ```
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.core.start();
+        let Some(cont) = self.core.continuity.as_ref() else {
+            return false;
+        };
+        cont.set_draining();
+        super::continuity::announce(&self.core, timeout).await
+    }
+
+    /// Whether [`drain`](Self::drain) was called.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
+    ///
+    /// let handle = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap().handle();
+    /// assert!(!handle.is_draining());
+    /// ```
+    pub fn is_draining(&self) -> bool {
+        self.core
+            .continuity
+            .as_ref()
+            .is_some_and(super::continuity::Continuity::is_draining)
+    }
+
+    /// Leaves the cluster: removes this node's liveness record (if it still names this
+    /// incarnation), so the other nodes count it gone at once. Call it last, once the
+    /// transport has shut down and the registry is flushed. Returns whether it was removed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, RegistryStore, SessionRegistryLayer};
+    ///
+    /// let store = MemoryStore::new();
+    /// let handle = SessionRegistryLayer::new(store.clone(), "node-a").unwrap().handle();
+    /// handle.drain(Duration::from_secs(1)).await;
+    /// assert!(handle.leave(Duration::from_secs(1)).await);
+    /// assert_eq!(store.node("node-a").await.unwrap(), None);
+    /// # }
+    /// ```
+    pub async fn leave(&self, timeout: Duration) -> bool {
+        if self.core.continuity.is_none() {
+            return false;
+        }
+        let gone = self
+            .core
+            .store
+            .withdraw(&self.core.node, &self.core.incarnation);
+        matches!(tokio::time::timeout(timeout, gone).await, Ok(Ok(true)))
     }
 }

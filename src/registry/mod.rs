@@ -76,6 +76,9 @@
 //! ```
 
 mod body;
+mod continuity;
+#[cfg(feature = "forward")]
+mod forward;
 mod future;
 mod layer;
 mod limit;
@@ -87,7 +90,7 @@ pub mod store;
 pub use body::ResponseBody;
 pub use future::{ResponseFuture, SessionLookup};
 pub use layer::{
-    ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_LOOKUP_RATE, DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL,
+    ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_LIVENESS, DEFAULT_LOOKUP_RATE, DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL,
     RegistryHandle, SessionRegistryBuilder, SessionRegistryLayer,
 };
 pub use service::SessionRegistry;

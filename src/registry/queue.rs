@@ -34,6 +34,9 @@ use super::{
 
 pub(crate) const SHARDS: usize = 4;
 
+/// Shards of the local view of held sessions.
+const LIVE_SHARDS: usize = 16;
+
 /// How the registry learns that a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ends {
@@ -83,8 +86,10 @@ pub(crate) struct Core<R> {
     hasher: std::collections::hash_map::RandomState,
     pending: AtomicU64,
     drained: Notify,
-    /// Sessions this node registered (keyed by the id clients use).
-    live: Mutex<HashMap<Arc<str>, Tracked>>,
+    /// Sessions this node holds (keyed by the id clients use), from the response that minted
+    /// or restored them until they end: the local view that tells, without the store, that a
+    /// request names a session held elsewhere. Sharded: every legacy request reads it.
+    live: [Mutex<HashMap<Arc<str>, Tracked>>; LIVE_SHARDS],
     /// How many of `live` are [`Ends::Unreported`]: while there are none, requests are not
     /// tracked at all.
     unreported: AtomicUsize,
@@ -95,6 +100,8 @@ pub(crate) struct Core<R> {
     /// The "queue full" warning, logged at most once a second.
     full_warning: crate::throttle::Throttle,
     started: AtomicBool,
+    /// Liveness, forwarding and adoption; `None` when turned off.
+    pub(crate) continuity: Option<super::continuity::Continuity>,
 }
 
 impl<R: RegistryStore> Core<R> {
@@ -120,7 +127,7 @@ impl<R: RegistryStore> Core<R> {
             hasher: std::collections::hash_map::RandomState::new(),
             pending: AtomicU64::new(0),
             drained: Notify::new(),
-            live: Mutex::new(HashMap::new()),
+            live: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             unreported: AtomicUsize::new(0),
             idle_timeout: super::layer::DEFAULT_IDLE_TIMEOUT,
             limits: LookupLimits::new(
@@ -131,6 +138,7 @@ impl<R: RegistryStore> Core<R> {
             ),
             full_warning: crate::throttle::Throttle::new(),
             started: AtomicBool::new(false),
+            continuity: None,
         }
     }
 
@@ -147,6 +155,14 @@ impl<R: RegistryStore> Core<R> {
 
     pub(crate) fn with_limits(mut self, limits: LookupLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    pub(crate) fn with_continuity(
+        mut self,
+        continuity: Option<super::continuity::Continuity>,
+    ) -> Self {
+        self.continuity = continuity;
         self
     }
 
@@ -169,7 +185,14 @@ impl<R: RegistryStore> Core<R> {
         }
         tokio::spawn(refresher(Arc::downgrade(self)));
         tokio::spawn(idle_sweeper(Arc::downgrade(self)));
-        tokio::spawn(clean_previous_incarnations(Arc::downgrade(self)));
+        if self.continuity.is_some() {
+            // A previous process's records stay adoptable; the orphan sweep removes what
+            // nobody claimed once the idle timeout has passed.
+            tokio::spawn(super::continuity::heartbeat(Arc::downgrade(self)));
+            tokio::spawn(super::continuity::orphan_sweeper(Arc::downgrade(self)));
+        } else {
+            tokio::spawn(clean_previous_incarnations(Arc::downgrade(self)));
+        }
     }
 }
 
@@ -223,17 +246,28 @@ impl<R> Core<R> {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Tracked>> {
-        self.live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn shard_of(&self, id: &str) -> usize {
+        let mut h = self.hasher.build_hasher();
+        h.write(id.as_bytes());
+        // The write queues use the low bits; the view uses others.
+        (h.finish() >> 32) as usize % LIVE_SHARDS
+    }
+
+    fn live(&self, id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Tracked>> {
+        lock_shard(&self.live[self.shard_of(id)])
+    }
+
+    /// Whether this node holds session `id` (the id clients use).
+    #[inline]
+    pub(crate) fn holds(&self, id: &str) -> bool {
+        self.live(id).contains_key(id)
     }
 
     /// After the inner service's `404` for `id`: how this node tracks the session, and for a
     /// session no close hook reports, forgets it (the `404` is its end). A session the close
     /// hook reports stays: it is still held, so that `404` is the handler's own answer.
     pub(crate) fn inner_not_found(&self, id: &str) -> Option<Ends> {
-        let mut live = self.live();
+        let mut live = self.live(id);
         if live.get(id)?.seen.is_none() {
             return Some(Ends::Hooked);
         }
@@ -243,7 +277,7 @@ impl<R> Core<R> {
 
     /// Drops a session from the sessions this node tracks; whether it was tracked.
     pub(crate) fn forget(&self, id: &str) -> bool {
-        self.untrack(&mut self.live(), id)
+        self.untrack(&mut self.live(id), id)
     }
 
     fn untrack(&self, live: &mut HashMap<Arc<str>, Tracked>, id: &str) -> bool {
@@ -255,6 +289,9 @@ impl<R> Core<R> {
         removed.is_some()
     }
 
+    /// Notes that this node holds session `id` (the id clients use). Called when the
+    /// response that minted (or restored) it is answered, before its record is written, so
+    /// the next request finds it held.
     pub(crate) fn mark_live(&self, id: &str, ends: Ends) {
         let now = Instant::now();
         let tracked = Tracked {
@@ -264,7 +301,7 @@ impl<R> Core<R> {
         if tracked.seen.is_some() {
             self.unreported.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(old) = self.live().insert(id.into(), tracked)
+        if let Some(old) = self.live(id).insert(id.into(), tracked)
             && old.seen.is_some()
         {
             self.unreported.fetch_sub(1, Ordering::Relaxed);
@@ -279,7 +316,7 @@ impl<R> Core<R> {
     }
 
     pub(crate) fn touch(&self, id: &str) {
-        if let Some(tracked) = self.live().get_mut(id)
+        if let Some(tracked) = self.live(id).get_mut(id)
             && let Some(seen) = &mut tracked.seen
         {
             *seen = Instant::now();
@@ -288,7 +325,7 @@ impl<R> Core<R> {
 
     /// How many sessions this node tracks.
     pub(crate) fn tracked(&self) -> usize {
-        self.live().len()
+        self.live.iter().map(|shard| lock_shard(shard).len()).sum()
     }
 }
 
@@ -360,6 +397,10 @@ impl<R: RegistryStore> Core<R> {
         self.settle(op, done);
         Ok(())
     }
+}
+
+fn lock_shard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A random factor in [0.5, 1.5) for jittered backoff.
@@ -474,16 +515,18 @@ async fn refresher<R: RegistryStore>(core: Weak<Core<R>>) {
         tick.tick().await;
         let Some(c) = core.upgrade() else { return };
         let now = Instant::now();
-        let due: Vec<Arc<str>> = {
-            let mut live = c.live();
-            live.iter_mut()
-                .filter(|(_, t)| now.duration_since(t.refreshed) >= c.ttl / 2)
-                .map(|(id, t)| {
-                    t.refreshed = now;
-                    id.clone()
-                })
-                .collect()
-        };
+        let mut due: Vec<Arc<str>> = Vec::new();
+        for shard in &c.live {
+            due.extend(
+                lock_shard(shard)
+                    .iter_mut()
+                    .filter(|(_, t)| now.duration_since(t.refreshed) >= c.ttl / 2)
+                    .map(|(id, t)| {
+                        t.refreshed = now;
+                        id.clone()
+                    }),
+            );
+        }
         for id in due {
             c.enqueue(&id, OpKind::Refresh);
         }
@@ -507,22 +550,23 @@ async fn idle_sweeper<R: RegistryStore>(core: Weak<Core<R>>) {
             continue;
         }
         let now = Instant::now();
-        let idle: Vec<Arc<str>> = {
-            let mut live = c.live();
-            let idle: Vec<Arc<str>> = live
-                .iter()
-                .filter(|(_, t)| {
-                    t.seen
-                        .is_some_and(|seen| now.duration_since(seen) >= c.idle_timeout)
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &idle {
+        let mut idle: Vec<Arc<str>> = Vec::new();
+        for shard in &c.live {
+            let mut live = lock_shard(shard);
+            let start = idle.len();
+            idle.extend(
+                live.iter()
+                    .filter(|(_, t)| {
+                        t.seen
+                            .is_some_and(|seen| now.duration_since(seen) >= c.idle_timeout)
+                    })
+                    .map(|(id, _)| id.clone()),
+            );
+            for id in &idle[start..] {
                 live.remove(id);
             }
             crate::session::shrink_when_sparse(&mut live);
-            idle
-        };
+        }
         if idle.is_empty() {
             continue;
         }

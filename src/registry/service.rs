@@ -123,12 +123,17 @@ fn is_modern(req_headers: &http::HeaderMap) -> bool {
 
 impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for SessionRegistry<S, R>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ReqBody::Error: Into<crate::BoxError>,
+    ResBody: Send + 'static,
     R: RegistryStore,
 {
     type Response = Response<super::ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, R>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error, R>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -171,6 +176,22 @@ where
         } else {
             None
         };
+        if self.core.continuity.is_some()
+            && let Some(sid) = ctx.sid()
+            && !self.core.holds(sid)
+        {
+            // Not held here (the local view says so, without the store): forward, adopt, or
+            // let the inner service answer its `404`. The ready service goes into the future.
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            return ResponseFuture::unheld(Box::pin(super::continuity::serve_unheld(
+                self.core.clone(),
+                inner,
+                req,
+                ctx,
+                removal,
+            )));
+        }
         let fut = self.inner.call(req);
         ResponseFuture::new(fut, self.core.clone(), ctx, removal)
     }

@@ -18,6 +18,11 @@ pub(crate) struct Counters {
     pub(crate) idle_expired: AtomicU64,
     pub(crate) lookups_limited: AtomicU64,
     pub(crate) known_misses: AtomicU64,
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) forward_failures: AtomicU64,
+    pub(crate) adopted: AtomicU64,
+    pub(crate) adoptions_lost: AtomicU64,
+    pub(crate) orphans_removed: AtomicU64,
 }
 
 /// A snapshot of a registry's counters.
@@ -73,6 +78,18 @@ pub struct RegistryStats {
     /// `404`s answered "unknown" from the cache of ids the store did not know
     /// ([`with_negative_cache`](super::SessionRegistryBuilder::with_negative_cache)).
     pub known_misses: u64,
+    /// Requests forwarded to the live node that owns their session (feature `forward`).
+    pub forwarded: u64,
+    /// Forwards that failed: nobody listening at the owner (the session is then adopted), or
+    /// the owner failed during the exchange.
+    pub forward_failures: u64,
+    /// Sessions this node took over from a gone, draining or restarted owner.
+    pub adopted: u64,
+    /// Adoptions another node won first (the request then went to the winner).
+    pub adoptions_lost: u64,
+    /// Orphaned records (of nodes gone for longer than the idle timeout, or of this node's
+    /// previous process) removed.
+    pub orphans_removed: u64,
 }
 
 impl Counters {
@@ -95,6 +112,11 @@ impl Counters {
             idle_expired: r(&self.idle_expired),
             tracked: tracked as u64,
             lookups_limited: r(&self.lookups_limited),
+            forwarded: r(&self.forwarded),
+            forward_failures: r(&self.forward_failures),
+            adopted: r(&self.adopted),
+            adoptions_lost: r(&self.adoptions_lost),
+            orphans_removed: r(&self.orphans_removed),
             known_misses: r(&self.known_misses),
         }
     }

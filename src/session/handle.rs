@@ -794,6 +794,11 @@ impl Session {
         }
     }
 
+    /// The digest of the principal the session is bound to, if bound.
+    pub(crate) fn principal_digest(&self) -> Option<&str> {
+        self.inner.principal.as_deref()
+    }
+
     pub(crate) fn mark_initialized(&self) {
         lock(&self.inner.mutable).initialized = true;
     }

@@ -1109,6 +1109,18 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
         std::future::ready(Err(StoreError::backend("this store cannot claim sessions")))
     }
 
+    /// Removes `node` from the node set if its session index is empty, so the orphan sweep
+    /// stops visiting it. Returns whether it was removed.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness (the
+    /// default).
+    fn retire(&self, node: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = node;
+        std::future::ready(Err(StoreError::backend("this store keeps no node liveness")))
+    }
+
     /// Checks that the store answers.
     ///
     /// # Errors
@@ -1237,6 +1249,10 @@ impl<S: RegistryStore> RegistryStore for Arc<S> {
 
     fn nodes(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
         S::nodes(self)
+    }
+
+    fn retire(&self, node: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        S::retire(self, node)
     }
 
     fn claim(
