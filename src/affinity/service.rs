@@ -175,11 +175,16 @@ impl Finish {
         // Another node's answer (a forwarded request) is that node's: its cookie and its
         // envelope, if any, pass through. An adopted session's id is already the client's.
         let forwarded = res.extensions().get::<Forwarded>().is_some();
-        if shared.config.envelope && !forwarded && res.extensions().get::<SessionRestored>().is_none()
+        if shared.config.envelope
+            && !forwarded
+            && res.extensions().get::<SessionRestored>().is_none()
         {
             envelope(&shared, res.headers_mut());
         }
-        if set_cookie && !forwarded && let Some(v) = &shared.set_cookie {
+        if set_cookie
+            && !forwarded
+            && let Some(v) = &shared.set_cookie
+        {
             res.headers_mut().append(header::SET_COOKIE, v.clone());
             shared.stats.cookie_set();
         }

@@ -244,10 +244,7 @@ impl Continuity {
     /// A forward to `owner` found no one listening: until its liveness is read again, treat
     /// it as gone (its sessions are adopted) and forget the routes to it.
     fn unreachable(&self, owner: &Arc<str>) {
-        lock(&self.owners).insert(
-            owner.clone(),
-            (Instant::now(), Owner::Gone),
-        );
+        lock(&self.owners).insert(owner.clone(), (Instant::now(), Owner::Gone));
         lock(&self.routes).retain(|_, r| r.owner != *owner);
     }
 }
@@ -317,11 +314,13 @@ where
                     cont.unreachable(&route.owner);
                     req = back;
                     plan = match core.store_lookup(&sid).await {
-                        Ok(Some(record)) if &*record.node == &*route.owner => {
-                            adopt_or(cont, record, SessionLookup::Misrouted {
+                        Ok(Some(record)) if &*record.node == &*route.owner => adopt_or(
+                            cont,
+                            record,
+                            SessionLookup::Misrouted {
                                 owner: route.owner.to_string(),
-                            })
-                        }
+                            },
+                        ),
                         Ok(Some(_)) => plan_again(&core, cont, &sid, hop).await,
                         Ok(None) => Plan::Inner(Some(SessionLookup::Unknown)),
                         Err(()) => Plan::Inner(Some(SessionLookup::Misrouted {
@@ -341,13 +340,8 @@ where
                 let mine = record.owned_by(&*core.node, &*core.incarnation);
                 let claimed = tokio::time::timeout(
                     core.lookup_timeout,
-                    core.store.claim(
-                        &sid,
-                        &record.node,
-                        &record.incarnation,
-                        &mine,
-                        core.ttl,
-                    ),
+                    core.store
+                        .claim(&sid, &record.node, &record.incarnation, &mine, core.ttl),
                 )
                 .await;
                 match claimed {
@@ -372,7 +366,15 @@ where
             }
         }
     }
-    call_inner(&core, inner, req, &ctx, removal, Some(SessionLookup::Unknown)).await
+    call_inner(
+        &core,
+        inner,
+        req,
+        &ctx,
+        removal,
+        Some(SessionLookup::Unknown),
+    )
+    .await
 }
 
 fn disarm<R>(removal: &mut Option<PendingRemoval<R>>) {
@@ -418,7 +420,12 @@ async fn plan_again<R: RegistryStore>(
 }
 
 /// Looks the session's record up (within the lookup limits) and decides.
-async fn plan<R: RegistryStore>(core: &Arc<Core<R>>, cont: &Continuity, sid: &str, hop: bool) -> Plan {
+async fn plan<R: RegistryStore>(
+    core: &Arc<Core<R>>,
+    cont: &Continuity,
+    sid: &str,
+    hop: bool,
+) -> Plan {
     match core.limits.admit(sid) {
         Admit::Lookup => {}
         Admit::KnownMiss => {
@@ -711,7 +718,10 @@ where
     if let (Some(version), Some(id)) = (version, id) {
         req.extensions_mut().insert(
             RestoreSession::new(id, version)
-                .with_client(record.client_info.clone(), record.client_capabilities.clone())
+                .with_client(
+                    record.client_info.clone(),
+                    record.client_capabilities.clone(),
+                )
                 .with_principal(record.principal.clone()),
         );
     }
@@ -866,7 +876,8 @@ pub(crate) async fn sweep_orphans<R: RegistryStore>(core: &Core<R>) {
         return;
     };
     let now = Instant::now();
-    if !cont.own_orphans_swept.load(Relaxed) && now.duration_since(cont.booted) >= core.idle_timeout {
+    if !cont.own_orphans_swept.load(Relaxed) && now.duration_since(cont.booted) >= core.idle_timeout
+    {
         if let Some(n) = remove_all_stale(core, &core.node, &core.incarnation).await {
             cont.own_orphans_swept.store(true, Relaxed);
             if n > 0 {
@@ -913,7 +924,11 @@ pub(crate) async fn sweep_orphans<R: RegistryStore>(core: &Core<R>) {
 }
 
 /// `remove_stale` until nothing is left; `None` if the store failed on the way.
-async fn remove_all_stale<R: RegistryStore>(core: &Core<R>, node: &str, keep: &str) -> Option<usize> {
+async fn remove_all_stale<R: RegistryStore>(
+    core: &Core<R>,
+    node: &str,
+    keep: &str,
+) -> Option<usize> {
     let mut total = 0;
     loop {
         match core.store.remove_stale(node, keep, 256).await {

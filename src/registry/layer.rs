@@ -273,7 +273,8 @@ pub const DEFAULT_NEGATIVE_CACHE: (usize, Duration) = (4096, Duration::from_secs
 /// use std::time::Duration;
 /// assert_eq!(mcp_affinity::registry::DEFAULT_LIVENESS, (Duration::from_secs(15), Duration::from_secs(5)));
 /// ```
-pub const DEFAULT_LIVENESS: (Duration, Duration) = (Duration::from_secs(15), Duration::from_secs(5));
+pub const DEFAULT_LIVENESS: (Duration, Duration) =
+    (Duration::from_secs(15), Duration::from_secs(5));
 
 impl<R: RegistryStore> SessionRegistryLayer<R> {
     /// A registry with the default settings for node `node` (its stable name, e.g. the host

@@ -90,8 +90,9 @@ pub mod store;
 pub use body::ResponseBody;
 pub use future::{ResponseFuture, SessionLookup};
 pub use layer::{
-    ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_LIVENESS, DEFAULT_LOOKUP_RATE, DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL,
-    RegistryHandle, SessionRegistryBuilder, SessionRegistryLayer,
+    ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_LIVENESS, DEFAULT_LOOKUP_RATE,
+    DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL, RegistryHandle, SessionRegistryBuilder,
+    SessionRegistryLayer,
 };
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;

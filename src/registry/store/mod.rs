@@ -1118,7 +1118,9 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
     /// default).
     fn retire(&self, node: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let _ = node;
-        std::future::ready(Err(StoreError::backend("this store keeps no node liveness")))
+        std::future::ready(Err(StoreError::backend(
+            "this store keeps no node liveness",
+        )))
     }
 
     /// Checks that the store answers.
