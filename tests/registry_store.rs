@@ -9,7 +9,9 @@ mod redis_support;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mcp_affinity::registry::{RecordKey, RegistryStore, SessionRecord, store::StoreWrite};
+use mcp_affinity::registry::{
+    Claim, NodeRecord, NodeState, RecordKey, RegistryStore, SessionRecord, store::StoreWrite,
+};
 
 const MONTH: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
@@ -44,6 +46,31 @@ trait Raw {
     fn delete(&self, key: &str);
     /// Score of `member` in the sorted set `key`.
     fn zscore(&self, key: &str, member: &str) -> Option<f64>;
+    /// `ZADD key score member`.
+    fn zadd(&self, key: &str, score: i64, member: &str);
+    /// `SISMEMBER key member`.
+    fn is_member(&self, key: &str, member: &str) -> bool;
+    /// Any command about the key `args[1]`, its answer ignored (it must not fail).
+    fn run(&self, args: &[&str]);
+}
+
+/// How long a case waits for a record to expire by the clock.
+const EXPIRY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `check` every 50 ms until it holds, at most [`EXPIRY_DEADLINE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + EXPIRY_DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {EXPIRY_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A store under test.
@@ -623,6 +650,470 @@ mod cases {
         );
     }
 
+    pub(crate) async fn liveness_round_trip<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let node = unique("live");
+        let ttl = Duration::from_secs(60);
+        assert_eq!(store.node(&node).await.expect("node"), None);
+        assert!(!store.nodes().await.expect("nodes").contains(&node));
+
+        let serving = NodeRecord::new(NodeState::Serving, "inc-1").with_address("10.0.0.5:8080");
+        store
+            .announce(&node, &serving, ttl)
+            .await
+            .expect("announce");
+        assert_eq!(
+            backend.store().node(&node).await.expect("node"),
+            Some(serving.clone()),
+            "another store on the same data sees it"
+        );
+        assert!(store.nodes().await.expect("nodes").contains(&node));
+        // Announcing again replaces the record (a drain) and lists the node once.
+        let draining = NodeRecord::new(NodeState::Draining, "inc-1").with_address("10.0.0.5:8080");
+        store.announce(&node, &draining, ttl).await.expect("again");
+        assert_eq!(
+            store.node(&node).await.expect("node"),
+            Some(draining.clone())
+        );
+        let listed = store.nodes().await.expect("nodes");
+        assert_eq!(listed.iter().filter(|n| **n == node).count(), 1);
+
+        if let Some(raw) = backend.raw() {
+            let keys = RecordKey::default();
+            let key = format!("mcp:session:live:{{{node}}}");
+            assert_eq!(key, keys.liveness(&node));
+            assert_eq!(raw.value(&key), Some(draining.to_json()));
+            assert_ttl_near(raw.expiry(&key), ttl);
+            assert_eq!(keys.node_set(), "mcp:session:nodes");
+            assert!(raw.is_member("mcp:session:nodes", &node));
+        }
+
+        assert!(
+            !store.retire(&node).await.expect("retire"),
+            "a live node stays"
+        );
+        assert!(
+            !store
+                .withdraw(&node, "inc-0")
+                .await
+                .expect("another incarnation"),
+            "only its own incarnation withdraws it"
+        );
+        assert_eq!(store.node(&node).await.expect("node"), Some(draining));
+        assert!(store.withdraw(&node, "inc-1").await.expect("withdraw"));
+        assert_eq!(store.node(&node).await.expect("node"), None);
+        assert!(!store.withdraw(&node, "inc-1").await.expect("again"));
+        assert!(
+            store.nodes().await.expect("nodes").contains(&node),
+            "withdrawn, still listed for the sweep"
+        );
+
+        assert!(store.retire(&node).await.expect("retire"));
+        assert!(!store.nodes().await.expect("nodes").contains(&node));
+        assert!(!store.retire(&node).await.expect("retire again"));
+        assert!(
+            !store.retire(&unique("never")).await.expect("unknown"),
+            "never listed"
+        );
+        store.announce(&node, &serving, ttl).await.expect("back");
+        assert!(
+            store.nodes().await.expect("nodes").contains(&node),
+            "listed again"
+        );
+        if let Some(raw) = backend.raw() {
+            assert!(raw.is_member("mcp:session:nodes", &node));
+        }
+    }
+
+    /// By the clock (Redis keeps time itself): a short TTL, polled with a deadline.
+    pub(crate) async fn liveness_expires_with_its_ttl<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let node = unique("brief");
+        let record = NodeRecord::new(NodeState::Serving, "inc-1");
+        let ttl = Duration::from_secs(2);
+        store.announce(&node, &record, ttl).await.expect("announce");
+        if let Some(raw) = backend.raw() {
+            let left = raw.expiry(&RecordKey::default().liveness(&node));
+            assert!(left > 0 && left <= 2, "TTL {left}");
+        }
+        // Refreshed before it runs out: the TTL starts again.
+        store.announce(&node, &record, ttl).await.expect("refresh");
+        eventually("the liveness record expires", || async {
+            store.node(&node).await.expect("node").is_none()
+        })
+        .await;
+        assert!(
+            !store.withdraw(&node, "inc-1").await.expect("withdraw"),
+            "nothing left to withdraw"
+        );
+        assert!(
+            store.nodes().await.expect("nodes").contains(&node),
+            "expiry does not unlist a node: its sessions may need sweeping"
+        );
+        assert!(store.retire(&node).await.expect("retire"));
+        if let Some(raw) = backend.raw() {
+            assert_eq!(raw.value(&RecordKey::default().liveness(&node)), None);
+        }
+    }
+
+    pub(crate) async fn retire_keeps_nodes_with_sessions<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let node = unique("busy");
+        let ttl = Duration::from_secs(60);
+        store
+            .announce(&node, &NodeRecord::new(NodeState::Serving, "inc-1"), ttl)
+            .await
+            .expect("announce");
+        let id = unique("kept");
+        register_new(&store, &id, &SessionRecord::new(&node, "inc-1")).await;
+        assert!(store.withdraw(&node, "inc-1").await.expect("withdraw"));
+        assert!(
+            !store.retire(&node).await.expect("retire"),
+            "a session is left to sweep"
+        );
+        assert!(store.nodes().await.expect("nodes").contains(&node));
+        assert!(
+            store
+                .remove_if_owned(&id, &node, "inc-1")
+                .await
+                .expect("close")
+        );
+        assert!(store.retire(&node).await.expect("retire"));
+        assert!(!store.nodes().await.expect("nodes").contains(&node));
+
+        if let Some(raw) = backend.raw() {
+            // An index entry past its expiry (its record gone by its TTL) does not count.
+            let keys = RecordKey::default();
+            let gone = unique("expired");
+            store
+                .announce(&gone, &NodeRecord::new(NodeState::Serving, "x"), ttl)
+                .await
+                .expect("announce");
+            assert!(store.withdraw(&gone, "x").await.expect("withdraw"));
+            raw.zadd(&keys.node_index(&gone), 1, "long-expired");
+            assert!(store.retire(&gone).await.expect("retire"));
+            assert_eq!(raw.zscore(&keys.node_index(&gone), "long-expired"), None);
+            assert!(!raw.is_member(&keys.node_set(), &gone));
+        }
+    }
+
+    pub(crate) async fn claim_won_lost_and_absent<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let id = unique("claim");
+        let (a, b, c) = (unique("owner"), unique("adopter"), unique("late"));
+        let original = SessionRecord::new(&a, "a1").with_restore(
+            "2025-11-25",
+            Some(serde_json::json!({"name": "client", "version": "1"})),
+            Some(serde_json::json!({})),
+            Some("digest".to_owned()),
+        );
+        register_new(&store, &id, &original).await;
+        let ttl = Duration::from_secs(600);
+
+        let adopted = original.owned_by(&b, "b1");
+        assert_eq!(
+            store
+                .claim(&id, &a, "a1", &adopted, ttl)
+                .await
+                .expect("claim"),
+            Claim::Won
+        );
+        assert_eq!(
+            store.lookup(&id).await.expect("lookup"),
+            Some(adopted.clone()),
+            "the record names the claimant, restore fields kept"
+        );
+        let late = original.owned_by(&c, "c1");
+        assert_eq!(
+            store.claim(&id, &a, "a1", &late, ttl).await.expect("late"),
+            Claim::Lost(Some(adopted.clone())),
+            "the owner moved: the claim comes second"
+        );
+        assert_eq!(
+            store
+                .claim(&id, &b, "b0", &late, ttl)
+                .await
+                .expect("wrong incarnation"),
+            Claim::Lost(Some(adopted.clone()))
+        );
+        assert_eq!(
+            store.lookup(&id).await.expect("lookup"),
+            Some(adopted.clone())
+        );
+        assert_eq!(
+            store
+                .claim(&unique("nobody"), &a, "a1", &late, ttl)
+                .await
+                .expect("absent"),
+            Claim::Lost(None)
+        );
+        // A record removed meanwhile (the client's DELETE) is not brought back.
+        assert!(store.remove(&id).await.expect("remove"));
+        assert_eq!(
+            store
+                .claim(&id, &b, "b1", &late, ttl)
+                .await
+                .expect("removed"),
+            Claim::Lost(None)
+        );
+        assert_eq!(store.lookup(&id).await.expect("lookup"), None);
+
+        if let Some(raw) = backend.raw() {
+            let keys = RecordKey::default();
+            let id = unique("claim-ttl");
+            register_new(&store, &id, &original).await;
+            assert_eq!(
+                store
+                    .claim(&id, &a, "a1", &adopted, ttl)
+                    .await
+                    .expect("claim"),
+                Claim::Won
+            );
+            assert_eq!(raw.value(&keys.session(&id)), Some(adopted.to_json()));
+            assert_ttl_near(raw.expiry(&keys.session(&id)), ttl);
+            assert!(
+                raw.zscore(&keys.node_index(&b), &id).is_some(),
+                "listed in the claimant's index"
+            );
+            assert_eq!(
+                store.claim(&id, &a, "a1", &late, ttl).await.expect("late"),
+                Claim::Lost(Some(adopted.clone()))
+            );
+            assert_eq!(
+                raw.zscore(&keys.node_index(&c), &id),
+                None,
+                "a lost claim leaves no listing"
+            );
+        }
+    }
+
+    /// After a claim the claimant's cleanup finds the session and the old owner's leaves it.
+    pub(crate) async fn a_claimed_session_is_the_claimants_to_clean_up<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let (a, b) = (unique("old-owner"), unique("claimant"));
+        let id = unique("moved");
+        let original = SessionRecord::new(&a, "a1");
+        register_new(&store, &id, &original).await;
+        let adopted = original.owned_by(&b, "b1");
+        let ttl = MONTH;
+        assert_eq!(
+            store
+                .claim(&id, &a, "a1", &adopted, ttl)
+                .await
+                .expect("claim"),
+            Claim::Won
+        );
+
+        assert_eq!(
+            store.remove_stale(&a, "a2", 10).await.expect("old owner"),
+            0,
+            "the old owner's cleanup leaves a record it no longer owns"
+        );
+        assert_eq!(
+            store.lookup(&id).await.expect("lookup"),
+            Some(adopted.clone())
+        );
+        if let Some(raw) = backend.raw() {
+            assert_eq!(
+                raw.zscore(&RecordKey::default().node_index(&a), &id),
+                None,
+                "and drops it from its index"
+            );
+        }
+        assert_eq!(
+            store.remove_stale(&b, "b1", 10).await.expect("current"),
+            0,
+            "the claimant's current incarnation keeps it"
+        );
+        assert_eq!(
+            store.remove_stale(&b, "b2", 10).await.expect("restarted"),
+            1,
+            "the claimant's next process finds it"
+        );
+        assert_eq!(store.lookup(&id).await.expect("lookup"), None);
+
+        // A node adopting its own previous incarnation's session: listed once, kept by its
+        // current incarnation's cleanup.
+        let own = unique("own");
+        register_new(&store, &own, &SessionRecord::new(&b, "b1")).await;
+        let readopted = SessionRecord::new(&b, "b1").owned_by(&b, "b2");
+        assert_eq!(
+            store
+                .claim(&own, &b, "b1", &readopted, ttl)
+                .await
+                .expect("claim own"),
+            Claim::Won
+        );
+        assert_eq!(store.remove_stale(&b, "b2", 10).await.expect("kept"), 0);
+        assert_eq!(
+            store.lookup(&own).await.expect("lookup"),
+            Some(readopted.clone())
+        );
+        // Losing a claim to another request of its own node keeps the listing.
+        assert_eq!(
+            store
+                .claim(&own, &b, "b1", &readopted, ttl)
+                .await
+                .expect("second request"),
+            Claim::Lost(Some(readopted))
+        );
+        assert_eq!(store.remove_stale(&b, "b3", 10).await.expect("found"), 1);
+    }
+
+    /// `rounds` of 16 claimants racing for one session against the same expected owner; with
+    /// `separate`, each on a store (a connection) of its own.
+    async fn claim_race<B: Backend>(backend: &B, separate: bool) {
+        let shared = backend.store();
+        let owner = unique("dying");
+        let original = SessionRecord::new(&owner, "o1");
+        let id = unique("contended");
+        register_new(&shared, &id, &original).await;
+        let claimants: Vec<SessionRecord> = (0..16)
+            .map(|n| original.owned_by(unique(&format!("claimant{n}")), "inc"))
+            .collect();
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(claimants.len()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for claimant in claimants.clone() {
+            let store = if separate {
+                backend.store()
+            } else {
+                shared.clone()
+            };
+            // A separate store connects before the race starts.
+            if separate {
+                store.ping().await.expect("ping");
+            }
+            let (id, owner, start) = (id.clone(), owner.clone(), std::sync::Arc::clone(&start));
+            tasks.spawn(async move {
+                start.wait().await;
+                let outcome = store
+                    .claim(&id, &owner, "o1", &claimant, MONTH)
+                    .await
+                    .expect("claim");
+                (claimant, outcome)
+            });
+        }
+        let mut winners = Vec::new();
+        let mut losers = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (claimant, outcome) = joined.expect("task");
+            match outcome {
+                Claim::Won => winners.push(claimant),
+                Claim::Lost(current) => losers.push((claimant, current)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one claim wins: {winners:?}");
+        let winner = winners.remove(0);
+        assert_eq!(losers.len(), 15);
+        for (_, current) in &losers {
+            assert_eq!(
+                current.as_ref(),
+                Some(&winner),
+                "every loser learns the winner"
+            );
+        }
+        assert_eq!(
+            shared.lookup(&id).await.expect("lookup"),
+            Some(winner.clone())
+        );
+        if let Some(raw) = backend.raw() {
+            let keys = RecordKey::default();
+            assert!(raw.zscore(&keys.node_index(&winner.node), &id).is_some());
+            for (loser, _) in &losers {
+                assert_eq!(
+                    raw.zscore(&keys.node_index(&loser.node), &id),
+                    None,
+                    "a loser's listing is taken back"
+                );
+            }
+        }
+    }
+
+    pub(crate) async fn concurrent_claims_have_one_winner<B: Backend>(backend: &B) {
+        claim_race(backend, false).await;
+        claim_race(backend, true).await;
+    }
+
+    /// What the Lua scripts find under their keys is never trusted and never a script error:
+    /// a value that is no record is reported (claim, node) or left alone (withdraw).
+    pub(crate) async fn scripts_take_junk_in_their_stride<B: Backend>(backend: &B) {
+        let raw = backend
+            .raw()
+            .expect("a Redis case: run on a backend with raw access");
+        let store = backend.store();
+        let keys = RecordKey::default();
+        let claimant = SessionRecord::new(unique("claimant"), "c1");
+        let ttl = Duration::from_secs(60);
+        // Lua's JSON decoder gives up past 1000 levels: a decode error, caught.
+        let deep = format!("{}{}", "[".repeat(1200), "]".repeat(1200));
+        for junk in [
+            "not a record",
+            "",
+            "[1,2]",
+            r#"{"n":1,"i":"o1","c":1}"#,
+            r#"{"i":"o1"}"#,
+            r#""o1""#,
+            deep.as_str(),
+        ] {
+            let id = unique("junk");
+            let key = keys.session(&id);
+            raw.put(&key, junk);
+            let err = store
+                .claim(&id, "1", "o1", &claimant, ttl)
+                .await
+                .expect_err("no record to claim");
+            assert!(err.is_invalid_record(), "{junk:?}: {err:?}");
+            assert_eq!(raw.value(&key).as_deref(), Some(junk), "left alone");
+            assert_eq!(
+                raw.zscore(&keys.node_index(&claimant.node), &id),
+                None,
+                "not listed"
+            );
+
+            let node = unique("junk-node");
+            let live = keys.liveness(&node);
+            raw.put(&live, junk);
+            let err = store.node(&node).await.expect_err("no node record");
+            assert!(err.is_invalid_record(), "{junk:?}: {err:?}");
+            assert!(
+                !store.withdraw(&node, "o1").await.expect("withdraw"),
+                "{junk:?}"
+            );
+            assert_eq!(raw.value(&live).as_deref(), Some(junk), "left alone");
+        }
+        // An incarnation compares as a string, never as a number.
+        let node = unique("numeric");
+        raw.put(&keys.liveness(&node), r#"{"s":"serving","i":5}"#);
+        assert!(!store.withdraw(&node, "5").await.expect("withdraw"));
+
+        // A record the scripts can compare (node and incarnation) is claimed even if it lacks
+        // what this version writes: the claimant's record replaces it.
+        let id = unique("sparse");
+        raw.put(&keys.session(&id), r#"{"n":"old","i":"o1"}"#);
+        assert_eq!(
+            store
+                .claim(&id, "old", "o1", &claimant, ttl)
+                .await
+                .expect("claim"),
+            Claim::Won
+        );
+        assert_eq!(raw.value(&keys.session(&id)), Some(claimant.to_json()));
+
+        // A key of another type: the server's error, reported, not a panic.
+        let id = unique("hash");
+        raw.run(&["HSET", &keys.session(&id), "n", "old"]);
+        let err = store
+            .claim(&id, "old", "o1", &claimant, ttl)
+            .await
+            .expect_err("WRONGTYPE");
+        assert!(!err.is_timeout() && !err.is_unavailable(), "{err:?}");
+        let node = unique("hash-node");
+        raw.run(&["HSET", &keys.liveness(&node), "i", "o1"]);
+        assert!(store.withdraw(&node, "o1").await.is_err());
+        assert!(store.node(&node).await.is_err());
+    }
+
     pub(crate) async fn ping_answers<B: Backend>(backend: &B) {
         backend.store().ping().await.expect("ping");
     }
@@ -641,6 +1132,12 @@ macro_rules! all_cases {
             remove_stale_removes_only_previous_incarnations,
             remove_stale_pages_through_a_large_index,
             write_batch_matches_single_writes,
+            liveness_round_trip,
+            liveness_expires_with_its_ttl,
+            retire_keeps_nodes_with_sessions,
+            claim_won_lost_and_absent,
+            a_claimed_session_is_the_claimants_to_clean_up,
+            concurrent_claims_have_one_winner,
             ping_answers,
         );
     };
@@ -650,7 +1147,11 @@ macro_rules! all_cases {
 /// raw access to the stored values): on `MemoryStore` they are reported ignored, not passed.
 macro_rules! redis_cases {
     ($m:ident) => {
-        $m!(custom_prefix, invalid_records_are_reported_not_trusted);
+        $m!(
+            custom_prefix,
+            invalid_records_are_reported_not_trusted,
+            scripts_take_junk_in_their_stride
+        );
     };
 }
 
@@ -723,6 +1224,72 @@ mod memory {
         assert!(!store.remove("s").await.expect("remove"));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn liveness_expires_with_its_ttl_exactly() {
+        let store = MemoryStore::new();
+        let record = NodeRecord::new(NodeState::Serving, "inc");
+        let ttl = Duration::from_secs(15);
+        store.announce("n", &record, ttl).await.expect("announce");
+        tokio::time::advance(ttl - Duration::from_millis(1)).await;
+        assert_eq!(store.node("n").await.expect("node"), Some(record.clone()));
+        assert!(!store.retire("n").await.expect("retire"), "alive");
+        // Announcing again restarts the TTL.
+        store.announce("n", &record, ttl).await.expect("refresh");
+        tokio::time::advance(ttl - Duration::from_millis(1)).await;
+        assert_eq!(store.node("n").await.expect("node"), Some(record.clone()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(store.node("n").await.expect("node"), None);
+        assert!(!store.withdraw("n", "inc").await.expect("withdraw"));
+        assert_eq!(store.nodes().await.expect("nodes"), ["n"]);
+        // An expired session record no longer holds the node in the set.
+        store
+            .register("s", &SessionRecord::new("n", "inc"), ttl)
+            .await
+            .expect("register");
+        assert!(
+            !store.retire("n").await.expect("retire"),
+            "a session is left"
+        );
+        tokio::time::advance(ttl).await;
+        assert!(store.retire("n").await.expect("retire"));
+        assert!(store.nodes().await.expect("nodes").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_sets_the_ttl_and_an_expired_record_cannot_be_claimed() {
+        let store = MemoryStore::new();
+        let record = SessionRecord::new("a", "1");
+        register_new(&store, "s", &record).await;
+        let adopted = record.owned_by("b", "2");
+        let ttl = Duration::from_secs(60);
+        assert_eq!(
+            store
+                .claim("s", "a", "1", &adopted, ttl)
+                .await
+                .expect("claim"),
+            Claim::Won
+        );
+        tokio::time::advance(ttl - Duration::from_millis(1)).await;
+        assert_eq!(
+            store.lookup("s").await.expect("lookup"),
+            Some(adopted.clone())
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(store.lookup("s").await.expect("lookup"), None);
+        assert_eq!(
+            store
+                .claim("s", "b", "2", &adopted, ttl)
+                .await
+                .expect("claim"),
+            Claim::Lost(None)
+        );
+        assert_eq!(
+            store.lookup("s").await.expect("lookup"),
+            None,
+            "not brought back"
+        );
+    }
+
     #[tokio::test]
     async fn clones_share_and_new_stores_do_not() {
         let a = MemoryStore::new();
@@ -764,6 +1331,15 @@ mod redis_single {
         }
         fn zscore(&self, key: &str, member: &str) -> Option<f64> {
             self.cmd(&["ZSCORE", key, member])
+        }
+        fn zadd(&self, key: &str, score: i64, member: &str) {
+            let _: i64 = self.cmd(&["ZADD", key, &score.to_string(), member]);
+        }
+        fn is_member(&self, key: &str, member: &str) -> bool {
+            self.cmd(&["SISMEMBER", key, member])
+        }
+        fn run(&self, args: &[&str]) {
+            let _: ::redis::Value = self.cmd(args);
         }
     }
 
@@ -822,6 +1398,169 @@ mod redis_single {
         assert!(store.remove("s1").await.expect("remove"));
         let left: u64 = server.cmd(&["ZCARD", "mcp:session:node:{node-a}"]);
         assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn the_liveness_keys_are_the_documented_keys() {
+        let (server, store) = server_and_store();
+        let record = NodeRecord::new(NodeState::Serving, "inc-1").with_address("10.0.0.5:8080");
+        store
+            .announce("node-a", &record, Duration::from_secs(15))
+            .await
+            .expect("announce");
+        assert_eq!(
+            server.keys("*"),
+            ["mcp:session:live:{node-a}", "mcp:session:nodes"]
+        );
+        assert_eq!(
+            server.get("mcp:session:live:{node-a}"),
+            Some(format!(
+                r#"{{"s":"serving","i":"inc-1","a":"10.0.0.5:8080","t":{}}}"#,
+                record.updated_at
+            ))
+        );
+        let kind: String = server.cmd(&["TYPE", "mcp:session:live:{node-a}"]);
+        assert_eq!(kind, "string");
+        let ttl = server.ttl("mcp:session:live:{node-a}");
+        assert!(ttl > 0 && ttl <= 15, "TTL {ttl}");
+        let kind: String = server.cmd(&["TYPE", "mcp:session:nodes"]);
+        assert_eq!(kind, "set");
+        assert_eq!(
+            server.ttl("mcp:session:nodes"),
+            -1,
+            "the node set never expires"
+        );
+        let members: Vec<String> = server.cmd(&["SMEMBERS", "mcp:session:nodes"]);
+        assert_eq!(members, ["node-a"]);
+        assert!(store.withdraw("node-a", "inc-1").await.expect("withdraw"));
+        assert!(store.retire("node-a").await.expect("retire"));
+        assert!(server.keys("*").is_empty(), "nothing left behind");
+    }
+
+    /// The commands each liveness and claim call sends, once its scripts are loaded (`INFO
+    /// commandstats` counts the commands a script runs, too).
+    #[tokio::test]
+    async fn liveness_and_claims_send_the_documented_commands() {
+        let (server, store) = server_and_store();
+        let counts = |names: &[&str]| -> Vec<u64> {
+            names
+                .iter()
+                .map(|name| server.command_count(name))
+                .collect()
+        };
+        let ttl = Duration::from_secs(15);
+        let serving = NodeRecord::new(NodeState::Serving, "1");
+        // Warm up: every script loaded once.
+        store
+            .announce("warm", &serving, ttl)
+            .await
+            .expect("announce");
+        assert!(store.withdraw("warm", "1").await.expect("withdraw"));
+        assert!(store.retire("warm").await.expect("retire"));
+        register_new(&store, "w", &SessionRecord::new("a", "1")).await;
+        let warm = SessionRecord::new("a", "1").owned_by("b", "1");
+        assert_eq!(
+            store
+                .claim("w", "a", "1", &warm, MONTH)
+                .await
+                .expect("claim"),
+            Claim::Won
+        );
+
+        server.reset_stats();
+        store
+            .announce("node-a", &serving, ttl)
+            .await
+            .expect("announce");
+        assert_eq!(counts(&["sadd", "set", "evalsha"]), [1, 1, 0]);
+
+        server.reset_stats();
+        assert!(store.node("node-a").await.expect("node").is_some());
+        assert_eq!(counts(&["get", "evalsha"]), [1, 0]);
+
+        server.reset_stats();
+        assert_eq!(store.nodes().await.expect("nodes"), ["node-a"]);
+        assert_eq!(counts(&["smembers"]), [1]);
+
+        server.reset_stats();
+        assert!(store.withdraw("node-a", "1").await.expect("withdraw"));
+        assert_eq!(counts(&["evalsha", "get", "del"]), [1, 1, 1]);
+
+        server.reset_stats();
+        assert!(store.retire("node-a").await.expect("retire"));
+        assert_eq!(
+            counts(&["evalsha", "exists", "zcard", "srem", "sadd"]),
+            [2, 2, 2, 1, 0]
+        );
+
+        register_new(&store, "s1", &SessionRecord::new("node-a", "1")).await;
+        let adopted = SessionRecord::new("node-a", "1").owned_by("node-b", "1");
+        server.reset_stats();
+        assert_eq!(
+            store
+                .claim("s1", "node-a", "1", &adopted, MONTH)
+                .await
+                .expect("claim"),
+            Claim::Won
+        );
+        // The index script (TIME, ZADD, ZREMRANGEBYSCORE, TTL, EXPIRE on a new index), the
+        // compare-and-set (GET, SET).
+        assert_eq!(
+            counts(&["evalsha", "zadd", "expire", "get", "set", "zrem"]),
+            [2, 1, 1, 1, 1, 0]
+        );
+
+        let late = SessionRecord::new("node-a", "1").owned_by("node-c", "1");
+        server.reset_stats();
+        assert_eq!(
+            store
+                .claim("s1", "node-a", "1", &late, MONTH)
+                .await
+                .expect("claim"),
+            Claim::Lost(Some(adopted))
+        );
+        assert_eq!(
+            counts(&["evalsha", "zadd", "get", "set", "zrem"]),
+            [2, 1, 1, 0, 1]
+        );
+    }
+
+    /// The liveness and claim scripts are loaded again when the server lost them.
+    #[tokio::test]
+    async fn liveness_and_claims_survive_a_lost_script_cache() {
+        let (server, store) = server_and_store();
+        let ttl = Duration::from_secs(15);
+        let record = SessionRecord::new("node-a", "1");
+        register_new(&store, "s1", &record).await;
+        store
+            .announce("node-a", &NodeRecord::new(NodeState::Draining, "1"), ttl)
+            .await
+            .expect("announce");
+        let _: String = server.cmd(&["SCRIPT", "FLUSH"]);
+        server.reset_stats();
+        let adopted = record.owned_by("node-b", "2");
+        assert_eq!(
+            store
+                .claim("s1", "node-a", "1", &adopted, MONTH)
+                .await
+                .expect("claim"),
+            Claim::Won
+        );
+        assert!(store.withdraw("node-a", "1").await.expect("withdraw"));
+        assert_eq!(
+            store
+                .remove_stale("node-a", "2", 10)
+                .await
+                .expect("remove_stale"),
+            0
+        );
+        assert!(store.retire("node-a").await.expect("retire"));
+        // Index, claim, withdraw, the stale check, the retire check: each refused once and
+        // loaded.
+        assert_eq!(server.command_count("script|load"), 5);
+        let members: Vec<String> = server.cmd(&["SMEMBERS", "mcp:session:nodes"]);
+        assert!(members.is_empty());
+        assert_eq!(store.lookup("s1").await.expect("lookup"), Some(adopted));
     }
 
     /// A batch is plain commands for the records (one or two per write) and one or two
@@ -1238,6 +1977,15 @@ mod redis_cluster {
         }
         fn zscore(&self, key: &str, member: &str) -> Option<f64> {
             self.cmd(&["ZSCORE", key, member])
+        }
+        fn zadd(&self, key: &str, score: i64, member: &str) {
+            let _: i64 = self.cmd(&["ZADD", key, &score.to_string(), member]);
+        }
+        fn is_member(&self, key: &str, member: &str) -> bool {
+            self.cmd(&["SISMEMBER", key, member])
+        }
+        fn run(&self, args: &[&str]) {
+            let _: ::redis::Value = self.cmd(args);
         }
     }
 

@@ -1,13 +1,13 @@
 //! The in-process registry store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{RegistryStore, SessionRecord, StoreError, ttl_seconds};
+use super::{Claim, NodeRecord, RegistryStore, SessionRecord, StoreError, ttl_seconds};
 
 /// An in-process [`RegistryStore`]: a map behind a mutex.
 ///
@@ -23,7 +23,14 @@ use super::{RegistryStore, SessionRecord, StoreError, ttl_seconds};
 /// the previous sweep), so it never grows much beyond twice the records live at the previous
 /// sweep, even if expired ids are never looked at again.
 ///
-/// Operations never wait: each one takes the lock briefly and its future is ready at once.
+/// Node liveness ([`announce`](RegistryStore::announce), [`node`](RegistryStore::node)) and the
+/// node set are kept the same way, shared by clones too; liveness records expire with their
+/// TTL, measured with the same clock. [`claim`](RegistryStore::claim) is a compare-and-set
+/// under the lock, and [`retire`](RegistryStore::retire) looks at the records themselves (there
+/// is no separate node index to keep).
+///
+/// Operations never wait: each one takes the lock briefly and its future is ready at once
+/// (`retire` and `remove_stale` walk every record while they hold it).
 ///
 /// # Example
 ///
@@ -56,6 +63,22 @@ struct State {
     writes_since_sweep: usize,
     /// Entries left after the last sweep: the next sweep comes after as many writes.
     last_swept_len: usize,
+    /// Liveness records, by node name.
+    liveness: HashMap<String, Live>,
+    /// The node set: every node announced and not retired since.
+    nodes: HashSet<String>,
+}
+
+struct Live {
+    record: NodeRecord,
+    /// As [`Entry::expires_at`].
+    expires_at: Option<Instant>,
+}
+
+impl Live {
+    fn is_live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
 }
 
 struct Entry {
@@ -88,6 +111,18 @@ impl State {
             self.entries.remove(id);
         }
         self.entries.get_mut(id)
+    }
+
+    /// `node`'s unexpired liveness record; an expired one is removed on the way.
+    fn live_node(&mut self, node: &str, now: Instant) -> Option<&Live> {
+        if self
+            .liveness
+            .get(node)
+            .is_some_and(|live| !live.is_live(now))
+        {
+            self.liveness.remove(node);
+        }
+        self.liveness.get(node)
     }
 
     /// Counts a write and sweeps expired entries once the writes since the last sweep reach the
@@ -211,8 +246,10 @@ impl MemoryStore {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Session ids are credentials of a sort: show the size only.
+        let state = self.lock();
         f.debug_struct("MemoryStore")
-            .field("entries", &self.lock().entries.len())
+            .field("entries", &state.entries.len())
+            .field("nodes", &state.nodes.len())
             .finish()
     }
 }
@@ -279,6 +316,88 @@ impl RegistryStore for MemoryStore {
         state.writes_since_sweep = 0;
         state.last_swept_len = state.entries.len();
         Ok(removed)
+    }
+
+    async fn announce(
+        &self,
+        node: &str,
+        record: &NodeRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.liveness.insert(
+            node.to_owned(),
+            Live {
+                record: record.clone(),
+                expires_at: deadline(now, ttl),
+            },
+        );
+        if !state.nodes.contains(node) {
+            state.nodes.insert(node.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn node(&self, node: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .live_node(node, now)
+            .map(|live| live.record.clone()))
+    }
+
+    async fn withdraw(&self, node: &str, incarnation: &str) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let withdrawn = state
+            .live_node(node, now)
+            .is_some_and(|live| live.record.incarnation == incarnation);
+        if withdrawn {
+            state.liveness.remove(node);
+        }
+        Ok(withdrawn)
+    }
+
+    async fn nodes(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().nodes.iter().cloned().collect())
+    }
+
+    /// Walks every record under the lock to find one of `node`'s.
+    async fn retire(&self, node: &str) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if !state.nodes.contains(node) || state.live_node(node, now).is_some() {
+            return Ok(false);
+        }
+        let owns = state
+            .entries
+            .values()
+            .any(|entry| entry.is_live(now) && entry.record.node == node);
+        Ok(!owns && state.nodes.remove(node))
+    }
+
+    async fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        incarnation: &str,
+        record: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let claim = match state.live(id, now) {
+            Some(entry) if entry.record.is_owned_by(owner, incarnation) => {
+                entry.record = record.clone();
+                entry.expires_at = deadline(now, ttl);
+                Claim::Won
+            }
+            Some(entry) => Claim::Lost(Some(entry.record.clone())),
+            None => Claim::Lost(None),
+        };
+        state.note_write(now);
+        Ok(claim)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -397,5 +516,6 @@ mod tests {
         let debug = format!("{store:?}");
         assert!(!debug.contains("secret-id"), "{debug}");
         assert!(debug.contains("entries: 1"), "{debug}");
+        assert!(debug.contains("nodes: 0"), "{debug}");
     }
 }

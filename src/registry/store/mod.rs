@@ -17,8 +17,11 @@
 //! A [`SessionRecord`] is stored as compact JSON, `{"n":"<node>","i":"<incarnation>","c":<created
 //! at, unix seconds>}`. [`RecordKey`] builds the Redis keys; with the default prefix a session's
 //! key is `mcp:session:{<id>}`. The braces are part of the key: they are the Redis Cluster hash tag,
-//! so every key of one session lands in the same slot. See the `RedisStore` docs for every key it
-//! writes.
+//! so every key of one session lands in the same slot. Each node also keeps a short-lived
+//! liveness record of itself ([`NodeRecord`], `mcp:session:live:{<node>}`) and is listed in the
+//! node set (`mcp:session:nodes`); other nodes read them to tell a live owner from a gone one
+//! before they [claim](RegistryStore::claim) its sessions. See the `RedisStore` docs for every
+//! key it writes.
 //!
 //! # Time to live
 //!
@@ -222,6 +225,7 @@ impl SessionRecord {
     /// assert!(record.is_restorable());
     /// assert_eq!(record.to_json(), r#"{"n":"node-a","i":"7f3a","c":1,"v":"2025-11-25","ci":{"name":"c","version":"1"}}"#);
     /// ```
+    #[must_use]
     pub fn with_restore(
         mut self,
         protocol_version: impl Into<String>,
@@ -488,6 +492,7 @@ impl NodeRecord {
     /// let record = NodeRecord::new(NodeState::Serving, "1").with_address("127.0.0.1:9000");
     /// assert_eq!(record.address.as_deref(), Some("127.0.0.1:9000"));
     /// ```
+    #[must_use]
     pub fn with_address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
         self
@@ -609,11 +614,15 @@ pub enum Ownership {
 /// |---|---|---|
 /// | a session's record | [`session`](Self::session) | `mcp:session:{<id>}` |
 /// | a node's session index | [`node_index`](Self::node_index) | `mcp:session:node:{<node>}` |
+/// | a node's liveness record | [`liveness`](Self::liveness) | `mcp:session:live:{<node>}` |
+/// | the node set | [`node_set`](Self::node_set) | `mcp:session:nodes` |
 ///
 /// The braces are part of every key: they are the Redis Cluster hash tag. Each command of the
 /// registry touches exactly one key, so the registry works on a cluster without cross-slot
-/// errors. A session key always has `{` right after the prefix and an index key always has
-/// `node:{`, so the two kinds never collide; `SCAN MATCH mcp:session:{*` lists sessions only.
+/// errors (a node's index and liveness record share the node's slot; the node set, one key
+/// for the whole cluster, is touched only in the background). A session key always has `{`
+/// right after the prefix, an index key `node:{`, a liveness key `live:{`, and the node set
+/// none, so the kinds never collide; `SCAN MATCH mcp:session:{*` lists sessions only.
 ///
 /// The prefix should not contain `{` or `}`: a brace in the prefix would become the hash tag of
 /// every key and put all sessions in one cluster slot. `RedisStoreBuilder` rejects such a
@@ -627,6 +636,8 @@ pub enum Ownership {
 /// let keys = RecordKey::default();
 /// assert_eq!(keys.session("abc"), "mcp:session:{abc}");
 /// assert_eq!(keys.node_index("node-a"), "mcp:session:node:{node-a}");
+/// assert_eq!(keys.liveness("node-a"), "mcp:session:live:{node-a}");
+/// assert_eq!(keys.node_set(), "mcp:session:nodes");
 /// assert_eq!(RecordKey::new("app1:sess:").session("abc"), "app1:sess:{abc}");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -706,9 +717,44 @@ impl RecordKey {
     /// ```
     #[must_use]
     pub fn node_index(&self, node: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + "node:{}".len() + node.len());
+        self.node_key("node:{", node)
+    }
+
+    /// The key of `node`'s liveness record ([`NodeRecord`]): `{prefix}live:{<node>}`. It has
+    /// the hash tag of the node's index, so both are in one cluster slot.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RecordKey;
+    ///
+    /// assert_eq!(RecordKey::default().liveness("n1"), "mcp:session:live:{n1}");
+    /// ```
+    #[must_use]
+    pub fn liveness(&self, node: &str) -> String {
+        self.node_key("live:{", node)
+    }
+
+    /// The key of the node set, the names of every node that announced itself:
+    /// `{prefix}nodes`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RecordKey;
+    ///
+    /// assert_eq!(RecordKey::new("app1:").node_set(), "app1:nodes");
+    /// ```
+    #[must_use]
+    pub fn node_set(&self) -> String {
+        [self.prefix.as_str(), "nodes"].concat()
+    }
+
+    /// `{prefix}{kind}<node>}`, `kind` ending in the opening brace.
+    fn node_key(&self, kind: &str, node: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + kind.len() + node.len() + 1);
         key.push_str(&self.prefix);
-        key.push_str("node:{");
+        key.push_str(kind);
         key.push_str(node);
         key.push('}');
         key
@@ -1015,17 +1061,36 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
         batch: usize,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
-    /// Writes `node`'s liveness record with a time to live, and lists `node` among the nodes
-    /// of the cluster (for the orphan sweep, [`nodes`](Self::nodes)).
+    /// Writes `node`'s liveness record with a time to live, and lists `node` in the node set
+    /// (which the orphan sweep walks, see [`nodes`](Self::nodes)).
     ///
-    /// Redis: `SET` with `EX` on the node's liveness key, and `SADD` to the node set. The
-    /// registry calls it in the background (never per request). The default answers an
-    /// error: a store that does not implement liveness makes the registry keep today's `404`s
-    /// for sessions of other nodes (no forwarding, no adoption).
+    /// The registry calls it in the background, every few seconds (never per request); each
+    /// call replaces the record and restarts its TTL. Redis: `SET <live key> <json> EX <ttl>`
+    /// and `SADD <node set> <node>`, pipelined in one round trip on a single server (see
+    /// [`RecordKey::liveness`] and [`RecordKey::node_set`]). The default answers an error: a
+    /// store that does not implement liveness makes the registry keep today's `404`s for
+    /// sessions of other nodes (no forwarding, no adoption).
     ///
     /// # Errors
     ///
     /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, NodeRecord, NodeState, RegistryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = MemoryStore::new();
+    /// let me = NodeRecord::new(NodeState::Serving, "7f3a").with_address("10.0.0.5:8080");
+    /// store.announce("node-a", &me, Duration::from_secs(15)).await?;
+    /// assert_eq!(store.node("node-a").await?, Some(me));
+    /// assert_eq!(store.nodes().await?, ["node-a"]);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn announce(
         &self,
         node: &str,
@@ -1038,12 +1103,26 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
         )))
     }
 
-    /// `node`'s liveness record, if it is alive (its record has not expired).
+    /// `node`'s liveness record, if it is alive (its record has not expired and was not
+    /// withdrawn). Redis: `GET <live key>`.
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness (the
-    /// default).
+    /// A [`StoreError`] if the store failed, did not answer in time, holds something under the
+    /// key that is not a [`NodeRecord`] ([`StoreError::is_invalid_record`]), or has no
+    /// liveness (the default).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::{MemoryStore, RegistryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// assert_eq!(MemoryStore::new().node("node-a").await?, None, "never announced");
+    /// # Ok(())
+    /// # }
+    /// ```
     fn node(
         &self,
         node: &str,
@@ -1057,10 +1136,32 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
     /// Removes `node`'s liveness record if it names `incarnation` (a node leaving the cluster
     /// for good, so the others adopt its sessions at once). Returns whether it was removed.
     ///
+    /// Atomic compare-and-delete: a node's previous process never withdraws what its next one
+    /// announced. Redis: a Lua script on the liveness key (`EVALSHA`). The node stays in the
+    /// node set (its sessions still need sweeping); see [`retire`](Self::retire).
+    ///
     /// # Errors
     ///
     /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness (the
     /// default).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, NodeRecord, NodeState, RegistryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = MemoryStore::new();
+    /// let record = NodeRecord::new(NodeState::Draining, "7f3a");
+    /// store.announce("node-a", &record, Duration::from_secs(15)).await?;
+    /// assert!(!store.withdraw("node-a", "0001").await?, "another incarnation's");
+    /// assert!(store.withdraw("node-a", "7f3a").await?);
+    /// assert_eq!(store.node("node-a").await?, None);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn withdraw(
         &self,
         node: &str,
@@ -1072,8 +1173,9 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
         )))
     }
 
-    /// Every node that announced itself and still has session records listed (see
-    /// [`announce`](Self::announce)), alive or not.
+    /// The node set: every node that [announced](Self::announce) itself and was not
+    /// [retired](Self::retire) since, alive or not, in no particular order. Redis:
+    /// `SMEMBERS <node set>`.
     ///
     /// # Errors
     ///
@@ -1085,18 +1187,96 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
         )))
     }
 
-    /// Takes ownership of session `id` atomically: if its record names `owner` in
-    /// `incarnation`, replaces it with `record` (the claimant as owner, see
-    /// [`SessionRecord::owned_by`]) with time to live `ttl`, and lists `id` in the claimant's
-    /// node index. When two nodes claim one session at once, exactly one wins.
+    /// Removes `node` from the node set if it is gone for good: it has no liveness record and
+    /// no session is listed under it, so the orphan sweep has nothing left to visit. Returns
+    /// whether it was removed. A node that announces itself again is listed again.
     ///
-    /// Redis: a compare-and-set Lua script on the record's key, then the claimant's index
-    /// update.
+    /// `MemoryStore` looks at the records themselves. Redis looks at the node's session index
+    /// (entries past their expiry do not count; they are pruned on the way), which also lists
+    /// sessions other nodes have [claimed](Self::claim) since, until
+    /// [`remove_stale`](Self::remove_stale) or the sweep drops them. Redis: a Lua script on
+    /// the node's slot (liveness key and index: `EVALSHA`), `SREM` from the node set, and the
+    /// script again to catch a node that announced itself or registered a session meanwhile
+    /// (then `SADD` puts it back).
     ///
     /// # Errors
     ///
-    /// A [`StoreError`] if the store failed, did not answer in time, or cannot claim (the
+    /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness (the
     /// default).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, NodeRecord, NodeState, RegistryStore, SessionRecord};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = MemoryStore::new();
+    /// let ttl = Duration::from_secs(60);
+    /// store.announce("node-a", &NodeRecord::new(NodeState::Serving, "1"), ttl).await?;
+    /// store.register("s1", &SessionRecord::new("node-a", "1"), ttl).await?;
+    /// assert!(!store.retire("node-a").await?, "alive");
+    /// store.withdraw("node-a", "1").await?;
+    /// assert!(!store.retire("node-a").await?, "a session is left");
+    /// store.remove("s1").await?;
+    /// assert!(store.retire("node-a").await?);
+    /// assert!(store.nodes().await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn retire(&self, node: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = node;
+        std::future::ready(Err(StoreError::backend(
+            "this store keeps no node liveness",
+        )))
+    }
+
+    /// Takes ownership of session `id` atomically: if its record names `owner` in
+    /// `incarnation`, replaces it with `record` (the claimant as owner, see
+    /// [`SessionRecord::owned_by`]) with time to live `ttl`, and lists `id` in the claimant's
+    /// (`record.node`'s) node index, so the claimant's cleanup paths
+    /// ([`remove_stale`](Self::remove_stale) after its restart) find it. When several nodes
+    /// claim one session at once, exactly one wins; every other gets
+    /// [`Claim::Lost`] with the winner's record.
+    ///
+    /// The previous owner's index may keep listing the session; its cleanup skips records
+    /// that no longer name it (and drops them from its index).
+    ///
+    /// Redis: the claimant's index update first (the index script, `EVALSHA`, as for
+    /// [`register`](Self::register): a node that dies right after winning leaves no record
+    /// its next process cannot find), then a compare-and-set Lua script on the record's key
+    /// (`EVALSHA`: `GET`, and `SET … EX` when it wins); a lost claim takes the listing back
+    /// (`ZREM`) unless the record it lost to names the claimant's node too.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed, did not answer in time, holds something under the
+    /// key that is not a record ([`StoreError::is_invalid_record`]; it is left alone), or cannot
+    /// claim (the default).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{Claim, MemoryStore, RegistryStore, SessionRecord};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = MemoryStore::new();
+    /// let ttl = Duration::from_secs(60);
+    /// let record = SessionRecord::new("node-a", "1");
+    /// store.register("s1", &record, ttl).await?;
+    ///
+    /// let adopted = record.owned_by("node-b", "7");
+    /// assert_eq!(store.claim("s1", "node-a", "1", &adopted, ttl).await?, Claim::Won);
+    /// // A second claimant that expected node-a too comes second.
+    /// let late = record.owned_by("node-c", "3");
+    /// assert_eq!(store.claim("s1", "node-a", "1", &late, ttl).await?, Claim::Lost(Some(adopted)));
+    /// assert_eq!(store.claim("gone", "node-a", "1", &late, ttl).await?, Claim::Lost(None));
+    /// # Ok(())
+    /// # }
+    /// ```
     fn claim(
         &self,
         id: &str,
@@ -1520,6 +1700,10 @@ mod tests {
     fn keys_never_collide() {
         let keys = RecordKey::default();
         assert_ne!(keys.session("node:{a}"), keys.node_index("a"));
+        assert_ne!(keys.session("live:{a}"), keys.liveness("a"));
+        assert_ne!(keys.liveness("a"), keys.node_index("a"));
+        assert_ne!(keys.session("nodes"), keys.node_set());
+        assert!(keys.liveness("x").starts_with("mcp:session:live:{"));
         assert!(keys.session("x").starts_with("mcp:session:{"));
     }
 }

@@ -3,10 +3,10 @@
 use std::borrow::Cow;
 use std::io::Write as _;
 
-use ::redis::{Cmd, RedisWrite, ToRedisArgs};
+use ::redis::{Cmd, RedisWrite, ToRedisArgs, Value};
 use serde::Deserialize;
 
-use crate::registry::store::{RecordKey, SessionRecord};
+use crate::registry::store::{Claim, RecordKey, SessionRecord, StoreError};
 
 /// `SET key json NX GET EX ttl`: registers `record` under `id` unless a record is there, and
 /// answers with that record (nil when it stored this one). [`registered`] reads the answer.
@@ -102,6 +102,24 @@ impl OwnedRemoval {
     }
 }
 
+/// Reads the claim script's answer: 1 won, 0 no record, else the value found. A value that is
+/// no record (the script compares nothing it cannot read) is an invalid-record error.
+pub(super) fn claimed(reply: &Value) -> Result<Claim, StoreError> {
+    let found = match reply {
+        Value::Int(1) => return Ok(Claim::Won),
+        Value::Int(0) | Value::Nil => return Ok(Claim::Lost(None)),
+        Value::BulkString(bytes) => bytes.as_slice(),
+        Value::SimpleString(text) => text.as_bytes(),
+        other => {
+            return Err(StoreError::backend(format!(
+                "unexpected reply to a claim: {other:?}"
+            )));
+        }
+    };
+    let json = std::str::from_utf8(found).map_err(StoreError::invalid_record)?;
+    SessionRecord::from_json(json).map(|current| Claim::Lost(Some(current)))
+}
+
 /// A command named `name` with room for `args` arguments (the name included) of `bytes` bytes
 /// in all, so that writing them never grows its buffers.
 pub(super) fn command(name: &str, args: usize, bytes: usize) -> Cmd {
@@ -179,6 +197,26 @@ mod tests {
             SessionKey::new(&keys, "n1.Zx9").len(),
             "app:mcp:{n1.Zx9}".len()
         );
+    }
+
+    #[test]
+    fn claim_replies_are_read_without_trusting_them() {
+        assert_eq!(claimed(&Value::Int(1)).ok(), Some(Claim::Won));
+        assert_eq!(claimed(&Value::Int(0)).ok(), Some(Claim::Lost(None)));
+        let record = SessionRecord::new("node-b", "2").with_created_at(1);
+        let found = Value::BulkString(record.to_json().into_bytes());
+        assert_eq!(claimed(&found).ok(), Some(Claim::Lost(Some(record))));
+        for junk in [
+            Value::BulkString(b"not a record".to_vec()),
+            Value::BulkString(b"[\"a\",\"b\",1]".to_vec()),
+            Value::BulkString(vec![0xff, 0xfe]),
+            Value::SimpleString("{}".to_owned()),
+        ] {
+            let err = claimed(&junk).expect_err("no record");
+            assert!(err.is_invalid_record(), "{junk:?}: {err:?}");
+        }
+        let err = claimed(&Value::Int(7)).expect_err("no such answer");
+        assert!(!err.is_invalid_record() && !err.is_timeout());
     }
 
     #[test]

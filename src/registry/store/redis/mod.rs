@@ -17,7 +17,10 @@ mod commands;
 
 use commands::{OwnedRemoval, Registered};
 
-use super::{Kind, RecordKey, RegistryStore, SessionRecord, StoreError, StoreWrite, ttl_seconds};
+use super::{
+    Claim, Kind, NodeRecord, RecordKey, RegistryStore, SessionRecord, StoreError, StoreWrite,
+    ttl_seconds,
+};
 
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -31,14 +34,21 @@ const MAX_BATCH: usize = 1024;
 /// The longest TTL sent to Redis (ten years); longer ones are capped.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 60 * 60;
 
-/// The Lua the record scripts share, so a record is read one way: `record_of`. Only what
-/// needs an atomic read-then-write is a script (the compare-and-deletes, and listing ids in a
-/// node index by the server's clock); registering, refreshing and removing are plain commands.
+/// The Lua the record scripts share, so a stored value is read one way: `json_of` (a JSON
+/// object, or nil for anything else: missing, not JSON, not an object) and `record_of` (a
+/// session record: an object naming its node). Only what needs an atomic read-then-write is a
+/// script (the compare-and-deletes, the claim's compare-and-set, and listing ids in a node
+/// index by the server's clock); registering, refreshing and removing are plain commands.
 const LUA_LIB: &str = r"
-local function record_of(value)
+local function json_of(value)
   if not value then return nil end
-  local ok, record = pcall(cjson.decode, value)
-  if ok and type(record) == 'table' and type(record['n']) == 'string' then return record end
+  local ok, decoded = pcall(cjson.decode, value)
+  if ok and type(decoded) == 'table' then return decoded end
+  return nil
+end
+local function record_of(value)
+  local record = json_of(value)
+  if record and type(record['n']) == 'string' then return record end
   return nil
 end
 ";
@@ -82,6 +92,55 @@ return 1
     )
 });
 
+/// `KEYS[1]` record key; `ARGV[1]` expected owner node, `ARGV[2]` its incarnation, `ARGV[3]`
+/// the claimant's record (JSON), `ARGV[4]` TTL seconds. 1: claimed (the record replaced); 0:
+/// no record; otherwise the value found (another owner's record, or something that is no
+/// record), left alone.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local value = redis.call('GET', KEYS[1])
+if not value then return 0 end
+local record = record_of(value)
+if record and record['n'] == ARGV[1] and record['i'] == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+  return 1
+end
+return value
+",
+    )
+});
+
+/// `KEYS[1]` liveness key; `ARGV[1]` incarnation. 1: deleted; 0: no liveness record, or
+/// another incarnation's (kept; so is a value that is no liveness record).
+static WITHDRAW: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local live = json_of(redis.call('GET', KEYS[1]))
+if live and type(live['s']) == 'string' and live['i'] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// `KEYS[1]` liveness key, `KEYS[2]` node index (one node: one slot). 1: the node has no
+/// liveness record and lists no session (entries past their expiry are pruned first); 0:
+/// otherwise.
+static RETIRABLE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
+if redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
+return 1
+",
+    )
+});
+
 /// `KEYS[1]` node index; `ARGV` pairs of TTL seconds and session id. Lists each id, scored by
 /// the (server) time its record expires, then prunes the index and extends its expiry once.
 static INDEX_PUT: LazyLock<Script> = LazyLock::new(|| {
@@ -114,12 +173,16 @@ return 1
 /// | key | type | content | expiry |
 /// |---|---|---|---|
 /// | `mcp:session:{<id>}` | string | the [`SessionRecord`] as JSON, `{"n":"<node>","i":"<incarnation>","c":<unix seconds>}` | the session TTL |
-/// | `mcp:session:node:{<node>}` | sorted set | ids of the sessions `<node>` registered, scored by their expiry (unix seconds) | as long as its newest entry |
+/// | `mcp:session:node:{<node>}` | sorted set | ids of the sessions `<node>` registered or claimed, scored by their expiry (unix seconds) | as long as its newest entry |
+/// | `mcp:session:live:{<node>}` | string | `<node>`'s liveness, the [`NodeRecord`](crate::registry::NodeRecord) as JSON, `{"s":"serving","i":"<incarnation>","a":"<address>","t":<unix seconds>}` | the liveness TTL (seconds; refreshed by every announce) |
+/// | `mcp:session:nodes` | set | the names of the nodes that announced themselves and were not retired since | none (a few names; retired ones leave it) |
 ///
 /// The node index exists so a restarted node can find what its previous process left behind
 /// ([`remove_stale`](RegistryStore::remove_stale)) without scanning the keyspace: the store
-/// never uses `KEYS` or `SCAN`. The single-write methods touch one key per command, so the
-/// store works on a Redis Cluster; the braces are the keys' hash tags. The index is best
+/// never uses `KEYS` or `SCAN`. The node set is the list of indexes the orphan sweep walks.
+/// The single-write methods touch one key per command, so the
+/// store works on a Redis Cluster; the braces are the keys' hash tags (a node's index and
+/// liveness record share its slot; the node set is one key, touched only in the background). The index is best
 /// effort against the server: entries are pruned once expired, and if the server refuses an
 /// index write the record's own TTL still removes the record. An index write lost on the way
 /// (timed out, the connection dropped) fails its write, which the registry then retries.
@@ -132,6 +195,15 @@ return 1
 /// (`EVALSHA`); each is followed by its node index update (the index script, or `ZREM`),
 /// except `register`, which lists the session in the index first (so a node that dies in
 /// between leaves no record its restart cannot find). `lookup` is `GET`, `ping` is `PING`.
+///
+/// Liveness and adoption, all off the request path except `claim` and `node` (an adopting or
+/// forwarding node's one look at the owner): `announce` is `SADD` to the node set and
+/// `SET live json EX ttl` (pipelined in one round trip on a single server), `node` is `GET`,
+/// `withdraw` a compare-and-delete script on the liveness key, `nodes` is `SMEMBERS`,
+/// `retire` a check script on the node's slot, `SREM`, the check again (and `SADD` if the node
+/// came back meanwhile). `claim` lists the session in the claimant's index (the index script),
+/// then runs a compare-and-set script on the record (`GET`, and `SET … EX` when it wins); a
+/// lost claim takes the listing back (`ZREM`) unless the record names the claimant's node.
 ///
 /// [`write_batch`](RegistryStore::write_batch), which the registry's write queues use, sends a
 /// single server two pipelined round trips of plain commands, whatever the batch's size. The
@@ -713,6 +785,44 @@ impl RedisStore {
         .await
     }
 
+    /// Runs `script` on `keys` (all in one slot) within the command timeout.
+    async fn eval_keys<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let conn = self.inner.conn.clone();
+        bounded(self.inner.command_timeout, async move {
+            on_conn!(conn, |conn| invocation.invoke_async(&mut conn).await)
+        })
+        .await
+    }
+
+    /// Whether `node` has no liveness record and lists no session ([`RETIRABLE`]).
+    async fn retirable(&self, node: &str) -> Result<bool, StoreError> {
+        let keys = &self.inner.keys;
+        let (live, index) = (keys.liveness(node), keys.node_index(node));
+        Ok(self
+            .eval_keys::<i64>(&RETIRABLE, &[&live, &index], &[])
+            .await?
+            == 1)
+    }
+
+    /// A command on the node set: `name <node set> node`.
+    fn node_set_command(&self, name: &str, node: &str) -> Cmd {
+        let mut cmd = ::redis::cmd(name);
+        cmd.arg(self.inner.keys.node_set()).arg(node);
+        cmd
+    }
+
     /// Adds `id` to `node`'s index (see [`index_outcome`]).
     async fn index_add(&self, node: &str, id: &str, ttl: u64) -> Result<(), StoreError> {
         let index = self.inner.keys.node_index(node);
@@ -963,6 +1073,110 @@ impl RegistryStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.query::<()>(::redis::cmd("PING")).await
+    }
+
+    /// `SADD` to the node set and `SET … EX` of the liveness record: one pipelined round trip
+    /// on a single server; on a cluster, where the two keys live in different slots, one after
+    /// the other.
+    async fn announce(
+        &self,
+        node: &str,
+        record: &NodeRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let listed = self.node_set_command("SADD", node);
+        let mut live = ::redis::cmd("SET");
+        live.arg(self.inner.keys.liveness(node))
+            .arg(record.to_json())
+            .arg("EX")
+            .arg(capped_ttl_seconds(ttl));
+        match &self.inner.conn {
+            Conn::Single(_) => {
+                let mut pipe = ::redis::pipe();
+                pipe.add_command(listed).add_command(live);
+                self.query_pipe::<((), ())>(&pipe).await.map(drop)
+            }
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(_) => {
+                self.query::<()>(listed).await?;
+                self.query::<()>(live).await
+            }
+        }
+    }
+
+    async fn node(&self, node: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(self.inner.keys.liveness(node));
+        match self.query::<Option<String>>(cmd).await? {
+            Some(json) => NodeRecord::from_json(&json).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn withdraw(&self, node: &str, incarnation: &str) -> Result<bool, StoreError> {
+        let key = self.inner.keys.liveness(node);
+        Ok(self.eval::<i64>(&WITHDRAW, &key, &[incarnation]).await? == 1)
+    }
+
+    async fn nodes(&self) -> Result<Vec<String>, StoreError> {
+        let mut cmd = ::redis::cmd("SMEMBERS");
+        cmd.arg(self.inner.keys.node_set());
+        self.query(cmd).await
+    }
+
+    /// Checks the node's slot, takes the node out of the node set, and checks again: a node
+    /// that announced itself or registered a session in between is put back (`SADD`), so a
+    /// node never stays out of the set while it has something to sweep.
+    async fn retire(&self, node: &str) -> Result<bool, StoreError> {
+        if !self.retirable(node).await? {
+            return Ok(false);
+        }
+        let removed: i64 = self.query(self.node_set_command("SREM", node)).await?;
+        if removed == 0 {
+            return Ok(false);
+        }
+        if self.retirable(node).await? {
+            return Ok(true);
+        }
+        self.query::<i64>(self.node_set_command("SADD", node))
+            .await?;
+        Ok(false)
+    }
+
+    async fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        incarnation: &str,
+        record: &SessionRecord,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let secs = capped_ttl_seconds(ttl);
+        // Listed before the record names the claimant, as in `register`: a claimant that dies
+        // in between leaves at worst an index entry its next process drops.
+        self.index_add(&record.node, id, secs).await?;
+        let key = self.inner.keys.session(id);
+        let reply: ::redis::Value = self
+            .eval(
+                &CLAIM,
+                &key,
+                &[owner, incarnation, &record.to_json(), &secs.to_string()],
+            )
+            .await?;
+        let claim = commands::claimed(&reply);
+        let keep_listing = match &claim {
+            Ok(Claim::Won) => true,
+            // The record another request of the claimant's node won is listed already.
+            Ok(Claim::Lost(Some(current))) => current.node == record.node,
+            _ => false,
+        };
+        if !keep_listing {
+            // Best effort: an entry left behind is dropped by the node's next cleanup.
+            if let Err(err) = self.index_remove(&record.node, id).await {
+                tracing::debug!(node = %record.node, error = %err, "registry: node index update failed");
+            }
+        }
+        claim
     }
 
     /// On a single server: the records in one pipelined round trip of plain commands, then the
