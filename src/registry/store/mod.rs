@@ -1289,20 +1289,6 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
         std::future::ready(Err(StoreError::backend("this store cannot claim sessions")))
     }
 
-    /// Removes `node` from the node set if its session index is empty, so the orphan sweep
-    /// stops visiting it. Returns whether it was removed.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store failed, did not answer in time, or has no liveness (the
-    /// default).
-    fn retire(&self, node: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let _ = node;
-        std::future::ready(Err(StoreError::backend(
-            "this store keeps no node liveness",
-        )))
-    }
-
     /// Checks that the store answers.
     ///
     /// # Errors
