@@ -4,6 +4,8 @@
 #   scripts/cluster.sh            HAProxy pinning /mcp on Mcp-Session-Id (examples/deploy/haproxy-header.cfg)
 #   scripts/cluster.sh --cookie   HAProxy pinning /mcp on the nodes' _mcp_backend cookie (haproxy-cookie.cfg)
 #   scripts/cluster.sh --nginx    nginx pinning /mcp on the node tag in the session id (nginx.conf)
+#   scripts/cluster.sh --roundrobin  HAProxy with no affinity: plain round robin on /mcp, the nodes
+#                                 forward and adopt (haproxy-roundrobin.cfg)
 #
 # What runs, all on 127.0.0.1: redis-server on 16380, three example nodes (examples/node.rs)
 # n1, n2, n3 on 18081-18083 sharing that Redis, and the balancer on 8080 (HAProxy's stats
@@ -21,6 +23,7 @@ for arg in "$@"; do
         --cookie) MODE=cookie ;;
         --nginx) MODE=nginx ;;
         --header) MODE=header ;;
+        --roundrobin) MODE=roundrobin ;;
         -h | --help)
             sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
@@ -169,7 +172,7 @@ for port in "${NODE_PORTS[@]}"; do
 done
 
 case "$MODE" in
-    header | cookie)
+    header | cookie | roundrobin)
         config="$ROOT/examples/deploy/haproxy-$MODE.cfg"
         say "starting HAProxy with ${config#"$ROOT"/}"
         "$HAPROXY" -f "$config" -db >"$LOG_DIR/haproxy.log" 2>&1 &

@@ -1,16 +1,24 @@
 //! The cluster, tested for real: one `redis-server`, three `examples/node.rs` processes sharing
 //! it, and HAProxy in front running the configurations shipped in `examples/deploy/`
-//! (`/mcp` sticky, every other path round-robin). See `tests/support/cluster.rs` for the
-//! harness; logs are kept under `target/cluster-tests/<test>/`.
+//! (`/mcp` pinned on the session id or the cookie, or plain round robin; every other path
+//! round-robin). See `tests/support/cluster.rs` for the harness; logs are kept under
+//! `target/cluster-tests/<test>/`.
+//!
+//! The nodes forward a request for a session another live node holds to that node, and adopt
+//! the sessions of a node that is dead, draining or restarted, so a node going away costs a
+//! client nothing (`--no-forwarding` turns forwarding off: the 404 `misrouted` of a
+//! misrouted request stays).
 //!
 //! | test | balancer | what it shows |
 //! |---|---|---|
 //! | `header_mode_real_clients_stay_on_one_node` | header | the TypeScript and Python SDK clients complete full sessions, every response from one node |
 //! | `header_mode_ts_client_resumes_its_dropped_standalone_stream` | header | the TypeScript SDK client drops its standalone GET; its own reconnection (`Last-Event-ID`) replaces the stream the node still holds and gets what was sent meanwhile |
-//! | `cookie_mode_pins_cookie_keeping_clients_only` | cookie | the Python client (keeps cookies) stays pinned; what the TypeScript client (no cookies) gets is recorded |
+//! | `cookie_mode_pins_cookie_keeping_clients_only` | cookie | nodes with `--no-forwarding`: the Python client (keeps cookies) stays pinned; what the TypeScript client (no cookies) gets is recorded |
 //! | `non_mcp_paths_round_robin_without_cookie` | header | `/graphql` reaches all three nodes and never gets a cookie |
-//! | `killed_node_fails_over_and_is_cleaned_up` | header | SIGKILL of a session's node: 404 `misrouted` from a live node, new session, records gone after the restart; recovery time printed |
-//! | `rolling_restart_with_200_sessions` | header | graceful restart of each node in turn under load: every client ends with a working session, Redis holds exactly the live sessions; failed requests per client printed |
+//! | `no_forwarding_misroute_is_a_404_naming_the_owner` | header | nodes with `--no-forwarding`: a request on a node that does not hold the session gets 404 `misrouted`, the node logs the owner (never the raw id), the owner keeps the session |
+//! | `killed_node_sessions_are_adopted` | header | SIGKILL of the node holding raw and TypeScript SDK sessions: each is adopted on its next request (same id), no client re-initializes, at most the request in flight fails; the restarted node deletes nothing at boot and its idle session is still adoptable; figures printed |
+//! | `rolling_restart_with_200_sessions` | header | SIGTERM (drain) and restart of each node in turn under 200 sessions (8 of them TypeScript SDK clients holding GET streams): 0 failed requests and 0 re-initializations for every client, Redis holds exactly the live sessions; figures printed |
+//! | `round_robin_full_sessions_are_forwarded` | round robin | no affinity: the TypeScript and Python SDK full sessions (notifications, progress, sampling, GET stream, DELETE, 404 afterwards) pass with their requests spread over the nodes; forwarded requests counted and printed |
 //!
 //! Assertions that need the SessionAffinityLayer in the node (tagged session ids, the
 //! `_mcp_backend` cookie) are grouped under `node_has_affinity()` (the node has its
@@ -19,10 +27,11 @@
 //! The real clients are found as in `tests/real_clients.rs` (`MCP_TS_CLIENT_DIR`, `MCP_PY`,
 //! `MCP_PY_CLIENT`); HAProxy and the node binary (`MCP_NODE_BIN` overrides it) as described in
 //! the harness. Without HAProxy or the clients a test is skipped, unless
-//! `MCP_REQUIRE_CLIENTS=1` or `MCP_REQUIRE_CLUSTER=1`.
+//! `MCP_REQUIRE_CLIENTS=1` or `MCP_REQUIRE_CLUSTER=1`. The kill and rolling-restart tests run
+//! the TypeScript SDK client `tests/clients/ts/long_session.mjs`.
 //!
 //! ```text
-//! cargo test --test cluster -- --nocapture     # shows the recovery time and the histogram
+//! cargo test --test cluster -- --nocapture     # shows the figures
 //! ```
 
 #[path = "support/redis.rs"]
@@ -52,8 +61,9 @@ use std::{
 };
 
 use cluster_support::{
-    Balancer, ClientRun, Cluster, NODE_NAMES, default_tag, exclusive, node_has_affinity, py_client,
-    py_command, run_client, ts_client_dir, ts_command,
+    Balancer, ClientRun, Cluster, LongSession, NODE_NAMES, default_tag, exclusive,
+    node_has_affinity, py_client, py_command, run_client, sum_registry_counters, ts_client_dir,
+    ts_command,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -352,8 +362,9 @@ fn nodes_seen(report: &Value) -> Vec<String> {
 }
 
 /// The client completed the full session (initialize, tools, progress and log notifications,
-/// sampling, standalone stream, DELETE, 404 after DELETE), every response from one node.
-fn assert_pinned_full_session(run: &ClientRun, what: &str) -> Value {
+/// sampling, standalone stream, DELETE, 404 after DELETE), every response from a node of the
+/// cluster (which ones is up to the balancer).
+fn assert_full_session(run: &ClientRun, what: &str) -> Value {
     assert!(
         run.success,
         "{what} failed through the balancer ({})\n--- stderr ---\n{}\n--- stdout ---\n{}",
@@ -367,19 +378,22 @@ fn assert_pinned_full_session(run: &ClientRun, what: &str) -> Value {
     assert_eq!(report["ok"], Value::Bool(true), "{report}");
     assert_eq!(report["protocol_version"], Value::from(LEGACY), "{report}");
     let nodes = nodes_seen(&report);
-    assert_eq!(
-        nodes.len(),
-        1,
-        "{what}: responses came from {nodes:?}: {report}"
-    );
-    assert!(NODE_NAMES.contains(&nodes[0].as_str()), "{report}");
+    assert!(!nodes.is_empty(), "{what}: no x-mcp-node: {report}");
+    for node in &nodes {
+        assert!(NODE_NAMES.contains(&node.as_str()), "{report}");
+    }
     assert_eq!(
         report["responses_without_node_header"],
         Value::from(0),
         "{report}"
     );
-    // whoami ran on the node every response came from.
-    assert_eq!(report["node"], Value::from(nodes[0].as_str()), "{report}");
+    // whoami ran on a node of the cluster (the one holding the session).
+    assert!(
+        report["node"]
+            .as_str()
+            .is_some_and(|n| NODE_NAMES.contains(&n)),
+        "{report}"
+    );
     assert_eq!(report["echo"], Value::from("hi"), "{report}");
     assert_eq!(
         report["post_after_delete_status"],
@@ -396,6 +410,19 @@ fn assert_pinned_full_session(run: &ClientRun, what: &str) -> Value {
         Value::from(200),
         "{report}"
     );
+    report
+}
+
+/// [`assert_full_session`], every response from one node (the one whoami ran on).
+fn assert_pinned_full_session(run: &ClientRun, what: &str) -> Value {
+    let report = assert_full_session(run, what);
+    let nodes = nodes_seen(&report);
+    assert_eq!(
+        nodes.len(),
+        1,
+        "{what}: responses came from {nodes:?}: {report}"
+    );
+    assert_eq!(report["node"], Value::from(nodes[0].as_str()), "{report}");
     report
 }
 
@@ -542,9 +569,15 @@ async fn cookie_mode_pins_cookie_keeping_clients_only() {
          `node --help` says: {}",
         cluster_support::node_help()
     );
-    // Plain-HTTP loopback: the Python client (httpx) drops `Secure` cookies over http.
-    let Some(cluster) =
-        Cluster::start("cookie", Balancer::Cookie, &["--cookie-secure", "false"]).await
+    // Plain-HTTP loopback: the Python client (httpx) drops `Secure` cookies over http. Without
+    // forwarding, as the cookie alone pins: with it, the nodes would forward what the cookie
+    // misses (see `round_robin_full_sessions_are_forwarded`).
+    let Some(cluster) = Cluster::start(
+        "cookie",
+        Balancer::Cookie,
+        &["--cookie-secure", "false", "--no-forwarding"],
+    )
+    .await
     else {
         return;
     };
@@ -739,87 +772,54 @@ async fn non_mcp_paths_round_robin_without_cookie() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// d. SIGKILL of the node holding a session
+// d. Without forwarding, a misrouted request is a 404 that names the owner
 // ---------------------------------------------------------------------------------------------
 
+/// `--no-forwarding`: a request for a session another live node holds is answered `404`
+/// `misrouted` by the node it reached (which logs the owner, never the raw id), and nothing
+/// moves: the owner keeps serving the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_node_fails_over_and_is_cleaned_up() {
+async fn no_forwarding_misroute_is_a_404_naming_the_owner() {
     let _serial = exclusive().await;
-    let Some(mut cluster) = Cluster::start("kill", Balancer::Header, &[]).await else {
+    let Some(cluster) =
+        Cluster::start("no-forwarding", Balancer::Header, &["--no-forwarding"]).await
+    else {
         return;
     };
     let http = http_client();
-    let mut client = Raw::new(&http, &cluster.lb.mcp_url());
-    let init = initialize_until_ok(&mut client, Duration::from_secs(10)).await;
-    let victim = init.node().expect("x-mcp-node on initialize").to_owned();
-    let old_sid = client.session().expect("a session").to_owned();
-    client.echo("before").await.expect("echo before the kill");
+    let (owner, here) = ("n1", "n2");
+    let mut client = Raw::new(&http, &cluster.node(owner).mcp_url());
+    client
+        .initialize()
+        .await
+        .expect("initialize directly on the owner");
+    let sid = client.session().expect("a session").to_owned();
+    // The record is written in the background: the other node can only tell "misrouted" from
+    // "unknown" once it is there.
+    wait_records(&cluster, &[sid.clone()].into(), "after initialize").await;
 
-    // More sessions on the victim (directly, bypassing the balancer), so the cleanup after
-    // the restart has several records to remove.
-    let mut all_old = vec![old_sid.clone()];
-    for _ in 0..3 {
-        let mut direct = Raw::new(&http, &cluster.node(&victim).mcp_url());
-        direct
-            .initialize()
-            .await
-            .expect("initialize directly on the victim");
-        all_old.push(direct.session().expect("a session").to_owned());
-    }
-    wait_records(
-        &cluster,
-        &all_old.iter().cloned().collect(),
-        "before the kill",
-    )
-    .await;
+    let mut misrouted = Raw::new(&http, &cluster.node(here).mcp_url());
+    misrouted.inner.session = Some(sid.clone());
+    let reply = misrouted
+        .echo("misrouted")
+        .await
+        .expect_err("a node without the session answers it");
+    assert_eq!(reply.status(), Some(404), "{reply:?}");
+    assert_eq!(reply.node(), Some(here), "{reply:?}");
+    assert_eq!(reply.reason(), Some("misrouted"), "{}", reply.body());
+    assert!(reply.body()["error"]["code"].is_i64(), "{}", reply.body());
 
-    // Kill -9: no graceful close, the records stay behind.
-    cluster.node_mut(&victim).kill9();
-    let killed = Instant::now();
-
-    // The next requests: 5xx/transport errors are tolerated until HAProxy re-routes; then a
-    // live node answers 404 `misrouted`.
-    let mut transient: BTreeMap<String, u32> = BTreeMap::new();
-    let (first_404, not_found) = loop {
-        let reply = match client.echo("after").await {
-            Ok(r) => panic!("a request for the killed node's session succeeded: {r:?}"),
-            Err(r) => r,
-        };
-        if reply.status() == Some(404) {
-            break (killed.elapsed(), reply);
-        }
-        *transient.entry(reply.label()).or_default() += 1;
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "no 404 within 30 s of the kill; last: {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let answered_by = not_found.node().expect("x-mcp-node on the 404").to_owned();
-    assert_ne!(answered_by, victim);
-    assert_eq!(
-        not_found.reason(),
-        Some("misrouted"),
-        "404 body from {answered_by}: {}",
-        not_found.body()
-    );
-    assert!(
-        not_found.body()["error"]["code"].is_i64(),
-        "{}",
-        not_found.body()
-    );
-
-    // The node that answered logged the misroute, naming the dead owner.
+    // The node that answered logged the misroute, naming the live owner.
     let end = Instant::now() + Duration::from_secs(5);
     let warn = loop {
-        let log = cluster.node(&answered_by).log();
+        let log = cluster.node(here).log();
         let line = log
             .lines()
             .find(|l| {
                 l.contains("WARN")
                     && l.contains("misrouted request: the session lives on another node")
-                    && l.contains(&format!("owner={victim}"))
-                    && l.contains(&format!("here={answered_by}"))
+                    && l.contains(&format!("owner={owner}"))
+                    && l.contains(&format!("here={here}"))
             })
             .map(str::to_owned);
         if let Some(line) = line {
@@ -827,108 +827,43 @@ async fn killed_node_fails_over_and_is_cleaned_up() {
         }
         assert!(
             Instant::now() < end,
-            "{answered_by} did not log the misroute with owner={victim}\n{}",
-            cluster.node(&answered_by).log_tail()
+            "{here} did not log the misroute with owner={owner}\n{}",
+            cluster.node(here).log_tail()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(
-        !warn.contains(&old_sid),
+        !warn.contains(&sid),
         "the log line carries the raw session id: {warn}"
     );
-
-    // The client starts over on a live node.
-    let reinit = initialize_until_ok(&mut client, Duration::from_secs(10)).await;
-    let new_node = reinit.node().expect("x-mcp-node").to_owned();
-    assert_ne!(new_node, victim);
-    let ok = client
-        .echo("recovered")
-        .await
-        .expect("echo on the new session");
-    let recovered = killed.elapsed();
-    assert_eq!(ok.node(), Some(new_node.as_str()));
-    let new_sid = client.session().expect("a session").to_owned();
-
-    // HAProxy's own health check also takes the node out (printed, not a condition above).
-    cluster.lb.wait_server(&victim, false).await;
-    let marked_down = killed.elapsed();
-    report(&format!(
-        "RECOVERY after kill -9 of {victim}: first 404 ({}) after {} ms from {answered_by}, \
-         first successful request on the new session (on {new_node}) after {} ms; \
-         HAProxy marked {victim} DOWN after {} ms; transient answers before the 404: {transient:?}",
-        not_found.label(),
-        first_404.as_millis(),
-        recovered.as_millis(),
-        marked_down.as_millis()
-    ));
     eprintln!("misroute log line: {warn}");
 
-    // Restart the dead node under the same name (a new incarnation): it removes what its
-    // previous process left in Redis.
-    cluster.node_mut(&victim).restart().await;
-    cluster.lb.wait_server(&victim, true).await;
-    let index_key = format!("mcp:session:node:{{{victim}}}");
-    let end = Instant::now() + REDIS_TIMEOUT;
-    loop {
-        let records = cluster.session_records();
-        let index: Vec<String> = cluster.redis.cmd(&["ZRANGE", &index_key, "0", "-1"]);
-        let left: Vec<&String> = all_old
-            .iter()
-            .filter(|id| records.contains(*id) || index.contains(id))
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        // No /mcp request reaches the restarted node before this point: the registry must
-        // clean up on start, not on its first request.
-        assert!(
-            Instant::now() < end,
-            "records of the killed process still in Redis {REDIS_TIMEOUT:?} after its restart \
-             (the restarted node has served no /mcp request yet): {left:?}\n{}",
-            cluster.node(&victim).log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let records = cluster.session_records();
-    assert!(
-        records.contains(&new_sid),
-        "the new session's record is missing"
-    );
-    wait_records(&cluster, &[new_sid.clone()].into(), "after the restart").await;
-    if let Some(line) = cluster
-        .node(&victim)
-        .log()
-        .lines()
-        .find(|l| l.contains("previous incarnation"))
-    {
-        eprintln!("restarted {victim}: {line}");
-    }
-
-    // The old id now reaches the restarted node (or any node): still a 404.
-    client.inner.session = Some(old_sid);
-    let stale = client
-        .echo("stale")
+    // Nothing was adopted: the owner still serves the session and its record names it.
+    let ok = client
+        .echo("still here")
         .await
-        .expect_err("the old session is gone");
-    assert_eq!(stale.status(), Some(404), "{stale:?}");
-    eprintln!(
-        "old session id after the restart: {} from {:?}",
-        stale.label(),
-        stale.node()
+        .expect("the owner still serves the session");
+    assert_eq!(ok.node(), Some(owner));
+    assert_eq!(
+        record_owner(&cluster, &sid).map(|(n, _)| n),
+        Some(owner.to_owned())
     );
-    client.inner.session = Some(new_sid);
     assert_eq!(client.delete().await, Some(200));
     wait_records(&cluster, &BTreeSet::new(), "after DELETE").await;
     no_panics(&cluster);
 }
 
 // ---------------------------------------------------------------------------------------------
-// e. Rolling restart with 200 sessions
+// Clients that run until told to stop (the kill and rolling-restart tests)
 // ---------------------------------------------------------------------------------------------
 
-const SESSIONS: usize = 200;
 /// Pause between two requests of one client.
 const PACE: Duration = Duration::from_millis(200);
+/// Upper bound for a TypeScript long session to connect and open its standalone stream.
+const TS_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for a TypeScript long session to finish once the stop file exists (its final
+/// notification waits up to 10 s).
+const TS_FINISH_TIMEOUT: Duration = Duration::from_secs(40);
 
 #[derive(Debug, Default)]
 struct ClientStats {
@@ -936,15 +871,19 @@ struct ClientStats {
     failed: u32,
     reinits: u32,
     failures: BTreeMap<String, u32>,
+    /// Failed requests by the epoch in which they started.
+    failed_by_epoch: BTreeMap<u32, u32>,
+    /// Successful requests by the node that answered them (`x-mcp-node`).
+    nodes: BTreeMap<String, u32>,
     first_session: String,
     final_session: Option<String>,
 }
 
-/// One client of the rolling restart: requests until `stop`, re-initializing on 404, then
-/// requests until one succeeds (bounded). `epoch` counts restarted nodes; `seen` records
-/// 1 + the epoch at which the client's last successful request started, so the test can wait
-/// until every client recovered.
-async fn roll_client(
+/// One raw client: requests until `stop`, re-initializing on 404 (counted: the tests assert
+/// that it never happens), then requests until one succeeds (bounded). `epoch` counts the
+/// cluster changes; `seen` records 1 + the epoch at which the client's last successful request
+/// started, so the test can wait until every client was served after a change.
+async fn loop_client(
     mut client: Raw,
     stop: Arc<AtomicBool>,
     epoch: Arc<AtomicU32>,
@@ -968,16 +907,20 @@ async fn roll_client(
         n += 1;
         stats.requests += 1;
         let outcome = if client.session().is_some() {
-            client.echo(&format!("r{n}")).await.map(|_| ())
+            client.echo(&format!("r{n}")).await
         } else {
             stats.reinits += 1;
             match client.initialize().await {
-                Ok(_) => client.echo(&format!("r{n}")).await.map(|_| ()),
+                Ok(_) => client.echo(&format!("r{n}")).await,
                 Err(r) => Err(r),
             }
         };
         match outcome {
-            Ok(()) => {
+            Ok(reply) => {
+                *stats
+                    .nodes
+                    .entry(reply.node().unwrap_or("?").to_owned())
+                    .or_default() += 1;
                 seen.store(now_epoch + 1, Ordering::Release);
                 if stopping {
                     stats.final_session = client.session().map(str::to_owned);
@@ -987,8 +930,9 @@ async fn roll_client(
             Err(reply) => {
                 stats.failed += 1;
                 *stats.failures.entry(reply.label()).or_default() += 1;
+                *stats.failed_by_epoch.entry(now_epoch).or_default() += 1;
                 if reply.status() == Some(404) {
-                    // The session is gone (its node restarted): start a new one.
+                    // The session is gone: start a new one, as a real client must.
                     client.inner.session = None;
                 }
             }
@@ -998,22 +942,533 @@ async fn roll_client(
     stats
 }
 
+/// Starts `count` TypeScript SDK long sessions through the balancer (each holds its standalone
+/// GET stream) and waits until each is ready; returns them with their `ready` line.
+async fn start_long_sessions(
+    dir: &std::path::Path,
+    cluster: &Cluster,
+    count: usize,
+    stop: &std::path::Path,
+) -> Vec<(LongSession, Value)> {
+    let url = cluster.lb.mcp_url();
+    let mut sessions: Vec<LongSession> = (0..count)
+        .map(|i| {
+            let name = format!("ts{i}");
+            let log = cluster.dir.join(format!("{name}.stderr.log"));
+            LongSession::spawn(&name, dir, &url, stop, PACE, log)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for mut s in sessions.drain(..) {
+        let ready = s.wait_ready(TS_READY_TIMEOUT).await;
+        assert!(
+            ready["session_id"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()),
+            "{}: no session: {ready}\n{}",
+            s.name,
+            s.log_tail()
+        );
+        assert_eq!(
+            ready["get_open"],
+            Value::Bool(true),
+            "{}: the standalone GET stream did not open: {ready}\n{}",
+            s.name,
+            s.log_tail()
+        );
+        out.push((s, ready));
+    }
+    out
+}
+
+/// Waits (bounded) until every raw client had a success in a request it started at `epoch` or
+/// later (`seen` holds that epoch + 1) and every TypeScript session had a successful call
+/// after its count was `marks[i]`.
+async fn wait_all_progress(
+    seen: &[Arc<AtomicU32>],
+    epoch: u32,
+    ts: &[(LongSession, Value)],
+    marks: &[u32],
+    cluster: &Cluster,
+) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let raw_behind = seen
+            .iter()
+            .filter(|s| s.load(Ordering::Acquire) <= epoch)
+            .count();
+        let ts_behind: Vec<&str> = ts
+            .iter()
+            .zip(marks)
+            .filter(|((s, _), mark)| s.ok_calls() <= **mark)
+            .map(|((s, _), _)| s.name.as_str())
+            .collect();
+        if raw_behind == 0 && ts_behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{raw_behind} raw clients without a successful request since epoch {epoch}, \
+             TypeScript sessions without a successful call since: {ts_behind:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ok_marks(ts: &[(LongSession, Value)]) -> Vec<u32> {
+    ts.iter().map(|(s, _)| s.ok_calls()).collect()
+}
+
+/// Stops the TypeScript sessions (the stop file) and collects their reports.
+async fn finish_long_sessions(
+    ts: Vec<(LongSession, Value)>,
+    stop: &std::path::Path,
+) -> Vec<(String, Value, Value)> {
+    std::fs::write(stop, b"stop").expect("write the stop file");
+    let mut out = Vec::new();
+    for (s, ready) in ts {
+        let name = s.name.clone();
+        let run = s.finish(TS_FINISH_TIMEOUT).await;
+        assert!(
+            run.success,
+            "{name} failed ({})\n--- stderr ---\n{}\n--- stdout ---\n{}",
+            run.status, run.stderr, run.stdout
+        );
+        let report = run
+            .report
+            .unwrap_or_else(|| panic!("{name}: no JSON report\n{}", run.stdout));
+        out.push((name, ready, report));
+    }
+    out
+}
+
+/// One line per TypeScript session for the figures.
+fn ts_summary(name: &str, report: &Value) -> String {
+    format!(
+        "{name}: {} calls, {} failed, {} re-initializations, sessions {}, GET streams {} \
+         ({} resumed with Last-Event-ID), non-2xx {}, no answer {}, transport errors {}, \
+         final notification {}, nodes {}, errors {}",
+        report["calls"],
+        report["failed"],
+        report["reinitialized"],
+        report["session_ids"].as_array().map_or(0, Vec::len),
+        report["get_streams"],
+        report["get_resumed"],
+        report["http_failures"],
+        report["fetch_errors"],
+        report["transport_errors"],
+        report["final_notify"],
+        report["node_counts"],
+        report["errors"]
+    )
+}
+
+/// Counts in a `{label: n}` object of a report whose label starts with `prefix`.
+fn counted(report: &Value, field: &str, prefix: &str) -> u64 {
+    report[field]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .filter_map(|(_, v)| v.as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The TypeScript session kept its one session to the end, re-initialized never, and its
+/// standalone stream still delivered at the end; it ended the session with DELETE.
+fn assert_ts_kept_its_session(name: &str, ready: &Value, report: &Value) {
+    assert_eq!(report["reinitialized"], Value::from(0), "{name}: {report}");
+    assert_eq!(
+        report["session_ids"],
+        json!([ready["session_id"]]),
+        "{name} used another session: {report}"
+    );
+    assert_eq!(
+        report["final_notify"],
+        Value::Bool(true),
+        "{name}: the standalone stream did not deliver the final notification: {report}"
+    );
+    let delete = report["delete_status"].as_u64().unwrap_or(0);
+    assert!(
+        (200..300).contains(&delete),
+        "{name}: DELETE answered {delete}: {report}"
+    );
+    assert!(
+        report["calls"].as_u64().unwrap_or(0) > 1,
+        "{name}: {report}"
+    );
+}
+
+/// The `n` (owner node) and `i` (owner incarnation) fields of a session's record in Redis.
+fn record_owner(cluster: &Cluster, sid: &str) -> Option<(String, String)> {
+    let json = cluster.redis.get(&format!("mcp:session:{{{sid}}}"))?;
+    let record: Value = serde_json::from_str(&json).ok()?;
+    Some((
+        record["n"].as_str()?.to_owned(),
+        record["i"].as_str()?.to_owned(),
+    ))
+}
+
+/// Every node's `/stats`, for the figures.
+async fn all_stats(cluster: &Cluster) -> Vec<Value> {
+    let mut out = Vec::new();
+    for n in &cluster.nodes {
+        out.push(
+            n.stats()
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", n.log_tail())),
+        );
+    }
+    out
+}
+
+/// SIGTERM, then polls the node until it exits: returns its exit status, when `/healthz`
+/// first answered 503 (the drain), and when it exited.
+async fn drain_and_exit(
+    node: &mut cluster_support::NodeProcess,
+) -> (std::process::ExitStatus, Option<Duration>, Duration) {
+    let t = Instant::now();
+    node.sigterm();
+    let mut unhealthy = None;
+    let end = t + cluster_support::NODE_EXIT_TIMEOUT;
+    loop {
+        if let Some(status) = node.try_exit() {
+            return (status, unhealthy, t.elapsed());
+        }
+        if unhealthy.is_none() && node.health_status().await == Some(503) {
+            unhealthy = Some(t.elapsed());
+        }
+        if Instant::now() > end {
+            // Reaps it and panics with the log tail.
+            let status = node.wait_exit().await;
+            return (status, unhealthy, t.elapsed());
+        }
+        tokio::time::sleep(cluster_support::POLL).await;
+    }
+}
+
+fn millis(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "not seen".to_owned(),
+        |d| format!("{} ms", d.as_millis()),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// e. SIGKILL of the node holding sessions: they are adopted
+// ---------------------------------------------------------------------------------------------
+
+/// Raw clients and TypeScript SDK sessions opened through the balancer for the kill test.
+const KILL_RAW: usize = 24;
+/// Four TypeScript sessions over three nodes: one node holds at least two (the victim).
+const KILL_TS: usize = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_sessions_are_adopted() {
+    let _serial = exclusive().await;
+    let Some(ts_dir) = ts_client_dir() else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::start("kill", Balancer::Header, &[]).await else {
+        return;
+    };
+    let http = http_client();
+    let url = cluster.lb.mcp_url();
+    let stop_file = cluster.dir.join("stop");
+
+    let ts = start_long_sessions(&ts_dir, &cluster, KILL_TS, &stop_file).await;
+    let opens = (0..KILL_RAW).map(|_| {
+        let mut c = Raw::new(&http, &url);
+        async move {
+            let reply = initialize_until_ok(&mut c, Duration::from_secs(30)).await;
+            (c, reply.node().unwrap_or("?").to_owned())
+        }
+    });
+    let raw = futures_util::future::join_all(opens).await;
+
+    // The victim: the node holding the most TypeScript sessions (at least two of four).
+    let mut ts_per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, ready) in &ts {
+        *ts_per_node
+            .entry(ready["node"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let (victim, ts_on_victim) = ts_per_node
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(name, n)| (name.clone(), *n))
+        .expect("TypeScript sessions");
+    assert!(
+        NODE_NAMES.contains(&victim.as_str()) && ts_on_victim >= 2,
+        "TypeScript sessions per node: {ts_per_node:?}"
+    );
+    let raw_on_victim = raw.iter().filter(|(_, n)| *n == victim).count();
+    assert!(
+        raw_on_victim >= 1,
+        "no raw session on {victim}: {:?}",
+        raw.iter().map(|(_, n)| n).collect::<Vec<_>>()
+    );
+    let victim_sessions: Vec<String> = raw
+        .iter()
+        .filter(|(_, n)| *n == victim)
+        .filter_map(|(c, _)| c.session().map(str::to_owned))
+        .chain(
+            ts.iter()
+                .filter(|(_, r)| r["node"].as_str() == Some(victim.as_str()))
+                .filter_map(|(_, r)| r["session_id"].as_str().map(str::to_owned)),
+        )
+        .collect();
+
+    // One more session on the victim that nobody uses until the victim has restarted.
+    let mut dormant = Raw::new(&http, &cluster.node(&victim).mcp_url());
+    dormant
+        .initialize()
+        .await
+        .expect("initialize directly on the victim");
+    let dormant_sid = dormant.session().expect("a session").to_owned();
+
+    let all: BTreeSet<String> = raw
+        .iter()
+        .filter_map(|(c, _)| c.session().map(str::to_owned))
+        .chain(
+            ts.iter()
+                .filter_map(|(_, r)| r["session_id"].as_str().map(str::to_owned)),
+        )
+        .chain([dormant_sid.clone()])
+        .collect();
+    assert_eq!(all.len(), KILL_RAW + KILL_TS + 1);
+    wait_records(&cluster, &all, "before the kill").await;
+    let (dormant_owner, dormant_incarnation) =
+        record_owner(&cluster, &dormant_sid).expect("the dormant session's record");
+    assert_eq!(dormant_owner, victim);
+    let victim_incarnations: BTreeMap<String, String> = victim_sessions
+        .iter()
+        .map(|sid| {
+            let (n, i) = record_owner(&cluster, sid).expect("a record");
+            assert_eq!(n, victim, "{sid}");
+            (sid.clone(), i)
+        })
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let epoch = Arc::new(AtomicU32::new(0));
+    let seen: Vec<Arc<AtomicU32>> = (0..KILL_RAW).map(|_| Arc::new(AtomicU32::new(0))).collect();
+    let raw_nodes: Vec<String> = raw.iter().map(|(_, n)| n.clone()).collect();
+    let tasks: Vec<_> = raw
+        .into_iter()
+        .zip(&seen)
+        .map(|((c, _), s)| tokio::spawn(loop_client(c, stop.clone(), epoch.clone(), s.clone())))
+        .collect();
+    wait_all_progress(&seen, 0, &ts, &vec![0; ts.len()], &cluster).await;
+
+    // Kill -9: no drain, the liveness record and the session records stay behind.
+    let marks = ok_marks(&ts);
+    cluster.node_mut(&victim).kill9();
+    let killed = Instant::now();
+    epoch.store(1, Ordering::Release);
+    wait_all_progress(&seen, 1, &ts, &marks, &cluster).await;
+    let recovered = killed.elapsed();
+    cluster.lb.wait_server(&victim, false).await;
+    let marked_down = killed.elapsed();
+
+    // Every session of the victim now belongs to a live node.
+    let live: Vec<&str> = NODE_NAMES
+        .iter()
+        .copied()
+        .filter(|n| *n != victim)
+        .collect();
+    let adopters_before_restart: BTreeMap<String, String> = victim_sessions
+        .iter()
+        .map(|sid| {
+            let (n, _) = record_owner(&cluster, sid)
+                .unwrap_or_else(|| panic!("the record of adopted session {sid} is gone"));
+            assert!(
+                live.contains(&n.as_str()),
+                "session {sid} of the killed {victim} is still owned by {n}"
+            );
+            (sid.clone(), n)
+        })
+        .collect();
+
+    // The victim comes back (a new incarnation) and deletes nothing at boot.
+    cluster.node_mut(&victim).restart().await;
+    cluster.lb.wait_server(&victim, true).await;
+    let marks = ok_marks(&ts);
+    epoch.store(2, Ordering::Release);
+    // Every client is served once more after the restart (and the restarted node has been up
+    // for HAProxy's two health checks, well past its boot).
+    wait_all_progress(&seen, 2, &ts, &marks, &cluster).await;
+    // Its previous incarnation's idle session is still there, still its own (it serves no
+    // request of it until the session wakes below).
+    assert_eq!(
+        record_owner(&cluster, &dormant_sid).map(|(n, _)| n),
+        Some(victim.clone()),
+        "the restarted {victim} removed its previous incarnation's idle session at boot"
+    );
+    for (sid, adopter) in &adopters_before_restart {
+        let (n, i) = record_owner(&cluster, sid)
+            .unwrap_or_else(|| panic!("the record of adopted session {sid} is gone"));
+        assert!(
+            live.contains(&n.as_str()),
+            "session {sid}, adopted by {adopter}, is owned by {n} after the restart"
+        );
+        assert_ne!(
+            Some(&i),
+            victim_incarnations.get(sid),
+            "the adopter kept the dead incarnation"
+        );
+    }
+
+    // The dormant session is still adoptable: its first request works, same id.
+    dormant.inner.url = url.clone();
+    let woke = dormant
+        .echo("wake")
+        .await
+        .unwrap_or_else(|r| panic!("the dormant session after the restart: {r:?}"));
+    let (dormant_now, dormant_now_i) =
+        record_owner(&cluster, &dormant_sid).expect("the dormant session's record");
+    assert_ne!(
+        dormant_now_i, dormant_incarnation,
+        "the dormant session is still owned by the dead incarnation"
+    );
+
+    stop.store(true, Ordering::Release);
+    let mut stats = Vec::new();
+    for t in tasks {
+        stats.push(t.await.expect("client task"));
+    }
+    let ts_reports = finish_long_sessions(ts, &stop_file).await;
+    let node_stats = all_stats(&cluster).await;
+    let totals = sum_registry_counters(&node_stats);
+
+    // The figures first.
+    let mut victim_failures: BTreeMap<String, u32> = BTreeMap::new();
+    let mut histogram: BTreeMap<u32, u32> = BTreeMap::new();
+    for (s, node) in stats.iter().zip(&raw_nodes) {
+        if *node == victim {
+            *histogram.entry(s.failed).or_default() += 1;
+            for (k, v) in &s.failures {
+                *victim_failures.entry(k.clone()).or_default() += v;
+            }
+        }
+    }
+    report(&format!(
+        "KILL -9 of {victim} ({raw_on_victim} raw + {ts_on_victim} TypeScript SDK sessions on \
+         it, {} sessions in all): every client served again after {} ms; HAProxy marked it \
+         DOWN after {} ms; failed requests per raw client of {victim}: {histogram:?} \
+         ({victim_failures:?}); re-initializations: {}; registry totals {totals:?}; dormant \
+         session woke on {:?}, now owned by {dormant_now}",
+        KILL_RAW + KILL_TS,
+        recovered.as_millis(),
+        marked_down.as_millis(),
+        stats.iter().map(|s| s.reinits).sum::<u32>()
+            + ts_reports
+                .iter()
+                .map(|(_, _, r)| r["reinitialized"].as_u64().unwrap_or(0) as u32)
+                .sum::<u32>(),
+        woke.node(),
+    ));
+    for (name, _, r) in &ts_reports {
+        eprintln!("  {}", ts_summary(name, r));
+    }
+
+    // No client re-initialized; a client of the victim lost at most the request it had in
+    // flight at the kill, the others nothing.
+    for (i, (s, node)) in stats.iter().zip(&raw_nodes).enumerate() {
+        assert_eq!(s.reinits, 0, "raw client {i} (on {node}): {s:?}");
+        assert_eq!(
+            s.final_session.as_deref(),
+            Some(s.first_session.as_str()),
+            "raw client {i} (on {node}) ended on another session: {s:?}"
+        );
+        if *node == victim {
+            let after_kill: u32 = s.failed_by_epoch.range(1..).map(|(_, n)| n).sum();
+            assert_eq!(
+                after_kill, 0,
+                "raw client {i}: a request started after the kill failed: {s:?}"
+            );
+            assert!(s.failed <= 1, "raw client {i}: {s:?}");
+        } else {
+            assert_eq!(s.failed, 0, "raw client {i} (on {node}): {s:?}");
+        }
+    }
+    for (name, ready, r) in &ts_reports {
+        assert_ts_kept_its_session(name, ready, r);
+        if ready["node"].as_str() == Some(victim.as_str()) {
+            assert!(
+                r["failed"].as_u64().unwrap_or(u64::MAX) <= 1,
+                "{name} (on {victim}): {r}"
+            );
+            // The broken standalone stream was the request in flight; its reconnection works.
+            assert_eq!(counted(r, "http_failures", "GET"), 0, "{name}: {r}");
+            assert_eq!(counted(r, "fetch_errors", "GET"), 0, "{name}: {r}");
+        } else {
+            assert_eq!(r["failed"], Value::from(0), "{name}: {r}");
+            assert_eq!(r["http_failures"], json!({}), "{name}: {r}");
+            assert_eq!(r["fetch_errors"], json!({}), "{name}: {r}");
+        }
+    }
+    // Each session of the victim was adopted (and the dormant one after the restart).
+    assert!(
+        totals["adopted"] > victim_sessions.len() as u64,
+        "adopted {} < {} sessions of {victim} + the dormant one: {totals:?}",
+        totals["adopted"],
+        victim_sessions.len()
+    );
+
+    let finals: BTreeSet<String> = stats
+        .iter()
+        .filter_map(|s| s.final_session.clone())
+        .chain([dormant_sid.clone()])
+        .collect();
+    wait_records(&cluster, &finals, "after the clients stopped").await;
+    let deletes = finals.iter().map(|sid| {
+        let mut c = Raw::new(&http, &url);
+        c.inner.session = Some(sid.clone());
+        async move { c.delete().await }
+    });
+    let statuses = futures_util::future::join_all(deletes).await;
+    assert!(
+        statuses.iter().all(|s| *s == Some(200)),
+        "DELETE answers: {statuses:?}"
+    );
+    wait_records(&cluster, &BTreeSet::new(), "after every DELETE").await;
+    no_panics(&cluster);
+}
+
+// ---------------------------------------------------------------------------------------------
+// f. Rolling restart with 200 sessions
+// ---------------------------------------------------------------------------------------------
+
+const SESSIONS: usize = 200;
+/// Of the sessions, those of the official TypeScript SDK client (each with its GET stream).
+const TS_SESSIONS: usize = 8;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_with_200_sessions() {
     let _serial = exclusive().await;
+    let Some(ts_dir) = ts_client_dir() else {
+        return;
+    };
     let Some(mut cluster) = Cluster::start("rolling", Balancer::Header, &[]).await else {
         return;
     };
     let started = Instant::now();
+    let raw_sessions = SESSIONS - TS_SESSIONS;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(SESSIONS)
         .build()
         .expect("reqwest client");
     let url = cluster.lb.mcp_url();
+    let stop_file = cluster.dir.join("stop");
 
-    // 200 sessions, opened concurrently through the balancer.
-    let opens = (0..SESSIONS).map(|_| {
+    // The TypeScript SDK sessions, then the raw ones, opened concurrently through the balancer.
+    let ts = start_long_sessions(&ts_dir, &cluster, TS_SESSIONS, &stop_file).await;
+    let opens = (0..raw_sessions).map(|_| {
         let mut c = Raw::new(&http, &url);
         async move {
             let reply = initialize_until_ok(&mut c, Duration::from_secs(30)).await;
@@ -1022,51 +1477,77 @@ async fn rolling_restart_with_200_sessions() {
     });
     let opened = futures_util::future::join_all(opens).await;
     let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
-    for (_, node) in &opened {
-        *per_node.entry(node.clone()).or_default() += 1;
+    for node in opened
+        .iter()
+        .map(|(_, n)| n.as_str())
+        .chain(ts.iter().map(|(_, r)| r["node"].as_str().unwrap_or("?")))
+    {
+        *per_node.entry(node.to_owned()).or_default() += 1;
     }
-    let first_ids: BTreeSet<String> = opened
+    let raw_ids: BTreeSet<String> = opened
         .iter()
         .filter_map(|(c, _)| c.session().map(str::to_owned))
         .collect();
-    assert_eq!(first_ids.len(), SESSIONS);
-    wait_records(&cluster, &first_ids, "after opening the sessions").await;
+    let all_ids: BTreeSet<String> = raw_ids
+        .iter()
+        .cloned()
+        .chain(
+            ts.iter()
+                .filter_map(|(_, r)| r["session_id"].as_str().map(str::to_owned)),
+        )
+        .collect();
+    assert_eq!(all_ids.len(), SESSIONS);
+    wait_records(&cluster, &all_ids, "after opening the sessions").await;
     eprintln!(
-        "{SESSIONS} sessions opened in {:?}: {per_node:?}",
+        "{SESSIONS} sessions ({TS_SESSIONS} TypeScript SDK) opened in {:?}: {per_node:?}",
         started.elapsed()
     );
 
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Arc::new(AtomicU32::new(0));
-    let seen: Vec<Arc<AtomicU32>> = (0..SESSIONS).map(|_| Arc::new(AtomicU32::new(0))).collect();
+    let seen: Vec<Arc<AtomicU32>> = (0..raw_sessions)
+        .map(|_| Arc::new(AtomicU32::new(0)))
+        .collect();
     let tasks: Vec<_> = opened
         .into_iter()
         .zip(&seen)
-        .map(|((c, _), s)| tokio::spawn(roll_client(c, stop.clone(), epoch.clone(), s.clone())))
+        .map(|((c, _), s)| tokio::spawn(loop_client(c, stop.clone(), epoch.clone(), s.clone())))
         .collect();
 
-    // Wait until every client has had one success before the roll.
-    wait_all_seen(&seen, 0, &cluster).await;
+    // Every client has had one success before the roll.
+    wait_all_progress(&seen, 0, &ts, &vec![0; ts.len()], &cluster).await;
 
+    // One `/stats` per node process: each node's is read just before it is stopped (a
+    // draining node adopts nothing), the restarted processes' at the end.
+    let mut node_stats = Vec::new();
     let roll_started = Instant::now();
     for (i, name) in NODE_NAMES.iter().enumerate() {
+        node_stats.push(
+            cluster
+                .node(name)
+                .stats()
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
         let t = Instant::now();
-        let status = cluster.node_mut(name).terminate().await;
+        let (status, unhealthy, exited) = drain_and_exit(cluster.node_mut(name)).await;
         assert!(
             status.success(),
-            "node {name} exited with {status} after SIGTERM"
+            "node {name} exited with {status} after SIGTERM\n{}",
+            cluster.node(name).log_tail()
         );
-        let stopped = t.elapsed();
         cluster.node_mut(name).restart().await;
         cluster.lb.wait_server(name, true).await;
         let back = t.elapsed();
+        let marks = ok_marks(&ts);
         epoch.store(i as u32 + 1, Ordering::Release);
-        // Every client recovered (one success after this node came back) before the next.
-        wait_all_seen(&seen, i as u32 + 1, &cluster).await;
+        // Every client was served after this node came back, before the next one goes.
+        wait_all_progress(&seen, i as u32 + 1, &ts, &marks, &cluster).await;
         report(&format!(
-            "rolled {name}: exited {} ms after SIGTERM, UP in HAProxy after {} ms, all clients \
-             served again after {} ms",
-            stopped.as_millis(),
+            "rolled {name}: /healthz 503 after {}, exited {} ms after SIGTERM, UP in HAProxy \
+             after {} ms, all clients served again after {} ms",
+            millis(unhealthy),
+            exited.as_millis(),
             back.as_millis(),
             t.elapsed().as_millis()
         ));
@@ -1078,52 +1559,91 @@ async fn rolling_restart_with_200_sessions() {
     for t in tasks {
         stats.push(t.await.expect("client task"));
     }
+    let ts_reports = finish_long_sessions(ts, &stop_file).await;
+    node_stats.extend(all_stats(&cluster).await);
+    let totals = sum_registry_counters(&node_stats);
 
-    // Failed requests per client, as a histogram.
+    // The figures.
     let mut histogram: BTreeMap<u32, u32> = BTreeMap::new();
     let mut kinds: BTreeMap<String, u32> = BTreeMap::new();
-    let (mut requests, mut failed, mut reinits) = (0u32, 0u32, 0u32);
+    let mut served_by: BTreeMap<String, u32> = BTreeMap::new();
+    let (mut requests, mut failed, mut reinits) = (0u64, 0u64, 0u64);
     for s in &stats {
         *histogram.entry(s.failed).or_default() += 1;
         for (k, v) in &s.failures {
             *kinds.entry(k.clone()).or_default() += v;
         }
-        requests += s.requests;
-        failed += s.failed;
-        reinits += s.reinits;
+        for (k, v) in &s.nodes {
+            *served_by.entry(k.clone()).or_default() += v;
+        }
+        requests += u64::from(s.requests);
+        failed += u64::from(s.failed);
+        reinits += u64::from(s.reinits);
+    }
+    let (mut ts_calls, mut ts_failed, mut ts_reinits) = (0u64, 0u64, 0u64);
+    for (_, _, r) in &ts_reports {
+        ts_calls += r["calls"].as_u64().unwrap_or(0);
+        ts_failed += r["failed"].as_u64().unwrap_or(0);
+        ts_reinits += r["reinitialized"].as_u64().unwrap_or(0);
+        if let Some(counts) = r["node_counts"].as_object() {
+            for (k, v) in counts {
+                *served_by.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0) as u32;
+            }
+        }
     }
     let hist: Vec<String> = histogram
         .iter()
         .map(|(f, c)| format!("{f} failed: {c} clients"))
         .collect();
     report(&format!(
-        "ROLLING RESTART ({SESSIONS} sessions, 3 nodes, roll {} ms): failed requests per client: \
-         [{}]; {requests} requests, {failed} failed ({kinds:?}), {reinits} re-initializations",
+        "ROLLING RESTART ({SESSIONS} sessions of which {TS_SESSIONS} TypeScript SDK, 3 nodes, \
+         roll {} ms): raw clients {requests} requests, {failed} failed ({kinds:?}), {reinits} \
+         re-initializations, failed per client [{}]; TypeScript SDK {ts_calls} calls, \
+         {ts_failed} failed, {ts_reinits} re-initializations; answered by {served_by:?}; \
+         registry totals {totals:?}",
         roll.as_millis(),
         hist.join(", ")
     ));
-
-    // Every client ends with a working session, a new one (every node restarted).
-    let mut live = BTreeSet::new();
-    for (i, s) in stats.iter().enumerate() {
-        let fin = s
-            .final_session
-            .clone()
-            .unwrap_or_else(|| panic!("client {i} has no working session at the end: {s:?}"));
-        assert_ne!(
-            fin, s.first_session,
-            "client {i} kept a session across the restart of its node"
-        );
-        assert!(s.reinits >= 1, "client {i}: {s:?}");
-        live.insert(fin);
+    for (name, _, r) in &ts_reports {
+        eprintln!("  {}", ts_summary(name, r));
     }
-    assert_eq!(live.len(), SESSIONS);
 
-    // No record outlives its session: Redis holds exactly the live sessions.
-    wait_records(&cluster, &live, "after the rolling restart").await;
+    // Nothing failed, nobody re-initialized: every client ends on the session it began with.
+    for (i, s) in stats.iter().enumerate() {
+        assert!(
+            s.failed == 0 && s.reinits == 0,
+            "raw client {i}: {} failed, {} re-initializations: {s:?}",
+            s.failed,
+            s.reinits
+        );
+        assert_eq!(
+            s.final_session.as_deref(),
+            Some(s.first_session.as_str()),
+            "raw client {i} ended on another session: {s:?}"
+        );
+    }
+    for (name, ready, r) in &ts_reports {
+        assert_eq!(r["failed"], Value::from(0), "{name}: {r}");
+        assert_eq!(
+            r["http_failures"],
+            json!({}),
+            "{name}: any non-2xx counts: {r}"
+        );
+        assert_eq!(r["fetch_errors"], json!({}), "{name}: {r}");
+        assert_eq!(r["transport_errors"], Value::from(0), "{name}: {r}");
+        assert_ts_kept_its_session(name, ready, r);
+    }
+    // Each session's node was restarted once, so each session was adopted at least once.
+    assert!(
+        totals["adopted"] >= SESSIONS as u64,
+        "adopted {} < {SESSIONS}: {totals:?}",
+        totals["adopted"]
+    );
 
-    // And once the clients are done, nothing is left.
-    let deletes = live.iter().map(|sid| {
+    // No record outlives its session: Redis holds exactly the live sessions (the TypeScript
+    // sessions ended theirs with DELETE).
+    wait_records(&cluster, &raw_ids, "after the rolling restart").await;
+    let deletes = raw_ids.iter().map(|sid| {
         let mut c = Raw::new(&http, &url);
         c.inner.session = Some(sid.clone());
         async move { c.delete().await }
@@ -1138,23 +1658,57 @@ async fn rolling_restart_with_200_sessions() {
     eprintln!("rolling restart test took {:?}", started.elapsed());
 }
 
-/// Waits (bounded) until every client had a success in a request it started at `epoch` or
-/// later (`seen` holds that epoch + 1; 0 = no success yet).
-async fn wait_all_seen(seen: &[Arc<AtomicU32>], epoch: u32, cluster: &Cluster) {
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let behind = seen
-            .iter()
-            .filter(|s| s.load(Ordering::Acquire) <= epoch)
-            .count();
-        if behind == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "{behind} clients without a successful request since epoch {epoch}\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+// ---------------------------------------------------------------------------------------------
+// g. Round robin, no affinity: full SDK sessions work through forwarding
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_full_sessions_are_forwarded() {
+    let _serial = exclusive().await;
+    let ts = ts_client_dir();
+    let py = py_client();
+    if ts.is_none() && py.is_none() {
+        return;
     }
+    let Some(cluster) = Cluster::start("roundrobin", Balancer::RoundRobin, &[]).await else {
+        return;
+    };
+    let url = cluster.lb.mcp_url();
+    let mut spread = Vec::new();
+    if let Some(dir) = &ts {
+        let what = "TS SDK client via HAProxy (round robin)";
+        let run = run_client(ts_command(dir, &url), what).await;
+        let report = assert_full_session(&run, what);
+        assert_eq!(report["standalone_via_get"], Value::Bool(true), "{report}");
+        spread.push((what, nodes_seen(&report)));
+    }
+    if let Some((python, script)) = &py {
+        let what = "Python SDK client via HAProxy (round robin)";
+        let run = run_client(py_command(python, script, &url, "legacy"), what).await;
+        let report = assert_full_session(&run, what);
+        // One session from initialize to DELETE: no response named another.
+        assert_eq!(
+            report["session_ids_seen"].as_array().map(Vec::len),
+            Some(1),
+            "{report}"
+        );
+        spread.push((what, nodes_seen(&report)));
+    }
+    let totals = sum_registry_counters(&all_stats(&cluster).await);
+    report(&format!(
+        "ROUND ROBIN (no affinity): {} requests forwarded between nodes; answered by {spread:?}; \
+         registry totals {totals:?}",
+        totals["forwarded"]
+    ));
+    // The balancer did spread each session over the nodes, and the nodes forwarded.
+    for (what, nodes) in &spread {
+        assert!(
+            nodes.len() >= 2,
+            "{what}: every response came from {nodes:?}: the balancer did not spread the session"
+        );
+    }
+    assert!(totals["forwarded"] > 0, "nothing forwarded: {totals:?}");
+    // Both clients sent DELETE: no record is left.
+    wait_records(&cluster, &BTreeSet::new(), "after the clients' DELETE").await;
+    no_panics(&cluster);
 }

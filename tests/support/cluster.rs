@@ -11,10 +11,10 @@
 //! ```
 //!
 //! HAProxy runs the configurations shipped in `examples/deploy/` (`haproxy-header.cfg`,
-//! `haproxy-cookie.cfg`) with only their addresses replaced by free ports, so the shipped
-//! files are what the tests exercise. HAProxy is a plain foreground process
-//! (`haproxy -f <cfg> -db`), its log (stderr) and every node's log (one file per process, so
-//! a restarted node starts a new file) are kept under `target/cluster-tests/<test>/`.
+//! `haproxy-cookie.cfg`, `haproxy-roundrobin.cfg`) with only their addresses replaced by free
+//! ports, so the shipped files are what the tests exercise. HAProxy is a plain foreground
+//! process (`haproxy -f <cfg> -db`), its log (stderr) and every node's log (one file per
+//! process, so a restarted node starts a new file) are kept under `target/cluster-tests/<test>/`.
 //!
 //! Binaries:
 //!
@@ -49,8 +49,9 @@ use crate::redis_support::RedisServer;
 pub const NODE_NAMES: [&str; 3] = ["n1", "n2", "n3"];
 /// Upper bound for a node to answer `/healthz` after it was spawned.
 pub const NODE_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Upper bound for a node to exit after SIGTERM.
-pub const NODE_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound for a node to exit after SIGTERM: its drain (`--drain-timeout`, 10 s by default)
+/// and the close of its connections.
+pub const NODE_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for HAProxy to listen, and for it to see a server change state.
 pub const LB_TIMEOUT: Duration = Duration::from_secs(20);
 /// Interval of readiness polls.
@@ -380,27 +381,80 @@ impl NodeProcess {
         }
     }
 
-    /// SIGTERM (graceful shutdown: sessions closed, registry flushed) and waits for the exit.
+    /// SIGTERM (graceful shutdown: the node drains, then exits) and waits for the exit.
     pub async fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("the node is running");
+        self.sigterm();
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM without waiting (see [`wait_exit`](Self::wait_exit),
+    /// [`try_exit`](Self::try_exit)).
+    pub fn sigterm(&mut self) {
+        let child = self.child.as_ref().expect("the node is running");
         signal(child.id(), "TERM");
+    }
+
+    /// The exit status if the process has exited (it is reaped then).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                Some(status)
+            }
+            Ok(None) => None,
+            Err(e) => panic!("waiting for node {}: {e}", self.name),
+        }
+    }
+
+    /// Waits (bounded by [`NODE_EXIT_TIMEOUT`]) for the process to exit after a signal.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        assert!(self.child.is_some(), "node {} is not running", self.name);
         let deadline = Instant::now() + NODE_EXIT_TIMEOUT;
         loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "node {} did not exit within {NODE_EXIT_TIMEOUT:?} of SIGTERM\n{}",
-                        self.name,
-                        self.log_tail()
-                    );
-                }
-                Ok(None) => tokio::time::sleep(POLL).await,
-                Err(e) => panic!("waiting for node {}: {e}", self.name),
+            if let Some(status) = self.try_exit() {
+                return status;
             }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!(
+                    "node {} did not exit within {NODE_EXIT_TIMEOUT:?} of SIGTERM\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// `GET /healthz` on the node itself: its status, or `None` when nothing answered.
+    pub async fn health_status(&self) -> Option<u16> {
+        let url = format!("{}/healthz", self.base_url());
+        probe_client()
+            .get(&url)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    /// `GET /stats` on the node itself: `{"registry": {...}, "transport": {...}}`.
+    pub async fn stats(&self) -> Result<serde_json::Value, String> {
+        let url = format!("{}/stats", self.base_url());
+        let res = probe_client()
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET /stats on {}: {e}", self.name))?;
+        let status = res.status();
+        let text = res.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "GET /stats on {}: HTTP {status}: {text}",
+                self.name
+            ));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("GET /stats on {}: {e}: {text}", self.name))
     }
 
     /// Starts a new process on the same port under the same name (a new incarnation) and
@@ -436,6 +490,9 @@ pub enum Balancer {
     Header,
     /// `examples/deploy/haproxy-cookie.cfg`: routing on the node-set `_mcp_backend` cookie.
     Cookie,
+    /// `examples/deploy/haproxy-roundrobin.cfg`: no affinity, each `/mcp` request round
+    /// robin (the nodes forward and adopt).
+    RoundRobin,
 }
 
 impl Balancer {
@@ -443,6 +500,7 @@ impl Balancer {
         let file = match self {
             Self::Header => "haproxy-header.cfg",
             Self::Cookie => "haproxy-cookie.cfg",
+            Self::RoundRobin => "haproxy-roundrobin.cfg",
         };
         manifest_dir().join("examples").join("deploy").join(file)
     }
@@ -872,5 +930,161 @@ pub async fn run_client(mut cmd: tokio::process::Command, what: &str) -> ClientR
         stdout,
         stderr,
         report,
+    }
+}
+
+/// Counter `name` of the `registry` section of a node's `/stats` (0 when absent, so a missing
+/// counter shows as 0 in the figures; tests that need it assert on the sum).
+pub fn registry_counter(stats: &serde_json::Value, name: &str) -> u64 {
+    stats
+        .pointer(&format!("/registry/{name}"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// The registry counters the cluster tests print, summed over `stats` (one `/stats` answer
+/// per node process).
+pub const REGISTRY_COUNTERS: [&str; 6] = [
+    "forwarded",
+    "adopted",
+    "adoptions_lost",
+    "misroutes",
+    "unknown",
+    "node_restarted",
+];
+
+/// Sums [`REGISTRY_COUNTERS`] over several `/stats` answers.
+pub fn sum_registry_counters(
+    stats: &[serde_json::Value],
+) -> std::collections::BTreeMap<&'static str, u64> {
+    REGISTRY_COUNTERS
+        .iter()
+        .map(|name| (*name, stats.iter().map(|s| registry_counter(s, name)).sum()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A long-running TypeScript SDK session (tests/clients/ts/long_session.mjs)
+// ---------------------------------------------------------------------------------------------
+
+/// `node long_session.mjs <url> <stop-file> --pace-ms <pace>` running in the background: its
+/// stdout is read as it comes (`ready {...}`, `ok <n>` after each successful call, the JSON
+/// report last), its stderr goes to `<log>`. Killed on drop.
+pub struct LongSession {
+    pub name: String,
+    child: tokio::process::Child,
+    ready: tokio::sync::watch::Receiver<Option<serde_json::Value>>,
+    oks: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: tokio::task::JoinHandle<()>,
+    log: PathBuf,
+}
+
+impl LongSession {
+    /// Starts the script from the TypeScript client directory `dir` against `url`; it calls
+    /// `echo` every `pace` until `stop` exists.
+    pub fn spawn(
+        name: &str,
+        dir: &Path,
+        url: &str,
+        stop: &Path,
+        pace: Duration,
+        log: PathBuf,
+    ) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let stderr = File::create(&log).expect("create the client log");
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join("long_session.mjs"))
+            .arg(url)
+            .arg(stop)
+            .args(["--pace-ms", &pace.as_millis().to_string()])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn node long_session.mjs: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready) = tokio::sync::watch::channel(None);
+        let oks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let (oks, lines) = (oks.clone(), lines.clone());
+            tokio::spawn(async move {
+                let mut stdout = tokio::io::BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = stdout.next_line().await {
+                    if let Some(n) = line.strip_prefix("ok ") {
+                        if let Ok(n) = n.trim().parse() {
+                            oks.store(n, std::sync::atomic::Ordering::Release);
+                        }
+                        continue;
+                    }
+                    if let Some(json) = line.strip_prefix("ready ") {
+                        let value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
+                        let _ = ready_tx.send(Some(value));
+                    }
+                    lines.lock().expect("lines").push(line);
+                }
+            })
+        };
+        Self {
+            name: name.to_owned(),
+            child,
+            ready,
+            oks,
+            lines,
+            reader,
+            log,
+        }
+    }
+
+    /// Waits (bounded) for the `ready` line: `{"session_id", "node", "get_open"}`.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> serde_json::Value {
+        let waited = tokio::time::timeout(timeout, self.ready.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(ready)) => ready.clone().unwrap_or_default(),
+            Ok(Err(_)) | Err(_) => panic!(
+                "{}: no `ready` line within {timeout:?} (exit: {:?})\n{}",
+                self.name,
+                self.child.try_wait(),
+                tail(&self.log, 40)
+            ),
+        }
+    }
+
+    /// How many calls succeeded so far.
+    pub fn ok_calls(&self) -> u32 {
+        self.oks.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The stderr log's tail.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log, 40)
+    }
+
+    /// Waits (bounded) for the script to exit (the stop file must exist) and returns what it
+    /// did; the report is its last JSON line.
+    pub async fn finish(mut self, timeout: Duration) -> ClientRun {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{}: no exit within {timeout:?} of the stop file", self.name)
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        let _ = (&mut self.reader).await;
+        let lines = std::mem::take(&mut *self.lines.lock().expect("lines"));
+        let report = lines
+            .iter()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .and_then(|l| serde_json::from_str(l).ok());
+        ClientRun {
+            success: status.success(),
+            status: status.to_string(),
+            stdout: lines.join("\n"),
+            stderr: std::fs::read_to_string(&self.log).unwrap_or_default(),
+            report,
+        }
     }
 }
