@@ -16,6 +16,21 @@
 //!   only for plain-HTTP test setups (clients drop `Secure` cookies over `http://`)
 //! - `--cookie-name NAME` (default `_mcp_backend`)
 //! - `--transport-only`: the transport alone, no affinity and no registry (for benchmarks)
+//! - `--internal-addr ADDR` (`MCP_INTERNAL_ADDR`, default: the address the node is listening
+//!   on): where the other nodes forward requests for this node's sessions
+//! - `--drain-timeout SECS` (`MCP_DRAIN_TIMEOUT`, default 10): the longest a SIGTERM drain
+//!   waits for the balancer to stop routing here and for in-flight requests to finish
+//! - `--no-forwarding`: a request for another live node's session is answered `404`
+//!   (`misrouted`) instead of being forwarded to it
+//!
+//! On SIGTERM (or SIGINT) the node drains: its liveness record says `draining` (the other
+//! nodes adopt its sessions on their next request), `/healthz` answers `503` (the balancer
+//! stops routing here), GET streams end with a `retry:` hint, requests keep being served until
+//! none arrived for half a second (or the drain timeout passed) and none is running; then the
+//! sessions are closed, their records left for the adopters, and the node exits.
+//!
+//! Routes besides `/mcp`: `/healthz` (`200 ok`, `503 draining`), `/stats` (the registry's and
+//! the transport's counters as JSON) and a stand-in `/graphql`.
 //!
 //! Tools: `echo {text}`, `whoami`, `notify {message, delayMs?}` (a log message on the session's
 //! standalone stream), `progress {steps}` (progress and log notifications on the request's
@@ -24,8 +39,12 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -44,7 +63,7 @@ use mcp_affinity::{
     SessionAffinityLayer, SessionRegistryLayer, SseTransportLayer,
     handler::{ErrorObject, HandlerRequest, handler_fn},
     protocol::{Era, ProtocolVersion},
-    registry::{MemoryStore, RedisStore, RegistryStore},
+    registry::{MemoryStore, RedisStore, RegistryHandle, RegistryStore},
     session::{NodeTag, RequestContext},
     transport::{HostPolicy, TransportHandle},
 };
@@ -60,6 +79,9 @@ struct Args {
     cookie_secure: bool,
     cookie_name: Option<String>,
     transport_only: bool,
+    internal_addr: Option<SocketAddr>,
+    drain_timeout: Duration,
+    forwarding: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -70,6 +92,11 @@ fn parse_args() -> Result<Args, String> {
     let mut cookie_secure = true;
     let mut cookie_name = None;
     let mut transport_only = false;
+    let mut internal_addr = std::env::var("MCP_INTERNAL_ADDR")
+        .ok()
+        .filter(|a| !a.is_empty());
+    let mut drain_timeout = std::env::var("MCP_DRAIN_TIMEOUT").unwrap_or_else(|_| "10".into());
+    let mut forwarding = true;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -87,10 +114,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--cookie-name" => cookie_name = Some(value()?),
             "--transport-only" => transport_only = true,
+            "--internal-addr" => internal_addr = Some(value()?),
+            "--drain-timeout" => drain_timeout = value()?,
+            "--no-forwarding" => forwarding = false,
             "-h" | "--help" => {
                 println!(
                     "usage: node [--listen ADDR] [--node NAME] [--redis URL] [--tag TAG] \
-                     [--cookie-secure true|false] [--cookie-name NAME] [--transport-only]"
+                     [--cookie-secure true|false] [--cookie-name NAME] [--transport-only] \
+                     [--internal-addr ADDR] [--drain-timeout SECS] [--no-forwarding]"
                 );
                 std::process::exit(0);
             }
@@ -107,6 +138,17 @@ fn parse_args() -> Result<Args, String> {
         cookie_secure,
         cookie_name,
         transport_only,
+        internal_addr: internal_addr
+            .map(|a| a.parse().map_err(|e| format!("--internal-addr {a}: {e}")))
+            .transpose()?,
+        drain_timeout: Duration::from_secs_f64(
+            drain_timeout
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| format!("--drain-timeout {drain_timeout}: expected seconds"))?,
+        ),
+        forwarding,
     })
 }
 
@@ -303,7 +345,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std::error::Error>> {
-    let registry = SessionRegistryLayer::new(store, args.node.clone())?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
+    let registry = SessionRegistryLayer::builder(store, args.node.clone())
+        // Where the other nodes forward this node's sessions' requests: an internal address
+        // in a real deployment (here, by default, the one the node listens on).
+        .with_internal_address(args.internal_addr.unwrap_or(local))
+        .with_forwarding(args.forwarding)
+        .build()?;
     let registry_handle = registry.handle();
     let tag = match &args.tag {
         Some(t) => NodeTag::new(t).map_err(|e| format!("--tag {t}: {e}"))?,
@@ -326,31 +375,38 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     };
     let handler = handler_fn(move |req, cx| handle_request(app.clone(), req, cx));
     let node_header = HeaderValue::from_str(&args.node)?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let local = listener.local_addr()?;
     println!(
         "MCP node {} (tag {}) listening on http://{local}/mcp",
         args.node,
         affinity.tag()
     );
     tracing::info!(node = %args.node, tag = %affinity.tag(), %local, "listening");
+    let ops = Ops::new(
+        handle.clone(),
+        (!args.transport_only).then(|| registry_handle.clone()),
+    );
+    let drained = drain_on_signal(ops.clone(), args.drain_timeout);
     let connections = if args.transport_only {
         tracing::info!("transport only: no registry");
         let mcp = ServiceBuilder::new().layer(transport).service(handler);
-        serve_node(listener, mcp, node_header).await
+        serve_node(listener, mcp, node_header, ops.clone(), drained).await
     } else {
         let mcp = ServiceBuilder::new()
             .layer(affinity.clone())
             .layer(registry)
             .layer(transport)
             .service(handler);
-        serve_node(listener, mcp, node_header).await
+        serve_node(listener, mcp, node_header, ops.clone(), drained).await
     };
+    // No longer accepting: close the sessions (their records stay for the nodes that adopt
+    // them), land the registry's writes, and leave the cluster.
     let closed = handle.shutdown().await;
     let flushed = registry_handle.flush(Duration::from_secs(10)).await;
+    let left = registry_handle.leave(Duration::from_secs(1)).await;
     tracing::info!(
         closed,
         flushed,
+        left,
         "sessions closed, registry flushed; draining connections"
     );
     if tokio::time::timeout(Duration::from_secs(10), connections.shutdown())
@@ -362,10 +418,100 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     Ok(())
 }
 
-/// The node's other routes: `/healthz` and a stand-in `/graphql`.
-fn routes() -> Router {
+/// What the node's own routes and its drain read: the handles, whether the node drains, and
+/// how many `/mcp` requests it has seen.
+#[derive(Clone)]
+struct Ops {
+    transport: TransportHandle,
+    stats: Arc<dyn Fn() -> Value + Send + Sync>,
+    drain_registry: Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>,
+    draining: Arc<AtomicBool>,
+    requests: Arc<AtomicU64>,
+}
+
+impl Ops {
+    fn new<R: RegistryStore>(transport: TransportHandle, registry: Option<RegistryHandle<R>>) -> Self {
+        let for_stats = registry.clone();
+        let t = transport.clone();
+        let stats = move || {
+            let registry = for_stats.as_ref().map(|r| {
+                let s = r.stats();
+                json!({
+                    "registered": s.registered, "removed": s.removed, "misroutes": s.misroutes,
+                    "unknown": s.unknown, "node_restarted": s.node_restarted,
+                    "forwarded": s.forwarded, "forward_failures": s.forward_failures,
+                    "adopted": s.adopted, "adoptions_lost": s.adoptions_lost,
+                    "orphans_removed": s.orphans_removed, "store_errors": s.store_errors,
+                    "cleanup_pending": s.cleanup_pending, "tracked": s.tracked,
+                })
+            });
+            json!({"registry": registry, "transport": {"sessions": t.session_count()}})
+        };
+        let drain_registry = move || -> futures_util::future::BoxFuture<'static, bool> {
+            let r = registry.clone();
+            Box::pin(async move {
+                match r {
+                    Some(r) => r.drain(Duration::from_secs(1)).await,
+                    None => false,
+                }
+            })
+        };
+        Self {
+            transport,
+            stats: Arc::new(stats),
+            drain_registry: Arc::new(drain_registry),
+            draining: Arc::new(AtomicBool::new(false)),
+            requests: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, then drains while the node still accepts: the liveness record
+/// says `draining`, `/healthz` fails, GET streams end with a `retry:` hint; it returns once no
+/// `/mcp` request arrived for half a second (the balancer has stopped routing here) and none
+/// is running, or when `timeout` has passed.
+async fn drain_on_signal(ops: Ops, timeout: Duration) {
+    shutdown_signal().await;
+    let started = tokio::time::Instant::now();
+    ops.draining.store(true, Ordering::Relaxed);
+    let announced = (ops.drain_registry)().await;
+    let streams = ops.transport.drain();
+    tracing::info!(announced, streams, "draining");
+    let quiet = Duration::from_millis(500);
+    let mut seen = ops.requests.load(Ordering::Relaxed);
+    let mut quiet_since = tokio::time::Instant::now();
+    while started.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = ops.requests.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            quiet_since = tokio::time::Instant::now();
+        } else if quiet_since.elapsed() >= quiet && ops.transport.running_handlers() == 0 {
+            break;
+        }
+    }
+    tracing::info!(elapsed = ?started.elapsed(), "drained");
+}
+
+/// The node's other routes: `/healthz`, `/stats` and a stand-in `/graphql`.
+fn routes(ops: &Ops) -> Router {
+    let draining = ops.draining.clone();
+    let stats = ops.stats.clone();
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let draining = draining.load(Ordering::Relaxed);
+                async move {
+                    if draining {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining")
+                    } else {
+                        (axum::http::StatusCode::OK, "ok")
+                    }
+                }
+            }),
+        )
+        .route("/stats", get(move || async move { axum::Json(stats()) }))
         .route(
             "/graphql",
             get(|| async { "graphql" }).post(|| async { "graphql" }),
@@ -384,6 +530,7 @@ type NodeBody<B> = http_body_util::Either<B, axum::body::Body>;
 struct McpFirst<M> {
     mcp: M,
     router: Router,
+    requests: Arc<AtomicU64>,
 }
 
 impl<M, B> Service<Request<Incoming>> for McpFirst<M>
@@ -408,6 +555,7 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         if req.uri().path() == "/mcp" {
+            self.requests.fetch_add(1, Ordering::Relaxed);
             // The ready service serves this request; this one keeps the clone.
             let clone = self.mcp.clone();
             let mut ready = std::mem::replace(&mut self.mcp, clone);
@@ -423,13 +571,15 @@ where
     }
 }
 
-/// Serves the node on HTTP/1.1 until SIGINT or SIGTERM: `/mcp` by `mcp`, every other path by
+/// Serves the node on HTTP/1.1 until `stop` completes (the drain after SIGINT or SIGTERM): `/mcp` by `mcp`, every other path by
 /// the axum [`routes`], and `x-mcp-node: <node>` on every response. Returns the open
 /// connections, to be drained once the sessions are closed.
 async fn serve_node<M, B>(
     listener: tokio::net::TcpListener,
     mcp: M,
     node: HeaderValue,
+    ops: Ops,
+    stop: impl Future<Output = ()>,
 ) -> hyper_util::server::graceful::GracefulShutdown
 where
     M: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -450,12 +600,13 @@ where
         })
         .service(McpFirst {
             mcp,
-            router: routes(),
+            router: routes(&ops),
+            requests: ops.requests.clone(),
         });
     // One HTTP/1.1 connection per accepted socket (hyper's `http1`, no protocol sniffing),
     // and a graceful-shutdown watcher on each connection.
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut signal = std::pin::pin!(shutdown_signal());
+    let mut signal = std::pin::pin!(stop);
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -210,10 +210,20 @@ async fn initialize_writes_the_record_with_key_value_and_ttl() {
 async fn happy_path_makes_no_redis_call() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).await.expect("redis");
-    let node = Node::start(store, "node-a").await;
+    // Everything on: liveness, forwarding, adoption. The liveness record is written at start
+    // and then every hour, so no background write lands among the requests counted.
+    let registry = SessionRegistryLayer::builder(store, "node-a")
+        .with_internal_address("127.0.0.1:9".parse().unwrap())
+        .with_forwarding(true)
+        .with_adoption(true)
+        .with_liveness(Duration::from_secs(7200), Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let node = Node::start_with(registry, SseTransportLayer::new()).await;
     let mut c = node.client();
     c.connect("2025-11-25").await;
     node.flush().await;
+    eventually("the liveness record was written", || redis.command_count("sadd") > 0).await;
     redis.reset_stats();
     let before = redis_calls(&redis);
     for i in 0..100 {
@@ -236,15 +246,19 @@ async fn happy_path_makes_no_redis_call() {
 async fn modern_traffic_registers_nothing() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).await.expect("redis");
-    let node = Node::start(store, "node-a").await;
+    // The liveness record is written at start, then not again within the test.
+    let registry = SessionRegistryLayer::builder(store, "node-a")
+        .with_liveness(Duration::from_secs(7200), Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let node = Node::start_with(registry, SseTransportLayer::new()).await;
     let http = support::http_client();
     let url = format!("http://{}/mcp", node.addr);
     let meta = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {}
     });
-    // The boot cleanup of a previous incarnation (one ZSCAN of an empty index) is done first.
-    eventually("boot cleanup ran", || redis.command_count("zscan") > 0).await;
+    eventually("the liveness record was written", || redis.command_count("sadd") > 0).await;
     redis.reset_stats();
     let before = redis_calls(&redis);
     for i in 0..20 {
@@ -618,7 +632,7 @@ async fn fail_closed_refuses_initialize_while_redis_is_down() {
 }
 
 #[tokio::test]
-async fn a_restarted_node_cleans_its_previous_incarnation() {
+async fn a_restarted_node_leaves_its_previous_records_adoptable_until_the_idle_timeout() {
     let redis = RedisServer::start();
     let first = Node::start(RedisStore::connect(&redis.url()).await.unwrap(), "node-a").await;
     let mut old = Vec::new();
@@ -641,17 +655,36 @@ async fn a_restarted_node_cleans_its_previous_incarnation() {
         .await
         .unwrap();
 
-    let second = Node::start(RedisStore::connect(&redis.url()).await.unwrap(), "node-a").await;
-    // The cleanup starts with the service, before any request reaches the new process.
-    eventually("previous incarnation's records removed at boot", || {
-        old.iter().all(|id| redis.get(&key(id)).is_none())
+    let idle = Duration::from_secs(2);
+    let registry = SessionRegistryLayer::builder(
+        RedisStore::connect(&redis.url()).await.unwrap(),
+        "node-a",
+    )
+    .with_idle_timeout(idle)
+    .build()
+    .unwrap();
+    let second = Node::start_with(registry, SseTransportLayer::new()).await;
+    // Nothing is removed at boot: the previous process's sessions are its clients'.
+    eventually("the new process announced itself", || {
+        redis.command_count("sadd") > 0
     })
     .await;
-    assert_eq!(second.registry.stats().stale_removed, 3);
+    assert!(old.iter().all(|id| redis.get(&key(id)).is_some()));
+    // The first one's next request adopts it here, under the new incarnation.
     let mut c = second.client();
     c.session = Some(old[0].clone());
     let r = c.post(&ping()).send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 200, "adopted");
+    let adopted: Value = serde_json::from_str(&redis.get(&key(&old[0])).expect("record")).unwrap();
+    assert_eq!(adopted["i"], second.registry.incarnation());
+    assert_eq!(second.registry.stats().adopted, 1);
+    // Once the idle timeout has passed, the records nobody claimed go; the adopted one stays.
+    eventually("unclaimed records removed after the idle timeout", || {
+        old[1..].iter().all(|id| redis.get(&key(id)).is_none())
+    })
+    .await;
+    assert!(redis.get(&key(&old[0])).is_some(), "the adopted record stays");
+    assert_eq!(second.registry.stats().orphans_removed, 2);
     assert!(
         redis.get(&key("other-node-session")).is_some(),
         "other nodes' records stay"
