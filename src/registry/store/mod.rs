@@ -222,6 +222,7 @@ impl SessionRecord {
     /// assert!(record.is_restorable());
     /// assert_eq!(record.to_json(), r#"{"n":"node-a","i":"7f3a","c":1,"v":"2025-11-25","ci":{"name":"c","version":"1"}}"#);
     /// ```
+    #[must_use]
     pub fn with_restore(
         mut self,
         protocol_version: impl Into<String>,
@@ -488,6 +489,7 @@ impl NodeRecord {
     /// let record = NodeRecord::new(NodeState::Serving, "1").with_address("127.0.0.1:9000");
     /// assert_eq!(record.address.as_deref(), Some("127.0.0.1:9000"));
     /// ```
+    #[must_use]
     pub fn with_address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
         self
