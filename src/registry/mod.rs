@@ -76,6 +76,8 @@
 //! ```
 
 mod body;
+#[cfg(feature = "forward")]
+mod forward;
 mod future;
 mod layer;
 mod limit;
