@@ -430,7 +430,10 @@ struct Ops {
 }
 
 impl Ops {
-    fn new<R: RegistryStore>(transport: TransportHandle, registry: Option<RegistryHandle<R>>) -> Self {
+    fn new<R: RegistryStore>(
+        transport: TransportHandle,
+        registry: Option<RegistryHandle<R>>,
+    ) -> Self {
         let for_stats = registry.clone();
         let t = transport.clone();
         let stats = move || {
@@ -511,7 +514,18 @@ fn routes(ops: &Ops) -> Router {
                 }
             }),
         )
-        .route("/stats", get(move || async move { axum::Json(stats()) }))
+        .route(
+            "/stats",
+            get(move || {
+                let body = stats().to_string();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        body,
+                    )
+                }
+            }),
+        )
         .route(
             "/graphql",
             get(|| async { "graphql" }).post(|| async { "graphql" }),

@@ -223,7 +223,10 @@ async fn happy_path_makes_no_redis_call() {
     let mut c = node.client();
     c.connect("2025-11-25").await;
     node.flush().await;
-    eventually("the liveness record was written", || redis.command_count("sadd") > 0).await;
+    eventually("the liveness record was written", || {
+        redis.command_count("sadd") > 0
+    })
+    .await;
     redis.reset_stats();
     let before = redis_calls(&redis);
     for i in 0..100 {
@@ -258,7 +261,10 @@ async fn modern_traffic_registers_nothing() {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {}
     });
-    eventually("the liveness record was written", || redis.command_count("sadd") > 0).await;
+    eventually("the liveness record was written", || {
+        redis.command_count("sadd") > 0
+    })
+    .await;
     redis.reset_stats();
     let before = redis_calls(&redis);
     for i in 0..20 {
@@ -656,13 +662,11 @@ async fn a_restarted_node_leaves_its_previous_records_adoptable_until_the_idle_t
         .unwrap();
 
     let idle = Duration::from_secs(2);
-    let registry = SessionRegistryLayer::builder(
-        RedisStore::connect(&redis.url()).await.unwrap(),
-        "node-a",
-    )
-    .with_idle_timeout(idle)
-    .build()
-    .unwrap();
+    let registry =
+        SessionRegistryLayer::builder(RedisStore::connect(&redis.url()).await.unwrap(), "node-a")
+            .with_idle_timeout(idle)
+            .build()
+            .unwrap();
     let second = Node::start_with(registry, SseTransportLayer::new()).await;
     // Nothing is removed at boot: the previous process's sessions are its clients'.
     eventually("the new process announced itself", || {
@@ -683,7 +687,10 @@ async fn a_restarted_node_leaves_its_previous_records_adoptable_until_the_idle_t
         old[1..].iter().all(|id| redis.get(&key(id)).is_none())
     })
     .await;
-    assert!(redis.get(&key(&old[0])).is_some(), "the adopted record stays");
+    assert!(
+        redis.get(&key(&old[0])).is_some(),
+        "the adopted record stays"
+    );
     assert_eq!(second.registry.stats().orphans_removed, 2);
     assert!(
         redis.get(&key("other-node-session")).is_some(),
