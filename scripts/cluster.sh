@@ -6,6 +6,9 @@
 #   scripts/cluster.sh --nginx    nginx pinning /mcp on the node tag in the session id (nginx.conf)
 #   scripts/cluster.sh --roundrobin  HAProxy with no affinity: plain round robin on /mcp, the nodes
 #                                 forward and adopt (haproxy-roundrobin.cfg)
+#   scripts/cluster.sh --roll     (from another terminal) rolling restart of the running cluster:
+#                                 each node in turn gets SIGTERM (it drains), is started again and
+#                                 is waited for; connected clients keep their sessions
 #
 # What runs, all on 127.0.0.1: redis-server on 16380, three example nodes (examples/node.rs)
 # n1, n2, n3 on 18081-18083 sharing that Redis, and the balancer on 8080 (HAProxy's stats
@@ -24,8 +27,9 @@ for arg in "$@"; do
         --nginx) MODE=nginx ;;
         --header) MODE=header ;;
         --roundrobin) MODE=roundrobin ;;
+        --roll) MODE=roll ;;
         -h | --help)
-            sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -45,6 +49,17 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 NODE_BIN=${MCP_NODE_BIN:-$TARGET_DIR/debug/examples/node}
 
 say() { printf '==> %s\n' "$*"; }
+
+if [[ "$MODE" == roll ]]; then
+    pid=$(cat "$LOG_DIR/cluster.pid" 2>/dev/null || true)
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || {
+        echo "no running cluster (start scripts/cluster.sh first)" >&2
+        exit 1
+    }
+    kill -USR1 "$pid"
+    echo "rolling restart requested; the cluster's terminal shows its progress"
+    exit 0
+fi
 die() {
     printf 'error: %s\n' "$*" >&2
     exit 1
@@ -122,8 +137,8 @@ cleanup() { # cleanup [STATUS]: stops what was started, exits with STATUS (defau
     if ((${#PIDS[@]})); then
         echo
         say "stopping"
-        # Balancer first, then the nodes (SIGTERM: graceful, sessions closed and their Redis
-        # records removed), then Redis.
+        # Balancer first, then the nodes (SIGTERM: each drains; its sessions' records stay for
+        # adoption until the idle timeout), then Redis.
         local i
         for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
             kill -TERM "${PIDS[i]}" 2>/dev/null || true
@@ -160,12 +175,17 @@ say "starting redis-server on 127.0.0.1:$REDIS_PORT"
 started redis $!
 wait_until "redis-server" 10 listening "$REDIS_PORT"
 
+start_node() { # start_node I: starts node nI (appending to its log), sets NODE_PID
+    local port=${NODE_PORTS[$1 - 1]}
+    say "starting node n$1 on 127.0.0.1:$port"
+    "$NODE_BIN" --listen "127.0.0.1:$port" --node "n$1" --redis "redis://127.0.0.1:$REDIS_PORT/" \
+        "${NODE_ARGS[@]}" >>"$LOG_DIR/n$1.log" 2>&1 &
+    NODE_PID=$!
+}
 for i in 1 2 3; do
-    port=${NODE_PORTS[i - 1]}
-    say "starting node n$i on 127.0.0.1:$port"
-    "$NODE_BIN" --listen "127.0.0.1:$port" --node "n$i" --redis "redis://127.0.0.1:$REDIS_PORT/" \
-        "${NODE_ARGS[@]}" >"$LOG_DIR/n$i.log" 2>&1 &
-    started "n$i" $!
+    : >"$LOG_DIR/n$i.log"
+    start_node "$i"
+    started "n$i" "$NODE_PID"
 done
 for port in "${NODE_PORTS[@]}"; do
     wait_until "node on port $port" 30 http_ok "$port" /healthz
@@ -212,8 +232,33 @@ for ((i = 0; i < ${#PIDS[@]}; i++)); do
     printf '  %-8s pid %s\n' "${NAMES[i]}" "${PIDS[i]}"
 done
 
+# A rolling restart on SIGUSR1 (scripts/cluster.sh --roll): each node drains and exits on
+# SIGTERM, starts again, and is waited for (healthy, then two HAProxy checks) before the next.
+ROLL=0
+trap 'ROLL=1' USR1
+echo $$ >"$LOG_DIR/cluster.pid"
+roll() {
+    local i j
+    for ((j = 0; j < ${#PIDS[@]}; j++)); do
+        [[ "${NAMES[j]}" == n[123] ]] || continue
+        i=${NAMES[j]#n}
+        say "rolling: n$i (SIGTERM, drain)"
+        kill -TERM "${PIDS[j]}" 2>/dev/null || true
+        wait "${PIDS[j]}" 2>/dev/null || true
+        start_node "$i"
+        PIDS[j]=$NODE_PID
+        wait_until "node n$i" 30 http_ok "${NODE_PORTS[i - 1]}" /healthz
+        sleep 3
+    done
+    say "rolling restart done"
+}
+
 # Run until Ctrl-C, or until the balancer or Redis exits (a node may be stopped on purpose).
 while true; do
+    if ((ROLL)); then
+        ROLL=0
+        roll
+    fi
     for ((i = 0; i < ${#PIDS[@]}; i++)); do
         case "${NAMES[i]}" in
             redis | haproxy | nginx)
