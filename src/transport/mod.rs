@@ -67,6 +67,7 @@ mod layer;
 mod limit;
 mod read;
 mod request_body;
+mod restore;
 mod service;
 
 pub use body::ResponseBody;
