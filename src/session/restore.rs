@@ -24,7 +24,7 @@ use crate::protocol::ProtocolVersion;
 /// use mcp_affinity::protocol::ProtocolVersion;
 /// use mcp_affinity::session::{RestoreSession, SessionId};
 ///
-/// let restore = RestoreSession::new(SessionId::new("n1.abc").unwrap(), ProtocolVersion::V2025_11_25);
+/// let restore = RestoreSession::new(SessionId::parse("n1.abc").unwrap(), ProtocolVersion::V2025_11_25);
 /// let mut req = http::Request::new(());
 /// req.extensions_mut().insert(restore);
 /// assert!(req.extensions().get::<RestoreSession>().is_some());
@@ -54,7 +54,7 @@ impl RestoreSession {
     /// use mcp_affinity::protocol::ProtocolVersion;
     /// use mcp_affinity::session::{RestoreSession, SessionId};
     ///
-    /// let r = RestoreSession::new(SessionId::new("s1").unwrap(), ProtocolVersion::V2025_06_18);
+    /// let r = RestoreSession::new(SessionId::parse("s1").unwrap(), ProtocolVersion::V2025_06_18);
     /// assert_eq!(r.protocol_version, ProtocolVersion::V2025_06_18);
     /// assert!(r.principal.is_none());
     /// ```
@@ -76,7 +76,7 @@ impl RestoreSession {
     /// use mcp_affinity::protocol::ProtocolVersion;
     /// use mcp_affinity::session::{RestoreSession, SessionId};
     ///
-    /// let r = RestoreSession::new(SessionId::new("s1").unwrap(), ProtocolVersion::V2025_11_25)
+    /// let r = RestoreSession::new(SessionId::parse("s1").unwrap(), ProtocolVersion::V2025_11_25)
     ///     .with_client(Some(serde_json::json!({"name": "c", "version": "1"})), None);
     /// assert_eq!(r.client_info.unwrap()["name"], "c");
     /// ```
@@ -95,7 +95,7 @@ impl RestoreSession {
     /// use mcp_affinity::protocol::ProtocolVersion;
     /// use mcp_affinity::session::{principal_digest, RestoreSession, SessionId};
     ///
-    /// let r = RestoreSession::new(SessionId::new("s1").unwrap(), ProtocolVersion::V2025_11_25)
+    /// let r = RestoreSession::new(SessionId::parse("s1").unwrap(), ProtocolVersion::V2025_11_25)
     ///     .with_principal(Some(principal_digest("ada")));
     /// assert_eq!(r.principal.as_deref(), Some(principal_digest("ada").as_str()));
     /// ```
@@ -136,9 +136,10 @@ pub struct SessionRestored;
 /// ```
 /// use mcp_affinity::session::Forwarded;
 ///
-/// let mut res = http::Response::new(());
-/// res.extensions_mut().insert(Forwarded);
-/// assert!(res.extensions().get::<Forwarded>().is_some());
+/// fn forwarded<B>(res: &http::Response<B>) -> bool {
+///     res.extensions().get::<Forwarded>().is_some()
+/// }
+/// assert!(!forwarded(&http::Response::new(())));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

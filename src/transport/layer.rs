@@ -42,7 +42,10 @@ use crate::session::{
 ///
 /// Innermost of this crate's layers: `SessionAffinityLayer` → `SessionRegistryLayer` →
 /// `SseTransportLayer` → handler. Put authentication outside it if sessions are bound to a
-/// principal ([`with_principal`](SseTransportBuilder::with_principal)).
+/// principal ([`with_principal`](SseTransportBuilder::with_principal)). The registry must sit
+/// outside it for sessions to be restored: it is what passes the
+/// [`RestoreSession`](crate::session::RestoreSession) a restore needs, and what reads the
+/// [`Session`](crate::session::Session) off the restoring request's response.
 ///
 /// # Backpressure
 ///
@@ -70,7 +73,9 @@ use crate::session::{
 /// while busy, so neither a handler nor a stream that never ends holds a place or a session
 /// for ever. `initialize` and notifications run inside their `POST`, never
 /// in a task of their own, and count against neither bound: what bounds open requests (a
-/// `ConcurrencyLimitLayer`, the server's connection limit) bounds them.
+/// `ConcurrencyLimitLayer`, the server's connection limit) bounds them. A request that
+/// restores a session runs the restore hook inline; a request for the same session arriving
+/// meanwhile waits for that restore (without a thread), then is served like any other.
 ///
 /// # Example
 ///
@@ -684,7 +689,11 @@ impl SseTransportBuilder {
     }
 
     /// Binds each session to the principal that created it: a request from another principal
-    /// gets the same `404` as an unknown session.
+    /// gets the same `404` as an unknown session. The session keeps the principal's digest
+    /// ([`principal_digest`](crate::session::principal_digest)), never the principal, and
+    /// each request of a bound session costs one SHA-256 of its principal. A restored session
+    /// keeps its binding: a restore is refused (the same `404`) unless the request's principal
+    /// has the digest the [`RestoreSession`](crate::session::RestoreSession) names.
     ///
     /// # Example
     ///
@@ -774,7 +783,7 @@ impl SseTransportBuilder {
     /// }));
     ///
     /// // What the session registry does when it takes over a session another node created:
-    /// let id = SessionId::new("n1.abc").unwrap();
+    /// let id = SessionId::parse("n1.abc").unwrap();
     /// let restore = RestoreSession::new(id.clone(), ProtocolVersion::V2025_11_25)
     ///     .with_client(Some(serde_json::json!({"name": "ada", "version": "1"})), Some(serde_json::json!({})));
     /// let mut req = http::Request::post("/mcp")
