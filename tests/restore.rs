@@ -703,6 +703,12 @@ async fn drain_ends_standalone_streams_and_keeps_serving_sessions() {
         .unwrap();
     let ev = event(&mut late).await.unwrap();
     assert!(ev.contains(r#""n":2"#), "{ev}");
+    assert_eq!(handle.drain(), 0);
+    session
+        .notify("notifications/message", Some(json!({"n": 3})))
+        .unwrap();
+    let ev = event(&mut late).await.unwrap();
+    assert!(ev.contains(r#""n":3"#), "{ev}");
     // ...until shutdown, which closes the sessions with the hint.
     assert_eq!(handle.shutdown().await, 2);
     assert_eq!(event(&mut late).await.as_deref(), Some("retry: 1234\n\n"));

@@ -1101,7 +1101,7 @@ impl TransportHandle {
     /// are served: running handlers finish (see [`running_handlers`](Self::running_handlers)),
     /// and new requests on existing sessions are answered. A stream opened after the drain
     /// began stays open until [`shutdown`](Self::shutdown). Returns the number of streams
-    /// ended.
+    /// ended; once draining (or shut down), a call ends nothing and returns 0.
     ///
     /// Draining sets [`is_shutting_down`](Self::is_shutting_down): there is one flag, "no
     /// new sessions here".
@@ -1142,7 +1142,9 @@ impl TransportHandle {
     /// # }
     /// ```
     pub fn drain(&self) -> usize {
-        self.shared.draining.store(true, Ordering::Release);
+        if self.shared.draining.swap(true, Ordering::AcqRel) {
+            return 0;
+        }
         let retry = self.shared.config.retry;
         let ended = self
             .shared
