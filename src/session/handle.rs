@@ -155,7 +155,9 @@ struct Mutable {
 pub(crate) struct Inner {
     pub(crate) id: SessionId,
     pub(crate) log: EventLog,
-    pub(crate) principal: Option<Box<str>>,
+    /// The digest of the principal the session is bound to ([`super::principal_digest`]),
+    /// never the principal itself.
+    principal: Option<Box<str>>,
     version: OnceLock<ProtocolVersion>,
     client_info: OnceLock<Value>,
     client_capabilities: OnceLock<Value>,
@@ -257,17 +259,52 @@ pub(crate) fn encode_message(
 }
 
 impl Session {
+    /// A new session; `principal` is the digest of the principal it is bound to
+    /// ([`super::principal_digest`]).
     pub(crate) fn new(
         id: SessionId,
         principal: Option<Box<str>>,
         config: SessionConfig,
         now_ms: u64,
     ) -> Self {
+        let log = EventLog::new(config.log, true);
+        Self::with_log(id, principal, config, now_ms, log)
+    }
+
+    /// A session restored on this node from what another node (or a previous process of this
+    /// one) knew of it, complete before anything else can see it: negotiated, initialized.
+    /// `standalone_after` is the last event id of the standalone stream the client reports
+    /// (`Last-Event-ID`), so the new log's standalone stream numbers its events after it.
+    pub(crate) fn restored(
+        restore: &super::RestoreSession,
+        config: SessionConfig,
+        now_ms: u64,
+        standalone_after: Option<u32>,
+    ) -> Self {
+        let log = EventLog::restored(config.log, standalone_after.unwrap_or(0));
+        let principal = restore.principal.as_deref().map(Box::from);
+        let session = Self::with_log(restore.id.clone(), principal, config, now_ms, log);
+        session.set_initialized(
+            restore.protocol_version,
+            restore.client_info.clone(),
+            restore.client_capabilities.clone(),
+        );
+        session.mark_initialized();
+        session
+    }
+
+    fn with_log(
+        id: SessionId,
+        principal: Option<Box<str>>,
+        config: SessionConfig,
+        now_ms: u64,
+        log: EventLog,
+    ) -> Self {
         let (closed_tx, _) = watch::channel(None);
         Self {
             inner: Arc::new(Inner {
                 id,
-                log: EventLog::new(config.log, true),
+                log,
                 principal,
                 version: OnceLock::new(),
                 client_info: OnceLock::new(),
@@ -288,6 +325,22 @@ impl Session {
                 config,
                 running: std::sync::atomic::AtomicUsize::new(0),
             }),
+        }
+    }
+
+    /// The digest of the principal the session is bound to ([`super::principal_digest`]), if
+    /// it is bound to one: what the registry's record carries.
+    pub(crate) fn principal_digest(&self) -> Option<&str> {
+        self.inner.principal.as_deref()
+    }
+
+    /// Whether a request whose principal is `principal` may use this session: the digests
+    /// agree, or neither has one. One SHA-256, no allocation.
+    pub(crate) fn principal_matches(&self, principal: Option<&str>) -> bool {
+        match (principal, self.inner.principal.as_deref()) {
+            (None, None) => true,
+            (Some(p), Some(bound)) => super::digest_hex(p)[..] == *bound.as_bytes(),
+            _ => false,
         }
     }
 
@@ -792,11 +845,6 @@ impl Session {
         if let Some(caps) = capabilities {
             let _ = self.inner.client_capabilities.set(caps);
         }
-    }
-
-    /// The digest of the principal the session is bound to, if bound.
-    pub(crate) fn principal_digest(&self) -> Option<&str> {
-        self.inner.principal.as_deref()
     }
 
     pub(crate) fn mark_initialized(&self) {

@@ -21,6 +21,14 @@ use tokio::time::Instant;
 /// The standalone (GET) stream of a session.
 pub(crate) const STANDALONE: u32 = 0;
 
+/// The first POST stream id of a restored session's log: random in `[2^20, 2^31)`, far from
+/// the small ids the session's former node numbered from 1.
+fn restored_stream_base() -> u32 {
+    // Without a random source, still far from 1; only the spread is lost.
+    let r = getrandom::u32().unwrap_or(1 << 30);
+    (r & ((1 << 31) - 1)).max(1 << 20)
+}
+
 /// Hashes the stream ids of one log. They are small sequential numbers this log assigns (never
 /// chosen by a client), so a multiplicative hash spreads them well and needs none of SipHash's
 /// flooding resistance; several lookups happen per request and per delivered event.
@@ -90,6 +98,9 @@ struct Stream {
     /// The server asked to close the connection before any reader attached: the next
     /// (non-resuming) reader delivers what is there and ends.
     detach_pending: bool,
+    /// The reader told to end (the node drains): it delivers what is there, then ends with
+    /// this reconnect hint. A reader attached later is not affected.
+    end_reader: Option<(u64, Duration)>,
 }
 
 impl Stream {
@@ -104,6 +115,7 @@ impl Stream {
             waker: None,
             phase_waker: None,
             detach_pending: false,
+            end_reader: None,
         }
     }
 
@@ -270,6 +282,23 @@ impl EventLog {
             }),
             limits,
         }
+    }
+
+    /// The log of a session restored on this node: its standalone stream numbers its events
+    /// after `standalone_after` (the last one the client reports having), and its POST streams
+    /// start at a random id, so an event id the client kept from the session's former node
+    /// names no stream of this log (rather than another request's).
+    pub(crate) fn restored(limits: LogLimits, standalone_after: u32) -> Self {
+        let log = Self::new(limits, true);
+        {
+            let mut s = log.lock();
+            if let Some(st) = s.streams.get_mut(&STANDALONE) {
+                st.next_seq = standalone_after.saturating_add(1);
+                st.delivered = standalone_after;
+            }
+            s.next_stream = restored_stream_base();
+        }
+        log
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -545,6 +574,12 @@ impl EventLog {
             cursor.done = true;
             return Poll::Ready(Item::End { retry: None });
         }
+        if let Some((reader, retry)) = st.end_reader
+            && reader == cursor.reader
+        {
+            cursor.done = true;
+            return Poll::Ready(Item::End { retry: Some(retry) });
+        }
         st.waker = Some(cx.waker().clone());
         Poll::Pending
     }
@@ -604,10 +639,42 @@ impl EventLog {
         self.lock().readers
     }
 
-    /// Whether a stream exists (for `Last-Event-ID` resumption).
+    /// Whether a stream exists.
+    #[cfg(test)]
     pub(crate) fn has_stream(&self, stream: u32) -> bool {
         let s = self.lock();
         s.streams.contains_key(&stream) || s.untouched.contains(stream)
+    }
+
+    /// Whether this log issued the event id `stream-seq` (or the priming id `stream-0`): its
+    /// stream exists and has numbered that far. A `Last-Event-ID` naming anything else was
+    /// not issued here (another node's, or forged), so resuming from it would skip this
+    /// log's events.
+    pub(crate) fn issued(&self, stream: u32, seq: u32) -> bool {
+        let s = self.lock();
+        match s.streams.get(&stream) {
+            Some(st) => seq < st.next_seq,
+            None => seq == 0 && s.untouched.contains(stream),
+        }
+    }
+
+    /// Ends the current reader of `stream` (the node drains): it delivers the events it has
+    /// not yet sent, then ends with the reconnect hint `retry`, so its client reconnects
+    /// (with `Last-Event-ID`), possibly to another node. The stream stays: a later reader
+    /// attaches as usual. Returns whether a reader was told to end.
+    pub(crate) fn end_reader(&self, stream: u32, retry: Duration) -> bool {
+        let mut s = self.lock();
+        if s.closed.is_some() {
+            return false;
+        }
+        match s.streams.get_mut(&stream) {
+            Some(st) if st.reader != 0 => {
+                st.end_reader = Some((st.reader, retry));
+                st.wake_reader();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// (events held, bytes held, events dropped before delivery) — for tests and metrics.
@@ -933,5 +1000,64 @@ mod tests {
             l.poll_next(&mut old, &mut cx()),
             Poll::Ready(Item::End { .. })
         ));
+    }
+
+    #[test]
+    fn an_ended_reader_delivers_what_it_has_then_ends_with_the_hint() {
+        let l = log(16);
+        let retry = Duration::from_millis(1500);
+        // No reader: nothing to end.
+        assert!(!l.end_reader(STANDALONE, retry));
+        let mut old = l.attach(STANDALONE, None, true, false).unwrap();
+        l.append(STANDALONE, Bytes::from_static(b"a"), false)
+            .unwrap();
+        assert!(l.end_reader(STANDALONE, retry));
+        assert_eq!(next(&l, &mut old), Some((STANDALONE, 1)));
+        assert!(matches!(
+            l.poll_next(&mut old, &mut cx()),
+            Poll::Ready(Item::End { retry: Some(r) }) if r == retry
+        ));
+        l.release(&old);
+        assert_eq!(l.readers(), 0);
+        // The stream stays: a later reader is not told to end.
+        let mut new = l.attach(STANDALONE, None, true, false).unwrap();
+        l.append(STANDALONE, Bytes::from_static(b"b"), false)
+            .unwrap();
+        assert_eq!(next(&l, &mut new), Some((STANDALONE, 2)));
+        assert!(l.poll_next(&mut new, &mut cx()).is_pending());
+    }
+
+    #[test]
+    fn issued_ids_and_a_restored_log() {
+        let l = log(16);
+        assert!(l.issued(STANDALONE, 0));
+        assert!(!l.issued(STANDALONE, 1), "not numbered yet");
+        l.append(STANDALONE, Bytes::from_static(b"a"), false)
+            .unwrap();
+        assert!(l.issued(STANDALONE, 1));
+        let s = l.open_stream().unwrap();
+        assert!(l.issued(s, 0), "the priming id of an untouched stream");
+        assert!(!l.issued(s, 1));
+        assert!(!l.issued(s + 1, 0), "no such stream");
+
+        // Restored after the client's `0-41`: the standalone stream goes on at 42, and POST
+        // streams are numbered far from the former node's.
+        let r = EventLog::restored(
+            LogLimits {
+                max_events: 16,
+                max_bytes: 1 << 20,
+            },
+            41,
+        );
+        assert!(r.issued(STANDALONE, 41));
+        assert!(!r.issued(STANDALONE, 42));
+        let mut c = r.attach(STANDALONE, None, true, false).unwrap();
+        assert_eq!(c.last_seq(), 41);
+        r.append(STANDALONE, Bytes::from_static(b"n"), false)
+            .unwrap();
+        assert_eq!(next(&r, &mut c), Some((STANDALONE, 42)));
+        let first = r.open_stream().unwrap();
+        assert!(first >= 1 << 20, "{first}");
+        assert!(!r.issued(1, 0));
     }
 }

@@ -32,5 +32,6 @@ pub use id::{
     Fingerprint, GenerateIdError, InvalidSessionId, MAX_SESSION_ID_LEN, NodeTag, RandomIdGenerator,
     SessionId, SessionIdGenerator, TaggedIdGenerator,
 };
+pub(crate) use restore::digest_hex;
 pub use restore::{Forwarded, RestoreSession, SessionRestored, principal_digest};
-pub(crate) use table::{SessionTable, shrink_when_sparse};
+pub(crate) use table::{InsertNew, SessionTable, shrink_when_sparse};

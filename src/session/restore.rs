@@ -136,9 +136,10 @@ pub struct SessionRestored;
 /// ```
 /// use mcp_affinity::session::Forwarded;
 ///
-/// let mut res = http::Response::new(());
-/// res.extensions_mut().insert(Forwarded);
-/// assert!(res.extensions().get::<Forwarded>().is_some());
+/// fn forwarded<B>(res: &http::Response<B>) -> bool {
+///     res.extensions().get::<Forwarded>().is_some()
+/// }
+/// assert!(!forwarded(&http::Response::new(())));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -159,12 +160,37 @@ pub struct Forwarded;
 /// assert_ne!(d, principal_digest("bob"));
 /// ```
 pub fn principal_digest(principal: &str) -> String {
+    let hex = digest_hex(principal);
+    // Lowercase hex digits: always ASCII.
+    std::str::from_utf8(&hex).unwrap_or_default().to_owned()
+}
+
+/// [`principal_digest`] without an allocation: the transport compares it on every request of
+/// a session bound to a principal.
+pub(crate) fn digest_hex(principal: &str) -> [u8; 32] {
     use sha2::Digest as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let hash = sha2::Sha256::digest(principal.as_bytes());
-    let mut out = String::with_capacity(32);
-    for b in &hash[..16] {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
+    let mut out = [0u8; 32];
+    for (i, b) in hash[..16].iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_is_the_first_half_of_sha256_in_lowercase_hex() {
+        use sha2::Digest as _;
+        for p in ["", "ada", "bob@example.com", "ü"] {
+            let hash = sha2::Sha256::digest(p.as_bytes());
+            let want: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(principal_digest(p), want);
+            assert_eq!(&digest_hex(p)[..], want.as_bytes());
+        }
+    }
 }

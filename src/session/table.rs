@@ -79,6 +79,15 @@ impl Hash for Key {
     }
 }
 
+/// What [`SessionTable::insert_new`] did.
+#[derive(Debug)]
+pub(crate) enum InsertNew {
+    Inserted,
+    /// The table holds a session with this id already: this one.
+    Held(Session),
+    Full,
+}
+
 /// Sessions held by this node.
 #[derive(Debug)]
 pub(crate) struct SessionTable {
@@ -126,6 +135,24 @@ impl SessionTable {
             self.len.fetch_sub(1, Ordering::AcqRel);
         }
         true
+    }
+
+    /// Inserts `session` unless the table holds its id already (then returns that session,
+    /// and `session` is not inserted) or holds `max` sessions (`Full`). Never replaces.
+    pub(crate) fn insert_new(&self, session: Session, max: usize) -> InsertNew {
+        let mut shard = self
+            .shard(session.id().as_str())
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = shard.get(session.id().as_str().as_bytes()) {
+            return InsertNew::Held(held.clone());
+        }
+        if self.len.fetch_add(1, Ordering::AcqRel) >= max {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return InsertNew::Full;
+        }
+        shard.insert(Key::new(session.id()), session);
+        InsertNew::Inserted
     }
 
     pub(crate) fn remove(&self, id: &str) -> Option<Session> {

@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use http::request::Parts;
 
-use crate::session::{RandomIdGenerator, SessionIdGenerator, log::LogLimits};
+use crate::session::{RandomIdGenerator, Session, SessionIdGenerator, log::LogLimits};
 
 /// Which `Host` header values are accepted (DNS-rebinding protection).
 ///
@@ -357,7 +357,12 @@ pub(crate) struct Config {
     pub(crate) origins: OriginPolicy,
     pub(crate) ids: Arc<dyn SessionIdGenerator>,
     pub(crate) principal: Option<Arc<dyn PrincipalExtractor>>,
+    pub(crate) on_restore: Option<RestoreHook>,
 }
+
+/// The hook run once per restored session, before the request that restored it reaches the
+/// handler.
+pub(crate) type RestoreHook = Arc<dyn Fn(&Session) + Send + Sync>;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -379,6 +384,7 @@ impl fmt::Debug for Config {
             .field("hosts", &self.hosts)
             .field("origins", &self.origins)
             .field("principal", &self.principal.is_some())
+            .field("on_restore", &self.on_restore.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -408,6 +414,7 @@ impl Default for Config {
             origins: OriginPolicy::default(),
             ids: Arc::new(RandomIdGenerator),
             principal: None,
+            on_restore: None,
         }
     }
 }

@@ -13,7 +13,9 @@ use super::{
     SseTransport,
     config::{Config, ConfigError, HostPolicy, OriginPolicy, PrincipalExtractor},
 };
-use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, SessionTable};
+use crate::session::{
+    CloseReason, Session, SessionConfig, SessionIdGenerator, SessionTable, log::STANDALONE,
+};
 
 /// Adds the MCP Streamable HTTP transport (both eras) in front of a JSON-RPC handler.
 ///
@@ -40,7 +42,10 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 ///
 /// Innermost of this crate's layers: `SessionAffinityLayer` → `SessionRegistryLayer` →
 /// `SseTransportLayer` → handler. Put authentication outside it if sessions are bound to a
-/// principal ([`with_principal`](SseTransportBuilder::with_principal)).
+/// principal ([`with_principal`](SseTransportBuilder::with_principal)). The registry must sit
+/// outside it for sessions to be restored: it is what passes the
+/// [`RestoreSession`](crate::session::RestoreSession) a restore needs, and what reads the
+/// [`Session`](crate::session::Session) off the restoring request's response.
 ///
 /// # Backpressure
 ///
@@ -68,7 +73,9 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 /// while busy, so neither a handler nor a stream that never ends holds a place or a session
 /// for ever. `initialize` and notifications run inside their `POST`, never
 /// in a task of their own, and count against neither bound: what bounds open requests (a
-/// `ConcurrencyLimitLayer`, the server's connection limit) bounds them.
+/// `ConcurrencyLimitLayer`, the server's connection limit) bounds them. A request that
+/// restores a session runs the restore hook inline; a request for the same session arriving
+/// meanwhile waits for that restore (without a thread), then is served like any other.
 ///
 /// # Example
 ///
@@ -146,6 +153,8 @@ pub(crate) struct Shared {
     pub(crate) running: std::sync::atomic::AtomicUsize,
     /// The warning that the per-node bound was reached, logged at most once a second.
     pub(crate) busy_warning: crate::throttle::Throttle,
+    /// Sessions being restored now (see [`RestoreSession`](crate::session::RestoreSession)).
+    pub(crate) restoring: super::restore::Restoring,
 }
 
 /// Counters (for tests and metrics).
@@ -153,6 +162,8 @@ pub(crate) struct Shared {
 pub(crate) struct Counters {
     pub(crate) created: AtomicU64,
     pub(crate) closed: AtomicU64,
+    /// Sessions restored on this node from a [`RestoreSession`](crate::session::RestoreSession).
+    pub(crate) restored: AtomicU64,
 }
 
 impl Shared {
@@ -196,6 +207,17 @@ impl Shared {
             tracing::debug!(session = %session.id(), reason = %reason, "session closed");
         }
         closed
+    }
+
+    /// However `session` closes (also by [`Session::close`] from the application), it leaves
+    /// the table at once.
+    pub(crate) fn untrack_on_close(self: &Arc<Self>, session: &Session) {
+        let table = Arc::downgrade(self);
+        session.on_close(move |id, _| {
+            if let Some(shared) = table.upgrade() {
+                shared.sessions.remove(id.as_str());
+            }
+        });
     }
 
     /// Starts the idle/initialization sweeper once (needs a Tokio runtime).
@@ -295,6 +317,7 @@ impl SseTransportLayer {
                 counters: Counters::default(),
                 running: std::sync::atomic::AtomicUsize::new(0),
                 busy_warning: crate::throttle::Throttle::new(),
+                restoring: super::restore::Restoring::default(),
             }),
         }
     }
@@ -666,7 +689,11 @@ impl SseTransportBuilder {
     }
 
     /// Binds each session to the principal that created it: a request from another principal
-    /// gets the same `404` as an unknown session.
+    /// gets the same `404` as an unknown session. The session keeps the principal's digest
+    /// ([`principal_digest`](crate::session::principal_digest)), never the principal, and
+    /// each request of a bound session costs one SHA-256 of its principal. A restored session
+    /// keeps its binding: a restore is refused (the same `404`) unless the request's principal
+    /// has the digest the [`RestoreSession`](crate::session::RestoreSession) names.
     ///
     /// # Example
     ///
@@ -690,6 +717,99 @@ impl SseTransportBuilder {
     /// ```
     pub fn with_principal(mut self, extractor: impl PrincipalExtractor) -> Self {
         self.config.principal = Some(Arc::new(extractor));
+        self
+    }
+
+    /// Runs `hook` once for every session restored on this node, before anything else can use
+    /// it: the application rebuilds the per-session state it keeps with
+    /// [`Session::insert`](crate::session::Session::insert) (a restored session starts with
+    /// none).
+    ///
+    /// A session is restored when a request names a session this node does not hold and
+    /// carries a [`RestoreSession`](crate::session::RestoreSession) for exactly that id: the
+    /// session registry puts one there when it has taken the session over from a node that is
+    /// gone, draining, or a previous process of this one. The transport checks the principal
+    /// binding first (another principal gets the same `404` as an unknown session, and nothing
+    /// is restored), then creates the session complete (protocol version, client info and
+    /// capabilities, initialized), runs the hook, and only then makes the session visible: a
+    /// concurrent request for the same id waits for it, so exactly one session is created and
+    /// no request meets it half-restored. A node that drains or is shut down restores nothing
+    /// (`503` with `Retry-After`: the client retries, and lands on another node); a node at
+    /// its [`with_max_sessions`](Self::with_max_sessions) answers `503` too.
+    ///
+    /// The handler's request of the `POST` that restored the session carries the
+    /// [`SessionRestored`](crate::session::SessionRestored) marker in its extensions (that
+    /// request only; rmcp's restore marker is the analogue), and that request's response
+    /// carries the [`Session`](crate::session::Session) in its extensions, whatever its status,
+    /// as a successful `initialize`'s does. A `GET` that restores its session opens the
+    /// standalone stream (a `Last-Event-ID` the new session never issued opens it afresh); a
+    /// `DELETE` restores and closes it. A hook that panics restores nothing: the request is
+    /// answered `500` and the session discarded.
+    ///
+    /// The hook runs on the request's task, before the session is visible: keep it short and
+    /// non-blocking (it may [`spawn`](crate::session::Session::spawn) work), and do not wait
+    /// in it for a request on the same session.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use http_body_util::BodyExt;
+    /// use mcp_affinity::{
+    ///     SseTransportLayer,
+    ///     handler::handler_fn,
+    ///     protocol::ProtocolVersion,
+    ///     session::{RestoreSession, Session, SessionId, SessionRestored},
+    /// };
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// /// Per-session application state, rebuilt when a session is restored.
+    /// #[derive(Clone)]
+    /// struct Greeting(String);
+    ///
+    /// let layer = SseTransportLayer::builder()
+    ///     .with_on_restore(|session: &Session| {
+    ///         let name = session.client_info().and_then(|i| i["name"].as_str()).unwrap_or("?");
+    ///         session.insert(Greeting(format!("welcome back, {name}")));
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(handler_fn(|req, _cx| async move {
+    ///     let restored = req.parts.extensions.get::<SessionRestored>().is_some();
+    ///     let greeting = req.session().and_then(|s| s.get::<Greeting>()).map(|g| g.0);
+    ///     Ok(serde_json::json!({"restored": restored, "greeting": greeting}))
+    /// }));
+    ///
+    /// // What the session registry does when it takes over a session another node created:
+    /// let id = SessionId::parse("n1.abc").unwrap();
+    /// let restore = RestoreSession::new(id.clone(), ProtocolVersion::V2025_11_25)
+    ///     .with_client(Some(serde_json::json!({"name": "ada", "version": "1"})), Some(serde_json::json!({})));
+    /// let mut req = http::Request::post("/mcp")
+    ///     .header("host", "localhost")
+    ///     .header("accept", "application/json, text/event-stream")
+    ///     .header("content-type", "application/json")
+    ///     .header("mcp-session-id", id.as_str())
+    ///     .body(http_body_util::Full::new(bytes::Bytes::from(r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#)))
+    ///     .unwrap();
+    /// req.extensions_mut().insert(restore);
+    /// let res = svc.oneshot(req).await.unwrap();
+    /// assert_eq!(res.status(), 200);
+    /// assert!(res.extensions().get::<Session>().is_some());
+    /// let body = res.into_body().collect().await.unwrap().to_bytes();
+    /// let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(body["result"]["restored"], true);
+    /// assert_eq!(body["result"]["greeting"], "welcome back, ada");
+    /// assert_eq!(handle.session_count(), 1);
+    /// assert_eq!(handle.sessions_restored(), 1);
+    /// # }
+    /// ```
+    pub fn with_on_restore<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Session) + Send + Sync + 'static,
+    {
+        self.config.on_restore = Some(Arc::new(hook));
         self
     }
 
@@ -915,9 +1035,132 @@ impl TransportHandle {
             .count()
     }
 
+    /// Sessions restored on this node so far (see
+    /// [`with_on_restore`](SseTransportBuilder::with_on_restore)).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let handle = mcp_affinity::SseTransportLayer::new().handle();
+    /// assert_eq!(handle.sessions_restored(), 0);
+    /// ```
+    pub fn sessions_restored(&self) -> u64 {
+        self.shared.counters.restored.load(Ordering::Relaxed)
+    }
+
+    /// Request handlers running now on this node, in every session and both eras: what
+    /// [`with_max_running_handlers`](SseTransportBuilder::with_max_running_handlers) bounds.
+    /// A node that [drains](Self::drain) waits for it to reach 0 (with a deadline) before it
+    /// [shuts down](Self::shutdown). `initialize` and notifications, which run inside their
+    /// `POST`, and `subscriptions/listen` streams, which last as long as their client keeps
+    /// them open, are not counted.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str, sid: Option<&http::HeaderValue>| { let mut b = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json"); if let Some(sid) = sid { b = b.header("mcp-session-id", sid); } b.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap() };
+    /// use std::time::Duration;
+    /// use mcp_affinity::{handler::handler_fn, SseTransportLayer};
+    ///
+    /// let (release, wait) = tokio::sync::watch::channel(false);
+    /// let handler = handler_fn(move |req, _cx| {
+    ///     let mut wait = wait.clone();
+    ///     async move {
+    ///         if req.method == "tools/call" {
+    ///             let _ = wait.wait_for(|go| *go).await;
+    ///         }
+    ///         Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}))
+    ///     }
+    /// });
+    /// let layer = SseTransportLayer::new();
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(handler);
+    /// let id = svc.clone().oneshot(post(INIT, None)).await.unwrap().headers()["mcp-session-id"].clone();
+    /// let call = tokio::spawn(svc.oneshot(post(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call"}"#, Some(&id))));
+    /// while handle.running_handlers() == 0 {
+    ///     tokio::task::yield_now().await;
+    /// }
+    /// release.send(true).unwrap();
+    /// assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    /// assert_eq!(handle.running_handlers(), 0);
+    /// # }
+    /// ```
+    pub fn running_handlers(&self) -> usize {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// The first step of a graceful shutdown that loses no session: stops minting and
+    /// restoring sessions (`initialize` and restores get `503` with `Retry-After`, like
+    /// [`shutdown`](Self::shutdown)), and ends every standalone `GET` stream open now with
+    /// the `retry:` hint (after the events it has not yet sent), so its client reconnects
+    /// with `Last-Event-ID`, possibly to another node. Sessions stay open and their requests
+    /// are served: running handlers finish (see [`running_handlers`](Self::running_handlers)),
+    /// and new requests on existing sessions are answered. A stream opened after the drain
+    /// began stays open until [`shutdown`](Self::shutdown). Returns the number of streams
+    /// ended; once draining (or shut down), a call ends nothing and returns 0.
+    ///
+    /// Draining sets [`is_shutting_down`](Self::is_shutting_down): there is one flag, "no
+    /// new sessions here".
+    ///
+    /// A node drains in this order: tell the cluster it is draining (the session registry's
+    /// node state, a failing health check), `drain()`, wait for
+    /// [`running_handlers`](Self::running_handlers) to reach 0 (bounded), then
+    /// [`shutdown`](Self::shutdown).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use tower::{Layer, ServiceExt};
+    /// # let handler = mcp_affinity::handler::handler_fn(|_req, _cx| async { Ok(serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})) });
+    /// # const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    /// # let post = |body: &str, sid: Option<&http::HeaderValue>| { let mut b = http::Request::post("/mcp").header("host", "localhost").header("accept", "application/json, text/event-stream").header("content-type", "application/json"); if let Some(sid) = sid { b = b.header("mcp-session-id", sid); } b.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap() };
+    /// use http_body_util::BodyExt;
+    ///
+    /// let layer = mcp_affinity::SseTransportLayer::new();
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(handler);
+    /// let id = svc.clone().oneshot(post(INIT, None)).await.unwrap().headers()["mcp-session-id"].clone();
+    /// let get = http::Request::get("/mcp").header("host", "localhost").header("accept", "text/event-stream")
+    ///     .header("mcp-session-id", &id).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    /// let stream = svc.clone().oneshot(get).await.unwrap().into_body();
+    ///
+    /// assert_eq!(handle.drain(), 1);
+    /// // The stream ends with a reconnect hint; the session stays and is served.
+    /// let text = stream.collect().await.unwrap().to_bytes();
+    /// assert!(std::str::from_utf8(&text).unwrap().ends_with("retry: 3000\n\n"));
+    /// assert_eq!(handle.session_count(), 1);
+    /// let ping = svc.clone().oneshot(post(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#, Some(&id))).await.unwrap();
+    /// assert_eq!(ping.status(), 200);
+    /// // No new sessions here.
+    /// assert_eq!(svc.oneshot(post(INIT, None)).await.unwrap().status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    /// # }
+    /// ```
+    pub fn drain(&self) -> usize {
+        if self.shared.draining.swap(true, Ordering::AcqRel) {
+            return 0;
+        }
+        let retry = self.shared.config.retry;
+        let ended = self
+            .shared
+            .sessions
+            .snapshot()
+            .iter()
+            .filter(|s| s.inner.log.end_reader(STANDALONE, retry))
+            .count();
+        tracing::info!(ended, "transport draining");
+        ended
+    }
+
     /// Graceful shutdown: refuses new `initialize` requests (`503`), ends every stream with a
     /// `retry:` hint, and closes every session (their close hooks run, so the registry removes
-    /// its records). Returns the number of sessions closed. Idempotent.
+    /// its records). Returns the number of sessions closed. Idempotent. To hand sessions over
+    /// to other nodes rather than close them for their clients, [`drain`](Self::drain) first.
     ///
     /// # Example
     ///
@@ -952,7 +1195,8 @@ impl TransportHandle {
         closed
     }
 
-    /// Whether shutdown has begun.
+    /// Whether shutdown (or a [`drain`](Self::drain)) has begun: this node mints and restores
+    /// no sessions.
     ///
     /// # Example
     ///

@@ -20,7 +20,20 @@
 //! | `POST` other | needs `Mcp-Session-Id` (`400` without, `404` unknown) | stateless, headers validated |
 //! | `GET` | standalone stream, `Last-Event-ID` resumption, `409` for a second (a `GET` whose `Last-Event-ID` names the standalone stream replaces it: the old one ends, the new one replays from the id) | `405` |
 //! | `DELETE` | closes the session | `405` |
+//! | any, for a session this node does not hold, with a [`RestoreSession`](crate::session::RestoreSession) for its id (put there by the session registry) | the session is restored, then the request served (see [`with_on_restore`](SseTransportBuilder::with_on_restore)) | — |
 //! | any, with a repeated singleton header (`Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`, `Last-Event-ID`, `Host`, `Origin`, `Content-Type`) | `400`/`-32600` | `400`/`-32020` |
+//!
+//! # Sessions that outlive their node
+//!
+//! A session another node created (or a previous process of this one) is *restored* here when
+//! the session registry has taken it over: the request carries a
+//! [`RestoreSession`](crate::session::RestoreSession), the transport rebuilds the session from
+//! it (the principal binding checked), runs the
+//! [restore hook](SseTransportBuilder::with_on_restore) and marks the handler's request with
+//! [`SessionRestored`](crate::session::SessionRestored). A node leaving the cluster
+//! [drains](TransportHandle::drain) first: it mints and restores no more sessions, ends its
+//! standalone streams with a `retry:` hint so their clients reconnect elsewhere, and keeps
+//! serving the requests of its sessions until it [shuts down](TransportHandle::shutdown).
 //!
 //! # Example
 //!
@@ -67,6 +80,7 @@ mod layer;
 mod limit;
 mod read;
 mod request_body;
+mod restore;
 mod service;
 
 pub use body::ResponseBody;

@@ -19,6 +19,7 @@ use super::{
     layer::Shared,
     limit::{Deadline, Permit},
     read::{ReadError, read_to_bytes},
+    restore,
 };
 use crate::{
     BoxError,
@@ -27,7 +28,7 @@ use crate::{
         error_body, headers, peek_error_code, peek_initialize_result,
     },
     session::{
-        CloseReason, LogRef, RequestContext, Session,
+        CloseReason, LogRef, RequestContext, Session, SessionRestored,
         log::{AttachError, EventLog, Phase, STANDALONE},
     },
 };
@@ -162,8 +163,8 @@ where
                 let span = tracing::debug_span!("mcp_post", era = tracing::field::Empty);
                 ResponseFuture::boxed(post(shared, inner, parts, body).instrument(span))
             }
-            Method::GET => ResponseFuture::ready(get(&self.shared, &parts)),
-            Method::DELETE => ResponseFuture::ready(delete(&self.shared, &parts)),
+            Method::GET => get(&self.shared, parts),
+            Method::DELETE => delete(&self.shared, parts),
             _ => ResponseFuture::ready(reject(method_not_allowed("GET, POST, DELETE"))),
         }
     }
@@ -245,9 +246,12 @@ fn accepts(h: &HeaderMap) -> (bool, bool) {
 enum Lookup {
     Missing,
     Found(Session),
+    /// Not held here, and the request carries a [`RestoreSession`](crate::session::RestoreSession)
+    /// for its id: [`restore::restore`] it.
+    Restore,
 }
 
-fn not_found() -> Rejection {
+pub(super) fn not_found() -> Rejection {
     Rejection::new(
         StatusCode::NOT_FOUND,
         codes::SESSION_NOT_FOUND,
@@ -260,13 +264,19 @@ fn lookup(shared: &Shared, parts: &Parts) -> Result<Lookup, Rejection> {
         return Ok(Lookup::Missing);
     };
     let id = raw.to_str().map_err(|_| not_found())?;
-    let session = shared.sessions.get(id).ok_or_else(not_found)?;
+    let Some(session) = shared.sessions.get(id) else {
+        // Only a request for a session this node does not hold reads the extensions.
+        return match restore::requested(parts, id) {
+            Some(_) => Ok(Lookup::Restore),
+            None => Err(not_found()),
+        };
+    };
     if session.is_closed() {
         shared.sessions.remove(id);
         return Err(not_found());
     }
     if let Some(extractor) = &shared.config.principal
-        && extractor.principal(parts).as_deref() != session.inner.principal.as_deref()
+        && !session.principal_matches(extractor.principal(parts).as_deref())
     {
         tracing::warn!(session = %session.id(), "session used by another principal");
         return Err(not_found().with_refusal(Refusal::Principal));
@@ -327,19 +337,50 @@ fn sse_response(body: SseBody) -> Response<ResponseBody> {
     res
 }
 
-fn get(shared: &Shared, parts: &Parts) -> Response<ResponseBody> {
-    match get_inner(shared, parts) {
-        Ok(r) => r,
-        Err(r) => reject(r),
+fn get<E: Send + 'static>(shared: &Arc<Shared>, parts: Parts) -> ResponseFuture<E> {
+    match lookup(shared, &parts) {
+        Ok(Lookup::Found(session)) => {
+            ResponseFuture::ready(respond(standalone(shared, &parts, session)))
+        }
+        // No legacy session: the modern era has no GET endpoint.
+        Ok(Lookup::Missing) => ResponseFuture::ready(reject(method_not_allowed("POST"))),
+        Ok(Lookup::Restore) => {
+            let shared = shared.clone();
+            ResponseFuture::boxed(async move {
+                Ok(match restore::restore(&shared, &parts).await {
+                    Ok(r) => with_restored(standalone(&shared, &parts, r.session.clone()), r),
+                    Err(rejection) => reject(rejection),
+                })
+            })
+        }
+        Err(r) => ResponseFuture::ready(reject(r)),
     }
 }
 
-fn get_inner(shared: &Shared, parts: &Parts) -> Result<Response<ResponseBody>, Rejection> {
-    let session = match lookup(shared, parts)? {
-        Lookup::Found(s) => s,
-        // No legacy session: the modern era has no GET endpoint.
-        Lookup::Missing => return Err(method_not_allowed("POST")),
-    };
+fn respond(out: Result<Response<ResponseBody>, Rejection>) -> Response<ResponseBody> {
+    out.unwrap_or_else(reject)
+}
+
+/// The response to a request that asked for a restore: the one that restored its session
+/// carries the [`Session`] in its extensions, whatever its status (as a successful
+/// `initialize`'s does), so outer layers attach their close hooks.
+fn with_restored(
+    out: Result<Response<ResponseBody>, Rejection>,
+    r: restore::Restored,
+) -> Response<ResponseBody> {
+    let mut res = respond(out);
+    if r.here {
+        res.extensions_mut().insert(r.session);
+    }
+    res
+}
+
+/// Opens (or, with `Last-Event-ID`, resumes) a stream of `session` for a `GET`.
+fn standalone(
+    shared: &Shared,
+    parts: &Parts,
+    session: Session,
+) -> Result<Response<ResponseBody>, Rejection> {
     if !accepts(&parts.headers).1 {
         return Err(Rejection::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -349,12 +390,14 @@ fn get_inner(shared: &Shared, parts: &Parts) -> Result<Response<ResponseBody>, R
     }
     check_legacy_version(parts)?;
     let log = &session.inner.log;
+    // An id this log never issued (another node's, or made up) names no stream here: a new
+    // standalone stream opens, as for a stream that is gone.
     let resume = parts
         .headers
         .get(headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_event_id)
-        .filter(|(stream, _)| log.has_stream(*stream));
+        .filter(|(stream, seq)| log.issued(*stream, *seq));
     let cursor = match resume {
         Some((stream, seq)) => log.attach(stream, Some(seq), false, true),
         None => log.attach(STANDALONE, None, true, false),
@@ -382,14 +425,27 @@ fn get_inner(shared: &Shared, parts: &Parts) -> Result<Response<ResponseBody>, R
     )))
 }
 
-fn delete(shared: &Shared, parts: &Parts) -> Response<ResponseBody> {
-    match lookup(shared, parts) {
+fn delete<E: Send + 'static>(shared: &Arc<Shared>, parts: Parts) -> ResponseFuture<E> {
+    match lookup(shared, &parts) {
         Ok(Lookup::Found(session)) => {
             shared.close(&session, CloseReason::Deleted, None);
-            Response::new(ResponseBody::empty())
+            ResponseFuture::ready(Response::new(ResponseBody::empty()))
         }
-        Ok(Lookup::Missing) => reject(method_not_allowed("POST")),
-        Err(r) => reject(r),
+        Ok(Lookup::Missing) => ResponseFuture::ready(reject(method_not_allowed("POST"))),
+        // Restored, then closed: the client's `DELETE` is served wherever it lands.
+        Ok(Lookup::Restore) => {
+            let shared = shared.clone();
+            ResponseFuture::boxed(async move {
+                Ok(match restore::restore(&shared, &parts).await {
+                    Ok(r) => {
+                        shared.close(&r.session, CloseReason::Deleted, None);
+                        with_restored(Ok(Response::new(ResponseBody::empty())), r)
+                    }
+                    Err(rejection) => reject(rejection),
+                })
+            })
+        }
+        Err(r) => ResponseFuture::ready(reject(r)),
     }
 }
 
@@ -858,7 +914,7 @@ where
 fn legacy<S, ResBody>(
     shared: &Arc<Shared>,
     inner: S,
-    parts: Parts,
+    mut parts: Parts,
     bytes: Bytes,
     msg: Message,
     peek: protocol::ParamsPeek,
@@ -878,8 +934,17 @@ where
             // otherwise carry (4.9 → 3.2 KiB per POST future, copied as it is built and boxed).
             return Box::pin(initialize(shared, inner, parts, bytes, msg, peek)).await;
         }
-        let session = match lookup(shared, &parts) {
-            Ok(Lookup::Found(s)) => s,
+        let (session, restored) = match lookup(shared, &parts) {
+            Ok(Lookup::Found(s)) => (s, None),
+            Ok(Lookup::Restore) => match restore_boxed(shared, &parts).await {
+                Ok(r) => {
+                    if r.here {
+                        parts.extensions.insert(SessionRestored);
+                    }
+                    (r.session.clone(), Some(r))
+                }
+                Err(r) => return Ok(Err(r)),
+            },
             Ok(Lookup::Missing) => {
                 return Ok(Err(bad_request(
                     codes::BAD_REQUEST,
@@ -888,65 +953,80 @@ where
             }
             Err(r) => return Ok(Err(r)),
         };
-        if !version_ok {
-            return Ok(Err(unsupported_version().with_id(msg.id().cloned())));
-        }
-        let version = session_version(&session);
-        match msg.kind() {
-            MessageKind::Response => {
-                take_client_answer(&session, &msg);
-                Ok(Ok(accepted()))
+        let out = 'served: {
+            if !version_ok {
+                break 'served Ok(Err(unsupported_version().with_id(msg.id().cloned())));
             }
-            MessageKind::Notification => {
-                observe_notification(&session, &msg, &peek);
-                let mut inner = inner;
-                ready(&mut inner).await?;
-                let cx = RequestContext::legacy(session.clone(), version, None, None);
-                let fut = inner.call(handler_request(parts, bytes, msg, cx, Some(session)));
-                Ok(Ok(notification_answer(fut).await?))
+            let version = session_version(&session);
+            match msg.kind() {
+                MessageKind::Response => {
+                    take_client_answer(&session, &msg);
+                    Ok(Ok(accepted()))
+                }
+                MessageKind::Notification => {
+                    observe_notification(&session, &msg, &peek);
+                    let mut inner = inner;
+                    ready(&mut inner).await?;
+                    let cx = RequestContext::legacy(session.clone(), version, None, None);
+                    let fut = inner.call(handler_request(parts, bytes, msg, cx, Some(session)));
+                    Ok(Ok(notification_answer(fut).await?))
+                }
+                MessageKind::Request => {
+                    let Some(id) = msg.id().cloned() else {
+                        break 'served Ok(Err(bad_request(
+                            codes::INVALID_REQUEST,
+                            "request without id",
+                        )));
+                    };
+                    let permit = match Permit::acquire(shared, Some(&session)) {
+                        Ok(p) => p,
+                        Err(r) => break 'served Ok(Err(r.with_id(Some(id)))),
+                    };
+                    let Ok(stream) = session.inner.log.open_stream() else {
+                        break 'served Ok(Err(not_found()));
+                    };
+                    let mut inner = inner;
+                    ready(&mut inner).await?;
+                    let cx = RequestContext::legacy(
+                        session.clone(),
+                        version,
+                        Some(id.clone()),
+                        Some(stream),
+                    );
+                    let fut = inner.call(handler_request(
+                        parts,
+                        bytes,
+                        msg,
+                        cx,
+                        Some(session.clone()),
+                    ));
+                    let priming = version.primes_streams().then_some(shared.config.retry);
+                    let to = Answering {
+                        log: LogRef::Session(session.clone()),
+                        stream,
+                        session: Some(session),
+                        id,
+                        era: Era::Legacy,
+                        priming,
+                    };
+                    run(shared, fut, to, Some(permit)).await
+                }
             }
-            MessageKind::Request => {
-                let Some(id) = msg.id().cloned() else {
-                    return Ok(Err(bad_request(
-                        codes::INVALID_REQUEST,
-                        "request without id",
-                    )));
-                };
-                let permit = match Permit::acquire(shared, Some(&session)) {
-                    Ok(p) => p,
-                    Err(r) => return Ok(Err(r.with_id(Some(id)))),
-                };
-                let Ok(stream) = session.inner.log.open_stream() else {
-                    return Ok(Err(not_found()));
-                };
-                let mut inner = inner;
-                ready(&mut inner).await?;
-                let cx = RequestContext::legacy(
-                    session.clone(),
-                    version,
-                    Some(id.clone()),
-                    Some(stream),
-                );
-                let fut = inner.call(handler_request(
-                    parts,
-                    bytes,
-                    msg,
-                    cx,
-                    Some(session.clone()),
-                ));
-                let priming = version.primes_streams().then_some(shared.config.retry);
-                let to = Answering {
-                    log: LogRef::Session(session.clone()),
-                    stream,
-                    session: Some(session),
-                    id,
-                    era: Era::Legacy,
-                    priming,
-                };
-                run(shared, fut, to, Some(permit)).await
-            }
+        };
+        match restored {
+            Some(r) => out.map(|o| Ok(with_restored(o, r))),
+            None => out,
         }
     }
+}
+
+/// [`restore::restore`], boxed: the rare restore's state would otherwise size (and be copied
+/// with) every POST's future.
+fn restore_boxed<'a>(
+    shared: &'a Arc<Shared>,
+    parts: &'a Parts,
+) -> Pin<Box<impl Future<Output = Result<restore::Restored, Rejection>> + Send + 'a>> {
+    Box::pin(restore::restore(shared, parts))
 }
 
 /// Checks an `initialize`'s params as the transport relies on them: an object with a string
@@ -1005,9 +1085,7 @@ fn holds_live_session(shared: &Shared, parts: &Parts) -> bool {
         return false;
     }
     match &shared.config.principal {
-        Some(extractor) => {
-            extractor.principal(parts).as_deref() == session.inner.principal.as_deref()
-        }
+        Some(extractor) => session.principal_matches(extractor.principal(parts).as_deref()),
         None => true,
     }
 }
@@ -1047,8 +1125,11 @@ where
             )
             .with_id(id)));
     }
+    // The session keeps the principal's digest, never the principal.
     let principal = match &shared.config.principal {
-        Some(ex) => ex.principal(&parts).map(String::into_boxed_str),
+        Some(ex) => ex
+            .principal(&parts)
+            .map(|p| crate::session::principal_digest(&p).into_boxed_str()),
         None => None,
     };
     // No unguessable id, no session: the client retries (never a weaker id).
@@ -1075,14 +1156,7 @@ where
             .with_id(id)));
     }
     shared.ensure_sweeper();
-    // However the session closes (including `Session::close` by the application), it leaves the
-    // table at once.
-    let table = Arc::downgrade(shared);
-    session.on_close(move |id, _| {
-        if let Some(shared) = table.upgrade() {
-            shared.sessions.remove(id.as_str());
-        }
-    });
+    shared.untrack_on_close(&session);
     let requested = peek
         .protocol_version
         .as_ref()
@@ -1178,9 +1252,64 @@ where
         Ok(Some(v)) => ProtocolVersion::parse(v).is_some_and(ProtocolVersion::allows_batches),
         Err(()) => false,
     };
-    let session = match lookup(shared, &parts) {
+    let restored = match lookup(shared, &parts) {
+        Ok(Lookup::Restore) if header_allows => match restore::restore(shared, &parts).await {
+            Ok(r) => r,
+            Err(r) => return Ok(Err(r)),
+        },
+        looked => {
+            return batch_in(
+                shared,
+                inner,
+                parts,
+                bytes,
+                msgs,
+                looked,
+                header_allows,
+                false,
+            )
+            .await;
+        }
+    };
+    let looked = Ok(Lookup::Found(restored.session.clone()));
+    let out = batch_in(
+        shared,
+        inner,
+        parts,
+        bytes,
+        msgs,
+        looked,
+        header_allows,
+        restored.here,
+    )
+    .await;
+    out.map(|o| Ok(with_restored(o, restored)))
+}
+
+/// The rest of [`batch`], once its session is looked up (or restored: then `mark` puts
+/// [`SessionRestored`] on the first message the handler gets).
+#[allow(clippy::too_many_arguments)]
+async fn batch_in<S, ResBody>(
+    shared: &Arc<Shared>,
+    inner: S,
+    parts: Parts,
+    bytes: Bytes,
+    msgs: Vec<Message>,
+    looked: Result<Lookup, Rejection>,
+    header_allows: bool,
+    mut mark: bool,
+) -> Outcome<S::Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let refuse = |msg: &'static str| Ok(Err(bad_request(codes::INVALID_REQUEST, msg)));
+    let session = match looked {
         Ok(Lookup::Found(s)) if header_allows && session_version(&s).allows_batches() => s,
-        Ok(Lookup::Found(_)) | Ok(Lookup::Missing) if !header_allows => {
+        Ok(Lookup::Found(_) | Lookup::Missing | Lookup::Restore) if !header_allows => {
             return refuse("JSON-RPC batches are not supported (removed in 2025-06-18)");
         }
         Ok(Lookup::Found(_)) => {
@@ -1192,6 +1321,8 @@ where
                 "missing Mcp-Session-Id header",
             )));
         }
+        // Only with `!header_allows` (above): `batch` restores otherwise.
+        Ok(Lookup::Restore) => return Ok(Err(not_found())),
         Err(r) => return Ok(Err(r)),
     };
     let version = session_version(&session);
@@ -1222,8 +1353,11 @@ where
             MessageKind::Notification => {
                 observe_notification(&session, &msg, &msg.peek_params());
                 let cx = RequestContext::legacy(session.clone(), version, None, None);
-                let req =
+                let mut req =
                     handler_request(parts.clone(), bytes.clone(), msg, cx, Some(session.clone()));
+                if std::mem::take(&mut mark) {
+                    req.extensions_mut().insert(SessionRestored);
+                }
                 let mut inner = inner.clone();
                 ready(&mut inner).await?;
                 // A failed notification does not stop the batch; a batch of notifications
@@ -1244,8 +1378,11 @@ where
                     Some(id.clone()),
                     Some(stream),
                 );
-                let req =
+                let mut req =
                     handler_request(parts.clone(), bytes.clone(), msg, cx, Some(session.clone()));
+                if std::mem::take(&mut mark) {
+                    req.extensions_mut().insert(SessionRestored);
+                }
                 let mut inner = inner.clone();
                 ready(&mut inner).await?;
                 let fut = inner.call(req);
