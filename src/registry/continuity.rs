@@ -690,6 +690,9 @@ where
             }
         }
     };
+    if let (SessionLookup::Misrouted { owner }, Some(sid)) = (&outcome, ctx.sid()) {
+        tracing::warn!(session = %Fingerprint::of(sid), owner = %owner, here = %core.node, "misrouted request: the session lives on another node");
+    }
     core.count_outcome(&outcome);
     let (parts, _) = res.into_parts();
     Ok(not_found(parts, outcome))
