@@ -988,6 +988,29 @@ impl<R: RegistryStore> RegistryHandle<R> {
         self.core.flush(timeout).await
     }
 
+    /// Writes this node's liveness record now (within `timeout`); whether the store took it.
+    /// The background task writes it at start and every period; a node calls this before it
+    /// accepts requests, so no other node counts it gone while its first write is pending.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, NodeState, RegistryStore, SessionRegistryLayer};
+    ///
+    /// let store = MemoryStore::new();
+    /// let handle = SessionRegistryLayer::new(store.clone(), "node-a").unwrap().handle();
+    /// assert!(handle.announce(Duration::from_secs(1)).await);
+    /// assert_eq!(store.node("node-a").await.unwrap().map(|n| n.state), Some(NodeState::Serving));
+    /// # }
+    /// ```
+    pub async fn announce(&self, timeout: Duration) -> bool {
+        self.core.start();
+        super::continuity::announce(&self.core, timeout).await
+    }
+
     /// Starts draining: this node's liveness record says `draining` from now on (written at
     /// once, within `timeout`), so other nodes adopt its sessions on their next request
     /// instead of forwarding to it, and this node adopts no session itself. Returns whether
