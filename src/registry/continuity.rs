@@ -314,7 +314,7 @@ where
                     cont.unreachable(&route.owner);
                     req = back;
                     plan = match core.store_lookup(&sid).await {
-                        Ok(Some(record)) if &*record.node == &*route.owner => adopt_or(
+                        Ok(Some(record)) if *record.node == *route.owner => adopt_or(
                             cont,
                             record,
                             SessionLookup::Misrouted {
@@ -573,10 +573,10 @@ where
             core.counters.forwarded.fetch_add(1, Relaxed);
             let mut res = res.map(|b| ResponseBody::forwarded(b.map_err(Into::into).boxed()));
             res.extensions_mut().insert(crate::session::Forwarded);
-            if res.status() == StatusCode::NOT_FOUND {
-                if let Some(sid) = ctx.sid() {
-                    cont.forget_route(sid);
-                }
+            if res.status() == StatusCode::NOT_FOUND
+                && let Some(sid) = ctx.sid()
+            {
+                cont.forget_route(sid);
             }
             Ok(res)
         }
@@ -728,7 +728,14 @@ where
                 .with_principal(record.principal.clone()),
         );
     }
-    let mut res = inner.call(req).await?;
+    let mut res = {
+        // An inner service with a session store of its own (rmcp with `RmcpSessionStore`)
+        // loads the record this node just claimed from here, under the id it sees.
+        let _restoring = core.handoff.restoring(ctx.inner_sid(), || {
+            record.owned_by(&*core.node, &*core.incarnation)
+        });
+        inner.call(req).await?
+    };
     if let Some(session) = res.extensions().get::<Session>().cloned() {
         // The client's id on the answer (and a marker: the affinity layer leaves it as it
         // is), so a balancer that learns sessions from responses re-pins it here.
@@ -741,9 +748,15 @@ where
         core.counters.adopted.fetch_add(1, Relaxed);
         tracing::info!(session = %Fingerprint::of(sid), from = %record.node, "session adopted");
     } else if res.status().is_success() {
-        // An inner service that restores sessions itself (rmcp with a session store).
+        // An inner service that restores sessions itself (rmcp with a session store): the
+        // client's id on the answer and the marker, as above.
+        if let Ok(v) = HeaderValue::from_str(sid) {
+            res.headers_mut().insert(headers::MCP_SESSION_ID, v);
+        }
+        res.extensions_mut().insert(crate::session::SessionRestored);
         core.mark_live(sid, Ends::Unreported);
         core.counters.adopted.fetch_add(1, Relaxed);
+        tracing::info!(session = %Fingerprint::of(sid), from = %record.node, "session adopted (restored by the inner service)");
     } else {
         // Not restored (another principal, a full or draining transport): the record goes
         // back to its owner, so nothing was adopted.
@@ -879,13 +892,13 @@ pub(crate) async fn sweep_orphans<R: RegistryStore>(core: &Core<R>) {
         return;
     };
     let now = Instant::now();
-    if !cont.own_orphans_swept.load(Relaxed) && now.duration_since(cont.booted) >= core.idle_timeout
+    if !cont.own_orphans_swept.load(Relaxed)
+        && now.duration_since(cont.booted) >= core.idle_timeout
+        && let Some(n) = remove_all_stale(core, &core.node, &core.incarnation).await
     {
-        if let Some(n) = remove_all_stale(core, &core.node, &core.incarnation).await {
-            cont.own_orphans_swept.store(true, Relaxed);
-            if n > 0 {
-                tracing::info!(node = %core.node, removed = n, "removed unclaimed records of this node's previous process");
-            }
+        cont.own_orphans_swept.store(true, Relaxed);
+        if n > 0 {
+            tracing::info!(node = %core.node, removed = n, "removed unclaimed records of this node's previous process");
         }
     }
     let Ok(Ok(nodes)) = tokio::time::timeout(core.lookup_timeout, core.store.nodes()).await else {

@@ -80,9 +80,12 @@ mod continuity;
 #[cfg(feature = "forward")]
 mod forward;
 mod future;
+mod handoff;
 mod layer;
 mod limit;
 mod queue;
+#[cfg(feature = "rmcp")]
+mod rmcp_store;
 mod service;
 mod stats;
 pub mod store;
@@ -94,6 +97,8 @@ pub use layer::{
     DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL, RegistryHandle, SessionRegistryBuilder,
     SessionRegistryLayer,
 };
+#[cfg(feature = "rmcp")]
+pub use rmcp_store::RmcpSessionStore;
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;
 pub use store::{
