@@ -43,6 +43,10 @@
 //! with the `redis` feature (on by default), [`RedisStore`] (single server or Redis Cluster
 //! with `redis-cluster`).
 //!
+//! Over rmcp's `StreamableHttpService`, the feature `rmcp` adds `RmcpSessionStore`: the
+//! registry's records as rmcp's session store, so the node that adopts a session has rmcp
+//! restore it from the record.
+//!
 //! # Example
 //!
 //! ```
