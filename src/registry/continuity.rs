@@ -728,7 +728,14 @@ where
                 .with_principal(record.principal.clone()),
         );
     }
-    let mut res = inner.call(req).await?;
+    let mut res = {
+        // An inner service with a session store of its own (rmcp with `RmcpSessionStore`)
+        // loads the record this node just claimed from here, under the id it sees.
+        let _restoring = core.handoff.restoring(ctx.inner_sid(), || {
+            record.owned_by(&*core.node, &*core.incarnation)
+        });
+        inner.call(req).await?
+    };
     if let Some(session) = res.extensions().get::<Session>().cloned() {
         // The client's id on the answer (and a marker: the affinity layer leaves it as it
         // is), so a balancer that learns sessions from responses re-pins it here.
@@ -741,9 +748,15 @@ where
         core.counters.adopted.fetch_add(1, Relaxed);
         tracing::info!(session = %Fingerprint::of(sid), from = %record.node, "session adopted");
     } else if res.status().is_success() {
-        // An inner service that restores sessions itself (rmcp with a session store).
+        // An inner service that restores sessions itself (rmcp with a session store): the
+        // client's id on the answer and the marker, as above.
+        if let Ok(v) = HeaderValue::from_str(sid) {
+            res.headers_mut().insert(headers::MCP_SESSION_ID, v);
+        }
+        res.extensions_mut().insert(crate::session::SessionRestored);
         core.mark_live(sid, Ends::Unreported);
         core.counters.adopted.fetch_add(1, Relaxed);
+        tracing::info!(session = %Fingerprint::of(sid), from = %record.node, "session adopted (restored by the inner service)");
     } else {
         // Not restored (another principal, a full or draining transport): the record goes
         // back to its owner, so nothing was adopted.

@@ -863,6 +863,14 @@ impl<R> Clone for RegistryHandle<R> {
     }
 }
 
+impl<R> RegistryHandle<R> {
+    /// The registry's shared state (for the session store adapters in this module).
+    #[cfg_attr(not(feature = "rmcp"), allow(dead_code))]
+    pub(crate) fn core(&self) -> &Arc<Core<R>> {
+        &self.core
+    }
+}
+
 impl<R: fmt::Debug> fmt::Debug for RegistryHandle<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistryHandle")

@@ -58,6 +58,10 @@
 //! with the `redis` feature (on by default), [`RedisStore`] (single server or Redis Cluster
 //! with `redis-cluster`).
 //!
+//! Over rmcp's `StreamableHttpService`, the feature `rmcp` adds `RmcpSessionStore`: the
+//! registry's records as rmcp's session store, so the node that adopts a session has rmcp
+//! restore it from the record.
+//!
 //! # Example
 //!
 //! ```
@@ -95,9 +99,12 @@ mod continuity;
 #[cfg(feature = "forward")]
 mod forward;
 mod future;
+mod handoff;
 mod layer;
 mod limit;
 mod queue;
+#[cfg(feature = "rmcp")]
+mod rmcp_store;
 mod service;
 mod stats;
 pub mod store;
@@ -109,6 +116,8 @@ pub use layer::{
     DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL, RegistryHandle, SessionRegistryBuilder,
     SessionRegistryLayer,
 };
+#[cfg(feature = "rmcp")]
+pub use rmcp_store::RmcpSessionStore;
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;
 pub use store::{
