@@ -285,7 +285,12 @@ where
     // A route learnt from an earlier request of this session: no store call.
     if !hop && let Some(route) = cont.route(&sid) {
         match forward(&core, cont, &route, req, &ctx).await {
-            Ok(res) => return Ok(forwarded(res, &mut removal)),
+            Ok(res) => {
+                if !keeps_route(res.status(), ctx.delete) {
+                    cont.forget_route(&sid);
+                }
+                return Ok(forwarded(res, &mut removal));
+            }
             Err(Some(back)) => {
                 cont.unreachable(&route.owner);
                 req = back;
@@ -306,7 +311,9 @@ where
             }
             Plan::Forward(route) => match forward(&core, cont, &route, req, &ctx).await {
                 Ok(res) => {
-                    cont.remember_route(&sid, route);
+                    if keeps_route(res.status(), ctx.delete) {
+                        cont.remember_route(&sid, route);
+                    }
                     return Ok(forwarded(res, &mut removal));
                 }
                 Err(Some(back)) => {
@@ -375,6 +382,12 @@ where
         Some(SessionLookup::Unknown),
     )
     .await
+}
+
+/// Whether a session's route is worth keeping after the owner's answer: not once the owner
+/// no longer holds the session (its `404`) or has closed it (a `DELETE` it served).
+fn keeps_route(status: StatusCode, delete: bool) -> bool {
+    status != StatusCode::NOT_FOUND && !(delete && status.is_success())
 }
 
 fn disarm<R>(removal: &mut Option<PendingRemoval<R>>) {
@@ -573,11 +586,6 @@ where
             core.counters.forwarded.fetch_add(1, Relaxed);
             let mut res = res.map(|b| ResponseBody::forwarded(b.map_err(Into::into).boxed()));
             res.extensions_mut().insert(crate::session::Forwarded);
-            if res.status() == StatusCode::NOT_FOUND {
-                if let Some(sid) = ctx.sid() {
-                    cont.forget_route(sid);
-                }
-            }
             Ok(res)
         }
         Err(super::forward::ForwardError::NotSent(mut back, e)) => {
