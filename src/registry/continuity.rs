@@ -8,7 +8,8 @@
 //!
 //! - the owner is alive and serving: the request is **forwarded** to it (feature `forward`),
 //!   at most one hop; the route is remembered, so the next request of the session is forwarded
-//!   without the store;
+//!   without reading its record again (while the owner's liveness, cached briefly, says it is
+//!   still serving);
 //! - the owner's liveness record is gone, says `draining`, or names another incarnation (or a
 //!   forward found no one listening): this node **adopts** the session, a compare-and-set on
 //!   the record's owner and incarnation ([`RegistryStore::claim`]); the winner passes a
@@ -126,6 +127,9 @@ pub(crate) struct Settings {
 #[cfg_attr(not(feature = "forward"), allow(dead_code))]
 struct Route {
     owner: Arc<str>,
+    /// The owner's incarnation when the route was learnt: a restarted owner no longer holds
+    /// the session.
+    incarnation: Arc<str>,
     addr: SocketAddr,
 }
 
@@ -282,8 +286,14 @@ where
         return call_inner(&core, inner, req, &ctx, removal, None).await;
     };
     let hop = req.headers().contains_key(headers::MCP_FORWARDED_BY);
-    // A route learnt from an earlier request of this session: no store call.
-    if !hop && let Some(route) = cont.route(&sid) {
+    // A route learnt from an earlier request of this session: no record lookup, and no store
+    // call at all while the owner's liveness is cached. An owner that drains, left or
+    // restarted since is not followed: its sessions are adopted (a node that forwards to a
+    // draining owner would keep it busy, and once it has shut down, its sessions lost).
+    if !hop
+        && let Some(route) = cont.route(&sid)
+        && route_live(&core, cont, &route, &sid).await
+    {
         match forward(&core, cont, &route, req, &ctx).await {
             Ok(res) => {
                 if !keeps_route(res.status(), ctx.delete) {
@@ -382,6 +392,25 @@ where
         Some(SessionLookup::Unknown),
     )
     .await
+}
+
+/// Whether `route`'s owner is still the one serving there; a route that is not is forgotten.
+/// Followed as it is when the store does not answer (the owner was alive a moment ago).
+async fn route_live<R: RegistryStore>(
+    core: &Core<R>,
+    cont: &Continuity,
+    route: &Route,
+    sid: &str,
+) -> bool {
+    let live = match owner(core, cont, &route.owner).await {
+        Some(Owner::Serving { incarnation, .. }) => incarnation == route.incarnation,
+        Some(Owner::Gone) => false,
+        None => true,
+    };
+    if !live {
+        cont.forget_route(sid);
+    }
+    live
 }
 
 /// Whether a session's route is worth keeping after the owner's answer: not once the owner
@@ -496,6 +525,7 @@ async fn plan_for<R: RegistryStore>(
                     Some(addr) if cont.settings.forwarding && cfg!(feature = "forward") => {
                         Plan::Forward(Route {
                             owner: record.node.as_str().into(),
+                            incarnation,
                             addr,
                         })
                     }
