@@ -260,6 +260,8 @@ enum Plan {
     Inner(Option<SessionLookup>),
     Forward(Route),
     Adopt(SessionRecord),
+    /// Not served here: `503`, retry on another node.
+    Unavailable,
 }
 
 type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
@@ -312,7 +314,7 @@ where
             }
         }
     }
-    let mut plan = plan(&core, cont, &sid, hop).await;
+    let mut plan = plan(&core, cont, &sid, hop, ctx.delete).await;
     // At most: forward, find no one, adopt, lose the race, forward to the winner.
     for _ in 0..3 {
         match plan {
@@ -338,7 +340,7 @@ where
                                 owner: route.owner.to_string(),
                             },
                         ),
-                        Ok(Some(_)) => plan_again(&core, cont, &sid, hop).await,
+                        Ok(Some(_)) => plan_again(&core, cont, &sid, hop, ctx.delete).await,
                         Ok(None) => Plan::Inner(Some(SessionLookup::Unknown)),
                         Err(()) => Plan::Inner(Some(SessionLookup::Misrouted {
                             owner: route.owner.to_string(),
@@ -350,6 +352,7 @@ where
                     return Ok(owner_failed());
                 }
             },
+            Plan::Unavailable => return Ok(retry_elsewhere()),
             Plan::Adopt(record) => {
                 if cont.is_draining() {
                     return Ok(retry_elsewhere());
@@ -371,7 +374,7 @@ where
                         plan = if hop {
                             Plan::Inner(Some(SessionLookup::Misrouted { owner: now.node }))
                         } else {
-                            plan_for(&core, cont, now).await
+                            plan_for(&core, cont, now, ctx.delete).await
                         };
                     }
                     Ok(Ok(Claim::Lost(None))) => plan = Plan::Inner(Some(SessionLookup::Unknown)),
@@ -457,8 +460,21 @@ async fn plan_again<R: RegistryStore>(
     cont: &Continuity,
     sid: &str,
     hop: bool,
+    delete: bool,
 ) -> Plan {
-    plan(core, cont, sid, hop).await
+    plan(core, cont, sid, hop, delete).await
+}
+
+/// A record that names this node (this process) for a session it does not hold.
+fn own_record(cont: &Continuity, delete: bool) -> Plan {
+    // A draining node that hands its sessions over closed them and kept their records, for
+    // the node each session's next request reaches: a request that still reaches this one is
+    // told to go elsewhere, and the record stays (a `DELETE` still removes it).
+    if cont.is_draining() && cont.hands_over() && !delete {
+        return Plan::Unavailable;
+    }
+    // It ended here: the inner service's `404`, and the record goes.
+    Plan::Inner(None)
 }
 
 /// Looks the session's record up (within the lookup limits) and decides.
@@ -467,6 +483,7 @@ async fn plan<R: RegistryStore>(
     cont: &Continuity,
     sid: &str,
     hop: bool,
+    delete: bool,
 ) -> Plan {
     match core.limits.admit(sid) {
         Admit::Lookup => {}
@@ -491,7 +508,7 @@ async fn plan<R: RegistryStore>(
         // A forwarded request is never forwarded again; it may still adopt (its owner named
         // this node's address, which a new process of this node may hold now).
         return match record.ownership(&core.node, &core.incarnation) {
-            Ownership::Current => Plan::Inner(None),
+            Ownership::Current => own_record(cont, delete),
             Ownership::PreviousIncarnation => adopt_or(cont, record, SessionLookup::NodeRestarted),
             _ => match owner(core, cont, &record.node).await {
                 Some(Owner::Serving { incarnation, .. }) if *incarnation == *record.incarnation => {
@@ -505,7 +522,7 @@ async fn plan<R: RegistryStore>(
             },
         };
     }
-    plan_for(core, cont, record).await
+    plan_for(core, cont, record, delete).await
 }
 
 /// Decides for a record just read.
@@ -513,11 +530,10 @@ async fn plan_for<R: RegistryStore>(
     core: &Arc<Core<R>>,
     cont: &Continuity,
     record: SessionRecord,
+    delete: bool,
 ) -> Plan {
     match record.ownership(&core.node, &core.incarnation) {
-        // The record says this node holds it, and it does not (it ended here): the inner
-        // service's `404`, and the record goes.
-        Ownership::Current => Plan::Inner(None),
+        Ownership::Current => own_record(cont, delete),
         Ownership::PreviousIncarnation => adopt_or(cont, record, SessionLookup::NodeRestarted),
         _ => match owner(core, cont, &record.node).await {
             Some(Owner::Serving { incarnation, addr }) if *incarnation == *record.incarnation => {
