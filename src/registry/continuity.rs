@@ -445,7 +445,7 @@ where
                     cont.unreachable(&route.owner);
                     req = back;
                     plan = match core.store_lookup(&sid).await {
-                        Ok(Some(record)) if &*record.node == &*route.owner => adopt_or(
+                        Ok(Some(record)) if *record.node == *route.owner => adopt_or(
                             cont,
                             record,
                             SessionLookup::Misrouted {
@@ -1076,13 +1076,13 @@ pub(crate) async fn sweep_orphans<R: RegistryStore>(core: &Core<R>) {
         return;
     };
     let now = Instant::now();
-    if !cont.own_orphans_swept.load(Relaxed) && now.duration_since(cont.booted) >= core.idle_timeout
+    if !cont.own_orphans_swept.load(Relaxed)
+        && now.duration_since(cont.booted) >= core.idle_timeout
+        && let Some(n) = remove_all_stale(core, &core.node, &core.incarnation).await
     {
-        if let Some(n) = remove_all_stale(core, &core.node, &core.incarnation).await {
-            cont.own_orphans_swept.store(true, Relaxed);
-            if n > 0 {
-                tracing::info!(node = %core.node, removed = n, "removed unclaimed records of this node's previous process");
-            }
+        cont.own_orphans_swept.store(true, Relaxed);
+        if n > 0 {
+            tracing::info!(node = %core.node, removed = n, "removed unclaimed records of this node's previous process");
         }
     }
     let Ok(Ok(nodes)) = tokio::time::timeout(core.lookup_timeout, core.store.nodes()).await else {
