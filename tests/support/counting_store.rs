@@ -21,6 +21,7 @@ pub struct Counting<S> {
     pub inner: S,
     lookups: Arc<AtomicU64>,
     calls: Arc<AtomicU64>,
+    latency: Option<Duration>,
 }
 
 impl<S> Counting<S> {
@@ -29,6 +30,20 @@ impl<S> Counting<S> {
             inner,
             lookups: Arc::default(),
             calls: Arc::default(),
+            latency: None,
+        }
+    }
+
+    /// Every read and claim (what a request waits for) takes `latency` longer, as over a
+    /// network: concurrent requests then overlap in the store as they do on a real one.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = Some(latency);
+        self
+    }
+
+    async fn wait(&self) {
+        if let Some(latency) = self.latency {
+            tokio::time::sleep(latency).await;
         }
     }
 
@@ -61,6 +76,7 @@ impl<S: RegistryStore> RegistryStore for Counting<S> {
     async fn lookup(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.call();
         self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.wait().await;
         self.inner.lookup(id).await
     }
 
@@ -113,6 +129,7 @@ impl<S: RegistryStore> RegistryStore for Counting<S> {
 
     async fn node(&self, node: &str) -> Result<Option<NodeRecord>, StoreError> {
         self.call();
+        self.wait().await;
         self.inner.node(node).await
     }
 
@@ -140,6 +157,7 @@ impl<S: RegistryStore> RegistryStore for Counting<S> {
         ttl: Duration,
     ) -> Result<Claim, StoreError> {
         self.call();
+        self.wait().await;
         self.inner.claim(id, owner, incarnation, record, ttl).await
     }
 
