@@ -468,7 +468,7 @@ where
             Plan::Restore(record) => {
                 // Taking part until answered.
                 let _adopting = adopting.or_else(|| Adopting::join(&core, &sid));
-                return restore(&core, inner, req, &ctx, removal, &sid, record, false).await;
+                return restore(&core, inner, req, &ctx, removal, &sid, record).await;
             }
             Plan::Adopt(record) => {
                 if cont.is_draining() {
@@ -487,7 +487,7 @@ where
                 match claimed {
                     Ok(Ok(Claim::Won)) => {
                         cont.claimed(&sid, record.clone());
-                        return restore(&core, inner, req, &ctx, removal, &sid, record, true).await;
+                        return restore(&core, inner, req, &ctx, removal, &sid, record).await;
                     }
                     // Another request of this node won it.
                     Ok(Ok(Claim::Lost(Some(now))))
@@ -882,10 +882,9 @@ where
     Ok(not_found(parts, outcome))
 }
 
-/// This node won the record (`claimed`: this request did; otherwise another request of this
-/// node is adopting the session): the transport restores the session from it, once however
-/// many requests ask, and serves the request.
-#[allow(clippy::too_many_arguments)]
+/// This node won the record (this request, or another one of this node adopting the
+/// session): the transport restores the session from it, once however many requests ask, and
+/// serves the request.
 async fn restore<S, ReqBody, ResBody, R>(
     core: &Arc<Core<R>>,
     mut inner: S,
@@ -894,7 +893,6 @@ async fn restore<S, ReqBody, ResBody, R>(
     removal: Option<PendingRemoval<R>>,
     sid: &Arc<str>,
     record: SessionRecord,
-    claimed: bool,
 ) -> Answer<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -941,13 +939,11 @@ where
     }
     let cont = core.continuity.as_ref();
     if served || core.holds(sid) {
-        // Restored here: the record stays this node's (a `DELETE` removes it as usual).
-        if let Some(cont) = cont {
-            cont.take_claim(sid);
-        }
-        if claimed {
+        // Restored here: the record stays this node's (a `DELETE` removes it as usual), and
+        // the first request to see it counts the adoption.
+        if let Some(before) = cont.and_then(|cont| cont.take_claim(sid)) {
             core.counters.adopted.fetch_add(1, Relaxed);
-            tracing::info!(session = %Fingerprint::of(sid), from = %record.node, "session adopted");
+            tracing::info!(session = %Fingerprint::of(sid), from = %before.node, "session adopted");
         }
     } else if let Some(before) = cont.and_then(|cont| cont.take_claim_if_last(sid)) {
         // Not restored (another principal, a full or draining transport) and no other
