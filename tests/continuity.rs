@@ -1283,6 +1283,61 @@ async fn principal_mismatch_adopts_nothing() {
     assert_eq!(reason(post(&bob, &ping()).await).await, "unknown");
 }
 
+/// Another principal's request claims a gone owner's session first, and the right principal's
+/// request arrives while it does: the transport refuses the first (the unknown-session `404`),
+/// restores the session for the second, and the record stays with the node that holds the
+/// session now (the refused claimant does not give it back under the other's feet).
+#[tokio::test]
+async fn a_refused_claimant_leaves_the_adoption_to_the_right_principal() {
+    let store = MemoryStore::new();
+    let bound = || SseTransportLayer::builder().with_principal(user);
+    let mut a = Node::start_with(store.clone(), "node-a", |r| r, bound()).await;
+    let b = Node::start_full(
+        store.clone(),
+        "node-b",
+        |r| r,
+        bound(),
+        Some(Duration::from_millis(300)),
+    )
+    .await;
+    let mut ada = client_with(a.addr, None, &[("x-user", "ada")]);
+    ada.connect(V).await;
+    a.flush().await;
+    let id = ada.session.clone().unwrap();
+    a.gone().await;
+
+    let bob = tokio::spawn({
+        let client = client_with(b.addr, Some(&id), &[("x-user", "bob")]);
+        async move { post(&client, &ping()).await }
+    });
+    eventually("B claimed the record", async || {
+        record(&store, &id)
+            .await
+            .is_some_and(|r| r.node == "node-b")
+    })
+    .await;
+    let ada_via_b = client_with(b.addr, Some(&id), &[("x-user", "ada")]);
+    let who = success(post(&ada_via_b, &whoami()).await).await;
+    assert_eq!(who["node"], "node-b");
+    assert_eq!(reason(bob.await.unwrap()).await, "unknown");
+    b.flush().await;
+    assert_eq!(b.transport.session_count(), 1);
+    assert_eq!(b.registry.stats().adopted, 1);
+    // Settled: nothing is given back afterwards either.
+    let now = record(&store, &id).await.unwrap();
+    assert!(
+        now.is_owned_by("node-b", b.registry.incarnation()),
+        "{now:?}"
+    );
+    success(post(&ada_via_b, &ping()).await).await;
+    assert!(
+        record(&store, &id)
+            .await
+            .unwrap()
+            .is_owned_by("node-b", b.registry.incarnation())
+    );
+}
+
 /// The Redis commands of a first forward, a second forward and an adoption, from
 /// `INFO commandstats` (which also counts the commands a script runs).
 ///
