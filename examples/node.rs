@@ -381,6 +381,11 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         affinity.tag()
     );
     tracing::info!(node = %args.node, tag = %affinity.tag(), %local, "listening");
+    if !args.transport_only && !registry_handle.announce(Duration::from_secs(2)).await {
+        tracing::warn!(
+            "liveness record not written yet (store unreachable?); retried in the background"
+        );
+    }
     let ops = Ops::new(
         handle.clone(),
         (!args.transport_only).then(|| registry_handle.clone()),

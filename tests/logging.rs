@@ -111,6 +111,9 @@ async fn session_ids_never_appear_in_logs() {
         ids.push(res.headers()["mcp-session-id"].to_str().unwrap().to_owned());
     }
     assert!(ha.flush(std::time::Duration::from_secs(5)).await);
+    // Both nodes alive in the store: node-b forwards or answers `misrouted`, it adopts nothing.
+    assert!(ha.announce(std::time::Duration::from_secs(5)).await);
+    assert!(hb.announce(std::time::Duration::from_secs(5)).await);
     let id = ids[0].clone();
     let cookie = format!("_mcp_backend={}", id.split('.').next().unwrap());
     let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"});

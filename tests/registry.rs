@@ -175,6 +175,43 @@ async fn reason(res: reqwest::Response) -> String {
         .to_owned()
 }
 
+/// The session records and node indexes (not the nodes' liveness keys and node set).
+fn session_keys(redis: &RedisServer) -> Vec<String> {
+    redis
+        .keys("mcp:session:*")
+        .into_iter()
+        .filter(|k| !k.starts_with("mcp:session:live:") && k != "mcp:session:nodes")
+        .collect()
+}
+
+/// With continuity, a node that shuts down leaves its sessions' records for the node their
+/// next request reaches (it adopts them), and says it left.
+#[tokio::test]
+async fn shutdown_leaves_records_for_adoption() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    let node = Node::start(store, "node-a").await;
+    let mut c = node.client();
+    c.connect("2025-11-25").await;
+    node.flush().await;
+    let id = c.session.clone().unwrap();
+    eventually("the liveness record was written", || {
+        redis.get("mcp:session:live:{node-a}").is_some()
+    })
+    .await;
+    assert!(node.registry.drain(Duration::from_secs(1)).await);
+    let live: Value =
+        serde_json::from_str(&redis.get("mcp:session:live:{node-a}").unwrap()).unwrap();
+    assert_eq!(live["s"], "draining");
+    assert_eq!(node.transport.shutdown().await, 1);
+    node.flush().await;
+    let record: Value = serde_json::from_str(&redis.get(&key(&id)).expect("record kept")).unwrap();
+    assert_eq!(record["n"], "node-a");
+    assert_eq!(record["v"], "2025-11-25", "restorable");
+    assert!(node.registry.leave(Duration::from_secs(1)).await);
+    assert_eq!(redis.get("mcp:session:live:{node-a}"), None);
+}
+
 /// Polls a condition with a deadline (the state under test changes in the background).
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..1000 {
@@ -307,7 +344,11 @@ async fn modern_traffic_registers_nothing() {
         "modern requests made Redis calls: {}",
         redis.cmd::<String>(&["INFO", "commandstats"])
     );
-    assert!(redis.keys("*").is_empty(), "keys: {:?}", redis.keys("*"));
+    assert!(
+        session_keys(&redis).is_empty(),
+        "keys: {:?}",
+        redis.keys("*")
+    );
 }
 
 #[tokio::test]
@@ -352,8 +393,13 @@ async fn misroute_between_two_nodes_and_delete_on_the_wrong_node() {
 async fn every_close_path_removes_the_record() {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).await.unwrap();
+    // As ADR-0066 has it: with continuity, a shutdown hands its sessions over instead (see
+    // `shutdown_leaves_records_for_adoption`).
     let node = Node::start_with(
-        SessionRegistryLayer::new(store, "node-a").unwrap(),
+        SessionRegistryLayer::builder(store, "node-a")
+            .with_continuity(false)
+            .build()
+            .unwrap(),
         SseTransportLayer::builder()
             .with_idle_timeout(Duration::from_millis(300))
             .build()
@@ -513,7 +559,13 @@ async fn redis_outage_is_invisible_to_clients_and_cleanup_lands_after_it() {
         .with_command_timeout(Duration::from_millis(100))
         .build_lazy()
         .unwrap();
-    let node = Node::start(store, "node-a").await;
+    // The ADR's cleanup on every close path (with continuity, a shutdown hands its
+    // sessions over and keeps their records).
+    let registry = SessionRegistryLayer::builder(store, "node-a")
+        .with_continuity(false)
+        .build()
+        .unwrap();
+    let node = Node::start_with(registry, SseTransportLayer::new()).await;
     let mut clients = Vec::new();
     for _ in 0..5 {
         let mut c = node.client();
@@ -578,7 +630,7 @@ async fn a_removal_whose_answer_was_lost_still_unlists_the_session() {
     c.connect("2025-11-25").await;
     node.flush().await;
     assert_eq!(
-        redis.keys("mcp:session:*"),
+        session_keys(&redis),
         [
             "mcp:session:node:{node-a}".to_owned(),
             key(c.session.as_deref().expect("session id"))
@@ -593,7 +645,7 @@ async fn a_removal_whose_answer_was_lost_still_unlists_the_session() {
     redis.resume();
     node.flush().await;
     assert!(
-        redis.keys("mcp:session:*").is_empty(),
+        session_keys(&redis).is_empty(),
         "left behind: {:?}",
         redis.keys("*")
     );

@@ -424,3 +424,219 @@ async fn idle_sessions_without_a_close_hook_are_dropped_after_the_idle_bound() {
         "the busy one stays"
     );
 }
+
+/// The registry's records as rmcp's session store (feature `rmcp`): a node whose rmcp service
+/// uses `RmcpSessionStore` restores, on adoption, sessions another node's rmcp created.
+#[cfg(feature = "rmcp")]
+mod restore {
+    use super::*;
+    use mcp_affinity::registry::RmcpSessionStore;
+
+    /// registry (continuity on, default settings) → rmcp, over TCP; rmcp's session store is
+    /// the registry's records when `with_store`, none otherwise. In front, the affinity layer
+    /// in envelope mode when `envelope`.
+    async fn start(redis: &RedisServer, name: &str, with_store: bool, envelope: bool) -> Node {
+        let registry =
+            SessionRegistryLayer::new(RedisStore::connect(&redis.url()).await.unwrap(), name)
+                .unwrap();
+        let handle = registry.handle();
+        let mut config = StreamableHttpServerConfig::default();
+        if with_store {
+            config.session_store = Some(Arc::new(RmcpSessionStore::new(&handle)));
+        }
+        let rmcp_service = StreamableHttpService::new(
+            || Ok(Minimal),
+            Arc::new(LocalSessionManager::default()),
+            config,
+        );
+        let stack = tower::ServiceBuilder::new().layer(registry);
+        let (url, task) = if envelope {
+            serve(
+                tower::ServiceBuilder::new()
+                    .layer(SessionAffinityLayer::for_node(name).with_envelope(true))
+                    .service(stack.service(rmcp_service)),
+            )
+            .await
+        } else {
+            serve(stack.service(rmcp_service)).await
+        };
+        Node {
+            url,
+            registry: handle,
+            task,
+        }
+    }
+
+    /// Serves `svc` on a free loopback port: its `/mcp` URL and the accept loop.
+    async fn serve<S, B>(svc: S) -> (String, tokio::task::JoinHandle<()>)
+    where
+        S: tower::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let svc = TowerToHyperService::new(svc.clone());
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{addr}/mcp"), task)
+    }
+
+    /// Stops `node` as a node shuts down: its liveness says `draining` (others adopt its
+    /// sessions at once), it stops serving, then it leaves the cluster.
+    async fn stop(node: &Node) {
+        assert!(node.registry.drain(Duration::from_secs(10)).await);
+        node.task.abort();
+        assert!(node.registry.flush(Duration::from_secs(10)).await);
+        assert!(node.registry.leave(Duration::from_secs(10)).await);
+    }
+
+    fn record(redis: &RedisServer, id: &str) -> Value {
+        let json = redis
+            .get(&key(id))
+            .unwrap_or_else(|| panic!("a record: {:?}", redis.keys("mcp:session:{*")));
+        serde_json::from_str(&json).unwrap()
+    }
+
+    /// The JSON-RPC message of an answer, JSON or the `data:` of an SSE event.
+    async fn message(res: reqwest::Response) -> Value {
+        let text = res.text().await.unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|_| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+                .find(|m| m.get("id").is_some())
+                .unwrap_or_else(|| panic!("no JSON-RPC answer in {text:?}"))
+        })
+    }
+
+    /// Initialize on node A (rmcp mints the id; the registry writes its record with the
+    /// restore fields rmcp's store call handed over), stop A, and the next request on node B
+    /// is served: B adopts the record and rmcp restores the session from it. A session of an
+    /// rmcp without the store (a record without restore fields) is not adopted.
+    async fn sessions_restore_on_another_node(envelope: bool) {
+        let redis = RedisServer::start();
+        let a = start(&redis, "node-a", true, envelope).await;
+        let b = start(&redis, "node-b", true, envelope).await;
+        let c = start(&redis, "node-c", false, envelope).await;
+        let http = http();
+
+        let id = open_session(&http, &a).await;
+        assert_eq!(ping(&http, &a, &id).await.status(), 200);
+        assert!(a.registry.flush(Duration::from_secs(10)).await);
+        let rec = record(&redis, &id);
+        assert_eq!(rec["n"], "node-a");
+        assert_eq!(rec["v"], "2025-06-18", "{rec}");
+        assert_eq!(rec["ci"], json!({"name": "t", "version": "1"}), "{rec}");
+        assert!(rec["cc"].is_object(), "{rec}");
+        assert!(rec.get("p").is_none(), "rmcp binds no principal: {rec}");
+        let stats = a.registry.stats();
+        assert_eq!((stats.registered, stats.tracked), (1, 1), "{stats:?}");
+
+        let bare = open_session(&http, &c).await;
+        assert!(c.registry.flush(Duration::from_secs(10)).await);
+        assert!(record(&redis, &bare).get("v").is_none());
+
+        // While A serves (and gives no address to forward to), B's rmcp restores nothing: the
+        // store loads only what the registry adopts.
+        assert_eq!(reason(ping(&http, &b, &id).await).await, "misrouted");
+        assert_eq!(b.registry.stats().adopted, 0);
+        assert_eq!(record(&redis, &id)["n"], "node-a");
+
+        stop(&a).await;
+        stop(&c).await;
+
+        // Node B adopts the session once it sees A gone (it trusts the liveness it read a
+        // moment ago for up to a second), and rmcp restores it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let res = loop {
+            let res = ping(&http, &b, &id).await;
+            if res.status() != 404 {
+                break res;
+            }
+            assert_eq!(reason(res).await, "misrouted");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "B never adopted the session"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok()),
+            Some(id.as_str()),
+            "the answer re-pins the client's id"
+        );
+        let answer = message(res).await;
+        assert_eq!(answer["id"], 7, "{answer}");
+        assert!(answer.get("result").is_some(), "{answer}");
+        let stats = b.registry.stats();
+        assert_eq!(stats.adopted, 1, "{stats:?}");
+        let rec = record(&redis, &id);
+        assert_eq!(rec["n"], "node-b", "the record names the adopter: {rec}");
+        assert_eq!(rec["i"], b.registry.incarnation());
+        assert_eq!(rec["v"], "2025-06-18", "the restore fields stay: {rec}");
+
+        // Held on B from now on: served without another adoption.
+        assert_eq!(ping(&http, &b, &id).await.status(), 200);
+        let res = post(
+            &http,
+            &b,
+            &id,
+            &json!({"jsonrpc":"2.0","id":8,"method":"tools/list"}),
+        )
+        .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(message(res).await["id"], 8);
+        assert_eq!(b.registry.stats().adopted, 1);
+
+        // No restore fields: not adopted, and rmcp restores nothing.
+        assert_eq!(reason(ping(&http, &b, &bare).await).await, "misrouted");
+        assert_eq!(b.registry.stats().adopted, 1);
+        assert_eq!(record(&redis, &bare)["n"], "node-c");
+
+        // A DELETE on the adopter ends the session and removes its record.
+        let res = http
+            .delete(&b.url)
+            .header("mcp-session-id", &id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+        assert!(b.registry.flush(Duration::from_secs(10)).await);
+        assert_eq!(redis.get(&key(&id)), None);
+        assert_eq!(reason(ping(&http, &b, &id).await).await, "unknown");
+    }
+
+    #[tokio::test]
+    async fn an_rmcp_session_is_restored_on_the_node_that_adopts_it() {
+        sessions_restore_on_another_node(false).await;
+    }
+
+    /// The same behind the affinity layer in envelope mode: rmcp sees its own ids, the records
+    /// are keyed by the enveloped ones.
+    #[tokio::test]
+    async fn an_enveloped_rmcp_session_is_restored_on_the_node_that_adopts_it() {
+        sessions_restore_on_another_node(true).await;
+    }
+}

@@ -324,6 +324,16 @@ impl SessionAffinityLayer {
     /// containing a `.` itself. Without strict mode, the registry's `404` says more (it can
     /// tell a misroute from a restart or an unknown id).
     ///
+    /// # Strict mode excludes forwarding and adoption
+    ///
+    /// A session id keeps the tag of the node that created it after another node adopted it,
+    /// and a forwarded request reaches the owner only if the node it landed on passes it to
+    /// the session registry. Strict mode answers both with `404` first, so the session
+    /// registry's continuity (forwarding to a live owner, adopting from a gone one) never
+    /// runs: a client whose node went away must re-initialize. Leave strict mode off in a
+    /// cluster whose sessions should outlive their node; without it, an adopted session's
+    /// other-node tag is only noted (the misroute hint) and the adopter sets its own cookie.
+    ///
     /// # Example
     ///
     /// ```

@@ -877,6 +877,9 @@ where
             }
         }
     };
+    if let (SessionLookup::Misrouted { owner }, Some(sid)) = (&outcome, ctx.sid()) {
+        tracing::warn!(session = %Fingerprint::of(sid), owner = %owner, here = %core.node, "misrouted request: the session lives on another node");
+    }
     core.count_outcome(&outcome);
     let (parts, _) = res.into_parts();
     Ok(not_found(parts, outcome))
@@ -913,7 +916,14 @@ where
                 .with_principal(record.principal.clone()),
         );
     }
-    let mut res = inner.call(req).await?;
+    let mut res = {
+        // An inner service with a session store of its own (rmcp with `RmcpSessionStore`)
+        // loads the record this node just claimed from here, under the id it sees.
+        let _restoring = core.handoff.restoring(ctx.inner_sid(), || {
+            record.owned_by(&*core.node, &*core.incarnation)
+        });
+        inner.call(req).await?
+    };
     // The request that restored the session gets it on its response (this crate's
     // transport); the others were served by it.
     let restored = res.extensions().get::<Session>().cloned();

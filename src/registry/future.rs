@@ -317,17 +317,21 @@ fn unavailable<B>() -> Response<ResponseBody<B>> {
 }
 
 /// A successful response that minted a session id the request did not carry.
-fn minted_id<B>(res: &Response<B>, ctx: &Ctx) -> Option<Arc<str>> {
+/// The id a response minted: as the clients use it (what records are keyed by) and as the
+/// inner service minted it.
+fn minted_id<'r, B>(res: &'r Response<B>, ctx: &Ctx) -> Option<(Arc<str>, &'r str)> {
     if !res.status().is_success() {
         return None;
     }
     let id = res.headers().get(headers::MCP_SESSION_ID)?.to_str().ok()?;
-    (SessionId::is_valid(id) && ctx.inner_sid() != Some(id)).then(|| ctx.wire_of(id))
+    (SessionId::is_valid(id) && ctx.inner_sid() != Some(id)).then(|| (ctx.wire_of(id), id))
 }
 
-/// The record of a session just minted: with what another node needs to restore it when the
-/// inner service is this crate's transport (the response carries the [`Session`]).
-fn record_for<R>(core: &Core<R>, session: Option<&Session>) -> SessionRecord {
+/// The record of a session just minted (as `minted` by the inner service), with what another
+/// node needs to restore it: from the [`Session`] the response carries when the inner service
+/// is this crate's transport, or from what the inner service's session store handed over
+/// ([`RmcpSessionStore`](super::RmcpSessionStore)).
+fn record_for<R>(core: &Core<R>, session: Option<&Session>, minted: &str) -> SessionRecord {
     let record = SessionRecord::new(&*core.node, &*core.incarnation)
         .with_created_at(super::store::unix_now());
     match session.and_then(|s| Some((s, s.protocol_version()?))) {
@@ -337,6 +341,10 @@ fn record_for<R>(core: &Core<R>, session: Option<&Session>) -> SessionRecord {
             s.client_capabilities().cloned(),
             s.principal_digest().map(str::to_owned),
         ),
+        None if session.is_none() => match core.handoff.take_minted(minted) {
+            Some(restore) => restore.apply(record),
+            None => record,
+        },
         None => record,
     }
 }
@@ -444,7 +452,7 @@ where
                             }
                         }
                     }
-                    let Some(id) = minted_id(&res, ctx) else {
+                    let Some((id, minted)) = minted_id(&res, ctx) else {
                         return Poll::Ready(Ok(map_body(res)));
                     };
                     let session = res.extensions().get::<Session>();
@@ -455,7 +463,7 @@ where
                         }
                         None => Ends::Unreported,
                     };
-                    let record = record_for(core, session);
+                    let record = record_for(core, session, minted);
                     if !core.fail_closed {
                         // Held from now on: the next request takes the local path.
                         core.mark_live(&id, ends);

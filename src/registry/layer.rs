@@ -46,6 +46,9 @@ impl std::error::Error for ConfigError {}
 
 /// Records every legacy session of this node in a shared store so other nodes can tell a
 /// misrouted request from an unknown session, and removes the record on every close path.
+/// With continuity (on by default, [`with_continuity`](SessionRegistryBuilder::with_continuity)),
+/// a request for a session another node holds is forwarded to that node while it lives and
+/// serves, and the session is adopted here when it does not.
 ///
 /// See the [module docs](crate::registry) for the full behaviour and an example.
 ///
@@ -78,6 +81,13 @@ impl std::error::Error for ConfigError {}
 /// another node carries no such extension and is looked up as it came, so every node finds
 /// the same record.
 ///
+/// Continuity needs the transport right below: the registry passes it a
+/// [`RestoreSession`](crate::session::RestoreSession) to adopt a session, and reads the
+/// [`Session`](crate::session::Session) the transport puts into the restoring response. Over
+/// another inner service, forwarding works (it reads headers and statuses) and adoption works
+/// when that service restores sessions itself. An affinity layer above must not be in strict
+/// mode, which answers requests for other nodes' sessions before they reach the registry.
+///
 /// # Backpressure
 ///
 /// `poll_ready` forwards the inner service's readiness. Store writes never hold a request:
@@ -88,12 +98,18 @@ impl std::error::Error for ConfigError {}
 /// by a short cache of ids the store did not know
 /// ([`with_negative_cache`](SessionRegistryBuilder::with_negative_cache)).
 ///
+/// A request for a session this node does not hold keeps the inner service's readiness
+/// while its record and the owner's liveness are read (each bounded by the lookup timeout)
+/// and while it is forwarded; a forwarded request releases it without calling the inner
+/// service. Forwards are bounded by the owner: they stream at the owner's pace, over at most
+/// one pooled HTTP/1.1 connection per request in flight.
+///
 /// # Runtime
 ///
-/// The background work (write queues, TTL refresh, removal of the records a previous
-/// incarnation of this node left) starts when the layer wraps a service inside a Tokio runtime,
-/// so a restarted node cleans up at boot, before its first request. A layer applied outside a
-/// runtime starts it at its first request or [`RegistryHandle::flush`].
+/// The background work (write queues, TTL refresh, the liveness record, the sweep of
+/// orphaned records) starts when the layer wraps a service inside a Tokio runtime, before the
+/// first request. A layer applied outside a runtime starts it at its first request or
+/// [`RegistryHandle::flush`].
 ///
 /// # Example
 ///
@@ -847,6 +863,14 @@ impl<R> Clone for RegistryHandle<R> {
     }
 }
 
+impl<R> RegistryHandle<R> {
+    /// The registry's shared state (for the session store adapters in this module).
+    #[cfg_attr(not(feature = "rmcp"), allow(dead_code))]
+    pub(crate) fn core(&self) -> &Arc<Core<R>> {
+        &self.core
+    }
+}
+
 impl<R: fmt::Debug> fmt::Debug for RegistryHandle<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistryHandle")
@@ -970,6 +994,29 @@ impl<R: RegistryStore> RegistryHandle<R> {
     pub async fn flush(&self, timeout: Duration) -> bool {
         self.core.start();
         self.core.flush(timeout).await
+    }
+
+    /// Writes this node's liveness record now (within `timeout`); whether the store took it.
+    /// The background task writes it at start and every period; a node calls this before it
+    /// accepts requests, so no other node counts it gone while its first write is pending.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use mcp_affinity::registry::{MemoryStore, NodeState, RegistryStore, SessionRegistryLayer};
+    ///
+    /// let store = MemoryStore::new();
+    /// let handle = SessionRegistryLayer::new(store.clone(), "node-a").unwrap().handle();
+    /// assert!(handle.announce(Duration::from_secs(1)).await);
+    /// assert_eq!(store.node("node-a").await.unwrap().map(|n| n.state), Some(NodeState::Serving));
+    /// # }
+    /// ```
+    pub async fn announce(&self, timeout: Duration) -> bool {
+        self.core.start();
+        super::continuity::announce(&self.core, timeout).await
     }
 
     /// Starts draining: this node's liveness record says `draining` from now on (written at

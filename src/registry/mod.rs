@@ -30,8 +30,23 @@
 //!   of its own (rmcp), which ends sessions without telling, the registry learns the end from
 //!   the inner service's `404` for a session it registered (record removed, no lookup) or
 //!   drops a session after an idle bound without requests
-//!   ([`with_idle_timeout`](SessionRegistryBuilder::with_idle_timeout), default 1 hour). A node that restarts under
-//!   the same name removes its previous process's records shortly after start.
+//!   ([`with_idle_timeout`](SessionRegistryBuilder::with_idle_timeout), default 1 hour). With
+//!   continuity off, a node that restarts under the same name removes its previous process's
+//!   records shortly after start.
+//! - **Continuity** (on by default, [`with_continuity`](SessionRegistryBuilder::with_continuity)).
+//!   Records also carry what restores a session elsewhere (protocol version, client info and
+//!   capabilities, the principal's digest), and each node keeps a short-TTL liveness record
+//!   ([`NodeRecord`]). A request for a session this node does not hold — its local view of
+//!   held sessions says so, without the store — looks the record up, then the owner's
+//!   liveness: a live, serving owner gets the request **forwarded** (feature `forward`; one
+//!   hop at most, marked `Mcp-Forwarded-By`, the answer streamed back and marked
+//!   [`Forwarded`](crate::session::Forwarded)); a gone, draining or restarted owner has the
+//!   session **adopted** here ([`RegistryStore::claim`], a compare-and-set on owner and
+//!   incarnation; the transport restores the session from a
+//!   [`RestoreSession`](crate::session::RestoreSession)). On shutdown the records stay for the
+//!   adopters ([`RegistryHandle::drain`], [`RegistryHandle::leave`]); records nobody claims are
+//!   removed once the idle timeout has passed, by their node's next process or, for a node
+//!   gone for good, by any live node.
 //! - **Store down.** Existing sessions are unaffected, new ones are served (fail-open), the
 //!   `404` path answers *unknown*. A store error never becomes a `500`.
 //! - **Modern era.** `2026-07-28` requests pass through untouched.
@@ -42,6 +57,10 @@
 //! Stores: [`MemoryStore`] (embedded default: one process, several nodes may share it) and,
 //! with the `redis` feature (on by default), [`RedisStore`] (single server or Redis Cluster
 //! with `redis-cluster`).
+//!
+//! Over rmcp's `StreamableHttpService`, the feature `rmcp` adds `RmcpSessionStore`: the
+//! registry's records as rmcp's session store, so the node that adopts a session has rmcp
+//! restore it from the record.
 //!
 //! # Example
 //!
@@ -80,9 +99,12 @@ mod continuity;
 #[cfg(feature = "forward")]
 mod forward;
 mod future;
+mod handoff;
 mod layer;
 mod limit;
 mod queue;
+#[cfg(feature = "rmcp")]
+mod rmcp_store;
 mod service;
 mod stats;
 pub mod store;
@@ -94,6 +116,8 @@ pub use layer::{
     DEFAULT_NEGATIVE_CACHE, DEFAULT_TTL, RegistryHandle, SessionRegistryBuilder,
     SessionRegistryLayer,
 };
+#[cfg(feature = "rmcp")]
+pub use rmcp_store::RmcpSessionStore;
 pub use service::SessionRegistry;
 pub use stats::RegistryStats;
 pub use store::{

@@ -102,6 +102,8 @@ pub(crate) struct Core<R> {
     started: AtomicBool,
     /// Liveness, forwarding and adoption; `None` when turned off.
     pub(crate) continuity: Option<super::continuity::Continuity>,
+    /// What an inner service's own session store hands over (feature `rmcp`).
+    pub(crate) handoff: Arc<super::handoff::Handoff>,
 }
 
 impl<R: RegistryStore> Core<R> {
@@ -139,6 +141,7 @@ impl<R: RegistryStore> Core<R> {
             full_warning: crate::throttle::Throttle::new(),
             started: AtomicBool::new(false),
             continuity: None,
+            handoff: Arc::default(),
         }
     }
 
