@@ -8,7 +8,8 @@
 //!
 //! - the owner is alive and serving: the request is **forwarded** to it (feature `forward`),
 //!   at most one hop; the route is remembered, so the next request of the session is forwarded
-//!   without the store;
+//!   without reading its record again (while the owner's liveness, cached briefly, says it is
+//!   still serving);
 //! - the owner's liveness record is gone, says `draining`, or names another incarnation (or a
 //!   forward found no one listening): this node **adopts** the session, a compare-and-set on
 //!   the record's owner and incarnation ([`RegistryStore::claim`]); the winner passes a
@@ -126,6 +127,9 @@ pub(crate) struct Settings {
 #[cfg_attr(not(feature = "forward"), allow(dead_code))]
 struct Route {
     owner: Arc<str>,
+    /// The owner's incarnation when the route was learnt: a restarted owner no longer holds
+    /// the session.
+    incarnation: Arc<str>,
     addr: SocketAddr,
 }
 
@@ -154,6 +158,8 @@ pub(crate) struct Continuity {
     announced: AtomicBool,
     owners: Mutex<HashMap<Arc<str>, (Instant, Owner)>>,
     routes: Mutex<HashMap<Arc<str>, Route>>,
+    /// Sessions this node is adopting now (see [`Adoption`]).
+    adoptions: Mutex<HashMap<Arc<str>, Adoption>>,
     /// Nodes found without a liveness record by the orphan sweep, and since when.
     pub(crate) dead_since: Mutex<HashMap<String, Instant>>,
     pub(crate) booted: Instant,
@@ -178,6 +184,7 @@ impl Continuity {
             announced: AtomicBool::new(false),
             owners: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
+            adoptions: Mutex::new(HashMap::new()),
             dead_since: Mutex::new(HashMap::new()),
             booted: Instant::now(),
             own_orphans_swept: AtomicBool::new(false),
@@ -247,6 +254,112 @@ impl Continuity {
         lock(&self.owners).insert(owner.clone(), (Instant::now(), Owner::Gone));
         lock(&self.routes).retain(|_, r| r.owner != *owner);
     }
+
+    /// Whether a request of this node is adopting session `sid` now.
+    fn is_adopting(&self, sid: &str) -> bool {
+        lock(&self.adoptions).contains_key(sid)
+    }
+
+    /// Notes that a request of this node claimed `sid`'s record, which was `before`.
+    fn claimed(&self, sid: &str, before: SessionRecord) {
+        if let Some(a) = lock(&self.adoptions).get_mut(sid) {
+            a.claimed = Some(before);
+        }
+    }
+
+    /// The record as it was before this node claimed `sid`, if it did.
+    fn take_claim(&self, sid: &str) -> Option<SessionRecord> {
+        lock(&self.adoptions).get_mut(sid)?.claimed.take()
+    }
+
+    /// The record to put back, if this node claimed `sid` and the caller is the last of its
+    /// requests adopting it.
+    fn take_claim_if_last(&self, sid: &str) -> Option<SessionRecord> {
+        let mut adoptions = lock(&self.adoptions);
+        let a = adoptions.get_mut(sid)?;
+        if a.requests > 1 {
+            return None;
+        }
+        a.claimed.take()
+    }
+}
+
+/// A session this node is adopting: from the first of its requests that decides to claim the
+/// record until the last of them is answered. Meanwhile the record names this node, which does
+/// not hold the session yet: a request for it (one that lost the claim to a request of this
+/// node, one that found the record naming this node, one forwarded by a node that lost the
+/// claim) restores it through the transport too, which restores a session once and lets the
+/// others wait for it. Without this such a request took the record for one of a session that
+/// had ended here, was answered `404`, and had the record removed.
+#[derive(Debug)]
+struct Adoption {
+    requests: usize,
+    /// The record as it was before this node claimed it: put back if no request restores
+    /// the session (the transport refused it: another principal, a draining or full node).
+    claimed: Option<SessionRecord>,
+}
+
+/// One request taking part in an adoption; the last one out puts the record back if the
+/// adoption came to nothing (a client hanging up mid-way included).
+struct Adopting<R: RegistryStore> {
+    core: Arc<Core<R>>,
+    sid: Arc<str>,
+}
+
+impl<R: RegistryStore> Adopting<R> {
+    fn join(core: &Arc<Core<R>>, sid: &Arc<str>) -> Option<Self> {
+        let cont = core.continuity.as_ref()?;
+        lock(&cont.adoptions)
+            .entry(sid.clone())
+            .or_insert(Adoption {
+                requests: 0,
+                claimed: None,
+            })
+            .requests += 1;
+        Some(Self {
+            core: core.clone(),
+            sid: sid.clone(),
+        })
+    }
+}
+
+impl<R: RegistryStore> Drop for Adopting<R> {
+    fn drop(&mut self) {
+        let Some(cont) = self.core.continuity.as_ref() else {
+            return;
+        };
+        let left = {
+            let mut adoptions = lock(&cont.adoptions);
+            let Some(a) = adoptions.get_mut(&self.sid) else {
+                return;
+            };
+            a.requests -= 1;
+            if a.requests > 0 {
+                return;
+            }
+            adoptions.remove(&self.sid).and_then(|a| a.claimed)
+        };
+        if let Some(before) = left
+            && !self.core.holds(&self.sid)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (core, sid) = (self.core.clone(), self.sid.clone());
+            rt.spawn(async move { give_back(&core, &sid, &before).await });
+        }
+    }
+}
+
+/// Puts back the record this node claimed for a session it did not restore.
+async fn give_back<R: RegistryStore>(core: &Core<R>, sid: &str, before: &SessionRecord) {
+    let undo = tokio::time::timeout(
+        core.lookup_timeout,
+        core.store
+            .claim(sid, &core.node, &core.incarnation, before, core.ttl),
+    )
+    .await;
+    if !matches!(undo, Ok(Ok(Claim::Won))) {
+        tracing::warn!(session = %Fingerprint::of(sid), "an adoption the transport refused could not be undone");
+    }
 }
 
 /// What to do with a request for a session this node does not hold.
@@ -256,6 +369,10 @@ enum Plan {
     Inner(Option<SessionLookup>),
     Forward(Route),
     Adopt(SessionRecord),
+    /// Another request of this node is adopting the session: restore it with that one.
+    Restore(SessionRecord),
+    /// Not served here: `503`, retry on another node.
+    Unavailable,
 }
 
 type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
@@ -282,10 +399,21 @@ where
         return call_inner(&core, inner, req, &ctx, removal, None).await;
     };
     let hop = req.headers().contains_key(headers::MCP_FORWARDED_BY);
-    // A route learnt from an earlier request of this session: no store call.
-    if !hop && let Some(route) = cont.route(&sid) {
+    // A route learnt from an earlier request of this session: no record lookup, and no store
+    // call at all while the owner's liveness is cached. An owner that drains, left or
+    // restarted since is not followed: its sessions are adopted (a node that forwards to a
+    // draining owner would keep it busy, and once it has shut down, its sessions lost).
+    if !hop
+        && let Some(route) = cont.route(&sid)
+        && route_live(&core, cont, &route, &sid).await
+    {
         match forward(&core, cont, &route, req, &ctx).await {
-            Ok(res) => return Ok(forwarded(res, &mut removal)),
+            Ok(res) => {
+                if !keeps_route(res.status(), ctx.delete) {
+                    cont.forget_route(&sid);
+                }
+                return Ok(forwarded(res, &mut removal));
+            }
             Err(Some(back)) => {
                 cont.unreachable(&route.owner);
                 req = back;
@@ -297,7 +425,8 @@ where
             }
         }
     }
-    let mut plan = plan(&core, cont, &sid, hop).await;
+    let mut plan = plan(&core, cont, &sid, hop, ctx.delete).await;
+    let mut adopting: Option<Adopting<R>> = None;
     // At most: forward, find no one, adopt, lose the race, forward to the winner.
     for _ in 0..3 {
         match plan {
@@ -306,7 +435,9 @@ where
             }
             Plan::Forward(route) => match forward(&core, cont, &route, req, &ctx).await {
                 Ok(res) => {
-                    cont.remember_route(&sid, route);
+                    if keeps_route(res.status(), ctx.delete) {
+                        cont.remember_route(&sid, route);
+                    }
                     return Ok(forwarded(res, &mut removal));
                 }
                 Err(Some(back)) => {
@@ -321,7 +452,7 @@ where
                                 owner: route.owner.to_string(),
                             },
                         ),
-                        Ok(Some(_)) => plan_again(&core, cont, &sid, hop).await,
+                        Ok(Some(_)) => plan_again(&core, cont, &sid, hop, ctx.delete).await,
                         Ok(None) => Plan::Inner(Some(SessionLookup::Unknown)),
                         Err(()) => Plan::Inner(Some(SessionLookup::Misrouted {
                             owner: route.owner.to_string(),
@@ -333,9 +464,18 @@ where
                     return Ok(owner_failed());
                 }
             },
+            Plan::Unavailable => return Ok(retry_elsewhere()),
+            Plan::Restore(record) => {
+                // Taking part until answered.
+                let _adopting = adopting.or_else(|| Adopting::join(&core, &sid));
+                return restore(&core, inner, req, &ctx, removal, &sid, record).await;
+            }
             Plan::Adopt(record) => {
                 if cont.is_draining() {
                     return Ok(retry_elsewhere());
+                }
+                if adopting.is_none() {
+                    adopting = Adopting::join(&core, &sid);
                 }
                 let mine = record.owned_by(&*core.node, &*core.incarnation);
                 let claimed = tokio::time::timeout(
@@ -346,7 +486,14 @@ where
                 .await;
                 match claimed {
                     Ok(Ok(Claim::Won)) => {
+                        cont.claimed(&sid, record.clone());
                         return restore(&core, inner, req, &ctx, removal, &sid, record).await;
+                    }
+                    // Another request of this node won it.
+                    Ok(Ok(Claim::Lost(Some(now))))
+                        if now.is_owned_by(&core.node, &core.incarnation) =>
+                    {
+                        plan = Plan::Restore(now);
                     }
                     Ok(Ok(Claim::Lost(Some(now)))) => {
                         core.counters.adoptions_lost.fetch_add(1, Relaxed);
@@ -354,7 +501,7 @@ where
                         plan = if hop {
                             Plan::Inner(Some(SessionLookup::Misrouted { owner: now.node }))
                         } else {
-                            plan_for(&core, cont, now).await
+                            plan_for(&core, cont, &sid, now, ctx.delete).await
                         };
                     }
                     Ok(Ok(Claim::Lost(None))) => plan = Plan::Inner(Some(SessionLookup::Unknown)),
@@ -375,6 +522,31 @@ where
         Some(SessionLookup::Unknown),
     )
     .await
+}
+
+/// Whether `route`'s owner is still the one serving there; a route that is not is forgotten.
+/// Followed as it is when the store does not answer (the owner was alive a moment ago).
+async fn route_live<R: RegistryStore>(
+    core: &Core<R>,
+    cont: &Continuity,
+    route: &Route,
+    sid: &str,
+) -> bool {
+    let live = match owner(core, cont, &route.owner).await {
+        Some(Owner::Serving { incarnation, .. }) => incarnation == route.incarnation,
+        Some(Owner::Gone) => false,
+        None => true,
+    };
+    if !live {
+        cont.forget_route(sid);
+    }
+    live
+}
+
+/// Whether a session's route is worth keeping after the owner's answer: not once the owner
+/// no longer holds the session (its `404`) or has closed it (a `DELETE` it served).
+fn keeps_route(status: StatusCode, delete: bool) -> bool {
+    status != StatusCode::NOT_FOUND && !(delete && status.is_success())
 }
 
 fn disarm<R>(removal: &mut Option<PendingRemoval<R>>) {
@@ -415,8 +587,25 @@ async fn plan_again<R: RegistryStore>(
     cont: &Continuity,
     sid: &str,
     hop: bool,
+    delete: bool,
 ) -> Plan {
-    plan(core, cont, sid, hop).await
+    plan(core, cont, sid, hop, delete).await
+}
+
+/// A record that names this node (this process) for a session it does not hold.
+fn own_record(cont: &Continuity, sid: &str, record: SessionRecord, delete: bool) -> Plan {
+    // Being adopted here, by another request: restored with it.
+    if cont.is_adopting(sid) {
+        return Plan::Restore(record);
+    }
+    // A draining node that hands its sessions over closed them and kept their records, for
+    // the node each session's next request reaches: a request that still reaches this one is
+    // told to go elsewhere, and the record stays (a `DELETE` still removes it).
+    if cont.is_draining() && cont.hands_over() && !delete {
+        return Plan::Unavailable;
+    }
+    // It ended here: the inner service's `404`, and the record goes.
+    Plan::Inner(None)
 }
 
 /// Looks the session's record up (within the lookup limits) and decides.
@@ -425,6 +614,7 @@ async fn plan<R: RegistryStore>(
     cont: &Continuity,
     sid: &str,
     hop: bool,
+    delete: bool,
 ) -> Plan {
     match core.limits.admit(sid) {
         Admit::Lookup => {}
@@ -449,7 +639,7 @@ async fn plan<R: RegistryStore>(
         // A forwarded request is never forwarded again; it may still adopt (its owner named
         // this node's address, which a new process of this node may hold now).
         return match record.ownership(&core.node, &core.incarnation) {
-            Ownership::Current => Plan::Inner(None),
+            Ownership::Current => own_record(cont, sid, record, delete),
             Ownership::PreviousIncarnation => adopt_or(cont, record, SessionLookup::NodeRestarted),
             _ => match owner(core, cont, &record.node).await {
                 Some(Owner::Serving { incarnation, .. }) if *incarnation == *record.incarnation => {
@@ -463,19 +653,19 @@ async fn plan<R: RegistryStore>(
             },
         };
     }
-    plan_for(core, cont, record).await
+    plan_for(core, cont, sid, record, delete).await
 }
 
 /// Decides for a record just read.
 async fn plan_for<R: RegistryStore>(
     core: &Arc<Core<R>>,
     cont: &Continuity,
+    sid: &str,
     record: SessionRecord,
+    delete: bool,
 ) -> Plan {
     match record.ownership(&core.node, &core.incarnation) {
-        // The record says this node holds it, and it does not (it ended here): the inner
-        // service's `404`, and the record goes.
-        Ownership::Current => Plan::Inner(None),
+        Ownership::Current => own_record(cont, sid, record, delete),
         Ownership::PreviousIncarnation => adopt_or(cont, record, SessionLookup::NodeRestarted),
         _ => match owner(core, cont, &record.node).await {
             Some(Owner::Serving { incarnation, addr }) if *incarnation == *record.incarnation => {
@@ -483,6 +673,7 @@ async fn plan_for<R: RegistryStore>(
                     Some(addr) if cont.settings.forwarding && cfg!(feature = "forward") => {
                         Plan::Forward(Route {
                             owner: record.node.as_str().into(),
+                            incarnation,
                             addr,
                         })
                     }
@@ -573,11 +764,6 @@ where
             core.counters.forwarded.fetch_add(1, Relaxed);
             let mut res = res.map(|b| ResponseBody::forwarded(b.map_err(Into::into).boxed()));
             res.extensions_mut().insert(crate::session::Forwarded);
-            if res.status() == StatusCode::NOT_FOUND
-                && let Some(sid) = ctx.sid()
-            {
-                cont.forget_route(sid);
-            }
             Ok(res)
         }
         Err(super::forward::ForwardError::NotSent(mut back, e)) => {
@@ -672,8 +858,9 @@ where
             && let Some(sid) = ctx.sid()
         {
             // The inner service knew the session after all (it restored it itself, as
-            // rmcp's own session store does): it is held here now.
-            core.mark_live(sid, Ends::Unreported);
+            // rmcp's own session store does, or this crate's transport restored it for a
+            // request that has just been answered, which marked it): it is held here now.
+            core.mark_live_if_absent(sid, Ends::Unreported);
         }
         return Ok(res.map(ResponseBody::inner));
     }
@@ -698,8 +885,9 @@ where
     Ok(not_found(parts, outcome))
 }
 
-/// This node won the record: the transport restores the session from it and serves the
-/// request.
+/// This node won the record (this request, or another one of this node adopting the
+/// session): the transport restores the session from it, once however many requests ask, and
+/// serves the request.
 async fn restore<S, ReqBody, ResBody, R>(
     core: &Arc<Core<R>>,
     mut inner: S,
@@ -736,40 +924,42 @@ where
         });
         inner.call(req).await?
     };
-    if let Some(session) = res.extensions().get::<Session>().cloned() {
+    // The request that restored the session gets it on its response (this crate's
+    // transport); the others were served by it.
+    let restored = res.extensions().get::<Session>().cloned();
+    let served = restored.is_some() || res.status().is_success();
+    if served {
         // The client's id on the answer (and a marker: the affinity layer leaves it as it
         // is), so a balancer that learns sessions from responses re-pins it here.
         if let Ok(v) = HeaderValue::from_str(sid) {
             res.headers_mut().insert(headers::MCP_SESSION_ID, v);
         }
         res.extensions_mut().insert(crate::session::SessionRestored);
-        hook_close(core, &session, ctx);
+    }
+    if let Some(session) = &restored {
+        // Held before the hook goes on: a session closed already (a restoring `DELETE`)
+        // runs it at once, and is forgotten again.
         core.mark_live(sid, Ends::Hooked);
-        core.counters.adopted.fetch_add(1, Relaxed);
-        tracing::info!(session = %Fingerprint::of(sid), from = %record.node, "session adopted");
+        hook_close(core, session, ctx);
     } else if res.status().is_success() {
-        // An inner service that restores sessions itself (rmcp with a session store): the
-        // client's id on the answer and the marker, as above.
-        if let Ok(v) = HeaderValue::from_str(sid) {
-            res.headers_mut().insert(headers::MCP_SESSION_ID, v);
+        // Served by the session another request restored a moment ago (which marks how it
+        // ends), or by an inner service that restores sessions itself (rmcp with a session
+        // store).
+        core.mark_live_if_absent(sid, Ends::Unreported);
+    }
+    let cont = core.continuity.as_ref();
+    if served || core.holds(sid) {
+        // Restored here: the record stays this node's (a `DELETE` removes it as usual), and
+        // the first request to see it counts the adoption.
+        if let Some(before) = cont.and_then(|cont| cont.take_claim(sid)) {
+            core.counters.adopted.fetch_add(1, Relaxed);
+            tracing::info!(session = %Fingerprint::of(sid), from = %before.node, "session adopted");
         }
-        res.extensions_mut().insert(crate::session::SessionRestored);
-        core.mark_live(sid, Ends::Unreported);
-        core.counters.adopted.fetch_add(1, Relaxed);
-        tracing::info!(session = %Fingerprint::of(sid), from = %record.node, "session adopted (restored by the inner service)");
-    } else {
-        // Not restored (another principal, a full or draining transport): the record goes
-        // back to its owner, so nothing was adopted.
-        let mine = record.owned_by(&*core.node, &*core.incarnation);
-        let undo = tokio::time::timeout(
-            core.lookup_timeout,
-            core.store
-                .claim(sid, &mine.node, &mine.incarnation, &record, core.ttl),
-        )
-        .await;
-        if !matches!(undo, Ok(Ok(Claim::Won))) {
-            tracing::warn!(session = %Fingerprint::of(sid), "an adoption the transport refused could not be undone");
-        }
+    } else if let Some(before) = cont.and_then(|cont| cont.take_claim_if_last(sid)) {
+        // Not restored (another principal, a full or draining transport) and no other
+        // request is restoring it: the record goes back to its owner, so nothing was
+        // adopted.
+        give_back(core, sid, &before).await;
     }
     if let Some(removal) = removal {
         if delete_refused(&res) {

@@ -1026,6 +1026,12 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// drain sequence), then the transport's drain and shutdown, then
     /// [`leave`](Self::leave).
     ///
+    /// Other nodes cache a node's liveness for up to a second, so for that long after the
+    /// record was written they may still forward this node's sessions' requests here: keep
+    /// the sessions open (do not shut the transport down) for at least a second after
+    /// `drain` returns. A request forwarded here for a session this node has already closed
+    /// and handed over is answered `503` with `Retry-After`.
+    ///
     /// # Example
     ///
     /// ```

@@ -311,6 +311,28 @@ impl<R> Core<R> {
         }
     }
 
+    /// [`mark_live`](Self::mark_live), unless the session is tracked already: how it is
+    /// tracked then stays (a session whose close hook reports its end is not turned into one
+    /// tracked by its requests).
+    pub(crate) fn mark_live_if_absent(&self, id: &str, ends: Ends) {
+        let mut live = self.live(id);
+        if live.contains_key(id) {
+            return;
+        }
+        let now = Instant::now();
+        let seen = (ends == Ends::Unreported).then_some(now);
+        if seen.is_some() {
+            self.unreported.fetch_add(1, Ordering::Relaxed);
+        }
+        live.insert(
+            id.into(),
+            Tracked {
+                refreshed: now,
+                seen,
+            },
+        );
+    }
+
     /// Notes a request for session `id` (the id clients use), for the idle bound. Costs one
     /// atomic load while no tracked session lacks a close hook (this crate's transport).
     #[inline]
