@@ -26,7 +26,7 @@
 //! On SIGTERM (or SIGINT) the node drains: its liveness record says `draining` (the other
 //! nodes adopt its sessions on their next request), `/healthz` answers `503` (the balancer
 //! stops routing here), GET streams end with a `retry:` hint, requests keep being served until
-//! none arrived for half a second (or the drain timeout passed) and none is running; then the
+//! none arrived for 1.5 s (or the drain timeout passed) and none is running; then the
 //! sessions are closed, their records left for the adopters, and the node exits.
 //!
 //! Routes besides `/mcp`: `/healthz` (`200 ok`, `503 draining`), `/stats` (the registry's and
@@ -476,7 +476,8 @@ impl Ops {
 
 /// Waits for SIGTERM or SIGINT, then drains while the node still accepts: the liveness record
 /// says `draining`, `/healthz` fails, GET streams end with a `retry:` hint; it returns once no
-/// `/mcp` request arrived for half a second (the balancer has stopped routing here) and none
+/// `/mcp` request arrived for 1.5 s (the balancer has stopped routing here, and other nodes no
+/// longer trust a "serving" they read before the drain) and none
 /// is running, or when `timeout` has passed.
 async fn drain_on_signal(ops: Ops, timeout: Duration) {
     shutdown_signal().await;
@@ -485,7 +486,9 @@ async fn drain_on_signal(ops: Ops, timeout: Duration) {
     let announced = (ops.drain_registry)().await;
     let streams = ops.transport.drain();
     tracing::info!(announced, streams, "draining");
-    let quiet = Duration::from_millis(500);
+    // Longer than other nodes trust a liveness record they read (1 s): a node that read
+    // "serving" just before the drain may still forward here meanwhile.
+    let quiet = Duration::from_millis(1500);
     let mut seen = ops.requests.load(Ordering::Relaxed);
     let mut quiet_since = tokio::time::Instant::now();
     while started.elapsed() < timeout {
