@@ -20,6 +20,9 @@
 //!   on): where the other nodes forward requests for this node's sessions
 //! - `--drain-timeout SECS` (`MCP_DRAIN_TIMEOUT`, default 10): the longest a SIGTERM drain
 //!   waits for the balancer to stop routing here and for in-flight requests to finish
+//! - `--idle-timeout SECS` (`MCP_IDLE_TIMEOUT`): closes a session after that long without a
+//!   request, and removes records nobody claimed that long after their node went away
+//!   (default: the transport's 30 min and the registry's 1 h)
 //! - `--no-forwarding`: a request for another live node's session is answered `404`
 //!   (`misrouted`) instead of being forwarded to it
 //!
@@ -82,6 +85,7 @@ struct Args {
     internal_addr: Option<SocketAddr>,
     drain_timeout: Duration,
     forwarding: bool,
+    idle_timeout: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -97,6 +101,9 @@ fn parse_args() -> Result<Args, String> {
         .filter(|a| !a.is_empty());
     let mut drain_timeout = std::env::var("MCP_DRAIN_TIMEOUT").unwrap_or_else(|_| "10".into());
     let mut forwarding = true;
+    let mut idle_timeout = std::env::var("MCP_IDLE_TIMEOUT")
+        .ok()
+        .filter(|a| !a.is_empty());
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -117,11 +124,13 @@ fn parse_args() -> Result<Args, String> {
             "--internal-addr" => internal_addr = Some(value()?),
             "--drain-timeout" => drain_timeout = value()?,
             "--no-forwarding" => forwarding = false,
+            "--idle-timeout" => idle_timeout = Some(value()?),
             "-h" | "--help" => {
                 println!(
                     "usage: node [--listen ADDR] [--node NAME] [--redis URL] [--tag TAG] \
                      [--cookie-secure true|false] [--cookie-name NAME] [--transport-only] \
-                     [--internal-addr ADDR] [--drain-timeout SECS] [--no-forwarding]"
+                     [--internal-addr ADDR] [--drain-timeout SECS] [--idle-timeout SECS] \
+                     [--no-forwarding]"
                 );
                 std::process::exit(0);
             }
@@ -149,6 +158,15 @@ fn parse_args() -> Result<Args, String> {
                 .ok_or_else(|| format!("--drain-timeout {drain_timeout}: expected seconds"))?,
         ),
         forwarding,
+        idle_timeout: idle_timeout
+            .map(|s| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| format!("--idle-timeout {s}: expected seconds"))
+            })
+            .transpose()?,
     })
 }
 
@@ -347,12 +365,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
-    let registry = SessionRegistryLayer::builder(store, args.node.clone())
+    let mut registry = SessionRegistryLayer::builder(store, args.node.clone())
         // Where the other nodes forward this node's sessions' requests: an internal address
         // in a real deployment (here, by default, the one the node listens on).
         .with_internal_address(args.internal_addr.unwrap_or(local))
-        .with_forwarding(args.forwarding)
-        .build()?;
+        .with_forwarding(args.forwarding);
+    if let Some(idle) = args.idle_timeout {
+        registry = registry.with_idle_timeout(idle);
+    }
+    let registry = registry.build()?;
     let registry_handle = registry.handle();
     let tag = match &args.tag {
         Some(t) => NodeTag::new(t).map_err(|e| format!("--tag {t}: {e}"))?,
@@ -363,6 +384,9 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         affinity = affinity.with_cookie_name(name)?;
     }
     let mut transport = SseTransportLayer::builder().with_allowed_hosts(HostPolicy::localhost());
+    if let Some(idle) = args.idle_timeout {
+        transport = transport.with_idle_timeout(idle);
+    }
     if !args.transport_only {
         // Session ids carry this node's tag, which the affinity layer reads back.
         transport = transport.with_id_generator(affinity.id_generator());

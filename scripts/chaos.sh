@@ -55,6 +55,10 @@ RENEW=${CHAOS_RENEW:-10}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
 NODE_BIN=${MCP_NODE_BIN:-$TARGET_DIR/debug/examples/node}
+# Short, so that the records of sessions nobody adopted (a node killed while Redis was paused:
+# its clients' next requests found no record and started over) are swept within the run; the
+# load keeps every live session busy.
+IDLE_TIMEOUT=4
 LOADGEN_BIN=${MCP_LOADGEN_BIN:-$TARGET_DIR/debug/loadgen}
 LOG_DIR="$TARGET_DIR/chaos"
 EVENTS="$LOG_DIR/events.txt"
@@ -188,7 +192,8 @@ node_start() { # node_start NAME: starts the node on its port (0 the first time:
     local name=$1 port=${NODE_PORT[$1]:-0} log="$LOG_DIR/$1.log"
     echo "--- start $(now_ms)" >>"$log"
     RUST_LOG=${RUST_LOG:-info,mcp_affinity=debug} "$NODE_BIN" --listen "127.0.0.1:$port" \
-        --node "$name" --redis "redis://127.0.0.1:$REDIS_PORT/" >>"$log" 2>&1 &
+        --node "$name" --redis "redis://127.0.0.1:$REDIS_PORT/" --idle-timeout "$IDLE_TIMEOUT" \
+        >>"$log" 2>&1 &
     NODE_PID[$name]=$!
     local deadline=$(($(now_ms) + 30000))
     if [[ "$port" == 0 ]]; then
