@@ -16,12 +16,16 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-TARGETS = ["bare", "rmcp", "ours-transport", "ours-full"]
+TARGETS = ["bare", "rmcp", "ours-transport", "ours-full", "ours-forward"]
+# The chart's series (the forwarded ping has its own section).
+CHART_TARGETS = ["bare", "rmcp", "ours-transport", "ours-full"]
 NAMES = {
     "bare": "bare hyper (limit)",
     "rmcp": "rmcp 3.9",
     "ours-transport": "ours: transport only",
     "ours-full": "ours: all layers + Redis",
+    "ours-forward": "ours: forwarded B → A (both nodes' CPU)",
+    "ours-adopt": "ours: adopted after a drain",
 }
 COLORS = {"bare": "#888888", "rmcp": "#d95f02", "ours-transport": "#7570b3", "ours-full": "#1b9e77"}
 
@@ -69,12 +73,15 @@ def groups(rows):
     return {k: Group(v) for k, v in out.items()}
 
 
-def find(gs, label, workload, era="2025-11-25", sessions=None, with_get=False):
-    for k, g in gs.items():
-        if k[0] == label and k[1] == workload and k[2] == era and k[4] == with_get and (
-                sessions is None or k[3] == sessions):
-            return g
-    return None
+def find(gs, label, workload, era="2025-11-25", sessions=None, with_get=False, connections=None):
+    """The group of runs of one configuration; without `connections`, the one with the most
+    connections (the one-connection latency runs are looked up by name)."""
+    found = [(k, g) for k, g in gs.items()
+             if k[0] == label and k[1] == workload and k[2] == era and k[4] == with_get
+             and (sessions is None or k[3] == sessions) and (connections is None or k[5] == connections)]
+    if not found:
+        return None
+    return max(found, key=lambda kg: kg[0][5] or 0)[1]
 
 
 def fmt(v, digits=None):
@@ -102,6 +109,25 @@ def redis_cpu(g):
     return "" if v is None else f" (+{fmt(v)} Redis)"
 
 
+def server_cpu(g):
+    """Server CPU per operation; with two nodes, both together and each apart."""
+    both = g.med("servers_cpu_us_per_op")
+    if both is None:
+        return fmt(g.med("server_cpu_us_per_op"))
+    return f"{fmt(both)} (B {fmt(g.med('server_cpu_us_per_op'))} + A {fmt(g.med('peer_cpu_us_per_op'))})"
+
+
+def count(v):
+    return "–" if v is None else f"{v:,.0f}"
+
+
+def node_stat(g, field):
+    """The median of a registry counter of node B (`GET /stats`) over the runs."""
+    vals = [r["node_stats"].get(field) for r in g.rows if isinstance(r.get("node_stats"), dict)]
+    vals = [v for v in vals if isinstance(v, (int, float))]
+    return statistics.median(vals) if vals else None
+
+
 def request_rows(gs, workloads):
     lines = ["| workload | server | ops/s | p50 ms | p90 ms | p99 ms | max ms | server CPU µs/op "
              "| generator CPU (cores) | other load (cores) | errors |",
@@ -117,7 +143,7 @@ def request_rows(gs, workloads):
             lines.append(
                 f"| {title} | {NAMES[t]} | {fmt(g.med('ops_per_s'))} | {fmt(g.med('p50_ms'))} "
                 f"| {fmt(g.med('p90_ms'))} | {fmt(g.med('p99_ms'))} | {fmt(g.med('max_ms'))} "
-                f"| {fmt(g.med('server_cpu_us_per_op'))}{redis_cpu(g)} | {fmt(client)}{bound} "
+                f"| {server_cpu(g)}{redis_cpu(g)} | {fmt(client)}{bound} "
                 f"| {fmt(g.med('other_cpu_util'))} | {int(g.total('errors'))}{' + failed: ' + fatal[0][:80] if fatal else ''} |")
     return lines
 
@@ -196,6 +222,74 @@ def redis_lines(gs):
     return out
 
 
+def continuity_lines(gs):
+    """Forwarding and adoption: two nodes sharing one Redis."""
+    out = []
+    sessions = sorted({k[3] for k in gs if k[0] == "ours-forward" and k[1] == "ping" and k[3]
+                       and k[5] != 1})
+    if sessions:
+        out += ["`ping` on sessions initialized at node A, sent to node B, which forwards each to A "
+                "(closed loop, as above), beside the local `ping` of the same run. CPU: both nodes' "
+                "together (B + A).", "",
+                "| sessions | server | ops/s | p50 ms | p99 ms | server CPU µs/op | vs local | "
+                "forwarded by B | adopted by B | Redis commands in the measured window | errors |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for n in sessions:
+            loc = find(gs, "ours-full", "ping", sessions=n)
+            fwd = find(gs, "ours-forward", "ping", sessions=n)
+            for t, g in (("ours-full", loc), ("ours-forward", fwd)):
+                if g is None:
+                    continue
+                r = ratio(fwd.med("servers_cpu_us_per_op"), loc.med("server_cpu_us_per_op")) \
+                    if t == "ours-forward" and loc else None
+                out.append(f"| {n:,} | {NAMES[t]} | {fmt(g.med('ops_per_s'))} | {fmt(g.med('p50_ms'))} "
+                           f"| {fmt(g.med('p99_ms'))} | {server_cpu(g)} | "
+                           f"{'–' if r is None else f'{r:.2f}×'} | {count(node_stat(g, 'forwarded'))} "
+                           f"| {count(node_stat(g, 'adopted'))} | {count(g.med('redis_commands'))} "
+                           f"| {int(g.total('errors'))} |")
+        out.append("")
+    loc1 = find(gs, "ours-full", "ping", connections=1)
+    fwd1 = find(gs, "ours-forward", "ping", connections=1)
+    if loc1 or fwd1:
+        out += ["One request in flight (64 sessions, one connection): the latency a hop adds when "
+                "nothing queues.", "",
+                "| server | ops/s | p50 ms | p90 ms | p99 ms | server CPU µs/op | errors |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for t, g in (("ours-full", loc1), ("ours-forward", fwd1)):
+            if g is not None:
+                out.append(f"| {NAMES[t]} | {fmt(g.med('ops_per_s'))} | {fmt(g.med('p50_ms'), 3)} "
+                           f"| {fmt(g.med('p90_ms'), 3)} | {fmt(g.med('p99_ms'), 3)} | {server_cpu(g)} "
+                           f"| {int(g.total('errors'))} |")
+        out.append("")
+    g = find(gs, "ours-adopt", "adopt")
+    if g is not None:
+        statuses = defaultdict(int)
+        for r in g.rows:
+            for k, v in (r.get("statuses") or {}).items():
+                statuses[k] += v
+        sample = next((r["error_sample"] for r in g.rows if r.get("error_sample")), None)
+        out += [f"Adoption: {count(g.med('sessions'))} sessions initialized at node A; A is sent "
+                "SIGTERM and, once its `/healthz` answers 503 (it drains), every session's first "
+                f"request (`ping`) goes to node B over {count(g.med('connections'))} connections at "
+                "once; B finds the owner draining and adopts the session. Then a second `ping` on each.",
+                "",
+                "| SIGTERM → 503, ms | first request p50 / p90 / p99 / max ms | failed (statuses, all runs) "
+                "| second request p50 / p99 ms | B CPU µs per adoption (10 ms ticks over the burst: coarse) "
+                "| Redis commands per adoption (`INFO commandstats`, the scripts' own included) "
+                "| adopted by B | forwarded by B |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+                f"| {fmt(g.med('drain_signal_to_503_ms'))} | {fmt(g.med('p50_ms'))} / {fmt(g.med('p90_ms'))} "
+                f"/ {fmt(g.med('p99_ms'))} / {fmt(g.med('max_ms'))} | {int(g.total('failed'))} "
+                f"({', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))}) "
+                f"| {fmt(g.med('second_p50_ms'))} / {fmt(g.med('second_p99_ms'))} "
+                f"| {fmt(g.med('server_cpu_us_per_op'))} | {fmt(g.med('redis_commands_per_session'))} "
+                f"| {count(node_stat(g, 'adopted'))} | {count(node_stat(g, 'forwarded'))} |"]
+        if sample:
+            out += ["", f"First failure (one run): `{sample[:200]}`"]
+        out.append("")
+    return out
+
+
 def rounds(gs, a, b, n):
     """The same ratio round by round (`a` and `b` run back to back in each round), as a range:
     how far this machine's noise moves it."""
@@ -270,6 +364,38 @@ def targets_table(gs):
         a, b = p99("ours-full", n), p99("rmcp", n)
         add(f"p99 at the highest load ({n:,} sessions) ≤ rmcp's",
             "–" if a is None or b is None else f"{fmt(a)} vs {fmt(b)} ms", None if a is None or b is None else a <= b)
+    # Forwarding and adoption (two nodes).
+    for n in sorted({k[3] for k in gs if k[0] == "ours-forward" and k[1] == "ping" and k[3] and k[5] != 1}):
+        fwd = find(gs, "ours-forward", "ping", sessions=n) or Group([])
+        loc = find(gs, "ours-full", "ping", sessions=n) or Group([])
+        both, one = fwd.med("servers_cpu_us_per_op"), loc.med("server_cpu_us_per_op")
+        r = ratio(both, one)
+        errs = int(fwd.total("errors"))
+        note = f"; {errs} errors" if errs else ""
+        add(f"ping forwarded through a non-owner node, {n:,} sessions: both nodes' CPU ≤ 2.5× a local ping",
+            "–" if r is None else f"{fmt(both)} (B {fmt(fwd.med('server_cpu_us_per_op'))} + A "
+            f"{fmt(fwd.med('peer_cpu_us_per_op'))}) vs {fmt(one)} µs = {r:.2f}×{note}",
+            None if r is None else (r <= 2.5 and not errs))
+        a, b = fwd.med("p50_ms"), loc.med("p50_ms")
+        if a is not None and b is not None:
+            add(f"ping forwarded, {n:,} sessions over {fmt(fwd.med('connections'), 0)} connections: "
+                "added p50 (for information: queueing on the shared core)",
+                f"{fmt(a, 3)} vs {fmt(b, 3)} ms = +{a - b:.3f} ms", None)
+    fwd1 = find(gs, "ours-forward", "ping", connections=1) or Group([])
+    loc1 = find(gs, "ours-full", "ping", connections=1) or Group([])
+    a, b = fwd1.med("p50_ms"), loc1.med("p50_ms")
+    if a is not None or b is not None:
+        add("ping forwarded: added p50 latency ≤ 0.5 ms (one request in flight)",
+            "–" if a is None or b is None else f"{fmt(a, 3)} vs {fmt(b, 3)} ms = +{a - b:.3f} ms",
+            None if a is None or b is None else a - b <= 0.5)
+    g = find(gs, "ours-adopt", "adopt")
+    if g is not None:
+        p, failed = g.med("p99_ms"), int(g.total("failed"))
+        note = f"; {failed} of {int(g.total('ops'))} failed" if failed else ", none failed"
+        add(f"first request on a session whose owner drained: p99 ≤ 10 ms "
+            f"({fmt(g.med('sessions'), 0)} sessions, {fmt(g.med('connections'), 0)} at once)",
+            ("–" if p is None else f"{fmt(p)} ms") + note,
+            None if p is None else (p <= 10 and not failed))
     return rows
 
 
@@ -299,7 +425,7 @@ def chart(gs, commit, path):
     for pi, (title, field) in enumerate(panels):
         x0 = left0 + pi * (pw + gap)
         series = {}
-        for t in TARGETS:
+        for t in CHART_TARGETS:
             pts = []
             for s in sessions:
                 g = find(gs, t, "ping", sessions=s)
@@ -334,7 +460,7 @@ def chart(gs, commit, path):
     # legend
     lx0 = left0
     ly = H - 28
-    for t in TARGETS:
+    for t in CHART_TARGETS:
         if not any(find(gs, t, "ping", sessions=s) for s in sessions):
             continue
         dash = ' stroke-dasharray="6,4"' if t == "bare" else ""
@@ -462,6 +588,9 @@ def main():
         "",
         *fanout_rows(gs),
         "",
+        "## Sessions that outlive their node (ours: two nodes, one Redis)",
+        "",
+        *(continuity_lines(gs) or ["- (no ours-forward or ours-adopt runs)"]),
         "## Redis commands (ours: all layers)",
         "",
         *(redis_lines(gs) or ["- (no ours-full runs)"]),

@@ -474,6 +474,7 @@ impl Ops {
                     "forwarded": s.forwarded, "forward_failures": s.forward_failures,
                     "adopted": s.adopted, "adoptions_lost": s.adoptions_lost,
                     "orphans_removed": s.orphans_removed, "store_errors": s.store_errors,
+                    "lookups_limited": s.lookups_limited, "known_misses": s.known_misses,
                     "cleanup_pending": s.cleanup_pending, "tracked": s.tracked,
                 })
             });

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side load test: bare hyper (the limit), rmcp 3.9, and this crate's node example
-# (transport only; all layers with a real local redis-server). Writes bench/results/.
+# (transport only; all layers with a real local redis-server; two nodes sharing that Redis, for
+# forwarding and adoption). Writes bench/results/.
 #
 #   scripts/bench.sh                      # the full run (about 10 minutes on 2 cores)
 #   RUNS=1 SECS=2 scripts/bench.sh        # a quick look
@@ -12,6 +13,15 @@
 # taking turns run by run. Redis shares the server's core because the generator's core is
 # saturated in most workloads: there, Redis answers late and the registry's write queue backs
 # up. Its CPU is reported separately.
+#
+# Two-node targets (both nodes, like Redis, on the server core; their CPU summed):
+# - ours-forward: `ping` on sessions initialized at node A and sent to node B, which forwards
+#   each to A (for the session counts in $FORWARD_SESSIONS; and on 64 sessions over one
+#   connection, beside ours-full, for the latency a hop adds when nothing queues);
+# - ours-adopt: $ADOPT_SESSIONS sessions initialized at A, A sent SIGTERM (it drains), then every
+#   session's first request sent to B, $ADOPT_CONNS at once, which adopts it
+#   (`loadgen --workload adopt`).
+# KEEP_WORK=1 keeps the work directory (node and generator logs) and prints where it is.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,7 +35,10 @@ PING_SESSIONS=${PING_SESSIONS:-"64 1000 10000"}
 IDLE_SESSIONS=${IDLE_SESSIONS:-10000}
 FANOUT_STREAMS=${FANOUT_STREAMS:-10000}
 STREAM_STEPS=${STREAM_STEPS:-10}
-TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full"}
+FORWARD_SESSIONS=${FORWARD_SESSIONS:-64}
+ADOPT_SESSIONS=${ADOPT_SESSIONS:-1000}
+ADOPT_CONNS=${ADOPT_CONNS:-$CONNS}    # first requests in flight at once after the drain
+TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward ours-adopt"}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 OUT=${OUT:-$ROOT/bench/results}
@@ -60,11 +73,17 @@ free_port() {
 }
 
 SERVER_PID=
+PEER_PID=
 REDIS_PID=
 cleanup() {
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+    [ -n "$PEER_PID" ] && kill "$PEER_PID" 2>/dev/null && wait "$PEER_PID" 2>/dev/null || true
     [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null || true
-    rm -rf "$WORK"
+    if [ -n "${KEEP_WORK:-}" ]; then
+        echo "== work directory kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 
@@ -84,8 +103,8 @@ else
 fi
 
 # --- one server per run -------------------------------------------------------------------------
-start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL
-    local port
+start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL (and for two nodes PEER_PID, INIT_URL)
+    local port port_a
     port=$(free_port)
     URL=http://127.0.0.1:$port/mcp
     case $1 in
@@ -102,6 +121,18 @@ start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL
             redis-cli -p "$REDIS_PORT" flushall >/dev/null
             RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" \
                 --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-run.log" & ;;
+        ours-forward | ours-adopt)
+            # Node A holds the sessions (initialized there); node B gets the requests. Each
+            # node's liveness record names its listen address, where the other forwards.
+            redis-cli -p "$REDIS_PORT" flushall >/dev/null
+            port_a=$(free_port)
+            while [ "$port_a" = "$port" ]; do port_a=$(free_port); done
+            INIT_URL=http://127.0.0.1:$port_a/mcp
+            RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port_a" --node a \
+                --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-a-run.log" &
+            PEER_PID=$!
+            RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" --node b \
+                --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-run.log" & ;;
     esac
     SERVER_PID=$!
 }
@@ -110,6 +141,12 @@ stop_server() {
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=
+    if [ -n "$PEER_PID" ]; then
+        # After `adopt` node A has drained and exited by itself (or is still draining).
+        kill "$PEER_PID" 2>/dev/null || true
+        wait "$PEER_PID" 2>/dev/null || true
+        PEER_PID=
+    fi
 }
 
 # run ROUND TARGET WORKLOAD ARGS... : one fresh-server run of one workload, its JSON line
@@ -128,7 +165,15 @@ run() {
     for attempt in 1 2 3; do
         start_server "$target" "$workload"
         local extra=()
-        [ "$target" = ours-full ] && extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID")
+        case $target in
+            ours-full) extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID") ;;
+            ours-forward)
+                extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID"
+                    --init-url "$INIT_URL" --peer-pid "$PEER_PID") ;;
+            ours-adopt)
+                extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID"
+                    --init-url "$INIT_URL" --peer-pid "$PEER_PID" --drain-pid "$PEER_PID") ;;
+        esac
         # Redis commands are counted twice for ping on the full stack: here around the whole
         # run (session setup and teardown included), and by the generator over its measured
         # window only (it starts the window once Redis has been quiet for 300 ms, i.e. the
@@ -148,14 +193,17 @@ import json,sys; v=json.loads(sys.argv[1]); print(v.get("redis_commands"), "comm
         fi
         stop_server
         if [[ $target == ours-* ]]; then
-            # The registry's "queue full: operation dropped" warnings of this run, into its line.
+            # The registry's "queue full: operation dropped" warnings of this run (both nodes'
+            # for the two-node targets), into its line.
+            [ -f "$WORK/node-a-run.log" ] || : >"$WORK/node-a-run.log"
             line=$(python3 -c '
 import json, sys
 v = json.loads(sys.argv[1])
-v["registry_drops"] = sum("queue full" in l for l in open(sys.argv[2], errors="replace"))
-print(json.dumps(v))' "$line" "$WORK/node-run.log" 2>/dev/null || echo "$line")
-            cat "$WORK/node-run.log" >>"$WORK/node.log" 2>/dev/null || true
+v["registry_drops"] = sum("queue full" in l for f in sys.argv[2:] for l in open(f, errors="replace"))
+print(json.dumps(v))' "$line" "$WORK/node-run.log" "$WORK/node-a-run.log" 2>/dev/null || echo "$line")
+            cat "$WORK/node-run.log" "$WORK/node-a-run.log" >>"$WORK/node.log" 2>/dev/null || true
             : >"$WORK/node-run.log"
+            : >"$WORK/node-a-run.log"
         fi
         other=$(python3 -c '
 import json, sys
@@ -178,20 +226,51 @@ try:
     v = json.loads(sys.argv[1])
 except Exception:
     print("   (no result)", sys.argv[1][:200]); sys.exit()
-keys = ["ops_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_op", "client_cpu_util", "other_cpu_util",
-        "errors", "kib_per_session", "reopen_growth_kib_per_session", "fanout_last_ms_median",
+keys = ["ops_per_s", "p50_ms", "p99_ms", "max_ms", "server_cpu_us_per_op", "peer_cpu_us_per_op",
+        "servers_cpu_us_per_op", "client_cpu_util", "other_cpu_util", "errors", "statuses",
+        "second_p99_ms", "kib_per_session", "reopen_growth_kib_per_session", "fanout_last_ms_median",
         "redis_commands", "redis_commands_per_session", "redis_drain_s", "redis_keys_left",
-        "registry_drops", "fatal"]
+        "registry_drops", "error_sample", "fatal"]
 extra = " ".join(f"{a}" for a in [v.get("sessions")] if a)
+if v.get("connections") == 1:
+    extra += " 1conn"
+stats = v.get("node_stats")
+if isinstance(stats, dict):
+    v["node_b"] = ",".join(f"{k}:{stats[k]}" for k in ("forwarded", "forward_failures", "adopted",
+                                                      "adoptions_lost", "unknown", "misroutes", "error")
+                           if stats.get(k))
+    keys.append("node_b")
 print(f"    {v.get('label'):15} {v.get('workload'):7} {extra:6}", " ".join(
-    f"{k}={v[k]}" for k in keys if v.get(k) is not None))
+    f"{k}={v[k]}" for k in keys if v.get(k) is not None and v.get(k) != ""))
 EOF
 }
 
+# The value of loadgen option NAME in ARGS ("" if absent).
+arg_of() { # NAME ARGS...
+    local name=$1
+    shift
+    while [ $# -gt 0 ]; do
+        [ "$1" = "--$name" ] && { echo "${2:-}"; return; }
+        shift
+    done
+}
+
 # Which servers a workload applies to: bare hyper only answers requests (no sessions, no
-# tools); rmcp has no broadcast trigger for the fan-out.
-applies() { # TARGET WORKLOAD
-    case "$1:$2" in
+# tools); rmcp has no broadcast trigger for the fan-out; the two-node targets run `ping`
+# (forwarded: on $FORWARD_SESSIONS sessions, and over one connection) and `adopt`, which
+# nothing else runs. `ping` over one connection (the latency a hop adds) runs on ours-full and
+# ours-forward only.
+applies() { # TARGET WORKLOAD ARGS...
+    local target=$1 workload=$2
+    shift 2
+    if [ "$workload" = ping ] && [ "$(arg_of connections "$@")" = 1 ]; then
+        [ "$target" = ours-full ] || [ "$target" = ours-forward ]
+        return
+    fi
+    case "$target:$workload" in
+        ours-forward:ping) [[ " $FORWARD_SESSIONS " == *" $(arg_of sessions "$@") "* ]] ;;
+        ours-adopt:adopt) return 0 ;;
+        ours-forward:* | ours-adopt:* | *:adopt) return 1 ;;
         bare:ping | bare:fanout) return 0 ;;
         bare:*) return 1 ;;
         rmcp:fanout) return 1 ;;
@@ -205,7 +284,7 @@ each() {
     local i=$1 workload=$2 target
     shift 2
     for target in $TARGETS; do
-        applies "$target" "$workload" && run "$i" "$target" "$workload" "$@"
+        applies "$target" "$workload" "$@" && run "$i" "$target" "$workload" "$@"
     done
     return 0
 }
@@ -216,6 +295,10 @@ for i in $(seq "$RUNS"); do
     for n in $PING_SESSIONS; do
         each "$i" ping --sessions "$n" --connections "$CONNS"
     done
+    # The latency a forwarding hop adds when nothing queues: one request in flight.
+    each "$i" ping --sessions 64 --connections 1
+    # The first request on each session of a node that drained (node B adopts them).
+    each "$i" adopt --sessions "$ADOPT_SESSIONS" --connections "$ADOPT_CONNS"
     each "$i" call --sessions 64 --connections "$CONNS"
     each "$i" call --stateless --connections "$CONNS"
     each "$i" churn --connections "$CONNS"
@@ -255,4 +338,6 @@ python3 "$ROOT/bench/report.py" "$RAW" "$OUT" \
     --elapsed "$ELAPSED"
 echo "== Redis commands during the ping workload (ours-full)"
 cat "$REDIS_TXT"
+echo "== against the issue's targets"
+sed -n '/^## Against the issue/,$p' "$OUT/results.md" | tail -n +2
 echo "== wrote $OUT/results.md, $OUT/chart.svg, $RAW (${ELAPSED}s)"

@@ -1062,6 +1062,89 @@ async fn lookups_are_bounded_by_rate_and_cache_and_misroutes_still_tell() {
     assert_eq!(store.lookups(), 12);
 }
 
+/// The lookup rate bounds lookups of ids the store does not know, not of sessions that exist:
+/// a node adopts every session of a node that drained at once, however many more than its
+/// bucket holds, and the bucket is still full afterwards for a flood of made-up ids.
+/// In-process, with paused time (no refill).
+#[tokio::test(start_paused = true)]
+async fn adopting_a_drained_nodes_sessions_is_not_held_to_the_lookup_rate() {
+    use tower::ServiceExt;
+
+    let store = counting_store::Counting::new(MemoryStore::new());
+    let stack = |registry: SessionRegistryLayer<counting_store::Counting<MemoryStore>>| {
+        let (probe, _) = Probe::new();
+        tower::ServiceBuilder::new()
+            .layer(registry)
+            .layer(SseTransportLayer::new())
+            .service(handler_fn(move |req, cx| {
+                support::handle_request(probe.clone(), req, cx)
+            }))
+    };
+    let a_layer = SessionRegistryLayer::new(store.clone(), "node-a").unwrap();
+    let a_handle = a_layer.handle();
+    let a = stack(a_layer);
+    let b_layer = SessionRegistryLayer::builder(store.clone(), "node-b")
+        .with_lookup_rate(10, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let b_handle = b_layer.handle();
+    let b = stack(b_layer);
+    let post = |id: Option<&str>, body: &Value| {
+        let mut req = http::Request::post("/mcp")
+            .header("host", "localhost")
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(id) = id {
+            req = req.header("mcp-session-id", id);
+        }
+        req.body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap()
+    };
+    const SESSIONS: usize = 40;
+    let mut ids = Vec::new();
+    for _ in 0..SESSIONS {
+        let res = a
+            .clone()
+            .oneshot(post(None, &support::initialize_body("2025-11-25")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        ids.push(res.headers()["mcp-session-id"].to_str().unwrap().to_owned());
+    }
+    assert!(a_handle.flush(Duration::from_secs(10)).await);
+    assert!(a_handle.drain(Duration::from_secs(1)).await);
+
+    // Four times the bucket, all at once.
+    let answers = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| b.clone().oneshot(post(Some(id), &ping()))),
+    )
+    .await;
+    for (i, res) in answers.into_iter().enumerate() {
+        let res = res.unwrap();
+        assert_eq!(res.status(), 200, "first request on session {i}");
+    }
+    let stats = b_handle.stats();
+    assert_eq!(stats.adopted, SESSIONS as u64, "{stats:?}");
+    assert_eq!(stats.lookups_limited, 0, "{stats:?}");
+
+    // Made-up ids still meet the full bucket: 10 lookups, the rest answered without.
+    let before = store.lookups();
+    for _ in 0..20 {
+        let res = b
+            .clone()
+            .oneshot(post(Some(&random_id()), &ping()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404);
+    }
+    assert_eq!(store.lookups() - before, 10);
+    assert_eq!(b_handle.stats().lookups_limited, 10);
+}
+
 /// A flood of random well-formed ids against a node on a real Redis: `INFO commandstats`
 /// shows no more GETs than the bucket allows for the flood's duration, every answer is a
 /// JSON-RPC `404`, and a real misroute on the same node is told apart right after the flood.

@@ -689,7 +689,10 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
     /// for a well-formed id over that rate answers "unknown" without asking the store (and
     /// counts in [`RegistryStats::lookups_limited`]). The client's next step is the same
     /// (re-initialize); only the log line and the counters lose the misroute or restart, and
-    /// only while the rate is exceeded. `lookups` must be at least 1 and `per` not zero.
+    /// only while the rate is exceeded. With continuity, a lookup that finds the session's
+    /// record gives its token back, so forwarding and adoption (a drained node's sessions
+    /// all at once) are not held to the rate: it bounds lookups of ids the store does not
+    /// know. `lookups` must be at least 1 and `per` not zero.
     ///
     /// # Example
     ///

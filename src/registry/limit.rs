@@ -103,6 +103,15 @@ impl LookupLimits {
         }
     }
 
+    /// A lookup [`admit`](Self::admit) let through found the session's record: its token
+    /// goes back. The rate then bounds the lookups of ids the store does not know (a flood of
+    /// made-up ids), not those of sessions that exist, which continuity forwards or adopts (a
+    /// drained node's sessions all at once included).
+    pub(crate) fn refund(&self) {
+        let mut s = self.state();
+        s.tokens = (s.tokens + 1.0).min(self.burst);
+    }
+
     /// The store did not know `id`: answer it from memory for a while.
     pub(crate) fn remember_miss(&self, id: &str) {
         if self.miss_capacity == 0 {
@@ -151,5 +160,20 @@ mod tests {
         assert_eq!(limits.admit("b"), Admit::Lookup, "expired");
         let s = limits.state();
         assert!(s.order.len() <= 2 && s.misses.len() <= 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_that_found_its_record_gives_its_token_back() {
+        let limits = LookupLimits::new(2, Duration::from_secs(1), 2, Duration::from_secs(5));
+        // Many more lookups than the bucket holds, every one finding its record.
+        for i in 0..100 {
+            assert_eq!(limits.admit(&format!("s{i}")), Admit::Lookup, "lookup {i}");
+            limits.refund();
+        }
+        // Misses still drain it; refunds never fill it past its size.
+        limits.refund();
+        assert_eq!(limits.admit("x"), Admit::Lookup);
+        assert_eq!(limits.admit("y"), Admit::Lookup);
+        assert_eq!(limits.admit("z"), Admit::Limited);
     }
 }

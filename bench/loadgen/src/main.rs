@@ -14,6 +14,11 @@
 //!   the server's RSS per session, close them all and report RSS again
 //! - `fanout`: N sessions with GET streams; `tools/call broadcast` (the node example's tool)
 //!   sends one log message to every stream; time from the trigger to the last receipt
+//! - `adopt`: N sessions initialized at `--init-url` (node A); then A is sent SIGTERM
+//!   (`--drain-pid`) and, once its `/healthz` answers `503` (it drains), every session's first
+//!   request (`ping`) goes to `--url` (node B), which adopts it; the latency of those first
+//!   requests, and of a second round (by then the sessions are B's own), and how many failed
+//!   (see `adopt.rs`)
 //! - `chaos`: N sessions calling `tools/call echo` and `ping` (`--rate R` requests per second in
 //!   all, 0: closed loop; `--renew K`: every K-th request of a connection ends a session, which
 //!   a new one replaces) while `scripts/chaos.sh` kills and restarts Redis and the nodes; a
@@ -21,13 +26,19 @@
 //!   killed node's sessions (`--events FILE` says which node was killed when) and the others
 //!   (see `chaos.rs`)
 //!
+//! `--init-url URL`: sessions are initialized there (node A) while the workload's requests go
+//! to `--url` (node B): with `ping` or `call`, every request is one B forwards to A.
+//!
 //! `--stateless` sends 2026-07-28 requests (per-request `_meta` and headers, no session) for
 //! `call` and `stream`.
 //!
 //! CPU: the server's utime+stime from `/proc/<pid>/stat` (`--server-pid`) and the generator's
-//! own, over the measured window (after `--warmup`). `--redis ADDR` counts Redis commands in the
+//! own, over the measured window (after `--warmup`); `--peer-pid` measures a second server
+//! process (node A of `--init-url`) the same way, reported apart (`peer_cpu_*`) and summed with
+//! the first (`servers_cpu_*`). `--redis ADDR` counts Redis commands in the
 //! window (CONFIG RESETSTAT at its start, INFO commandstats at its end).
 
+mod adopt;
 mod chaos;
 mod client;
 mod procfs;
@@ -59,6 +70,7 @@ enum Workload {
     Idle,
     Fanout,
     Chaos,
+    Adopt,
 }
 
 impl Workload {
@@ -71,6 +83,7 @@ impl Workload {
             "idle" => Self::Idle,
             "fanout" => Self::Fanout,
             "chaos" => Self::Chaos,
+            "adopt" => Self::Adopt,
             _ => return None,
         })
     }
@@ -84,6 +97,7 @@ impl Workload {
             Self::Idle => "idle",
             Self::Fanout => "fanout",
             Self::Chaos => "chaos",
+            Self::Adopt => "adopt",
         }
     }
 }
@@ -91,12 +105,15 @@ impl Workload {
 #[derive(Debug, Clone)]
 struct Args {
     url: String,
+    init_url: Option<String>,
     workload: Workload,
     sessions: usize,
     connections: usize,
     duration: f64,
     warmup: f64,
     server_pid: Option<u32>,
+    peer_pid: Option<u32>,
+    drain_pid: Option<u32>,
     with_get: bool,
     steps: usize,
     triggers: usize,
@@ -114,9 +131,10 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: loadgen --url http://HOST:PORT/mcp --workload churn|ping|call|stream|idle|fanout|chaos
+    "usage: loadgen --url http://HOST:PORT/mcp
+  --workload churn|ping|call|stream|idle|fanout|chaos|adopt
   [--sessions N (64)] [--connections C (64)] [--duration SECS (5)] [--warmup SECS (1)]
-  [--server-pid PID] [--with-get] [--steps K (10)] [--triggers R (5)] [--stateless]
+  [--server-pid PID] [--init-url URL] [--peer-pid PID] [--drain-pid PID (adopt)] [--with-get] [--steps K (10)] [--triggers R (5)] [--stateless]
   [--label TEXT] [--run I] [--threads T (1)] [--settle SECS (1)] [--redis HOST:PORT]
   [--redis-pid PID] [--wait SECS (10)] [--rate R (0: closed loop; chaos)]
   [--renew K (0: never; chaos)] [--events FILE (chaos)]";
@@ -124,12 +142,15 @@ const USAGE: &str =
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         url: String::new(),
+        init_url: None,
         workload: Workload::Ping,
         sessions: 64,
         connections: 64,
         duration: 5.0,
         warmup: 1.0,
         server_pid: None,
+        peer_pid: None,
+        drain_pid: None,
         with_get: false,
         steps: 10,
         triggers: 5,
@@ -162,6 +183,9 @@ fn parse_args() -> Result<Args, String> {
             "--duration" => a.duration = num(&arg, it.next())?,
             "--warmup" => a.warmup = num(&arg, it.next())?,
             "--server-pid" => a.server_pid = Some(num(&arg, it.next())?),
+            "--init-url" => a.init_url = Some(num(&arg, it.next())?),
+            "--peer-pid" => a.peer_pid = Some(num(&arg, it.next())?),
+            "--drain-pid" => a.drain_pid = Some(num(&arg, it.next())?),
             "--with-get" => a.with_get = true,
             "--steps" => a.steps = num(&arg, it.next())?,
             "--triggers" => a.triggers = num(&arg, it.next())?,
@@ -194,6 +218,23 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.stateless && !matches!(a.workload, Workload::Call | Workload::Stream) {
         return Err("--stateless applies to the call and stream workloads".into());
+    }
+    if a.init_url.is_some()
+        && (a.stateless
+            || !matches!(
+                a.workload,
+                Workload::Ping | Workload::Call | Workload::Stream | Workload::Adopt
+            ))
+    {
+        return Err(
+            "--init-url applies to the ping, call, stream and adopt workloads (with sessions)"
+                .into(),
+        );
+    }
+    if a.workload == Workload::Adopt && (a.init_url.is_none() || a.drain_pid.is_none()) {
+        return Err(
+            "adopt needs --init-url (the node that drains) and --drain-pid (its pid)".into(),
+        );
     }
     Ok(a)
 }
@@ -254,9 +295,18 @@ fn main() {
 async fn run(args: Args) -> Result<Value, Error> {
     let target = Target::parse(&args.url, args.stateless)?;
     wait_for(&target, args.wait).await?;
+    let init = match &args.init_url {
+        Some(url) => {
+            let init = Target::parse(url, false)?;
+            wait_for(&init, args.wait).await?;
+            init
+        }
+        None => target.clone(),
+    };
     match args.workload {
         Workload::Churn => churn(&args, target).await,
-        Workload::Ping | Workload::Call | Workload::Stream => rpc(&args, target).await,
+        Workload::Ping | Workload::Call | Workload::Stream => rpc(&args, target, init).await,
+        Workload::Adopt => adopt::run(&args, target, init).await,
         Workload::Idle => idle(&args, target).await,
         Workload::Fanout => fanout(&args, target).await,
         Workload::Chaos => {
@@ -308,6 +358,7 @@ impl Window {
 #[derive(Debug, Default)]
 struct Usage {
     server_cpu_s: Option<f64>,
+    peer_cpu_s: Option<f64>,
     client_cpu_s: Option<f64>,
     redis_cpu_s: Option<f64>,
     /// Busy CPU seconds of the whole machine, and stolen by the hypervisor.
@@ -319,22 +370,48 @@ struct Usage {
 #[derive(Debug, Clone, Copy)]
 struct CpuMark {
     server: Option<f64>,
+    peer: Option<f64>,
     client: Option<f64>,
     machine: Option<(f64, f64)>,
 }
 
-fn cpu_mark(pid: Option<u32>) -> CpuMark {
+/// The server processes whose CPU a run measures: `--server-pid` and `--peer-pid`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pids {
+    server: Option<u32>,
+    peer: Option<u32>,
+}
+
+impl Pids {
+    fn of(args: &Args) -> Self {
+        Self {
+            server: args.server_pid,
+            peer: args.peer_pid,
+        }
+    }
+
+    fn server(pid: u32) -> Self {
+        Self {
+            server: Some(pid),
+            peer: None,
+        }
+    }
+}
+
+fn cpu_mark(pids: Pids) -> CpuMark {
     CpuMark {
-        server: pid.and_then(procfs::cpu_seconds),
+        server: pids.server.and_then(procfs::cpu_seconds),
+        peer: pids.peer.and_then(procfs::cpu_seconds),
         client: procfs::cpu_seconds(std::process::id()),
         machine: procfs::machine_cpu_seconds(),
     }
 }
 
-fn cpu_since(a: CpuMark, pid: Option<u32>) -> Usage {
-    let b = cpu_mark(pid);
+fn cpu_since(a: CpuMark, pids: Pids) -> Usage {
+    let b = cpu_mark(pids);
     Usage {
         server_cpu_s: a.server.zip(b.server).map(|(a, b)| b - a),
+        peer_cpu_s: a.peer.zip(b.peer).map(|(a, b)| b - a),
         client_cpu_s: a.client.zip(b.client).map(|(a, b)| b - a),
         redis_cpu_s: None,
         machine: a
@@ -348,7 +425,7 @@ fn cpu_since(a: CpuMark, pid: Option<u32>) -> Usage {
 /// Samples CPU (and Redis command counts) at the window's edges, on its own thread so a busy
 /// runtime does not delay the readings.
 fn sample_window(win: Window, args: &Args) -> std::thread::JoinHandle<Usage> {
-    let (pid, redis, redis_pid) = (args.server_pid, args.redis.clone(), args.redis_pid);
+    let (pids, redis, redis_pid) = (Pids::of(args), args.redis.clone(), args.redis_pid);
     std::thread::spawn(move || {
         sleep_until(win.start);
         let mut conn = redis.as_deref().map(|addr| {
@@ -357,10 +434,10 @@ fn sample_window(win: Window, args: &Args) -> std::thread::JoinHandle<Usage> {
                 Ok((r, before))
             })
         });
-        let mark = cpu_mark(pid);
+        let mark = cpu_mark(pids);
         let redis_mark = redis_pid.and_then(procfs::cpu_seconds);
         sleep_until(win.end);
-        let mut usage = cpu_since(mark, pid);
+        let mut usage = cpu_since(mark, pids);
         usage.redis_cpu_s = redis_mark
             .zip(redis_pid.and_then(procfs::cpu_seconds))
             .map(|(a, b)| b - a);
@@ -469,7 +546,7 @@ fn report(args: &Args, mut tally: Tally, usage: Usage, setup_s: f64) -> Value {
 
 fn cpu_fields(usage: &Usage, ops: f64, secs: f64) -> Value {
     let per_op = |cpu: Option<f64>| cpu.filter(|_| ops > 0.0).map(|c| round3(c / ops * 1e6));
-    json!({
+    let mut v = json!({
         "server_cpu_s": usage.server_cpu_s.map(round3),
         "server_cpu_us_per_op": per_op(usage.server_cpu_s),
         "server_cpu_util": usage.server_cpu_s.map(|c| round3(c / secs)),
@@ -477,16 +554,33 @@ fn cpu_fields(usage: &Usage, ops: f64, secs: f64) -> Value {
         "client_cpu_us_per_op": per_op(usage.client_cpu_s),
         "client_cpu_util": usage.client_cpu_s.map(|c| round3(c / secs)),
         "redis_cpu_us_per_op": per_op(usage.redis_cpu_s),
-        // Cores busy with anything but the server, this generator and Redis: other processes
+        // Cores busy with anything but the servers, this generator and Redis: other processes
         // on the machine disturbing the run.
         "other_cpu_util": usage.machine.map(|(busy, _)| {
             let ours = usage.server_cpu_s.unwrap_or(0.0)
+                + usage.peer_cpu_s.unwrap_or(0.0)
                 + usage.client_cpu_s.unwrap_or(0.0)
                 + usage.redis_cpu_s.unwrap_or(0.0);
             round3(((busy - ours) / secs).max(0.0))
         }),
         "steal_util": usage.machine.map(|(_, steal)| round3(steal / secs)),
-    })
+    });
+    // A second server (`--peer-pid`): its CPU apart, and both together.
+    if usage.peer_cpu_s.is_some() {
+        let both = usage.server_cpu_s.zip(usage.peer_cpu_s).map(|(a, b)| a + b);
+        merge(
+            &mut v,
+            json!({
+                "peer_cpu_s": usage.peer_cpu_s.map(round3),
+                "peer_cpu_us_per_op": per_op(usage.peer_cpu_s),
+                "peer_cpu_util": usage.peer_cpu_s.map(|c| round3(c / secs)),
+                "servers_cpu_s": both.map(round3),
+                "servers_cpu_us_per_op": per_op(both),
+                "servers_cpu_util": both.map(|c| round3(c / secs)),
+            }),
+        );
+    }
+    v
 }
 
 fn merge(into: &mut Value, from: Value) {
@@ -683,12 +777,12 @@ fn rpc_body(
     }
 }
 
-async fn rpc(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
+async fn rpc(args: &Args, target: Arc<Target>, init: Arc<Target>) -> Result<Value, Error> {
     let setup = Instant::now();
     let sessions = if args.stateless {
         Vec::new()
     } else {
-        open_sessions(&target, args.sessions, args.connections).await?
+        open_sessions(&init, args.sessions, args.connections).await?
     };
     let setup_s = setup.elapsed().as_secs_f64();
     // A registry may still be writing the sessions' records: start the window once Redis has
@@ -754,7 +848,12 @@ async fn rpc(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
     }
     let tally = join_all(tasks).await;
     let usage = sampler.join().unwrap_or_default();
-    let close_failed = close_sessions(&target, sessions, args.connections).await;
+    // B's registry counters (forwarded, adopted), when it is this crate's node example.
+    let node_stats = match args.init_url {
+        Some(_) => Some(node_stats(&target).await),
+        None => None,
+    };
+    let close_failed = close_sessions(&init, sessions, args.connections).await;
     if let Some(addr) = args.redis.clone() {
         // Let the registry finish removing the records before the process is stopped.
         let _ = tokio::task::spawn_blocking(move || redis_quiet(&addr)).await;
@@ -767,7 +866,45 @@ async fn rpc(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         &mut v,
         json!({"close_errors": close_failed, "redis_settle_s": redis_settle_s.map(round3)}),
     );
+    if let Some(stats) = node_stats {
+        merge(
+            &mut v,
+            json!({"init_url": args.init_url, "node_stats": stats}),
+        );
+    }
     Ok(v)
+}
+
+/// The registry counters of the node at `target` (`GET /stats` of the node example), or why
+/// there are none.
+async fn node_stats(target: &Arc<Target>) -> Value {
+    let req = http::Request::builder()
+        .method(Method::GET)
+        .uri("/stats")
+        .header(header::HOST, target.host.clone())
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap_or_default();
+    let mut conn = Conn::new(target.clone());
+    let got = tokio::time::timeout(client::REQUEST_TIMEOUT, async {
+        let res = conn.send(req).await?;
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!("/stats: HTTP {status}"));
+        }
+        serde_json::from_slice::<Value>(&body).map_err(|e| format!("/stats: {e}"))
+    })
+    .await
+    .unwrap_or_else(|_| Err("/stats timed out".into()));
+    match got {
+        Ok(v) => v.get("registry").cloned().unwrap_or(v),
+        Err(e) => json!({ "error": e }),
+    }
 }
 
 /// Waits until Redis has executed no command for 300 ms (at most 30 s); returns the wait.
@@ -969,7 +1106,7 @@ async fn idle(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         ),
         None => None,
     };
-    let mark = cpu_mark(Some(pid));
+    let mark = cpu_mark(Pids::server(pid));
     let t = Instant::now();
     let sessions = open_sessions(&target, args.sessions, args.connections).await?;
     let streams = if args.with_get {
@@ -978,7 +1115,7 @@ async fn idle(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         Vec::new()
     };
     let open_s = t.elapsed().as_secs_f64();
-    let open_usage = cpu_since(mark, Some(pid));
+    let open_usage = cpu_since(mark, Pids::server(pid));
     tokio::time::sleep(settle).await;
     let rss1 = procfs::rss_bytes(pid).ok_or("cannot read the server's VmRSS")?;
     let n = sessions.len();
@@ -1068,7 +1205,7 @@ async fn fanout(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
     let mut errors = 0u64;
     let mut error_sample = None;
     let mut notified = Vec::new();
-    let mark = cpu_mark(args.server_pid);
+    let mark = cpu_mark(Pids::of(args));
     let phase = Instant::now();
     let mut busy = Duration::ZERO;
     for r in 0..args.triggers as u32 {
@@ -1125,7 +1262,7 @@ async fn fanout(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         busy += t0.elapsed();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let usage = cpu_since(mark, args.server_pid);
+    let usage = cpu_since(mark, Pids::of(args));
     let phase_s = phase.elapsed().as_secs_f64();
     let last_list: Vec<f64> = lasts.0.iter().map(|v| round3(*v as f64 / 1000.0)).collect();
     let deliveries = all.len() as f64;

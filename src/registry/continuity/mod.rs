@@ -173,10 +173,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Continuity {
     pub(crate) fn new(settings: Settings) -> Self {
         Self {
+            // Idle connections kept per peer: at least the requests a node forwards at once,
+            // or every forward past the bound opens (and the owner accepts) a new connection.
             #[cfg(feature = "forward")]
             forwarder: crate::registry::forward::Forwarder::new(
                 settings.forward_connect_timeout,
-                32,
+                256,
                 Duration::from_secs(60),
             ),
             settings,

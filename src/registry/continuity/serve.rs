@@ -259,7 +259,11 @@ async fn decide<R: RegistryStore>(
         }
     }
     let record = match core.store_lookup(sid).await {
-        Ok(Some(record)) => record,
+        Ok(Some(record)) => {
+            // A session that exists is not what the lookup rate bounds.
+            core.limits.refund();
+            record
+        }
         Ok(None) => {
             core.limits.remember_miss(sid);
             return Plan::Inner(Some(SessionLookup::Unknown));

@@ -6,7 +6,7 @@
 //! removed both ways; every end-to-end header is kept as it is.
 //!
 //! Connections come from a small pool of its own over hyper's low-level client, keyed by the
-//! peer's address: `TCP_NODELAY`, a connect timeout, at most a few idle connections per peer,
+//! peer's address: `TCP_NODELAY`, a connect timeout, a bounded number of idle connections per peer,
 //! idle ones dropped once they have been idle for the idle timeout (noticed lazily, on the next
 //! forward). HTTP/1.1 carries one exchange at a time, so a connection whose response body is
 //! still streaming is busy (hyper's `SendRequest` is not ready until that body ends) and is never
