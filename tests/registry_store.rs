@@ -1504,10 +1504,10 @@ mod redis_single {
             Claim::Won
         );
         // The index script (TIME, ZADD, ZREMRANGEBYSCORE, TTL, EXPIRE on a new index), the
-        // compare-and-set (GET, SET), and the old owner's index left (ZREM).
+        // compare-and-set (GET, SET).
         assert_eq!(
             counts(&["evalsha", "zadd", "expire", "get", "set", "zrem"]),
-            [2, 1, 1, 1, 1, 1]
+            [2, 1, 1, 1, 1, 0]
         );
 
         let late = SessionRecord::new("node-a", "1").owned_by("node-c", "1");

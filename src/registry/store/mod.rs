@@ -1240,15 +1240,14 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
     /// claim one session at once, exactly one wins; every other gets
     /// [`Claim::Lost`] with the winner's record.
     ///
-    /// A won claim takes the session out of the previous owner's index (best effort; its
-    /// cleanup skips records that no longer name it and drops them from its index anyway).
+    /// The previous owner's index may keep listing the session; its cleanup skips records
+    /// that no longer name it (and drops them from its index).
     ///
     /// Redis: the claimant's index update first (the index script, `EVALSHA`, as for
     /// [`register`](Self::register): a node that dies right after winning leaves no record
     /// its next process cannot find), then a compare-and-set Lua script on the record's key
     /// (`EVALSHA`: `GET`, and `SET … EX` when it wins); a lost claim takes the listing back
-    /// (`ZREM`) unless the record it lost to names the claimant's node too; a won one unlists
-    /// the session from the previous owner's index (`ZREM`).
+    /// (`ZREM`) unless the record it lost to names the claimant's node too.
     ///
     /// # Errors
     ///

@@ -203,8 +203,7 @@ return 1
 /// `retire` a check script on the node's slot, `SREM`, the check again (and `SADD` if the node
 /// came back meanwhile). `claim` lists the session in the claimant's index (the index script),
 /// then runs a compare-and-set script on the record (`GET`, and `SET … EX` when it wins); a
-/// lost claim takes the listing back (`ZREM`) unless the record names the claimant's node; a won
-/// one unlists the session from the previous owner's index (`ZREM`).
+/// lost claim takes the listing back (`ZREM`) unless the record names the claimant's node.
 ///
 /// [`write_batch`](RegistryStore::write_batch), which the registry's write queues use, sends a
 /// single server two pipelined round trips of plain commands, whatever the batch's size. The
@@ -1175,13 +1174,6 @@ impl RegistryStore for RedisStore {
             // Best effort: an entry left behind is dropped by the node's next cleanup.
             if let Err(err) = self.index_remove(&record.node, id).await {
                 tracing::debug!(node = %record.node, error = %err, "registry: node index update failed");
-            }
-        }
-        if matches!(claim, Ok(Claim::Won)) && owner != record.node {
-            // The session has left the old owner: unlisted from its index, so a node that never
-            // comes back leaves an index of what nobody claimed (best effort, as above).
-            if let Err(err) = self.index_remove(owner, id).await {
-                tracing::debug!(node = %owner, error = %err, "registry: node index update failed");
             }
         }
         claim
