@@ -328,11 +328,21 @@ async fn plan_for<R: RegistryStore>(
 
 /// The liveness of `node`, from the cache or the store; `None` when the store did not answer.
 async fn owner<R: RegistryStore>(core: &Core<R>, cont: &Continuity, node: &str) -> Option<Owner> {
-    if let Some((at, owner)) = lock(&cont.owners).get(node)
-        && at.elapsed() < LIVENESS_CACHE.min(cont.settings.liveness_period)
-    {
-        return Some(owner.clone());
-    }
+    let fresh = LIVENESS_CACHE.min(cont.settings.liveness_period);
+    // A stale entry is read again by the first request that finds it stale; the requests
+    // that come meanwhile keep the last value (one read per node per period, not one per
+    // request in flight when the entry expires).
+    let stale = {
+        let mut owners = lock(&cont.owners);
+        match owners.get_mut(node) {
+            Some((at, owner)) if at.elapsed() < fresh => return Some(owner.clone()),
+            Some((at, owner)) => {
+                *at = Instant::now();
+                Some(owner.clone())
+            }
+            None => None,
+        }
+    };
     let read = tokio::time::timeout(core.lookup_timeout, core.store.node(node)).await;
     let owner = match read {
         Ok(Ok(Some(record))) if record.state == NodeState::Serving => Owner::Serving {
@@ -354,11 +364,11 @@ async fn owner<R: RegistryStore>(core: &Core<R>, cont: &Continuity, node: &str) 
         Ok(Err(e)) => {
             core.counters.store_errors.fetch_add(1, Relaxed);
             tracing::debug!(error = %e, "liveness lookup failed");
-            return None;
+            return stale;
         }
         Err(_) => {
             core.counters.store_errors.fetch_add(1, Relaxed);
-            return None;
+            return stale;
         }
     };
     let mut owners = lock(&cont.owners);
