@@ -721,8 +721,15 @@ async fn churn(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         Some(addr) => Some(
             tokio::task::spawn_blocking(move || {
                 let d = redis_quiet(&addr)?;
+                // The nodes' liveness records and the node set are membership, not session
+                // records: not counted.
                 let keys = procfs::Redis::connect(&addr)
-                    .and_then(|mut r| r.dbsize())
+                    .and_then(|mut r| {
+                        let all = r.dbsize()?;
+                        let membership = r.count_keys("mcp:session:live:*")?
+                            + r.count_keys("mcp:session:nodes")?;
+                        Ok(all.saturating_sub(membership))
+                    })
                     .map_err(|e| format!("redis {addr}: {e}"))?;
                 Ok::<_, Error>((d, keys))
             })

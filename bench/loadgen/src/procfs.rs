@@ -86,6 +86,15 @@ impl Redis {
         Ok(reply.trim_start_matches(':').parse().unwrap_or(0))
     }
 
+    /// Number of keys matching `pattern` (a small script over `KEYS`: the bench's Redis holds
+    /// a handful of keys once a run is over).
+    pub fn count_keys(&mut self, pattern: &str) -> std::io::Result<u64> {
+        let reply = self.command(&format!(
+            "EVAL \"return #redis.call('KEYS', ARGV[1])\" 0 {pattern}"
+        ))?;
+        Ok(reply.trim_start_matches(':').parse().unwrap_or(0))
+    }
+
     /// Calls per command (since Redis started or its last CONFIG RESETSTAT), without the
     /// harness's own CONFIG/INFO.
     pub fn command_calls(&mut self) -> std::io::Result<BTreeMap<String, u64>> {
