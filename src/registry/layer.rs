@@ -791,15 +791,18 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
             return bad("peer_networks");
         };
         let continuity = self.continuity.then(|| {
-            super::continuity::Continuity::new(super::continuity::Settings {
-                adoption: self.adoption,
-                forwarding: self.forwarding,
-                liveness_ttl,
-                liveness_period,
-                address: self.internal_address,
-                peers,
-                forward_connect_timeout: self.forward_connect_timeout,
-            })
+            super::continuity::Continuity::new(
+                super::continuity::Settings {
+                    adoption: self.adoption,
+                    forwarding: self.forwarding,
+                    liveness_ttl,
+                    liveness_period,
+                    address: self.internal_address,
+                    peers,
+                    forward_connect_timeout: self.forward_connect_timeout,
+                },
+                &self.node,
+            )
         });
         let incarnation: Arc<str> = match self.incarnation {
             Some(i) => i.into(),

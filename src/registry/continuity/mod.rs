@@ -152,6 +152,11 @@ pub(crate) struct Continuity {
     pub(crate) settings: Settings,
     #[cfg(feature = "forward")]
     forwarder: crate::registry::forward::Forwarder,
+    /// This node's name as the `Mcp-Forwarded-By` value of the requests it forwards, made once
+    /// (the builder rejects names with control characters, the only ones no header value
+    /// takes).
+    #[cfg_attr(not(feature = "forward"), allow(dead_code))]
+    hop: Option<HeaderValue>,
     draining: AtomicBool,
     /// Whether the last liveness write landed: without liveness, records are kept on
     /// shutdown only if the node could tell the others it left.
@@ -171,8 +176,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Continuity {
-    pub(crate) fn new(settings: Settings) -> Self {
+    pub(crate) fn new(settings: Settings, node: &str) -> Self {
         Self {
+            hop: HeaderValue::from_str(node).ok(),
             // Idle connections kept per peer: at least the requests a node forwards at once,
             // or every forward past the bound opens (and the owner accepts) a new connection.
             #[cfg(feature = "forward")]

@@ -401,8 +401,9 @@ where
     {
         req.headers_mut().insert(headers::MCP_SESSION_ID, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&core.node) {
-        req.headers_mut().insert(headers::MCP_FORWARDED_BY, v);
+    if let Some(v) = &cont.hop {
+        req.headers_mut()
+            .insert(headers::MCP_FORWARDED_BY, v.clone());
     }
     match cont.forwarder.forward(route.addr, req).await {
         Ok(res) => {
