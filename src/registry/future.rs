@@ -334,18 +334,20 @@ fn minted_id<'r, B>(res: &'r Response<B>, ctx: &Ctx) -> Option<(Arc<str>, &'r st
 fn record_for<R>(core: &Core<R>, session: Option<&Session>, minted: &str) -> SessionRecord {
     let record = SessionRecord::new(&*core.node, &*core.incarnation)
         .with_created_at(super::store::unix_now());
-    match session.and_then(|s| Some((s, s.protocol_version()?))) {
-        Some((s, version)) => record.with_restore(
-            version.as_str(),
-            s.client_info().cloned(),
-            s.client_capabilities().cloned(),
-            s.principal_digest().map(str::to_owned),
-        ),
-        None if session.is_none() => match core.handoff.take_minted(minted) {
+    match session {
+        Some(s) => match s.protocol_version() {
+            Some(version) => record.with_restore(
+                version.as_str(),
+                s.client_info().cloned(),
+                s.client_capabilities().cloned(),
+                s.principal_digest().map(str::to_owned),
+            ),
+            None => record,
+        },
+        None => match core.handoff.take_minted(minted) {
             Some(restore) => restore.apply(record),
             None => record,
         },
-        None => record,
     }
 }
 
