@@ -296,6 +296,19 @@ fn http_client() -> reqwest::Client {
         .expect("build reqwest client")
 }
 
+/// `n` raw clients, each with a session initialized through `url` concurrently, and the node
+/// that answered its `initialize`.
+async fn open_raw_sessions(http: &reqwest::Client, url: &str, n: usize) -> Vec<(Raw, String)> {
+    let opens = (0..n).map(|_| {
+        let mut c = Raw::new(http, url);
+        async move {
+            let reply = initialize_until_ok(&mut c, Duration::from_secs(30)).await;
+            (c, reply.node().unwrap_or("?").to_owned())
+        }
+    });
+    futures_util::future::join_all(opens).await
+}
+
 /// Initializes through the balancer, retrying (bounded) while it answers 5xx or not at all.
 async fn initialize_until_ok(client: &mut Raw, deadline: Duration) -> Reply {
     let end = Instant::now() + deadline;
@@ -1180,14 +1193,7 @@ async fn killed_node_sessions_are_adopted() {
     let stop_file = cluster.dir.join("stop");
 
     let ts = start_long_sessions(&ts_dir, &cluster, KILL_TS, &stop_file).await;
-    let opens = (0..KILL_RAW).map(|_| {
-        let mut c = Raw::new(&http, &url);
-        async move {
-            let reply = initialize_until_ok(&mut c, Duration::from_secs(30)).await;
-            (c, reply.node().unwrap_or("?").to_owned())
-        }
-    });
-    let raw = futures_util::future::join_all(opens).await;
+    let raw = open_raw_sessions(&http, &url, KILL_RAW).await;
 
     // The victim: the node holding the most TypeScript sessions (at least two of four).
     let mut ts_per_node: BTreeMap<String, usize> = BTreeMap::new();
@@ -1468,14 +1474,7 @@ async fn rolling_restart_with_200_sessions() {
 
     // The TypeScript SDK sessions, then the raw ones, opened concurrently through the balancer.
     let ts = start_long_sessions(&ts_dir, &cluster, TS_SESSIONS, &stop_file).await;
-    let opens = (0..raw_sessions).map(|_| {
-        let mut c = Raw::new(&http, &url);
-        async move {
-            let reply = initialize_until_ok(&mut c, Duration::from_secs(30)).await;
-            (c, reply.node().unwrap_or("?").to_owned())
-        }
-    });
-    let opened = futures_util::future::join_all(opens).await;
+    let opened = open_raw_sessions(&http, &url, raw_sessions).await;
     let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
     for node in opened
         .iter()
