@@ -957,6 +957,25 @@ fn rand_u128() -> u128 {
     out
 }
 
+/// A legacy (`2025-11-25`) POST of `body`, with session `id` if given, for in-process stacks.
+fn legacy_post(
+    id: Option<&str>,
+    body: &Value,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = http::Request::post("/mcp")
+        .header("host", "localhost")
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-11-25");
+    if let Some(id) = id {
+        req = req.header("mcp-session-id", id);
+    }
+    req.body(http_body_util::Full::new(bytes::Bytes::from(
+        body.to_string(),
+    )))
+    .unwrap()
+}
+
 /// The `404` path's lookups are bounded: under a flood of random well-formed ids a node asks
 /// the store at most its rate (the rest answer "unknown" at once), ids the store did not know
 /// are answered from memory for a while, and a real misroute is told apart again as soon as
@@ -985,20 +1004,7 @@ async fn lookups_are_bounded_by_rate_and_cache_and_misroutes_still_tell() {
         .unwrap();
     let b_handle = b_layer.handle();
     let b = stack(b_layer);
-    let post = |id: Option<&str>, body: &Value| {
-        let mut req = http::Request::post("/mcp")
-            .header("host", "localhost")
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .header("mcp-protocol-version", "2025-11-25");
-        if let Some(id) = id {
-            req = req.header("mcp-session-id", id);
-        }
-        req.body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .unwrap()
-    };
+    let post = legacy_post;
     let reason_of = |res: http::Response<_>| async move {
         assert_eq!(res.status(), 404);
         let body = http_body_util::BodyExt::collect(res.into_body())
@@ -1089,20 +1095,7 @@ async fn adopting_a_drained_nodes_sessions_is_not_held_to_the_lookup_rate() {
         .unwrap();
     let b_handle = b_layer.handle();
     let b = stack(b_layer);
-    let post = |id: Option<&str>, body: &Value| {
-        let mut req = http::Request::post("/mcp")
-            .header("host", "localhost")
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .header("mcp-protocol-version", "2025-11-25");
-        if let Some(id) = id {
-            req = req.header("mcp-session-id", id);
-        }
-        req.body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .unwrap()
-    };
+    let post = legacy_post;
     const SESSIONS: usize = 40;
     let mut ids = Vec::new();
     for _ in 0..SESSIONS {
