@@ -379,10 +379,11 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         Some(t) => NodeTag::new(t).map_err(|e| format!("--tag {t}: {e}"))?,
         None => NodeTag::derive(&args.node),
     };
-    let mut affinity = SessionAffinityLayer::new(tag).with_cookie_secure(args.cookie_secure);
+    let mut affinity = SessionAffinityLayer::builder(tag).with_cookie_secure(args.cookie_secure);
     if let Some(name) = &args.cookie_name {
-        affinity = affinity.with_cookie_name(name)?;
+        affinity = affinity.with_cookie_name(name);
     }
+    let affinity = affinity.build()?;
     let mut transport = SseTransportLayer::builder().with_allowed_hosts(HostPolicy::localhost());
     if let Some(idle) = args.idle_timeout {
         transport = transport.with_idle_timeout(idle);

@@ -42,6 +42,7 @@ mod macros;
 mod throttle;
 
 pub mod affinity;
+pub mod config;
 pub mod handler;
 pub mod protocol;
 pub mod registry;
@@ -49,6 +50,7 @@ pub mod session;
 pub mod transport;
 
 pub use affinity::{SessionAffinity, SessionAffinityLayer};
+pub use config::ConfigError;
 #[cfg(feature = "redis")]
 pub use registry::RedisSessionRegistryLayer;
 pub use registry::{SessionRegistry, SessionRegistryLayer};

@@ -43,6 +43,10 @@ fn layer() -> SessionAffinityLayer {
     SessionAffinityLayer::new(tag("n1"))
 }
 
+fn builder() -> mcp_affinity::affinity::SessionAffinityBuilder {
+    SessionAffinityLayer::builder(tag("n1"))
+}
+
 /// A hyper server on a free port, serving `svc` on every path.
 struct TestServer {
     addr: SocketAddr,
@@ -239,7 +243,11 @@ fn snapshot(l: &SessionAffinityLayer) -> AffinityStatsSnapshot {
 #[tokio::test]
 async fn out_of_scope_requests_pass_through_untouched() {
     let echo = Echo::default();
-    let affinity = layer().with_envelope(true).with_strict(true);
+    let affinity = builder()
+        .with_envelope(true)
+        .with_strict(true)
+        .build()
+        .unwrap();
     let srv = TestServer::start(
         ServiceBuilder::new()
             .layer(affinity.clone())
@@ -310,15 +318,15 @@ async fn in_scope_legacy_responses_get_the_adr_cookie() {
 // 2b. Every attribute is configurable; the cookie path follows the scope.
 #[tokio::test]
 async fn cookie_attributes_are_configurable() {
-    let affinity = layer()
+    let affinity = builder()
         .with_scope("/api/mcp")
-        .unwrap()
         .with_cookie_name("mcp_node")
-        .unwrap()
         .with_cookie_secure(false)
         .with_cookie_http_only(false)
         .with_cookie_same_site(SameSite::Lax)
-        .with_cookie_max_age(Some(std::time::Duration::from_secs(3600)));
+        .with_cookie_max_age(Some(std::time::Duration::from_secs(3600)))
+        .build()
+        .unwrap();
     let srv = TestServer::start(affinity.layer(Echo::default().service())).await;
     let res = srv.post("/api/mcp").send().await.unwrap();
     assert_eq!(
@@ -328,7 +336,7 @@ async fn cookie_attributes_are_configurable() {
     let res = srv.post("/mcp").send().await.unwrap();
     assert!(set_cookies(&res).is_empty(), "outside the new scope");
 
-    let explicit = layer().with_cookie_path("/").unwrap();
+    let explicit = builder().with_cookie_path("/").build().unwrap();
     let srv = TestServer::start(explicit.layer(Echo::default().service())).await;
     let res = srv.post("/mcp").send().await.unwrap();
     assert_eq!(
@@ -433,7 +441,7 @@ fn ids_minted_through_the_id_generator_carry_the_tag() {
 #[tokio::test]
 async fn envelope_round_trip_over_an_inner_service_minting_its_own_ids() {
     let inner = Minting::default();
-    let affinity = layer().with_envelope(true);
+    let affinity = builder().with_envelope(true).build().unwrap();
     let srv = TestServer::start(affinity.clone().layer(inner.clone().service())).await;
 
     let res = srv.post("/mcp").send().await.unwrap();
@@ -595,7 +603,7 @@ async fn misroute_is_in_the_response_extensions() {
 #[tokio::test]
 async fn strict_mode_answers_404_without_calling_the_inner_service() {
     let echo = Echo::default();
-    let affinity = layer().with_strict(true);
+    let affinity = builder().with_strict(true).build().unwrap();
     let srv = TestServer::start(affinity.clone().layer(echo.clone().service())).await;
 
     let res = srv
@@ -663,7 +671,11 @@ async fn strict_mode_answers_404_without_calling_the_inner_service() {
 #[tokio::test]
 async fn modern_requests_get_no_cookie_and_no_rewriting() {
     let echo = Echo::default();
-    let affinity = layer().with_envelope(true).with_strict(true);
+    let affinity = builder()
+        .with_envelope(true)
+        .with_strict(true)
+        .build()
+        .unwrap();
     let srv = TestServer::start(affinity.clone().layer(echo.clone().service())).await;
 
     for version in ["2026-07-28", "2027-03-01"] {
@@ -711,7 +723,7 @@ async fn modern_requests_get_no_cookie_and_no_rewriting() {
 #[tokio::test]
 async fn initialize_with_a_stale_cookie_is_served_and_gets_this_nodes_cookie() {
     let echo = Echo::default();
-    let affinity = layer().with_strict(true);
+    let affinity = builder().with_strict(true).build().unwrap();
     let srv = TestServer::start(affinity.clone().layer(echo.clone().service())).await;
     let res = srv
         .http
@@ -739,7 +751,7 @@ async fn strict_short_circuit_keeps_the_inner_reservation_until_drop() {
         Ok::<_, Infallible>(Response::new(String::new()))
     });
     let svc = ServiceBuilder::new()
-        .layer(layer().with_strict(true))
+        .layer(builder().with_strict(true).build().unwrap())
         .concurrency_limit(1)
         .service(inner);
     let foreign = || {
