@@ -311,7 +311,7 @@ fn unsupported_version() -> Rejection {
         "unsupported MCP-Protocol-Version",
     )
     .with_data(
-        serde_json::json!({ "supported": ProtocolVersion::ALL.map(ProtocolVersion::as_str) }),
+        serde_json::json!({ "supported": ProtocolVersion::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>() }),
     )
 }
 
