@@ -3,7 +3,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use tower_service::Service;
 
 use super::{
@@ -11,7 +11,7 @@ use super::{
     cookies, layer::Shared,
 };
 use crate::{
-    protocol::{Rejection, codes, headers},
+    protocol::{Rejection, RejectionKind, codes, headers},
     session::{Fingerprint, Forwarded, NodeTag, SessionRestored},
 };
 
@@ -197,7 +197,7 @@ impl Finish {
 /// The strict-mode answer.
 pub(crate) fn misrouted_response() -> Rejection {
     Rejection::new(
-        StatusCode::NOT_FOUND,
+        RejectionKind::Misrouted,
         codes::SESSION_NOT_FOUND,
         "session not found on this node: start a new session with initialize",
     )

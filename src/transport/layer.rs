@@ -171,14 +171,13 @@ impl Shared {
     /// session has too much running): `Retry-After` and a JSON-RPC error.
     pub(crate) fn retry_later(
         &self,
-        status: http::StatusCode,
+        kind: crate::protocol::RejectionKind,
         msg: &'static str,
     ) -> crate::protocol::Rejection {
-        crate::protocol::Rejection::new(status, crate::protocol::codes::BAD_REQUEST, msg)
-            .with_header(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from(self.config.busy_retry_after),
-            )
+        crate::protocol::Rejection::new(kind, crate::protocol::codes::BAD_REQUEST, msg).with_header(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(self.config.busy_retry_after),
+        )
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
