@@ -47,6 +47,7 @@ pub mod handler;
 pub mod protocol;
 pub mod registry;
 pub mod session;
+pub mod stack;
 pub mod transport;
 
 pub use affinity::{SessionAffinity, SessionAffinityLayer};
@@ -54,6 +55,7 @@ pub use config::ConfigError;
 #[cfg(feature = "redis")]
 pub use registry::RedisSessionRegistryLayer;
 pub use registry::{SessionRegistry, SessionRegistryLayer};
+pub use stack::{McpStack, StackHandle};
 pub use transport::{SseTransport, SseTransportLayer};
 
 /// Boxed error used at body and generic boundaries.

@@ -550,6 +550,16 @@ impl SessionAffinityBuilder {
         self
     }
 
+    /// Replaces the tag given to [`new`](Self::new).
+    pub(crate) fn set_tag(&mut self, tag: NodeTag) {
+        self.config.tag = tag;
+    }
+
+    /// Whether strict mode is on.
+    pub(crate) fn is_strict(&self) -> bool {
+        self.config.strict
+    }
+
     /// Validates the settings and builds the layer.
     ///
     /// # Errors

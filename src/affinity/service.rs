@@ -208,6 +208,7 @@ fn inspect<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> Decision {
     if !in_scope(req.uri().path(), &cfg.scope) {
         return Decision::PassThrough;
     }
+    shared.stats.request();
     // Before the era or the session id is read: with two copies, a balancer in front may
     // have routed on the other one.
     if let Err(r) = crate::protocol::single::check(req.headers(), &crate::protocol::single::ROUTING)

@@ -702,6 +702,11 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
         self
     }
 
+    /// Whether continuity (forwarding or adoption) is on.
+    pub(crate) fn has_continuity(&self) -> bool {
+        self.continuity && (self.adoption || self.forwarding)
+    }
+
     /// Validates the configuration and creates the registry (store handle, write queues,
     /// counters): the returned layer, its clones and every service they build share it.
     ///
