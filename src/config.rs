@@ -84,7 +84,7 @@ impl ConfigError {
     /// ```
     /// use mcp_affinity::SessionAffinityLayer;
     ///
-    /// let err = SessionAffinityLayer::builder_for_node("n1").with_scope("mcp").build().unwrap_err();
+    /// let err = SessionAffinityLayer::builder(mcp_affinity::session::NodeTag::derive("n1")).with_scope("mcp").build().unwrap_err();
     /// assert_eq!((err.field(), err.reason()), ("scope", "must start with '/'"));
     /// ```
     pub fn reason(&self) -> &'static str {

@@ -461,7 +461,7 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Refusal, Rejection};
+    /// use mcp_affinity::protocol::{codes, Refusal, Rejection, RejectionKind};
     ///
     /// let r = Rejection::new(RejectionKind::OriginNotAllowed, codes::INVALID_REQUEST, "origin not allowed")
     ///     .with_refusal(Refusal::Origin);
