@@ -105,13 +105,13 @@ impl Config {
 
     /// The checks across settings (each string was parsed already).
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(age) = self.cookie_max_age {
-            if age < Duration::from_secs(1) || age.subsec_nanos() != 0 {
-                return Err(invalid(
-                    "cookie_max_age",
-                    "must be a whole number of seconds, at least 1",
-                ));
-            }
+        if let Some(age) = self.cookie_max_age
+            && (age < Duration::from_secs(1) || age.subsec_nanos() != 0)
+        {
+            return Err(invalid(
+                "cookie_max_age",
+                "must be a whole number of seconds, at least 1",
+            ));
         }
         if self.cookie_same_site == SameSite::None && !self.cookie_secure {
             return Err(invalid(

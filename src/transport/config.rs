@@ -397,7 +397,7 @@ impl Config {
         c.positive(self.session_lifetime, "session_lifetime")?;
         // `retry:` is sent in whole milliseconds.
         c.require(
-            self.retry.subsec_nanos() % 1_000_000 == 0,
+            self.retry.subsec_nanos().is_multiple_of(1_000_000),
             "retry",
             "must be a whole number of milliseconds",
         )?;
