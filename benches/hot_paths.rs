@@ -316,7 +316,11 @@ fn affinity(c: &mut Criterion) {
         Ok::<_, Infallible>(Response::new(Bytes::from_static(b"{}")))
     });
     let plain = layer.layer(inner);
-    let enveloped = layer.clone().with_envelope(true).layer(inner);
+    let enveloped = SessionAffinityLayer::builder(here.clone())
+        .with_envelope(true)
+        .build()
+        .expect("affinity")
+        .layer(inner);
     let own_id = layer.id_generator().generate();
     let cookies = |tag: &NodeTag| {
         format!(

@@ -5,6 +5,7 @@
 //! ```text
 //! request ─► SessionAffinityLayer ─► SessionRegistryLayer ─► SseTransportLayer ─► handle()
 //!            cookie, node tag         embedded store           sessions, SSE        this file
+//!            └──────────────── McpStack::builder(node, store) ───────────────┘
 //! ```
 //!
 //! ```text
@@ -46,7 +47,7 @@ use std::{
 
 use axum::{Router, routing::get};
 use mcp_affinity::{
-    SessionAffinityLayer, SessionRegistryLayer, SseTransportLayer,
+    McpStack,
     handler::{ErrorObject, HandlerRequest, handler_fn},
     protocol::{Era, ProtocolVersion, RequestId, codes},
     registry::MemoryStore,
@@ -126,21 +127,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::new(args.state_key.as_deref(), stop_rx);
     server.tick_watched_resource(Duration::from_secs(3));
 
-    // Outermost first: affinity (cookie, node tag in session ids), then the session registry
-    // (embedded store), then the transport, whose default Host allow-list is localhost only
-    // (DNS-rebinding protection for a local server).
-    let affinity = SessionAffinityLayer::for_node(&args.node);
-    let registry = SessionRegistryLayer::new(MemoryStore::new(), args.node.clone())?;
-    let registry_handle = registry.handle();
-    let transport = SseTransportLayer::builder()
-        .with_allowed_hosts(HostPolicy::localhost())
-        .with_id_generator(affinity.id_generator())
+    // The three layers in one call, outermost first: affinity (cookie, node tag in session
+    // ids), the session registry (embedded store), the transport (Host allow-list: localhost
+    // only, DNS-rebinding protection for a local server). One node and no balancer: a drain
+    // has nobody to wait for.
+    let stack = McpStack::builder(args.node.clone(), MemoryStore::new())
+        .with_transport(|t| t.with_allowed_hosts(HostPolicy::localhost()))
+        .with_quiet_period(Duration::ZERO)
         .build()?;
-    let transport_handle = transport.handle();
+    let handle = stack.handle();
     let mcp = ServiceBuilder::new()
-        .layer(affinity)
-        .layer(registry)
-        .layer(transport)
+        .layer(stack)
         .service(handler_fn(move |req, cx| {
             let server = server.clone();
             async move { server.handle(req, cx).await }
@@ -160,11 +157,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            // Listen streams end with a final result, then sessions close.
+            // Listen streams end with a final result; running calls finish (at most 10 s),
+            // then the sessions close and the registry's writes land.
             let _ = stop_tx.send(true);
-            let closed = transport_handle.shutdown().await;
-            let flushed = registry_handle.flush(Duration::from_secs(10)).await;
-            tracing::info!(closed, flushed, "sessions closed; draining connections");
+            let report = handle.shutdown(Duration::from_secs(10)).await;
+            tracing::info!(?report, "stopped; draining connections");
         })
         .await?;
     Ok(())

@@ -44,10 +44,7 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -63,10 +60,10 @@ use futures_util::{
 };
 use hyper::body::Incoming;
 use mcp_affinity::{
-    SessionAffinityLayer, SessionRegistryLayer, SseTransportLayer,
+    McpStack, SseTransportLayer, StackHandle,
     handler::{ErrorObject, HandlerRequest, handler_fn},
     protocol::{Era, ProtocolVersion},
-    registry::{MemoryStore, RedisStore, RegistryHandle, RegistryStore},
+    registry::{MemoryStore, RedisStore, RegistryStore},
     session::{NodeTag, RequestContext},
     transport::{HostPolicy, TransportHandle},
 };
@@ -365,79 +362,78 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
-    let mut registry = SessionRegistryLayer::builder(store, args.node.clone())
+    // The three layers in one call: tagged session ids, one node name, forwarding to live
+    // owners and adoption from gone ones, one idle timeout.
+    let mut stack = McpStack::builder(args.node.clone(), store)
         // Where the other nodes forward this node's sessions' requests: an internal address
         // in a real deployment (here, by default, the one the node listens on).
         .with_internal_address(args.internal_addr.unwrap_or(local))
-        .with_forwarding(args.forwarding);
+        .with_registry(|r| r.with_forwarding(args.forwarding))
+        .with_affinity(|a| {
+            let a = a.with_cookie_secure(args.cookie_secure);
+            match &args.cookie_name {
+                Some(name) => a.with_cookie_name(name.clone()),
+                None => a,
+            }
+        })
+        .with_transport(|t| t.with_allowed_hosts(HostPolicy::localhost()));
+    if let Some(t) = &args.tag {
+        stack = stack.with_tag(NodeTag::new(t).map_err(|e| format!("--tag {t}: {e}"))?);
+    }
     if let Some(idle) = args.idle_timeout {
-        registry = registry.with_idle_timeout(idle);
+        stack = stack.with_idle_timeout(idle);
     }
-    let registry = registry.build()?;
-    let registry_handle = registry.handle();
-    let tag = match &args.tag {
-        Some(t) => NodeTag::new(t).map_err(|e| format!("--tag {t}: {e}"))?,
-        None => NodeTag::derive(&args.node),
-    };
-    let mut affinity = SessionAffinityLayer::new(tag).with_cookie_secure(args.cookie_secure);
-    if let Some(name) = &args.cookie_name {
-        affinity = affinity.with_cookie_name(name)?;
-    }
-    let mut transport = SseTransportLayer::builder().with_allowed_hosts(HostPolicy::localhost());
-    if let Some(idle) = args.idle_timeout {
-        transport = transport.with_idle_timeout(idle);
-    }
-    if !args.transport_only {
-        // Session ids carry this node's tag, which the affinity layer reads back.
-        transport = transport.with_id_generator(affinity.id_generator());
-    }
-    let transport = transport.build()?;
-    let handle = transport.handle();
-    let app = App {
-        node: args.node.as_str().into(),
-        transport: handle.clone(),
-    };
-    let handler = handler_fn(move |req, cx| handle_request(app.clone(), req, cx));
+    let stack = stack.build()?;
+    let handle = stack.handle();
     let node_header = HeaderValue::from_str(&args.node)?;
     println!(
         "MCP node {} (tag {}) listening on http://{local}/mcp",
         args.node,
-        affinity.tag()
+        handle.tag()
     );
-    tracing::info!(node = %args.node, tag = %affinity.tag(), %local, "listening");
-    if !args.transport_only && !registry_handle.announce(Duration::from_secs(2)).await {
-        tracing::warn!(
-            "liveness record not written yet (store unreachable?); retried in the background"
-        );
-    }
-    let ops = Ops::new(
-        handle.clone(),
-        (!args.transport_only).then(|| registry_handle.clone()),
-    );
-    let drained = drain_on_signal(ops.clone(), args.drain_timeout);
+    tracing::info!(node = %args.node, tag = %handle.tag(), %local, "listening");
+
     let connections = if args.transport_only {
-        tracing::info!("transport only: no registry");
-        let mcp = ServiceBuilder::new().layer(transport).service(handler);
-        serve_node(listener, mcp, node_header, ops.clone(), drained).await
-    } else {
+        tracing::info!("transport only: no affinity, no registry");
+        // For benchmarks: the transport alone, with untagged ids, stopped by its own handle.
+        let mut transport =
+            SseTransportLayer::builder().with_allowed_hosts(HostPolicy::localhost());
+        if let Some(idle) = args.idle_timeout {
+            transport = transport.with_idle_timeout(idle);
+        }
+        let transport = transport.build()?;
+        let t = transport.handle();
+        let ops = Ops::transport_only(t.clone());
+        let app = App {
+            node: args.node.as_str().into(),
+            transport: t.clone(),
+        };
+        let stop = stop_transport_on_signal(t.clone(), args.drain_timeout);
         let mcp = ServiceBuilder::new()
-            .layer(affinity.clone())
-            .layer(registry)
             .layer(transport)
-            .service(handler);
-        serve_node(listener, mcp, node_header, ops.clone(), drained).await
+            .service(handler_fn(move |req, cx| {
+                handle_request(app.clone(), req, cx)
+            }));
+        serve_node(listener, mcp, node_header, ops, stop).await
+    } else {
+        if !handle.announce(Duration::from_secs(2)).await {
+            tracing::warn!(
+                "liveness record not written yet (store unreachable?); retried in the background"
+            );
+        }
+        let ops = Ops::stack(handle.clone());
+        let stop = stop_on_signal(handle.clone(), args.drain_timeout);
+        let app = App {
+            node: args.node.as_str().into(),
+            transport: handle.transport().clone(),
+        };
+        let mcp = ServiceBuilder::new()
+            .layer(stack)
+            .service(handler_fn(move |req, cx| {
+                handle_request(app.clone(), req, cx)
+            }));
+        serve_node(listener, mcp, node_header, ops, stop).await
     };
-    // No longer accepting: close the sessions (their records stay for the nodes that adopt
-    // them), land the registry's writes, and leave the cluster.
-    let closed = handle.shutdown().await;
-    let flushed = registry_handle.flush(Duration::from_secs(10)).await;
-    let left = registry_handle.leave(Duration::from_secs(1)).await;
-    tracing::info!(
-        closed,
-        flushed,
-        left,
-        "sessions closed, registry flushed; draining connections"
-    );
     if tokio::time::timeout(Duration::from_secs(10), connections.shutdown())
         .await
         .is_err()
@@ -447,86 +443,73 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     Ok(())
 }
 
-/// What the node's own routes and its drain read: the handles, whether the node drains, and
-/// how many `/mcp` requests it has seen.
+/// What the node's own routes read: whether it drains, and its counters as JSON.
 #[derive(Clone)]
 struct Ops {
-    transport: TransportHandle,
+    draining: Arc<dyn Fn() -> bool + Send + Sync>,
     stats: Arc<dyn Fn() -> Value + Send + Sync>,
-    drain_registry: Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>,
-    draining: Arc<AtomicBool>,
-    requests: Arc<AtomicU64>,
 }
 
 impl Ops {
-    fn new<R: RegistryStore>(
-        transport: TransportHandle,
-        registry: Option<RegistryHandle<R>>,
-    ) -> Self {
-        let for_stats = registry.clone();
-        let t = transport.clone();
-        let stats = move || {
-            let registry = for_stats.as_ref().map(|r| {
-                let s = r.stats();
-                json!({
-                    "registered": s.registered, "removed": s.removed, "misroutes": s.misroutes,
-                    "unknown": s.unknown, "node_restarted": s.node_restarted,
-                    "forwarded": s.forwarded, "forward_failures": s.forward_failures,
-                    "adopted": s.adopted, "adoptions_lost": s.adoptions_lost,
-                    "orphans_removed": s.orphans_removed, "store_errors": s.store_errors,
-                    "lookups_limited": s.lookups_limited, "known_misses": s.known_misses,
-                    "cleanup_pending": s.cleanup_pending, "tracked": s.tracked,
-                })
-            });
-            json!({"registry": registry, "transport": {"sessions": t.session_count()}})
-        };
-        let drain_registry = move || -> futures_util::future::BoxFuture<'static, bool> {
-            let r = registry.clone();
-            Box::pin(async move {
-                match r {
-                    Some(r) => r.drain(Duration::from_secs(1)).await,
-                    None => false,
-                }
-            })
-        };
+    fn stack<R: RegistryStore>(handle: StackHandle<R>) -> Self {
+        let h = handle.clone();
         Self {
-            transport,
-            stats: Arc::new(stats),
-            drain_registry: Arc::new(drain_registry),
-            draining: Arc::new(AtomicBool::new(false)),
-            requests: Arc::new(AtomicU64::new(0)),
+            draining: Arc::new(move || h.is_draining()),
+            stats: Arc::new(move || {
+                let stats = handle.stats();
+                let s = stats.registry;
+                json!({
+                    "registry": {
+                        "registered": s.registered, "removed": s.removed, "misroutes": s.misroutes,
+                        "unknown": s.unknown, "node_restarted": s.node_restarted,
+                        "forwarded": s.forwarded, "forward_failures": s.forward_failures,
+                        "adopted": s.adopted, "adoptions_lost": s.adoptions_lost,
+                        "orphans_removed": s.orphans_removed, "store_errors": s.store_errors,
+                        "lookups_limited": s.lookups_limited, "known_misses": s.known_misses,
+                        "cleanup_pending": s.cleanup_pending, "tracked": s.tracked,
+                    },
+                    "transport": {"sessions": stats.sessions},
+                })
+            }),
+        }
+    }
+
+    fn transport_only(transport: TransportHandle) -> Self {
+        let t = transport.clone();
+        Self {
+            draining: Arc::new(move || t.is_shutting_down()),
+            stats: Arc::new(
+                move || json!({"registry": null, "transport": {"sessions": transport.session_count()}}),
+            ),
         }
     }
 }
 
-/// Waits for SIGTERM or SIGINT, then drains while the node still accepts: the liveness record
-/// says `draining`, `/healthz` fails, GET streams end with a `retry:` hint; it returns once no
-/// `/mcp` request arrived for 1.5 s (the balancer has stopped routing here, and other nodes no
-/// longer trust a "serving" they read before the drain) and none
-/// is running, or when `timeout` has passed.
-async fn drain_on_signal(ops: Ops, timeout: Duration) {
+/// Waits for SIGTERM or SIGINT, then stops the node while it still accepts (see
+/// `StackHandle::shutdown`): the liveness record says `draining`, `/healthz` fails, GET streams
+/// end with a `retry:` hint; once no `/mcp` request arrived for 1.5 s (the balancer has
+/// stopped routing here, and other nodes no longer trust a "serving" they read before the
+/// drain) and none is running, or when `timeout` has passed, the sessions close (their
+/// records stay for the nodes that adopt them), the registry's writes land and the node
+/// leaves the cluster. Then the server stops accepting.
+async fn stop_on_signal<R: RegistryStore>(handle: StackHandle<R>, timeout: Duration) {
+    shutdown_signal().await;
+    let report = handle.shutdown(timeout).await;
+    tracing::info!(?report, "stopped; draining connections");
+}
+
+/// [`stop_on_signal`] for the transport alone: GET streams end, running handlers finish (at
+/// most `timeout`), sessions close.
+async fn stop_transport_on_signal(transport: TransportHandle, timeout: Duration) {
     shutdown_signal().await;
     let started = tokio::time::Instant::now();
-    ops.draining.store(true, Ordering::Relaxed);
-    let announced = (ops.drain_registry)().await;
-    let streams = ops.transport.drain();
-    tracing::info!(announced, streams, "draining");
-    // Longer than other nodes trust a liveness record they read (1 s): a node that read
-    // "serving" just before the drain may still forward here meanwhile.
-    let quiet = Duration::from_millis(1500);
-    let mut seen = ops.requests.load(Ordering::Relaxed);
-    let mut quiet_since = tokio::time::Instant::now();
-    while started.elapsed() < timeout {
+    let streams = transport.drain();
+    tracing::info!(streams, "draining");
+    while transport.running_handlers() > 0 && started.elapsed() < timeout {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = ops.requests.load(Ordering::Relaxed);
-        if now != seen {
-            seen = now;
-            quiet_since = tokio::time::Instant::now();
-        } else if quiet_since.elapsed() >= quiet && ops.transport.running_handlers() == 0 {
-            break;
-        }
     }
-    tracing::info!(elapsed = ?started.elapsed(), "drained");
+    let closed = transport.shutdown().await;
+    tracing::info!(closed, "sessions closed; draining connections");
 }
 
 /// The node's other routes: `/healthz`, `/stats` and a stand-in `/graphql`.
@@ -537,7 +520,7 @@ fn routes(ops: &Ops) -> Router {
         .route(
             "/healthz",
             get(move || {
-                let draining = draining.load(Ordering::Relaxed);
+                let draining = draining();
                 async move {
                     if draining {
                         (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -577,7 +560,6 @@ type NodeBody<B> = http_body_util::Either<B, axum::body::Body>;
 struct McpFirst<M> {
     mcp: M,
     router: Router,
-    requests: Arc<AtomicU64>,
 }
 
 impl<M, B> Service<Request<Incoming>> for McpFirst<M>
@@ -602,7 +584,6 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         if req.uri().path() == "/mcp" {
-            self.requests.fetch_add(1, Ordering::Relaxed);
             // The ready service serves this request; this one keeps the clone.
             let clone = self.mcp.clone();
             let mut ready = std::mem::replace(&mut self.mcp, clone);
@@ -648,7 +629,6 @@ where
         .service(McpFirst {
             mcp,
             router: routes(&ops),
-            requests: ops.requests.clone(),
         });
     // One HTTP/1.1 connection per accepted socket (hyper's `http1`, no protocol sniffing),
     // and a graceful-shutdown watcher on each connection.

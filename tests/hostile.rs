@@ -429,8 +429,10 @@ async fn affinity_refuses_a_repeated_session_id_or_version() {
 #[tokio::test]
 async fn affinity_cookies_that_disagree_confirm_no_node() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = SessionAffinityLayer::new(NodeTag::new("n1").expect("tag"))
+    let svc = SessionAffinityLayer::builder(NodeTag::new("n1").expect("tag"))
         .with_cookie_secure(false)
+        .build()
+        .expect("affinity")
         .layer(stand_in(calls.clone()));
     let set_cookie = async |cookies: &[&str]| {
         // An untagged session id: only the cookie can tell a misroute.

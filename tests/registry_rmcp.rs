@@ -136,7 +136,12 @@ async fn start_node(redis: &RedisServer, name: &str) -> Node {
         StreamableHttpServerConfig::default(),
     );
     let svc = tower::ServiceBuilder::new()
-        .layer(SessionAffinityLayer::for_node(name).with_envelope(true))
+        .layer(
+            SessionAffinityLayer::builder(mcp_affinity::session::NodeTag::derive(name))
+                .with_envelope(true)
+                .build()
+                .expect("affinity"),
+        )
         .layer(registry)
         .service(rmcp_service);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -293,7 +298,12 @@ fn in_process<R: mcp_affinity::registry::RegistryStore>(
     sessions.session_config.keep_alive = None;
     let sessions = Arc::new(sessions);
     let svc = tower::ServiceBuilder::new()
-        .layer(SessionAffinityLayer::for_node("node-a").with_envelope(true))
+        .layer(
+            SessionAffinityLayer::builder(mcp_affinity::session::NodeTag::derive("node-a"))
+                .with_envelope(true)
+                .build()
+                .expect("affinity"),
+        )
         .layer(registry)
         .service(StreamableHttpService::new(
             || Ok(Minimal),
@@ -453,7 +463,12 @@ mod restore {
         let (url, task) = if envelope {
             serve(
                 tower::ServiceBuilder::new()
-                    .layer(SessionAffinityLayer::for_node(name).with_envelope(true))
+                    .layer(
+                        SessionAffinityLayer::builder(mcp_affinity::session::NodeTag::derive(name))
+                            .with_envelope(true)
+                            .build()
+                            .expect("affinity"),
+                    )
                     .service(stack.service(rmcp_service)),
             )
             .await

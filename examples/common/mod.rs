@@ -72,7 +72,9 @@ pub(crate) fn mcp_service(
     + 'static,
     Box<dyn std::error::Error>,
 > {
-    let affinity = SessionAffinityLayer::for_node(name).with_cookie_secure(false);
+    let affinity = SessionAffinityLayer::builder(mcp_affinity::session::NodeTag::derive(name))
+        .with_cookie_secure(false)
+        .build()?;
     let transport = SseTransportLayer::builder()
         .with_id_generator(affinity.id_generator())
         .build()?;

@@ -53,9 +53,11 @@ fn headers(sid: Option<&str>) -> Vec<(&str, &str)> {
 
 async fn serve(envelope: bool, strict: bool, requests: Vec<RawRequest>) {
     let tag = NodeTag::new(TAG).expect("a tag");
-    let affinity = SessionAffinityLayer::new(tag)
+    let affinity = SessionAffinityLayer::builder(tag)
         .with_envelope(envelope)
-        .with_strict(strict);
+        .with_strict(strict)
+        .build()
+        .expect("a valid affinity layer");
     let mut transport = SseTransportLayer::builder();
     if !envelope {
         transport = transport.with_id_generator(affinity.id_generator());

@@ -65,58 +65,13 @@ impl fmt::Display for SameSite {
     }
 }
 
-/// An invalid affinity configuration, reported by the setter that received it.
-///
-/// # Example
-///
-/// ```
-/// use mcp_affinity::{SessionAffinityLayer, session::NodeTag};
-///
-/// let layer = SessionAffinityLayer::new(NodeTag::new("n1").unwrap());
-/// let err = layer.with_scope("mcp").unwrap_err();
-/// assert_eq!(err.field(), "scope");
-/// assert_eq!(err.to_string(), "invalid affinity configuration: scope must start with '/'");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    reason: &'static str,
+pub use crate::config::ConfigError;
+
+fn invalid(field: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::new("affinity", field, reason)
 }
 
-impl ConfigError {
-    pub(crate) const fn new(field: &'static str, reason: &'static str) -> Self {
-        Self { field, reason }
-    }
-
-    /// The name of the offending setting: `"scope"`, `"cookie_name"` or `"cookie_path"`.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use mcp_affinity::{SessionAffinityLayer, session::NodeTag};
-    ///
-    /// let layer = SessionAffinityLayer::new(NodeTag::new("n1").unwrap());
-    /// let err = layer.with_cookie_name("bad name").unwrap_err();
-    /// assert_eq!(err.field(), "cookie_name");
-    /// ```
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid affinity configuration: {} {}",
-            self.field, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The layer's settings, validated by the setters.
+/// The layer's settings, validated by `SessionAffinityBuilder::build`.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) tag: NodeTag,
@@ -146,6 +101,39 @@ impl Config {
             envelope: false,
             strict: false,
         }
+    }
+
+    /// The checks across settings (each string was parsed already).
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(age) = self.cookie_max_age
+            && (age < Duration::from_secs(1) || age.subsec_nanos() != 0)
+        {
+            return Err(invalid(
+                "cookie_max_age",
+                "must be a whole number of seconds, at least 1",
+            ));
+        }
+        if self.cookie_same_site == SameSite::None && !self.cookie_secure {
+            return Err(invalid(
+                "cookie_same_site",
+                "None needs a Secure cookie (browsers reject it otherwise)",
+            ));
+        }
+        let name = &*self.cookie_name;
+        let has_prefix = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+        if (has_prefix("__Secure-") || has_prefix("__Host-")) && !self.cookie_secure {
+            return Err(invalid(
+                "cookie_name",
+                "with a __Secure- or __Host- prefix needs a Secure cookie",
+            ));
+        }
+        if has_prefix("__Host-") && self.cookie_path() != "/" {
+            return Err(invalid(
+                "cookie_name",
+                "with a __Host- prefix needs the cookie path /",
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn cookie_path(&self) -> &str {
@@ -198,17 +186,17 @@ pub(crate) fn parse_cookie_path(path: &str) -> Result<Box<str>, ConfigError> {
 
 fn validate_path<'a>(field: &'static str, p: &'a str) -> Result<&'a str, ConfigError> {
     if !p.starts_with('/') {
-        return Err(ConfigError::new(field, "must start with '/'"));
+        return Err(invalid(field, "must start with '/'"));
     }
     if p.len() > MAX_PATH_LEN {
-        return Err(ConfigError::new(field, "is too long"));
+        return Err(invalid(field, "is too long"));
     }
     // Visible ASCII only; `;` would end a cookie attribute, `?` and `#` are not path parts.
     if !p
         .bytes()
         .all(|b| (0x21..=0x7e).contains(&b) && !matches!(b, b';' | b',' | b'?' | b'#'))
     {
-        return Err(ConfigError::new(
+        return Err(invalid(
             field,
             "must be visible ASCII without spaces, ';', ',', '?' or '#'",
         ));
@@ -219,16 +207,10 @@ fn validate_path<'a>(field: &'static str, p: &'a str) -> Result<&'a str, ConfigE
 /// Validates a cookie name: 1–64 HTTP token characters (RFC 9110 `tchar`).
 pub(crate) fn parse_cookie_name(name: &str) -> Result<Box<str>, ConfigError> {
     if name.is_empty() || name.len() > MAX_COOKIE_NAME_LEN {
-        return Err(ConfigError::new(
-            "cookie_name",
-            "must be 1 to 64 characters",
-        ));
+        return Err(invalid("cookie_name", "must be 1 to 64 characters"));
     }
     if !name.bytes().all(is_tchar) {
-        return Err(ConfigError::new(
-            "cookie_name",
-            "must contain only token characters",
-        ));
+        return Err(invalid("cookie_name", "must contain only token characters"));
     }
     Ok(name.into())
 }

@@ -13,7 +13,7 @@
 //!   `stick store-response`, nginx `sticky learn`, Envoy) keep cookie-less clients pinned, and
 //!   any node can tell from an id which node owns it. The transport mints such ids with
 //!   [`SessionAffinityLayer::id_generator`]; for an inner service that mints its own ids (rmcp)
-//!   the layer wraps them in an envelope ([`with_envelope`](SessionAffinityLayer::with_envelope)).
+//!   the layer wraps them in an envelope ([`with_envelope`](SessionAffinityBuilder::with_envelope)).
 //!
 //! The tag is opaque: [`NodeTag::derive`](crate::session::NodeTag::derive) turns a node name
 //! into 8 hex digits, so no hostname or address reaches clients.
@@ -39,7 +39,7 @@
 //! A misrouted request gets a [`Misroute`] in its extensions and a `debug` log line (owner and
 //! here tags; never the id or the cookie), and is passed on: the session registry and the
 //! transport answer `404` and the client re-initializes, on whichever node the balancer picks,
-//! and gets that node's cookie. In [strict mode](SessionAffinityLayer::with_strict) a
+//! and gets that node's cookie. In [strict mode](SessionAffinityBuilder::with_strict) a
 //! session-id misroute is answered `404` at once.
 //!
 //! Cookies are read following RFC 6265 §4.2.1 and never trusted: a value that is not a valid node
@@ -90,12 +90,13 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let affinity = SessionAffinityLayer::new(NodeTag::new("n1")?)
-//!     .with_scope("/api/mcp")?
-//!     .with_cookie_name("mcp_node")?
+//! let affinity = SessionAffinityLayer::builder(NodeTag::new("n1")?)
+//!     .with_scope("/api/mcp")
+//!     .with_cookie_name("mcp_node")
 //!     .with_cookie_same_site(SameSite::Lax)
 //!     .with_envelope(true)
-//!     .with_strict(true);
+//!     .with_strict(true)
+//!     .build()?;
 //! let stats = affinity.stats();
 //! let svc = ServiceBuilder::new()
 //!     .layer(affinity)
@@ -178,7 +179,10 @@
 //! assert!(!res.headers().contains_key("set-cookie"));
 //!
 //! // Nested: the inner service sees `/`, the browser must still send the cookie to `/mcp`.
-//! let nested = affinity.with_scope("/")?.with_cookie_path("/mcp")?;
+//! let nested = SessionAffinityLayer::builder(affinity.tag().clone())
+//!     .with_scope("/")
+//!     .with_cookie_path("/mcp")
+//!     .build()?;
 //! let app = Router::new().nest_service("/mcp", ServiceBuilder::new().layer(nested).service(mcp));
 //! let res = app.oneshot(http::Request::post("/mcp").body(Body::empty())?).await?;
 //! assert!(res.headers()["set-cookie"].to_str()?.contains("; Path=/mcp;"));
@@ -215,6 +219,7 @@ mod stats;
 pub use body::ResponseBody;
 pub use config::{ConfigError, SameSite};
 pub use future::ResponseFuture;
+pub use layer::SessionAffinityBuilder;
 pub use layer::SessionAffinityLayer;
 pub use misroute::{Misroute, MisrouteKind};
 pub use service::SessionAffinity;

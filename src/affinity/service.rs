@@ -3,7 +3,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use tower_service::Service;
 
 use super::{
@@ -11,7 +11,7 @@ use super::{
     cookies, layer::Shared,
 };
 use crate::{
-    protocol::{Rejection, codes, headers},
+    protocol::{Rejection, RejectionKind, codes, headers},
     session::{Fingerprint, Forwarded, NodeTag, SessionRestored},
 };
 
@@ -197,7 +197,7 @@ impl Finish {
 /// The strict-mode answer.
 pub(crate) fn misrouted_response() -> Rejection {
     Rejection::new(
-        StatusCode::NOT_FOUND,
+        RejectionKind::Misrouted,
         codes::SESSION_NOT_FOUND,
         "session not found on this node: start a new session with initialize",
     )
@@ -208,6 +208,7 @@ fn inspect<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> Decision {
     if !in_scope(req.uri().path(), &cfg.scope) {
         return Decision::PassThrough;
     }
+    shared.stats.request();
     // Before the era or the session id is read: with two copies, a balancer in front may
     // have routed on the other one.
     if let Err(r) = crate::protocol::single::check(req.headers(), &crate::protocol::single::ROUTING)

@@ -30,6 +30,7 @@ pub struct AffinityStats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    requests: AtomicU64,
     cookies_set: AtomicU64,
     misroutes_cookie: AtomicU64,
     misroutes_session_id: AtomicU64,
@@ -51,6 +52,9 @@ struct Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AffinityStatsSnapshot {
+    /// Requests in the layer's scope, of both eras (what a drain watches to tell that the
+    /// balancer stopped routing here).
+    pub requests: u64,
     /// Responses that carried this node's affinity cookie (`Set-Cookie`).
     pub cookies_set: u64,
     /// Requests whose affinity cookie named another node (and whose session id did not name
@@ -86,6 +90,7 @@ impl AffinityStats {
     /// let req = http::Request::post("/mcp").header("mcp-session-id", "n1.abc").body(String::new()).unwrap();
     /// svc.oneshot(req).await.unwrap(); // this node's own session: no misroute
     /// let snap = stats.snapshot();
+    /// assert_eq!(snap.requests, 1);
     /// assert_eq!((snap.misroutes_session_id, snap.misroutes_cookie), (0, 0));
     /// # }
     /// ```
@@ -93,6 +98,7 @@ impl AffinityStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         AffinityStatsSnapshot {
+            requests: get(&c.requests),
             cookies_set: get(&c.cookies_set),
             misroutes_cookie: get(&c.misroutes_cookie),
             misroutes_session_id: get(&c.misroutes_session_id),
@@ -100,6 +106,10 @@ impl AffinityStats {
             enveloped: get(&c.enveloped),
             strict_rejections: get(&c.strict_rejections),
         }
+    }
+
+    pub(crate) fn request(&self) {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn cookie_set(&self) {

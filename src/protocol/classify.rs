@@ -5,11 +5,11 @@
 //! without such a claim is legacy. A modern claim on a method the modern era removed
 //! (`initialize`, `ping`, …) is a method-not-found, never a legacy handshake.
 
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde_json::Value;
 
 use super::{
-    Era, Message, ProtocolVersion, Rejection, codes, headers, message::ParamsPeek,
+    Era, Message, ProtocolVersion, Rejection, RejectionKind, codes, headers, message::ParamsPeek,
     version::is_modern_string,
 };
 
@@ -46,7 +46,7 @@ pub(crate) fn header_version(h: &HeaderMap) -> Result<Option<&str>, ()> {
 }
 
 fn mismatch(msg: &'static str) -> Rejection {
-    Rejection::new(StatusCode::BAD_REQUEST, codes::HEADER_MISMATCH, msg)
+    Rejection::new(RejectionKind::HeaderMismatch, codes::HEADER_MISMATCH, msg)
 }
 
 /// Classifies a single POSTed message. `Ok(Era::Modern)` means the modern checks passed.
@@ -59,7 +59,7 @@ pub(crate) fn classify_post(
 ) -> Result<Era, Rejection> {
     let header = header.map_err(|()| {
         Rejection::new(
-            StatusCode::BAD_REQUEST,
+            RejectionKind::InvalidVersionHeader,
             codes::INVALID_REQUEST,
             "invalid MCP-Protocol-Version header",
         )
@@ -73,7 +73,7 @@ pub(crate) fn classify_post(
         return match header {
             Some(v) if is_modern_string(v) && msg.method().is_some() && msg.id().is_some() => {
                 Err(Rejection::new(
-                    StatusCode::BAD_REQUEST,
+                    RejectionKind::InvalidMeta,
                     codes::INVALID_PARAMS,
                     "missing _meta[\"io.modelcontextprotocol/protocolVersion\"] on a modern request",
                 )
@@ -86,7 +86,7 @@ pub(crate) fn classify_post(
     let id = msg.id().cloned();
     let Some(claim) = claim.as_str() else {
         return Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
+            RejectionKind::InvalidMeta,
             codes::INVALID_PARAMS,
             "_meta protocolVersion must be a string",
         )
@@ -110,7 +110,7 @@ pub(crate) fn classify_post(
     let supported = ProtocolVersion::parse(claim).filter(|v| v.era() == Era::Modern);
     if supported.is_none() {
         return Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
+            RejectionKind::UnsupportedVersion,
             codes::UNSUPPORTED_PROTOCOL_VERSION,
             "unsupported protocol version",
         )
@@ -127,7 +127,7 @@ pub(crate) fn classify_post(
             .is_some_and(Value::is_object)
     {
         return Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
+            RejectionKind::InvalidMeta,
             codes::INVALID_PARAMS,
             "missing _meta[\"io.modelcontextprotocol/clientCapabilities\"]",
         )
@@ -264,7 +264,7 @@ mod tests {
             let r = classify(&h, MODERN_PING).unwrap_err();
             assert_eq!(
                 (r.status(), r.code()),
-                (StatusCode::BAD_REQUEST, codes::HEADER_MISMATCH)
+                (http::StatusCode::BAD_REQUEST, codes::HEADER_MISMATCH)
             );
         }
     }

@@ -158,6 +158,190 @@ pub(crate) fn internal_error(id: Option<&RequestId>) -> (StatusCode, Bytes) {
     )
 }
 
+/// Why a layer of this crate answered a request itself: the typed reason of a [`Rejection`].
+///
+/// Each kind has one HTTP status ([`status`](Self::status)) and a stable snake-case label
+/// ([`as_str`](Self::as_str)) for logs and metrics; the message of the JSON-RPC error is for
+/// people and may change. New kinds may be added in any release.
+///
+/// # Example
+///
+/// ```
+/// use http::StatusCode;
+/// use mcp_affinity::protocol::RejectionKind;
+///
+/// assert_eq!(RejectionKind::SessionNotFound.status(), StatusCode::NOT_FOUND);
+/// assert_eq!(RejectionKind::NodeBusy.as_str(), "node_busy");
+/// assert_eq!(RejectionKind::SessionBusy.to_string(), "session_busy");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// The `Host` header is not allowed (DNS-rebinding protection). HTTP `421`.
+    HostNotAllowed,
+    /// The `Origin` header is not allowed. HTTP `403`.
+    OriginNotAllowed,
+    /// `Accept` lacks a media type the answer needs. HTTP `406`.
+    NotAcceptable,
+    /// `Content-Type` is not `application/json`. HTTP `415`.
+    UnsupportedMediaType,
+    /// The body is larger than the transport accepts. HTTP `413`.
+    BodyTooLarge,
+    /// The body could not be read to its end. HTTP `400`.
+    UnreadableBody,
+    /// The body is not JSON. HTTP `400`.
+    ParseError,
+    /// The body is JSON but not an acceptable JSON-RPC message (a request without an id, a client response in the modern era, ...). HTTP `400`.
+    InvalidMessage,
+    /// An HTTP method the endpoint does not serve (or not in this era). HTTP `405`.
+    MethodNotAllowed,
+    /// A header that must appear once appears more often. HTTP `400`.
+    RepeatedHeader,
+    /// `MCP-Protocol-Version` is not a valid header value. HTTP `400`.
+    InvalidVersionHeader,
+    /// The protocol revision asked for is not served. HTTP `400`.
+    UnsupportedVersion,
+    /// Modern era: a required header is missing or disagrees with the body. HTTP `400`.
+    HeaderMismatch,
+    /// Modern era: `_meta` lacks a required entry or has one of the wrong type. HTTP `400`.
+    InvalidMeta,
+    /// Modern era: a method the revision removed (`initialize`, ...). HTTP `404`.
+    MethodRemoved,
+    /// A JSON-RPC batch where the revision has none, or one holding `initialize`. HTTP `400`.
+    BatchNotAllowed,
+    /// A batch with more requests than may ever run at once on a session. HTTP `400`.
+    BatchTooLarge,
+    /// Legacy era: a request other than `initialize` without `Mcp-Session-Id`. HTTP `400`.
+    MissingSessionId,
+    /// Legacy era: the session is unknown here or closed (or another principal's). HTTP `404`.
+    SessionNotFound,
+    /// Legacy era: the session id carries another node's tag (strict affinity). HTTP `404`.
+    Misrouted,
+    /// Legacy era: the session's standalone SSE stream is already open. HTTP `409`.
+    StreamConflict,
+    /// `initialize` lacks a required parameter. HTTP `400`.
+    InvalidInitialize,
+    /// `initialize` names a live session. HTTP `400`.
+    AlreadyInitialized,
+    /// The node runs as many request handlers as it may (retry later). HTTP `503`.
+    NodeBusy,
+    /// The session runs as many request handlers as it may (retry later). HTTP `429`.
+    SessionBusy,
+    /// The node holds as many sessions as it may (retry later). HTTP `503`.
+    TooManySessions,
+    /// The node is draining: no new or restored session (retry on another node). HTTP `503`.
+    ShuttingDown,
+    /// No session id could be generated (the random source failed; retry later). HTTP `503`.
+    NoSessionId,
+    /// The session id generator produced an invalid id. HTTP `500`.
+    InvalidGeneratedId,
+    /// The session could not be restored (the restore hook panicked). HTTP `500`.
+    RestoreFailed,
+    /// Fail-closed registry: a new session's record could not be written (retry later or on
+    /// another node). HTTP `503`.
+    RegistryUnavailable,
+}
+
+impl RejectionKind {
+    /// The HTTP status of a rejection of this kind.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mcp_affinity::protocol::RejectionKind;
+    ///
+    /// assert_eq!(RejectionKind::HostNotAllowed.status(), StatusCode::MISDIRECTED_REQUEST);
+    /// assert_eq!(RejectionKind::SessionBusy.status(), StatusCode::TOO_MANY_REQUESTS);
+    /// ```
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
+            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnreadableBody => StatusCode::BAD_REQUEST,
+            Self::ParseError => StatusCode::BAD_REQUEST,
+            Self::InvalidMessage => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RepeatedHeader => StatusCode::BAD_REQUEST,
+            Self::InvalidVersionHeader => StatusCode::BAD_REQUEST,
+            Self::UnsupportedVersion => StatusCode::BAD_REQUEST,
+            Self::HeaderMismatch => StatusCode::BAD_REQUEST,
+            Self::InvalidMeta => StatusCode::BAD_REQUEST,
+            Self::MethodRemoved => StatusCode::NOT_FOUND,
+            Self::BatchNotAllowed => StatusCode::BAD_REQUEST,
+            Self::BatchTooLarge => StatusCode::BAD_REQUEST,
+            Self::MissingSessionId => StatusCode::BAD_REQUEST,
+            Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::Misrouted => StatusCode::NOT_FOUND,
+            Self::StreamConflict => StatusCode::CONFLICT,
+            Self::InvalidInitialize => StatusCode::BAD_REQUEST,
+            Self::AlreadyInitialized => StatusCode::BAD_REQUEST,
+            Self::NodeBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SessionBusy => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoSessionId => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidGeneratedId => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RestoreFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RegistryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable snake-case label (`"session_not_found"`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::RejectionKind;
+    ///
+    /// assert_eq!(RejectionKind::BodyTooLarge.as_str(), "body_too_large");
+    /// ```
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HostNotAllowed => "host_not_allowed",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::NotAcceptable => "not_acceptable",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyTooLarge => "body_too_large",
+            Self::UnreadableBody => "unreadable_body",
+            Self::ParseError => "parse_error",
+            Self::InvalidMessage => "invalid_message",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RepeatedHeader => "repeated_header",
+            Self::InvalidVersionHeader => "invalid_version_header",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::HeaderMismatch => "header_mismatch",
+            Self::InvalidMeta => "invalid_meta",
+            Self::MethodRemoved => "method_removed",
+            Self::BatchNotAllowed => "batch_not_allowed",
+            Self::BatchTooLarge => "batch_too_large",
+            Self::MissingSessionId => "missing_session_id",
+            Self::SessionNotFound => "session_not_found",
+            Self::Misrouted => "misrouted",
+            Self::StreamConflict => "stream_conflict",
+            Self::InvalidInitialize => "invalid_initialize",
+            Self::AlreadyInitialized => "already_initialized",
+            Self::NodeBusy => "node_busy",
+            Self::SessionBusy => "session_busy",
+            Self::TooManySessions => "too_many_sessions",
+            Self::ShuttingDown => "shutting_down",
+            Self::NoSessionId => "no_session_id",
+            Self::InvalidGeneratedId => "invalid_generated_id",
+            Self::RestoreFailed => "restore_failed",
+            Self::RegistryUnavailable => "registry_unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A protocol outcome that ends a request before (or instead of) the handler: an HTTP status
 /// with a JSON-RPC error body.
 ///
@@ -167,15 +351,16 @@ pub(crate) fn internal_error(id: Option<&RequestId>) -> (StatusCode, Bytes) {
 ///
 /// ```
 /// use http::StatusCode;
-/// use mcp_affinity::protocol::{codes, Rejection};
+/// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
 ///
-/// let r = Rejection::new(StatusCode::NOT_FOUND, codes::SESSION_NOT_FOUND, "session not found");
+/// let r = Rejection::new(RejectionKind::SessionNotFound, codes::SESSION_NOT_FOUND, "session not found");
+/// assert_eq!(r.kind(), RejectionKind::SessionNotFound);
 /// assert_eq!(r.status(), StatusCode::NOT_FOUND);
 /// assert_eq!(r.code(), -32001);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Rejection {
-    status: StatusCode,
+    kind: RejectionKind,
     code: i64,
     message: Cow<'static, str>,
     data: Option<Value>,
@@ -185,20 +370,20 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// A rejection with a status, a JSON-RPC code and a message.
+    /// A rejection of a kind (which sets its HTTP status), with a JSON-RPC code and a message.
     ///
     /// # Example
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
     ///
-    /// let r = Rejection::new(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "bad request");
+    /// let r = Rejection::new(RejectionKind::InvalidMessage, codes::INVALID_REQUEST, "bad request");
     /// assert_eq!((r.status(), r.code(), r.message()), (StatusCode::BAD_REQUEST, -32600, "bad request"));
     /// ```
-    pub fn new(status: StatusCode, code: i64, message: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(kind: RejectionKind, code: i64, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
-            status,
+            kind,
             code,
             message: message.into(),
             data: None,
@@ -214,10 +399,10 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
     /// use serde_json::json;
     ///
-    /// let r = Rejection::new(StatusCode::BAD_REQUEST, codes::UNSUPPORTED_PROTOCOL_VERSION, "unsupported")
+    /// let r = Rejection::new(RejectionKind::UnsupportedVersion, codes::UNSUPPORTED_PROTOCOL_VERSION, "unsupported")
     ///     .with_data(json!({"supported": ["2026-07-28"]}));
     /// let body = r.into_response(|b| b).into_body();
     /// let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -235,10 +420,10 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
     /// use mcp_affinity::protocol::RequestId;
     ///
-    /// let r = Rejection::new(StatusCode::BAD_REQUEST, codes::INVALID_PARAMS, "bad _meta")
+    /// let r = Rejection::new(RejectionKind::InvalidMeta, codes::INVALID_PARAMS, "bad _meta")
     ///     .with_id(Some(RequestId::Number(5)));
     /// let body = r.into_response(|b| b).into_body();
     /// assert!(body.starts_with(br#"{"jsonrpc":"2.0","id":5,"#));
@@ -255,10 +440,10 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
     /// use http::{header, HeaderValue};
     ///
-    /// let r = Rejection::new(StatusCode::METHOD_NOT_ALLOWED, codes::INVALID_REQUEST, "use POST")
+    /// let r = Rejection::new(RejectionKind::MethodNotAllowed, codes::INVALID_REQUEST, "use POST")
     ///     .with_header(header::ALLOW, HeaderValue::from_static("POST"));
     /// let res = r.into_response(|b| b);
     /// assert_eq!(res.headers()[header::ALLOW], "POST");
@@ -276,9 +461,9 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Refusal, Rejection};
+    /// use mcp_affinity::protocol::{codes, Refusal, Rejection, RejectionKind};
     ///
-    /// let r = Rejection::new(StatusCode::FORBIDDEN, codes::INVALID_REQUEST, "origin not allowed")
+    /// let r = Rejection::new(RejectionKind::OriginNotAllowed, codes::INVALID_REQUEST, "origin not allowed")
     ///     .with_refusal(Refusal::Origin);
     /// assert_eq!(r.refusal(), Some(Refusal::Origin));
     /// let res = r.into_response(|b| b);
@@ -296,9 +481,9 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
     ///
-    /// let r = Rejection::new(StatusCode::NOT_FOUND, codes::SESSION_NOT_FOUND, "session not found");
+    /// let r = Rejection::new(RejectionKind::SessionNotFound, codes::SESSION_NOT_FOUND, "session not found");
     /// assert_eq!(r.refusal(), None);
     /// ```
     pub fn refusal(&self) -> Option<super::Refusal> {
@@ -311,14 +496,29 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
     ///
-    /// let r = Rejection::new(StatusCode::FORBIDDEN, codes::INVALID_REQUEST, "origin not allowed");
+    /// let r = Rejection::new(RejectionKind::OriginNotAllowed, codes::INVALID_REQUEST, "origin not allowed");
     /// assert_eq!(r.status(), StatusCode::FORBIDDEN);
     /// assert_eq!(r.into_response(|b| b).status(), StatusCode::FORBIDDEN);
     /// ```
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.kind.status()
+    }
+
+    /// Why the request was refused.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
+    ///
+    /// let r = Rejection::new(RejectionKind::NodeBusy, codes::BAD_REQUEST, "busy");
+    /// assert_eq!(r.kind(), RejectionKind::NodeBusy);
+    /// assert_eq!(r.kind().as_str(), "node_busy");
+    /// ```
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
     }
 
     /// The JSON-RPC error code.
@@ -327,9 +527,9 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
     ///
-    /// let r = Rejection::new(StatusCode::NOT_FOUND, codes::SESSION_NOT_FOUND, "session not found");
+    /// let r = Rejection::new(RejectionKind::SessionNotFound, codes::SESSION_NOT_FOUND, "session not found");
     /// assert_eq!(r.code(), -32001);
     /// ```
     pub fn code(&self) -> i64 {
@@ -342,9 +542,9 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
     ///
-    /// let r = Rejection::new(StatusCode::NOT_FOUND, codes::SESSION_NOT_FOUND, "session not found");
+    /// let r = Rejection::new(RejectionKind::SessionNotFound, codes::SESSION_NOT_FOUND, "session not found");
     /// assert_eq!(r.message(), "session not found");
     /// ```
     pub fn message(&self) -> &str {
@@ -357,10 +557,10 @@ impl Rejection {
     ///
     /// ```
     /// use http::StatusCode;
-    /// use mcp_affinity::protocol::{codes, Rejection};
+    /// use mcp_affinity::protocol::{codes, Rejection, RejectionKind};
     /// use http::header;
     ///
-    /// let r = Rejection::new(StatusCode::BAD_REQUEST, codes::INVALID_REQUEST, "bad");
+    /// let r = Rejection::new(RejectionKind::InvalidMessage, codes::INVALID_REQUEST, "bad");
     /// let res = r.into_response(|b| b);
     /// assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     /// assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
@@ -374,7 +574,7 @@ impl Rejection {
             self.data.as_ref(),
         );
         let mut res = http::Response::new(body(bytes));
-        *res.status_mut() = self.status;
+        *res.status_mut() = self.kind.status();
         let headers = res.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

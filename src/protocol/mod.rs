@@ -21,7 +21,7 @@ mod version;
 
 pub(crate) use classify::{REMOVED_IN_MODERN, classify_post, header_version};
 pub(crate) use error::internal_error;
-pub use error::{Rejection, codes, error_body};
+pub use error::{Rejection, RejectionKind, codes, error_body};
 pub(crate) use message::{Body, ParamsPeek, parse_body, peek_error_code, peek_initialize_result};
 pub use message::{Message, MessageKind, ParseError, RequestId};
 pub use refusal::Refusal;

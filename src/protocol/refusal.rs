@@ -13,9 +13,9 @@
 ///
 /// ```
 /// use http::StatusCode;
-/// use mcp_affinity::protocol::{codes, Refusal, Rejection};
+/// use mcp_affinity::protocol::{codes, Refusal, Rejection, RejectionKind};
 ///
-/// let res = Rejection::new(StatusCode::NOT_FOUND, codes::SESSION_NOT_FOUND, "session not found")
+/// let res = Rejection::new(RejectionKind::SessionNotFound, codes::SESSION_NOT_FOUND, "session not found")
 ///     .with_refusal(Refusal::Principal)
 ///     .into_response(|b| b);
 /// assert_eq!(res.status(), StatusCode::NOT_FOUND);

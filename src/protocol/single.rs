@@ -6,9 +6,9 @@
 //! session and served for another. Every layer refuses such a request before it reads
 //! anything: `400` with a JSON-RPC error naming the header.
 
-use http::{HeaderMap, HeaderName, StatusCode, header};
+use http::{HeaderMap, HeaderName, header};
 
-use super::{Rejection, codes, headers, version::is_modern_string};
+use super::{Rejection, RejectionKind, codes, headers, version::is_modern_string};
 
 /// The singleton headers the transport reads.
 pub(crate) static TRANSPORT: [HeaderName; 8] = [
@@ -59,7 +59,7 @@ pub(crate) fn check(h: &HeaderMap, names: &[HeaderName]) -> Result<(), Rejection
     };
     tracing::debug!(header = %name, "request refused: a singleton header is repeated");
     Err(Rejection::new(
-        StatusCode::BAD_REQUEST,
+        RejectionKind::RepeatedHeader,
         code,
         format!("repeated {name} header: it must appear once"),
     )
@@ -92,7 +92,7 @@ mod tests {
             let r = check(&h, &TRANSPORT).unwrap_err();
             assert_eq!(
                 (r.status(), r.code()),
-                (StatusCode::BAD_REQUEST, codes::INVALID_REQUEST)
+                (http::StatusCode::BAD_REQUEST, codes::INVALID_REQUEST)
             );
             assert!(r.message().contains(name.as_str()));
         }

@@ -50,16 +50,19 @@ pub enum Era {
 impl ProtocolVersion {
     /// Every revision this crate serves, oldest first.
     ///
+    /// A slice, not an array: a release that adds a revision (the enum is
+    /// `#[non_exhaustive]`) changes its length, not its type.
+    ///
     /// # Example
     ///
     /// ```
     /// use mcp_affinity::protocol::ProtocolVersion;
     ///
-    /// assert_eq!(ProtocolVersion::ALL.len(), 4);
+    /// assert!(ProtocolVersion::ALL.len() >= 4);
     /// assert_eq!(ProtocolVersion::ALL[0].as_str(), "2025-03-26");
     /// assert!(ProtocolVersion::ALL.windows(2).all(|w| w[0] < w[1]));
     /// ```
-    pub const ALL: [Self; 4] = [
+    pub const ALL: &'static [Self] = &[
         Self::V2025_03_26,
         Self::V2025_06_18,
         Self::V2025_11_25,

@@ -16,7 +16,7 @@ use super::{
     service::Ctx,
 };
 use crate::{
-    protocol::{Refusal, Rejection, codes, error_body, headers},
+    protocol::{Refusal, Rejection, RejectionKind, codes, error_body, headers},
     session::{CloseReason, Fingerprint, Session, SessionId},
 };
 
@@ -299,21 +299,13 @@ pub(crate) fn not_found<B>(
 }
 
 fn unavailable<B>() -> Response<ResponseBody<B>> {
-    let body = error_body(
-        None,
+    Rejection::new(
+        RejectionKind::RegistryUnavailable,
         codes::BAD_REQUEST,
         "session registry unavailable: retry later or on another node",
-        None,
-    );
-    let mut res = Response::new(ResponseBody::full(body));
-    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    res
+    )
+    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+    .into_response(ResponseBody::full)
 }
 
 /// A successful response that minted a session id the request did not carry.

@@ -4,45 +4,7 @@ use tower_layer::Layer;
 
 use super::{RegistryStats, RegistryStore, SessionRegistry, limit::LookupLimits, queue::Core};
 
-/// An invalid registry configuration, reported by [`SessionRegistryBuilder::build`].
-///
-/// # Example
-///
-/// ```
-/// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
-///
-/// let err = SessionRegistryLayer::new(MemoryStore::new(), "").unwrap_err();
-/// assert_eq!(err.field(), "node");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-}
-
-impl ConfigError {
-    /// The offending setting.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use mcp_affinity::registry::{MemoryStore, SessionRegistryLayer};
-    ///
-    /// let layer = SessionRegistryLayer::builder(MemoryStore::new(), "node-a").with_ttl(Duration::ZERO);
-    /// assert_eq!(layer.build().unwrap_err().field(), "ttl");
-    /// ```
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid registry configuration: {}", self.field)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::config::ConfigError;
 
 /// Records every legacy session of this node in a shared store so other nodes can tell a
 /// misrouted request from an unknown session, and removes the record on every close path.
@@ -553,7 +515,8 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
         self
     }
 
-    /// Sets the incarnation explicitly (default: random per construction).
+    /// Sets the incarnation explicitly (default: random per construction): 1 to 128
+    /// characters, no control characters, as the node name.
     ///
     /// # Example
     ///
@@ -617,8 +580,9 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
         self
     }
 
-    /// Capacity of the write queues (default 65,536 operations). When full, operations are
-    /// dropped and counted; the records then expire by TTL.
+    /// Capacity of the write queues (default 65,536 operations), shared by its 4 queues: from
+    /// 4 to 2^30. When full, operations are dropped and counted; the records then expire by
+    /// TTL.
     ///
     /// # Example
     ///
@@ -738,6 +702,11 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
         self
     }
 
+    /// Whether continuity (forwarding or adoption) is on.
+    pub(crate) fn has_continuity(&self) -> bool {
+        self.continuity && (self.adoption || self.forwarding)
+    }
+
     /// Validates the configuration and creates the registry (store handle, write queues,
     /// counters): the returned layer, its clones and every service they build share it.
     ///
@@ -753,42 +722,62 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
     /// assert_eq!(err.field(), "node");
     /// ```
     pub fn build(self) -> Result<SessionRegistryLayer<R>, ConfigError> {
-        let bad = |field| Err(ConfigError { field });
-        if self.node.is_empty() || self.node.len() > 128 || self.node.chars().any(char::is_control)
-        {
-            return bad("node");
+        let c = crate::config::Checks("registry");
+        c.require(valid_name(&self.node), "node", NAME_RULE)?;
+        if let Some(incarnation) = &self.incarnation {
+            c.require(valid_name(incarnation), "incarnation", NAME_RULE)?;
         }
-        if self.ttl < Duration::from_secs(1) {
-            return bad("ttl");
-        }
-        if self.queue_capacity == 0 {
-            return bad("queue_capacity");
-        }
-        if self.lookup_timeout.is_zero() {
-            return bad("lookup_timeout");
-        }
-        if self.idle_timeout.is_zero() {
-            return bad("idle_timeout");
-        }
-        if self.lookup_rate.0 == 0 || self.lookup_rate.1.is_zero() {
-            return bad("lookup_rate");
-        }
+        c.require(
+            self.ttl >= Duration::from_secs(1),
+            "ttl",
+            "must be at least 1 s",
+        )?;
+        c.require(
+            (super::queue::SHARDS..=MAX_QUEUE_CAPACITY).contains(&self.queue_capacity),
+            "queue_capacity",
+            "must be between 4 (one per write queue) and 2^30",
+        )?;
+        c.positive(self.lookup_timeout, "lookup_timeout")?;
+        c.positive(self.idle_timeout, "idle_timeout")?;
+        c.require(
+            self.lookup_rate.0 > 0 && !self.lookup_rate.1.is_zero(),
+            "lookup_rate",
+            "needs at least 1 lookup per non-zero period",
+        )?;
         let (capacity, ttl) = self.negative_cache;
-        if capacity > 1 << 20 || ttl < Duration::from_millis(1) || ttl > Duration::from_secs(60) {
-            return bad("negative_cache");
-        }
+        c.require(
+            capacity <= 1 << 20,
+            "negative_cache",
+            "capacity must be at most 2^20",
+        )?;
+        c.require(
+            (Duration::from_millis(1)..=Duration::from_secs(60)).contains(&ttl),
+            "negative_cache",
+            "ttl must be between 1 ms and 60 s",
+        )?;
         let (liveness_ttl, liveness_period) = self.liveness;
-        if liveness_period < Duration::from_millis(10)
-            || liveness_ttl < Duration::from_secs(1)
-            || liveness_period >= liveness_ttl
-        {
-            return bad("liveness");
-        }
-        if self.forward_connect_timeout.is_zero() {
-            return bad("forward_connect_timeout");
-        }
+        c.require(
+            liveness_period >= Duration::from_millis(10),
+            "liveness",
+            "period must be at least 10 ms",
+        )?;
+        c.require(
+            liveness_ttl >= Duration::from_secs(1),
+            "liveness",
+            "ttl must be at least 1 s",
+        )?;
+        c.require(
+            liveness_period < liveness_ttl,
+            "liveness",
+            "period must be shorter than the ttl",
+        )?;
+        c.positive(self.forward_connect_timeout, "forward_connect_timeout")?;
         let Ok(peers) = super::continuity::PeerPolicy::parse(&self.peer_networks) else {
-            return bad("peer_networks");
+            return Err(ConfigError::new(
+                "registry",
+                "peer_networks",
+                "must be IP networks (`10.0.0.0/8`) or addresses",
+            ));
         };
         let continuity = self.continuity.then(|| {
             super::continuity::Continuity::new(
@@ -828,6 +817,16 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
             core: Arc::new(core),
         })
     }
+}
+
+/// The most write-queue slots [`SessionRegistryBuilder::with_queue_capacity`] accepts.
+const MAX_QUEUE_CAPACITY: usize = 1 << 30;
+
+/// What a node name or an incarnation must be.
+const NAME_RULE: &str = "must be 1 to 128 characters, none of them a control character";
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control)
 }
 
 impl<S, R: RegistryStore> Layer<S> for SessionRegistryLayer<R> {

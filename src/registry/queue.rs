@@ -114,8 +114,10 @@ impl<R: RegistryStore> Core<R> {
         ttl: Duration,
         capacity: usize,
     ) -> Self {
-        let per_shard = (capacity / SHARDS).max(1);
-        let (senders, receivers) = (0..SHARDS).map(|_| mpsc::channel(per_shard)).unzip();
+        // `capacity` was validated (at least one slot per shard): the shards share it exactly.
+        let (senders, receivers) = (0..SHARDS)
+            .map(|i| mpsc::channel((capacity / SHARDS + usize::from(i < capacity % SHARDS)).max(1)))
+            .unzip();
         Self {
             store,
             node,

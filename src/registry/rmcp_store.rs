@@ -46,7 +46,7 @@ type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SessionStoreErro
 ///   `delete` only after it accepted that `DELETE`.
 ///
 /// The ids rmcp sees are its own; in the affinity layer's envelope mode
-/// ([`with_envelope`](crate::SessionAffinityLayer::with_envelope)) the records are keyed by
+/// ([`with_envelope`](crate::affinity::SessionAffinityBuilder::with_envelope)) the records are keyed by
 /// the enveloped id clients use, and the hand-off maps one to the other. Both configurations
 /// work: the registry straight over rmcp, and affinity (envelope) → registry → rmcp.
 ///

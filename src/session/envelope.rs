@@ -10,7 +10,7 @@ use super::{NodeTag, SessionId};
 /// uses `<tag>.<inner id>` (the *wire id*), the layers below the affinity layer see
 /// `<inner id>`.
 ///
-/// In [envelope mode](crate::SessionAffinityLayer::with_envelope) the affinity layer puts it
+/// In [envelope mode](crate::affinity::SessionAffinityBuilder::with_envelope) the affinity layer puts it
 /// into the extensions of every request it passes on in this node's envelope: an `initialize`
 /// (no session id yet) and a request whose `Mcp-Session-Id` it unwrapped (then
 /// [`wire_id`](Self::wire_id) is the id the client sent). A request without it carries the wire

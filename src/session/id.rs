@@ -443,6 +443,28 @@ fn push_base64url(out: &mut String, bytes: &[u8]) {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeTag(Arc<str>);
 
+/// The error for a string that is not a valid [`NodeTag`] (1–32 characters of
+/// `[A-Za-z0-9_-]`).
+///
+/// # Example
+///
+/// ```
+/// use mcp_affinity::session::NodeTag;
+///
+/// let err = NodeTag::new("10.0.0.1").unwrap_err();
+/// assert_eq!(err.to_string(), "invalid node tag: expected 1 to 32 characters of [A-Za-z0-9_-]");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidNodeTag(());
+
+impl fmt::Display for InvalidNodeTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid node tag: expected 1 to 32 characters of [A-Za-z0-9_-]")
+    }
+}
+
+impl std::error::Error for InvalidNodeTag {}
+
 impl NodeTag {
     /// Validates a tag.
     ///
@@ -455,11 +477,16 @@ impl NodeTag {
     /// assert!(NodeTag::new("").is_err());
     /// assert!(NodeTag::new("has space").is_err());
     /// ```
-    pub fn new(tag: &str) -> Result<Self, InvalidSessionId> {
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidNodeTag`] when `tag` is empty, longer than 32 characters, or has a character
+    /// outside `[A-Za-z0-9_-]`.
+    pub fn new(tag: &str) -> Result<Self, InvalidNodeTag> {
         if Self::is_valid(tag) {
             Ok(Self(tag.into()))
         } else {
-            Err(InvalidSessionId(()))
+            Err(InvalidNodeTag(()))
         }
     }
 

@@ -29,8 +29,8 @@ pub use handle::{CloseReason, SendError, Session};
 pub(crate) use handle::{SessionConfig, encode_message};
 pub(crate) use id::random_token;
 pub use id::{
-    Fingerprint, GenerateIdError, InvalidSessionId, MAX_SESSION_ID_LEN, NodeTag, RandomIdGenerator,
-    SessionId, SessionIdGenerator, TaggedIdGenerator,
+    Fingerprint, GenerateIdError, InvalidNodeTag, InvalidSessionId, MAX_SESSION_ID_LEN, NodeTag,
+    RandomIdGenerator, SessionId, SessionIdGenerator, TaggedIdGenerator,
 };
 pub(crate) use restore::digest_hex;
 pub use restore::{Forwarded, RestoreSession, SessionRestored, principal_digest};

@@ -289,52 +289,7 @@ where
     }
 }
 
-/// An invalid transport configuration, reported when the layer is built.
-///
-/// # Example
-///
-/// ```
-/// use std::time::Duration;
-/// use mcp_affinity::SseTransportLayer;
-///
-/// let err = SseTransportLayer::builder().with_max_sessions(0).build().unwrap_err();
-/// assert!(err.to_string().contains("max_sessions"));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub(crate) field: &'static str,
-}
-
-impl ConfigError {
-    /// The name of the offending setting.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use mcp_affinity::SseTransportLayer;
-    ///
-    /// let err = SseTransportLayer::builder().with_event_log(0, 1024).build().unwrap_err();
-    /// assert_eq!(err.field(), "event_log_events");
-    /// let err = SseTransportLayer::builder().with_request_timeout(Duration::ZERO).build().unwrap_err();
-    /// assert_eq!(err.field(), "request_timeout");
-    /// ```
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid transport configuration: {} must be positive",
-            self.field
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::config::ConfigError;
 
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -421,28 +376,32 @@ impl Default for Config {
 
 impl Config {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool); 13] = [
-            ("replay_ttl", !self.replay_ttl.is_zero()),
-            ("max_body_bytes", self.max_body_bytes > 0),
-            ("max_sessions", self.max_sessions > 0),
-            ("idle_timeout", !self.idle_timeout.is_zero()),
-            ("init_timeout", !self.init_timeout.is_zero()),
-            ("event_log_events", self.log.max_events > 0),
-            ("event_log_bytes", self.log.max_bytes > 0),
-            ("request_timeout", !self.request_timeout.is_zero()),
-            ("keep_alive", self.keep_alive.is_none_or(|d| !d.is_zero())),
-            ("max_running_handlers", self.max_running > 0),
-            (
-                "max_running_handlers_per_session",
-                self.max_running_per_session > 0,
-            ),
-            ("handler_timeout", !self.handler_timeout.is_zero()),
-            ("session_lifetime", !self.session_lifetime.is_zero()),
-        ];
-        match checks.iter().find(|(_, ok)| !ok) {
-            Some((field, _)) => Err(ConfigError { field }),
-            None => Ok(()),
+        let c = crate::config::Checks("transport");
+        c.positive(self.replay_ttl, "replay_ttl")?;
+        c.at_least_one(self.max_body_bytes, "max_body_bytes")?;
+        c.at_least_one(self.max_sessions, "max_sessions")?;
+        c.positive(self.idle_timeout, "idle_timeout")?;
+        c.positive(self.init_timeout, "init_timeout")?;
+        c.at_least_one(self.log.max_events, "event_log_events")?;
+        c.at_least_one(self.log.max_bytes, "event_log_bytes")?;
+        c.positive(self.request_timeout, "request_timeout")?;
+        if let Some(d) = self.keep_alive {
+            c.positive(d, "keep_alive")?;
         }
+        c.at_least_one(self.max_running, "max_running_handlers")?;
+        c.at_least_one(
+            self.max_running_per_session,
+            "max_running_handlers_per_session",
+        )?;
+        c.positive(self.handler_timeout, "handler_timeout")?;
+        c.positive(self.session_lifetime, "session_lifetime")?;
+        // `retry:` is sent in whole milliseconds.
+        c.require(
+            self.retry.subsec_nanos().is_multiple_of(1_000_000),
+            "retry",
+            "must be a whole number of milliseconds",
+        )?;
+        Ok(())
     }
 }
 

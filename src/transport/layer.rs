@@ -171,14 +171,13 @@ impl Shared {
     /// session has too much running): `Retry-After` and a JSON-RPC error.
     pub(crate) fn retry_later(
         &self,
-        status: http::StatusCode,
+        kind: crate::protocol::RejectionKind,
         msg: &'static str,
     ) -> crate::protocol::Rejection {
-        crate::protocol::Rejection::new(status, crate::protocol::codes::BAD_REQUEST, msg)
-            .with_header(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from(self.config.busy_retry_after),
-            )
+        crate::protocol::Rejection::new(kind, crate::protocol::codes::BAD_REQUEST, msg).with_header(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(self.config.busy_retry_after),
+        )
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -250,9 +249,11 @@ impl Shared {
     /// keep a session for ever).
     pub(crate) fn sweep(&self) {
         let now = self.now_ms();
-        let idle = self.config.idle_timeout.as_millis() as u64;
-        let init = self.config.init_timeout.as_millis() as u64;
-        let lifetime = u64::try_from(self.config.session_lifetime.as_millis()).unwrap_or(u64::MAX);
+        // A timeout longer than `u64::MAX` ms (half a billion years) never fires either way.
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let idle = ms(self.config.idle_timeout);
+        let init = ms(self.config.init_timeout);
+        let lifetime = ms(self.config.session_lifetime);
         for s in self.sessions.snapshot() {
             if s.is_closed() {
                 self.sessions.remove(s.id().as_str());

@@ -12,11 +12,9 @@ use std::{
     time::Duration,
 };
 
-use http::StatusCode;
-
 use super::layer::Shared;
 use crate::{
-    protocol::{Rejection, codes},
+    protocol::{Rejection, RejectionKind, codes},
     session::Session,
 };
 
@@ -70,7 +68,7 @@ impl Permit {
         let cfg = &shared.config;
         if n > cfg.max_running.min(cfg.max_running_per_session) {
             return Err(Rejection::new(
-                StatusCode::BAD_REQUEST,
+                RejectionKind::BatchTooLarge,
                 codes::INVALID_REQUEST,
                 "batch has more requests than may run at once on a session",
             )
@@ -100,7 +98,7 @@ fn reserve(shared: &Shared, session: Option<&Session>, n: usize) -> Result<(), R
             );
         }
         return Err(shared.retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::NodeBusy,
             "too many requests running on this node: retry later",
         ));
     }
@@ -116,7 +114,7 @@ fn reserve(shared: &Shared, session: Option<&Session>, n: usize) -> Result<(), R
         // The client's own doing, not the node's state: `429`, so a balancer that retries or
         // marks a server down on `503` does neither for one busy session.
         return Err(shared.retry_later(
-            StatusCode::TOO_MANY_REQUESTS,
+            RejectionKind::SessionBusy,
             "too many requests running on this session: retry later",
         ));
     }

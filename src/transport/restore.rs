@@ -8,12 +8,12 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, atomic::Ordering},
 };
 
-use http::{StatusCode, request::Parts};
+use http::request::Parts;
 use tokio::sync::watch;
 
 use super::{body::parse_event_id, layer::Shared};
 use crate::{
-    protocol::{Refusal, Rejection, codes, headers},
+    protocol::{Refusal, Rejection, RejectionKind, codes, headers},
     session::{
         CloseReason, Fingerprint, InsertNew, RestoreSession, Session, digest_hex, log::STANDALONE,
     },
@@ -96,7 +96,7 @@ pub(super) async fn restore(shared: &Arc<Shared>, parts: &Parts) -> Result<Resto
     let restore = requested(parts, id).ok_or_else(not_found)?;
     if shared.draining.load(Ordering::Acquire) {
         return Err(shared.retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::ShuttingDown,
             "server shutting down: retry on another node",
         ));
     }
@@ -180,7 +180,7 @@ fn create(
     let full = || {
         tracing::warn!(max, "session limit reached; restore refused");
         shared.retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::TooManySessions,
             "too many sessions on this node",
         )
     };
@@ -207,7 +207,7 @@ fn create(
         tracing::error!(session = %session.id(), "restore hook panicked; session not restored");
         session.close_with(CloseReason::InitializeFailed, None);
         return Err(Rejection::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            RejectionKind::RestoreFailed,
             codes::INTERNAL_ERROR,
             "the session could not be restored",
         ));

@@ -24,8 +24,8 @@ use super::{
 use crate::{
     BoxError,
     protocol::{
-        self, Era, Message, MessageKind, ProtocolVersion, Refusal, Rejection, RequestId, codes,
-        error_body, headers, peek_error_code, peek_initialize_result,
+        self, Era, Message, MessageKind, ProtocolVersion, Refusal, Rejection, RejectionKind,
+        RequestId, codes, error_body, headers, peek_error_code, peek_initialize_result,
     },
     session::{
         CloseReason, LogRef, RequestContext, Session, SessionRestored,
@@ -176,7 +176,7 @@ fn reject(r: Rejection) -> Response<ResponseBody> {
 
 fn method_not_allowed(allow: &'static str) -> Rejection {
     Rejection::new(
-        StatusCode::METHOD_NOT_ALLOWED,
+        RejectionKind::MethodNotAllowed,
         codes::INVALID_REQUEST,
         "method not allowed",
     )
@@ -194,7 +194,7 @@ fn check_security(shared: &Shared, parts: &Parts) -> Result<(), Rejection> {
     if !cfg.hosts.is_any() && !cfg.hosts.allows(host) {
         tracing::warn!("request with a Host header not allowed (DNS-rebinding protection)");
         return Err(Rejection::new(
-            StatusCode::MISDIRECTED_REQUEST,
+            RejectionKind::HostNotAllowed,
             codes::INVALID_REQUEST,
             "host not allowed",
         )
@@ -205,7 +205,7 @@ fn check_security(shared: &Shared, parts: &Parts) -> Result<(), Rejection> {
         if !ok {
             tracing::warn!("request with an Origin not allowed");
             return Err(Rejection::new(
-                StatusCode::FORBIDDEN,
+                RejectionKind::OriginNotAllowed,
                 codes::INVALID_REQUEST,
                 "origin not allowed",
             )
@@ -253,7 +253,7 @@ enum Lookup {
 
 pub(super) fn not_found() -> Rejection {
     Rejection::new(
-        StatusCode::NOT_FOUND,
+        RejectionKind::SessionNotFound,
         codes::SESSION_NOT_FOUND,
         "session not found: start a new session with initialize",
     )
@@ -306,12 +306,12 @@ fn legacy_version_ok(header: Result<Option<&str>, ()>) -> bool {
 
 fn unsupported_version() -> Rejection {
     Rejection::new(
-        StatusCode::BAD_REQUEST,
+        RejectionKind::UnsupportedVersion,
         codes::BAD_REQUEST,
         "unsupported MCP-Protocol-Version",
     )
     .with_data(
-        serde_json::json!({ "supported": ProtocolVersion::ALL.map(ProtocolVersion::as_str) }),
+        serde_json::json!({ "supported": ProtocolVersion::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>() }),
     )
 }
 
@@ -383,7 +383,7 @@ fn standalone(
 ) -> Result<Response<ResponseBody>, Rejection> {
     if !accepts(&parts.headers).1 {
         return Err(Rejection::new(
-            StatusCode::NOT_ACCEPTABLE,
+            RejectionKind::NotAcceptable,
             codes::INVALID_REQUEST,
             "Accept must include text/event-stream",
         ));
@@ -404,7 +404,7 @@ fn standalone(
     };
     let cursor = cursor.map_err(|e| match e {
         AttachError::Busy => Rejection::new(
-            StatusCode::CONFLICT,
+            RejectionKind::StreamConflict,
             codes::BAD_REQUEST,
             "a standalone SSE stream is already open for this session",
         ),
@@ -670,8 +670,8 @@ impl<F: Future, P: FnOnce() -> F::Output> Future for CatchUnwind<F, P> {
     }
 }
 
-fn bad_request(code: i64, msg: &'static str) -> Rejection {
-    Rejection::new(StatusCode::BAD_REQUEST, code, msg)
+fn bad_request(kind: RejectionKind, code: i64, msg: &'static str) -> Rejection {
+    Rejection::new(kind, code, msg)
 }
 
 // `post`, `post_inner`, `modern` and `legacy` return `async move` blocks instead of being
@@ -727,7 +727,7 @@ where
         let (json_ok, sse_ok) = accepts(&parts.headers);
         if !(json_ok && sse_ok) {
             return Ok(Err(Rejection::new(
-                StatusCode::NOT_ACCEPTABLE,
+                RejectionKind::NotAcceptable,
                 codes::INVALID_REQUEST,
                 "Accept must include application/json and text/event-stream",
             )));
@@ -740,7 +740,7 @@ where
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
         if !is_json {
             return Ok(Err(Rejection::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                RejectionKind::UnsupportedMediaType,
                 codes::INVALID_REQUEST,
                 "Content-Type must be application/json",
             )));
@@ -749,13 +749,14 @@ where
             Ok(bytes) => bytes,
             Err(ReadError::TooLarge) => {
                 return Ok(Err(Rejection::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                    RejectionKind::BodyTooLarge,
                     codes::INVALID_REQUEST,
                     "request body too large",
                 )));
             }
             Err(ReadError::Body(_)) => {
                 return Ok(Err(bad_request(
+                    RejectionKind::UnreadableBody,
                     codes::PARSE_ERROR,
                     "could not read the request body",
                 )));
@@ -769,10 +770,18 @@ where
                 return Box::pin(batch(shared, inner, parts, bytes, msgs)).await;
             }
             Err(protocol::ParseError::Json) => {
-                return Ok(Err(bad_request(codes::PARSE_ERROR, "parse error")));
+                return Ok(Err(bad_request(
+                    RejectionKind::ParseError,
+                    codes::PARSE_ERROR,
+                    "parse error",
+                )));
             }
             Err(protocol::ParseError::Invalid(m)) => {
-                return Ok(Err(bad_request(codes::INVALID_REQUEST, m)));
+                return Ok(Err(bad_request(
+                    RejectionKind::InvalidMessage,
+                    codes::INVALID_REQUEST,
+                    m,
+                )));
             }
         };
         let peek = msg.peek_params();
@@ -841,13 +850,14 @@ where
         let method = msg.method().unwrap_or_default();
         if msg.kind() == MessageKind::Response {
             return Ok(Err(bad_request(
+                RejectionKind::InvalidMessage,
                 codes::INVALID_REQUEST,
                 "clients must not send responses in 2026-07-28",
             )));
         }
         if protocol::REMOVED_IN_MODERN.contains(&method) {
             return Ok(Err(Rejection::new(
-                StatusCode::NOT_FOUND,
+                RejectionKind::MethodRemoved,
                 codes::METHOD_NOT_FOUND,
                 "method not found (removed in 2026-07-28)",
             )
@@ -947,6 +957,7 @@ where
             },
             Ok(Lookup::Missing) => {
                 return Ok(Err(bad_request(
+                    RejectionKind::MissingSessionId,
                     codes::BAD_REQUEST,
                     "missing Mcp-Session-Id header",
                 )));
@@ -974,6 +985,7 @@ where
                 MessageKind::Request => {
                     let Some(id) = msg.id().cloned() else {
                         break 'served Ok(Err(bad_request(
+                            RejectionKind::InvalidMessage,
                             codes::INVALID_REQUEST,
                             "request without id",
                         )));
@@ -1035,7 +1047,8 @@ fn restore_boxed<'a>(
 /// session exists or the handler runs.
 fn check_initialize_params(msg: &Message, peek: &protocol::ParamsPeek) -> Result<(), Rejection> {
     use serde_json::Value;
-    let invalid = |m: &'static str| bad_request(codes::INVALID_PARAMS, m);
+    let invalid =
+        |m: &'static str| bad_request(RejectionKind::InvalidInitialize, codes::INVALID_PARAMS, m);
     let is_object = msg
         .params()
         .is_some_and(|p| p.get().trim_start().starts_with('{'));
@@ -1112,6 +1125,7 @@ where
     if holds_live_session(shared, &parts) {
         tracing::debug!("initialize refused: it carries the id of a live session");
         return Ok(Err(bad_request(
+            RejectionKind::AlreadyInitialized,
             codes::INVALID_REQUEST,
             "initialize on a live session: the session is already initialized (send initialize without Mcp-Session-Id to start another)",
         )
@@ -1120,7 +1134,7 @@ where
     if shared.draining.load(Ordering::Acquire) {
         return Ok(Err(shared
             .retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
+                RejectionKind::ShuttingDown,
                 "server shutting down: retry on another node",
             )
             .with_id(id)));
@@ -1137,7 +1151,7 @@ where
         tracing::error!("no session id could be generated; initialize refused");
         return Ok(Err(shared
             .retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
+                RejectionKind::NoSessionId,
                 "no session id could be generated: retry later",
             )
             .with_id(id)));
@@ -1150,7 +1164,7 @@ where
         tracing::warn!(max = shared.config.max_sessions, "session limit reached");
         return Ok(Err(shared
             .retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
+                RejectionKind::TooManySessions,
                 "too many sessions on this node",
             )
             .with_id(id)));
@@ -1208,7 +1222,7 @@ where
         Err(_) => {
             shared.close(&session, CloseReason::InitializeFailed, None);
             return Ok(Err(Rejection::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                RejectionKind::InvalidGeneratedId,
                 codes::INTERNAL_ERROR,
                 "session id generator produced an invalid id",
             )));
@@ -1236,7 +1250,13 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let refuse = |msg: &'static str| Ok(Err(bad_request(codes::INVALID_REQUEST, msg)));
+    let refuse = |msg: &'static str| {
+        Ok(Err(bad_request(
+            RejectionKind::BatchNotAllowed,
+            codes::INVALID_REQUEST,
+            msg,
+        )))
+    };
     if msgs.iter().any(|m| {
         m.peek_params()
             .meta
@@ -1306,7 +1326,13 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let refuse = |msg: &'static str| Ok(Err(bad_request(codes::INVALID_REQUEST, msg)));
+    let refuse = |msg: &'static str| {
+        Ok(Err(bad_request(
+            RejectionKind::BatchNotAllowed,
+            codes::INVALID_REQUEST,
+            msg,
+        )))
+    };
     let session = match looked {
         Ok(Lookup::Found(s)) if header_allows && session_version(&s).allows_batches() => s,
         Ok(Lookup::Found(_) | Lookup::Missing | Lookup::Restore) if !header_allows => {
@@ -1317,6 +1343,7 @@ where
         }
         Ok(Lookup::Missing) => {
             return Ok(Err(bad_request(
+                RejectionKind::MissingSessionId,
                 codes::BAD_REQUEST,
                 "missing Mcp-Session-Id header",
             )));
