@@ -18,6 +18,8 @@
 //! - [`registry`]: [`SessionRegistryLayer`] / `RedisSessionRegistryLayer`, the cluster-wide
 //!   session registry.
 //! - [`handler`]: [`handler_fn`](handler::handler_fn), an async closure as the inner service.
+//! - [`metrics`]: the names, types and labels of the metrics the layers emit through the
+//!   `metrics` crate facade (feature `metrics`, on by default).
 //!
 //! # Order
 //!
@@ -43,6 +45,8 @@ mod throttle;
 
 pub mod affinity;
 pub mod handler;
+#[doc = include_str!("../docs/metrics.md")]
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod session;
