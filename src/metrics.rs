@@ -5,6 +5,18 @@
 // `&'static str`), so a call allocates nothing and takes no lock of this crate's; with the
 // feature off the functions are empty and the calls compile away.
 
+// Without the feature a key is `()`: the choices between keys are then all alike.
+#![cfg_attr(
+    not(feature = "metrics"),
+    allow(
+        clippy::let_unit_value,
+        clippy::if_same_then_else,
+        clippy::match_same_arms,
+        clippy::unit_arg,
+        clippy::needless_pass_by_value
+    )
+)]
+
 use std::time::Duration;
 
 use crate::protocol::{Era, Refusal, Rejection, codes};
