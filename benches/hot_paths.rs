@@ -4,6 +4,11 @@
 //! handling.
 //!
 //! `cargo bench --bench hot_paths`
+//!
+//! With `HOT_PATHS_RECORDER=prometheus` in the environment, the Prometheus exporter's recorder
+//! is installed first (feature `metrics`), so the same figures show what the layers' metrics
+//! cost with a real recorder; `held_session/ping` is the happy path (no metric) and
+//! `affinity_request/cookie_here_foreign_id_misroute` emits one counter per request.
 
 mod support;
 use support::{INIT, trivial};
@@ -120,7 +125,23 @@ fn on_threads(
     t0.elapsed()
 }
 
+/// Installs the Prometheus recorder when `HOT_PATHS_RECORDER=prometheus`.
+fn recorder_if_asked() {
+    #[cfg(feature = "metrics")]
+    if std::env::var("HOT_PATHS_RECORDER").as_deref() == Ok("prometheus") {
+        static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+            std::sync::OnceLock::new();
+        HANDLE.get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap()
+        });
+        eprintln!("hot_paths: Prometheus recorder installed");
+    }
+}
+
 fn session_lookup(c: &mut Criterion) {
+    recorder_if_asked();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -397,9 +418,73 @@ fn affinity(c: &mut Criterion) {
     group.finish();
 }
 
+/// A whole `ping` POST on a session the transport holds (the happy path), through the
+/// transport's service over the trivial handler.
+fn held_session(c: &mut Criterion) {
+    recorder_if_asked();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut svc, handle) = transport();
+    let id = rt.block_on(initialize(&mut svc));
+    let mut group = c.benchmark_group("held_session");
+    configure(&mut group);
+    group.bench_function("ping", |b| {
+        b.to_async(&rt).iter(|| {
+            let req = post()
+                .header("mcp-session-id", id.as_str())
+                .header("mcp-protocol-version", "2025-11-25")
+                .body(body(PING))
+                .unwrap();
+            let fut = svc.clone().oneshot(req);
+            async move {
+                let res = fut.await.unwrap();
+                res.into_body().collect().await.unwrap()
+            }
+        })
+    });
+    group.finish();
+    rt.block_on(handle.shutdown());
+}
+
+/// One metric emission as `mcp_affinity::metrics` makes it (a key in a `static`, through
+/// `metrics::with_recorder`): with no recorder, and with the Prometheus exporter's.
+#[cfg(feature = "metrics")]
+fn metric_emission(c: &mut Criterion) {
+    use metrics::{Key, Label, Level, Metadata};
+    static META: Metadata<'static> = Metadata::new("bench", Level::INFO, None);
+    static LABELS: [Label; 2] = [
+        Label::from_static_parts("layer", "affinity"),
+        Label::from_static_parts("reason", "cookie"),
+    ];
+    static COUNTER: Key = Key::from_static_parts("bench_misroutes_total", &LABELS);
+    static GAUGE: Key = Key::from_static_name("bench_streams");
+    static HIST: Key = Key::from_static_name("bench_forward_seconds");
+    let count = || metrics::with_recorder(|r| r.register_counter(&COUNTER, &META).increment(1));
+    let gauge = || metrics::with_recorder(|r| r.register_gauge(&GAUGE, &META).increment(1.0));
+    let hist = || metrics::with_recorder(|r| r.register_histogram(&HIST, &META).record(0.001));
+    let mut group = c.benchmark_group("metric_emission");
+    configure(&mut group);
+    if std::env::var_os("HOT_PATHS_RECORDER").is_none() {
+        group.bench_function("counter_no_recorder", |b| b.iter(count));
+    }
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    group.bench_function("counter_prometheus", |b| b.iter(count));
+    group.bench_function("gauge_prometheus", |b| b.iter(gauge));
+    group.bench_function("histogram_prometheus", |b| b.iter(hist));
+    group.finish();
+}
+
+#[cfg(not(feature = "metrics"))]
+fn metric_emission(_: &mut Criterion) {}
+
 criterion_group!(
     benches,
     session_lookup,
+    held_session,
+    metric_emission,
     sse_notify,
     protocol_parse,
     protocol_classify,

@@ -33,7 +33,8 @@
 //! sessions are closed, their records left for the adopters, and the node exits.
 //!
 //! Routes besides `/mcp`: `/healthz` (`200 ok`, `503 draining`), `/stats` (the registry's and
-//! the transport's counters as JSON) and a stand-in `/graphql`.
+//! the transport's counters as JSON), `/metrics` (the layers' metrics in the Prometheus text
+//! format, feature `metrics`; names in `mcp_affinity::metrics`) and a stand-in `/graphql`.
 //!
 //! Tools: `echo {text}`, `whoami`, `notify {message, delayMs?}` (a log message on the session's
 //! standalone stream), `progress {steps}` (progress and log notifications on the request's
@@ -341,6 +342,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    install_metrics();
     let args = parse_args().map_err(|e| {
         eprintln!("{e}");
         e
@@ -512,11 +514,59 @@ async fn stop_transport_on_signal(transport: TransportHandle, timeout: Duration)
     tracing::info!(closed, "sessions closed; draining connections");
 }
 
-/// The node's other routes: `/healthz`, `/stats` and a stand-in `/graphql`.
+/// The Prometheus recorder, installed before the layers are built (feature `metrics`).
+#[cfg(feature = "metrics")]
+static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Installs the Prometheus recorder for the layers' metrics, and its upkeep (which drains the
+/// histograms' buckets) in the background.
+fn install_metrics() {
+    #[cfg(feature = "metrics")]
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => {
+            mcp_affinity::metrics::describe();
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            let _ = METRICS.set(handle);
+        }
+        Err(e) => tracing::warn!(error = %e, "no metrics recorder"),
+    }
+}
+
+/// `/metrics`: the Prometheus text format.
+fn metrics_text() -> (
+    axum::http::StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+) {
+    let ct = (
+        axum::http::header::CONTENT_TYPE,
+        "text/plain; version=0.0.4; charset=utf-8",
+    );
+    #[cfg(feature = "metrics")]
+    if let Some(handle) = METRICS.get() {
+        return (axum::http::StatusCode::OK, [ct], handle.render());
+    }
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        [ct],
+        "metrics off: build with --features metrics\n".to_owned(),
+    )
+}
+
+/// The node's other routes: `/healthz`, `/stats`, `/metrics` and a stand-in `/graphql`.
 fn routes(ops: &Ops) -> Router {
     let draining = ops.draining.clone();
     let stats = ops.stats.clone();
     Router::new()
+        .route("/metrics", get(|| async { metrics_text() }))
         .route(
             "/healthz",
             get(move || {

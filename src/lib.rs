@@ -25,6 +25,8 @@
 //!   [`Rejection`](protocol::Rejection)s.
 //! - [`config`]: the one [`ConfigError`] every builder reports.
 //! - [`handler`]: [`handler_fn`](handler::handler_fn), an async closure as the inner service.
+//! - [`metrics`]: the names, types and labels of the metrics the layers emit through the
+//!   `metrics` crate facade (feature `metrics`, on by default).
 //!
 //! # The whole stack
 //!
@@ -167,6 +169,8 @@ mod throttle;
 pub mod affinity;
 pub mod config;
 pub mod handler;
+#[doc = include_str!("../docs/metrics.md")]
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod session;

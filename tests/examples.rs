@@ -154,6 +154,68 @@ async fn node_example_serves_mcp_with_and_without_affinity() {
     assert!(res.headers().get("set-cookie").is_none());
 }
 
+/// The node's `/metrics` answers the Prometheus text format with the documented names; a
+/// session and a refused request show up in it.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn node_example_serves_prometheus_metrics() {
+    use mcp_affinity::metrics as m;
+
+    let (_node, addr) =
+        start_with("node", |addr| vec!["--listen".to_owned(), addr.to_owned()]).await;
+    check_mcp(&addr).await;
+    let refused = http()
+        .post(format!("http://{addr}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("origin", "https://elsewhere.example")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let res = http()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    let text = res.text().await.unwrap();
+    for (name, kind) in [
+        (m::SESSIONS, "gauge"),
+        (m::SESSIONS_OPENED, "counter"),
+        (m::REJECTIONS, "counter"),
+        (m::REGISTRY_WRITES, "counter"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} {kind} in:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} described"
+        );
+        assert!(
+            m::ALL.iter().any(|d| d.0 == name && d.1 == kind),
+            "{name} documented"
+        );
+    }
+    assert!(
+        text.contains(&format!("{}{{how=\"initialize\"}} 1\n", m::SESSIONS_OPENED)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{}{{layer=\"transport\",kind=\"origin_not_allowed\"}} 1\n",
+            m::REJECTIONS
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{} 1\n", m::SESSIONS)), "{text}");
+}
+
 #[tokio::test]
 async fn hyper_server_example_serves_mcp() {
     let (_server, addr) = start("hyper_server").await;

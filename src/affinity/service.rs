@@ -213,6 +213,7 @@ fn inspect<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> Decision {
     // have routed on the other one.
     if let Err(r) = crate::protocol::single::check(req.headers(), &crate::protocol::single::ROUTING)
     {
+        crate::metrics::duplicate_header(crate::metrics::Layer::Affinity);
         return Decision::Refuse(r);
     }
     if is_modern(req) {

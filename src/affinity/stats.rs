@@ -120,12 +120,14 @@ impl AffinityStats {
         self.counters
             .misroutes_cookie
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::affinity_misroute(true);
     }
 
     pub(crate) fn misroute_session_id(&self) {
         self.counters
             .misroutes_session_id
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::affinity_misroute(false);
     }
 
     pub(crate) fn malformed_cookies(&self, n: u64) {
@@ -144,5 +146,6 @@ impl AffinityStats {
         self.counters
             .strict_rejections
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::strict_rejection();
     }
 }

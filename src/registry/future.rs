@@ -55,7 +55,7 @@ pub enum SessionLookup {
 }
 
 impl SessionLookup {
-    fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::Misrouted { .. } => "misrouted",
             Self::NodeRestarted => "node_restarted",
@@ -221,11 +221,13 @@ async fn lookup<R: RegistryStore>(core: Arc<Core<R>>, sid: Arc<str>) -> SessionL
         Admit::KnownMiss => {
             core.counters.known_misses.fetch_add(1, Relaxed);
             core.counters.unknown.fetch_add(1, Relaxed);
+            crate::metrics::registry_not_found("unknown");
             return SessionLookup::Unknown;
         }
         Admit::Limited => {
             core.counters.lookups_limited.fetch_add(1, Relaxed);
             core.counters.unknown.fetch_add(1, Relaxed);
+            crate::metrics::registry_not_found("unknown");
             tracing::debug!(session = %fp, "registry lookups over their rate; answering unknown session");
             return SessionLookup::Unknown;
         }
@@ -257,6 +259,7 @@ async fn lookup<R: RegistryStore>(core: Arc<Core<R>>, sid: Arc<str>) -> SessionL
             core.counters
                 .store_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::store_error(crate::metrics::StoreOp::Lookup);
             tracing::debug!(error = %e, "registry lookup failed; answering unknown session");
             SessionLookup::Unknown
         }
@@ -264,6 +267,7 @@ async fn lookup<R: RegistryStore>(core: Arc<Core<R>>, sid: Arc<str>) -> SessionL
             core.counters
                 .store_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::store_error(crate::metrics::StoreOp::Lookup);
             tracing::debug!("registry lookup timed out; answering unknown session");
             SessionLookup::Unknown
         }
@@ -274,6 +278,7 @@ async fn lookup<R: RegistryStore>(core: Arc<Core<R>>, sid: Arc<str>) -> SessionL
         SessionLookup::Unknown => &core.counters.unknown,
     };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::registry_not_found(outcome.reason());
     outcome
 }
 
@@ -411,6 +416,7 @@ where
                         core.counters
                             .unknown
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        crate::metrics::registry_not_found("unknown");
                         let (parts, _) = res.into_parts();
                         return Poll::Ready(Ok(not_found(parts, SessionLookup::Unknown)));
                     }
@@ -431,6 +437,7 @@ where
                                 core.counters
                                     .unknown
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                crate::metrics::registry_not_found("unknown");
                                 tracing::debug!(session = %Fingerprint::of(sid), "session ended inside the inner service; its record is removed");
                                 let (parts, _) = res.into_parts();
                                 return Poll::Ready(Ok(not_found(parts, SessionLookup::Unknown)));
@@ -476,6 +483,7 @@ where
                                 c.counters
                                     .registered
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                crate::metrics::registry_write(crate::metrics::Write::Register);
                                 c.mark_live(&id, ends);
                                 true
                             }
@@ -483,6 +491,7 @@ where
                                 c.counters
                                     .store_errors
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                crate::metrics::store_error(crate::metrics::StoreOp::Write);
                                 false
                             }
                         }
@@ -518,6 +527,7 @@ where
                         core.counters
                             .refused
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        crate::metrics::registry_unavailable();
                     }
                     tracing::warn!("registry unavailable: initialize refused (fail-closed)");
                     match res.extensions().get::<Session>() {

@@ -213,9 +213,11 @@ impl<R> Core<R> {
             deadline: Instant::now() + self.ttl,
         };
         self.pending.fetch_add(1, Ordering::AcqRel);
+        crate::metrics::registry_queue(1);
         if self.senders[shard].try_send(op).is_err() {
             self.op_done();
             let dropped = self.counters.dropped_ops.fetch_add(1, Ordering::Relaxed) + 1;
+            crate::metrics::registry_dropped();
             if self.full_warning.ready() {
                 tracing::warn!(
                     node = %self.node,
@@ -227,6 +229,7 @@ impl<R> Core<R> {
     }
 
     fn op_done(&self) {
+        crate::metrics::registry_queue(-1);
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.drained.notify_waiters();
         }
@@ -383,6 +386,7 @@ impl<R: RegistryStore> Core<R> {
             OpKind::Register(_, ends) => {
                 if done {
                     self.counters.registered.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::registry_write(crate::metrics::Write::Register);
                     self.mark_live(id, *ends);
                 } else {
                     tracing::warn!(node = %self.node, "a different record already exists for a new session id");
@@ -391,12 +395,14 @@ impl<R: RegistryStore> Core<R> {
             OpKind::Remove | OpKind::RemoveIfOwned => {
                 if done {
                     self.counters.removed.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::registry_write(crate::metrics::Write::Remove);
                 }
                 self.forget(id);
             }
             OpKind::Refresh => {
                 if done {
                     self.counters.refreshed.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::registry_write(crate::metrics::Write::Refresh);
                 }
             }
         }
@@ -464,6 +470,7 @@ async fn worker<R: RegistryStore>(core: Weak<Core<R>>, mut rx: mpsc::Receiver<Op
             }
             Err(e) => {
                 c.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::store_error(crate::metrics::StoreOp::Write);
                 tracing::debug!(error = %e, node = %c.node, "registry batch failed; replaying it write by write");
             }
         }
@@ -509,6 +516,7 @@ async fn run_with_retry<R: RegistryStore>(core: &Weak<Core<R>>, op: &Op) -> bool
             }
             Err(e) => {
                 c.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::store_error(crate::metrics::StoreOp::Write);
                 c.counters.retries.fetch_add(1, Ordering::Relaxed);
                 if Instant::now() >= op.deadline {
                     tracing::warn!(node = %c.node, "registry operation abandoned: the record has expired meanwhile");
@@ -626,6 +634,7 @@ async fn clean_previous_incarnations<R: RegistryStore>(core: Weak<Core<R>>) {
             }
             Err(e) => {
                 c.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::store_error(crate::metrics::StoreOp::Sweep);
                 tracing::debug!(error = %e, "stale-record cleanup failed; will retry");
             }
         }

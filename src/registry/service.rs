@@ -147,6 +147,7 @@ where
         if let Err(r) =
             crate::protocol::single::check(req.headers(), &crate::protocol::single::ROUTING)
         {
+            crate::metrics::duplicate_header(crate::metrics::Layer::Registry);
             return ResponseFuture::refused(r);
         }
         let sid = req.headers().get(headers::MCP_SESSION_ID).cloned();

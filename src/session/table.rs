@@ -133,6 +133,8 @@ impl SessionTable {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if shard.insert(Key::new(session.id()), session).is_some() {
             self.len.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            crate::metrics::sessions_held(1);
         }
         true
     }
@@ -152,6 +154,7 @@ impl SessionTable {
             return InsertNew::Full;
         }
         shard.insert(Key::new(session.id()), session);
+        crate::metrics::sessions_held(1);
         InsertNew::Inserted
     }
 
@@ -163,6 +166,7 @@ impl SessionTable {
         let s = shard.remove(id.as_bytes());
         if s.is_some() {
             self.len.fetch_sub(1, Ordering::AcqRel);
+            crate::metrics::sessions_held(-1);
             shrink_when_sparse(&mut shard);
         }
         s

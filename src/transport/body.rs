@@ -184,6 +184,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             this.log.log().release(this.cursor);
+            crate::metrics::streams_open(era(*this.with_ids), -1);
         }
     }
 }
@@ -246,6 +247,7 @@ impl SseBody {
             b.put_slice(b"\ndata: \n\n");
             b.freeze()
         });
+        crate::metrics::streams_open(era(with_ids), 1);
         Self {
             log,
             cursor,
@@ -255,6 +257,15 @@ impl SseBody {
             done: false,
             guard,
         }
+    }
+}
+
+/// The era of a stream: legacy streams carry event ids, modern ones none.
+fn era(with_ids: bool) -> crate::protocol::Era {
+    if with_ids {
+        crate::protocol::Era::Legacy
+    } else {
+        crate::protocol::Era::Modern
     }
 }
 

@@ -203,6 +203,7 @@ impl Shared {
         let closed = session.close_with(reason, retry);
         if closed {
             self.counters.closed.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::session_closed(reason);
             tracing::debug!(session = %session.id(), reason = %reason, "session closed");
         }
         closed

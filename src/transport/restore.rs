@@ -227,6 +227,7 @@ fn create(
     shared.untrack_on_close(&session);
     shared.ensure_sweeper();
     shared.counters.restored.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::session_opened(true);
     tracing::debug!(session = %session.id(), version = %restore.protocol_version, "session restored");
     Ok(Restored {
         session,

@@ -171,6 +171,7 @@ where
 }
 
 fn reject(r: Rejection) -> Response<ResponseBody> {
+    crate::metrics::transport_rejected(&r);
     r.into_response(ResponseBody::full)
 }
 
@@ -1213,6 +1214,7 @@ where
         .unwrap_or(requested);
     session.set_initialized(version, client_info, capabilities);
     shared.counters.created.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::session_opened(false);
     tracing::debug!(session = %session.id(), version = %version, "session created");
     let mut res = json_response(answer, Era::Legacy);
     match HeaderValue::from_str(session.id().as_str()) {

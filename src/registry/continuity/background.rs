@@ -18,6 +18,7 @@ pub(crate) async fn announce<R: RegistryStore>(core: &Core<R>, timeout: Duration
     let ok = matches!(wrote, Ok(Ok(())));
     if !ok {
         core.counters.store_errors.fetch_add(1, Relaxed);
+        crate::metrics::store_error(crate::metrics::StoreOp::Liveness);
     }
     if ok != cont.announced.swap(ok, Relaxed) {
         if ok {
@@ -132,9 +133,11 @@ async fn remove_all_stale<R: RegistryStore>(
             Ok(n) => {
                 total += n;
                 core.counters.orphans_removed.fetch_add(n as u64, Relaxed);
+                crate::metrics::orphans_removed(n as u64);
             }
             Err(e) => {
                 core.counters.store_errors.fetch_add(1, Relaxed);
+                crate::metrics::store_error(crate::metrics::StoreOp::Sweep);
                 tracing::debug!(error = %e, "orphan sweep failed; the next round continues");
                 return None;
             }

@@ -119,6 +119,7 @@ where
                     adopting = Adopting::join(&core, &sid);
                 }
                 let mine = record.owned_by(&*core.node, &*core.incarnation);
+                let started = crate::metrics::Timer::start();
                 let claimed = tokio::time::timeout(
                     core.lookup_timeout,
                     core.store
@@ -128,7 +129,9 @@ where
                 match claimed {
                     Ok(Ok(Claim::Won)) => {
                         cont.claimed(&sid, record.clone());
-                        return restore(&core, inner, req, &ctx, removal, &sid, record).await;
+                        let out = restore(&core, inner, req, &ctx, removal, &sid, record).await;
+                        crate::metrics::adoption_time(started);
+                        return out;
                     }
                     // Another request of this node won it.
                     Ok(Ok(Claim::Lost(Some(now))))
@@ -138,6 +141,7 @@ where
                     }
                     Ok(Ok(Claim::Lost(Some(now)))) => {
                         core.counters.adoptions_lost.fetch_add(1, Relaxed);
+                        crate::metrics::adoption_lost();
                         tracing::debug!(session = %Fingerprint::of(&sid), owner = %now.node, "another node adopted the session first");
                         plan = if hop {
                             Plan::Inner(Some(SessionLookup::Misrouted { owner: now.node }))
@@ -148,6 +152,7 @@ where
                     Ok(Ok(Claim::Lost(None))) => plan = Plan::Inner(Some(SessionLookup::Unknown)),
                     Ok(Err(_)) | Err(_) => {
                         core.counters.store_errors.fetch_add(1, Relaxed);
+                        crate::metrics::store_error(crate::metrics::StoreOp::Claim);
                         plan = Plan::Inner(Some(lookup_outcome(&core, &record)));
                     }
                 }
@@ -363,11 +368,13 @@ async fn owner<R: RegistryStore>(core: &Core<R>, cont: &Continuity, node: &str) 
         Ok(Ok(None)) => Owner::Gone,
         Ok(Err(e)) => {
             core.counters.store_errors.fetch_add(1, Relaxed);
+            crate::metrics::store_error(crate::metrics::StoreOp::Liveness);
             tracing::debug!(error = %e, "liveness lookup failed");
             return stale;
         }
         Err(_) => {
             core.counters.store_errors.fetch_add(1, Relaxed);
+            crate::metrics::store_error(crate::metrics::StoreOp::Liveness);
             return stale;
         }
     };
@@ -405,15 +412,18 @@ where
         req.headers_mut()
             .insert(headers::MCP_FORWARDED_BY, v.clone());
     }
+    let started = crate::metrics::Timer::start();
     match cont.forwarder.forward(route.addr, req).await {
         Ok(res) => {
             core.counters.forwarded.fetch_add(1, Relaxed);
+            crate::metrics::forwarded(crate::metrics::Forward::Ok, started);
             let mut res = res.map(|b| ResponseBody::forwarded(b.map_err(Into::into).boxed()));
             res.extensions_mut().insert(crate::session::Forwarded);
             Ok(res)
         }
         Err(crate::registry::forward::ForwardError::NotSent(mut back, e)) => {
             core.counters.forward_failures.fetch_add(1, Relaxed);
+            crate::metrics::forwarded(crate::metrics::Forward::NotSent, started);
             tracing::debug!(error = %e, owner = %route.owner, "forward not sent");
             back.headers_mut().remove(headers::MCP_FORWARDED_BY);
             if let Some(inner) = ctx.inner_sid()
@@ -425,6 +435,7 @@ where
         }
         Err(crate::registry::forward::ForwardError::Failed(e)) => {
             core.counters.forward_failures.fetch_add(1, Relaxed);
+            crate::metrics::forwarded(crate::metrics::Forward::Failed, started);
             tracing::warn!(error = %e, owner = %route.owner, "forwarded request failed");
             Err(None)
         }
@@ -445,6 +456,7 @@ async fn forward<R, ReqBody, B>(
 
 /// The owner went away with the request: the client may retry (the session is adopted then).
 fn owner_failed<B>() -> Response<ResponseBody<B>> {
+    crate::metrics::owner_failed();
     retry_response(
         StatusCode::BAD_GATEWAY,
         "the node holding the session failed during the request: retry it",
@@ -453,6 +465,7 @@ fn owner_failed<B>() -> Response<ResponseBody<B>> {
 
 /// A draining node takes no session over.
 fn retry_elsewhere<B>() -> Response<ResponseBody<B>> {
+    crate::metrics::registry_draining();
     retry_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "server shutting down: retry on another node",
@@ -599,6 +612,7 @@ where
         // the first request to see it counts the adoption.
         if let Some(before) = cont.and_then(|cont| cont.take_claim(sid)) {
             core.counters.adopted.fetch_add(1, Relaxed);
+            crate::metrics::adopted();
             tracing::info!(session = %Fingerprint::of(sid), from = %before.node, "session adopted");
         }
     } else if let Some(before) = cont.and_then(|cont| cont.take_claim_if_last(sid)) {
@@ -630,11 +644,13 @@ impl<R: RegistryStore> Core<R> {
             Ok(Ok(found)) => Ok(found),
             Ok(Err(e)) => {
                 self.counters.store_errors.fetch_add(1, Relaxed);
+                crate::metrics::store_error(crate::metrics::StoreOp::Lookup);
                 tracing::debug!(error = %e, "registry lookup failed");
                 Err(())
             }
             Err(_) => {
                 self.counters.store_errors.fetch_add(1, Relaxed);
+                crate::metrics::store_error(crate::metrics::StoreOp::Lookup);
                 tracing::debug!("registry lookup timed out");
                 Err(())
             }
@@ -651,6 +667,7 @@ impl<R> Core<R> {
             SessionLookup::Unknown => &self.counters.unknown,
         };
         counter.fetch_add(1, Relaxed);
+        crate::metrics::registry_not_found(outcome.reason());
     }
 
     /// Whether records of sessions closed on shutdown stay for adoption.
