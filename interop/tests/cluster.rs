@@ -34,7 +34,7 @@
 //! cargo test --test cluster -- --nocapture     # shows the figures
 //! ```
 
-#[path = "support/redis.rs"]
+#[path = "../../tests/support/redis.rs"]
 mod redis_support;
 
 #[path = "support/mcp.rs"]
