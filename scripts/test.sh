@@ -128,18 +128,18 @@ export MCP_TEST_REPORT="$LOG_DIR/report.txt"
 # The root package, the tests over real peers (interop/) and the criterion benches (benches/):
 # every target builds, benches included (cargo test does not build them).
 PACKAGES=(-p mcp-affinity -p mcp-affinity-interop -p mcp-affinity-benches)
-# package_list_is_clean: `cargo package --list` holds no tests, test clients, bench results,
-# node_modules, virtualenvs, fuzz targets or scripts.
+# package_list_is_clean: `cargo package --list` holds no test clients, conformance suite, bench
+# results, node_modules, virtualenvs, fuzz targets or scripts.
 package_list_is_clean() {
     local list unwanted
     list=$(cargo package --list --allow-dirty -p mcp-affinity) || return 1
-    unwanted=$(grep -E '(^|/)(tests|benches|bench|fuzz|scripts|node_modules|\.venv|interop|target)(/|$)' <<<"$list" || true)
+    unwanted=$(grep -E '^tests/(clients|conformance)/|(^|/)(benches|bench|fuzz|scripts|node_modules|\.venv|interop|target)(/|$)' <<<"$list" || true)
     if [[ -n "$unwanted" ]]; then
         echo "the package holds files it should not (Cargo.toml include):" >&2
         echo "$unwanted" >&2
         return 1
     fi
-    echo "$(wc -l <<<"$list") files, none of tests, benches, bench results, fuzz, scripts"
+    echo "$(wc -l <<<"$list") files, none of the test clients, benches, bench results, fuzz, scripts"
 }
 run_step build cargo build "${PACKAGES[@]}" --all-targets --all-features
 
