@@ -31,7 +31,7 @@
 //! the TypeScript SDK client `tests/clients/ts/long_session.mjs`.
 //!
 //! ```text
-//! cargo test --test cluster -- --nocapture     # shows the figures
+//! cargo test -p mcp-affinity-interop --test cluster -- --nocapture     # shows the figures
 //! ```
 
 #[path = "../../tests/support/redis.rs"]

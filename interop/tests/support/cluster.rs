@@ -514,7 +514,7 @@ impl Balancer {
 fn substitute(text: &str, from: &str, to: &str, file: &Path) -> String {
     assert!(
         text.contains(from),
-        "{} no longer contains `{from}`; update tests/support/cluster.rs",
+        "{} no longer contains `{from}`; update interop/tests/support/cluster.rs",
         file.display()
     );
     text.replace(from, to)
