@@ -11,17 +11,28 @@ import argparse
 import datetime
 import json
 import math
+import re
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+
+def rmcp_label():
+    """`rmcp X.Y`, the release `bench/peers` runs: the one the workspace's Cargo.lock holds."""
+    lock = Path(__file__).resolve().parent.parent / "Cargo.lock"
+    m = re.search(r'name = "rmcp"\nversion = "(\d+)\.(\d+)', lock.read_text()) if lock.is_file() else None
+    return f"rmcp {m.group(1)}.{m.group(2)}" if m else "rmcp"
+
+
+RMCP = rmcp_label()
 
 TARGETS = ["bare", "rmcp", "ours-transport", "ours-full", "ours-forward"]
 # The chart's series (the forwarded ping has its own section).
 CHART_TARGETS = ["bare", "rmcp", "ours-transport", "ours-full"]
 NAMES = {
     "bare": "bare hyper (limit)",
-    "rmcp": "rmcp 3.9",
+    "rmcp": RMCP,
     "ours-transport": "ours: transport only",
     "ours-full": "ours: all layers + Redis",
     "ours-forward": "ours: forwarded B → A (both nodes' CPU)",
@@ -182,7 +193,7 @@ def fanout_rows(gs):
             f"| {fmt(g.med('fanout_first_ms_median'))} | {fmt(g.med('trigger_response_ms_median'))} "
             f"| {fmt(g.med('p50_ms'))} / {fmt(g.med('p99_ms'))} | {fmt(g.med('server_cpu_us_per_op'))} "
             f"| {fmt(g.med('client_cpu_us_per_op'))} | {int(g.total('missing'))} |")
-    lines.append("| rmcp 3.9 | – | no broadcast primitive (one `notify` per session would be N requests) "
+    lines.append(f"| {RMCP} | – | no broadcast primitive (one `notify` per session would be N requests) "
                  "| | | | | | |")
     return lines
 
@@ -415,7 +426,7 @@ def chart(gs, commit, path):
            f'font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<text x="{W / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">'
-           f'ping on N live sessions over 64 connections: ours vs rmcp 3.9</text>',
+           f'ping on N live sessions over 64 connections: ours vs {RMCP}</text>',
            f'<text x="{W / 2}" y="44" text-anchor="middle" fill="#555">commit {esc(commit[:12])} · '
            f'medians of runs · server pinned to one core, generator to the other</text>']
     lx = [math.log10(s) for s in sessions]
@@ -539,7 +550,7 @@ def main():
         "with `--fanout`: a GET opens an SSE stream fed by a channel, and the `broadcast` call sends one "
         "pre-encoded event to every open stream (no ids, no log, no replay): the least a hyper server "
         "must do per delivery.",
-        "- **rmcp 3.9**: `bench/peers` `peer-rmcp` — `StreamableHttpService` + `LocalSessionManager` under axum, "
+        f"- **{RMCP}**: `bench/peers` `peer-rmcp` — `StreamableHttpService` + `LocalSessionManager` under axum, "
         "default configuration (it answers every legacy-session POST with an SSE stream).",
         "- **ours: transport only**: `examples/node.rs --transport-only` (`SseTransportLayer`).",
         f"- **ours: all layers + Redis**: `examples/node.rs --redis …` — {args.full_stack}; "

@@ -3,7 +3,7 @@
 //! JSON-RPC parsing and era classification, and the affinity layer's cookie and tagged-id
 //! handling.
 //!
-//! `cargo bench --bench hot_paths`
+//! `cargo bench -p mcp-affinity-benches --bench hot_paths`
 //!
 //! With `HOT_PATHS_RECORDER=prometheus` in the environment, the Prometheus exporter's recorder
 //! is installed first (feature `metrics`), so the same figures show what the layers' metrics

@@ -1,7 +1,7 @@
 //! Memory per session: RSS growth while holding N idle sessions, without and with an open GET
 //! stream each, and what is left after they close.
 //!
-//! `cargo bench --bench memory` (prints one JSON line per measurement)
+//! `cargo bench -p mcp-affinity-benches --bench memory` (prints one JSON line per measurement)
 
 use std::convert::Infallible;
 

@@ -1,6 +1,6 @@
 //! Per-request cost of `SseTransport` over a trivial handler, against the bare handler.
 //!
-//! `cargo bench --bench transport`
+//! `cargo bench -p mcp-affinity-benches --bench transport`
 
 mod support;
 use support::{INIT, trivial};

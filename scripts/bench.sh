@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side load test: bare hyper (the limit), rmcp 3.9, and this crate's node example
+# Side-by-side load test: bare hyper (the limit), rmcp 3.11, and this crate's node example
 # (transport only; all layers with a real local redis-server; two nodes sharing that Redis, for
 # forwarding and adoption). Writes bench/results/.
 #

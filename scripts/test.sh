@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the repository; the one command for developers and CI.
 #
-#   scripts/test.sh           install what is missing, build, test, clippy, fmt, doc
-#   scripts/test.sh --quick   build and test only (skips clippy, fmt and doc)
+#   scripts/test.sh           install what is missing, build, test, clippy, fmt, doc, package, MSRV
+#   scripts/test.sh --quick   build and test only (skips clippy, fmt, doc, package and MSRV)
 #
 # Idempotent on a fresh Debian machine (run as root): installs redis-server with apt
 # when it is missing, the TypeScript SDK client (npm ci, tests/clients/ts) and the
@@ -125,7 +125,23 @@ TEST_TIMEOUT=${MCP_TEST_TIMEOUT:-2700}
 export MCP_TEST_REPORT="$LOG_DIR/report.txt"
 : >"$MCP_TEST_REPORT"
 
-run_step build cargo build --all-targets --all-features
+# The root package, the tests over real peers (interop/) and the criterion benches (benches/):
+# every target builds, benches included (cargo test does not build them).
+PACKAGES=(-p mcp-affinity -p mcp-affinity-interop -p mcp-affinity-benches)
+# package_list_is_clean: `cargo package --list` holds no test clients, conformance suite, bench
+# results, node_modules, virtualenvs, fuzz targets or scripts.
+package_list_is_clean() {
+    local list unwanted
+    list=$(cargo package --list --allow-dirty -p mcp-affinity) || return 1
+    unwanted=$(grep -E '^tests/(clients|conformance)/|(^|/)(benches|bench|fuzz|scripts|node_modules|\.venv|interop|target)(/|$)' <<<"$list" || true)
+    if [[ -n "$unwanted" ]]; then
+        echo "the package holds files it should not (Cargo.toml include):" >&2
+        echo "$unwanted" >&2
+        return 1
+    fi
+    echo "$(wc -l <<<"$list") files, none of the test clients, benches, bench results, fuzz, scripts"
+}
+run_step build cargo build "${PACKAGES[@]}" --all-targets --all-features
 
 # Every cargo test run: its log (whose `test result:` lines the summary counts) per step.
 declare -A TEST_LOGS=()
@@ -153,12 +169,18 @@ bounded_cargo_test() { # bounded_cargo_test NAME LOG ARGS...
 }
 
 cargo_test_step test --all-features --no-fail-fast
+# The tests over real peers: HTTP clients, rmcp, the SDK clients, the conformance suite, the
+# cluster behind HAProxy (a workspace member, so that their dependencies stay out of the
+# examples' build).
+cargo_test_step interop -p mcp-affinity-interop --all-features --no-fail-fast
 
 # Any crate in a user's build can turn on serde_json's `arbitrary_precision`, which changes how
 # numbers reach a deserializer (request ids are integers or strings): the JSON-RPC parsing and
 # the transport are tested under it too.
 cargo_test_step arbitrary-precision --all-features --features serde_json/arbitrary_precision \
-    --no-fail-fast --lib --test transport --test modern
+    --no-fail-fast --lib
+cargo_test_step arbitrary-precision-interop -p mcp-affinity-interop --all-features \
+    --features serde_json/arbitrary_precision --no-fail-fast --test transport --test modern
 
 # The other workspace members' unit tests: the load generator's (bench/peers has none).
 cargo_test_step loadgen -p mcp-bench-loadgen --no-fail-fast
@@ -177,12 +199,22 @@ STEP_LABEL="FUZZ_SEED=1 scripts/fuzz.sh 8 (logs: fuzz/target/logs/)" \
     run_step fuzz env FUZZ_SEED=1 "$ROOT/scripts/fuzz.sh" 8
 
 if ((QUICK == 0)); then
-    run_step clippy cargo clippy --all-targets --all-features -- -D warnings
+    run_step clippy cargo clippy "${PACKAGES[@]}" --all-targets --all-features -- -D warnings
     run_step fmt cargo fmt --all -- --check
     run_step doc env RUSTDOCFLAGS="-D warnings -D rustdoc::broken_intra_doc_links" \
         cargo doc --no-deps --all-features
+    # docs.rs's flags on a stable toolchain (`--cfg docsrs` must not need nightly).
+    run_step docsrs env RUSTDOCFLAGS="--cfg docsrs -D warnings" \
+        cargo doc --no-deps --all-features
+    # The crate as it would be published: its file list holds nothing of the test and bench
+    # machinery, and it builds from the package alone (`cargo publish --dry-run` verifies that).
+    run_step package-list package_list_is_clean
+    run_step publish-dry-run cargo publish --dry-run --allow-dirty --locked -p mcp-affinity
+    # The MSRV (Cargo.toml's rust-version): the dependencies' rust-version and a build with that
+    # toolchain (installed with rustup when missing; see scripts/msrv.sh).
+    run_step msrv "$ROOT/scripts/msrv.sh"
 else
-    step "--quick: skipping clippy, fmt and doc"
+    step "--quick: skipping clippy, fmt, doc, package and MSRV"
 fi
 
 # ---------------------------------------------------------------------------------------

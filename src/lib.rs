@@ -159,7 +159,10 @@
 //! - **Stack handle**: dropping [`StackHandle::shutdown`] stops at the step it was in; the
 //!   steps taken stay.
 
-#![cfg_attr(docsrs, feature(doc_cfg))]
+// docs.rs (a nightly rustdoc) passes `--cfg nightly_doc_cfg` (Cargo.toml,
+// `[package.metadata.docs.rs]`), which shows each item's feature requirement; `--cfg docsrs`
+// alone enables nothing, so the docs also build with it on stable.
+#![cfg_attr(nightly_doc_cfg, feature(doc_cfg))]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod full_body;

@@ -1,5 +1,6 @@
-//! A small MCP server used by the framework examples (`hyper_server`, `tonic_web`): the
-//! handler and the layer stack, so each example shows only its framework's wiring.
+//! A small MCP server used by the framework examples (`hyper_server`, and `tonic_web` in
+//! `interop/examples/`): the handler and the layer stack, so each example shows only its
+//! framework's wiring.
 #![allow(dead_code)]
 
 use mcp_affinity::{

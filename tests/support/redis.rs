@@ -8,6 +8,8 @@
 //! mod redis_support;
 //! ```
 //!
+//! (from `interop/tests/`, `#[path = "../../tests/support/redis.rs"]`).
+//!
 //! The binaries are `redis-server` and `redis-cli` from `PATH`; `MCP_REDIS_SERVER` and
 //! `MCP_REDIS_CLI` override them (`redis-cli` defaults to the one next to `MCP_REDIS_SERVER`).
 //! Nothing here ever touches a Redis on the default port 6379.

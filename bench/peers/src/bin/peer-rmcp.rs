@@ -1,4 +1,4 @@
-//! A minimal rmcp 3.9 Streamable HTTP server: `StreamableHttpService` + `LocalSessionManager`
+//! A minimal rmcp 3.11 Streamable HTTP server: `StreamableHttpService` + `LocalSessionManager`
 //! under axum at `/mcp`, default configuration (legacy sessions on, loopback `Host` allow-list,
 //! 2026-07-28 requests served statelessly), `TCP_NODELAY` on accepted sockets.
 //!

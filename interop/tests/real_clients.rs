@@ -88,6 +88,13 @@ fn py_client() -> Option<(PathBuf, PathBuf)> {
 // The node process
 // ---------------------------------------------------------------------------------------------
 
+/// The repository root: the root package's directory, the parent of `interop/`.
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("interop/ sits in the repository root")
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -95,10 +102,10 @@ fn target_dir() -> PathBuf {
             if p.is_absolute() {
                 p
             } else {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+                repo_root().join(p)
             }
         })
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .unwrap_or_else(|| repo_root().join("target"))
 }
 
 /// `target/debug/examples/node`, built on demand (once per test process).
@@ -117,7 +124,7 @@ fn find_or_build_node() -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--example", "node"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(repo_root())
             .status()
             .expect("spawn `cargo build --example node`");
         assert!(

@@ -6,7 +6,7 @@ mod http_support;
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -22,16 +22,33 @@ impl Drop for Running {
     }
 }
 
+/// The repository root: the root package's directory, the parent of `interop/`.
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("interop/ sits in the repository root")
+}
+
+/// The package an example belongs to: `tonic_web` is this package's (it needs tonic), the
+/// others the root package's.
+fn package_of(example: &str) -> &'static str {
+    if example == "tonic_web" {
+        "mcp-affinity-interop"
+    } else {
+        "mcp-affinity"
+    }
+}
+
 fn example(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+        .unwrap_or_else(|| repo_root().join("target"));
     let bin = target.join("debug").join("examples").join(name);
     // Always build: a no-op when up to date, and a stale binary would test old code.
     {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "-p", package_of(name), "--example", name])
+            .current_dir(repo_root())
             .status()
             .expect("cargo build");
         assert!(status.success(), "building example {name}");

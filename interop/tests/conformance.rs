@@ -33,8 +33,11 @@ use std::{
 /// Upper bound for the three runs of the suite (they take seconds; npm ci may take a minute).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// The repository root: the root package's directory, the parent of `interop/`.
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("interop/ sits in the repository root")
 }
 
 fn target_dir() -> PathBuf {

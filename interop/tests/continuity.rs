@@ -10,7 +10,7 @@
 
 #[path = "support/counting_store.rs"]
 mod counting_store;
-#[path = "support/redis.rs"]
+#[path = "../../tests/support/redis.rs"]
 mod redis_support;
 #[path = "support/mcp.rs"]
 mod support;

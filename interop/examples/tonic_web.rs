@@ -1,13 +1,14 @@
 //! A tonic gRPC-web service and MCP side by side on one port; the MCP layers wrap only `/mcp`.
 //!
 //! ```text
-//! cargo run --example tonic_web -- 127.0.0.1:8080
+//! cargo run -p mcp-affinity-interop --example tonic_web -- 127.0.0.1:8080
 //! ```
 //!
 //! - `POST /grpc.health.v1.Health/Check` (gRPC-web, `application/grpc-web+proto`): the
 //!   standard gRPC health service, served through `tonic_web::GrpcWebLayer`.
 //! - `/mcp`: `SessionAffinityLayer` → `SessionRegistryLayer` → `SseTransportLayer`.
 
+#[path = "../../examples/common/mod.rs"]
 mod common;
 
 use tonic_health::ServingStatus;

@@ -5,7 +5,7 @@
 mod counting_store;
 #[path = "support/http.rs"]
 mod http_support;
-#[path = "support/redis.rs"]
+#[path = "../../tests/support/redis.rs"]
 mod redis_support;
 
 use std::{sync::Arc, time::Duration};

@@ -31,10 +31,10 @@
 //! the TypeScript SDK client `tests/clients/ts/long_session.mjs`.
 //!
 //! ```text
-//! cargo test --test cluster -- --nocapture     # shows the figures
+//! cargo test -p mcp-affinity-interop --test cluster -- --nocapture     # shows the figures
 //! ```
 
-#[path = "support/redis.rs"]
+#[path = "../../tests/support/redis.rs"]
 mod redis_support;
 
 #[path = "support/mcp.rs"]

@@ -4,7 +4,7 @@
 //! Include it after the Redis harness (it uses `crate::redis_support::RedisServer`):
 //!
 //! ```ignore
-//! #[path = "support/redis.rs"]
+//! #[path = "../../tests/support/redis.rs"]
 //! mod redis_support;
 //! #[path = "support/cluster.rs"]
 //! mod cluster_support;
@@ -22,7 +22,7 @@
 //! |---|---|
 //! | node | `MCP_NODE_BIN`, else `$CARGO_TARGET_DIR/debug/examples/node` (`cargo build --example node` runs first) |
 //! | HAProxy | `MCP_HAPROXY`, else `haproxy` on `PATH`, else `/usr/sbin/haproxy` |
-//! | Redis | see `support/redis.rs` |
+//! | Redis | see `tests/support/redis.rs` (the root package's) |
 //!
 //! Without HAProxy a test is skipped (with a `SKIP:` line) unless `MCP_REQUIRE_CLUSTER=1` or
 //! `MCP_REQUIRE_CLIENTS=1` (set by `scripts/test.sh`), which turn the absence into a failure.
@@ -106,8 +106,11 @@ pub fn haproxy_bin() -> Option<PathBuf> {
     })
 }
 
+/// The repository root: the root package's directory, the parent of `interop/`.
 pub fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("interop/ sits in the repository root")
 }
 
 pub fn target_dir() -> PathBuf {
@@ -511,7 +514,7 @@ impl Balancer {
 fn substitute(text: &str, from: &str, to: &str, file: &Path) -> String {
     assert!(
         text.contains(from),
-        "{} no longer contains `{from}`; update tests/support/cluster.rs",
+        "{} no longer contains `{from}`; update interop/tests/support/cluster.rs",
         file.display()
     );
     text.replace(from, to)
