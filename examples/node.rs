@@ -29,11 +29,19 @@
 //! On SIGTERM (or SIGINT) the node drains: its liveness record says `draining` (the other
 //! nodes adopt its sessions on their next request), `/healthz` answers `503` (the balancer
 //! stops routing here), GET streams end with a `retry:` hint, requests keep being served until
-//! none arrived for 1.5 s (or the drain timeout passed) and none is running; then the
-//! sessions are closed, their records left for the adopters, and the node exits.
+//! none arrived for 1.5 s (or the drain timeout passed) and none is running; `subscriptions/listen`
+//! streams end at once with their final result; then the sessions are closed, their records left for the adopters, and the node exits.
+//!
+//! Modern (`2026-07-28`) clients: `server/discover` answers the supported versions, the
+//! capabilities and the server's name and version under `_meta`
+//! (`io.modelcontextprotocol/serverInfo`); `subscriptions/listen` is acknowledged
+//! (`notifications/subscriptions/acknowledged`, honouring none of the requested types: the
+//! node's lists never change) and its SSE stream stays open, kept alive by the transport's
+//! keep-alive comments, until the client closes it or the node drains (then it ends with a
+//! `complete` result).
 //!
 //! Routes besides `/mcp`: `/healthz` (`200 ok`, `503 draining`), `/stats` (the registry's and
-//! the transport's counters as JSON), `/metrics` (the layers' metrics in the Prometheus text
+//! the transport's counters, and the open listen streams, as JSON), `/metrics` (the layers' metrics in the Prometheus text
 //! format, feature `metrics`; names in `mcp_affinity::metrics`) and a stand-in `/graphql`.
 //!
 //! Tools: `echo {text}`, `whoami`, `notify {message, delayMs?}` (a log message on the session's
@@ -45,7 +53,10 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -63,12 +74,13 @@ use hyper::body::Incoming;
 use mcp_affinity::{
     McpStack, SseTransportLayer, StackHandle,
     handler::{ErrorObject, HandlerRequest, handler_fn},
-    protocol::{Era, ProtocolVersion},
+    protocol::{Era, ProtocolVersion, RequestId},
     registry::{MemoryStore, RedisStore, RegistryStore},
     session::{NodeTag, RequestContext},
     transport::{HostPolicy, TransportHandle},
 };
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tower::{Service, ServiceBuilder, ServiceExt, util::Oneshot};
 
 #[derive(Debug, Clone)]
@@ -197,11 +209,131 @@ fn capabilities() -> Value {
     json!({"tools": {"listChanged": false}, "logging": {}})
 }
 
-/// What the handler needs: the node's name and the transport's handle (for `broadcast`).
+/// `server/discover` (2026-07-28): the modern versions, the capabilities, and the server's
+/// name and version under `_meta`.
+fn discover() -> Value {
+    let modern: Vec<&str> = ProtocolVersion::ALL
+        .iter()
+        .filter(|v| v.era() == Era::Modern)
+        .map(|v| v.as_str())
+        .collect();
+    json!({
+        "supportedVersions": modern,
+        "capabilities": capabilities(),
+        "_meta": {"io.modelcontextprotocol/serverInfo": server_info()},
+        "ttlMs": 60_000,
+        "cacheScope": "public"
+    })
+}
+
+/// What the handler needs: the node's name, the transport's handle (for `broadcast`) and the
+/// listen streams' shared state.
 #[derive(Clone)]
 struct App {
     node: Arc<str>,
     transport: TransportHandle,
+    listens: Listens,
+}
+
+/// The `subscriptions/listen` streams of the node: how many are open, and the flag that ends
+/// them (set when the node drains).
+#[derive(Clone)]
+struct Listens {
+    open: Arc<AtomicUsize>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Listens {
+    /// The streams' state, and the sender that ends them all.
+    fn new() -> (Self, watch::Sender<bool>) {
+        let (stop_tx, stop) = watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
+        (Self { open, stop }, stop_tx)
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one open listen stream while it lives; logs how it ended.
+struct ListenGuard {
+    open: Arc<AtomicUsize>,
+    id: Value,
+    /// The node ended it (drain); otherwise the client went away (the transport dropped the
+    /// handler when the stream closed).
+    ended_by_node: bool,
+}
+
+impl Drop for ListenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        let by = if self.ended_by_node { "node" } else { "client" };
+        tracing::debug!(subscription = %self.id, by, "listen stream ended");
+    }
+}
+
+/// `subscriptions/listen` (2026-07-28): a request that lasts as long as its stream. The first
+/// message is the acknowledgement, tagged with the subscription id (the request's JSON-RPC
+/// id); its `notifications` are the requested types the node honours, none (its tool list
+/// never changes, so no list change is ever sent). The transport keeps the stream alive with
+/// comments. It ends when the client closes the stream (the transport drops this future) or
+/// when the node drains: then with a `complete` result carrying the subscription id.
+async fn listen(
+    listens: &Listens,
+    req: &HandlerRequest,
+    cx: &RequestContext,
+) -> Result<Value, ErrorObject> {
+    check_filter(req.params.get("notifications"))?;
+    let id = json!(cx.id().unwrap_or(&RequestId::Number(0)));
+    let mut guard = ListenGuard {
+        open: listens.open.clone(),
+        id: id.clone(),
+        ended_by_node: false,
+    };
+    guard.open.fetch_add(1, Ordering::Relaxed);
+    let meta = json!({"io.modelcontextprotocol/subscriptionId": id});
+    cx.notify(
+        "notifications/subscriptions/acknowledged",
+        Some(json!({"notifications": {}, "_meta": meta})),
+    )
+    .map_err(|e| ErrorObject::internal(e.to_string()))?;
+    tracing::debug!(subscription = %id, "listen stream open");
+    // A closed sender means the node is stopping too.
+    let mut stop = listens.stop.clone();
+    let _ = stop.wait_for(|stopped| *stopped).await;
+    guard.ended_by_node = true;
+    Ok(json!({"_meta": {
+        "io.modelcontextprotocol/subscriptionId": id,
+        "io.modelcontextprotocol/serverInfo": server_info(),
+    }}))
+}
+
+/// The `notifications` filter of `subscriptions/listen` (required): an object whose flags are
+/// booleans and whose `resourceSubscriptions` is an array of strings.
+fn check_filter(filter: Option<&Value>) -> Result<(), ErrorObject> {
+    let Some(Value::Object(filter)) = filter else {
+        return Err(ErrorObject::invalid_params(
+            "subscriptions/listen needs notifications (an object)",
+        ));
+    };
+    for (name, value) in filter {
+        let ok = match name.as_str() {
+            "toolsListChanged" | "promptsListChanged" | "resourcesListChanged" => {
+                value.is_boolean()
+            }
+            "resourceSubscriptions" => value
+                .as_array()
+                .is_some_and(|uris| uris.iter().all(Value::is_string)),
+            _ => true,
+        };
+        if !ok {
+            return Err(ErrorObject::invalid_params(format!(
+                "notifications.{name}: wrong type"
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn handle_request(
@@ -218,11 +350,15 @@ async fn handle_request(
                 .unwrap_or(ProtocolVersion::LATEST_LEGACY);
             json!({"protocolVersion": version.as_str(), "capabilities": capabilities(), "serverInfo": server_info()})
         }
+        "server/discover" if cx.era() == Era::Modern => discover(),
         "server/discover" => json!({
             "supportedVersions": ["2026-07-28"],
             "capabilities": capabilities(),
             "serverInfo": server_info()
         }),
+        "subscriptions/listen" if cx.era() == Era::Modern => {
+            listen(&app.listens, &req, &cx).await?
+        }
         "ping" | "logging/setLevel" => json!({}),
         "tools/list" if cx.era() == Era::Modern => {
             // 2026-07-28 list results carry caching hints.
@@ -395,6 +531,7 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     );
     tracing::info!(node = %args.node, tag = %handle.tag(), %local, "listening");
 
+    let (listens, end_listens) = Listens::new();
     let connections = if args.transport_only {
         tracing::info!("transport only: no affinity, no registry");
         // For benchmarks: the transport alone, with untagged ids, stopped by its own handle.
@@ -405,12 +542,13 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         }
         let transport = transport.build()?;
         let t = transport.handle();
-        let ops = Ops::transport_only(t.clone());
+        let ops = Ops::transport_only(t.clone(), listens.clone());
         let app = App {
             node: args.node.as_str().into(),
             transport: t.clone(),
+            listens,
         };
-        let stop = stop_transport_on_signal(t.clone(), args.drain_timeout);
+        let stop = stop_transport_on_signal(t.clone(), args.drain_timeout, end_listens);
         let mcp = ServiceBuilder::new()
             .layer(transport)
             .service(handler_fn(move |req, cx| {
@@ -423,11 +561,12 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
                 "liveness record not written yet (store unreachable?); retried in the background"
             );
         }
-        let ops = Ops::stack(handle.clone());
-        let stop = stop_on_signal(handle.clone(), args.drain_timeout);
+        let ops = Ops::stack(handle.clone(), listens.clone());
+        let stop = stop_on_signal(handle.clone(), args.drain_timeout, end_listens);
         let app = App {
             node: args.node.as_str().into(),
             transport: handle.transport().clone(),
+            listens,
         };
         let mcp = ServiceBuilder::new()
             .layer(stack)
@@ -453,7 +592,7 @@ struct Ops {
 }
 
 impl Ops {
-    fn stack<R: RegistryStore>(handle: StackHandle<R>) -> Self {
+    fn stack<R: RegistryStore>(handle: StackHandle<R>, listens: Listens) -> Self {
         let h = handle.clone();
         Self {
             draining: Arc::new(move || h.is_draining()),
@@ -471,39 +610,56 @@ impl Ops {
                         "cleanup_pending": s.cleanup_pending, "tracked": s.tracked,
                     },
                     "transport": {"sessions": stats.sessions},
+                    "listen": {"open": listens.open()},
                 })
             }),
         }
     }
 
-    fn transport_only(transport: TransportHandle) -> Self {
+    fn transport_only(transport: TransportHandle, listens: Listens) -> Self {
         let t = transport.clone();
         Self {
             draining: Arc::new(move || t.is_shutting_down()),
-            stats: Arc::new(
-                move || json!({"registry": null, "transport": {"sessions": transport.session_count()}}),
-            ),
+            stats: Arc::new(move || {
+                json!({
+                    "registry": null,
+                    "transport": {"sessions": transport.session_count()},
+                    "listen": {"open": listens.open()},
+                })
+            }),
         }
     }
 }
 
 /// Waits for SIGTERM or SIGINT, then stops the node while it still accepts (see
-/// `StackHandle::shutdown`): the liveness record says `draining`, `/healthz` fails, GET streams
-/// end with a `retry:` hint; once no `/mcp` request arrived for 1.5 s (the balancer has
+/// `StackHandle::shutdown`): `subscriptions/listen` streams end with their final result (a
+/// modern client opens its next one elsewhere; they count as no running handler, so nothing
+/// else would end them before the connections close), the liveness record says `draining`,
+/// `/healthz` fails, GET streams end with a `retry:` hint; once no `/mcp` request arrived for 1.5 s (the balancer has
 /// stopped routing here, and other nodes no longer trust a "serving" they read before the
 /// drain) and none is running, or when `timeout` has passed, the sessions close (their
 /// records stay for the nodes that adopt them), the registry's writes land and the node
 /// leaves the cluster. Then the server stops accepting.
-async fn stop_on_signal<R: RegistryStore>(handle: StackHandle<R>, timeout: Duration) {
+async fn stop_on_signal<R: RegistryStore>(
+    handle: StackHandle<R>,
+    timeout: Duration,
+    end_listens: watch::Sender<bool>,
+) {
     shutdown_signal().await;
+    end_listens.send_replace(true);
     let report = handle.shutdown(timeout).await;
     tracing::info!(?report, "stopped; draining connections");
 }
 
-/// [`stop_on_signal`] for the transport alone: GET streams end, running handlers finish (at
-/// most `timeout`), sessions close.
-async fn stop_transport_on_signal(transport: TransportHandle, timeout: Duration) {
+/// [`stop_on_signal`] for the transport alone: listen and GET streams end, running handlers
+/// finish (at most `timeout`), sessions close.
+async fn stop_transport_on_signal(
+    transport: TransportHandle,
+    timeout: Duration,
+    end_listens: watch::Sender<bool>,
+) {
     shutdown_signal().await;
+    end_listens.send_replace(true);
     let started = tokio::time::Instant::now();
     let streams = transport.drain();
     tracing::info!(streams, "draining");
