@@ -23,6 +23,8 @@
 //! - `--idle-timeout SECS` (`MCP_IDLE_TIMEOUT`): closes a session after that long without a
 //!   request, and removes records nobody claimed that long after their node went away
 //!   (default: the transport's 30 min and the registry's 1 h)
+//! - `--keep-alive SECS` (`MCP_KEEP_ALIVE`, default 15): the interval of the keep-alive
+//!   comments on open SSE streams (GET streams and `subscriptions/listen` streams)
 //! - `--no-forwarding`: a request for another live node's session is answered `404`
 //!   (`misrouted`) instead of being forwarded to it
 //!
@@ -96,6 +98,7 @@ struct Args {
     drain_timeout: Duration,
     forwarding: bool,
     idle_timeout: Option<Duration>,
+    keep_alive: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -112,6 +115,9 @@ fn parse_args() -> Result<Args, String> {
     let mut drain_timeout = std::env::var("MCP_DRAIN_TIMEOUT").unwrap_or_else(|_| "10".into());
     let mut forwarding = true;
     let mut idle_timeout = std::env::var("MCP_IDLE_TIMEOUT")
+        .ok()
+        .filter(|a| !a.is_empty());
+    let mut keep_alive = std::env::var("MCP_KEEP_ALIVE")
         .ok()
         .filter(|a| !a.is_empty());
     let mut it = std::env::args().skip(1);
@@ -135,12 +141,13 @@ fn parse_args() -> Result<Args, String> {
             "--drain-timeout" => drain_timeout = value()?,
             "--no-forwarding" => forwarding = false,
             "--idle-timeout" => idle_timeout = Some(value()?),
+            "--keep-alive" => keep_alive = Some(value()?),
             "-h" | "--help" => {
                 println!(
                     "usage: node [--listen ADDR] [--node NAME] [--redis URL] [--tag TAG] \
                      [--cookie-secure true|false] [--cookie-name NAME] [--transport-only] \
                      [--internal-addr ADDR] [--drain-timeout SECS] [--idle-timeout SECS] \
-                     [--no-forwarding]"
+                     [--keep-alive SECS] [--no-forwarding]"
                 );
                 std::process::exit(0);
             }
@@ -169,15 +176,21 @@ fn parse_args() -> Result<Args, String> {
         ),
         forwarding,
         idle_timeout: idle_timeout
-            .map(|s| {
-                s.parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .map(Duration::from_secs_f64)
-                    .ok_or_else(|| format!("--idle-timeout {s}: expected seconds"))
-            })
+            .map(|s| positive_secs("--idle-timeout", &s))
+            .transpose()?,
+        keep_alive: keep_alive
+            .map(|s| positive_secs("--keep-alive", &s))
             .transpose()?,
     })
+}
+
+/// A positive number of seconds, for option `name`.
+fn positive_secs(name: &str, s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{name} {s}: expected seconds"))
 }
 
 fn tools() -> Value {
@@ -514,7 +527,13 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
                 None => a,
             }
         })
-        .with_transport(|t| t.with_allowed_hosts(HostPolicy::localhost()));
+        .with_transport(|t| {
+            let t = t.with_allowed_hosts(HostPolicy::localhost());
+            match args.keep_alive {
+                Some(every) => t.with_keep_alive(Some(every)),
+                None => t,
+            }
+        });
     if let Some(t) = &args.tag {
         stack = stack.with_tag(NodeTag::new(t).map_err(|e| format!("--tag {t}: {e}"))?);
     }
@@ -539,6 +558,9 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
             SseTransportLayer::builder().with_allowed_hosts(HostPolicy::localhost());
         if let Some(idle) = args.idle_timeout {
             transport = transport.with_idle_timeout(idle);
+        }
+        if let Some(every) = args.keep_alive {
+            transport = transport.with_keep_alive(Some(every));
         }
         let transport = transport.build()?;
         let t = transport.handle();
