@@ -1,8 +1,6 @@
 //! Smoke tests of the framework examples: each is built, started on a loopback port it binds
 //! itself and spoken to over TCP.
 
-#[path = "support/http.rs"]
-mod http_support;
 #[path = "support/mcp.rs"]
 mod mcp_support;
 
@@ -182,7 +180,7 @@ fn listening_addr(line: &str) -> Option<String> {
 }
 
 fn http() -> reqwest::Client {
-    http_support::http_client()
+    mcp_support::http_client()
 }
 
 async fn initialize(addr: &str) -> reqwest::Response {
@@ -273,16 +271,19 @@ async fn modern(addr: &str, id: Value, method: &str, mut params: Value) -> reqwe
 /// the acknowledgement, tagged with the subscription id, honouring none of the requested
 /// types (the node's lists never change).
 async fn listen(addr: &str, id: &str) -> Sse {
-    let filter = json!({"notifications": {"toolsListChanged": true, "resourceSubscriptions": ["x://y"]}});
+    let filter =
+        json!({"notifications": {"toolsListChanged": true, "resourceSubscriptions": ["x://y"]}});
     let res = modern(addr, json!(id), "subscriptions/listen", filter).await;
     assert_eq!(res.status(), 200);
     let mut sse = Sse::new(res);
     let ack = sse.next().await.expect("the acknowledgement").json();
-    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged", "{ack}");
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
     assert_eq!(ack["params"]["notifications"], json!({}), "{ack}");
     assert_eq!(
-        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
-        id,
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], id,
         "{ack}"
     );
     assert!(ack.get("id").is_none(), "a notification: {ack}");
@@ -299,7 +300,9 @@ async fn open_listens(addr: &str) -> u64 {
         .json()
         .await
         .unwrap();
-    stats["listen"]["open"].as_u64().expect("listen.open in /stats")
+    stats["listen"]["open"]
+        .as_u64()
+        .expect("listen.open in /stats")
 }
 
 /// Polls `/stats` (bounded) until the node has `n` open listen streams.
@@ -339,7 +342,10 @@ async fn node_example_answers_modern_server_discover() {
 
     check_mcp(&addr).await;
     let init = initialize(&addr).await;
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let legacy = http()
         .post(format!("http://{addr}/mcp"))
         .header("accept", "application/json, text/event-stream")
@@ -381,7 +387,11 @@ async fn node_example_keeps_a_listen_stream_open_until_the_client_leaves() {
         .json()
         .await
         .unwrap();
-    assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(6), "{v}");
+    assert_eq!(
+        v["result"]["tools"].as_array().map(Vec::len),
+        Some(6),
+        "{v}"
+    );
     let again = listen(&addr, "sub-2").await;
     assert_eq!(open_listens(&addr).await, 1);
     drop(again);
@@ -429,16 +439,17 @@ async fn node_example_ends_listen_streams_when_it_drains() {
     assert_eq!(end["id"], "sub-9", "{end}");
     assert_eq!(end["result"]["resultType"], "complete", "{end}");
     assert_eq!(
-        end["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
-        "sub-9",
+        end["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "sub-9",
         "{end}"
     );
     assert_eq!(
-        end["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
-        "mcp-affinity-node",
+        end["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "mcp-affinity-node",
         "{end}"
     );
-    assert!(sse.next().await.is_none(), "the stream ends after the result");
+    assert!(
+        sse.next().await.is_none(),
+        "the stream ends after the result"
+    );
     let status = node.wait_exit().await;
     let exited_after = signalled.elapsed();
     assert!(status.success(), "{status}\n{}", log.text());
