@@ -31,8 +31,9 @@
 //! On SIGTERM (or SIGINT) the node drains: its liveness record says `draining` (the other
 //! nodes adopt its sessions on their next request), `/healthz` answers `503` (the balancer
 //! stops routing here), GET streams end with a `retry:` hint, requests keep being served until
-//! none arrived for 1.5 s (or the drain timeout passed) and none is running; `subscriptions/listen`
-//! streams end at once with their final result; then the sessions are closed, their records left for the adopters, and the node exits.
+//! none arrived for 1.5 s (or the drain timeout passed) and none is running; then the
+//! sessions are closed, their records left for the adopters, and the node exits.
+//! `subscriptions/listen` streams end at once, with their final result.
 //!
 //! Modern (`2026-07-28`) clients: `server/discover` answers the supported versions, the
 //! capabilities and the server's name and version under `_meta`
@@ -43,8 +44,9 @@
 //! `complete` result).
 //!
 //! Routes besides `/mcp`: `/healthz` (`200 ok`, `503 draining`), `/stats` (the registry's and
-//! the transport's counters, and the open listen streams, as JSON), `/metrics` (the layers' metrics in the Prometheus text
-//! format, feature `metrics`; names in `mcp_affinity::metrics`) and a stand-in `/graphql`.
+//! the transport's counters and the open listen streams as JSON), `/metrics` (the layers'
+//! metrics in the Prometheus text format, feature `metrics`; names in
+//! `mcp_affinity::metrics`) and a stand-in `/graphql`.
 //!
 //! Tools: `echo {text}`, `whoami`, `notify {message, delayMs?}` (a log message on the session's
 //! standalone stream), `progress {steps}` (progress and log notifications on the request's
@@ -654,14 +656,14 @@ impl Ops {
 }
 
 /// Waits for SIGTERM or SIGINT, then stops the node while it still accepts (see
-/// `StackHandle::shutdown`): `subscriptions/listen` streams end with their final result (a
-/// modern client opens its next one elsewhere; they count as no running handler, so nothing
-/// else would end them before the connections close), the liveness record says `draining`,
-/// `/healthz` fails, GET streams end with a `retry:` hint; once no `/mcp` request arrived for 1.5 s (the balancer has
-/// stopped routing here, and other nodes no longer trust a "serving" they read before the
-/// drain) and none is running, or when `timeout` has passed, the sessions close (their
-/// records stay for the nodes that adopt them), the registry's writes land and the node
-/// leaves the cluster. Then the server stops accepting.
+/// `StackHandle::shutdown`): `subscriptions/listen` streams end with their final result
+/// (they count as no running handler, so nothing else would end them before the connections
+/// close), the liveness record says `draining`, `/healthz` fails, GET streams end with a
+/// `retry:` hint; once no `/mcp` request arrived for 1.5 s (the balancer has stopped routing
+/// here, and other nodes no longer trust a "serving" they read before the drain) and none is
+/// running, or when `timeout` has passed, the sessions close (their records stay for the
+/// nodes that adopt them), the registry's writes land and the node leaves the cluster. Then
+/// the server stops accepting.
 async fn stop_on_signal<R: RegistryStore>(
     handle: StackHandle<R>,
     timeout: Duration,
