@@ -23,6 +23,8 @@
 //! - `--idle-timeout SECS` (`MCP_IDLE_TIMEOUT`): closes a session after that long without a
 //!   request, and removes records nobody claimed that long after their node went away
 //!   (default: the transport's 30 min and the registry's 1 h)
+//! - `--keep-alive SECS` (`MCP_KEEP_ALIVE`, default 15): the interval of the keep-alive
+//!   comments on open SSE streams (GET streams and `subscriptions/listen` streams)
 //! - `--no-forwarding`: a request for another live node's session is answered `404`
 //!   (`misrouted`) instead of being forwarded to it
 //!
@@ -31,10 +33,20 @@
 //! stops routing here), GET streams end with a `retry:` hint, requests keep being served until
 //! none arrived for 1.5 s (or the drain timeout passed) and none is running; then the
 //! sessions are closed, their records left for the adopters, and the node exits.
+//! `subscriptions/listen` streams end at once, with their final result.
+//!
+//! Modern (`2026-07-28`) clients: `server/discover` answers the supported versions, the
+//! capabilities and the server's name and version under `_meta`
+//! (`io.modelcontextprotocol/serverInfo`); `subscriptions/listen` is acknowledged
+//! (`notifications/subscriptions/acknowledged`, honouring none of the requested types: the
+//! node's lists never change) and its SSE stream stays open, kept alive by the transport's
+//! keep-alive comments, until the client closes it or the node drains (then it ends with a
+//! `complete` result).
 //!
 //! Routes besides `/mcp`: `/healthz` (`200 ok`, `503 draining`), `/stats` (the registry's and
-//! the transport's counters as JSON), `/metrics` (the layers' metrics in the Prometheus text
-//! format, feature `metrics`; names in `mcp_affinity::metrics`) and a stand-in `/graphql`.
+//! the transport's counters and the open listen streams as JSON), `/metrics` (the layers'
+//! metrics in the Prometheus text format, feature `metrics`; names in
+//! `mcp_affinity::metrics`) and a stand-in `/graphql`.
 //!
 //! Tools: `echo {text}`, `whoami`, `notify {message, delayMs?}` (a log message on the session's
 //! standalone stream), `progress {steps}` (progress and log notifications on the request's
@@ -45,7 +57,10 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -63,12 +78,13 @@ use hyper::body::Incoming;
 use mcp_affinity::{
     McpStack, SseTransportLayer, StackHandle,
     handler::{ErrorObject, HandlerRequest, handler_fn},
-    protocol::{Era, ProtocolVersion},
+    protocol::{Era, ProtocolVersion, RequestId},
     registry::{MemoryStore, RedisStore, RegistryStore},
     session::{NodeTag, RequestContext},
     transport::{HostPolicy, TransportHandle},
 };
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tower::{Service, ServiceBuilder, ServiceExt, util::Oneshot};
 
 #[derive(Debug, Clone)]
@@ -84,6 +100,7 @@ struct Args {
     drain_timeout: Duration,
     forwarding: bool,
     idle_timeout: Option<Duration>,
+    keep_alive: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -100,6 +117,9 @@ fn parse_args() -> Result<Args, String> {
     let mut drain_timeout = std::env::var("MCP_DRAIN_TIMEOUT").unwrap_or_else(|_| "10".into());
     let mut forwarding = true;
     let mut idle_timeout = std::env::var("MCP_IDLE_TIMEOUT")
+        .ok()
+        .filter(|a| !a.is_empty());
+    let mut keep_alive = std::env::var("MCP_KEEP_ALIVE")
         .ok()
         .filter(|a| !a.is_empty());
     let mut it = std::env::args().skip(1);
@@ -123,12 +143,13 @@ fn parse_args() -> Result<Args, String> {
             "--drain-timeout" => drain_timeout = value()?,
             "--no-forwarding" => forwarding = false,
             "--idle-timeout" => idle_timeout = Some(value()?),
+            "--keep-alive" => keep_alive = Some(value()?),
             "-h" | "--help" => {
                 println!(
                     "usage: node [--listen ADDR] [--node NAME] [--redis URL] [--tag TAG] \
                      [--cookie-secure true|false] [--cookie-name NAME] [--transport-only] \
                      [--internal-addr ADDR] [--drain-timeout SECS] [--idle-timeout SECS] \
-                     [--no-forwarding]"
+                     [--keep-alive SECS] [--no-forwarding]"
                 );
                 std::process::exit(0);
             }
@@ -157,15 +178,21 @@ fn parse_args() -> Result<Args, String> {
         ),
         forwarding,
         idle_timeout: idle_timeout
-            .map(|s| {
-                s.parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .map(Duration::from_secs_f64)
-                    .ok_or_else(|| format!("--idle-timeout {s}: expected seconds"))
-            })
+            .map(|s| positive_secs("--idle-timeout", &s))
+            .transpose()?,
+        keep_alive: keep_alive
+            .map(|s| positive_secs("--keep-alive", &s))
             .transpose()?,
     })
+}
+
+/// A positive number of seconds, for option `name`.
+fn positive_secs(name: &str, s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{name} {s}: expected seconds"))
 }
 
 fn tools() -> Value {
@@ -197,11 +224,131 @@ fn capabilities() -> Value {
     json!({"tools": {"listChanged": false}, "logging": {}})
 }
 
-/// What the handler needs: the node's name and the transport's handle (for `broadcast`).
+/// `server/discover` (2026-07-28): the modern versions, the capabilities, and the server's
+/// name and version under `_meta`.
+fn discover() -> Value {
+    let modern: Vec<&str> = ProtocolVersion::ALL
+        .iter()
+        .filter(|v| v.era() == Era::Modern)
+        .map(|v| v.as_str())
+        .collect();
+    json!({
+        "supportedVersions": modern,
+        "capabilities": capabilities(),
+        "_meta": {"io.modelcontextprotocol/serverInfo": server_info()},
+        "ttlMs": 60_000,
+        "cacheScope": "public"
+    })
+}
+
+/// What the handler needs: the node's name, the transport's handle (for `broadcast`) and the
+/// listen streams' shared state.
 #[derive(Clone)]
 struct App {
     node: Arc<str>,
     transport: TransportHandle,
+    listens: Listens,
+}
+
+/// The `subscriptions/listen` streams of the node: how many are open, and the flag that ends
+/// them (set when the node drains).
+#[derive(Clone)]
+struct Listens {
+    open: Arc<AtomicUsize>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Listens {
+    /// The streams' state, and the sender that ends them all.
+    fn new() -> (Self, watch::Sender<bool>) {
+        let (stop_tx, stop) = watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
+        (Self { open, stop }, stop_tx)
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one open listen stream while it lives; logs how it ended.
+struct ListenGuard {
+    open: Arc<AtomicUsize>,
+    id: Value,
+    /// The node ended it (drain); otherwise the client went away (the transport dropped the
+    /// handler when the stream closed).
+    ended_by_node: bool,
+}
+
+impl Drop for ListenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        let by = if self.ended_by_node { "node" } else { "client" };
+        tracing::debug!(subscription = %self.id, by, "listen stream ended");
+    }
+}
+
+/// `subscriptions/listen` (2026-07-28): a request that lasts as long as its stream. The first
+/// message is the acknowledgement, tagged with the subscription id (the request's JSON-RPC
+/// id); its `notifications` are the requested types the node honours, none (its tool list
+/// never changes, so no list change is ever sent). The transport keeps the stream alive with
+/// comments. It ends when the client closes the stream (the transport drops this future) or
+/// when the node drains: then with a `complete` result carrying the subscription id.
+async fn listen(
+    listens: &Listens,
+    req: &HandlerRequest,
+    cx: &RequestContext,
+) -> Result<Value, ErrorObject> {
+    check_filter(req.params.get("notifications"))?;
+    let id = json!(cx.id().unwrap_or(&RequestId::Number(0)));
+    let mut guard = ListenGuard {
+        open: listens.open.clone(),
+        id: id.clone(),
+        ended_by_node: false,
+    };
+    guard.open.fetch_add(1, Ordering::Relaxed);
+    let meta = json!({"io.modelcontextprotocol/subscriptionId": id});
+    cx.notify(
+        "notifications/subscriptions/acknowledged",
+        Some(json!({"notifications": {}, "_meta": meta})),
+    )
+    .map_err(|e| ErrorObject::internal(e.to_string()))?;
+    tracing::debug!(subscription = %id, "listen stream open");
+    // A closed sender means the node is stopping too.
+    let mut stop = listens.stop.clone();
+    let _ = stop.wait_for(|stopped| *stopped).await;
+    guard.ended_by_node = true;
+    Ok(json!({"_meta": {
+        "io.modelcontextprotocol/subscriptionId": id,
+        "io.modelcontextprotocol/serverInfo": server_info(),
+    }}))
+}
+
+/// The `notifications` filter of `subscriptions/listen` (required): an object whose flags are
+/// booleans and whose `resourceSubscriptions` is an array of strings.
+fn check_filter(filter: Option<&Value>) -> Result<(), ErrorObject> {
+    let Some(Value::Object(filter)) = filter else {
+        return Err(ErrorObject::invalid_params(
+            "subscriptions/listen needs notifications (an object)",
+        ));
+    };
+    for (name, value) in filter {
+        let ok = match name.as_str() {
+            "toolsListChanged" | "promptsListChanged" | "resourcesListChanged" => {
+                value.is_boolean()
+            }
+            "resourceSubscriptions" => value
+                .as_array()
+                .is_some_and(|uris| uris.iter().all(Value::is_string)),
+            _ => true,
+        };
+        if !ok {
+            return Err(ErrorObject::invalid_params(format!(
+                "notifications.{name}: wrong type"
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn handle_request(
@@ -218,11 +365,15 @@ async fn handle_request(
                 .unwrap_or(ProtocolVersion::LATEST_LEGACY);
             json!({"protocolVersion": version.as_str(), "capabilities": capabilities(), "serverInfo": server_info()})
         }
+        "server/discover" if cx.era() == Era::Modern => discover(),
         "server/discover" => json!({
             "supportedVersions": ["2026-07-28"],
             "capabilities": capabilities(),
             "serverInfo": server_info()
         }),
+        "subscriptions/listen" if cx.era() == Era::Modern => {
+            listen(&app.listens, &req, &cx).await?
+        }
         "ping" | "logging/setLevel" => json!({}),
         "tools/list" if cx.era() == Era::Modern => {
             // 2026-07-28 list results carry caching hints.
@@ -378,7 +529,13 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
                 None => a,
             }
         })
-        .with_transport(|t| t.with_allowed_hosts(HostPolicy::localhost()));
+        .with_transport(|t| {
+            let t = t.with_allowed_hosts(HostPolicy::localhost());
+            match args.keep_alive {
+                Some(every) => t.with_keep_alive(Some(every)),
+                None => t,
+            }
+        });
     if let Some(t) = &args.tag {
         stack = stack.with_tag(NodeTag::new(t).map_err(|e| format!("--tag {t}: {e}"))?);
     }
@@ -395,6 +552,7 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
     );
     tracing::info!(node = %args.node, tag = %handle.tag(), %local, "listening");
 
+    let (listens, end_listens) = Listens::new();
     let connections = if args.transport_only {
         tracing::info!("transport only: no affinity, no registry");
         // For benchmarks: the transport alone, with untagged ids, stopped by its own handle.
@@ -403,14 +561,18 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         if let Some(idle) = args.idle_timeout {
             transport = transport.with_idle_timeout(idle);
         }
+        if let Some(every) = args.keep_alive {
+            transport = transport.with_keep_alive(Some(every));
+        }
         let transport = transport.build()?;
         let t = transport.handle();
-        let ops = Ops::transport_only(t.clone());
+        let ops = Ops::transport_only(t.clone(), listens.clone());
         let app = App {
             node: args.node.as_str().into(),
             transport: t.clone(),
+            listens,
         };
-        let stop = stop_transport_on_signal(t.clone(), args.drain_timeout);
+        let stop = stop_transport_on_signal(t.clone(), args.drain_timeout, end_listens);
         let mcp = ServiceBuilder::new()
             .layer(transport)
             .service(handler_fn(move |req, cx| {
@@ -423,11 +585,12 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
                 "liveness record not written yet (store unreachable?); retried in the background"
             );
         }
-        let ops = Ops::stack(handle.clone());
-        let stop = stop_on_signal(handle.clone(), args.drain_timeout);
+        let ops = Ops::stack(handle.clone(), listens.clone());
+        let stop = stop_on_signal(handle.clone(), args.drain_timeout, end_listens);
         let app = App {
             node: args.node.as_str().into(),
             transport: handle.transport().clone(),
+            listens,
         };
         let mcp = ServiceBuilder::new()
             .layer(stack)
@@ -453,7 +616,7 @@ struct Ops {
 }
 
 impl Ops {
-    fn stack<R: RegistryStore>(handle: StackHandle<R>) -> Self {
+    fn stack<R: RegistryStore>(handle: StackHandle<R>, listens: Listens) -> Self {
         let h = handle.clone();
         Self {
             draining: Arc::new(move || h.is_draining()),
@@ -471,39 +634,56 @@ impl Ops {
                         "cleanup_pending": s.cleanup_pending, "tracked": s.tracked,
                     },
                     "transport": {"sessions": stats.sessions},
+                    "listen": {"open": listens.open()},
                 })
             }),
         }
     }
 
-    fn transport_only(transport: TransportHandle) -> Self {
+    fn transport_only(transport: TransportHandle, listens: Listens) -> Self {
         let t = transport.clone();
         Self {
             draining: Arc::new(move || t.is_shutting_down()),
-            stats: Arc::new(
-                move || json!({"registry": null, "transport": {"sessions": transport.session_count()}}),
-            ),
+            stats: Arc::new(move || {
+                json!({
+                    "registry": null,
+                    "transport": {"sessions": transport.session_count()},
+                    "listen": {"open": listens.open()},
+                })
+            }),
         }
     }
 }
 
 /// Waits for SIGTERM or SIGINT, then stops the node while it still accepts (see
-/// `StackHandle::shutdown`): the liveness record says `draining`, `/healthz` fails, GET streams
-/// end with a `retry:` hint; once no `/mcp` request arrived for 1.5 s (the balancer has
-/// stopped routing here, and other nodes no longer trust a "serving" they read before the
-/// drain) and none is running, or when `timeout` has passed, the sessions close (their
-/// records stay for the nodes that adopt them), the registry's writes land and the node
-/// leaves the cluster. Then the server stops accepting.
-async fn stop_on_signal<R: RegistryStore>(handle: StackHandle<R>, timeout: Duration) {
+/// `StackHandle::shutdown`): `subscriptions/listen` streams end with their final result
+/// (they count as no running handler, so nothing else would end them before the connections
+/// close), the liveness record says `draining`, `/healthz` fails, GET streams end with a
+/// `retry:` hint; once no `/mcp` request arrived for 1.5 s (the balancer has stopped routing
+/// here, and other nodes no longer trust a "serving" they read before the drain) and none is
+/// running, or when `timeout` has passed, the sessions close (their records stay for the
+/// nodes that adopt them), the registry's writes land and the node leaves the cluster. Then
+/// the server stops accepting.
+async fn stop_on_signal<R: RegistryStore>(
+    handle: StackHandle<R>,
+    timeout: Duration,
+    end_listens: watch::Sender<bool>,
+) {
     shutdown_signal().await;
+    end_listens.send_replace(true);
     let report = handle.shutdown(timeout).await;
     tracing::info!(?report, "stopped; draining connections");
 }
 
-/// [`stop_on_signal`] for the transport alone: GET streams end, running handlers finish (at
-/// most `timeout`), sessions close.
-async fn stop_transport_on_signal(transport: TransportHandle, timeout: Duration) {
+/// [`stop_on_signal`] for the transport alone: listen and GET streams end, running handlers
+/// finish (at most `timeout`), sessions close.
+async fn stop_transport_on_signal(
+    transport: TransportHandle,
+    timeout: Duration,
+    end_listens: watch::Sender<bool>,
+) {
     shutdown_signal().await;
+    end_listens.send_replace(true);
     let started = tokio::time::Instant::now();
     let streams = transport.drain();
     tracing::info!(streams, "draining");

@@ -1,19 +1,52 @@
 //! Smoke tests of the framework examples: each is built, started on a loopback port it binds
 //! itself and spoken to over TCP.
 
-#[path = "support/http.rs"]
-mod http_support;
+#[path = "support/mcp.rs"]
+mod mcp_support;
 
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
+
+use mcp_support::Sse;
 
 use serde_json::{Value, json};
 
 struct Running(Child);
+
+/// Upper bound for the node to exit after SIGTERM (its drain waits 1.5 s for quiet).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Running {
+    /// SIGTERM: the node drains, then exits.
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .stdin(Stdio::null())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits (bounded by [`EXIT_TIMEOUT`], polling) for the process to exit.
+    async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for the example") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the example did not exit within {EXIT_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -69,13 +102,68 @@ async fn start(name: &str) -> (Running, String) {
 /// take it in between) and prints the address it bound; that line, read from this very
 /// process's stdout, is the readiness signal, so every later request reaches this process.
 async fn start_with(name: &str, args: impl FnOnce(&str) -> Vec<String>) -> (Running, String) {
-    let mut child = Command::new(example(name))
+    let child = Command::new(example(name))
         .args(args("127.0.0.1:0"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn example");
+    started(name, child).await
+}
+
+/// The log an example writes to stderr, collected line by line.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// The lines at level WARN or ERROR.
+    fn alarming(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect()
+    }
+}
+
+/// [`start_with`], with the example's stderr collected (at `RUST_LOG` `rust_log`).
+async fn start_logged(
+    name: &str,
+    rust_log: &str,
+    args: impl FnOnce(&str) -> Vec<String>,
+) -> (Running, String, Log) {
+    let mut child = Command::new(example(name))
+        .args(args("127.0.0.1:0"))
+        .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn example");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Log::default();
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            lines.0.lock().unwrap().push(line);
+        }
+    });
+    let (running, addr) = started(name, child).await;
+    (running, addr, log)
+}
+
+/// Waits (bounded) until the spawned example `child` prints the address it listens on.
+async fn started(name: &str, mut child: Child) -> (Running, String) {
     let stdout = child.stdout.take().expect("piped stdout");
     let running = Running(child);
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -109,7 +197,7 @@ fn listening_addr(line: &str) -> Option<String> {
 }
 
 fn http() -> reqwest::Client {
-    http_support::http_client()
+    mcp_support::http_client()
 }
 
 async fn initialize(addr: &str) -> reqwest::Response {
@@ -169,6 +257,230 @@ async fn node_example_serves_mcp_with_and_without_affinity() {
     let id = res.headers()["mcp-session-id"].to_str().unwrap();
     assert!(!id.contains('.'), "an untagged id: {id}");
     assert!(res.headers().get("set-cookie").is_none());
+}
+
+/// The `_meta` every modern (2026-07-28) request carries.
+fn modern_meta() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "smoke", "version": "1"}
+    })
+}
+
+/// A modern request: no session, the version and method in headers and in `_meta`.
+async fn modern(addr: &str, id: Value, method: &str, mut params: Value) -> reqwest::Response {
+    params["_meta"] = modern_meta();
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    http()
+        .post(format!("http://{addr}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("modern request")
+}
+
+/// Opens a `subscriptions/listen` stream with request id `id` and reads its first message:
+/// the acknowledgement, tagged with the subscription id, honouring none of the requested
+/// types (the node's lists never change).
+async fn listen(addr: &str, id: &str) -> Sse {
+    let filter =
+        json!({"notifications": {"toolsListChanged": true, "resourceSubscriptions": ["x://y"]}});
+    let res = modern(addr, json!(id), "subscriptions/listen", filter).await;
+    assert_eq!(res.status(), 200);
+    let mut sse = Sse::new(res);
+    let ack = sse.next().await.expect("the acknowledgement").json();
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(ack["params"]["notifications"], json!({}), "{ack}");
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], id,
+        "{ack}"
+    );
+    assert!(ack.get("id").is_none(), "a notification: {ack}");
+    sse
+}
+
+/// The node's open listen streams, from `/stats`.
+async fn open_listens(addr: &str) -> u64 {
+    let stats: Value = http()
+        .get(format!("http://{addr}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["listen"]["open"]
+        .as_u64()
+        .expect("listen.open in /stats")
+}
+
+/// Polls `/stats` (bounded) until the node has `n` open listen streams.
+async fn wait_open_listens(addr: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open_listens(addr).await != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node did not reach {n} open listen streams"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const NODE_LOG: &str = "info,mcp_affinity=debug,node=debug";
+
+// A modern `server/discover` gets the 2026-07-28 shape: versions, capabilities, the server's
+// name and version under `_meta` (not at the top level), `resultType` and caching hints.
+// Legacy sessions are served as before, and see no `subscriptions/listen`.
+#[tokio::test]
+async fn node_example_answers_modern_server_discover() {
+    let (_node, addr) =
+        start_with("node", |addr| vec!["--listen".to_owned(), addr.to_owned()]).await;
+    let res = modern(&addr, json!(1), "server/discover", json!({})).await;
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    let result = &v["result"];
+    assert_eq!(result["supportedVersions"], json!(["2026-07-28"]), "{v}");
+    assert_eq!(result["capabilities"]["tools"]["listChanged"], false, "{v}");
+    let info = &result["_meta"]["io.modelcontextprotocol/serverInfo"];
+    assert_eq!(info["name"], "mcp-affinity-node", "{v}");
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert!(result.get("serverInfo").is_none(), "under _meta only: {v}");
+    assert_eq!(result["resultType"], "complete", "{v}");
+    assert_eq!(result["cacheScope"], "public", "{v}");
+    assert!(result["ttlMs"].is_u64(), "{v}");
+
+    check_mcp(&addr).await;
+    let init = initialize(&addr).await;
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let legacy = http()
+        .post(format!("http://{addr}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"subscriptions/listen","params":{"notifications":{}}}"#)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = legacy.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32601, "not a legacy method: {v}");
+}
+
+// `subscriptions/listen` is acknowledged on an SSE stream that stays open, kept alive by
+// comments; when the client goes away the node ends it quietly (nothing logged at WARN or
+// ERROR) and keeps serving, new listeners included. A filter that is not an object is
+// refused before any stream opens.
+#[tokio::test]
+async fn node_example_keeps_a_listen_stream_open_until_the_client_leaves() {
+    let (_node, addr, log) = start_logged("node", NODE_LOG, |addr| {
+        ["--listen", addr, "--keep-alive", "0.1"]
+            .map(str::to_owned)
+            .to_vec()
+    })
+    .await;
+    let mut sse = listen(&addr, "sub-1").await;
+    assert_eq!(open_listens(&addr).await, 1);
+    // Still open: what follows the acknowledgement is keep-alive comments, not an end.
+    for _ in 0..3 {
+        let ev = sse.next_raw().await.expect("the stream stays open");
+        assert!(ev.comment && ev.data.is_empty(), "{ev:?}");
+    }
+    drop(sse);
+    wait_open_listens(&addr, 0).await;
+
+    let v: Value = modern(&addr, json!(2), "tools/list", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["result"]["tools"].as_array().map(Vec::len),
+        Some(6),
+        "{v}"
+    );
+    let again = listen(&addr, "sub-2").await;
+    assert_eq!(open_listens(&addr).await, 1);
+    drop(again);
+    wait_open_listens(&addr, 0).await;
+    check_mcp(&addr).await;
+
+    let bad = modern(
+        &addr,
+        json!(3),
+        "subscriptions/listen",
+        json!({"notifications": true}),
+    )
+    .await;
+    let v: Value = bad.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let v: Value = modern(&addr, json!(4), "subscriptions/listen", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["error"]["code"], -32602, "notifications is required: {v}");
+
+    let text = log.text();
+    assert!(
+        text.contains(r#"listen stream ended subscription="sub-1" by="client""#),
+        "{text}"
+    );
+    assert_eq!(log.alarming(), Vec::<String>::new(), "{text}");
+}
+
+// On SIGTERM the node ends its listen streams at once with their final result (`complete`,
+// carrying the subscription id), then drains and exits cleanly: no connection is left for
+// the exit to wait out.
+#[tokio::test]
+async fn node_example_ends_listen_streams_when_it_drains() {
+    let (mut node, addr, log) = start_logged("node", NODE_LOG, |addr| {
+        ["--listen", addr].map(str::to_owned).to_vec()
+    })
+    .await;
+    let mut sse = listen(&addr, "sub-9").await;
+    let signalled = tokio::time::Instant::now();
+    node.sigterm();
+    let end = sse.next().await.expect("the final result").json();
+    let ended_after = signalled.elapsed();
+    assert_eq!(end["id"], "sub-9", "{end}");
+    assert_eq!(end["result"]["resultType"], "complete", "{end}");
+    assert_eq!(
+        end["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "sub-9",
+        "{end}"
+    );
+    assert_eq!(
+        end["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "mcp-affinity-node",
+        "{end}"
+    );
+    assert!(
+        sse.next().await.is_none(),
+        "the stream ends after the result"
+    );
+    let status = node.wait_exit().await;
+    let exited_after = signalled.elapsed();
+    assert!(status.success(), "{status}\n{}", log.text());
+    eprintln!(
+        "listen stream ended {} ms after SIGTERM; node exited after {} ms",
+        ended_after.as_millis(),
+        exited_after.as_millis()
+    );
+    let text = log.text();
+    assert!(
+        text.contains(r#"listen stream ended subscription="sub-9" by="node""#),
+        "{text}"
+    );
+    assert_eq!(log.alarming(), Vec::<String>::new(), "{text}");
 }
 
 /// The node's `/metrics` answers the Prometheus text format with the documented names; a
