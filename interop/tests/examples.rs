@@ -351,7 +351,15 @@ async fn node_example_answers_modern_server_discover() {
     assert_eq!(result["capabilities"]["tools"]["listChanged"], false, "{v}");
     let info = &result["_meta"]["io.modelcontextprotocol/serverInfo"];
     assert_eq!(info["name"], "mcp-affinity-node", "{v}");
-    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    // The node reports the library's version (the root package's, not this test package's).
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+        .expect("root Cargo.toml");
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("root package version");
+    assert_eq!(info["version"], version, "{v}");
     assert!(result.get("serverInfo").is_none(), "under _meta only: {v}");
     assert_eq!(result["resultType"], "complete", "{v}");
     assert_eq!(result["cacheScope"], "public", "{v}");
