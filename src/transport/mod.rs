@@ -73,14 +73,26 @@
 //! # }
 //! ```
 
+mod answer;
+mod batch;
 mod body;
 mod config;
+mod delete;
 mod future;
+mod get;
+mod initialize;
 mod layer;
 mod limit;
+mod lookup;
+mod negotiate;
+mod post;
+mod post_legacy;
+mod post_modern;
 mod read;
 mod request_body;
 mod restore;
+mod run;
+mod security;
 mod service;
 
 pub use body::ResponseBody;
