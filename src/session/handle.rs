@@ -18,11 +18,11 @@ use tokio::{
     task::{AbortHandle, JoinSet},
 };
 
-use super::{
-    SessionId,
-    log::{AppendError, EventLog, LogLimits, STANDALONE},
+use super::SessionId;
+use crate::{
+    protocol::{ProtocolVersion, RequestId},
+    transport::log::{AppendError, EventLog, LogLimits, STANDALONE},
 };
-use crate::protocol::{ProtocolVersion, RequestId};
 
 /// Why a session ended.
 ///

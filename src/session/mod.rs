@@ -18,7 +18,6 @@ mod context;
 mod envelope;
 mod handle;
 mod id;
-pub(crate) mod log;
 mod restore;
 mod table;
 

@@ -9,6 +9,7 @@ use super::{
     answer::sse_response,
     body::{ResponseBody, SseBody, parse_event_id},
     layer::Shared,
+    log::{AttachError, STANDALONE},
     lookup::{Lookup, lookup, not_found},
     negotiate::{accepts, check_legacy_version, session_version},
     restore,
@@ -17,10 +18,7 @@ use super::{
 };
 use crate::{
     protocol::{Rejection, RejectionKind, codes, headers},
-    session::{
-        LogRef, Session,
-        log::{AttachError, STANDALONE},
-    },
+    session::{LogRef, Session},
 };
 
 pub(super) fn get<E: Send + 'static>(shared: &Arc<Shared>, parts: Parts) -> ResponseFuture<E> {

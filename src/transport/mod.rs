@@ -83,6 +83,7 @@ mod get;
 mod initialize;
 mod layer;
 mod limit;
+pub(crate) mod log;
 mod lookup;
 mod negotiate;
 mod post;

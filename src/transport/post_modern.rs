@@ -12,6 +12,7 @@ use super::{
     answer::notification_answer,
     layer::Shared,
     limit::Permit,
+    log::EventLog,
     lookup::not_found,
     post::Outcome,
     run::{Answering, handler_request, ready, run},
@@ -20,7 +21,7 @@ use super::{
 use crate::{
     BoxError,
     protocol::{self, Era, Message, MessageKind, Rejection, RejectionKind, codes},
-    session::{LogRef, RequestContext, log::EventLog},
+    session::{LogRef, RequestContext},
 };
 
 #[allow(clippy::manual_async_fn)] // held arguments once: see `super::post`

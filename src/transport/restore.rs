@@ -11,12 +11,10 @@ use std::{
 use http::{Response, request::Parts};
 use tokio::sync::watch;
 
-use super::{ResponseBody, body::parse_event_id, layer::Shared, service::respond};
+use super::{ResponseBody, body::parse_event_id, layer::Shared, log::STANDALONE, service::respond};
 use crate::{
     protocol::{Refusal, Rejection, RejectionKind, codes, headers},
-    session::{
-        CloseReason, Fingerprint, InsertNew, RestoreSession, Session, digest_hex, log::STANDALONE,
-    },
+    session::{CloseReason, Fingerprint, InsertNew, RestoreSession, Session, digest_hex},
 };
 
 /// The restores in progress on this node, by session id: while one runs, other requests for

@@ -19,11 +19,12 @@ use super::{
     body::{AbortOnDrop, ResponseBody, SseBody},
     layer::Shared,
     limit::Permit,
+    log::Phase,
 };
 use crate::{
     BoxError,
     protocol::{Era, Message, Rejection, RequestId},
-    session::{LogRef, RequestContext, Session, log::Phase},
+    session::{LogRef, RequestContext, Session},
 };
 
 pub(super) fn handler_request(
