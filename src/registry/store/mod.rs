@@ -128,6 +128,7 @@ mod write;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "redis")]
 use error::Kind;
 pub use error::StoreError;
 pub use key::RecordKey;
