@@ -4,7 +4,7 @@ use std::{fmt, future::Future, sync::Arc};
 
 use serde_json::Value;
 
-use super::{SendError, Session, handle::encode_message};
+use super::{SendError, Session, send::encode_message};
 use crate::{
     protocol::{Era, ProtocolVersion, RequestId},
     transport::log::{EventLog, STANDALONE},
