@@ -1,4 +1,4 @@
-//! The registry's record of one session, how it relates to a node, and the outcome of claiming it.
+//! The registry's record of one session, how it relates to a node, and the outcome of a claim.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
