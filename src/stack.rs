@@ -1,74 +1,7 @@
 //! The three layers of a cluster node, built and wired in one call, and one handle that drains
 //! and stops them in order.
 //!
-//! [`McpStack::builder`] takes the node's name and the registry's store and builds
-//! `SessionAffinityLayer` → `SessionRegistryLayer` → `SseTransportLayer` with what they share
-//! already wired:
-//!
-//! - the transport mints session ids carrying the affinity layer's node tag (its
-//!   [`id_generator`](crate::SessionAffinityLayer::id_generator)), so a balancer can pin on
-//!   the header;
-//! - one node name for the registry's records and (derived, opaque) for the affinity tag;
-//! - continuity: the registry forwards a request for another live node's session to it (over
-//!   the [internal address](McpStackBuilder::with_internal_address) each node announces) and
-//!   adopts a gone node's session, which the transport right below restores;
-//! - one [idle timeout](McpStackBuilder::with_idle_timeout) for the transport's sessions and
-//!   the registry's orphaned records.
-//!
-//! Every layer keeps its own builder for the rest: [`with_affinity`](McpStackBuilder::with_affinity),
-//! [`with_registry`](McpStackBuilder::with_registry) and
-//! [`with_transport`](McpStackBuilder::with_transport) hand it over. The layers also stay
-//! usable alone, without this module.
-//!
-//! [`StackHandle::shutdown`] stops a node in the order a cluster needs: the liveness record
-//! says `draining` (other nodes adopt its sessions at once), GET streams end with a `retry:`
-//! hint, requests keep being served until none arrived for a
-//! [quiet period](McpStackBuilder::with_quiet_period) and no handler runs (bounded by the
-//! drain timeout), then the sessions close, the registry's writes land, and the node leaves
-//! the cluster.
-//!
-//! # Example
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
-//! use mcp_affinity::{handler::handler_fn, registry::MemoryStore, stack::McpStack, transport::HostPolicy};
-//! use serde_json::json;
-//! use tower::{ServiceBuilder, ServiceExt};
-//!
-//! let stack = McpStack::builder("node-a", MemoryStore::new())
-//!     .with_internal_address("127.0.0.1:8080".parse()?)
-//!     .with_transport(|t| t.with_allowed_hosts(HostPolicy::localhost()))
-//!     .build()?;
-//! let handle = stack.handle();
-//! let svc = ServiceBuilder::new().layer(stack).service(handler_fn(|req, _cx| async move {
-//!     Ok(match req.method.as_str() {
-//!         "initialize" => json!({"protocolVersion": "2025-11-25", "capabilities": {},
-//!                                "serverInfo": {"name": "s", "version": "1"}}),
-//!         _ => json!({}),
-//!     })
-//! }));
-//!
-//! let init = http::Request::post("/mcp")
-//!     .header("host", "localhost")
-//!     .header("accept", "application/json, text/event-stream")
-//!     .header("content-type", "application/json")
-//!     .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#.to_owned())?;
-//! let res = svc.oneshot(init).await?;
-//! assert_eq!(res.status(), 200);
-//! // The id carries the node's tag; the cookie names it too.
-//! let id = res.headers()["mcp-session-id"].to_str()?;
-//! assert!(id.starts_with(&format!("{}.", handle.tag())));
-//! assert!(res.headers().contains_key("set-cookie"));
-//! assert_eq!(handle.stats().sessions, 1);
-//!
-//! let report = handle.shutdown(Duration::from_secs(5)).await;
-//! assert_eq!(report.closed, 1);
-//! assert!(handle.is_draining());
-//! # Ok(())
-//! # }
-//! ```
+#![doc = include_str!("../docs/stack.md")]
 
 use std::{
     fmt,

@@ -4,12 +4,11 @@ use std::{fmt, future::Future, sync::Arc};
 
 use serde_json::Value;
 
-use super::{
-    SendError, Session,
-    handle::encode_message,
-    log::{EventLog, STANDALONE},
+use super::{SendError, Session, send::encode_message};
+use crate::{
+    protocol::{Era, ProtocolVersion, RequestId},
+    transport::log::{EventLog, STANDALONE},
 };
-use crate::protocol::{Era, ProtocolVersion, RequestId};
 
 /// The event log a stream lives in: a session's, or a modern request's own.
 #[derive(Clone, Debug)]

@@ -18,20 +18,25 @@ mod context;
 mod envelope;
 mod handle;
 mod id;
-pub(crate) mod log;
+mod lifecycle;
 mod restore;
+mod send;
+mod state;
 mod table;
 
 pub(crate) use context::LogRef;
 pub use context::RequestContext;
 pub use envelope::SessionIdEnvelope;
-pub use handle::{CloseReason, SendError, Session};
-pub(crate) use handle::{SessionConfig, encode_message};
+pub use handle::Session;
+pub(crate) use handle::SessionConfig;
 pub(crate) use id::random_token;
 pub use id::{
     Fingerprint, GenerateIdError, InvalidNodeTag, InvalidSessionId, MAX_SESSION_ID_LEN, NodeTag,
     RandomIdGenerator, SessionId, SessionIdGenerator, TaggedIdGenerator,
 };
+pub use lifecycle::CloseReason;
 pub(crate) use restore::digest_hex;
 pub use restore::{Forwarded, RestoreSession, SessionRestored, principal_digest};
+pub use send::SendError;
+pub(crate) use send::encode_message;
 pub(crate) use table::{InsertNew, SessionTable, shrink_when_sparse};

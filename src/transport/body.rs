@@ -11,13 +11,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::{task::AbortHandle, time::Sleep};
 
-use crate::{
-    full_body::FullBytes,
-    session::{
-        LogRef,
-        log::{Cursor, Item},
-    },
-};
+use super::log::{Cursor, Item};
+use crate::{full_body::FullBytes, session::LogRef};
 
 pin_project! {
     /// The response body of [`SseTransport`](super::SseTransport): empty, one JSON document,

@@ -4,7 +4,8 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use http::request::Parts;
 
-use crate::session::{RandomIdGenerator, Session, SessionIdGenerator, log::LogLimits};
+use super::log::LogLimits;
+use crate::session::{RandomIdGenerator, Session, SessionIdGenerator};
 
 /// Which `Host` header values are accepted (DNS-rebinding protection).
 ///

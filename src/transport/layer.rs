@@ -12,10 +12,9 @@ use tower_layer::Layer;
 use super::{
     SseTransport,
     config::{Config, ConfigError, HostPolicy, OriginPolicy, PrincipalExtractor},
+    log::STANDALONE,
 };
-use crate::session::{
-    CloseReason, Session, SessionConfig, SessionIdGenerator, SessionTable, log::STANDALONE,
-};
+use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, SessionTable};
 
 /// Adds the MCP Streamable HTTP transport (both eras) in front of a JSON-RPC handler.
 ///

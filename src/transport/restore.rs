@@ -8,15 +8,13 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, atomic::Ordering},
 };
 
-use http::request::Parts;
+use http::{Response, request::Parts};
 use tokio::sync::watch;
 
-use super::{body::parse_event_id, layer::Shared};
+use super::{ResponseBody, body::parse_event_id, layer::Shared, log::STANDALONE, service::respond};
 use crate::{
     protocol::{Refusal, Rejection, RejectionKind, codes, headers},
-    session::{
-        CloseReason, Fingerprint, InsertNew, RestoreSession, Session, digest_hex, log::STANDALONE,
-    },
+    session::{CloseReason, Fingerprint, InsertNew, RestoreSession, Session, digest_hex},
 };
 
 /// The restores in progress on this node, by session id: while one runs, other requests for
@@ -78,7 +76,21 @@ pub(super) fn requested<'a>(parts: &'a Parts, id: &str) -> Option<&'a RestoreSes
 }
 
 fn not_found() -> Rejection {
-    super::service::not_found()
+    super::lookup::not_found()
+}
+
+/// The response to a request that asked for a restore: the one that restored its session
+/// carries the [`Session`] in its extensions, whatever its status (as a successful
+/// `initialize`'s does), so outer layers attach their close hooks.
+pub(super) fn with_restored(
+    out: Result<Response<ResponseBody>, Rejection>,
+    r: Restored,
+) -> Response<ResponseBody> {
+    let mut res = respond(out);
+    if r.here {
+        res.extensions_mut().insert(r.session);
+    }
+    res
 }
 
 /// Restores the session the request names from its [`RestoreSession`], or waits for a
