@@ -735,9 +735,14 @@ async fn a_restarted_node_leaves_its_previous_records_adoptable_until_the_idle_t
     assert_eq!(adopted["i"], second.registry.incarnation());
     assert_eq!(second.registry.stats().adopted, 1);
     // Once the idle timeout has passed, the records nobody claimed go; the adopted one stays.
-    eventually("unclaimed records removed after the idle timeout", || {
-        old[1..].iter().all(|id| redis.get(&key(id)).is_none())
-    })
+    // The sweep counts what it removed after the deletes land: wait for both.
+    eventually(
+        "unclaimed records removed (and counted) after the idle timeout",
+        || {
+            old[1..].iter().all(|id| redis.get(&key(id)).is_none())
+                && second.registry.stats().orphans_removed >= 2
+        },
+    )
     .await;
     assert!(
         redis.get(&key(&old[0])).is_some(),
