@@ -13,6 +13,7 @@ mod macros;
 mod throttle;
 
 pub mod affinity;
+pub mod bus;
 pub mod config;
 pub mod handler;
 #[doc = include_str!("../docs/metrics.md")]

@@ -158,6 +158,36 @@ pub const FORWARDS: &str = "mcp_affinity_forwards_total";
 /// ```
 pub const FORWARD_SECONDS: &str = "mcp_affinity_forward_seconds";
 
+/// Counter: cluster bus messages; labels `direction` (`out`, `in`) and `outcome` (`ok`;
+/// for `out` also `failed`, lost for the other nodes, and `backlogged`, refused because the
+/// outgoing queue was full).
+///
+/// # Example
+///
+/// ```
+/// assert!(mcp_affinity::metrics::BUS_MESSAGES.ends_with("_total"));
+/// ```
+pub const BUS_MESSAGES: &str = "mcp_affinity_bus_messages_total";
+
+/// Counter: received bus messages dropped; label `reason` (`malformed`, `oversized`,
+/// `unknown_session`, `overflow`).
+///
+/// # Example
+///
+/// ```
+/// assert!(mcp_affinity::metrics::BUS_DROPPED.ends_with("_total"));
+/// ```
+pub const BUS_DROPPED: &str = "mcp_affinity_bus_dropped_total";
+
+/// Counter: times the bus's connection to Redis was lost (it reconnects and resubscribes).
+///
+/// # Example
+///
+/// ```
+/// assert!(mcp_affinity::metrics::BUS_DISCONNECTS.ends_with("_total"));
+/// ```
+pub const BUS_DISCONNECTS: &str = "mcp_affinity_bus_disconnects_total";
+
 /// Every metric this crate emits: name, type (`counter`, `gauge` or `histogram`) and what it
 /// counts, as `docs/metrics.md` lists them.
 ///
@@ -229,6 +259,21 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "histogram",
         "Time from sending a forwarded request to the owner's response head.",
     ),
+    (
+        BUS_MESSAGES,
+        "counter",
+        "Cluster bus messages sent and received.",
+    ),
+    (
+        BUS_DROPPED,
+        "counter",
+        "Received cluster bus messages dropped.",
+    ),
+    (
+        BUS_DISCONNECTS,
+        "counter",
+        "Times the cluster bus lost its connection to Redis.",
+    ),
 ];
 
 /// Registers the description (and the unit) of every metric with the installed recorder, so
@@ -240,7 +285,7 @@ pub const ALL: &[(&str, &str, &str)] = &[
 /// ```
 /// // With no recorder installed this is a no-op; it never fails.
 /// mcp_affinity::metrics::describe();
-/// assert_eq!(mcp_affinity::metrics::ALL.len(), 15);
+/// assert_eq!(mcp_affinity::metrics::ALL.len(), 18);
 /// ```
 pub fn describe() {
     #[cfg(feature = "metrics")]
@@ -735,4 +780,51 @@ mod tests {
         let k = key!(MISROUTES, "layer" => "affinity", "reason" => "cookie");
         assert_eq!(k.labels().count(), 2);
     }
+}
+
+// Cluster bus --------------------------------------------------------------------------------
+
+/// One message published (`Some(true)`), failed (`Some(false)`) or refused as backlogged
+/// (`None`).
+pub(crate) fn bus_out(sent: Option<bool>, n: u64) {
+    let key = match sent {
+        Some(true) => key!(BUS_MESSAGES, "direction" => "out", "outcome" => "ok"),
+        Some(false) => key!(BUS_MESSAGES, "direction" => "out", "outcome" => "failed"),
+        None => key!(BUS_MESSAGES, "direction" => "out", "outcome" => "backlogged"),
+    };
+    count(key, n);
+}
+
+/// One message received from another node.
+pub(crate) fn bus_in() {
+    count(
+        key!(BUS_MESSAGES, "direction" => "in", "outcome" => "ok"),
+        1,
+    );
+}
+
+/// Received messages dropped, by reason.
+pub(crate) fn bus_dropped(reason: BusDrop, n: u64) {
+    let key = match reason {
+        BusDrop::Malformed => key!(BUS_DROPPED, "reason" => "malformed"),
+        BusDrop::Oversized => key!(BUS_DROPPED, "reason" => "oversized"),
+        BusDrop::UnknownSession => key!(BUS_DROPPED, "reason" => "unknown_session"),
+        BusDrop::Overflow => key!(BUS_DROPPED, "reason" => "overflow"),
+    };
+    count(key, n);
+}
+
+/// Why a received bus message was dropped (the `reason` label).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BusDrop {
+    Malformed,
+    Oversized,
+    UnknownSession,
+    Overflow,
+}
+
+/// The bus lost its connection.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn bus_disconnected() {
+    count(key!(BUS_DISCONNECTS), 1);
 }

@@ -20,6 +20,7 @@ use crate::{
     ConfigError, SessionAffinity, SessionAffinityLayer, SessionRegistry, SessionRegistryLayer,
     SseTransport, SseTransportLayer,
     affinity::{AffinityStats, AffinityStatsSnapshot, SessionAffinityBuilder},
+    bus::ClusterBus,
     registry::{RegistryHandle, RegistryStats, RegistryStore, SessionRegistryBuilder},
     session::NodeTag,
     transport::{SseTransportBuilder, TransportHandle},
@@ -120,6 +121,8 @@ pub struct McpStackBuilder<R> {
     registry: SessionRegistryBuilder<R>,
     transport: SseTransportBuilder,
     quiet: Duration,
+    node: String,
+    bus: Option<ClusterBus>,
 }
 
 impl<R: fmt::Debug> fmt::Debug for McpStackBuilder<R> {
@@ -283,9 +286,11 @@ impl<R: RegistryStore> McpStackBuilder<R> {
         let node = node.into();
         Self {
             affinity: SessionAffinityBuilder::for_node(&node),
-            registry: SessionRegistryBuilder::new(store, node),
+            registry: SessionRegistryBuilder::new(store, node.clone()),
             transport: SseTransportBuilder::new(),
             quiet: DEFAULT_QUIET_PERIOD,
+            bus: None,
+            node,
         }
     }
 
@@ -344,6 +349,28 @@ impl<R: RegistryStore> McpStackBuilder<R> {
     pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
         self.transport = self.transport.with_idle_timeout(idle);
         self.registry = self.registry.with_idle_timeout(idle);
+        self
+    }
+
+    /// The cluster bus the node delivers to (see [`bus`](crate::bus)): the stack attaches it
+    /// to its transport, and [`StackHandle::bus`] gives it back to handlers. Default: a
+    /// [local](ClusterBus::local) bus, which reaches this node's sessions only.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::ConfigError> {
+    /// use mcp_affinity::{bus::{ClusterBus, MemoryBus}, registry::MemoryStore, stack::McpStack};
+    ///
+    /// let hub = MemoryBus::new();
+    /// let bus = ClusterBus::builder("node-a").with_memory(&hub).build()?;
+    /// let stack = McpStack::builder("node-a", MemoryStore::new()).with_bus(bus).build()?;
+    /// assert_eq!(stack.handle().bus().node(), "node-a");
+    /// # Ok(()) }
+    /// ```
+    pub fn with_bus(mut self, bus: ClusterBus) -> Self {
+        self.bus = Some(bus);
         self
     }
 
@@ -471,12 +498,15 @@ impl<R: RegistryStore> McpStackBuilder<R> {
             .transport
             .with_id_generator(affinity.id_generator())
             .build()?;
+        let bus = self.bus.unwrap_or_else(|| ClusterBus::local(self.node));
+        bus.attach(&transport.handle());
         let handle = StackHandle {
             inner: Arc::new(HandleInner {
                 tag: affinity.tag().clone(),
                 affinity: affinity.stats(),
                 registry: registry.handle(),
                 transport: transport.handle(),
+                bus,
                 draining: AtomicBool::new(false),
                 quiet: self.quiet,
             }),
@@ -503,6 +533,7 @@ struct HandleInner<R> {
     affinity: AffinityStats,
     registry: RegistryHandle<R>,
     transport: TransportHandle,
+    bus: ClusterBus,
     draining: AtomicBool,
     quiet: Duration,
 }
@@ -548,6 +579,8 @@ pub struct StackStats {
     pub running_handlers: usize,
     /// Sessions restored on this node (adopted from another) since it started.
     pub sessions_restored: u64,
+    /// The cluster bus's counters.
+    pub bus: crate::bus::BusStats,
 }
 
 /// What [`StackHandle::shutdown`] did, step by step.
@@ -618,6 +651,21 @@ impl<R> StackHandle<R> {
         &self.inner.transport
     }
 
+    /// The node's cluster bus ([`with_bus`](McpStackBuilder::with_bus), or a local one):
+    /// what handlers use to reach sessions on any node.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::{registry::MemoryStore, stack::McpStack};
+    ///
+    /// let handle = McpStack::new("node-a", MemoryStore::new()).unwrap().handle();
+    /// assert_eq!(handle.bus().notify_all("notifications/tools/list_changed", None), Ok(0));
+    /// ```
+    pub fn bus(&self) -> &ClusterBus {
+        &self.inner.bus
+    }
+
     /// The registry's handle: its node, store, counters, flush.
     ///
     /// # Example
@@ -671,6 +719,7 @@ impl<R: RegistryStore> StackHandle<R> {
             sessions: t.session_count(),
             running_handlers: t.running_handlers(),
             sessions_restored: t.sessions_restored(),
+            bus: self.inner.bus.stats(),
         }
     }
 

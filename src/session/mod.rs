@@ -22,6 +22,7 @@ mod lifecycle;
 mod restore;
 mod send;
 mod state;
+mod subscriptions;
 mod table;
 
 pub(crate) use context::LogRef;
@@ -39,4 +40,5 @@ pub(crate) use restore::digest_hex;
 pub use restore::{Forwarded, RestoreSession, SessionRestored, principal_digest};
 pub use send::SendError;
 pub(crate) use send::encode_message;
+pub use subscriptions::MAX_RESOURCE_SUBSCRIPTIONS;
 pub(crate) use table::{InsertNew, SessionTable, shrink_when_sparse};

@@ -195,7 +195,7 @@ impl Session {
         &self,
         method: &str,
         params: Option<Value>,
-    ) -> impl Future<Output = Result<Value, SendError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Value, SendError>> + Send + 'static + use<> {
         self.request_on(STANDALONE, method, params)
     }
 
@@ -204,7 +204,7 @@ impl Session {
         stream: u32,
         method: &str,
         params: Option<Value>,
-    ) -> impl Future<Output = Result<Value, SendError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Value, SendError>> + Send + 'static + use<> {
         let timeout = self.inner.config.request_timeout;
         // The slot is created (and owned by the future) before the future is first polled, so
         // a future dropped unpolled withdraws its request too.

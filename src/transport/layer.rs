@@ -1027,12 +1027,45 @@ impl TransportHandle {
     /// assert_eq!(sent, 0);
     /// ```
     pub fn notify_all(&self, method: &str, params: Option<serde_json::Value>) -> usize {
+        self.notify_where(|_| true, method, params)
+    }
+
+    /// Like [`notify_all`](Self::notify_all), to the sessions `filter` accepts only. This
+    /// node's sessions only: [`ClusterBus::notify_where`](crate::bus::ClusterBus::notify_where)
+    /// reaches every node's.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # let handle = mcp_affinity::SseTransportLayer::new().handle();
+    /// let sent = handle.notify_where(
+    ///     |s| s.is_subscribed("file:///a"),
+    ///     "notifications/resources/updated",
+    ///     Some(serde_json::json!({"uri": "file:///a"})),
+    /// );
+    /// assert_eq!(sent, 0);
+    /// ```
+    pub fn notify_where(
+        &self,
+        filter: impl Fn(&crate::session::Session) -> bool,
+        method: &str,
+        params: Option<serde_json::Value>,
+    ) -> usize {
         let data = crate::session::encode_message(method, None, params.as_ref());
+        self.notify_encoded_where(&data, filter)
+    }
+
+    /// Appends an encoded message to the standalone stream of every session `filter` accepts.
+    pub(crate) fn notify_encoded_where(
+        &self,
+        data: &bytes::Bytes,
+        filter: impl Fn(&crate::session::Session) -> bool,
+    ) -> usize {
         self.shared
             .sessions
             .snapshot()
             .iter()
-            .filter(|s| s.notify_encoded(data.clone()).is_ok())
+            .filter(|s| filter(s) && s.notify_encoded(data.clone()).is_ok())
             .count()
     }
 
