@@ -18,7 +18,8 @@
 // The client connects pinned to 2026-07-28 (`server/discover`, no fallback to `initialize`),
 // then opens the subscription with `Client.listen(filter)`. Every line on stdout is one JSON
 // object:
-//   {"event":"server","info":{name,version},"protocolVersion":...,"era":...,"capabilities":...}
+//   {"event":"server","info":{name,version},"protocolVersion":...,"era":...,"capabilities":...,
+//    "sdkVersion":...}                 what the client read from server/discover, and its version
 //   {"event":"ready","filter":<the filter the server acknowledged>}
 //   {"event":"notification","method":...,"params":...}        one per notification
 //   {"event":"error","message":...}                            then exit 1
@@ -117,8 +118,9 @@ if (args.timeoutMs !== undefined) {
 process.on('unhandledRejection', error => fail(`unhandled rejection: ${errorMessage(error)}`));
 process.on('uncaughtException', error => fail(`uncaught exception: ${errorMessage(error)}`));
 
+const SDK_VERSION = clientVersion();
 const client = new Client(
-    { name: 'mcp-affinity-ts2-listen', version: clientVersion() },
+    { name: 'mcp-affinity-ts2-listen', version: SDK_VERSION },
     { versionNegotiation: { mode: { pin: MODERN_VERSION } } }
 );
 
@@ -158,7 +160,8 @@ emit({
     info: client.getServerVersion() ?? null,
     protocolVersion: client.getNegotiatedProtocolVersion() ?? null,
     era: client.getProtocolEra() ?? null,
-    capabilities: client.getServerCapabilities() ?? null
+    capabilities: client.getServerCapabilities() ?? null,
+    sdkVersion: SDK_VERSION
 });
 
 try {
