@@ -4,15 +4,15 @@
 #   scripts/test.sh           install what is missing, build, test, clippy, fmt, doc, package, MSRV
 #   scripts/test.sh --quick   build and test only (skips clippy, fmt, doc, package and MSRV)
 #
-# Idempotent on a fresh Debian machine (run as root): installs redis-server with apt
-# when it is missing, the TypeScript SDK client (npm ci, tests/clients/ts) and the
-# Python SDK client (venv at tests/clients/py/.venv), each only when its lock file
-# changed. Every step runs even after an earlier one failed (an install too); the last
-# line is the summary `N passed, M failed[, K skipped]` (tests counted from the `test
-# result:` lines of every cargo test run, plus one failure per other failed step), and
-# the exit status is non-zero on any failure. Each cargo test run is bounded by
-# MCP_TEST_TIMEOUT seconds (default 2700): a hanging test fails its step, it never
-# hangs the run.
+# Idempotent on a fresh Debian machine (run as root): installs redis-server with apt when
+# it is missing, the TypeScript SDK clients (npm ci: tests/clients/ts, SDK 1.x, and
+# tests/clients/ts2, the v2 client) and the Python SDK client (venv at tests/clients/py/.venv),
+# each only when its lock file changed. Every step runs even after an earlier one failed (an
+# install too); the last line is the summary `N passed, M failed[, K skipped]` (tests counted
+# from the `test result:` lines of every cargo test run, plus one failure per other failed
+# step), and the exit status is non-zero on any failure. Each cargo test run is bounded by
+# MCP_TEST_TIMEOUT seconds (default 2700): a hanging test fails its step, it never hangs the
+# run.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -73,6 +73,7 @@ fi
 # Real clients
 # ---------------------------------------------------------------------------------------
 TS_DIR="$ROOT/tests/clients/ts"
+TS2_DIR="$ROOT/tests/clients/ts2"
 PY_DIR="$ROOT/tests/clients/py"
 VENV="$PY_DIR/.venv"
 
@@ -92,6 +93,18 @@ else
     STEP_LABEL="TypeScript client: npm ci" run_step ts-client-install ts_install
 fi
 
+ts2_stamp_file="$TS2_DIR/node_modules/.mcp-affinity-stamp"
+ts2_stamp=$(stamp_of "$TS2_DIR/package-lock.json" "node $(node --version)")
+ts2_install() {
+    npm ci --prefix "$TS2_DIR" --no-audit --no-fund --loglevel=error &&
+        printf '%s\n' "$ts2_stamp" >"$ts2_stamp_file"
+}
+if [[ -f "$ts2_stamp_file" && "$(cat "$ts2_stamp_file")" == "$ts2_stamp" ]]; then
+    step "TypeScript v2 client: node_modules up to date"
+else
+    STEP_LABEL="TypeScript v2 client: npm ci" run_step ts2-client-install ts2_install
+fi
+
 py_stamp_file="$VENV/.mcp-affinity-stamp"
 py_stamp=$(stamp_of "$PY_DIR/requirements.txt" "$(python3 --version 2>&1)")
 py_install() {
@@ -109,6 +122,7 @@ fi
 run_step conformance-install "$ROOT/tests/conformance/run.sh" --install
 
 export MCP_TS_CLIENT_DIR="$TS_DIR"
+export MCP_TS2_CLIENT_DIR="$TS2_DIR"
 export MCP_PY="$VENV/bin/python"
 export MCP_PY_CLIENT="$PY_DIR/full_session.py"
 export MCP_REQUIRE_CLIENTS=1

@@ -1,26 +1,32 @@
-//! Real MCP clients against the example node (`examples/node.rs`).
+//! Real MCP clients against the example servers (`examples/node.rs`, `examples/everything.rs`).
 //!
-//! Each test starts `target/debug/examples/node` on a free loopback port, waits until
-//! `GET /healthz` answers 200, then runs one of the client scripts under `tests/clients/`:
+//! Each test starts `target/debug/examples/node` (or `everything`) on a free loopback port,
+//! waits until `GET /healthz` answers 200, then runs one of the client scripts under
+//! `tests/clients/`:
 //!
 //! - `node tests/clients/ts/full_session.mjs <url>`: the official TypeScript SDK client, a full
 //!   legacy-era (2025-11-25) session;
 //! - `python tests/clients/py/full_session.py <url> --era legacy`: the same with the Python SDK;
-//! - `python tests/clients/py/full_session.py <url> --era modern`: stateless 2026-07-28 calls.
+//! - `python tests/clients/py/full_session.py <url> --era modern`: stateless 2026-07-28 calls;
+//! - `node tests/clients/ts2/listen.mjs <url> --expect 1`: the TypeScript SDK v2 client
+//!   (`@modelcontextprotocol/client`, 2026-07-28) holds a `subscriptions/listen` stream open
+//!   on `everything` while the test triggers a tools list change.
 //!
-//! A script exits non-zero on any failed step and prints one JSON object of observations, which
-//! the test checks again here. The clients are found through environment variables that
-//! `scripts/test.sh` exports after installing them:
+//! A session script exits non-zero on any failed step and prints one JSON object of
+//! observations, which the test checks again here; the listen script prints one JSON object
+//! per line as events happen (`server`, `ready`, `notification`, `error`). The clients are
+//! found through environment variables that `scripts/test.sh` exports after installing them:
 //!
 //! | variable | meaning |
 //! |---|---|
 //! | `MCP_TS_CLIENT_DIR` | absolute path of `tests/clients/ts` (with `node_modules` installed) |
+//! | `MCP_TS2_CLIENT_DIR` | absolute path of `tests/clients/ts2` (with `node_modules` installed) |
 //! | `MCP_PY` | the Python interpreter of the venv that has `tests/clients/py/requirements.txt` |
 //! | `MCP_PY_CLIENT` | absolute path of `tests/clients/py/full_session.py` |
 //! | `MCP_REQUIRE_CLIENTS` | `1`: a missing client fails the test instead of skipping it |
 //!
-//! The node binary is `$CARGO_TARGET_DIR/debug/examples/node` (default target dir
-//! `<manifest dir>/target`); it is (re)built with `cargo build --example node` first.
+//! The server binaries are `$CARGO_TARGET_DIR/debug/examples/{node,everything}` (default target
+//! dir `<manifest dir>/target`); each is (re)built with `cargo build --example NAME` first.
 
 #[path = "support/process.rs"]
 mod process_support;
@@ -33,7 +39,13 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines},
+    process::{Child, ChildStdout},
+    task::JoinHandle,
+    time::Instant,
+};
 
 /// Upper bound for one client script (each also has its own, shorter, watchdog).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -77,6 +89,19 @@ fn ts_client_dir() -> Option<PathBuf> {
     Some(dir)
 }
 
+/// The TypeScript v2 client directory, checked for an installed `@modelcontextprotocol/client`.
+fn ts2_client_dir() -> Option<PathBuf> {
+    let dir = client_path("MCP_TS2_CLIENT_DIR")?;
+    let sdk = dir.join("node_modules/@modelcontextprotocol/client/package.json");
+    if !sdk.exists() {
+        let problem = format!("{} is missing (npm ci not run)", sdk.display());
+        assert!(!clients_required(), "{problem} and MCP_REQUIRE_CLIENTS=1");
+        eprintln!("SKIP: {problem}");
+        return None;
+    }
+    Some(dir)
+}
+
 /// The Python interpreter and the client script.
 fn py_client() -> Option<(PathBuf, PathBuf)> {
     let python = client_path("MCP_PY")?;
@@ -111,28 +136,32 @@ fn target_dir() -> PathBuf {
 /// `target/debug/examples/node`, built on demand (once per test process).
 fn node_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(find_or_build_node).clone()
+    BIN.get_or_init(|| build_example("node")).clone()
 }
 
-fn find_or_build_node() -> PathBuf {
+/// `target/debug/examples/everything`, built on demand (once per test process).
+fn everything_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_example("everything")).clone()
+}
+
+fn build_example(name: &str) -> PathBuf {
     let bin = target_dir()
         .join("debug")
         .join("examples")
-        .join(format!("node{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     // Always build: a no-op when up to date, and a stale binary would test old code.
-    {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "node"])
-            .current_dir(repo_root())
-            .status()
-            .expect("spawn `cargo build --example node`");
-        assert!(
-            status.success(),
-            "`cargo build --example node` failed: {status}"
-        );
-        assert!(bin.exists(), "{} missing after cargo build", bin.display());
-    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--example", name])
+        .current_dir(repo_root())
+        .status()
+        .unwrap_or_else(|e| panic!("spawn `cargo build --example {name}`: {e}"));
+    assert!(
+        status.success(),
+        "`cargo build --example {name}` failed: {status}"
+    );
+    assert!(bin.exists(), "{} missing after cargo build", bin.display());
     bin
 }
 
@@ -144,6 +173,18 @@ async fn start_node(test: &str) -> ExampleProcess {
         &node_binary(),
         &["--node", "n1"],
         log_dir.join(format!("{test}-node.log")),
+    )
+    .await
+}
+
+/// The example `everything` server, its log in `target/real-clients/<test>-everything.log`.
+async fn start_everything(test: &str) -> ExampleProcess {
+    let log_dir = target_dir().join("real-clients");
+    std::fs::create_dir_all(&log_dir).expect("create the server log directory");
+    ExampleProcess::start(
+        &everything_binary(),
+        &[],
+        log_dir.join(format!("{test}-everything.log")),
     )
     .await
 }
@@ -193,6 +234,135 @@ fn ts_command(dir: &Path, url: &str) -> tokio::process::Command {
         .arg(url)
         .current_dir(dir);
     cmd
+}
+
+/// `tests/clients/ts2/listen.mjs` running, its stdout read one JSON event per line.
+struct Listener {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Listener {
+    fn spawn(dir: &Path, url: &str, args: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join("listen.mjs"))
+            .arg(url)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn node listen.mjs: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text).await;
+            text
+        });
+        Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// The next event, which must be `event` and arrive before `deadline`. The script's
+    /// `error` event, its exit or the deadline fail the test, with the server's log.
+    async fn expect(&mut self, event: &str, deadline: Instant, server: &ExampleProcess) -> Value {
+        let line = match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => self.fail(&format!("exited before `{event}`"), server).await,
+            Ok(Err(e)) => self.fail(&format!("stdout: {e}"), server).await,
+            Err(_) => {
+                self.fail(&format!("no `{event}` before the deadline"), server)
+                    .await
+            }
+        };
+        let value: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("listen.mjs: a line that is not JSON ({e}): {line}"));
+        eprintln!("listen.mjs: {value}");
+        if value["event"] != event {
+            self.fail(&format!("expected `{event}`, got {value}"), server)
+                .await;
+        }
+        value
+    }
+
+    /// Waits (until `deadline`) for the script to exit, and asserts it exited 0.
+    async fn exits_cleanly(&mut self, deadline: Instant, server: &ExampleProcess) {
+        match tokio::time::timeout_at(deadline, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => self.fail(&format!("exited with {status}"), server).await,
+            Ok(Err(e)) => self.fail(&format!("wait: {e}"), server).await,
+            Err(_) => self.fail("did not exit before the deadline", server).await,
+        }
+    }
+
+    async fn fail(&mut self, problem: &str, server: &ExampleProcess) -> ! {
+        let _ = self.child.kill().await;
+        let mut rest = String::new();
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_secs(1), self.lines.next_line()).await
+        {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        let stderr = match self.stderr.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        panic!(
+            "listen.mjs: {problem}\n--- rest of stdout ---\n{rest}--- stderr ---\n{stderr}\n{}",
+            server.log_tail()
+        );
+    }
+}
+
+/// `tools/call NAME` as one stateless 2026-07-28 request (headers and `_meta` as the spec
+/// asks), asserting a complete result.
+async fn call_tool_modern(url: &str, name: &str) -> Value {
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": name, "arguments": {},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    });
+    let res = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("build reqwest client")
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", name)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("tools/call {name}: {e}"));
+    let status = res.status();
+    let text = res.text().await.expect("read the tools/call response");
+    assert!(
+        status.is_success(),
+        "tools/call {name}: HTTP {status}: {text}"
+    );
+    let reply: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("tools/call {name}: not JSON ({e}): {text}"));
+    assert_eq!(reply["result"]["resultType"], "complete", "{reply}");
+    reply
 }
 
 fn py_command(python: &Path, script: &Path, url: &str, era: &str) -> tokio::process::Command {
@@ -333,4 +503,43 @@ async fn python_sdk_modern_stateless_calls() {
         "modern era must be POST only: {methods:?}"
     );
     assert_single_node(&report);
+}
+
+/// The v2 client connects in the 2026-07-28 era (server identity from `server/discover`), opens
+/// `subscriptions/listen` for tools list changes, and receives the change a second, plain
+/// modern request triggers, tagged with the subscription id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_v2_listen_receives_tools_list_changed() {
+    let Some(dir) = ts2_client_dir() else { return };
+    let server = start_everything("ts2-listen").await;
+    let url = server.url();
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let mut listener = Listener::spawn(
+        &dir,
+        &url,
+        &["--expect", "1", "--filter", "tools", "--timeout", "60000"],
+    );
+
+    let hello = listener.expect("server", deadline, &server).await;
+    assert_eq!(hello["protocolVersion"], "2026-07-28", "{hello}");
+    assert_eq!(hello["era"], "modern", "{hello}");
+    assert_eq!(hello["info"]["name"], "mcp-affinity-everything", "{hello}");
+    assert_eq!(hello["sdkVersion"], "2.4.0", "{hello}");
+    let ready = listener.expect("ready", deadline, &server).await;
+    assert_eq!(
+        ready["filter"],
+        json!({"toolsListChanged": true}),
+        "{ready}"
+    );
+
+    // Acknowledged: a change from now on reaches the stream.
+    call_tool_modern(&url, "test_trigger_tool_change").await;
+    let note = listener.expect("notification", deadline, &server).await;
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    let subscription = &note["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"];
+    assert!(
+        subscription.as_str().is_some_and(|id| !id.is_empty()),
+        "the notification is not tagged with the subscription id: {note}"
+    );
+    listener.exits_cleanly(deadline, &server).await;
 }
