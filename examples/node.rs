@@ -51,7 +51,9 @@
 //! Tools: `echo {text}`, `whoami`, `notify {message, delayMs?}` (a log message on the session's
 //! standalone stream), `progress {steps}` (progress and log notifications on the request's
 //! stream), `sample {prompt}` (a `sampling/createMessage` request to the client),
-//! `broadcast {message}` (a log message to every session's standalone stream).
+//! `broadcast {message}` (a log message to every session's standalone stream, on every node:
+//! through the cluster bus, Redis pub/sub with `--redis`; returns how many of this node's
+//! sessions took it, each other node delivers to its own).
 
 use std::{
     convert::Infallible,
@@ -77,6 +79,7 @@ use futures_util::{
 use hyper::body::Incoming;
 use mcp_affinity::{
     McpStack, SseTransportLayer, StackHandle,
+    bus::ClusterBus,
     handler::{ErrorObject, HandlerRequest, handler_fn},
     protocol::{Era, ProtocolVersion, RequestId},
     registry::{MemoryStore, RedisStore, RegistryStore},
@@ -205,7 +208,7 @@ fn tools() -> Value {
          "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}, "delayMs": {"type": "integer"}}, "required": ["message"]}},
         {"name": "progress", "description": "Sends progress and log notifications, then returns.",
          "inputSchema": {"type": "object", "properties": {"steps": {"type": "integer"}}, "required": ["steps"]}},
-        {"name": "broadcast", "description": "Sends a log message to every session's standalone stream; returns how many.",
+        {"name": "broadcast", "description": "Sends a log message to every session of the cluster; returns how many on this node.",
          "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}},
         {"name": "sample", "description": "Asks the client to sample a completion for the prompt.",
          "inputSchema": {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}}
@@ -241,12 +244,12 @@ fn discover() -> Value {
     })
 }
 
-/// What the handler needs: the node's name, the transport's handle (for `broadcast`) and the
-/// listen streams' shared state.
+/// What the handler needs: the node's name, the cluster bus (for `broadcast`) and the listen
+/// streams' shared state.
 #[derive(Clone)]
 struct App {
     node: Arc<str>,
-    transport: TransportHandle,
+    bus: ClusterBus,
     listens: Listens,
 }
 
@@ -409,11 +412,13 @@ async fn call_tool(
         "whoami" => Ok(text(json!({"node": &*app.node}).to_string())),
         "broadcast" => {
             let message = arg_str("message").unwrap_or_default();
-            let n = app.transport.notify_all(
-                "notifications/message",
-                Some(json!({"level": "info", "data": message})),
-            );
-            Ok(text(n.to_string()))
+            // Published once for the other nodes, then delivered here.
+            let params = Some(json!({"level": "info", "data": message}));
+            match app.bus.notify_all("notifications/message", params) {
+                Ok(n) => Ok(text(n.to_string())),
+                // Redis slow or down: nobody got it; the caller may try again.
+                Err(e) => Err(ErrorObject::internal(format!("broadcast not sent: {e}"))),
+            }
         }
         "notify" => {
             let session = cx
@@ -502,17 +507,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match args.redis.clone() {
         Some(url) => {
             let store = RedisStore::builder(&url).build_lazy()?;
-            tracing::info!("session registry: Redis");
-            serve(args, store).await
+            // The cluster bus on the same Redis: pub/sub, one connection per node.
+            let bus = ClusterBus::builder(args.node.clone())
+                .with_redis(url)
+                .build()?;
+            tracing::info!("session registry and cluster bus: Redis");
+            serve(args, store, bus).await
         }
         None => {
             tracing::info!("session registry: embedded (in memory)");
-            serve(args, MemoryStore::new()).await
+            let bus = ClusterBus::local(args.node.clone());
+            serve(args, MemoryStore::new(), bus).await
         }
     }
 }
 
-async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve<R: RegistryStore>(
+    args: Args,
+    store: R,
+    bus: ClusterBus,
+) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     // The three layers in one call: tagged session ids, one node name, forwarding to live
@@ -521,6 +535,7 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         // Where the other nodes forward this node's sessions' requests: an internal address
         // in a real deployment (here, by default, the one the node listens on).
         .with_internal_address(args.internal_addr.unwrap_or(local))
+        .with_bus(bus.clone())
         .with_registry(|r| r.with_forwarding(args.forwarding))
         .with_affinity(|a| {
             let a = a.with_cookie_secure(args.cookie_secure);
@@ -567,9 +582,12 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         let transport = transport.build()?;
         let t = transport.handle();
         let ops = Ops::transport_only(t.clone(), listens.clone());
+        // This node's own sessions only (the stack's transport, and its bus, go unused).
+        let bus = ClusterBus::local(args.node.clone());
+        bus.attach(&t);
         let app = App {
             node: args.node.as_str().into(),
-            transport: t.clone(),
+            bus,
             listens,
         };
         let stop = stop_transport_on_signal(t.clone(), args.drain_timeout, end_listens);
@@ -589,7 +607,7 @@ async fn serve<R: RegistryStore>(args: Args, store: R) -> Result<(), Box<dyn std
         let stop = stop_on_signal(handle.clone(), args.drain_timeout, end_listens);
         let app = App {
             node: args.node.as_str().into(),
-            transport: handle.transport().clone(),
+            bus: handle.bus().clone(),
             listens,
         };
         let mcp = ServiceBuilder::new()

@@ -523,13 +523,13 @@ impl ClusterBus {
 
     /// Sends one notification to every legacy session of the cluster (on its standalone
     /// stream, held for a session without one, like
-    /// [`Session::notify`](crate::session::Session::notify)): delivered here at once, and
-    /// published once for the other nodes. Returns how many of this node's sessions took it.
+    /// [`Session::notify`](crate::session::Session::notify)): published once for the other
+    /// nodes, and delivered here at once. Returns how many of this node's sessions took it.
     ///
     /// # Errors
     ///
-    /// [`BusError::TooLarge`] or [`BusError::Backlogged`]: the other nodes will not see it
-    /// (this node's sessions did).
+    /// [`BusError::TooLarge`] or [`BusError::Backlogged`]: it was not published, and no
+    /// session got it (this node's neither), so a retry delivers it once.
     ///
     /// # Example
     ///
@@ -572,7 +572,6 @@ impl ClusterBus {
         params: Option<Value>,
     ) -> Result<usize, BusError> {
         let data = encode_message(method, None, params.as_ref());
-        let local = self.deliver_all(filter, &data);
         if self.inner.is_distributed() {
             let m = message::raw(&data).ok_or(BusError::TooLarge)?;
             let bytes = message::encode(
@@ -585,7 +584,7 @@ impl ClusterBus {
             );
             self.inner.publish(bytes)?;
         }
-        Ok(local)
+        Ok(self.deliver_all(filter, &data))
     }
 
     fn deliver_all(&self, filter: Option<&SessionFilter>, data: &Bytes) -> usize {
@@ -707,7 +706,8 @@ impl ClusterBus {
     ///
     /// # Errors
     ///
-    /// [`BusError::TooLarge`] or [`BusError::Backlogged`]: the other nodes will not see it.
+    /// [`BusError::TooLarge`] or [`BusError::Backlogged`]: it was not published, and not
+    /// delivered here either.
     ///
     /// # Example
     ///
@@ -720,16 +720,12 @@ impl ClusterBus {
     /// assert_eq!(feed.try_recv().unwrap(), Change::ToolsListChanged);
     /// ```
     pub fn publish_change(&self, change: Change) -> Result<usize, BusError> {
-        let publish = if self.inner.is_distributed() {
+        if self.inner.is_distributed() {
             let bytes =
                 message::encode(&self.inner.origin, None, Body::Change { c: change.clone() });
-            Some(self.inner.publish(bytes))
-        } else {
-            None
-        };
-        let local = self.inner.apply_change(change);
-        publish.unwrap_or(Ok(()))?;
-        Ok(local)
+            self.inner.publish(bytes)?;
+        }
+        Ok(self.inner.apply_change(change))
     }
 
     /// The change feed on this node: every change published on any node, for a modern
