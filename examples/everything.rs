@@ -4,12 +4,13 @@
 //!
 //! ```text
 //! request ─► SessionAffinityLayer ─► SessionRegistryLayer ─► SseTransportLayer ─► handle()
-//!            cookie, node tag         embedded store           sessions, SSE        this file
+//!            cookie, node tag         embedded or Redis        sessions, SSE        this file
 //!            └──────────────── McpStack::builder(node, store) ───────────────┘
 //! ```
 //!
 //! ```text
 //! cargo run --example everything -- --listen 127.0.0.1:8080
+//! cargo run --example everything -- --listen 127.0.0.1:8081 --node n2 --redis redis://127.0.0.1/
 //! ```
 //!
 //! Options (environment variables in brackets):
@@ -19,6 +20,26 @@
 //! - `--state-key SECRET` (`MCP_STATE_KEY`, default: random per process): the key that signs
 //!   `requestState` in `input_required` results. Nodes of one fleet share it, so a retry can land
 //!   on any node.
+//! - `--redis URL` (`MCP_REDIS_URL`): the session registry in Redis, shared by the nodes of a
+//!   cluster (a request for another node's session is forwarded to it, or the session adopted
+//!   when that node is gone); without it, the embedded in-memory registry of a lone node.
+//! - `--internal-addr ADDR` (`MCP_INTERNAL_ADDR`, default: the address the node listens on):
+//!   where the other nodes forward requests for this node's sessions.
+//! - `--drain-timeout SECS` (`MCP_DRAIN_TIMEOUT`, default 10): the longest a SIGTERM drain
+//!   waits for in-flight requests to finish (and, with Redis, for the other nodes to stop
+//!   forwarding here).
+//!
+//! Routes besides `/mcp`: `/healthz` answers `200 {"status":"ok"}` while the node serves and
+//! `503 {"status":"draining"}` once a drain began (JSON, so that more fields can join).
+//!
+//! On SIGTERM (or SIGINT) the node drains, in the order of [`StackHandle::shutdown`]:
+//! `subscriptions/listen` streams end with their final result, the liveness record says
+//! `draining` (the other nodes adopt this node's sessions on their next request), `/healthz`
+//! answers `503`, GET streams end with a `retry:` hint; requests keep being served until none
+//! is running and, with Redis, none arrived for the stack's default quiet period (1.5 s: other
+//! nodes may still forward here), or the drain timeout passed; then the sessions close (their
+//! records stay for the adopters) and the node exits. Without Redis there is nobody to wait
+//! for: the quiet period is zero.
 //!
 //! What it shows:
 //! - **Legacy clients** (`2025-03-26` … `2025-11-25`) `initialize` a session. Tools that need the
@@ -47,11 +68,12 @@ use std::{
 
 use axum::{Router, routing::get};
 use mcp_affinity::{
-    McpStack,
+    McpStack, StackHandle,
     handler::{ErrorObject, HandlerRequest, handler_fn},
     protocol::{Era, ProtocolVersion, RequestId, codes},
-    registry::MemoryStore,
+    registry::{MemoryStore, RedisStore, RegistryStore},
     session::{RequestContext, Session},
+    stack::DEFAULT_QUIET_PERIOD,
     transport::HostPolicy,
 };
 use serde_json::{Map, Value, json};
@@ -79,12 +101,19 @@ struct Args {
     listen: SocketAddr,
     node: String,
     state_key: Option<String>,
+    redis: Option<String>,
+    internal_addr: Option<SocketAddr>,
+    drain_timeout: Duration,
 }
 
 fn parse_args() -> Result<Args, String> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut listen = std::env::var("MCP_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let mut node = std::env::var("MCP_NODE").unwrap_or_else(|_| "n1".into());
     let mut state_key = std::env::var("MCP_STATE_KEY").ok();
+    let mut redis = env("MCP_REDIS_URL");
+    let mut internal_addr = env("MCP_INTERNAL_ADDR");
+    let mut drain_timeout = env("MCP_DRAIN_TIMEOUT").unwrap_or_else(|| "10".into());
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -92,8 +121,14 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => listen = value()?,
             "--node" => node = value()?,
             "--state-key" => state_key = Some(value()?),
+            "--redis" => redis = Some(value()?),
+            "--internal-addr" => internal_addr = Some(value()?),
+            "--drain-timeout" => drain_timeout = value()?,
             "-h" | "--help" => {
-                println!("usage: everything [--listen ADDR] [--node NAME] [--state-key SECRET]");
+                println!(
+                    "usage: everything [--listen ADDR] [--node NAME] [--state-key SECRET] \
+                     [--redis URL] [--internal-addr ADDR] [--drain-timeout SECS]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
@@ -102,12 +137,27 @@ fn parse_args() -> Result<Args, String> {
     let listen = listen
         .parse()
         .map_err(|e| format!("--listen {listen}: {e}"))?;
+    let internal_addr = internal_addr
+        .map(|a| a.parse().map_err(|e| format!("--internal-addr {a}: {e}")))
+        .transpose()?;
+    let drain_timeout = drain_timeout
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("--drain-timeout {drain_timeout}: expected seconds"))?;
     Ok(Args {
         listen,
         node,
         state_key,
+        redis,
+        internal_addr,
+        drain_timeout,
     })
 }
+
+/// How long the open connections may take to close once the node has stopped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -122,18 +172,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("{e}");
         e
     })?;
+    match args.redis.clone() {
+        Some(url) => {
+            let store = RedisStore::builder(&url).build_lazy()?;
+            tracing::info!("session registry: Redis");
+            // Other nodes may forward here for a while after the drain began.
+            serve(args, store, DEFAULT_QUIET_PERIOD).await
+        }
+        None => {
+            tracing::info!("session registry: embedded (in memory)");
+            // One node and no balancer: a drain has nobody to wait for.
+            serve(args, MemoryStore::new(), Duration::ZERO).await
+        }
+    }
+}
+
+/// Serves the node on `store` until SIGTERM or SIGINT, then drains it (`quiet`: the quiet
+/// period of the drain) and exits.
+async fn serve<R: RegistryStore>(
+    args: Args,
+    store: R,
+    quiet: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = Server::new(args.state_key.as_deref(), stop_rx);
     server.tick_watched_resource(Duration::from_secs(3));
 
     // The three layers in one call, outermost first: affinity (cookie, node tag in session
-    // ids), the session registry (embedded store), the transport (Host allow-list: localhost
-    // only, DNS-rebinding protection for a local server). One node and no balancer: a drain
-    // has nobody to wait for.
-    let stack = McpStack::builder(args.node.clone(), MemoryStore::new())
+    // ids), the session registry (embedded or Redis), the transport (Host allow-list: localhost
+    // only, DNS-rebinding protection for a local server). A request another node forwards
+    // here keeps the client's `Host`, which that node checked against the same list, so an
+    // internal address that is not localhost needs no entry of its own.
+    let stack = McpStack::builder(args.node.clone(), store)
+        // Where the other nodes forward this node's sessions' requests: an internal address
+        // in a real deployment (here, by default, the one the node listens on).
+        .with_internal_address(args.internal_addr.unwrap_or(local))
         .with_transport(|t| t.with_allowed_hosts(HostPolicy::localhost()))
-        .with_quiet_period(Duration::ZERO)
+        .with_quiet_period(quiet)
         .build()?;
     let handle = stack.handle();
     let mcp = ServiceBuilder::new()
@@ -142,29 +220,93 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let server = server.clone();
             async move { server.handle(req, cx).await }
         }));
+    let health = handle.clone();
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let health = Health::of(&health);
+                async move { health.response() }
+            }),
+        )
         .route_service("/mcp", mcp);
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let local = listener.local_addr()?;
+    // The other nodes forward here from the first request on.
+    if !handle.announce(Duration::from_secs(2)).await {
+        tracing::warn!(
+            "liveness record not written yet (store unreachable?); retried in the background"
+        );
+    }
     println!("MCP everything server listening on http://{local}/mcp");
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         // Small JSON-RPC answers would otherwise wait on Nagle + delayed ACK.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Listen streams end with a final result; running calls finish (at most 10 s),
-            // then the sessions close and the registry's writes land.
-            let _ = stop_tx.send(true);
-            let report = handle.shutdown(Duration::from_secs(10)).await;
-            tracing::info!(?report, "stopped; draining connections");
-        })
-        .await?;
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_timeout = args.drain_timeout;
+    // The server keeps accepting while the graceful-shutdown future runs: requests that
+    // arrive during the drain are served (forwarded here, or told to retry elsewhere).
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        // Listen streams end with a final result (they count as no running handler, so
+        // nothing else would end them before the connections close); then the drain.
+        let _ = stop_tx.send(true);
+        let report = handle.shutdown(drain_timeout).await;
+        tracing::info!(?report, "stopped; draining connections");
+        let _ = stopped_tx.send(());
+    });
+    tokio::select! {
+        served = serving.into_future() => served?,
+        () = async {
+            // A dropped sender means the server ended first (that branch wins then).
+            if stopped_rx.await.is_ok() {
+                tokio::time::sleep(CLOSE_TIMEOUT).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!("connections still open after {CLOSE_TIMEOUT:?}; exiting"),
+    }
     Ok(())
+}
+
+/// What `/healthz` answers: `200 {"status":"ok"}` while the node serves, `503
+/// {"status":"draining"}` once a drain began. Each new field of the node's health (a cluster
+/// bus's state, say) is one more field here, read in [`Health::of`] and written in
+/// [`Health::to_json`].
+///
+/// The registry's own state is not reported: neither `StackHandle` nor `RegistryHandle` says
+/// whether the store is reachable now (only counters such as `store_errors`, which never go
+/// back down).
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    draining: bool,
+}
+
+impl Health {
+    fn of<R>(handle: &StackHandle<R>) -> Self {
+        Self {
+            draining: handle.is_draining(),
+        }
+    }
+
+    fn to_json(self) -> Value {
+        let status = if self.draining { "draining" } else { "ok" };
+        json!({ "status": status })
+    }
+
+    fn response(self) -> impl axum::response::IntoResponse {
+        let code = if self.draining {
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            axum::http::StatusCode::OK
+        };
+        (
+            code,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.to_json().to_string(),
+        )
+    }
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,8 @@
 
 #[path = "support/mcp.rs"]
 mod mcp_support;
+#[path = "../../tests/support/redis.rs"]
+mod redis_support;
 
 use std::{
     io::{BufRead, BufReader},
@@ -13,6 +15,7 @@ use std::{
 };
 
 use mcp_support::Sse;
+use redis_support::RedisServer;
 
 use serde_json::{Value, json};
 
@@ -551,6 +554,119 @@ async fn node_example_serves_prometheus_metrics() {
         "{text}"
     );
     assert!(text.contains(&format!("{} 1\n", m::SESSIONS)), "{text}");
+}
+
+/// `everything --node <node> --redis <url>` on a loopback port, its log collected.
+async fn start_everything_node(node: &str, redis: &RedisServer) -> (Running, String, Log) {
+    let url = redis.url();
+    start_logged("everything", "info", |addr| {
+        ["--listen", addr, "--node", node, "--redis", &url]
+            .map(str::to_owned)
+            .to_vec()
+    })
+    .await
+}
+
+/// Upper bound for a condition the tests below poll for.
+const POLL_TIMEOUT: Duration = Duration::from_secs(10);
+
+// Two `everything` nodes sharing one Redis: a legacy session initialized on node A is served
+// when its next request lands on node B (B forwards it to A, the live owner), not `404`.
+#[tokio::test]
+async fn everything_example_serves_a_session_on_the_other_node() {
+    let redis = RedisServer::start();
+    let (_a, addr_a, log_a) = start_everything_node("a", &redis).await;
+    let (_b, addr_b, log_b) = start_everything_node("b", &redis).await;
+
+    let init = initialize(&addr_a).await;
+    assert_eq!(init.status(), 200, "{}", log_a.text());
+    let id = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // The record is written off the request path: wait (bounded) until it is in Redis, so
+    // node B's one lookup finds it.
+    let key = format!("mcp:session:{{{id}}}");
+    let deadline = tokio::time::Instant::now() + POLL_TIMEOUT;
+    while redis.get(&key).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no record for the session in Redis\n{}",
+            log_a.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let res = http()
+        .post(format!("http://{addr_b}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &id)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = res.text().await.unwrap();
+    let context = format!(
+        "{body}\n--- node a ---\n{}\n--- node b ---\n{}",
+        log_a.text(),
+        log_b.text()
+    );
+    assert_eq!(status, 200, "{context}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {context}"));
+    assert_eq!(v["id"], 2, "{context}");
+    assert!(
+        v["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{context}"
+    );
+}
+
+/// `GET /healthz`: its status and JSON body, or `None` when nothing answered.
+async fn healthz(addr: &str) -> Option<(u16, Value)> {
+    let res = http()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .ok()?;
+    let status = res.status().as_u16();
+    Some((status, res.json().await.ok()?))
+}
+
+// `/healthz` answers 200 `ok` while the node serves and 503 `draining` once SIGTERM started
+// its drain (with Redis the drain waits out the quiet period, so the node is still up), and
+// the node then exits cleanly.
+#[tokio::test]
+async fn everything_example_fails_healthz_while_it_drains() {
+    let redis = RedisServer::start();
+    let (mut node, addr, log) = start_everything_node("a", &redis).await;
+    assert_eq!(
+        healthz(&addr).await,
+        Some((200, json!({"status": "ok"}))),
+        "{}",
+        log.text()
+    );
+
+    node.sigterm();
+    let deadline = tokio::time::Instant::now() + POLL_TIMEOUT;
+    loop {
+        let health = healthz(&addr).await;
+        if health == Some((503, json!({"status": "draining"}))) {
+            break;
+        }
+        assert!(
+            health.is_some() && tokio::time::Instant::now() < deadline,
+            "no 503 from /healthz while draining (last: {health:?})\n{}",
+            log.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = node.wait_exit().await;
+    assert!(status.success(), "{status}\n{}", log.text());
+    assert_eq!(log.alarming(), Vec::<String>::new(), "{}", log.text());
 }
 
 #[tokio::test]
