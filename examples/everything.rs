@@ -29,8 +29,9 @@
 //!   waits for in-flight requests to finish (and, with Redis, for the other nodes to stop
 //!   forwarding here).
 //!
-//! Routes besides `/mcp`: `/healthz` answers `200 {"status":"ok"}` while the node serves and
-//! `503 {"status":"draining"}` once a drain began (JSON, so that more fields can join).
+//! Routes besides `/mcp`: `/healthz` answers `200 {"status":"ok","bus":"ok"}` while the node
+//! serves and `503 {"status":"draining",…}` once a drain began; `bus` says `disconnected`
+//! while the cluster bus reconnects to Redis (the node still serves).
 //!
 //! On SIGTERM (or SIGINT) the node drains, in the order of [`StackHandle::shutdown`]:
 //! `subscriptions/listen` streams end with their final result, the liveness record says
@@ -46,18 +47,22 @@
 //!   client (sampling, elicitation) send a server→client request on the call's own SSE stream
 //!   ([`RequestContext::request`]); `test_reconnection` closes its stream mid-call
 //!   ([`RequestContext::close_stream`], SEP-1699) and the client resumes with `GET` +
-//!   `Last-Event-ID`. List changes and resource updates reach the session's standalone `GET`
-//!   stream through a task the session owns ([`Session::spawn`]).
+//!   `Last-Event-ID`. List changes, and updates of the resources a session subscribed to
+//!   ([`Session::subscribe_resource`]), reach its standalone `GET` stream through the cluster
+//!   bus, on whichever node holds it.
 //! - **Modern clients** (`2026-07-28`) send stateless requests. The same tools ask for input with
 //!   an `input_required` result and a signed `requestState` (multi round-trip requests, SEP-2322);
 //!   `subscriptions/listen` is a request that never ends on its own: it acknowledges, then
 //!   forwards the changes its filter asks for until the client goes away (the transport drops the
 //!   handler future then).
-//! - One change hub ([`tokio::sync::broadcast`]) feeds both: the `test_trigger_*` tools and a
-//!   3-second ticker on `test://watched-resource` publish to it.
+//! - One change feed feeds both, cluster-wide: the cluster bus ([`ClusterBus`]: Redis pub/sub
+//!   with `--redis`, this node alone without). The `test_trigger_*` tools and a 3-second ticker
+//!   on `test://watched-resource` publish a change once ([`ClusterBus::publish_change`]); every
+//!   node delivers it to its legacy sessions and its listen streams ([`ClusterBus::changes`]).
+//!   Each node runs its own ticker, so with N nodes the watched resource changes N times per
+//!   period.
 
 use std::{
-    collections::HashSet,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -69,6 +74,7 @@ use std::{
 use axum::{Router, routing::get};
 use mcp_affinity::{
     McpStack, StackHandle,
+    bus::{Change, ClusterBus},
     handler::{ErrorObject, HandlerRequest, handler_fn},
     protocol::{Era, ProtocolVersion, RequestId, codes},
     registry::{MemoryStore, RedisStore, RegistryStore},
@@ -175,14 +181,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match args.redis.clone() {
         Some(url) => {
             let store = RedisStore::builder(&url).build_lazy()?;
-            tracing::info!("session registry: Redis");
+            // The cluster bus on the same Redis: pub/sub, one connection per node.
+            let bus = ClusterBus::builder(args.node.clone())
+                .with_redis(url)
+                .build()?;
+            tracing::info!("session registry and cluster bus: Redis");
             // Other nodes may forward here for a while after the drain began.
-            serve(args, store, DEFAULT_QUIET_PERIOD).await
+            serve(args, store, bus, DEFAULT_QUIET_PERIOD).await
         }
         None => {
             tracing::info!("session registry: embedded (in memory)");
+            let bus = ClusterBus::local(args.node.clone());
             // One node and no balancer: a drain has nobody to wait for.
-            serve(args, MemoryStore::new(), Duration::ZERO).await
+            serve(args, MemoryStore::new(), bus, Duration::ZERO).await
         }
     }
 }
@@ -192,13 +203,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn serve<R: RegistryStore>(
     args: Args,
     store: R,
+    bus: ClusterBus,
     quiet: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = Server::new(args.state_key.as_deref(), stop_rx);
+    let server = Server::new(args.state_key.as_deref(), stop_rx, bus.clone());
     server.tick_watched_resource(Duration::from_secs(3));
 
     // The three layers in one call, outermost first: affinity (cookie, node tag in session
@@ -210,7 +222,14 @@ async fn serve<R: RegistryStore>(
         // Where the other nodes forward this node's sessions' requests: an internal address
         // in a real deployment (here, by default, the one the node listens on).
         .with_internal_address(args.internal_addr.unwrap_or(local))
-        .with_transport(|t| t.with_allowed_hosts(HostPolicy::localhost()))
+        .with_bus(bus)
+        // A session adopted from another node gets its state back (the default log level).
+        .with_transport(|t| {
+            t.with_allowed_hosts(HostPolicy::localhost())
+                .with_on_restore(|session: &Session| {
+                    session.insert(SessionState::default());
+                })
+        })
         .with_quiet_period(quiet)
         .build()?;
     let handle = stack.handle();
@@ -270,10 +289,10 @@ async fn serve<R: RegistryStore>(
     Ok(())
 }
 
-/// What `/healthz` answers: `200 {"status":"ok"}` while the node serves, `503
-/// {"status":"draining"}` once a drain began. Each new field of the node's health (a cluster
-/// bus's state, say) is one more field here, read in [`Health::of`] and written in
-/// [`Health::to_json`].
+/// What `/healthz` answers: `200 {"status":"ok","bus":"ok"}` while the node serves, `503
+/// {"status":"draining",…}` once a drain began; `bus` is `disconnected` while the cluster
+/// bus reconnects to Redis. Each new field of the node's health is one more field here, read
+/// in [`Health::of`] and written in [`Health::to_json`].
 ///
 /// The registry's own state is not reported: neither `StackHandle` nor `RegistryHandle` says
 /// whether the store is reachable now (only counters such as `store_errors`, which never go
@@ -281,18 +300,24 @@ async fn serve<R: RegistryStore>(
 #[derive(Debug, Clone, Copy)]
 struct Health {
     draining: bool,
+    /// The cluster bus is subscribed (always, for the embedded one).
+    bus: bool,
 }
 
 impl Health {
     fn of<R>(handle: &StackHandle<R>) -> Self {
         Self {
             draining: handle.is_draining(),
+            bus: handle.bus().is_connected(),
         }
     }
 
     fn to_json(self) -> Value {
         let status = if self.draining { "draining" } else { "ok" };
-        json!({ "status": status })
+        // A bus that is reconnecting costs cross-node notifications, not the node's service:
+        // reported, and no reason for the balancer to stop routing here.
+        let bus = if self.bus { "ok" } else { "disconnected" };
+        json!({ "status": status, "bus": bus })
     }
 
     fn response(self) -> impl axum::response::IntoResponse {
@@ -333,40 +358,15 @@ async fn shutdown_signal() {
 // The server: shared state and the method dispatch
 // ---------------------------------------------------------------------------------------------
 
-/// A change clients may subscribe to.
-#[derive(Debug, Clone, PartialEq)]
-enum Change {
-    Tools,
-    Prompts,
-    ResourceUpdated(String),
-}
-
-impl Change {
-    fn method(&self) -> &'static str {
-        match self {
-            Self::Tools => "notifications/tools/list_changed",
-            Self::Prompts => "notifications/prompts/list_changed",
-            Self::ResourceUpdated(_) => "notifications/resources/updated",
-        }
-    }
-
-    fn params(&self) -> Map<String, Value> {
-        let mut params = Map::new();
-        if let Self::ResourceUpdated(uri) = self {
-            params.insert("uri".into(), json!(uri));
-        }
-        params
-    }
-}
-
 #[derive(Clone)]
 struct Server {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    /// Every change, to every legacy session and every modern listen stream.
-    changes: broadcast::Sender<Change>,
+    /// The cluster bus: every change, published once, reaches every legacy session and every
+    /// modern listen stream of every node.
+    bus: ClusterBus,
     /// Signs and checks `requestState`.
     seal: Sealer,
     /// `test_dynamic_tool` / `test_dynamic_prompt` are listed (toggled by the trigger tools).
@@ -377,11 +377,10 @@ struct Inner {
 }
 
 impl Server {
-    fn new(state_key: Option<&str>, stop: watch::Receiver<bool>) -> Self {
-        let (changes, _) = broadcast::channel(64);
+    fn new(state_key: Option<&str>, stop: watch::Receiver<bool>, bus: ClusterBus) -> Self {
         Self {
             inner: Arc::new(Inner {
-                changes,
+                bus,
                 seal: Sealer::new(state_key),
                 dynamic_tool: AtomicBool::new(false),
                 dynamic_prompt: AtomicBool::new(false),
@@ -391,8 +390,11 @@ impl Server {
     }
 
     fn publish(&self, change: Change) {
-        // No receiver is not an error: nobody listens right now.
-        let _ = self.inner.changes.send(change);
+        // Delivered on this node and published once for the others (Redis down: this node's
+        // and the others' clients miss it, the call itself does not fail).
+        if let Err(e) = self.inner.bus.publish_change(change) {
+            tracing::warn!(error = %e, "change not published");
+        }
     }
 
     /// `test://watched-resource` "changes" every `period`.
@@ -403,7 +405,7 @@ impl Server {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                server.publish(Change::ResourceUpdated(WATCHED.into()));
+                server.publish(Change::resource_updated(WATCHED));
             }
         });
     }
@@ -530,8 +532,9 @@ impl Call<'_> {
 
     // --- lifecycle (legacy) ------------------------------------------------------------------
 
-    /// `initialize`: negotiate a legacy revision, give the session its state and a task that
-    /// forwards changes to its standalone stream.
+    /// `initialize`: negotiate a legacy revision and give the session its state. List changes
+    /// and updates of the resources it subscribes to reach its standalone stream through the
+    /// cluster bus.
     fn initialize(&self) -> Reply {
         let requested = self.param("protocolVersion").and_then(Value::as_str);
         let version = requested
@@ -540,7 +543,6 @@ impl Call<'_> {
             .unwrap_or(ProtocolVersion::LATEST_LEGACY);
         if let Some(session) = self.cx.session() {
             session.insert(SessionState::default());
-            forward_changes(session, self.server.inner.changes.subscribe());
         }
         Ok(json!({
             "protocolVersion": version.as_str(),
@@ -565,12 +567,12 @@ impl Call<'_> {
 
     fn subscribe(&self, on: bool) -> Reply {
         let uri = self.str_param("uri")?;
-        if let Some(state) = self.session_state() {
-            let mut state = state.lock();
-            if on {
-                state.subscriptions.insert(uri.to_owned());
-            } else {
-                state.subscriptions.remove(uri);
+        if let Some(session) = self.cx.session() {
+            if on && !session.subscribe_resource(uri) {
+                return Err(ErrorObject::invalid_params("too many subscriptions"));
+            }
+            if !on {
+                session.unsubscribe_resource(uri);
             }
         }
         Ok(json!({}))
@@ -716,7 +718,7 @@ impl Call<'_> {
         let filter = Filter::parse(self.param("notifications"))?;
         let id = json!(self.cx.id().unwrap_or(&RequestId::Number(0)));
         // Subscribe before acknowledging, so no change after the acknowledgement is missed.
-        let mut changes = self.server.inner.changes.subscribe();
+        let mut changes = self.server.inner.bus.changes();
         let mut stop = self.server.inner.stop.clone();
         let tagged = |mut params: Map<String, Value>| {
             params.insert(
@@ -734,7 +736,8 @@ impl Call<'_> {
             tokio::select! {
                 change = changes.recv() => match change {
                     Ok(change) if filter.wants(&change) => {
-                        if self.cx.notify(change.method(), tagged(change.params())).is_err() {
+                        let params = change.params().and_then(|p| p.as_object().cloned());
+                        if self.cx.notify(change.method(), tagged(params.unwrap_or_default())).is_err() {
                             break;
                         }
                     }
@@ -867,14 +870,14 @@ fn roots_count(answers: &Map<String, Value>, key: &str) -> usize {
 // Legacy sessions: per-session state and change forwarding
 // ---------------------------------------------------------------------------------------------
 
-/// What a legacy session remembers: its log level and resource subscriptions.
+/// What a legacy session remembers: its log level (its resource subscriptions are the
+/// session's own, [`Session::subscribe_resource`], which the bus reads).
 #[derive(Clone, Default)]
 struct SessionState(Arc<Mutex<SessionData>>);
 
 #[derive(Default)]
 struct SessionData {
     level: Level,
-    subscriptions: HashSet<String>,
 }
 
 impl SessionState {
@@ -883,33 +886,6 @@ impl SessionState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// A task owned by the session (aborted when it closes) that sends list changes, and updates of
-/// the resources it subscribed to, on its standalone stream.
-fn forward_changes(session: &Session, mut changes: broadcast::Receiver<Change>) {
-    let target = session.clone();
-    session.spawn(async move {
-        loop {
-            let change = match changes.recv().await {
-                Ok(change) => change,
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => break,
-            };
-            if let Change::ResourceUpdated(uri) = &change {
-                let subscribed = target
-                    .get::<SessionState>()
-                    .is_some_and(|s| s.lock().subscriptions.contains(uri));
-                if !subscribed {
-                    continue;
-                }
-            }
-            let params = Some(Value::Object(change.params()));
-            if target.notify(change.method(), params).is_err() {
-                break;
-            }
-        }
-    });
 }
 
 /// Log levels, least severe first.
@@ -1016,9 +992,11 @@ impl Filter {
 
     fn wants(&self, change: &Change) -> bool {
         match change {
-            Change::Tools => self.tools,
-            Change::Prompts => self.prompts,
-            Change::ResourceUpdated(uri) => self.uris.iter().any(|u| u == uri),
+            Change::ToolsListChanged => self.tools,
+            Change::PromptsListChanged => self.prompts,
+            Change::ResourceUpdated { uri } => self.uris.iter().any(|u| u == uri),
+            // Its resource list never changes.
+            _ => false,
         }
     }
 }
@@ -1300,9 +1278,9 @@ impl Call<'_> {
             "test_elicitation_sep1034_defaults" => self.elicitation_defaults().await,
             "test_elicitation_sep1330_enums" => self.elicitation_enums().await,
             "json_schema_2020_12_tool" => Ok(text(format!("called with {}", self.args()))),
-            "test_trigger_tool_change" => self.server.toggle(&inner.dynamic_tool, Change::Tools),
+            "test_trigger_tool_change" => self.server.toggle(&inner.dynamic_tool, Change::ToolsListChanged),
             "test_trigger_prompt_change" => {
-                self.server.toggle(&inner.dynamic_prompt, Change::Prompts)
+                self.server.toggle(&inner.dynamic_prompt, Change::PromptsListChanged)
             }
             "test_dynamic_tool" => Ok(text("This tool was added at run time.")),
             "test_reconnection" => self.reconnection().await,
