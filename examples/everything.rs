@@ -1278,10 +1278,12 @@ impl Call<'_> {
             "test_elicitation_sep1034_defaults" => self.elicitation_defaults().await,
             "test_elicitation_sep1330_enums" => self.elicitation_enums().await,
             "json_schema_2020_12_tool" => Ok(text(format!("called with {}", self.args()))),
-            "test_trigger_tool_change" => self.server.toggle(&inner.dynamic_tool, Change::ToolsListChanged),
-            "test_trigger_prompt_change" => {
-                self.server.toggle(&inner.dynamic_prompt, Change::PromptsListChanged)
-            }
+            "test_trigger_tool_change" => self
+                .server
+                .toggle(&inner.dynamic_tool, Change::ToolsListChanged),
+            "test_trigger_prompt_change" => self
+                .server
+                .toggle(&inner.dynamic_prompt, Change::PromptsListChanged),
             "test_dynamic_tool" => Ok(text("This tool was added at run time.")),
             "test_reconnection" => self.reconnection().await,
             "test_missing_capability" => self.missing_capability().await,

@@ -30,6 +30,8 @@
 
 #[path = "support/process.rs"]
 mod process_support;
+#[path = "../../tests/support/redis.rs"]
+mod redis_support;
 use process_support::ExampleProcess;
 
 use std::{
@@ -245,8 +247,13 @@ struct Listener {
 
 impl Listener {
     fn spawn(dir: &Path, url: &str, args: &[&str]) -> Self {
+        Self::spawn_script(dir, "listen.mjs", url, args)
+    }
+
+    /// Another script of the same line protocol (`tests/clients/ts/legacy_listen.mjs`).
+    fn spawn_script(dir: &Path, script: &str, url: &str, args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new("node")
-            .arg(dir.join("listen.mjs"))
+            .arg(dir.join(script))
             .arg(url)
             .args(args)
             .current_dir(dir)
@@ -542,4 +549,73 @@ async fn typescript_sdk_v2_listen_receives_tools_list_changed() {
         "the notification is not tagged with the subscription id: {note}"
     );
     listener.exits_cleanly(deadline, &server).await;
+}
+
+/// One `everything` node of a cluster on `redis`.
+async fn start_everything_node(
+    test: &str,
+    node: &str,
+    redis: &redis_support::RedisServer,
+) -> ExampleProcess {
+    let log_dir = target_dir().join("real-clients");
+    std::fs::create_dir_all(&log_dir).expect("create the server log directory");
+    ExampleProcess::start(
+        &everything_binary(),
+        &["--node", node, "--redis", &redis.url()],
+        log_dir.join(format!("{test}-{node}.log")),
+    )
+    .await
+}
+
+// Three `everything` nodes sharing one Redis: a change triggered on node B reaches, through
+// the cluster bus, a TypeScript SDK v2 client's `subscriptions/listen` stream on node A and a
+// TypeScript SDK 1.x legacy session's GET stream on node C, every time.
+#[tokio::test]
+async fn a_change_on_one_everything_node_reaches_listeners_on_the_others() {
+    const ROUNDS: usize = 5;
+    let Some(v2) = ts2_client_dir() else { return };
+    let Some(v1) = ts_client_dir() else { return };
+    let redis = redis_support::RedisServer::start();
+    let a = start_everything_node("bus", "a", &redis).await;
+    let b = start_everything_node("bus", "b", &redis).await;
+    let c = start_everything_node("bus", "c", &redis).await;
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let rounds = ROUNDS.to_string();
+    let mut modern = Listener::spawn(
+        &v2,
+        &a.url(),
+        &[
+            "--expect",
+            &rounds,
+            "--filter",
+            "tools",
+            "--timeout",
+            "120000",
+        ],
+    );
+    modern.expect("server", deadline, &a).await;
+    modern.expect("ready", deadline, &a).await;
+    let mut legacy = Listener::spawn_script(
+        &v1,
+        "legacy_listen.mjs",
+        &c.url(),
+        &["--expect", &rounds, "--timeout", "120000"],
+    );
+    legacy.expect("ready", deadline, &c).await;
+    for round in 0..ROUNDS {
+        call_tool_modern(&b.url(), "test_trigger_tool_change").await;
+        let on_a = modern.expect("notification", deadline, &a).await;
+        assert_eq!(
+            on_a["method"], "notifications/tools/list_changed",
+            "round {round}: {on_a}"
+        );
+        let on_c = legacy.expect("notification", deadline, &c).await;
+        assert_eq!(
+            on_c["method"], "notifications/tools/list_changed",
+            "round {round}: {on_c}"
+        );
+    }
+    modern.exits_cleanly(deadline, &a).await;
+    legacy.exits_cleanly(deadline, &c).await;
+    drop(b);
 }
