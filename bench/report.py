@@ -245,15 +245,40 @@ def fanout_rows(gs):
     return lines
 
 
+def liveness_split(rows):
+    """(commands, of which the nodes' liveness heartbeat) over the measured windows of `rows`
+    (None without counts). Each node rewrites its liveness record every 5 s (one `SADD` to the
+    node set and one `SET` of the record), whatever the requests do, so a window may hold a
+    pair; only the commands besides those come from the requests."""
+    stats = [r["redis_commandstats"] for r in rows if isinstance(r.get("redis_commandstats"), dict)]
+    if not stats:
+        return None
+    total = sum(sum(c.values()) for c in stats)
+    heartbeat = sum(2 * min(c.get("sadd", 0), c.get("set", 0)) for c in stats)
+    return total, heartbeat
+
+
+def ping_redis(g):
+    """`ping`'s Redis commands in the measured windows, the liveness heartbeat told apart."""
+    split = liveness_split(g.rows)
+    if split is None:
+        return None, None
+    total, heartbeat = split
+    text = f"{total} Redis commands"
+    if heartbeat:
+        text += f" ({heartbeat} of them the node's liveness record, every 5 s; {total - heartbeat} from requests)"
+    return text, total - heartbeat
+
+
 def redis_lines(gs):
     out = []
     for n in sorted({k[3] for k in gs if k[0] == "ours-full" and k[1] == "ping" and k[3]}):
         g = find(gs, "ours-full", "ping", sessions=n)
-        cmds = [r.get("redis_commands") for r in g.rows if r.get("redis_commands") is not None]
-        ops = g.total("ops")
-        if cmds:
-            out.append(f"- `ping` on {n:,} live sessions: **{sum(cmds)} Redis commands** in "
-                       f"{ops:,.0f} measured requests ({len(cmds)} runs).")
+        text, _ = ping_redis(g)
+        runs = sum(isinstance(r.get("redis_commandstats"), dict) for r in g.rows)
+        if text:
+            out.append(f"- `ping` on {n:,} live sessions: **{text}** in "
+                       f"{g.total('ops'):,.0f} measured requests ({runs} runs).")
     g = find(gs, "ours-full", "idle", with_get=False)
     if g is not None and g.med("redis_commands_per_session") is not None:
         per = defaultdict(list)
@@ -408,9 +433,9 @@ def targets_table(gs):
         "–" if not closed else " / ".join(f"{c:+.0f} %" for c in closed),
         None if not closed else all(abs(c) <= 5 for c in closed))
     g = find(gs, "ours-full", "ping", sessions=sessions[-1]) if sessions else None
-    cmds = None if g is None else [r.get("redis_commands") for r in g.rows if r.get("redis_commands") is not None]
-    add("zero Redis commands per request (ping)", "–" if not cmds else f"{sum(cmds)} commands",
-        None if not cmds else sum(cmds) == 0)
+    text, from_requests = ping_redis(g) if g is not None else (None, None)
+    add("zero Redis commands per request (ping)", text or "–",
+        None if from_requests is None else from_requests == 0)
     f = (find(gs, "ours-full", "fanout") or Group([])).med("fanout_last_ms_median")
     n = (find(gs, "ours-full", "fanout") or Group([])).med("streams")
     fb = (find(gs, "bare", "fanout") or Group([])).med("fanout_last_ms_median")
