@@ -455,7 +455,7 @@ def targets_table(gs):
             "–" if r is None else f"{' / '.join(fmt(v) for v in nodes)} vs {fmt(single)} µs = {r:.2f}× "
             f"(the highest){note}",
             None if r is None else (r <= 1.5 and not missed))
-        add(f"the same: time from publish to the last delivery (for information; "
+        add(f"the same: time from the broadcast (trigger sent) to the last delivery (for information; "
             f"{fmt(one.med('fanout_last_ms_median') if one else None)} ms on one node)",
             f"{fmt(many.med('fanout_last_ms_median'))} ms", None)
         p = many.med("redis_publish_per_notification")
