@@ -27,7 +27,7 @@ def rmcp_label():
 
 RMCP = rmcp_label()
 
-TARGETS = ["bare", "rmcp", "ours-transport", "ours-full", "ours-forward"]
+TARGETS = ["bare", "rmcp", "ours-transport", "ours-full", "ours-forward", "ours-cluster"]
 # The chart's series (the forwarded ping has its own section).
 CHART_TARGETS = ["bare", "rmcp", "ours-transport", "ours-full"]
 NAMES = {
@@ -37,6 +37,7 @@ NAMES = {
     "ours-full": "ours: all layers + Redis",
     "ours-forward": "ours: forwarded B → A (both nodes' CPU)",
     "ours-adopt": "ours: adopted after a drain",
+    "ours-cluster": "ours: 3 nodes, one Redis (cluster bus)",
 }
 COLORS = {"bare": "#888888", "rmcp": "#d95f02", "ours-transport": "#7570b3", "ours-full": "#1b9e77"}
 
@@ -128,6 +129,35 @@ def server_cpu(g):
     return f"{fmt(both)} (B {fmt(g.med('server_cpu_us_per_op'))} + A {fmt(g.med('peer_cpu_us_per_op'))})"
 
 
+def per_node(g, field):
+    """The median over the runs of each node's entry of a per-node list (`node_cpu_us_per_op`:
+    `--url`'s node first)."""
+    lists = [r[field] for r in g.rows if isinstance(r.get(field), list)]
+    if not lists:
+        return []
+    out = []
+    for i in range(max(len(l) for l in lists)):
+        vals = [l[i] for l in lists if i < len(l) and isinstance(l[i], (int, float))]
+        out.append(statistics.median(vals) if vals else None)
+    return out
+
+
+def fanout_cpu(g):
+    """Server CPU per delivery; over several nodes, all of them together and each one's per
+    delivery on it."""
+    nodes = per_node(g, "node_cpu_us_per_op")
+    if not nodes:
+        return server_cpu(g)
+    return f"{fmt(g.med('servers_cpu_us_per_op'))} ({' / '.join(fmt(v) for v in nodes)} per node)"
+
+
+def publish_per_notification(g):
+    p, c = g.med("redis_publish_per_notification"), g.med("redis_commands_per_notification")
+    if p is None and c is None:
+        return "–"
+    return f"{fmt(p)} PUBLISH ({fmt(c)} commands in all)"
+
+
 def count(v):
     return "–" if v is None else f"{v:,.0f}"
 
@@ -182,8 +212,8 @@ def memory_rows(gs, args):
 def fanout_rows(gs):
     lines = ["| server | streams | trigger → last receipt, ms (median of runs' medians) | trigger → first | "
              "trigger → answer | delivery p50 / p99 ms | server CPU µs per delivery | generator CPU µs per "
-             "delivery | missing |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "delivery | Redis commands per notification | missing |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t in TARGETS:
         g = find(gs, t, "fanout")
         if g is None:
@@ -191,22 +221,64 @@ def fanout_rows(gs):
         lines.append(
             f"| {NAMES[t]} | {fmt(g.med('streams'))} | {fmt(g.med('fanout_last_ms_median'))} "
             f"| {fmt(g.med('fanout_first_ms_median'))} | {fmt(g.med('trigger_response_ms_median'))} "
-            f"| {fmt(g.med('p50_ms'))} / {fmt(g.med('p99_ms'))} | {fmt(g.med('server_cpu_us_per_op'))} "
-            f"| {fmt(g.med('client_cpu_us_per_op'))} | {int(g.total('missing'))} |")
+            f"| {fmt(g.med('p50_ms'))} / {fmt(g.med('p99_ms'))} | {fanout_cpu(g)} "
+            f"| {fmt(g.med('client_cpu_us_per_op'))} | {publish_per_notification(g)} "
+            f"| {int(g.total('missing'))} |")
     lines.append(f"| {RMCP} | – | no broadcast primitive (one `notify` per session would be N requests) "
-                 "| | | | | | |")
+                 "| | | | | | | |")
+    one, many = find(gs, "ours-full", "fanout"), find(gs, "ours-cluster", "fanout")
+    if many is not None:
+        single = one.med("server_cpu_us_per_op") if one else None
+        times = lambda v: "–" if ratio(v, single) is None else f"{ratio(v, single):.2f}×"
+        nodes = per_node(many, "node_cpu_us_per_op")
+        streams = " / ".join(fmt(v, 0) for v in per_node(many, "node_streams"))
+        both = many.med("servers_cpu_us_per_op")
+        last1 = one.med("fanout_last_ms_median") if one else None
+        lines += ["", f"Over {fmt(many.med('nodes'), 0)} nodes ({streams} streams; all on the server core, "
+                  "one Redis): one `broadcast` is published once on the cluster bus and each node delivers "
+                  "it to its own streams. Each node's CPU per delivery on that node against the single "
+                  f"node's ({fmt(single)} µs): {' / '.join(f'{fmt(v)} µs = {times(v)}' for v in nodes)}; "
+                  f"all nodes together {fmt(both)} µs per delivery ({times(both)}). Trigger → last delivery "
+                  f"on any node: {fmt(many.med('fanout_last_ms_median'))} ms ({fmt(last1)} ms on one node). "
+                  f"Redis commands per notification over the broadcasts: {publish_per_notification(many)}; "
+                  "in all counts every command in the window, the nodes' liveness records included."]
     return lines
+
+
+def liveness_split(rows):
+    """(commands, of which the nodes' liveness heartbeat) over the measured windows of `rows`
+    (None without counts). Each node rewrites its liveness record every 5 s (one `SADD` to the
+    node set and one `SET` of the record), whatever the requests do, so a window may hold a
+    pair; only the commands besides those come from the requests."""
+    stats = [r["redis_commandstats"] for r in rows if isinstance(r.get("redis_commandstats"), dict)]
+    if not stats:
+        return None
+    total = sum(sum(c.values()) for c in stats)
+    heartbeat = sum(2 * min(c.get("sadd", 0), c.get("set", 0)) for c in stats)
+    return total, heartbeat
+
+
+def ping_redis(g):
+    """`ping`'s Redis commands in the measured windows, the liveness heartbeat told apart."""
+    split = liveness_split(g.rows)
+    if split is None:
+        return None, None
+    total, heartbeat = split
+    text = f"{total} Redis commands"
+    if heartbeat:
+        text += f" ({heartbeat} of them the node's liveness record, every 5 s; {total - heartbeat} from requests)"
+    return text, total - heartbeat
 
 
 def redis_lines(gs):
     out = []
     for n in sorted({k[3] for k in gs if k[0] == "ours-full" and k[1] == "ping" and k[3]}):
         g = find(gs, "ours-full", "ping", sessions=n)
-        cmds = [r.get("redis_commands") for r in g.rows if r.get("redis_commands") is not None]
-        ops = g.total("ops")
-        if cmds:
-            out.append(f"- `ping` on {n:,} live sessions: **{sum(cmds)} Redis commands** in "
-                       f"{ops:,.0f} measured requests ({len(cmds)} runs).")
+        text, _ = ping_redis(g)
+        runs = sum(isinstance(r.get("redis_commandstats"), dict) for r in g.rows)
+        if text:
+            out.append(f"- `ping` on {n:,} live sessions: **{text}** in "
+                       f"{g.total('ops'):,.0f} measured requests ({runs} runs).")
     g = find(gs, "ours-full", "idle", with_get=False)
     if g is not None and g.med("redis_commands_per_session") is not None:
         per = defaultdict(list)
@@ -361,15 +433,35 @@ def targets_table(gs):
         "–" if not closed else " / ".join(f"{c:+.0f} %" for c in closed),
         None if not closed else all(abs(c) <= 5 for c in closed))
     g = find(gs, "ours-full", "ping", sessions=sessions[-1]) if sessions else None
-    cmds = None if g is None else [r.get("redis_commands") for r in g.rows if r.get("redis_commands") is not None]
-    add("zero Redis commands per request (ping)", "–" if not cmds else f"{sum(cmds)} commands",
-        None if not cmds else sum(cmds) == 0)
+    text, from_requests = ping_redis(g) if g is not None else (None, None)
+    add("zero Redis commands per request (ping)", text or "–",
+        None if from_requests is None else from_requests == 0)
     f = (find(gs, "ours-full", "fanout") or Group([])).med("fanout_last_ms_median")
     n = (find(gs, "ours-full", "fanout") or Group([])).med("streams")
     fb = (find(gs, "bare", "fanout") or Group([])).med("fanout_last_ms_median")
     limit = "" if fb is None else f" (bare hyper limit: {fmt(fb)} ms)"
     add(f"fan-out to {fmt(n)} streams ≤ 50 ms", "–" if f is None else f"{fmt(f)} ms{limit}",
         None if f is None else f <= 50)
+    one, many = find(gs, "ours-full", "fanout"), find(gs, "ours-cluster", "fanout")
+    if many is not None:
+        single = one.med("server_cpu_us_per_op") if one else None
+        nodes = per_node(many, "node_cpu_us_per_op")
+        worst = max((v for v in nodes if v is not None), default=None)
+        r = ratio(worst, single)
+        missed = int(many.total("missing"))
+        note = f"; {missed} deliveries missing" if missed else ""
+        add(f"one notification to {fmt(many.med('streams'))} GET streams over {fmt(many.med('nodes'), 0)} "
+            "nodes: per-node server CPU per delivery ≤ 1.5× a single node's",
+            "–" if r is None else f"{' / '.join(fmt(v) for v in nodes)} vs {fmt(single)} µs = {r:.2f}× "
+            f"(the highest){note}",
+            None if r is None else (r <= 1.5 and not missed))
+        add(f"the same: time from the broadcast (trigger sent) to the last delivery (for information; "
+            f"{fmt(one.med('fanout_last_ms_median') if one else None)} ms on one node)",
+            f"{fmt(many.med('fanout_last_ms_median'))} ms", None)
+        p = many.med("redis_publish_per_notification")
+        add("the same: Redis commands per notification (one PUBLISH reaches every node)",
+            publish_per_notification(many),
+            None if p is None else p <= 1)
     if sessions:
         n = sessions[-1]
         a, b = p99("ours-full", n), p99("rmcp", n)
@@ -592,7 +684,7 @@ def main():
         "",
         "## Fan-out (one `notifications/message` to every open GET stream)",
         "",
-        "Triggered by the node example's `broadcast` tool (`TransportHandle::notify_all`), or the bare "
+        "Triggered by the node example's `broadcast` tool (`ClusterBus::notify_all`), or the bare "
         "server's equivalent; 5 triggers per run. "
         "The time includes the generator reading every stream on its single core: its CPU per delivery "
         "is shown beside the server's.",

@@ -21,6 +21,11 @@
 # - ours-adopt: $ADOPT_SESSIONS sessions initialized at A, A sent SIGTERM (it drains), then every
 #   session's first request sent to B, $ADOPT_CONNS at once, which adopts it
 #   (`loadgen --workload adopt`).
+# Three-node target (all three nodes, like Redis, on the server core):
+# - ours-cluster: `fanout` only, its $FANOUT_STREAMS GET streams spread round-robin over three
+#   nodes sharing one Redis (the trigger's session on the first), so each broadcast crosses the
+#   cluster bus (one PUBLISH, each node delivering to its own streams); every node's CPU per
+#   delivery on that node, against ours-full's single node (`loadgen --node-url --node-pid`).
 # KEEP_WORK=1 keeps the work directory (node and generator logs) and prints where it is.
 set -euo pipefail
 
@@ -38,7 +43,7 @@ STREAM_STEPS=${STREAM_STEPS:-10}
 FORWARD_SESSIONS=${FORWARD_SESSIONS:-64}
 ADOPT_SESSIONS=${ADOPT_SESSIONS:-1000}
 ADOPT_CONNS=${ADOPT_CONNS:-$CONNS}    # first requests in flight at once after the drain
-TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward ours-adopt"}
+TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward ours-adopt ours-cluster"}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 OUT=${OUT:-$ROOT/bench/results}
@@ -49,7 +54,10 @@ done
 
 echo "== building (release)"
 cargo build --release --example node
-cargo build --release -p mcp-bench-loadgen -p mcp-bench-peers
+# The peer servers only for the targets that run them.
+PEERS=()
+[[ " $TARGETS " == *" bare "* || " $TARGETS " == *" rmcp "* ]] && PEERS=(-p mcp-bench-peers)
+cargo build --release -p mcp-bench-loadgen "${PEERS[@]}"
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 NODE=$BIN/examples/node
 LOADGEN=$BIN/loadgen
@@ -74,10 +82,15 @@ free_port() {
 
 SERVER_PID=
 PEER_PID=
+NODE_PIDS=()
+NODE_URLS=()
 REDIS_PID=
 cleanup() {
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
     [ -n "$PEER_PID" ] && kill "$PEER_PID" 2>/dev/null && wait "$PEER_PID" 2>/dev/null || true
+    for pid in "${NODE_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    done
     [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null || true
     if [ -n "${KEEP_WORK:-}" ]; then
         echo "== work directory kept: $WORK"
@@ -103,8 +116,9 @@ else
 fi
 
 # --- one server per run -------------------------------------------------------------------------
-start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL (and for two nodes PEER_PID, INIT_URL)
-    local port port_a
+start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL (for two nodes PEER_PID, INIT_URL;
+    # for three, NODE_PIDS and NODE_URLS of the other two)
+    local port port_a port_n n
     port=$(free_port)
     URL=http://127.0.0.1:$port/mcp
     case $1 in
@@ -133,6 +147,21 @@ start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL (and for two nodes PE
             PEER_PID=$!
             RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" --node b \
                 --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-run.log" & ;;
+        ours-cluster)
+            # Nodes c2 and c3, then c1 (SERVER_PID, the trigger's node), on one Redis.
+            redis-cli -p "$REDIS_PORT" flushall >/dev/null
+            NODE_PIDS=()
+            NODE_URLS=()
+            for n in 2 3; do
+                port_n=$(free_port)
+                while [ "$port_n" = "$port" ]; do port_n=$(free_port); done
+                NODE_URLS+=("http://127.0.0.1:$port_n/mcp")
+                RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port_n" --node "c$n" \
+                    --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-c$n-run.log" &
+                NODE_PIDS+=($!)
+            done
+            RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" --node c1 \
+                --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-run.log" & ;;
     esac
     SERVER_PID=$!
 }
@@ -147,6 +176,13 @@ stop_server() {
         wait "$PEER_PID" 2>/dev/null || true
         PEER_PID=
     fi
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    NODE_PIDS=()
+    NODE_URLS=()
 }
 
 # run ROUND TARGET WORKLOAD ARGS... : one fresh-server run of one workload, its JSON line
@@ -173,6 +209,12 @@ run() {
             ours-adopt)
                 extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID"
                     --init-url "$INIT_URL" --peer-pid "$PEER_PID" --drain-pid "$PEER_PID") ;;
+            ours-cluster)
+                extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID")
+                local k
+                for k in "${!NODE_PIDS[@]}"; do
+                    extra+=(--node-url "${NODE_URLS[$k]}" --node-pid "${NODE_PIDS[$k]}")
+                done ;;
         esac
         # Redis commands are counted twice for ping on the full stack: here around the whole
         # run (session setup and teardown included), and by the generator over its measured
@@ -193,17 +235,18 @@ import json,sys; v=json.loads(sys.argv[1]); print(v.get("redis_commands"), "comm
         fi
         stop_server
         if [[ $target == ours-* ]]; then
-            # The registry's "queue full: operation dropped" warnings of this run (both nodes'
-            # for the two-node targets), into its line.
+            # The registry's "queue full: operation dropped" warnings of this run (every
+            # node's for the two- and three-node targets), into its line.
             [ -f "$WORK/node-a-run.log" ] || : >"$WORK/node-a-run.log"
+            local logs=("$WORK/node-run.log" "$WORK"/node-*-run.log)
             line=$(python3 -c '
 import json, sys
 v = json.loads(sys.argv[1])
 v["registry_drops"] = sum("queue full" in l for f in sys.argv[2:] for l in open(f, errors="replace"))
-print(json.dumps(v))' "$line" "$WORK/node-run.log" "$WORK/node-a-run.log" 2>/dev/null || echo "$line")
-            cat "$WORK/node-run.log" "$WORK/node-a-run.log" >>"$WORK/node.log" 2>/dev/null || true
-            : >"$WORK/node-run.log"
-            : >"$WORK/node-a-run.log"
+print(json.dumps(v))' "$line" "${logs[@]}" 2>/dev/null || echo "$line")
+            cat "${logs[@]}" >>"$WORK/node.log" 2>/dev/null || true
+            local log
+            for log in "${logs[@]}"; do : >"$log"; done
         fi
         other=$(python3 -c '
 import json, sys
@@ -227,9 +270,9 @@ try:
 except Exception:
     print("   (no result)", sys.argv[1][:200]); sys.exit()
 keys = ["ops_per_s", "p50_ms", "p99_ms", "max_ms", "server_cpu_us_per_op", "peer_cpu_us_per_op",
-        "servers_cpu_us_per_op", "client_cpu_util", "other_cpu_util", "errors", "statuses",
+        "servers_cpu_us_per_op", "node_cpu_us_per_op", "client_cpu_util", "other_cpu_util", "errors", "statuses",
         "second_p99_ms", "kib_per_session", "reopen_growth_kib_per_session", "fanout_last_ms_median",
-        "redis_commands", "redis_commands_per_session", "redis_drain_s", "redis_keys_left",
+        "missing", "redis_publish_per_notification", "redis_commands", "redis_commands_per_session", "redis_drain_s", "redis_keys_left",
         "registry_drops", "error_sample", "fatal"]
 extra = " ".join(f"{a}" for a in [v.get("sessions")] if a)
 if v.get("connections") == 1:
@@ -270,7 +313,8 @@ applies() { # TARGET WORKLOAD ARGS...
     case "$target:$workload" in
         ours-forward:ping) [[ " $FORWARD_SESSIONS " == *" $(arg_of sessions "$@") "* ]] ;;
         ours-adopt:adopt) return 0 ;;
-        ours-forward:* | ours-adopt:* | *:adopt) return 1 ;;
+        ours-cluster:fanout) return 0 ;;
+        ours-forward:* | ours-adopt:* | ours-cluster:* | *:adopt) return 1 ;;
         bare:ping | bare:fanout) return 0 ;;
         bare:*) return 1 ;;
         rmcp:fanout) return 1 ;;

@@ -74,9 +74,9 @@ pub async fn run(args: &Args, target: Arc<Target>, init: Arc<Target>) -> Result<
         None => None,
     };
     let pids = Pids::of(args);
-    let mark = cpu_mark(pids);
+    let mark = cpu_mark(&pids);
     let mut first = round(&target, &sessions, args.connections).await;
-    let usage = cpu_since(mark, pids);
+    let usage = cpu_since(mark, &pids);
     let redis_calls = redis.as_mut().map(|(r, before)| {
         r.command_calls()
             .map(|after| calls_since(before, &after))

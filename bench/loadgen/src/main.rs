@@ -13,7 +13,9 @@
 //! - `idle`: open N sessions (`--with-get`: each with a GET stream on its own connection), report
 //!   the server's RSS per session, close them all and report RSS again
 //! - `fanout`: N sessions with GET streams; `tools/call broadcast` (the node example's tool)
-//!   sends one log message to every stream; time from the trigger to the last receipt
+//!   sends one log message to every stream; time from the trigger to the last receipt. With
+//!   `--node-url URL` (repeatable) the sessions are spread round-robin over `--url` and those
+//!   nodes (the trigger's session on `--url`), for a broadcast that crosses the cluster bus
 //! - `adopt`: N sessions initialized at `--init-url` (node A); then A is sent SIGTERM
 //!   (`--drain-pid`) and, once its `/healthz` answers `503` (it drains), every session's first
 //!   request (`ping`) goes to `--url` (node B), which adopts it; the latency of those first
@@ -35,8 +37,11 @@
 //! CPU: the server's utime+stime from `/proc/<pid>/stat` (`--server-pid`) and the generator's
 //! own, over the measured window (after `--warmup`); `--peer-pid` measures a second server
 //! process (node A of `--init-url`) the same way, reported apart (`peer_cpu_*`) and summed with
-//! the first (`servers_cpu_*`). `--redis ADDR` counts Redis commands in the
-//! window (CONFIG RESETSTAT at its start, INFO commandstats at its end).
+//! the first (`servers_cpu_*`). `--node-pid PID` (repeatable, in the order of `--node-url`)
+//! measures each further node of a `fanout`: every node's CPU per delivery on that node
+//! (`node_cpu_us_per_op`, `--url`'s first) and all of them summed (`servers_cpu_*`).
+//! `--redis ADDR` counts Redis commands in the window (INFO commandstats at its start and its
+//! end; for `fanout`, around the broadcasts, with the commands per broadcast).
 
 mod adopt;
 mod chaos;
@@ -106,6 +111,7 @@ impl Workload {
 struct Args {
     url: String,
     init_url: Option<String>,
+    node_urls: Vec<String>,
     workload: Workload,
     sessions: usize,
     connections: usize,
@@ -113,6 +119,7 @@ struct Args {
     warmup: f64,
     server_pid: Option<u32>,
     peer_pid: Option<u32>,
+    node_pids: Vec<u32>,
     drain_pid: Option<u32>,
     with_get: bool,
     steps: usize,
@@ -135,6 +142,7 @@ const USAGE: &str =
   --workload churn|ping|call|stream|idle|fanout|chaos|adopt
   [--sessions N (64)] [--connections C (64)] [--duration SECS (5)] [--warmup SECS (1)]
   [--server-pid PID] [--init-url URL] [--peer-pid PID] [--drain-pid PID (adopt)] [--with-get] [--steps K (10)] [--triggers R (5)] [--stateless]
+  [--node-url URL]... [--node-pid PID]... (fanout over several nodes)
   [--label TEXT] [--run I] [--threads T (1)] [--settle SECS (1)] [--redis HOST:PORT]
   [--redis-pid PID] [--wait SECS (10)] [--rate R (0: closed loop; chaos)]
   [--renew K (0: never; chaos)] [--events FILE (chaos)]";
@@ -143,6 +151,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         url: String::new(),
         init_url: None,
+        node_urls: Vec::new(),
         workload: Workload::Ping,
         sessions: 64,
         connections: 64,
@@ -150,6 +159,7 @@ fn parse_args() -> Result<Args, String> {
         warmup: 1.0,
         server_pid: None,
         peer_pid: None,
+        node_pids: Vec::new(),
         drain_pid: None,
         with_get: false,
         steps: 10,
@@ -185,6 +195,8 @@ fn parse_args() -> Result<Args, String> {
             "--server-pid" => a.server_pid = Some(num(&arg, it.next())?),
             "--init-url" => a.init_url = Some(num(&arg, it.next())?),
             "--peer-pid" => a.peer_pid = Some(num(&arg, it.next())?),
+            "--node-url" => a.node_urls.push(num(&arg, it.next())?),
+            "--node-pid" => a.node_pids.push(num(&arg, it.next())?),
             "--drain-pid" => a.drain_pid = Some(num(&arg, it.next())?),
             "--with-get" => a.with_get = true,
             "--steps" => a.steps = num(&arg, it.next())?,
@@ -230,6 +242,12 @@ fn parse_args() -> Result<Args, String> {
             "--init-url applies to the ping, call, stream and adopt workloads (with sessions)"
                 .into(),
         );
+    }
+    if !a.node_urls.is_empty() && a.workload != Workload::Fanout {
+        return Err("--node-url applies to the fanout workload".into());
+    }
+    if !a.node_pids.is_empty() && a.node_pids.len() != a.node_urls.len() {
+        return Err("--node-pid: one for each --node-url, in the same order".into());
     }
     if a.workload == Workload::Adopt && (a.init_url.is_none() || a.drain_pid.is_none()) {
         return Err(
@@ -359,6 +377,8 @@ impl Window {
 struct Usage {
     server_cpu_s: Option<f64>,
     peer_cpu_s: Option<f64>,
+    /// `--node-pid`s, in their order.
+    nodes_cpu_s: Vec<Option<f64>>,
     client_cpu_s: Option<f64>,
     redis_cpu_s: Option<f64>,
     /// Busy CPU seconds of the whole machine, and stolen by the hypervisor.
@@ -367,19 +387,22 @@ struct Usage {
 }
 
 /// CPU of the server and of this process at one instant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct CpuMark {
     server: Option<f64>,
     peer: Option<f64>,
+    nodes: Vec<Option<f64>>,
     client: Option<f64>,
     machine: Option<(f64, f64)>,
 }
 
-/// The server processes whose CPU a run measures: `--server-pid` and `--peer-pid`.
-#[derive(Debug, Clone, Copy, Default)]
+/// The server processes whose CPU a run measures: `--server-pid`, `--peer-pid` and the
+/// `--node-pid`s.
+#[derive(Debug, Clone, Default)]
 struct Pids {
     server: Option<u32>,
     peer: Option<u32>,
+    nodes: Vec<u32>,
 }
 
 impl Pids {
@@ -387,32 +410,41 @@ impl Pids {
         Self {
             server: args.server_pid,
             peer: args.peer_pid,
+            nodes: args.node_pids.clone(),
         }
     }
 
     fn server(pid: u32) -> Self {
         Self {
             server: Some(pid),
-            peer: None,
+            ..Self::default()
         }
     }
 }
 
-fn cpu_mark(pids: Pids) -> CpuMark {
+fn cpu_mark(pids: &Pids) -> CpuMark {
     CpuMark {
         server: pids.server.and_then(procfs::cpu_seconds),
         peer: pids.peer.and_then(procfs::cpu_seconds),
+        nodes: pids.nodes.iter().map(|&p| procfs::cpu_seconds(p)).collect(),
         client: procfs::cpu_seconds(std::process::id()),
         machine: procfs::machine_cpu_seconds(),
     }
 }
 
-fn cpu_since(a: CpuMark, pids: Pids) -> Usage {
+fn cpu_since(a: CpuMark, pids: &Pids) -> Usage {
     let b = cpu_mark(pids);
+    let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| b - a);
     Usage {
-        server_cpu_s: a.server.zip(b.server).map(|(a, b)| b - a),
-        peer_cpu_s: a.peer.zip(b.peer).map(|(a, b)| b - a),
-        client_cpu_s: a.client.zip(b.client).map(|(a, b)| b - a),
+        server_cpu_s: diff(a.server, b.server),
+        peer_cpu_s: diff(a.peer, b.peer),
+        nodes_cpu_s: a
+            .nodes
+            .iter()
+            .zip(&b.nodes)
+            .map(|(&a, &b)| diff(a, b))
+            .collect(),
+        client_cpu_s: diff(a.client, b.client),
         redis_cpu_s: None,
         machine: a
             .machine
@@ -434,10 +466,10 @@ fn sample_window(win: Window, args: &Args) -> std::thread::JoinHandle<Usage> {
                 Ok((r, before))
             })
         });
-        let mark = cpu_mark(pids);
+        let mark = cpu_mark(&pids);
         let redis_mark = redis_pid.and_then(procfs::cpu_seconds);
         sleep_until(win.end);
-        let mut usage = cpu_since(mark, pids);
+        let mut usage = cpu_since(mark, &pids);
         usage.redis_cpu_s = redis_mark
             .zip(redis_pid.and_then(procfs::cpu_seconds))
             .map(|(a, b)| b - a);
@@ -559,6 +591,7 @@ fn cpu_fields(usage: &Usage, ops: f64, secs: f64) -> Value {
         "other_cpu_util": usage.machine.map(|(busy, _)| {
             let ours = usage.server_cpu_s.unwrap_or(0.0)
                 + usage.peer_cpu_s.unwrap_or(0.0)
+                + usage.nodes_cpu_s.iter().flatten().sum::<f64>()
                 + usage.client_cpu_s.unwrap_or(0.0)
                 + usage.redis_cpu_s.unwrap_or(0.0);
             round3(((busy - ours) / secs).max(0.0))
@@ -567,13 +600,25 @@ fn cpu_fields(usage: &Usage, ops: f64, secs: f64) -> Value {
     });
     // A second server (`--peer-pid`): its CPU apart, and both together.
     if usage.peer_cpu_s.is_some() {
-        let both = usage.server_cpu_s.zip(usage.peer_cpu_s).map(|(a, b)| a + b);
         merge(
             &mut v,
             json!({
                 "peer_cpu_s": usage.peer_cpu_s.map(round3),
                 "peer_cpu_us_per_op": per_op(usage.peer_cpu_s),
                 "peer_cpu_util": usage.peer_cpu_s.map(|c| round3(c / secs)),
+            }),
+        );
+    }
+    // Every server process together (with `--peer-pid` or `--node-pid`s); none if one of them
+    // could not be read.
+    if usage.peer_cpu_s.is_some() || !usage.nodes_cpu_s.is_empty() {
+        let both: Option<f64> = std::iter::once(usage.server_cpu_s)
+            .chain(usage.peer_cpu_s.map(Some))
+            .chain(usage.nodes_cpu_s.iter().copied())
+            .sum();
+        merge(
+            &mut v,
+            json!({
                 "servers_cpu_s": both.map(round3),
                 "servers_cpu_us_per_op": per_op(both),
                 "servers_cpu_util": both.map(|c| round3(c / secs)),
@@ -942,8 +987,13 @@ fn redis_quiet(addr: &str) -> Result<f64, Error> {
 // ---------------------------------------------------------------------------------------------
 // GET streams: idle and fanout
 
-/// Receipts of broadcast markers: (trigger index, when).
-type Receipts = mpsc::UnboundedSender<(u32, Instant)>;
+/// Where GET streams report the broadcast markers they read: (trigger index, node index, when),
+/// `node` being the index of the node the streams are on.
+#[derive(Debug, Clone)]
+struct Receipts {
+    tx: mpsc::UnboundedSender<(u32, usize, Instant)>,
+    node: usize,
+}
 
 const MARKER: &[u8] = b"bcast";
 const MARKER_LEN: usize = 10; // "bcast" + 4 digits + "x"
@@ -1038,7 +1088,7 @@ async fn open_streams(
                         };
                         if seen.is_none_or(|s| r > s) {
                             seen = Some(r);
-                            let _ = receipts.send((r, Instant::now()));
+                            let _ = receipts.tx.send((r, receipts.node, Instant::now()));
                         }
                     }
                     let keep = window.len().saturating_sub(MARKER_LEN - 1);
@@ -1113,7 +1163,7 @@ async fn idle(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         ),
         None => None,
     };
-    let mark = cpu_mark(Pids::server(pid));
+    let mark = cpu_mark(&Pids::server(pid));
     let t = Instant::now();
     let sessions = open_sessions(&target, args.sessions, args.connections).await?;
     let streams = if args.with_get {
@@ -1122,7 +1172,7 @@ async fn idle(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         Vec::new()
     };
     let open_s = t.elapsed().as_secs_f64();
-    let open_usage = cpu_since(mark, Pids::server(pid));
+    let open_usage = cpu_since(mark, &Pids::server(pid));
     tokio::time::sleep(settle).await;
     let rss1 = procfs::rss_bytes(pid).ok_or("cannot read the server's VmRSS")?;
     let n = sessions.len();
@@ -1195,24 +1245,64 @@ async fn idle(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
 
 async fn fanout(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
     let settle = Duration::from_secs_f64(args.settle);
+    // The nodes: `--url` first (the trigger's session is there), then every `--node-url`;
+    // session i is opened on node i % k, and its GET stream goes to the same node.
+    let mut targets = vec![target.clone()];
+    for url in &args.node_urls {
+        let t = Target::parse(url, false)?;
+        wait_for(&t, args.wait).await?;
+        targets.push(t);
+    }
+    let k = targets.len();
     let t = Instant::now();
-    let sessions = open_sessions(&target, args.sessions, args.connections).await?;
     let (rtx, mut rrx) = mpsc::unbounded_channel();
-    let streams = open_streams(&target, &sessions, args.connections, Some(rtx)).await?;
+    let mut sessions = Vec::with_capacity(k);
+    let mut streams = Vec::with_capacity(k);
+    for (node, target) in targets.iter().enumerate() {
+        let count = (args.sessions + k - 1 - node) / k;
+        let s = open_sessions(target, count, args.connections).await?;
+        let receipts = Receipts {
+            tx: rtx.clone(),
+            node,
+        };
+        streams.push(open_streams(target, &s, args.connections, Some(receipts)).await?);
+        sessions.push(s);
+    }
+    drop(rtx);
     let setup_s = t.elapsed().as_secs_f64();
     tokio::time::sleep(settle).await;
-    let n = streams.len();
+    // The registry may still be writing the sessions' records: start once Redis is quiet, so
+    // that neither the servers' CPU nor the command counts include them.
+    let redis_before = match args.redis.clone() {
+        Some(addr) => Some(
+            tokio::task::spawn_blocking(move || {
+                redis_quiet(&addr)?;
+                procfs::Redis::connect(&addr)
+                    .and_then(|mut r| r.command_calls())
+                    .map_err(|e| format!("redis {addr}: {e}"))
+            })
+            .await
+            .map_err(|e| e.to_string())??,
+        ),
+        None => None,
+    };
+    let node_streams: Vec<usize> = streams.iter().map(Vec::len).collect();
+    let n: usize = node_streams.iter().sum();
     let mut conn = Conn::new(target.clone());
-    let trigger = &sessions[0];
+    let trigger = &sessions[0][0];
     let mut lasts = Samples::default();
     let mut firsts = Samples::default();
     let mut responses = Samples::default();
     let mut all = Samples::default();
     let mut missing = 0usize;
+    let mut node_deliveries = vec![0usize; k];
+    let mut node_missing = vec![0usize; k];
     let mut errors = 0u64;
     let mut error_sample = None;
     let mut notified = Vec::new();
-    let mark = cpu_mark(Pids::of(args));
+    let pids = Pids::of(args);
+    let mark = cpu_mark(&pids);
+    let redis_mark = args.redis_pid.and_then(procfs::cpu_seconds);
     let phase = Instant::now();
     let mut busy = Duration::ZERO;
     for r in 0..args.triggers as u32 {
@@ -1248,11 +1338,13 @@ async fn fanout(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         }
         let deadline = t0 + Duration::from_secs(10);
         let mut got = 0usize;
+        let mut node_got = vec![0usize; k];
         let (mut first, mut last) = (None::<Instant>, None::<Instant>);
         while got < n {
             match tokio::time::timeout_at(deadline.into(), rrx.recv()).await {
-                Ok(Some((idx, at))) if idx == r => {
+                Ok(Some((idx, node, at))) if idx == r => {
                     got += 1;
+                    node_got[node] += 1;
                     all.push_us((at - t0).as_micros());
                     first = Some(first.map_or(at, |f| f.min(at)));
                     last = Some(last.map_or(at, |l| l.max(at)));
@@ -1262,6 +1354,10 @@ async fn fanout(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
             }
         }
         missing += n - got;
+        for (node, got) in node_got.into_iter().enumerate() {
+            node_deliveries[node] += got;
+            node_missing[node] += node_streams[node] - got;
+        }
         if let (Some(f), Some(l)) = (first, last) {
             firsts.push_us((f - t0).as_micros());
             lasts.push_us((l - t0).as_micros());
@@ -1269,12 +1365,33 @@ async fn fanout(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         busy += t0.elapsed();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let usage = cpu_since(mark, Pids::of(args));
+    let mut usage = cpu_since(mark, &pids);
+    usage.redis_cpu_s = redis_mark
+        .zip(args.redis_pid.and_then(procfs::cpu_seconds))
+        .map(|(a, b)| b - a);
     let phase_s = phase.elapsed().as_secs_f64();
+    // Redis commands over the broadcasts (one PUBLISH each is the bus's design).
+    let redis_calls = match (args.redis.clone(), redis_before) {
+        (Some(addr), Some(before)) => Some(
+            tokio::task::spawn_blocking(move || {
+                procfs::Redis::connect(&addr)
+                    .and_then(|mut r| r.command_calls())
+                    .map(|after| calls_since(&before, &after))
+                    .map_err(|e| format!("redis {addr}: {e}"))
+            })
+            .await
+            .map_err(|e| e.to_string())??,
+        ),
+        _ => None,
+    };
     let last_list: Vec<f64> = lasts.0.iter().map(|v| round3(*v as f64 / 1000.0)).collect();
     let deliveries = all.len() as f64;
-    let close_failed = close_sessions(&target, Arc::new(sessions), args.connections).await;
-    for s in &streams {
+    let broadcasts = responses.len();
+    let mut close_failed = 0;
+    for (target, s) in targets.iter().zip(sessions) {
+        close_failed += close_sessions(target, Arc::new(s), args.connections).await;
+    }
+    for s in streams.iter().flatten() {
         s.abort();
     }
     let mut v = json!({
@@ -1282,6 +1399,7 @@ async fn fanout(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         "streams": n,
         "connections": args.connections,
         "triggers": args.triggers,
+        "broadcasts": broadcasts,
         "deliveries": deliveries,
         "missing": missing,
         "notified": notified,
@@ -1302,6 +1420,51 @@ async fn fanout(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         &mut v,
         json!({"ops": deliveries, "ops_per_s": round3(deliveries / busy_s.max(1e-9))}),
     );
+    if k > 1 {
+        // Each node's CPU per delivery on that node (`--url`'s first): the figure to compare
+        // with one node's `server_cpu_us_per_op`.
+        let node_cpu: Vec<Option<f64>> = std::iter::once(usage.server_cpu_s)
+            .chain((0..k - 1).map(|i| usage.nodes_cpu_s.get(i).copied().flatten()))
+            .collect();
+        let per_delivery: Vec<Option<f64>> = node_cpu
+            .iter()
+            .zip(&node_deliveries)
+            .map(|(cpu, &d)| cpu.filter(|_| d > 0).map(|c| round3(c / d as f64 * 1e6)))
+            .collect();
+        let max = per_delivery
+            .iter()
+            .copied()
+            .collect::<Option<Vec<f64>>>()
+            .and_then(|v| v.into_iter().reduce(f64::max));
+        merge(
+            &mut v,
+            json!({
+                "nodes": k,
+                "node_urls": std::iter::once(&args.url).chain(&args.node_urls).collect::<Vec<_>>(),
+                "node_streams": node_streams,
+                "node_deliveries": node_deliveries,
+                "node_missing": node_missing,
+                "node_cpu_s": node_cpu.iter().map(|c| c.map(round3)).collect::<Vec<_>>(),
+                "node_cpu_us_per_op": per_delivery,
+                "node_cpu_us_per_op_max": max,
+            }),
+        );
+    }
+    if let Some(calls) = redis_calls {
+        let total: u64 = calls.values().sum();
+        let publish = calls.get("publish").copied().unwrap_or(0)
+            + calls.get("spublish").copied().unwrap_or(0);
+        let per = |c: u64| (broadcasts > 0).then(|| round3(c as f64 / broadcasts as f64));
+        merge(
+            &mut v,
+            json!({
+                "redis_commands": total,
+                "redis_commandstats": calls,
+                "redis_commands_per_notification": per(total),
+                "redis_publish_per_notification": per(publish),
+            }),
+        );
+    }
     Ok(v)
 }
 
