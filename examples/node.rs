@@ -43,9 +43,9 @@
 //! keep-alive comments, until the client closes it or the node drains (then it ends with a
 //! `complete` result).
 //!
-//! Routes besides `/mcp`: `/healthz` (`200 ok`, `503 draining`), `/stats` (the registry's and
-//! the transport's counters and the open listen streams as JSON), `/metrics` (the layers'
-//! metrics in the Prometheus text format, feature `metrics`; names in
+//! Routes besides `/mcp`: `/healthz` (`200 ok`, `503 draining`), `/stats` (the registry's,
+//! the transport's and the cluster bus's counters and the open listen streams as JSON),
+//! `/metrics` (the layers' metrics in the Prometheus text format, feature `metrics`; names in
 //! `mcp_affinity::metrics`) and a stand-in `/graphql`.
 //!
 //! Tools: `echo {text}`, `whoami`, `notify {message, delayMs?}` (a log message on the session's
@@ -79,7 +79,7 @@ use futures_util::{
 use hyper::body::Incoming;
 use mcp_affinity::{
     McpStack, SseTransportLayer, StackHandle,
-    bus::ClusterBus,
+    bus::{BusStats, ClusterBus},
     handler::{ErrorObject, HandlerRequest, handler_fn},
     protocol::{Era, ProtocolVersion, RequestId},
     registry::{MemoryStore, RedisStore, RegistryStore},
@@ -581,10 +581,10 @@ async fn serve<R: RegistryStore>(
         }
         let transport = transport.build()?;
         let t = transport.handle();
-        let ops = Ops::transport_only(t.clone(), listens.clone());
         // This node's own sessions only (the stack's transport, and its bus, go unused).
         let bus = ClusterBus::local(args.node.clone());
         bus.attach(&t);
+        let ops = Ops::transport_only(t.clone(), listens.clone(), bus.clone());
         let app = App {
             node: args.node.as_str().into(),
             bus,
@@ -653,12 +653,13 @@ impl Ops {
                     },
                     "transport": {"sessions": stats.sessions},
                     "listen": {"open": listens.open()},
+                    "bus": bus_json(&stats.bus),
                 })
             }),
         }
     }
 
-    fn transport_only(transport: TransportHandle, listens: Listens) -> Self {
+    fn transport_only(transport: TransportHandle, listens: Listens, bus: ClusterBus) -> Self {
         let t = transport.clone();
         Self {
             draining: Arc::new(move || t.is_shutting_down()),
@@ -667,10 +668,23 @@ impl Ops {
                     "registry": null,
                     "transport": {"sessions": transport.session_count()},
                     "listen": {"open": listens.open()},
+                    "bus": bus_json(&bus.stats()),
                 })
             }),
         }
     }
+}
+
+/// The bus counters of `/stats`.
+fn bus_json(b: &BusStats) -> Value {
+    json!({
+        "published": b.published, "publish_failed": b.publish_failed,
+        "backlogged": b.backlogged, "received": b.received, "delivered": b.delivered,
+        "dropped_malformed": b.dropped_malformed, "dropped_oversized": b.dropped_oversized,
+        "dropped_unknown_session": b.dropped_unknown_session,
+        "dropped_overflow": b.dropped_overflow, "disconnects": b.disconnects,
+        "connected": b.connected,
+    })
 }
 
 /// Waits for SIGTERM or SIGINT, then stops the node while it still accepts (see

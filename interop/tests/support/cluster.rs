@@ -441,7 +441,7 @@ impl NodeProcess {
             .map(|r| r.status().as_u16())
     }
 
-    /// `GET /stats` on the node itself: `{"registry": {...}, "transport": {...}}`.
+    /// `GET /stats` on the node itself: `{"registry": {...}, "transport": {...}, "bus": {...}}`.
     pub async fn stats(&self) -> Result<serde_json::Value, String> {
         let url = format!("{}/stats", self.base_url());
         let res = probe_client()
@@ -970,14 +970,27 @@ pub fn sum_registry_counters(
 // A long-running TypeScript SDK session (tests/clients/ts/long_session.mjs)
 // ---------------------------------------------------------------------------------------------
 
+/// A standalone GET stream of a [`LongSession`] opened or ended (its `get open {...}` and
+/// `get end {...}` lines), when the test read the line.
+#[derive(Debug, Clone)]
+pub struct StreamChange {
+    pub at: Instant,
+    /// Whether a stream opened (or the server ended one).
+    pub open: bool,
+    /// `{"node", "last_event_id"}` when a stream opened, `{"last_broadcast"}` when one ended.
+    pub detail: serde_json::Value,
+}
+
 /// `node long_session.mjs <url> <stop-file> --pace-ms <pace>` running in the background: its
-/// stdout is read as it comes (`ready {...}`, `ok <n>` after each successful call, the JSON
-/// report last), its stderr goes to `<log>`. Killed on drop.
+/// stdout is read as it comes (`ready {...}`, `ok <n>` after each successful call, `get open
+/// {...}`/`get end {...}` for its standalone streams, the JSON report last), its stderr goes
+/// to `<log>`. Killed on drop.
 pub struct LongSession {
     pub name: String,
     child: tokio::process::Child,
     ready: tokio::sync::watch::Receiver<Option<serde_json::Value>>,
     oks: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    streams: std::sync::Arc<std::sync::Mutex<Vec<StreamChange>>>,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     reader: tokio::task::JoinHandle<()>,
     log: PathBuf,
@@ -1011,9 +1024,10 @@ impl LongSession {
         let stdout = child.stdout.take().expect("piped stdout");
         let (ready_tx, ready) = tokio::sync::watch::channel(None);
         let oks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let streams = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let reader = {
-            let (oks, lines) = (oks.clone(), lines.clone());
+            let (oks, streams, lines) = (oks.clone(), streams.clone(), lines.clone());
             tokio::spawn(async move {
                 let mut stdout = tokio::io::BufReader::new(stdout).lines();
                 while let Ok(Some(line)) = stdout.next_line().await {
@@ -1021,6 +1035,16 @@ impl LongSession {
                         if let Ok(n) = n.trim().parse() {
                             oks.store(n, std::sync::atomic::Ordering::Release);
                         }
+                        continue;
+                    }
+                    if let Some(change) = line.strip_prefix("get ") {
+                        let (what, json) = change.split_once(' ').unwrap_or((change, "null"));
+                        let change = StreamChange {
+                            at: Instant::now(),
+                            open: what == "open",
+                            detail: serde_json::from_str(json).unwrap_or_default(),
+                        };
+                        streams.lock().expect("streams").push(change);
                         continue;
                     }
                     if let Some(json) = line.strip_prefix("ready ") {
@@ -1036,6 +1060,7 @@ impl LongSession {
             child,
             ready,
             oks,
+            streams,
             lines,
             reader,
             log,
@@ -1059,6 +1084,20 @@ impl LongSession {
     /// How many calls succeeded so far.
     pub fn ok_calls(&self) -> u32 {
         self.oks.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Its standalone streams so far, opened and ended, in order.
+    pub fn stream_changes(&self) -> Vec<StreamChange> {
+        self.streams.lock().expect("streams").clone()
+    }
+
+    /// Whether its standalone stream is open now (the last change was an open).
+    pub fn get_open(&self) -> bool {
+        self.streams
+            .lock()
+            .expect("streams")
+            .last()
+            .is_some_and(|c| c.open)
     }
 
     /// The stderr log's tail.

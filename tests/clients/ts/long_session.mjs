@@ -8,6 +8,10 @@
 // The client connects (initialize, notifications/initialized; the SDK then opens the standalone
 // GET stream by itself), waits until that stream is open and prints `ready <json>` on stdout
 // ({session_id, node: the x-mcp-node of the initialize answer, get_open}).
+// Whenever a standalone GET stream opens it prints `get open <json>` ({node: its x-mcp-node,
+// last_event_id: the Last-Event-ID it resumed from, or null}), and `get end <json>` when the
+// server ended one cleanly ({last_broadcast: the last `bcast-` log message the stream carried,
+// or null}).
 // Then, until <stop-file> exists, it calls `echo {text}` every <pace> ms and prints `ok <n>` after
 // each call that returned its text. A call that throws (or returns anything else) is a failed
 // call; the loop goes on. When a call fails because the server no longer knows the session
@@ -16,7 +20,9 @@
 //
 // When the stop file appears: one `notify` call asks the server to send a log message on the
 // standalone stream, which must arrive within 10 s (the stream still works after whatever
-// happened meanwhile); then DELETE ends the session. Finally one JSON report line on stdout:
+// happened meanwhile); then DELETE ends the session. Every log message whose data is a string
+// starting with `bcast-` is recorded meanwhile, whichever session of the client it came on.
+// Finally one JSON report line on stdout:
 //
 //   calls, ok, failed, reinitialized   the echo calls (the final notify counts as a call)
 //   session_ids                        every session used, in order (1 when none was lost)
@@ -34,6 +40,10 @@
 //   transport_errors, transport_errors_sample   what the SDK reported through onerror
 //   final_notify                       true when the final notification arrived on the stream
 //   delete_status                      the status of the final DELETE
+//   broadcasts                         the distinct `bcast-<n>` log messages received (the
+//                                      node's `broadcast` tool), in the order of <n>
+//   broadcast_duplicates               how many of them arrived more than once;
+//   broadcasts_repeated                which ones (same order)
 //
 // Exits 0 after the report; 1 (after the report too) if the script itself breaks; 2 on bad
 // usage. It never exits on a failed call.
@@ -91,7 +101,10 @@ const out = {
     transport_errors: 0,
     transport_errors_sample: [],
     final_notify: false,
-    delete_status: null
+    delete_status: null,
+    broadcasts: [],
+    broadcast_duplicates: 0,
+    broadcasts_repeated: []
 };
 
 // An error's message with its cause (`fetch failed` says nothing without `ECONNREFUSED` & co).
@@ -122,11 +135,35 @@ let generation = 0;
 let initNode = null;
 const getOpenWaiters = [];
 
+// The data of a `bcast-` log message in one SSE line, if it is one.
+function broadcastIn(line) {
+    if (!line.startsWith('data:')) return null;
+    try {
+        const data = JSON.parse(line.slice(5)).params?.data;
+        return typeof data === 'string' && data.startsWith('bcast-') ? data : null;
+    } catch {
+        return null;
+    }
+}
+
+// A standalone stream, passed on as it is; its end is counted and printed with the last
+// broadcast it carried (read here: the SDK may not have handled the last chunk yet).
 function countedStream(body) {
+    const decoder = new TextDecoder();
+    let partial = '';
+    let lastBroadcast = null;
     return body.pipeThrough(
         new TransformStream({
+            transform(chunk, controller) {
+                const lines = (partial + decoder.decode(chunk, { stream: true })).split('\n');
+                partial = lines.pop();
+                for (const line of lines) lastBroadcast = broadcastIn(line) ?? lastBroadcast;
+                controller.enqueue(chunk);
+            },
             flush() {
                 out.get_stream_ends += 1;
+                const ended = { last_broadcast: lastBroadcast };
+                process.stdout.write(`get end ${JSON.stringify(ended)}\n`);
             }
         })
     );
@@ -161,6 +198,8 @@ function observingFetchFor(myGeneration) {
         if (method === 'GET' && contentType.startsWith('text/event-stream') && response.body) {
             out.get_streams += 1;
             if (headers.get('last-event-id')) out.get_resumed += 1;
+            const opened = { node, last_event_id: headers.get('last-event-id') };
+            process.stdout.write(`get open ${JSON.stringify(opened)}\n`);
             for (const w of getOpenWaiters.splice(0)) w();
             const wrapped = new Response(countedStream(response.body), {
                 status: response.status,
@@ -173,9 +212,32 @@ function observingFetchFor(myGeneration) {
     };
 }
 
-// ---- log messages (the final notify) ----------------------------------------------------
+// ---- log messages (the final notify, broadcasts) ------------------------------------------
 const logMessages = [];
 const logWaiters = [];
+// `bcast-<n>` data → how many times it arrived.
+const broadcastsSeen = new Map();
+
+function onLogMessage(data) {
+    if (typeof data === 'string' && data.startsWith('bcast-')) {
+        broadcastsSeen.set(data, (broadcastsSeen.get(data) ?? 0) + 1);
+        return;
+    }
+    logMessages.push(data);
+    for (const w of [...logWaiters]) {
+        if (w(data)) logWaiters.splice(logWaiters.indexOf(w), 1);
+    }
+}
+
+function broadcastReport() {
+    const n = s => Number(s.slice('bcast-'.length));
+    const keys = [...broadcastsSeen.keys()];
+    keys.sort((a, b) => n(a) - n(b) || a.localeCompare(b));
+    out.broadcasts = keys;
+    out.broadcasts_repeated = keys.filter(k => broadcastsSeen.get(k) > 1);
+    out.broadcast_duplicates = out.broadcasts_repeated.length;
+}
+
 function waitForLog(data, timeoutMs) {
     if (logMessages.includes(data)) return Promise.resolve(true);
     return new Promise(resolve => {
@@ -220,13 +282,7 @@ async function connect() {
             out.transport_errors_sample.push(describe(err));
         }
     };
-    c.setNotificationHandler(LoggingMessageNotificationSchema, n => {
-        const data = n.params?.data;
-        logMessages.push(data);
-        for (const w of [...logWaiters]) {
-            if (w(data)) logWaiters.splice(logWaiters.indexOf(w), 1);
-        }
-    });
+    c.setNotificationHandler(LoggingMessageNotificationSchema, n => onLogMessage(n.params?.data));
     const getsBefore = out.get_streams;
     await c.connect(t);
     client = c;
@@ -319,6 +375,7 @@ async function main() {
     await dropClient();
     out.session_ids = out.session_ids.filter(s => s !== null);
     out.nodes_seen.sort();
+    broadcastReport();
     process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
@@ -326,6 +383,7 @@ main().then(
     () => process.exit(0),
     err => {
         noteError('main', err);
+        broadcastReport();
         process.stdout.write(`${JSON.stringify(out)}\n`);
         process.exit(1);
     }
