@@ -515,6 +515,11 @@ impl RegistryStore for RedisStore {
     /// and its index live in different slots: the single-write methods, different sessions
     /// concurrently.
     async fn write_batch(&self, writes: &[StoreWrite<'_>]) -> Result<Vec<bool>, StoreError> {
+        // One arm without the `redis-cluster` feature.
+        #[cfg_attr(
+            not(feature = "redis-cluster"),
+            allow(clippy::infallible_destructuring_match)
+        )]
         let conn = match &self.inner.conn {
             Conn::Single(conn) => conn,
             #[cfg(feature = "redis-cluster")]
