@@ -273,7 +273,8 @@ impl RegistryStore for MemoryStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
-        let expires_at = deadline(now, ttl);
+        // To the millisecond, as Redis' `PEXPIRE`.
+        let expires_at = now.checked_add(ttl.max(Duration::from_millis(1)));
         let mut state = self.lock();
         // Expired logs go first (the writes bound how many there can be).
         state
