@@ -9,7 +9,9 @@
 //! `XRANGE key <N+1>-0 + COUNT <max>` plus `XREVRANGE key + - COUNT 1` (the top), one round
 //! trip.
 
+#[cfg(feature = "redis-cluster")]
 use std::future::Future;
+#[cfg(feature = "redis-cluster")]
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -18,6 +20,10 @@ use ::redis::{Pipeline, Value};
 use super::RedisStore;
 use super::conn::Conn;
 use crate::registry::store::{EventWrite, StoreError, StoredEventPage};
+
+/// One session's write, running.
+#[cfg(feature = "redis-cluster")]
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
 impl RedisStore {
     fn events_key(&self, id: &str) -> String {
@@ -75,16 +81,14 @@ impl RedisStore {
             }
             #[cfg(feature = "redis-cluster")]
             Conn::Cluster(_) => {
-                let pending: Vec<
-                    Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>,
-                > = sessions
+                let pending: Vec<Pending<'_>> = sessions
                     .iter()
                     .map(|(id, list)| {
                         let mut pipe = ::redis::pipe();
                         pipe.ignore_errors();
                         self.add_session(&mut pipe, id, list, max_len, ttl);
                         Box::pin(async move { check(self.query_pipe::<Vec<Value>>(&pipe).await?) })
-                            as Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>
+                            as Pending<'_>
                     })
                     .collect();
                 all(pending).await
@@ -143,15 +147,13 @@ impl RedisStore {
             }
             #[cfg(feature = "redis-cluster")]
             Conn::Cluster(_) => {
-                let pending: Vec<
-                    Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>,
-                > = ids
+                let pending: Vec<Pending<'_>> = ids
                     .iter()
                     .map(|id| {
                         let mut cmd = ::redis::cmd("DEL");
                         cmd.arg(self.events_key(id));
                         Box::pin(async move { self.query::<i64>(cmd).await.map(drop) })
-                            as Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>
+                            as Pending<'_>
                     })
                     .collect();
                 all(pending).await
@@ -218,9 +220,7 @@ fn entries(reply: &Value) -> Result<Vec<(u32, bytes::Bytes)>, StoreError> {
 
 /// Runs `pending` concurrently; the first error, once all have finished.
 #[cfg(feature = "redis-cluster")]
-async fn all(
-    mut pending: Vec<Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>>,
-) -> Result<(), StoreError> {
+async fn all(mut pending: Vec<Pending<'_>>) -> Result<(), StoreError> {
     let mut failure = None;
     std::future::poll_fn(|cx| {
         pending.retain_mut(|fut| match fut.as_mut().poll(cx) {
