@@ -128,7 +128,7 @@ fn notify(handle: &mcp_affinity::StackHandle<impl Sized>, n: u64) {
     );
 }
 
-async fn a_reconnection_elsewhere_replays_exactly_what_the_client_missed<R>(a: R, b: R)
+async fn a_reconnection_elsewhere_replays_exactly_what_the_client_missed<R>(a: R, b: R, check: R)
 where
     R: RegistryStore + Clone,
 {
@@ -184,6 +184,15 @@ where
     // A leaves gracefully: everything it queued lands in the store.
     let report = handle_a.shutdown(DEADLINE).await;
     assert!(report.flushed, "{report:?}");
+    let stats = handle_a.registry().stats();
+    assert_eq!(
+        (
+            stats.events_written,
+            stats.events_dropped,
+            stats.events_pending
+        ),
+        (8, 0, 0)
+    );
 
     // Node B (the balancer's pick) adopts the session and replays 4..=8 under their ids.
     let node_b = stack("node-b", b);
@@ -210,13 +219,35 @@ where
     );
     assert_eq!(handle_b.registry().stats().adopted, 1);
     drop(stream);
+    // The client ends the session: its event log goes with its record.
+    assert!(handle_b.registry().flush(DEADLINE).await);
+    assert_eq!(check.read_events(&id, None, 1).await.expect("read").top, 9);
+    let delete = Request::delete("/mcp")
+        .header("host", "localhost")
+        .header("mcp-session-id", &id)
+        .header("mcp-protocol-version", LEGACY)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let res = svc_b.oneshot(delete).await.expect("infallible");
+    assert!(res.status().is_success());
+    assert!(handle_b.registry().flush(DEADLINE).await);
+    assert!(check.lookup(&id).await.expect("lookup").is_none());
+    assert_eq!(
+        check.read_events(&id, Some(0), 10).await.expect("read"),
+        Default::default()
+    );
     handle_b.shutdown(DEADLINE).await;
 }
 
 #[tokio::test]
 async fn over_a_shared_memory_store() {
     let store = MemoryStore::new();
-    a_reconnection_elsewhere_replays_exactly_what_the_client_missed(store.clone(), store).await;
+    a_reconnection_elsewhere_replays_exactly_what_the_client_missed(
+        store.clone(),
+        store.clone(),
+        store,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -228,7 +259,10 @@ async fn over_a_real_redis_server() {
     let b = mcp_affinity::registry::RedisStore::connect(&redis.url())
         .await
         .expect("redis");
-    a_reconnection_elsewhere_replays_exactly_what_the_client_missed(a, b).await;
+    let check = mcp_affinity::registry::RedisStore::connect(&redis.url())
+        .await
+        .expect("redis");
+    a_reconnection_elsewhere_replays_exactly_what_the_client_missed(a, b, check).await;
 }
 
 /// What a `SIGKILL` can lose: the events queued and not yet written, at most one store round

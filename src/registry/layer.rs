@@ -914,9 +914,15 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// # }
     /// ```
     pub fn stats(&self) -> RegistryStats {
-        self.core
+        let mut stats = self
+            .core
             .counters
-            .snapshot(self.core.pending(), self.core.tracked())
+            .snapshot(self.core.pending(), self.core.tracked());
+        let events = &self.core.events;
+        stats.events_written = events.written.load(std::sync::atomic::Ordering::Relaxed);
+        stats.events_dropped = events.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        stats.events_pending = events.pending();
+        stats
     }
 
     /// This node's name.
