@@ -128,8 +128,14 @@ fn notify(handle: &mcp_affinity::StackHandle<impl Sized>, n: u64) {
     );
 }
 
-async fn a_reconnection_elsewhere_replays_exactly_what_the_client_missed<R>(a: R, b: R, check: R)
-where
+/// With `post_first`, a POST of the client reaches node B first and adopts the session
+/// (no `Last-Event-ID`), before the client resumes its GET stream there.
+async fn a_reconnection_elsewhere_replays_exactly_what_the_client_missed<R>(
+    a: R,
+    b: R,
+    check: R,
+    post_first: bool,
+) where
     R: RegistryStore + Clone,
 {
     let node_a = stack("node-a", a);
@@ -198,6 +204,17 @@ where
     let node_b = stack("node-b", b);
     let handle_b = node_b.handle();
     let svc_b = service(&node_b);
+    if post_first {
+        let res = svc_b
+            .clone()
+            .oneshot(post(
+                &json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}),
+                Some(&id),
+            ))
+            .await
+            .expect("infallible");
+        assert_eq!(res.status(), StatusCode::OK, "adopted by the POST");
+    }
     let res = svc_b
         .clone()
         .oneshot(get(&id, Some("0-3")))
@@ -246,6 +263,19 @@ async fn over_a_shared_memory_store() {
         store.clone(),
         store.clone(),
         store,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn over_a_shared_memory_store_adopted_by_a_post_first() {
+    let store = MemoryStore::new();
+    a_reconnection_elsewhere_replays_exactly_what_the_client_missed(
+        store.clone(),
+        store.clone(),
+        store,
+        true,
     )
     .await;
 }
@@ -262,7 +292,20 @@ async fn over_a_real_redis_server() {
     let check = mcp_affinity::registry::RedisStore::connect(&redis.url())
         .await
         .expect("redis");
-    a_reconnection_elsewhere_replays_exactly_what_the_client_missed(a, b, check).await;
+    a_reconnection_elsewhere_replays_exactly_what_the_client_missed(a, b, check, false).await;
+}
+
+#[tokio::test]
+async fn over_a_real_redis_server_adopted_by_a_post_first() {
+    let redis = redis_support::RedisServer::start();
+    let url = redis.url();
+    let connect = || mcp_affinity::registry::RedisStore::connect(&url);
+    let (a, b, check) = (
+        connect().await.expect("redis"),
+        connect().await.expect("redis"),
+        connect().await.expect("redis"),
+    );
+    a_reconnection_elsewhere_replays_exactly_what_the_client_missed(a, b, check, true).await;
 }
 
 /// What a `SIGKILL` can lose: the events queued and not yet written, at most one store round

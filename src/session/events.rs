@@ -67,7 +67,8 @@ pub struct StoredEvents {
     pub after: Option<u32>,
     /// The highest sequence number the store held for the session (0: none).
     pub top: u32,
-    /// The events after `after`, in order of sequence number (there may be gaps where the
-    /// store trimmed).
+    /// The events after `after` (all of them without it), in order of sequence number
+    /// (there may be gaps where the store trimmed). Without `after`, a plain `GET` starts
+    /// after them, and a later `Last-Event-ID` resumption replays them.
     pub events: Vec<(u32, Bytes)>,
 }

@@ -136,8 +136,7 @@ impl Session {
             .event_sink
             .clone()
             .map(|sink| (restore.id.clone(), sink));
-        let log = EventLog::restored(config.log, standalone_after.unwrap_or(0), top, stored)
-            .with_sink(sink);
+        let log = EventLog::restored(config.log, standalone_after, top, stored).with_sink(sink);
         let principal = restore.principal.as_deref().map(Box::from);
         let session = Self::with_log(restore.id.clone(), principal, config, now_ms, log);
         session.set_initialized(

@@ -310,7 +310,7 @@ impl EventLog {
     /// `max(top, standalone_after, last stored)`, so ids stay unique and ordered across owners.
     pub(crate) fn restored(
         limits: LogLimits,
-        standalone_after: u32,
+        standalone_after: Option<u32>,
         top: u32,
         stored: Vec<(u32, Bytes)>,
     ) -> Self {
@@ -319,7 +319,7 @@ impl EventLog {
             let mut guard = log.lock();
             let s = &mut *guard;
             let now = Instant::now();
-            let mut last = standalone_after;
+            let mut last = standalone_after.unwrap_or(0);
             let mut live = 0;
             for (seq, data) in stored {
                 // Only what the client has not seen, in increasing order.
@@ -340,7 +340,9 @@ impl EventLog {
             let top = top.max(last);
             if let Some(st) = s.streams.get_mut(&STANDALONE) {
                 st.next_seq = top.saturating_add(1);
-                st.delivered = standalone_after;
+                // Without a `Last-Event-ID` (the session adopted by a POST), the stored
+                // events stay for a later resumption, and a plain `GET` starts after them.
+                st.delivered = standalone_after.unwrap_or(top);
                 st.live = live;
             }
             s.next_stream = restored_stream_base();
@@ -1102,7 +1104,7 @@ mod tests {
                 max_events: 16,
                 max_bytes: 1 << 20,
             },
-            41,
+            Some(41),
             0,
             Vec::new(),
         );
@@ -1141,7 +1143,7 @@ mod tests {
     #[test]
     fn a_restored_log_keeps_stored_ids_and_numbers_after_the_top() {
         // The store held 1..=8; the client has 0-3 and was sent 4..=8 by the previous node.
-        let r = EventLog::restored(limits(16), 3, 8, stored(&[4, 5, 6, 7, 8]));
+        let r = EventLog::restored(limits(16), Some(3), 8, stored(&[4, 5, 6, 7, 8]));
         assert!(r.issued(STANDALONE, 8));
         assert!(!r.issued(STANDALONE, 9));
         let mut c = r.attach(STANDALONE, Some(3), true, true).unwrap();
@@ -1169,19 +1171,19 @@ mod tests {
     #[test]
     fn a_restored_log_skips_seen_and_disordered_events_and_allows_gaps() {
         // Trimmed by the store (gap 5..6), one event the client has (2), one out of order.
-        let r = EventLog::restored(limits(16), 3, 9, stored(&[2, 4, 7, 6, 9]));
+        let r = EventLog::restored(limits(16), Some(3), 9, stored(&[2, 4, 7, 6, 9]));
         let mut c = r.attach(STANDALONE, Some(3), true, true).unwrap();
         let got: Vec<u32> = std::iter::from_fn(|| next_data(&r, &mut c).map(|e| e.0)).collect();
         assert_eq!(got, [4, 7, 9]);
         assert_eq!(r.stats().0, 3);
         // The top the store reports wins over the events it returned (and the client's id
         // over both, should it be higher).
-        let r = EventLog::restored(limits(16), 3, 12, stored(&[4]));
+        let r = EventLog::restored(limits(16), Some(3), 12, stored(&[4]));
         assert_eq!(
             r.append(STANDALONE, Bytes::from_static(b"x"), false),
             Ok(13)
         );
-        let r = EventLog::restored(limits(16), 20, 12, stored(&[4]));
+        let r = EventLog::restored(limits(16), Some(20), 12, stored(&[4]));
         assert_eq!(r.stats().0, 0);
         assert_eq!(
             r.append(STANDALONE, Bytes::from_static(b"x"), false),
@@ -1190,8 +1192,28 @@ mod tests {
     }
 
     #[test]
+    fn a_log_restored_without_an_id_keeps_the_events_for_a_resumption() {
+        // Adopted by a POST: the stored events are there, a plain GET starts after them, a
+        // later `Last-Event-ID` resumption replays from its id.
+        let r = EventLog::restored(limits(16), None, 8, stored(&[1, 2, 3, 4, 5, 6, 7, 8]));
+        let mut plain = r.attach(STANDALONE, None, true, false).unwrap();
+        assert_eq!(next_data(&r, &mut plain), None);
+        assert_eq!(r.append(STANDALONE, Bytes::from_static(b"n"), false), Ok(9));
+        assert_eq!(next_data(&r, &mut plain).map(|e| e.0), Some(9));
+        let mut resumed = r.attach(STANDALONE, Some(3), false, true).unwrap();
+        let got: Vec<u32> =
+            std::iter::from_fn(|| next_data(&r, &mut resumed).map(|e| e.0)).collect();
+        assert_eq!(got, [4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
     fn a_restored_log_is_bounded_like_any_other() {
-        let r = EventLog::restored(limits(4), 0, 10, stored(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]));
+        let r = EventLog::restored(
+            limits(4),
+            Some(0),
+            10,
+            stored(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
+        );
         assert_eq!(r.stats().0, 4);
         let mut c = r.attach(STANDALONE, Some(0), true, true).unwrap();
         let got: Vec<u32> = std::iter::from_fn(|| next_data(&r, &mut c).map(|e| e.0)).collect();

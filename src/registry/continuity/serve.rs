@@ -583,13 +583,15 @@ where
             .with_principal(record.principal.clone());
         // The shared event log: what the client has not seen of its standalone stream (and
         // where its numbering got to). One store call, on this path only; a store that
-        // fails or is slow leaves the stream to start empty, as without it.
+        // fails or is slow leaves the stream to start empty, as without it. Without a
+        // `Last-Event-ID` (a POST adopting the session while its client is about to resume
+        // its GET stream), the stored events are read too, for that resumption.
         let after = standalone_after(&req);
         let read = tokio::time::timeout(
             core.lookup_timeout,
             core.store.read_events(
                 ctx.inner_sid().unwrap_or_default(),
-                after,
+                Some(after.unwrap_or(0)),
                 crate::registry::events::MAX_LEN,
             ),
         )
