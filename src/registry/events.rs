@@ -6,8 +6,9 @@
 //! drops the event and counts it, never waits), and the writer batches whatever is queued (up
 //! to [`BATCH`] events) into one store call, one Redis round trip. [`Core::flush`](super::queue::Core::flush)
 //! waits for the queue, so a graceful drain keeps every event; a process killed outright
-//! loses what was queued and not yet written (at most one batch window: the time one
-//! `append_events` round trip takes under load, usually well under a millisecond to a few).
+//! loses what was queued and not yet written: the batch in flight and what queued behind it
+//! during its round trip (a full batch of 512 took p50 3 ms, p99 4–7 ms on a local
+//! `redis-server`; see the measurement in `tests/event_log.rs`).
 
 use std::sync::{
     Arc, Weak,
