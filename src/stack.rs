@@ -491,13 +491,17 @@ impl<R: RegistryStore> McpStackBuilder<R> {
                 "excludes the registry's forwarding and adoption (turn continuity off)",
             ));
         }
+        let continuity = self.registry.has_continuity();
         let affinity = self.affinity.build()?;
         let registry = self.registry.build()?;
         // Session ids carry this node's tag, which the affinity layer reads back.
-        let transport = self
-            .transport
-            .with_id_generator(affinity.id_generator())
-            .build()?;
+        let mut transport = self.transport.with_id_generator(affinity.id_generator());
+        if continuity {
+            // The shared event log: the node that adopts a session replays its standalone
+            // stream from the store.
+            transport = transport.with_event_sink(registry.handle().event_sink());
+        }
+        let transport = transport.build()?;
         let bus = self.bus.unwrap_or_else(|| ClusterBus::local(self.node));
         bus.attach(&transport.handle());
         let handle = StackHandle {

@@ -109,6 +109,181 @@ fn assert_ttl_near(ttl: i64, expected: Duration) {
 /// The shared cases. Each takes a backend and uses ids and node names of its own.
 mod cases {
     use super::*;
+    use bytes::Bytes;
+    use mcp_affinity::registry::store::EventWrite;
+
+    fn ev(n: u32) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","method":"n","params":{{"n":{n}}}}}"#
+        ))
+    }
+
+    async fn append(
+        store: &impl RegistryStore,
+        id: &str,
+        seqs: impl IntoIterator<Item = u32>,
+        max_len: usize,
+    ) {
+        let data: Vec<(u32, Bytes)> = seqs.into_iter().map(|n| (n, ev(n))).collect();
+        let writes: Vec<EventWrite<'_>> = data
+            .iter()
+            .map(|(seq, data)| EventWrite {
+                id,
+                seq: *seq,
+                data,
+            })
+            .collect();
+        store
+            .append_events(&writes, max_len, Duration::from_secs(600))
+            .await
+            .expect("append events");
+    }
+
+    fn seqs(events: &[(u32, Bytes)]) -> Vec<u32> {
+        events.iter().map(|e| e.0).collect()
+    }
+
+    pub(crate) async fn events_are_read_after_an_id_with_the_top<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let id = unique("ev");
+        let other = unique("ev");
+        let empty = store.read_events(&id, Some(0), 10).await.expect("read");
+        assert_eq!((empty.top, empty.events.len()), (0, 0));
+        // Two sessions interleaved in one batch: each keeps its own order.
+        let (a, b) = (ev(1), ev(2));
+        let writes = [
+            EventWrite {
+                id: &id,
+                seq: 1,
+                data: &a,
+            },
+            EventWrite {
+                id: &other,
+                seq: 1,
+                data: &a,
+            },
+            EventWrite {
+                id: &id,
+                seq: 2,
+                data: &b,
+            },
+        ];
+        store
+            .append_events(&writes, 256, Duration::from_secs(600))
+            .await
+            .expect("append");
+        append(&store, &id, 3..=5, 256).await;
+        let page = store.read_events(&id, Some(2), 10).await.expect("read");
+        assert_eq!(page.top, 5);
+        assert_eq!(page.events, vec![(3, ev(3)), (4, ev(4)), (5, ev(5))]);
+        let page = store.read_events(&id, Some(0), 2).await.expect("read");
+        assert_eq!(
+            (page.top, seqs(&page.events)),
+            (5, vec![1, 2]),
+            "at most `max`"
+        );
+        let page = store.read_events(&id, None, 10).await.expect("read");
+        assert_eq!((page.top, page.events.len()), (5, 0), "no id: the top only");
+        let page = store.read_events(&id, Some(5), 10).await.expect("read");
+        assert_eq!((page.top, page.events.len()), (5, 0));
+        let page = store.read_events(&other, Some(0), 10).await.expect("read");
+        assert_eq!((page.top, seqs(&page.events)), (1, vec![1]));
+    }
+
+    pub(crate) async fn late_event_writes_are_skipped<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let id = unique("ev");
+        append(&store, &id, 1..=4, 256).await;
+        // A former owner writing late (ids at or below the top), then the new owner: the
+        // late ones are skipped without failing the batch.
+        let late = Bytes::from_static(b"late");
+        let next = ev(5);
+        let writes = [
+            EventWrite {
+                id: &id,
+                seq: 3,
+                data: &late,
+            },
+            EventWrite {
+                id: &id,
+                seq: 4,
+                data: &late,
+            },
+            EventWrite {
+                id: &id,
+                seq: 5,
+                data: &next,
+            },
+        ];
+        store
+            .append_events(&writes, 256, Duration::from_secs(600))
+            .await
+            .expect("a late write is not an error");
+        let page = store.read_events(&id, Some(0), 10).await.expect("read");
+        assert_eq!(page.top, 5);
+        assert_eq!(page.events, (1..=5).map(|n| (n, ev(n))).collect::<Vec<_>>());
+    }
+
+    pub(crate) async fn event_logs_are_trimmed_to_about_their_bound<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let id = unique("ev");
+        for chunk in 0..6u32 {
+            append(&store, &id, chunk * 100 + 1..=chunk * 100 + 100, 50).await;
+        }
+        let page = store.read_events(&id, Some(0), 1000).await.expect("read");
+        assert_eq!(page.top, 600);
+        let got = seqs(&page.events);
+        // Redis trims by whole stream nodes (`MAXLEN ~`): the bound, plus at most one node.
+        assert!(got.len() >= 50 && got.len() <= 150, "{} kept", got.len());
+        assert_eq!(got.last(), Some(&600));
+        assert!(
+            got.windows(2).all(|w| w[1] == w[0] + 1),
+            "the newest, contiguous"
+        );
+    }
+
+    pub(crate) async fn event_logs_expire_and_are_removed<B: Backend>(backend: &B) {
+        let store = backend.store();
+        let id = unique("ev");
+        let keep = unique("ev");
+        append(&store, &id, 1..=3, 256).await;
+        append(&store, &keep, 1..=3, 256).await;
+        if let Some(raw) = backend.raw() {
+            assert_ttl_near(
+                raw.expiry(&RecordKey::default().events(&id)),
+                Duration::from_secs(600),
+            );
+        }
+        store.remove_events(&[&id]).await.expect("remove");
+        let page = store.read_events(&id, Some(0), 10).await.expect("read");
+        assert_eq!((page.top, page.events.len()), (0, 0));
+        let page = store.read_events(&keep, Some(0), 10).await.expect("read");
+        assert_eq!(page.top, 3, "another session's log stays");
+        // An expiry shorter than the writes' is set again by each batch.
+        let short = ev(4);
+        store
+            .append_events(
+                &[EventWrite {
+                    id: &keep,
+                    seq: 4,
+                    data: &short,
+                }],
+                256,
+                Duration::from_millis(1),
+            )
+            .await
+            .expect("append");
+        let mut gone = false;
+        for _ in 0..200 {
+            if store.read_events(&keep, None, 1).await.expect("read").top == 0 {
+                gone = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(gone, "the log expired");
+    }
 
     pub(crate) async fn register_is_set_if_absent<B: Backend>(backend: &B) {
         let store = backend.store();
@@ -1139,6 +1314,10 @@ macro_rules! all_cases {
             a_claimed_session_is_the_claimants_to_clean_up,
             concurrent_claims_have_one_winner,
             ping_answers,
+            events_are_read_after_an_id_with_the_top,
+            late_event_writes_are_skipped,
+            event_logs_are_trimmed_to_about_their_bound,
+            event_logs_expire_and_are_removed,
         );
     };
 }

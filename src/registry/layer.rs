@@ -914,9 +914,15 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// # }
     /// ```
     pub fn stats(&self) -> RegistryStats {
-        self.core
+        let mut stats = self
+            .core
             .counters
-            .snapshot(self.core.pending(), self.core.tracked())
+            .snapshot(self.core.pending(), self.core.tracked());
+        let events = &self.core.events;
+        stats.events_written = events.written.load(std::sync::atomic::Ordering::Relaxed);
+        stats.events_dropped = events.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        stats.events_pending = events.pending();
+        stats
     }
 
     /// This node's name.
@@ -999,6 +1005,32 @@ impl<R: RegistryStore> RegistryHandle<R> {
     pub async fn flush(&self, timeout: Duration) -> bool {
         self.core.start();
         self.core.flush(timeout).await
+    }
+
+    /// The sink that puts the standalone events of this node's sessions into the store's
+    /// shared event log, for the node that adopts a session to replay what its client asks
+    /// for with `Last-Event-ID`: give it to the transport
+    /// ([`SseTransportBuilder::with_event_sink`](crate::transport::SseTransportBuilder::with_event_sink));
+    /// [`McpStack`](crate::McpStack) does when continuity is on. Events go onto a bounded
+    /// queue (full: dropped and counted, never waited for) that a background writer hands to
+    /// the store in batches of up to 512; [`flush`](Self::flush) waits for it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::{SseTransportLayer, registry::{MemoryStore, SessionRegistryLayer}};
+    ///
+    /// let registry = SessionRegistryLayer::new(MemoryStore::new(), "node-a").unwrap();
+    /// let transport = SseTransportLayer::builder()
+    ///     .with_event_sink(registry.handle().event_sink())
+    ///     .build();
+    /// assert!(transport.is_ok());
+    /// ```
+    #[must_use]
+    pub fn event_sink(&self) -> super::RegistryEventSink {
+        super::RegistryEventSink {
+            queue: self.core.events.clone(),
+        }
     }
 
     /// Writes this node's liveness record now (within `timeout`); whether the store took it.

@@ -6,6 +6,7 @@
 
 mod body;
 mod continuity;
+mod events;
 #[cfg(feature = "forward")]
 mod forward;
 mod future;
@@ -20,6 +21,7 @@ mod stats;
 pub mod store;
 
 pub use body::ResponseBody;
+pub use events::RegistryEventSink;
 pub use future::{ResponseFuture, SessionLookup};
 pub use layer::{
     ConfigError, DEFAULT_IDLE_TIMEOUT, DEFAULT_LIVENESS, DEFAULT_LOOKUP_RATE,

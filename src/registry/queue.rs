@@ -104,6 +104,8 @@ pub(crate) struct Core<R> {
     pub(crate) continuity: Option<super::continuity::Continuity>,
     /// What an inner service's own session store hands over (feature `rmcp`).
     pub(crate) handoff: Arc<super::handoff::Handoff>,
+    /// The shared event log's queue (standalone events on their way to the store).
+    pub(crate) events: Arc<super::events::EventQueue>,
 }
 
 impl<R: RegistryStore> Core<R> {
@@ -144,6 +146,7 @@ impl<R: RegistryStore> Core<R> {
             started: AtomicBool::new(false),
             continuity: None,
             handoff: Arc::default(),
+            events: Arc::new(super::events::EventQueue::new()),
         }
     }
 
@@ -187,6 +190,14 @@ impl<R: RegistryStore> Core<R> {
         self.started.store(true, Ordering::Release);
         for rx in receivers {
             tokio::spawn(worker(Arc::downgrade(self), rx));
+        }
+        if let Some(rx) = self.events.take_receiver() {
+            tokio::spawn(super::events::writer(
+                Arc::downgrade(&self.store),
+                Arc::downgrade(&self.events),
+                rx,
+                self.idle_timeout,
+            ));
         }
         tokio::spawn(refresher(Arc::downgrade(self)));
         tokio::spawn(idle_sweeper(Arc::downgrade(self)));
@@ -239,17 +250,18 @@ impl<R> Core<R> {
         self.pending.load(Ordering::Acquire)
     }
 
-    /// Waits until every queued operation has landed (or was given up), at most `timeout`.
-    /// Returns whether the queues are empty.
+    /// Waits until every queued operation has landed (or was given up), at most `timeout`,
+    /// and every queued event of the shared event log. Returns whether the queues are empty.
     pub(crate) async fn flush(&self, timeout: Duration) -> bool {
         let wait = async {
             loop {
                 let notified = self.drained.notified();
                 if self.pending() == 0 {
-                    return;
+                    break;
                 }
                 notified.await;
             }
+            self.events.drained().await;
         };
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
@@ -396,6 +408,11 @@ impl<R: RegistryStore> Core<R> {
                 if done {
                     self.counters.removed.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::registry_write(crate::metrics::Write::Remove);
+                    if self.continuity.is_some() {
+                        // The session is gone: its shared event log goes too.
+                        self.events
+                            .push(super::events::EventOp::Remove(op.id.clone()));
+                    }
                 }
                 self.forget(id);
             }

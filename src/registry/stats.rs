@@ -60,6 +60,13 @@ pub struct RegistryStats {
     pub retries: u64,
     /// Operations dropped because a queue was full (their records expire by TTL).
     pub dropped_ops: u64,
+    /// Standalone-stream events written to the shared event log.
+    pub events_written: u64,
+    /// Standalone-stream events dropped on their way to the shared event log (its queue was
+    /// full, or the store failed every attempt).
+    pub events_dropped: u64,
+    /// Standalone-stream events queued for the shared event log.
+    pub events_pending: u64,
     /// Records of previous incarnations removed at start.
     pub stale_removed: u64,
     /// `initialize` requests refused with `503` in fail-closed mode.
@@ -106,6 +113,9 @@ impl Counters {
             store_errors: r(&self.store_errors),
             retries: r(&self.retries),
             dropped_ops: r(&self.dropped_ops),
+            events_written: 0,
+            events_dropped: 0,
+            events_pending: 0,
             stale_removed: r(&self.stale_removed),
             refused: r(&self.refused),
             inner_ended: r(&self.inner_ended),

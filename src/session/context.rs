@@ -242,6 +242,7 @@ impl RequestContext {
             (Target::Own(log), Some(stream)) => log.append(stream, data, false),
             (Target::Own(_), None) => return Err(SendError::NotSupported),
         }
+        .map(drop)
         .map_err(Into::into)
     }
 

@@ -24,11 +24,13 @@ use crate::{
 };
 
 /// Per-session limits, copied from the transport configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
     pub(crate) log: LogLimits,
     pub(crate) max_pending_requests: usize,
     pub(crate) request_timeout: Duration,
+    /// Where the standalone stream's events are reported, if anywhere.
+    pub(crate) event_sink: Option<Arc<dyn super::EventSink>>,
 }
 
 pub(super) type Pending = oneshot::Sender<Result<Value, Value>>;
@@ -111,7 +113,8 @@ impl Session {
         config: SessionConfig,
         now_ms: u64,
     ) -> Self {
-        let log = EventLog::new(config.log, true);
+        let sink = config.event_sink.clone().map(|sink| (id.clone(), sink));
+        let log = EventLog::new(config.log, true).with_sink(sink);
         Self::with_log(id, principal, config, now_ms, log)
     }
 
@@ -125,7 +128,15 @@ impl Session {
         now_ms: u64,
         standalone_after: Option<u32>,
     ) -> Self {
-        let log = EventLog::restored(config.log, standalone_after.unwrap_or(0));
+        let (top, stored) = match &restore.events {
+            Some(events) => (events.top, events.events.clone()),
+            None => (0, Vec::new()),
+        };
+        let sink = config
+            .event_sink
+            .clone()
+            .map(|sink| (restore.id.clone(), sink));
+        let log = EventLog::restored(config.log, standalone_after, top, stored).with_sink(sink);
         let principal = restore.principal.as_deref().map(Box::from);
         let session = Self::with_log(restore.id.clone(), principal, config, now_ms, log);
         session.set_initialized(

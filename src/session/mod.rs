@@ -16,6 +16,7 @@
 
 mod context;
 mod envelope;
+mod events;
 mod handle;
 mod id;
 mod lifecycle;
@@ -28,6 +29,7 @@ mod table;
 pub(crate) use context::LogRef;
 pub use context::RequestContext;
 pub use envelope::SessionIdEnvelope;
+pub use events::{EventSink, StoredEvents};
 pub use handle::Session;
 pub(crate) use handle::SessionConfig;
 pub(crate) use id::random_token;

@@ -43,6 +43,9 @@ pub struct RestoreSession {
     /// The digest of the principal the session is bound to ([`principal_digest`]), if it is
     /// bound to one.
     pub principal: Option<String>,
+    /// The standalone stream's events the store kept, read by the registry when it adopted
+    /// the session ([`with_events`](Self::with_events)); `None`: nothing was read.
+    pub events: Option<super::StoredEvents>,
 }
 
 impl RestoreSession {
@@ -65,6 +68,7 @@ impl RestoreSession {
             client_info: None,
             client_capabilities: None,
             principal: None,
+            events: None,
         }
     }
 
@@ -102,6 +106,36 @@ impl RestoreSession {
     #[must_use]
     pub fn with_principal(mut self, digest: Option<String>) -> Self {
         self.principal = digest;
+        self
+    }
+
+    /// Sets the standalone stream's events the store kept: `after` is the last sequence
+    /// number the client reported (`Last-Event-ID: 0-<after>`), `top` the highest one the
+    /// store held, `events` those after `after` in order. The restored session's standalone
+    /// stream holds `events` under their ids and numbers new events after
+    /// `max(top, after)`, so ids stay unique and ordered across nodes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    /// use mcp_affinity::session::{RestoreSession, SessionId};
+    ///
+    /// let r = RestoreSession::new(SessionId::parse("s1").unwrap(), ProtocolVersion::V2025_11_25)
+    ///     .with_events(Some(3), 5, vec![(4, Bytes::from_static(b"{}")), (5, Bytes::from_static(b"{}"))]);
+    /// let events = r.events.unwrap();
+    /// assert_eq!(events.top, 5);
+    /// assert_eq!(events.events.len(), 2);
+    /// ```
+    #[must_use]
+    pub fn with_events(
+        mut self,
+        after: Option<u32>,
+        top: u32,
+        events: Vec<(u32, bytes::Bytes)>,
+    ) -> Self {
+        self.events = Some(super::StoredEvents { after, top, events });
         self
     }
 }

@@ -148,6 +148,7 @@ impl Session {
                 encode_message(method, None, params.as_ref()),
                 false,
             )
+            .map(drop)
             .map_err(Into::into)
     }
 
@@ -155,6 +156,7 @@ impl Session {
         self.inner
             .log
             .append(STANDALONE, data, false)
+            .map(drop)
             .map_err(Into::into)
     }
 
@@ -304,6 +306,7 @@ mod tests {
             },
             max_pending_requests,
             request_timeout: Duration::from_secs(5),
+            event_sink: None,
         };
         Session::new(SessionId::parse("s").unwrap(), None, config, 0)
     }

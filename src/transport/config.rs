@@ -314,6 +314,7 @@ pub(crate) struct Config {
     pub(crate) ids: Arc<dyn SessionIdGenerator>,
     pub(crate) principal: Option<Arc<dyn PrincipalExtractor>>,
     pub(crate) on_restore: Option<RestoreHook>,
+    pub(crate) event_sink: Option<Arc<dyn crate::session::EventSink>>,
 }
 
 /// The hook run once per restored session, before the request that restored it reaches the
@@ -341,6 +342,7 @@ impl fmt::Debug for Config {
             .field("origins", &self.origins)
             .field("principal", &self.principal.is_some())
             .field("on_restore", &self.on_restore.is_some())
+            .field("event_sink", &self.event_sink)
             .finish_non_exhaustive()
     }
 }
@@ -371,6 +373,7 @@ impl Default for Config {
             ids: Arc::new(RandomIdGenerator),
             principal: None,
             on_restore: None,
+            event_sink: None,
         }
     }
 }

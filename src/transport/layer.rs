@@ -188,6 +188,7 @@ impl Shared {
             log: self.config.log,
             max_pending_requests: self.config.max_pending_requests,
             request_timeout: self.config.request_timeout,
+            event_sink: self.config.event_sink.clone(),
         }
     }
 
@@ -811,6 +812,39 @@ impl SseTransportBuilder {
         F: Fn(&Session) + Send + Sync + 'static,
     {
         self.config.on_restore = Some(Arc::new(hook));
+        self
+    }
+
+    /// Reports every event of every session's standalone stream (`GET`, stream 0) to `sink`,
+    /// in order, with its sequence number (its SSE id is `0-<seq>`), so that a node adopting
+    /// the session can replay what its client asks for with `Last-Event-ID`
+    /// ([`RestoreSession::with_events`](crate::session::RestoreSession::with_events)). The
+    /// session registry's sink ([`RegistryHandle::event_sink`](crate::registry::RegistryHandle::event_sink))
+    /// writes them to its store in batches; [`McpStack`](crate::McpStack) sets it when
+    /// continuity is on. POST streams are not reported (they stay on their node). Unset (the
+    /// default), this costs nothing.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use mcp_affinity::{SseTransportLayer, session::{EventSink, SessionId}};
+    ///
+    /// #[derive(Debug)]
+    /// struct Count(std::sync::atomic::AtomicU32);
+    /// impl EventSink for Count {
+    ///     fn record(&self, _: &SessionId, _: u32, _: &Bytes) {
+    ///         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ///     }
+    /// }
+    ///
+    /// let layer = SseTransportLayer::builder()
+    ///     .with_event_sink(Count(Default::default()))
+    ///     .build();
+    /// assert!(layer.is_ok());
+    /// ```
+    pub fn with_event_sink(mut self, sink: impl crate::session::EventSink) -> Self {
+        self.config.event_sink = Some(Arc::new(sink));
         self
     }
 

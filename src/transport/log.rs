@@ -10,7 +10,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     hash::{BuildHasherDefault, Hasher},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
     time::Duration,
 };
@@ -253,11 +253,19 @@ impl Cursor {
     }
 }
 
+/// Where a log reports its standalone stream's events: the session's id and the sink.
+pub(crate) type SinkRef = (
+    crate::session::SessionId,
+    Arc<dyn crate::session::EventSink>,
+);
+
 /// The log itself.
 #[derive(Debug)]
 pub(crate) struct EventLog {
     state: Mutex<State>,
     limits: LogLimits,
+    /// Told of every event of the standalone stream, in order (under the lock).
+    sink: Option<SinkRef>,
 }
 
 impl EventLog {
@@ -281,22 +289,64 @@ impl EventLog {
                 generation: 0,
             }),
             limits,
+            sink: None,
         }
+    }
+
+    /// The same log, reporting its standalone stream's events to `sink`.
+    pub(crate) fn with_sink(mut self, sink: Option<SinkRef>) -> Self {
+        self.sink = sink;
+        self
     }
 
     /// The log of a session restored on this node: its standalone stream numbers its events
     /// after `standalone_after` (the last one the client reports having), and its POST streams
     /// start at a random id, so an event id the client kept from the session's former node
     /// names no stream of this log (rather than another request's).
-    pub(crate) fn restored(limits: LogLimits, standalone_after: u32) -> Self {
+    ///
+    /// `stored` are the standalone stream's events another node wrote to the shared store
+    /// (in order of sequence number; gaps allowed), and `top` the highest sequence number it
+    /// held: they are kept under their ids, and new events are numbered after
+    /// `max(top, standalone_after, last stored)`, so ids stay unique and ordered across owners.
+    pub(crate) fn restored(
+        limits: LogLimits,
+        standalone_after: Option<u32>,
+        top: u32,
+        stored: Vec<(u32, Bytes)>,
+    ) -> Self {
         let log = Self::new(limits, true);
         {
-            let mut s = log.lock();
+            let mut guard = log.lock();
+            let s = &mut *guard;
+            let now = Instant::now();
+            let mut last = standalone_after.unwrap_or(0);
+            let mut live = 0;
+            for (seq, data) in stored {
+                // Only what the client has not seen, in increasing order.
+                if seq <= last {
+                    continue;
+                }
+                last = seq;
+                live += 1;
+                s.bytes += data.len();
+                s.events.push_back(Event {
+                    stream: STANDALONE,
+                    seq,
+                    last: false,
+                    at: now,
+                    data,
+                });
+            }
+            let top = top.max(last);
             if let Some(st) = s.streams.get_mut(&STANDALONE) {
-                st.next_seq = standalone_after.saturating_add(1);
-                st.delivered = standalone_after;
+                st.next_seq = top.saturating_add(1);
+                // Without a `Last-Event-ID` (the session adopted by a POST), the stored
+                // events stay for a later resumption, and a plain `GET` starts after them.
+                st.delivered = standalone_after.unwrap_or(top);
+                st.live = live;
             }
             s.next_stream = restored_stream_base();
+            log.evict(s);
         }
         log
     }
@@ -323,8 +373,9 @@ impl EventLog {
         Ok(id)
     }
 
-    /// Appends a message to a stream; `last` ends the stream after it.
-    pub(crate) fn append(&self, stream: u32, data: Bytes, last: bool) -> Result<(), AppendError> {
+    /// Appends a message to a stream; `last` ends the stream after it. Returns the sequence
+    /// number it was given (its event id is `<stream>-<seq>`).
+    pub(crate) fn append(&self, stream: u32, data: Bytes, last: bool) -> Result<u32, AppendError> {
         let mut guard = self.lock();
         let s = &mut *guard;
         if s.closed.is_some() {
@@ -341,6 +392,12 @@ impl EventLog {
         st.live += 1;
         st.finished = last;
         st.wake();
+        if stream == STANDALONE
+            && let Some((id, sink)) = &self.sink
+        {
+            // Under the lock: the sink sees the events in the order they were numbered.
+            sink.record(id, seq, &data);
+        }
         s.bytes += data.len();
         s.events.push_back(Event {
             stream,
@@ -350,7 +407,7 @@ impl EventLog {
             data,
         });
         self.evict(s);
-        Ok(())
+        Ok(seq)
     }
 
     fn evict(&self, s: &mut State) {
@@ -1047,7 +1104,9 @@ mod tests {
                 max_events: 16,
                 max_bytes: 1 << 20,
             },
-            41,
+            Some(41),
+            0,
+            Vec::new(),
         );
         assert!(r.issued(STANDALONE, 41));
         assert!(!r.issued(STANDALONE, 42));
@@ -1059,5 +1118,148 @@ mod tests {
         let first = r.open_stream().unwrap();
         assert!(first >= 1 << 20, "{first}");
         assert!(!r.issued(1, 0));
+    }
+
+    fn limits(max_events: usize) -> LogLimits {
+        LogLimits {
+            max_events,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    fn stored(seqs: &[u32]) -> Vec<(u32, Bytes)> {
+        seqs.iter()
+            .map(|&n| (n, Bytes::from(format!("e{n}"))))
+            .collect()
+    }
+
+    fn next_data(l: &EventLog, c: &mut Cursor) -> Option<(u32, Bytes)> {
+        match l.poll_next(c, &mut cx()) {
+            Poll::Ready(Item::Event { seq, data, .. }) => Some((seq, data)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_restored_log_keeps_stored_ids_and_numbers_after_the_top() {
+        // The store held 1..=8; the client has 0-3 and was sent 4..=8 by the previous node.
+        let r = EventLog::restored(limits(16), Some(3), 8, stored(&[4, 5, 6, 7, 8]));
+        assert!(r.issued(STANDALONE, 8));
+        assert!(!r.issued(STANDALONE, 9));
+        let mut c = r.attach(STANDALONE, Some(3), true, true).unwrap();
+        for n in 4..=8 {
+            assert_eq!(
+                next_data(&r, &mut c),
+                Some((n, Bytes::from(format!("e{n}"))))
+            );
+        }
+        assert_eq!(next_data(&r, &mut c), None, "nothing more: no duplicate");
+        assert_eq!(
+            r.append(STANDALONE, Bytes::from_static(b"live"), false),
+            Ok(9)
+        );
+        assert_eq!(
+            next_data(&r, &mut c),
+            Some((9, Bytes::from_static(b"live")))
+        );
+        // A reconnection after 0-6 replays exactly 7, 8, 9.
+        let mut c = r.attach(STANDALONE, Some(6), false, true).unwrap();
+        let got: Vec<u32> = std::iter::from_fn(|| next_data(&r, &mut c).map(|e| e.0)).collect();
+        assert_eq!(got, [7, 8, 9]);
+    }
+
+    #[test]
+    fn a_restored_log_skips_seen_and_disordered_events_and_allows_gaps() {
+        // Trimmed by the store (gap 5..6), one event the client has (2), one out of order.
+        let r = EventLog::restored(limits(16), Some(3), 9, stored(&[2, 4, 7, 6, 9]));
+        let mut c = r.attach(STANDALONE, Some(3), true, true).unwrap();
+        let got: Vec<u32> = std::iter::from_fn(|| next_data(&r, &mut c).map(|e| e.0)).collect();
+        assert_eq!(got, [4, 7, 9]);
+        assert_eq!(r.stats().0, 3);
+        // The top the store reports wins over the events it returned (and the client's id
+        // over both, should it be higher).
+        let r = EventLog::restored(limits(16), Some(3), 12, stored(&[4]));
+        assert_eq!(
+            r.append(STANDALONE, Bytes::from_static(b"x"), false),
+            Ok(13)
+        );
+        let r = EventLog::restored(limits(16), Some(20), 12, stored(&[4]));
+        assert_eq!(r.stats().0, 0);
+        assert_eq!(
+            r.append(STANDALONE, Bytes::from_static(b"x"), false),
+            Ok(21)
+        );
+    }
+
+    #[test]
+    fn a_log_restored_without_an_id_keeps_the_events_for_a_resumption() {
+        // Adopted by a POST: the stored events are there, a plain GET starts after them, a
+        // later `Last-Event-ID` resumption replays from its id.
+        let r = EventLog::restored(limits(16), None, 8, stored(&[1, 2, 3, 4, 5, 6, 7, 8]));
+        let mut plain = r.attach(STANDALONE, None, true, false).unwrap();
+        assert_eq!(next_data(&r, &mut plain), None);
+        assert_eq!(r.append(STANDALONE, Bytes::from_static(b"n"), false), Ok(9));
+        assert_eq!(next_data(&r, &mut plain).map(|e| e.0), Some(9));
+        let mut resumed = r.attach(STANDALONE, Some(3), false, true).unwrap();
+        let got: Vec<u32> =
+            std::iter::from_fn(|| next_data(&r, &mut resumed).map(|e| e.0)).collect();
+        assert_eq!(got, [4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_restored_log_is_bounded_like_any_other() {
+        let r = EventLog::restored(
+            limits(4),
+            Some(0),
+            10,
+            stored(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
+        );
+        assert_eq!(r.stats().0, 4);
+        let mut c = r.attach(STANDALONE, Some(0), true, true).unwrap();
+        let got: Vec<u32> = std::iter::from_fn(|| next_data(&r, &mut c).map(|e| e.0)).collect();
+        assert_eq!(got, [7, 8, 9, 10]);
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorder(std::sync::Mutex<Vec<(String, u32, Bytes)>>);
+
+    impl crate::session::EventSink for Recorder {
+        fn record(&self, session: &crate::session::SessionId, seq: u32, data: &Bytes) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((session.as_str().to_owned(), seq, data.clone()));
+        }
+    }
+
+    #[test]
+    fn the_sink_sees_every_standalone_event_and_no_post_event() {
+        let rec = Arc::new(Recorder::default());
+        let id = crate::session::SessionId::parse("s1").unwrap();
+        let l = log(16).with_sink(Some((id, rec.clone())));
+        let post = l.open_stream().unwrap();
+        l.append(STANDALONE, Bytes::from_static(b"a"), false)
+            .unwrap();
+        l.append(post, Bytes::from_static(b"p"), false).unwrap();
+        l.append(STANDALONE, Bytes::from_static(b"b"), false)
+            .unwrap();
+        let got = rec.0.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            [
+                ("s1".to_owned(), 1, Bytes::from_static(b"a")),
+                ("s1".to_owned(), 2, Bytes::from_static(b"b"))
+            ]
+        );
+        l.close(None);
+        assert!(
+            l.append(STANDALONE, Bytes::from_static(b"c"), false)
+                .is_err()
+        );
+        assert_eq!(
+            rec.0.lock().unwrap().len(),
+            2,
+            "a refused event is not reported"
+        );
     }
 }

@@ -544,6 +544,15 @@ where
     Ok(not_found(parts, outcome))
 }
 
+/// The standalone-stream sequence number a request's `Last-Event-ID: 0-<N>` names, if it
+/// names one.
+fn standalone_after<B>(req: &Request<B>) -> Option<u32> {
+    let v = req.headers().get(headers::LAST_EVENT_ID)?.to_str().ok()?;
+    let (stream, seq) = v.split_once('-')?;
+    (stream.parse::<u32>().ok()? == 0).then_some(())?;
+    seq.parse().ok()
+}
+
 /// This node won the record (this request, or another one of this node adopting the
 /// session): the transport restores the session from it, once however many requests ask, and
 /// serves the request.
@@ -566,14 +575,40 @@ where
         .and_then(ProtocolVersion::parse);
     let id = ctx.inner_sid().and_then(|s| SessionId::parse(s).ok());
     if let (Some(version), Some(id)) = (version, id) {
-        req.extensions_mut().insert(
-            RestoreSession::new(id, version)
-                .with_client(
-                    record.client_info.clone(),
-                    record.client_capabilities.clone(),
-                )
-                .with_principal(record.principal.clone()),
-        );
+        let mut restore = RestoreSession::new(id, version)
+            .with_client(
+                record.client_info.clone(),
+                record.client_capabilities.clone(),
+            )
+            .with_principal(record.principal.clone());
+        // The shared event log: what the client has not seen of its standalone stream (and
+        // where its numbering got to). One store call, on this path only; a store that
+        // fails or is slow leaves the stream to start empty, as without it. Without a
+        // `Last-Event-ID` (a POST adopting the session while its client is about to resume
+        // its GET stream), the stored events are read too, for that resumption.
+        let after = standalone_after(&req);
+        let read = tokio::time::timeout(
+            core.lookup_timeout,
+            core.store.read_events(
+                ctx.inner_sid().unwrap_or_default(),
+                Some(after.unwrap_or(0)),
+                crate::registry::events::MAX_LEN,
+            ),
+        )
+        .await;
+        match read {
+            Ok(Ok(page)) => restore = restore.with_events(after, page.top, page.events),
+            Ok(Err(e)) => {
+                core.counters.store_errors.fetch_add(1, Relaxed);
+                tracing::debug!(error = %e, "shared event log unreadable; the standalone stream starts empty");
+            }
+            Err(_) => {
+                tracing::debug!(
+                    "shared event log read timed out; the standalone stream starts empty"
+                );
+            }
+        }
+        req.extensions_mut().insert(restore);
     }
     let mut res = {
         // An inner service with a session store of its own (rmcp with `RmcpSessionStore`)

@@ -93,6 +93,23 @@ impl RecordKey {
         self.session_parts(id).concat()
     }
 
+    /// The key of `id`'s shared event log (a Redis Stream of its standalone events), in the
+    /// record's hash slot: `{prefix}{<id>}:events`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::registry::RecordKey;
+    ///
+    /// assert_eq!(RecordKey::default().events("n1.Zx9"), "mcp:session:{n1.Zx9}:events");
+    /// ```
+    #[must_use]
+    pub fn events(&self, id: &str) -> String {
+        let mut key = self.session(id);
+        key.push_str(":events");
+        key
+    }
+
     /// The pieces of [`session`](Self::session)'s key, in order (for writing it out in place).
     pub(crate) fn session_parts<'a>(&'a self, id: &'a str) -> [&'a str; 4] {
         [&self.prefix, "{", id, "}"]

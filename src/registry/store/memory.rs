@@ -67,6 +67,16 @@ struct State {
     liveness: HashMap<String, Live>,
     /// The node set: every node announced and not retired since.
     nodes: HashSet<String>,
+    /// The shared event log: each session's standalone events, bounded and expiring.
+    events: HashMap<String, Events>,
+}
+
+/// One session's stored standalone events.
+struct Events {
+    entries: std::collections::VecDeque<(u32, bytes::Bytes)>,
+    top: u32,
+    /// As [`Entry::expires_at`].
+    expires_at: Option<Instant>,
 }
 
 struct Live {
@@ -237,6 +247,7 @@ impl MemoryStore {
             .is_some_and(|entry| owned(&entry.record));
         if remove {
             state.entries.remove(id);
+            state.events.remove(id);
         }
         state.note_write(now);
         remove
@@ -255,6 +266,82 @@ impl fmt::Debug for MemoryStore {
 }
 
 impl RegistryStore for MemoryStore {
+    async fn append_events(
+        &self,
+        events: &[super::EventWrite<'_>],
+        max_len: usize,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        // To the millisecond, as Redis' `PEXPIRE`.
+        let expires_at = now.checked_add(ttl.max(Duration::from_millis(1)));
+        let mut state = self.lock();
+        // Expired logs go first (the writes bound how many there can be).
+        state
+            .events
+            .retain(|_, log| log.expires_at.is_none_or(|at| at > now));
+        for ev in events {
+            let log = state
+                .events
+                .entry(ev.id.to_owned())
+                .or_insert_with(|| Events {
+                    entries: std::collections::VecDeque::new(),
+                    top: 0,
+                    expires_at,
+                });
+            log.expires_at = expires_at;
+            // A late write of a former owner: not above what is there.
+            if ev.seq <= log.top {
+                continue;
+            }
+            log.top = ev.seq;
+            log.entries.push_back((ev.seq, ev.data.clone()));
+            while log.entries.len() > max_len.max(1) {
+                log.entries.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_events(
+        &self,
+        id: &str,
+        after: Option<u32>,
+        max: usize,
+    ) -> Result<super::StoredEventPage, StoreError> {
+        let now = Instant::now();
+        let state = self.lock();
+        let Some(log) = state
+            .events
+            .get(id)
+            .filter(|log| log.expires_at.is_none_or(|at| at > now))
+        else {
+            return Ok(super::StoredEventPage::default());
+        };
+        let events = match after {
+            Some(after) => log
+                .entries
+                .iter()
+                .filter(|(seq, _)| *seq > after)
+                .take(max)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(super::StoredEventPage {
+            top: log.top,
+            events,
+        })
+    }
+
+    async fn remove_events(&self, ids: &[&str]) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        for id in ids {
+            state.events.remove(*id);
+        }
+        Ok(())
+    }
+
     async fn register(
         &self,
         id: &str,

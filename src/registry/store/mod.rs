@@ -136,7 +136,7 @@ pub use memory::MemoryStore;
 pub use node::{NodeRecord, NodeState};
 pub(crate) use record::unix_now;
 pub use record::{Claim, Ownership, SessionRecord};
-pub use write::StoreWrite;
+pub use write::{EventWrite, StoreWrite, StoredEventPage};
 pub(crate) use write::{group_by_id, write_each};
 
 /// Storage for the session registry.
@@ -538,6 +538,78 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
     ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
         write_each(self, writes)
     }
+
+    /// Appends events of sessions' standalone streams (the shared event log): per session,
+    /// in the order given, each under its sequence number, the session's log trimmed to
+    /// about `max_len` events and set to expire `ttl` after this write. An event whose
+    /// sequence number is not above the session's highest stored one (a late write of a
+    /// former owner) is skipped, not an error.
+    ///
+    /// The registry's event writer calls this with up to 512 queued events at a time. The
+    /// default stores nothing (a store without a shared event log: an adopted session's
+    /// standalone stream starts empty).
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed; some events may have been stored.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use mcp_affinity::registry::{MemoryStore, RegistryStore, store::EventWrite};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mcp_affinity::registry::StoreError> {
+    /// let store = MemoryStore::new();
+    /// let data = Bytes::from_static(b"{}");
+    /// let events: Vec<EventWrite<'_>> =
+    ///     (1..=3).map(|seq| EventWrite { id: "s1", seq, data: &data }).collect();
+    /// store.append_events(&events, 256, Duration::from_secs(60)).await?;
+    /// let page = store.read_events("s1", Some(1), 10).await?;
+    /// assert_eq!(page.top, 3);
+    /// assert_eq!(page.events.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 3]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn append_events(
+        &self,
+        events: &[EventWrite<'_>],
+        max_len: usize,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (events, max_len, ttl);
+        std::future::ready(Ok(()))
+    }
+
+    /// Reads a session's stored standalone events after sequence number `after` (at most
+    /// `max`, oldest first) and the highest sequence number stored; with `after` `None`,
+    /// only the highest. Called once when this node adopts a session. The default has none.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed.
+    fn read_events(
+        &self,
+        id: &str,
+        after: Option<u32>,
+        max: usize,
+    ) -> impl Future<Output = Result<StoredEventPage, StoreError>> + Send {
+        let _ = (id, after, max);
+        std::future::ready(Ok(StoredEventPage::default()))
+    }
+
+    /// Removes the stored events of sessions whose record was removed (closed sessions).
+    /// The default does nothing.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store failed.
+    fn remove_events(&self, ids: &[&str]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = ids;
+        std::future::ready(Ok(()))
+    }
 }
 
 impl<S: RegistryStore> RegistryStore for Arc<S> {
@@ -639,6 +711,28 @@ impl<S: RegistryStore> RegistryStore for Arc<S> {
         writes: &[StoreWrite<'_>],
     ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
         S::write_batch(self, writes)
+    }
+
+    fn append_events(
+        &self,
+        events: &[EventWrite<'_>],
+        max_len: usize,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        S::append_events(self, events, max_len, ttl)
+    }
+
+    fn read_events(
+        &self,
+        id: &str,
+        after: Option<u32>,
+        max: usize,
+    ) -> impl Future<Output = Result<StoredEventPage, StoreError>> + Send {
+        S::read_events(self, id, after, max)
+    }
+
+    fn remove_events(&self, ids: &[&str]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        S::remove_events(self, ids)
     }
 }
 

@@ -176,3 +176,24 @@ pub(crate) async fn write_each<S: RegistryStore + ?Sized>(
         None => Ok(results),
     }
 }
+
+/// One event of a session's standalone stream, as the registry's event writer hands it to
+/// [`RegistryStore::append_events`](super::RegistryStore::append_events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventWrite<'a> {
+    /// The session's id (what its record is keyed by).
+    pub id: &'a str,
+    /// The event's sequence number in the standalone stream (its SSE id is `0-<seq>`).
+    pub seq: u32,
+    /// The JSON-RPC message, as sent in the SSE `data:` field.
+    pub data: &'a bytes::Bytes,
+}
+
+/// What [`RegistryStore::read_events`](super::RegistryStore::read_events) found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredEventPage {
+    /// The highest sequence number stored for the session (0: none).
+    pub top: u32,
+    /// The events asked for, oldest first: `(seq, data)`.
+    pub events: Vec<(u32, bytes::Bytes)>,
+}

@@ -11,6 +11,7 @@ mod builder;
 mod commands;
 mod conn;
 mod continuity;
+mod events;
 mod index;
 mod scripts;
 
@@ -530,6 +531,28 @@ impl RegistryStore for RedisStore {
         }
         let deadline = tokio::time::Instant::now() + self.inner.command_timeout;
         self.write_pipelined(conn, writes, deadline).await
+    }
+
+    async fn append_events(
+        &self,
+        events: &[crate::registry::store::EventWrite<'_>],
+        max_len: usize,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.append_event_batch(events, max_len, ttl).await
+    }
+
+    async fn read_events(
+        &self,
+        id: &str,
+        after: Option<u32>,
+        max: usize,
+    ) -> Result<crate::registry::store::StoredEventPage, StoreError> {
+        self.read_event_page(id, after, max).await
+    }
+
+    async fn remove_events(&self, ids: &[&str]) -> Result<(), StoreError> {
+        self.remove_event_logs(ids).await
     }
 }
 
