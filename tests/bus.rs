@@ -404,34 +404,27 @@ mod cases {
     }
 }
 
-/// Runs every case on a fresh backend from `$backend`.
+/// One `#[tokio::test]` per case, each on a fresh backend from `$backend`.
 macro_rules! suite {
     ($backend:expr) => {
+        suite!(
+            $backend;
+            notify_all_reaches_every_session_on_every_node,
+            notify_where_reaches_only_matching_sessions,
+            a_notification_for_one_session_reaches_its_owner,
+            a_request_to_a_session_elsewhere_gets_its_answer,
+            a_change_reaches_legacy_sessions_and_the_feed_on_every_node,
+            a_message_too_large_is_refused_and_one_from_a_peer_is_dropped,
+        );
+    };
+    ($backend:expr; $($case:ident),+ $(,)?) => {
         use super::*;
-        #[tokio::test]
-        async fn notify_all_reaches_every_session_on_every_node() {
-            cases::notify_all_reaches_every_session_on_every_node($backend).await;
-        }
-        #[tokio::test]
-        async fn notify_where_reaches_only_matching_sessions() {
-            cases::notify_where_reaches_only_matching_sessions($backend).await;
-        }
-        #[tokio::test]
-        async fn a_notification_for_one_session_reaches_its_owner() {
-            cases::a_notification_for_one_session_reaches_its_owner($backend).await;
-        }
-        #[tokio::test]
-        async fn a_request_to_a_session_elsewhere_gets_its_answer() {
-            cases::a_request_to_a_session_elsewhere_gets_its_answer($backend).await;
-        }
-        #[tokio::test]
-        async fn a_change_reaches_legacy_sessions_and_the_feed_on_every_node() {
-            cases::a_change_reaches_legacy_sessions_and_the_feed_on_every_node($backend).await;
-        }
-        #[tokio::test]
-        async fn a_message_too_large_is_refused_and_one_from_a_peer_is_dropped() {
-            cases::a_message_too_large_is_refused_and_one_from_a_peer_is_dropped($backend).await;
-        }
+        $(
+            #[tokio::test]
+            async fn $case() {
+                cases::$case($backend).await;
+            }
+        )+
     };
 }
 

@@ -80,21 +80,18 @@ fn client_path(var: &str) -> Option<PathBuf> {
 
 /// The TypeScript client directory, checked for an installed SDK.
 fn ts_client_dir() -> Option<PathBuf> {
-    let dir = client_path("MCP_TS_CLIENT_DIR")?;
-    let sdk = dir.join("node_modules/@modelcontextprotocol/sdk/package.json");
-    if !sdk.exists() {
-        let problem = format!("{} is missing (npm ci not run)", sdk.display());
-        assert!(!clients_required(), "{problem} and MCP_REQUIRE_CLIENTS=1");
-        eprintln!("SKIP: {problem}");
-        return None;
-    }
-    Some(dir)
+    node_client_dir("MCP_TS_CLIENT_DIR", "@modelcontextprotocol/sdk")
 }
 
 /// The TypeScript v2 client directory, checked for an installed `@modelcontextprotocol/client`.
 fn ts2_client_dir() -> Option<PathBuf> {
-    let dir = client_path("MCP_TS2_CLIENT_DIR")?;
-    let sdk = dir.join("node_modules/@modelcontextprotocol/client/package.json");
+    node_client_dir("MCP_TS2_CLIENT_DIR", "@modelcontextprotocol/client")
+}
+
+/// The directory `var` names, checked for an installed npm `package`.
+fn node_client_dir(var: &str, package: &str) -> Option<PathBuf> {
+    let dir = client_path(var)?;
+    let sdk = dir.join("node_modules").join(package).join("package.json");
     if !sdk.exists() {
         let problem = format!("{} is missing (npm ci not run)", sdk.display());
         assert!(!clients_required(), "{problem} and MCP_REQUIRE_CLIENTS=1");
