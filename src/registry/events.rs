@@ -34,7 +34,9 @@ const ATTEMPTS: u32 = 4;
 
 #[derive(Debug)]
 pub(crate) enum EventOp {
-    Append(Arc<str>, u32, Bytes),
+    /// The session's id is the transport's own (an `Arc` inside): queuing an event copies no
+    /// id and allocates nothing but the queue slot.
+    Append(SessionId, u32, Bytes),
     Remove(Arc<str>),
 }
 
@@ -123,7 +125,7 @@ pub(crate) async fn writer<R: RegistryStore>(
             .iter()
             .filter_map(|op| match op {
                 EventOp::Append(id, seq, data) => Some(EventWrite {
-                    id,
+                    id: id.as_str(),
                     seq: *seq,
                     data,
                 }),
@@ -200,6 +202,6 @@ pub struct RegistryEventSink {
 impl EventSink for RegistryEventSink {
     fn record(&self, session: &SessionId, seq: u32, data: &Bytes) {
         self.queue
-            .push(EventOp::Append(session.as_str().into(), seq, data.clone()));
+            .push(EventOp::Append(session.clone(), seq, data.clone()));
     }
 }
