@@ -400,27 +400,19 @@ impl ClusterBusBuilder {
         // An incarnation that repeats only costs this process its own echoes.
         let _ = getrandom::fill(&mut incarnation);
         let origin = format!("{}/{:016x}", self.node, u64::from_le_bytes(incarnation));
-        let build = |backend: Backend, connected: bool| {
-            let inner = Arc::new(Inner {
-                node: self.node.clone().into(),
-                origin: origin.clone().into(),
-                transport: OnceLock::new(),
+        let build = |backend| {
+            Inner::new(
+                &self.node,
+                origin.clone(),
                 backend,
-                changes: broadcast::channel(CHANGE_FEED).0,
-                pending: Mutex::new(HashMap::new()),
-                next: AtomicU64::new(1),
-                max_message_bytes: self.max_message_bytes,
-                request_timeout: self.request_timeout,
-                counters: Counters::default(),
-                tasks: Mutex::new(Vec::new()),
-            });
-            inner.counters.connected.store(connected, Ordering::Relaxed);
-            inner
+                self.max_message_bytes,
+                self.request_timeout,
+            )
         };
         let inner = match &self.kind {
-            Kind::Local => build(Backend::Local, true),
+            Kind::Local => build(Backend::Local),
             Kind::Memory(hub) => {
-                let inner = build(Backend::Memory(hub.sender()), true);
+                let inner = build(Backend::Memory(hub.sender()));
                 let task = runtime.spawn(super::memory::receive(
                     hub.subscribe(),
                     Arc::downgrade(&inner),
@@ -431,7 +423,7 @@ impl ClusterBusBuilder {
             #[cfg(feature = "redis")]
             Kind::Redis(target) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(self.queue);
-                let inner = build(Backend::Redis(tx), false);
+                let inner = build(Backend::Redis(tx));
                 super::redis::start(
                     &runtime,
                     target,
@@ -475,22 +467,13 @@ impl ClusterBus {
     pub fn local(node: impl Into<String>) -> Self {
         let node: String = node.into();
         Self {
-            inner: Arc::new(Inner {
-                origin: format!("{node}/0").into(),
-                node: node.into(),
-                transport: OnceLock::new(),
-                backend: Backend::Local,
-                changes: broadcast::channel(CHANGE_FEED).0,
-                pending: Mutex::new(HashMap::new()),
-                next: AtomicU64::new(1),
-                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-                request_timeout: DEFAULT_BUS_REQUEST_TIMEOUT,
-                counters: Counters {
-                    connected: true.into(),
-                    ..Counters::default()
-                },
-                tasks: Mutex::new(Vec::new()),
-            }),
+            inner: Inner::new(
+                &node,
+                format!("{node}/0"),
+                Backend::Local,
+                DEFAULT_MAX_MESSAGE_BYTES,
+                DEFAULT_BUS_REQUEST_TIMEOUT,
+            ),
         }
     }
 
@@ -584,19 +567,7 @@ impl ClusterBus {
             );
             self.inner.publish(bytes)?;
         }
-        Ok(self.deliver_all(filter, &data))
-    }
-
-    fn deliver_all(&self, filter: Option<&SessionFilter>, data: &Bytes) -> usize {
-        let Some(t) = self.inner.transport.get() else {
-            return 0;
-        };
-        let n = match filter {
-            None => t.notify_encoded_where(data, |_| true),
-            Some(f) => t.notify_encoded_where(data, |s| f.matches(s)),
-        };
-        Counters::bump(&self.inner.counters.delivered, n as u64);
-        n
+        Ok(self.inner.deliver(filter, &data))
     }
 
     /// Sends a notification to one session, wherever it is held: on its standalone stream
@@ -782,6 +753,44 @@ impl std::ops::Drop for PendingGuard {
 type Prepared = (PendingGuard, oneshot::Receiver<Result<Value, BusError>>);
 
 impl Inner {
+    fn new(
+        node: &str,
+        origin: String,
+        backend: Backend,
+        max_message_bytes: usize,
+        request_timeout: Duration,
+    ) -> Arc<Self> {
+        // Redis is subscribed in the background; the other backends are at once.
+        let connected = matches!(backend, Backend::Local | Backend::Memory(_));
+        Arc::new(Self {
+            node: node.into(),
+            origin: origin.into(),
+            transport: OnceLock::new(),
+            backend,
+            changes: broadcast::channel(CHANGE_FEED).0,
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            max_message_bytes,
+            request_timeout,
+            counters: Counters {
+                connected: connected.into(),
+                ..Counters::default()
+            },
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Appends an encoded notification to the standalone stream of every session of this
+    /// node that `filter` matches (all without one); how many took it.
+    fn deliver(&self, filter: Option<&SessionFilter>, data: &Bytes) -> usize {
+        let Some(t) = self.transport.get() else {
+            return 0;
+        };
+        let n = t.notify_encoded_where(data, |s| filter.is_none_or(|f| f.matches(s)));
+        Counters::bump(&self.counters.delivered, n as u64);
+        n
+    }
+
     pub(super) fn add_task(&self, task: tokio::task::AbortHandle) {
         self.tasks
             .lock()
@@ -857,14 +866,12 @@ impl Inner {
 
     /// Delivers a change to this node's sessions and feed.
     fn apply_change(&self, change: Change) -> usize {
-        let n = self.transport.get().map_or(0, |t| {
-            let data = encode_message(change.method(), None, change.params().as_ref());
-            match change.uri() {
-                Some(uri) => t.notify_encoded_where(&data, |s| s.is_subscribed(uri)),
-                None => t.notify_encoded_where(&data, |_| true),
-            }
-        });
-        Counters::bump(&self.counters.delivered, n as u64);
+        let data = encode_message(change.method(), None, change.params().as_ref());
+        // List changes go to every session; a resource update to its subscribers.
+        let subscribers = change
+            .uri()
+            .map(|uri| SessionFilter::new().with_resource(uri));
+        let n = self.deliver(subscribers.as_ref(), &data);
         // No receiver is not an error: no listen stream is open here.
         let _ = self.changes.send(change);
         n
@@ -893,13 +900,7 @@ impl Inner {
         crate::metrics::bus_in();
         match env.b {
             Body::All { f, m } => {
-                let data = Bytes::copy_from_slice(m.get().as_bytes());
-                let t = self.transport.get();
-                let n = t.map_or(0, |t| match &f {
-                    None => t.notify_encoded_where(&data, |_| true),
-                    Some(f) => t.notify_encoded_where(&data, |s| f.matches(s)),
-                });
-                Counters::bump(&self.counters.delivered, n as u64);
+                self.deliver(f.as_ref(), &Bytes::copy_from_slice(m.get().as_bytes()));
             }
             Body::One { s, m } => match self.transport.get().and_then(|t| t.session(&s)) {
                 Some(session) => {
