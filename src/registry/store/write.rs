@@ -136,7 +136,7 @@ pub(crate) async fn write_each<S: RegistryStore + ?Sized>(
     store: &S,
     writes: &[StoreWrite<'_>],
 ) -> Result<Vec<bool>, StoreError> {
-    let mut pending: Vec<_> = group_by_id(writes.iter().map(StoreWrite::id))
+    let pending: Vec<_> = group_by_id(writes.iter().map(StoreWrite::id))
         .into_iter()
         .map(|positions| {
             Box::pin(async move {
@@ -149,21 +149,40 @@ pub(crate) async fn write_each<S: RegistryStore + ?Sized>(
         })
         .collect();
     let mut results = vec![false; writes.len()];
+    for (i, r) in join_all(pending).await?.into_iter().flatten() {
+        results[i] = r;
+    }
+    Ok(results)
+}
+
+/// Runs `pending` concurrently to the end (none is dropped half-way); their outputs in order,
+/// or the first error once all have finished.
+pub(crate) async fn join_all<T, F>(mut pending: Vec<F>) -> Result<Vec<T>, StoreError>
+where
+    F: Future<Output = Result<T, StoreError>> + Unpin,
+{
+    let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None)
+        .take(pending.len())
+        .collect();
+    let mut index: Vec<usize> = (0..pending.len()).collect();
     let mut failure = None;
     std::future::poll_fn(|cx| {
-        pending.retain_mut(|fut| match fut.as_mut().poll(cx) {
-            std::task::Poll::Ready(Ok(done)) => {
-                for (i, r) in done {
-                    results[i] = r;
+        let mut k = 0;
+        while k < pending.len() {
+            match std::pin::Pin::new(&mut pending[k]).poll(cx) {
+                std::task::Poll::Ready(r) => {
+                    match r {
+                        Ok(v) => out[index[k]] = Some(v),
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                    drop(pending.swap_remove(k));
+                    index.swap_remove(k);
                 }
-                false
+                std::task::Poll::Pending => k += 1,
             }
-            std::task::Poll::Ready(Err(e)) => {
-                failure.get_or_insert(e);
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
+        }
         if pending.is_empty() {
             std::task::Poll::Ready(())
         } else {
@@ -173,7 +192,7 @@ pub(crate) async fn write_each<S: RegistryStore + ?Sized>(
     .await;
     match failure {
         Some(e) => Err(e),
-        None => Ok(results),
+        None => Ok(out.into_iter().flatten().collect()),
     }
 }
 

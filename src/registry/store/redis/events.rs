@@ -91,7 +91,7 @@ impl RedisStore {
                             as Pending<'_>
                     })
                     .collect();
-                all(pending).await
+                super::super::write::join_all(pending).await.map(drop)
             }
         }
     }
@@ -156,7 +156,7 @@ impl RedisStore {
                             as Pending<'_>
                     })
                     .collect();
-                all(pending).await
+                super::super::write::join_all(pending).await.map(drop)
             }
         }
     }
@@ -216,28 +216,4 @@ fn entries(reply: &Value) -> Result<Vec<(u32, bytes::Bytes)>, StoreError> {
         }
     }
     Ok(out)
-}
-
-/// Runs `pending` concurrently; the first error, once all have finished.
-#[cfg(feature = "redis-cluster")]
-async fn all(mut pending: Vec<Pending<'_>>) -> Result<(), StoreError> {
-    let mut failure = None;
-    std::future::poll_fn(|cx| {
-        pending.retain_mut(|fut| match fut.as_mut().poll(cx) {
-            std::task::Poll::Ready(r) => {
-                if let Err(e) = r {
-                    failure.get_or_insert(e);
-                }
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    failure.map_or(Ok(()), Err)
 }
