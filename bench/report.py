@@ -27,7 +27,7 @@ def rmcp_label():
 
 RMCP = rmcp_label()
 
-TARGETS = ["bare", "rmcp", "ours-transport", "ours-full", "ours-forward", "ours-cluster"]
+TARGETS = ["bare", "rmcp", "ours-transport", "ours-full", "ours-forward", "ours-cluster", "ours-nolog"]
 # The chart's series (the forwarded ping has its own section).
 CHART_TARGETS = ["bare", "rmcp", "ours-transport", "ours-full"]
 NAMES = {
@@ -38,6 +38,7 @@ NAMES = {
     "ours-forward": "ours: forwarded B → A (both nodes' CPU)",
     "ours-adopt": "ours: adopted after a drain",
     "ours-cluster": "ours: 3 nodes, one Redis (cluster bus)",
+    "ours-nolog": "ours: full stack, no shared event log",
 }
 COLORS = {"bare": "#888888", "rmcp": "#d95f02", "ours-transport": "#7570b3", "ours-full": "#1b9e77"}
 
@@ -462,6 +463,15 @@ def targets_table(gs):
         add("the same: Redis commands per notification (one PUBLISH reaches every node)",
             publish_per_notification(many),
             None if p is None else p <= 1)
+    nolog = find(gs, "ours-nolog", "fanout")
+    if one is not None and nolog is not None:
+        a, b = one.med("server_cpu_us_per_op"), nolog.med("server_cpu_us_per_op")
+        r = ratio(a, b)
+        add("a notification with the shared event log: server CPU per delivery ≤ 1.5× without it",
+            "–" if r is None else f"{fmt(a)} vs {fmt(b)} µs = {r:.2f}×", None if r is None else r <= 1.5)
+        c, c0 = one.med("redis_commands_per_delivery"), nolog.med("redis_commands_per_delivery")
+        add("the same: Redis commands per delivered notification ≤ 1/8 (batched)",
+            f"{fmt(c)} (without the log: {fmt(c0)})", None if c is None else c <= 0.125)
     if sessions:
         n = sessions[-1]
         a, b = p99("ours-full", n), p99("rmcp", n)

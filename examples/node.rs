@@ -27,6 +27,8 @@
 //!   comments on open SSE streams (GET streams and `subscriptions/listen` streams)
 //! - `--no-forwarding`: a request for another live node's session is answered `404`
 //!   (`misrouted`) instead of being forwarded to it
+//! - `--no-event-log`: GET-stream events are not written to the shared event log (an adopted
+//!   session's stream then starts empty)
 //!
 //! On SIGTERM (or SIGINT) the node drains: its liveness record says `draining` (the other
 //! nodes adopt its sessions on their next request), `/healthz` answers `503` (the balancer
@@ -102,6 +104,7 @@ struct Args {
     internal_addr: Option<SocketAddr>,
     drain_timeout: Duration,
     forwarding: bool,
+    event_log: bool,
     idle_timeout: Option<Duration>,
     keep_alive: Option<Duration>,
 }
@@ -119,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
         .filter(|a| !a.is_empty());
     let mut drain_timeout = std::env::var("MCP_DRAIN_TIMEOUT").unwrap_or_else(|_| "10".into());
     let mut forwarding = true;
+    let mut event_log = true;
     let mut idle_timeout = std::env::var("MCP_IDLE_TIMEOUT")
         .ok()
         .filter(|a| !a.is_empty());
@@ -145,6 +149,7 @@ fn parse_args() -> Result<Args, String> {
             "--internal-addr" => internal_addr = Some(value()?),
             "--drain-timeout" => drain_timeout = value()?,
             "--no-forwarding" => forwarding = false,
+            "--no-event-log" => event_log = false,
             "--idle-timeout" => idle_timeout = Some(value()?),
             "--keep-alive" => keep_alive = Some(value()?),
             "-h" | "--help" => {
@@ -152,7 +157,7 @@ fn parse_args() -> Result<Args, String> {
                     "usage: node [--listen ADDR] [--node NAME] [--redis URL] [--tag TAG] \
                      [--cookie-secure true|false] [--cookie-name NAME] [--transport-only] \
                      [--internal-addr ADDR] [--drain-timeout SECS] [--idle-timeout SECS] \
-                     [--keep-alive SECS] [--no-forwarding]"
+                     [--keep-alive SECS] [--no-forwarding] [--no-event-log]"
                 );
                 std::process::exit(0);
             }
@@ -180,6 +185,7 @@ fn parse_args() -> Result<Args, String> {
                 .ok_or_else(|| format!("--drain-timeout {drain_timeout}: expected seconds"))?,
         ),
         forwarding,
+        event_log,
         idle_timeout: idle_timeout
             .map(|s| positive_secs("--idle-timeout", &s))
             .transpose()?,
@@ -537,6 +543,7 @@ async fn serve<R: RegistryStore>(
         .with_internal_address(args.internal_addr.unwrap_or(local))
         .with_bus(bus.clone())
         .with_registry(|r| r.with_forwarding(args.forwarding))
+        .with_shared_event_log(args.event_log)
         .with_affinity(|a| {
             let a = a.with_cookie_secure(args.cookie_secure);
             match &args.cookie_name {

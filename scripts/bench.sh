@@ -26,6 +26,8 @@
 #   nodes sharing one Redis (the trigger's session on the first), so each broadcast crosses the
 #   cluster bus (one PUBLISH, each node delivering to its own streams); every node's CPU per
 #   delivery on that node, against ours-full's single node (`loadgen --node-url --node-pid`).
+# - ours-nolog: `fanout` only, ours-full with `--no-event-log`: the single node's CPU per
+#   delivery and Redis commands per delivery without the shared event log, against ours-full's.
 # KEEP_WORK=1 keeps the work directory (node and generator logs) and prints where it is.
 set -euo pipefail
 
@@ -43,7 +45,7 @@ STREAM_STEPS=${STREAM_STEPS:-10}
 FORWARD_SESSIONS=${FORWARD_SESSIONS:-64}
 ADOPT_SESSIONS=${ADOPT_SESSIONS:-1000}
 ADOPT_CONNS=${ADOPT_CONNS:-$CONNS}    # first requests in flight at once after the drain
-TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward ours-adopt ours-cluster"}
+TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward ours-adopt ours-cluster ours-nolog"}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 OUT=${OUT:-$ROOT/bench/results}
@@ -135,6 +137,12 @@ start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL (for two nodes PEER_P
             redis-cli -p "$REDIS_PORT" flushall >/dev/null
             RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" \
                 --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-run.log" & ;;
+        ours-nolog)
+            # ours-full without the shared event log: what writing each GET-stream event to
+            # Redis costs a notification.
+            redis-cli -p "$REDIS_PORT" flushall >/dev/null
+            RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" \
+                --redis "redis://127.0.0.1:$REDIS_PORT" --no-event-log >/dev/null 2>"$WORK/node-run.log" & ;;
         ours-forward | ours-adopt)
             # Node A holds the sessions (initialized there); node B gets the requests. Each
             # node's liveness record names its listen address, where the other forwards.
@@ -202,7 +210,7 @@ run() {
         start_server "$target" "$workload"
         local extra=()
         case $target in
-            ours-full) extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID") ;;
+            ours-full | ours-nolog) extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID") ;;
             ours-forward)
                 extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID"
                     --init-url "$INIT_URL" --peer-pid "$PEER_PID") ;;
@@ -313,8 +321,8 @@ applies() { # TARGET WORKLOAD ARGS...
     case "$target:$workload" in
         ours-forward:ping) [[ " $FORWARD_SESSIONS " == *" $(arg_of sessions "$@") "* ]] ;;
         ours-adopt:adopt) return 0 ;;
-        ours-cluster:fanout) return 0 ;;
-        ours-forward:* | ours-adopt:* | ours-cluster:* | *:adopt) return 1 ;;
+        ours-cluster:fanout | ours-nolog:fanout) return 0 ;;
+        ours-forward:* | ours-adopt:* | ours-cluster:* | ours-nolog:* | *:adopt) return 1 ;;
         bare:ping | bare:fanout) return 0 ;;
         bare:*) return 1 ;;
         rmcp:fanout) return 1 ;;

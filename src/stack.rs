@@ -123,6 +123,7 @@ pub struct McpStackBuilder<R> {
     quiet: Duration,
     node: String,
     bus: Option<ClusterBus>,
+    shared_event_log: bool,
 }
 
 impl<R: fmt::Debug> fmt::Debug for McpStackBuilder<R> {
@@ -290,6 +291,7 @@ impl<R: RegistryStore> McpStackBuilder<R> {
             transport: SseTransportBuilder::new(),
             quiet: DEFAULT_QUIET_PERIOD,
             bus: None,
+            shared_event_log: true,
             node,
         }
     }
@@ -349,6 +351,26 @@ impl<R: RegistryStore> McpStackBuilder<R> {
     pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
         self.transport = self.transport.with_idle_timeout(idle);
         self.registry = self.registry.with_idle_timeout(idle);
+        self
+    }
+
+    /// Whether the transport writes each session's standalone-stream events to the store, so
+    /// the node that adopts a session replays them to a client resuming with `Last-Event-ID`
+    /// (default on, with continuity). Off, an adopted session's stream starts empty, as with
+    /// ADR-0066: no event costs a queued store write.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::{registry::MemoryStore, stack::McpStack};
+    ///
+    /// let stack = McpStack::builder("node-a", MemoryStore::new())
+    ///     .with_shared_event_log(false)
+    ///     .build();
+    /// assert!(stack.is_ok());
+    /// ```
+    pub fn with_shared_event_log(mut self, on: bool) -> Self {
+        self.shared_event_log = on;
         self
     }
 
@@ -496,7 +518,7 @@ impl<R: RegistryStore> McpStackBuilder<R> {
         let registry = self.registry.build()?;
         // Session ids carry this node's tag, which the affinity layer reads back.
         let mut transport = self.transport.with_id_generator(affinity.id_generator());
-        if continuity {
+        if continuity && self.shared_event_log {
             // The shared event log: the node that adopts a session replays its standalone
             // stream from the store.
             transport = transport.with_event_sink(registry.handle().event_sink());

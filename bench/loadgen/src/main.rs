@@ -1462,6 +1462,9 @@ async fn fanout(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
                 "redis_commandstats": calls,
                 "redis_commands_per_notification": per(total),
                 "redis_publish_per_notification": per(publish),
+                // Every delivery is one event of a session's standalone stream: what the
+                // shared event log writes, in batches.
+                "redis_commands_per_delivery": (deliveries > 0.0).then(|| round3(total as f64 / deliveries)),
             }),
         );
     }
