@@ -784,13 +784,25 @@ mod tests {
 
 // Cluster bus --------------------------------------------------------------------------------
 
-/// One message published (`Some(true)`), failed (`Some(false)`) or refused as backlogged
-/// (`None`).
-pub(crate) fn bus_out(sent: Option<bool>, n: u64) {
-    let key = match sent {
-        Some(true) => key!(BUS_MESSAGES, "direction" => "out", "outcome" => "ok"),
-        Some(false) => key!(BUS_MESSAGES, "direction" => "out", "outcome" => "failed"),
-        None => key!(BUS_MESSAGES, "direction" => "out", "outcome" => "backlogged"),
+/// What became of published bus messages (the `outcome` label).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BusOut {
+    /// Sent to Redis (or the in-process hub).
+    Ok,
+    /// Redis refused or did not answer: lost for the other nodes.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Failed,
+    /// The outgoing queue was full: refused.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Backlogged,
+}
+
+/// `n` messages published, failed or refused.
+pub(crate) fn bus_out(outcome: BusOut, n: u64) {
+    let key = match outcome {
+        BusOut::Ok => key!(BUS_MESSAGES, "direction" => "out", "outcome" => "ok"),
+        BusOut::Failed => key!(BUS_MESSAGES, "direction" => "out", "outcome" => "failed"),
+        BusOut::Backlogged => key!(BUS_MESSAGES, "direction" => "out", "outcome" => "backlogged"),
     };
     count(key, n);
 }

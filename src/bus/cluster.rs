@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::{
     Change, SessionFilter,
     message::{self, Body, Envelope},
-    stats::{BusStats, Counters, Drop as DropReason},
+    stats::{BusStats, Counters, DropReason},
 };
 use crate::{
     config::{Checks, ConfigError},
@@ -825,7 +825,7 @@ impl Inner {
             Backend::Redis(tx) => {
                 if tx.try_send(bytes).is_err() {
                     Counters::bump(&self.counters.backlogged, 1);
-                    crate::metrics::bus_out(None, 1);
+                    crate::metrics::bus_out(crate::metrics::BusOut::Backlogged, 1);
                     return Err(BusError::Backlogged);
                 }
                 // Counted as published once the batch is sent.
@@ -833,7 +833,7 @@ impl Inner {
             }
         }
         Counters::bump(&self.counters.published, 1);
-        crate::metrics::bus_out(Some(true), 1);
+        crate::metrics::bus_out(crate::metrics::BusOut::Ok, 1);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use super::{cluster::WeakInner, stats::Drop};
+use super::{cluster::WeakInner, stats::DropReason};
 
 /// How many messages a node of a [`MemoryBus`] may fall behind before it loses some (each
 /// loss counted in [`BusStats::dropped_overflow`](super::BusStats::dropped_overflow)).
@@ -72,7 +72,7 @@ pub(super) async fn receive(mut rx: broadcast::Receiver<Bytes>, bus: WeakInner) 
         match msg {
             Ok(bytes) => inner.receive(&bytes),
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                inner.counters.dropped(Drop::Overflow, n)
+                inner.counters.dropped(DropReason::Overflow, n)
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

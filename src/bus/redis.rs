@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{
     cluster::WeakInner,
-    stats::{Counters, Drop},
+    stats::{Counters, DropReason},
 };
 use crate::config::ConfigError;
 
@@ -154,12 +154,12 @@ fn push_sender(
                 let payload = match push.data.into_iter().nth(1) {
                     Some(RedisValue::BulkString(b)) => Bytes::from(b),
                     _ => {
-                        counters.dropped(Drop::Malformed, 1);
+                        counters.dropped(DropReason::Malformed, 1);
                         return Ok(());
                     }
                 };
                 if in_tx.try_send(payload).is_err() {
-                    counters.dropped(Drop::Overflow, 1);
+                    counters.dropped(DropReason::Overflow, 1);
                 }
             }
             PushKind::Subscribe | PushKind::SSubscribe
@@ -244,11 +244,11 @@ async fn run(
         match conn.run(&pipe).await {
             Ok(()) => {
                 Counters::bump(&inner.counters.published, n);
-                crate::metrics::bus_out(Some(true), n);
+                crate::metrics::bus_out(crate::metrics::BusOut::Ok, n);
             }
             Err(e) => {
                 Counters::bump(&inner.counters.publish_failed, n);
-                crate::metrics::bus_out(Some(false), n);
+                crate::metrics::bus_out(crate::metrics::BusOut::Failed, n);
                 tracing::warn!(error = %e, messages = n, "bus: publish failed; messages lost for other nodes");
             }
         }

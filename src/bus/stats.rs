@@ -20,19 +20,19 @@ pub(super) struct Counters {
 }
 
 /// Why a received message was dropped (the metric's `reason`).
-pub(super) use metrics::BusDrop as Drop;
+pub(super) use metrics::BusDrop as DropReason;
 
 impl Counters {
     pub(super) fn bump(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(super) fn dropped(&self, why: Drop, n: u64) {
+    pub(super) fn dropped(&self, why: DropReason, n: u64) {
         let c = match why {
-            Drop::Malformed => &self.dropped_malformed,
-            Drop::Oversized => &self.dropped_oversized,
-            Drop::UnknownSession => &self.dropped_unknown_session,
-            Drop::Overflow => &self.dropped_overflow,
+            DropReason::Malformed => &self.dropped_malformed,
+            DropReason::Oversized => &self.dropped_oversized,
+            DropReason::UnknownSession => &self.dropped_unknown_session,
+            DropReason::Overflow => &self.dropped_overflow,
         };
         Self::bump(c, n);
         metrics::bus_dropped(why, n);
