@@ -81,29 +81,21 @@ stamp_of() { # stamp_of FILE EXTRA: content hash of FILE plus a tool version
     printf '%s %s\n' "$(sha256sum "$1" | cut -d' ' -f1)" "$2"
 }
 
-ts_stamp_file="$TS_DIR/node_modules/.mcp-affinity-stamp"
-ts_stamp=$(stamp_of "$TS_DIR/package-lock.json" "node $(node --version)")
-ts_install() {
-    npm ci --prefix "$TS_DIR" --no-audit --no-fund --loglevel=error &&
-        printf '%s\n' "$ts_stamp" >"$ts_stamp_file"
+npm_install() { # npm_install DIR STAMP: npm ci in DIR, then record STAMP
+    npm ci --prefix "$1" --no-audit --no-fund --loglevel=error &&
+        printf '%s\n' "$2" >"$1/node_modules/.mcp-affinity-stamp"
 }
-if [[ -f "$ts_stamp_file" && "$(cat "$ts_stamp_file")" == "$ts_stamp" ]]; then
-    step "TypeScript client: node_modules up to date"
-else
-    STEP_LABEL="TypeScript client: npm ci" run_step ts-client-install ts_install
-fi
-
-ts2_stamp_file="$TS2_DIR/node_modules/.mcp-affinity-stamp"
-ts2_stamp=$(stamp_of "$TS2_DIR/package-lock.json" "node $(node --version)")
-ts2_install() {
-    npm ci --prefix "$TS2_DIR" --no-audit --no-fund --loglevel=error &&
-        printf '%s\n' "$ts2_stamp" >"$ts2_stamp_file"
+npm_client() { # npm_client DIR STEP LABEL: npm ci in DIR unless its lock file is installed
+    local stamp
+    stamp=$(stamp_of "$1/package-lock.json" "node $(node --version)")
+    if [[ "$(cat "$1/node_modules/.mcp-affinity-stamp" 2>/dev/null)" == "$stamp" ]]; then
+        step "$3: node_modules up to date"
+    else
+        STEP_LABEL="$3: npm ci" run_step "$2" npm_install "$1" "$stamp"
+    fi
 }
-if [[ -f "$ts2_stamp_file" && "$(cat "$ts2_stamp_file")" == "$ts2_stamp" ]]; then
-    step "TypeScript v2 client: node_modules up to date"
-else
-    STEP_LABEL="TypeScript v2 client: npm ci" run_step ts2-client-install ts2_install
-fi
+npm_client "$TS_DIR" ts-client-install "TypeScript client"
+npm_client "$TS2_DIR" ts2-client-install "TypeScript v2 client"
 
 py_stamp_file="$VENV/.mcp-affinity-stamp"
 py_stamp=$(stamp_of "$PY_DIR/requirements.txt" "$(python3 --version 2>&1)")
