@@ -646,22 +646,18 @@ impl ClusterBus {
         method: &str,
         params: Option<Value>,
     ) -> impl Future<Output = Result<Value, BusError>> + Send + 'static {
-        let local = self.inner.transport.get().and_then(|t| t.session(session));
         let inner = self.inner.clone();
-        let remote = if local.is_some() {
-            None
-        } else {
-            Some(inner.prepare_request(session, method, params.clone()))
+        // Both are made now (the request is sent, or published, before the future is
+        // polled); the future only waits.
+        let waiting = match inner.transport.get().and_then(|t| t.session(session)) {
+            Some(s) => Ok(s.request(method, params)),
+            None => Err(inner.prepare_request(session, method, params)),
         };
-        let local = local.map(|s| s.request(method, params));
         async move {
-            if let Some(f) = local {
-                return f.await.map_err(BusError::Session);
-            }
-            let Some(prepared) = remote else {
-                return Err(BusError::Timeout);
+            let (guard, rx) = match waiting {
+                Ok(local) => return local.await.map_err(BusError::Session),
+                Err(prepared) => prepared?,
             };
-            let (guard, rx) = prepared?;
             let out = match tokio::time::timeout(inner.request_timeout, rx).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(_)) | Err(_) => Err(BusError::Timeout),
