@@ -1,6 +1,7 @@
-//! The shared event log: a legacy client whose standalone `GET` stream ended on a node that
-//! shut down reconnects with `Last-Event-ID` to another node, which adopts the session and
-//! replays exactly the events after that id (under their ids), then the live stream. Two
+//! The shared event log: a legacy client whose standalone `GET` stream (or a `POST`'s SSE
+//! answer) ended on a node that shut down reconnects with `Last-Event-ID` to another node,
+//! which adopts the session and replays exactly the events after that id (under their ids),
+//! then the live stream (or the end of the answer). Two
 //! `McpStack`s in process, sharing a `MemoryStore`, then a real `redis-server`.
 
 #[path = "support/redis.rs"]
@@ -68,12 +69,40 @@ fn service<R: RegistryStore + Clone>(
 > + Clone
 + Send
 + 'static {
-    let svc = stack.layer(handler_fn(|req, _cx| async move {
-        Ok(match req.method.as_str() {
-            "initialize" => json!({"protocolVersion": LEGACY, "capabilities": {},
-                                   "serverInfo": {"name": "s", "version": "1"}}),
-            _ => json!({}),
-        })
+    service_with(stack, std::sync::Arc::new(tokio::sync::Semaphore::new(0)))
+}
+
+/// The test's handler: `initialize`; `work`, which streams `n` = 1, waits for a permit of
+/// `gate`, streams 2 and 3 and answers `{"done": true}`; `{}` to anything else.
+fn service_with<R: RegistryStore + Clone>(
+    stack: &McpStack<R>,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = http::Response<Body>,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    let svc = stack.layer(handler_fn(move |req, cx| {
+        let gate = gate.clone();
+        async move {
+            Ok(match req.method.as_str() {
+                "initialize" => json!({"protocolVersion": LEGACY, "capabilities": {},
+                                       "serverInfo": {"name": "s", "version": "1"}}),
+                "work" => {
+                    let tell = |n: u64| cx.notify("notifications/message", Some(json!({"n": n})));
+                    tell(1).expect("streamed");
+                    gate.acquire().await.expect("open").forget();
+                    // The client is gone by now: the events still go to the log.
+                    tell(2).expect("logged");
+                    tell(3).expect("logged");
+                    json!({"done": true})
+                }
+                _ => json!({}),
+            })
+        }
     }));
     tower::ServiceBuilder::new()
         .map_response(|res: http::Response<_>| {
@@ -256,6 +285,156 @@ async fn a_reconnection_elsewhere_replays_exactly_what_the_client_missed<R>(
     handle_b.shutdown(DEADLINE).await;
 }
 
+/// Reads SSE events (`(id, data)`, the priming event skipped) until the stream ends.
+async fn all_events(body: &mut Body) -> Vec<(String, Value)> {
+    let mut text = String::new();
+    while let Some(frame) = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .expect("the stream ends in time")
+    {
+        if let Ok(data) = frame.expect("no body error").into_data() {
+            text.push_str(std::str::from_utf8(&data).expect("utf-8"));
+        }
+    }
+    sse_events(&text)
+}
+
+fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|event| {
+            let id = event.lines().find_map(|l| l.strip_prefix("id: "))?;
+            let data = event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .filter(|d| !d.is_empty())?;
+            Some((
+                id.to_owned(),
+                serde_json::from_str(data).expect("JSON data"),
+            ))
+        })
+        .collect()
+}
+
+/// A `POST`'s SSE answer cut after its first event, the request finishing on node A (its
+/// events still logged), A shutting down: the client resumes with `Last-Event-ID:
+/// <stream>-1` on node B, which adopts the session and replays exactly the rest of the
+/// answer, the JSON-RPC response included, then ends the stream.
+async fn a_post_answer_cut_short_is_resumed_elsewhere<R>(a: R, b: R)
+where
+    R: RegistryStore + Clone,
+{
+    let node_a = stack("node-a", a);
+    let handle_a = node_a.handle();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let svc_a = service_with(&node_a, gate.clone());
+    let res = svc_a
+        .clone()
+        .oneshot(post(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": LEGACY, "capabilities": {},
+                "clientInfo": {"name": "c", "version": "1"}}}),
+            None,
+        ))
+        .await
+        .expect("infallible");
+    let id = res.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let res = svc_a
+        .clone()
+        .oneshot(post(
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            Some(&id),
+        ))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let res = svc_a
+        .clone()
+        .oneshot(post(
+            &json!({"jsonrpc": "2.0", "id": 7, "method": "work"}),
+            Some(&id),
+        ))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut buf = String::new();
+    let first = events(&mut body, &mut buf, 1).await;
+    let (stream, seq) = first[0].0.split_once('-').expect("an id <stream>-<seq>");
+    let stream = stream.to_owned();
+    assert_eq!((first[0].1, seq), (1, "1"));
+    // The connection breaks; the request goes on and finishes on A.
+    drop(body);
+    gate.add_permits(1);
+    let logged = async {
+        // The notification 1, 2, 3 and the answer, through the writer.
+        while handle_a.registry().stats().events_written < 4 {
+            assert!(handle_a.registry().flush(DEADLINE).await);
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, logged)
+        .await
+        .expect("the answer is logged");
+    let report = handle_a.shutdown(DEADLINE).await;
+    assert!(report.flushed, "{report:?}");
+
+    let node_b = stack("node-b", b);
+    let handle_b = node_b.handle();
+    let svc_b = service(&node_b);
+    let res = svc_b
+        .clone()
+        .oneshot(get(&id, Some(&format!("{stream}-1"))))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK, "adopted and resumed");
+    let mut body = res.into_body();
+    let replayed = all_events(&mut body).await;
+    let ids: Vec<&str> = replayed.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [2, 3, 4].map(|n| format!("{stream}-{n}")),
+        "exactly the rest of the answer, under its ids"
+    );
+    assert_eq!(replayed[0].1["params"]["n"], 2);
+    assert_eq!(replayed[1].1["params"]["n"], 3);
+    assert_eq!(
+        replayed[2].1,
+        json!({"jsonrpc": "2.0", "id": 7, "result": {"done": true}}),
+        "the response, then the stream ends"
+    );
+    assert_eq!(handle_b.registry().stats().adopted, 1);
+    // A plain GET on B opens the standalone stream as usual.
+    let res = svc_b
+        .clone()
+        .oneshot(get(&id, None))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(res);
+    handle_b.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_post_answer_is_resumed_elsewhere_over_a_shared_memory_store() {
+    let store = MemoryStore::new();
+    a_post_answer_cut_short_is_resumed_elsewhere(store.clone(), store).await;
+}
+
+#[tokio::test]
+async fn a_post_answer_is_resumed_elsewhere_over_a_real_redis_server() {
+    let redis = redis_support::RedisServer::start();
+    let url = redis.url();
+    let connect = || mcp_affinity::registry::RedisStore::connect(&url);
+    let (a, b) = (
+        connect().await.expect("redis"),
+        connect().await.expect("redis"),
+    );
+    a_post_answer_cut_short_is_resumed_elsewhere(a, b).await;
+}
+
 #[tokio::test]
 async fn over_a_shared_memory_store() {
     let store = MemoryStore::new();
@@ -328,11 +507,7 @@ async fn measure_the_batch_window_on_a_local_redis() {
     let mut times = Vec::new();
     for round in 0..200u32 {
         let writes: Vec<EventWrite<'_>> = (0..512u32)
-            .map(|i| EventWrite {
-                id: &ids[(i % 64) as usize],
-                seq: round * 8 + i / 64 + 1,
-                data: &data,
-            })
+            .map(|i| EventWrite::standalone(&ids[(i % 64) as usize], round * 8 + i / 64 + 1, &data))
             .collect();
         let started = std::time::Instant::now();
         store

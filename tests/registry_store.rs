@@ -127,11 +127,7 @@ mod cases {
         let data: Vec<(u32, Bytes)> = seqs.into_iter().map(|n| (n, ev(n))).collect();
         let writes: Vec<EventWrite<'_>> = data
             .iter()
-            .map(|(seq, data)| EventWrite {
-                id,
-                seq: *seq,
-                data,
-            })
+            .map(|(seq, data)| EventWrite::standalone(id, *seq, data))
             .collect();
         store
             .append_events(&writes, max_len, Duration::from_secs(600))
@@ -152,21 +148,9 @@ mod cases {
         // Two sessions interleaved in one batch: each keeps its own order.
         let (a, b) = (ev(1), ev(2));
         let writes = [
-            EventWrite {
-                id: &id,
-                seq: 1,
-                data: &a,
-            },
-            EventWrite {
-                id: &other,
-                seq: 1,
-                data: &a,
-            },
-            EventWrite {
-                id: &id,
-                seq: 2,
-                data: &b,
-            },
+            EventWrite::standalone(&id, 1, &a),
+            EventWrite::standalone(&other, 1, &a),
+            EventWrite::standalone(&id, 2, &b),
         ];
         store
             .append_events(&writes, 256, Duration::from_secs(600))
@@ -199,21 +183,9 @@ mod cases {
         let late = Bytes::from_static(b"late");
         let next = ev(5);
         let writes = [
-            EventWrite {
-                id: &id,
-                seq: 3,
-                data: &late,
-            },
-            EventWrite {
-                id: &id,
-                seq: 4,
-                data: &late,
-            },
-            EventWrite {
-                id: &id,
-                seq: 5,
-                data: &next,
-            },
+            EventWrite::standalone(&id, 3, &late),
+            EventWrite::standalone(&id, 4, &late),
+            EventWrite::standalone(&id, 5, &next),
         ];
         store
             .append_events(&writes, 256, Duration::from_secs(600))
@@ -233,7 +205,7 @@ mod cases {
         let page = store.read_events(&id, Some(0), 1000).await.expect("read");
         assert_eq!(page.top, 600);
         let got = seqs(&page.events);
-        // Redis trims by whole stream nodes (`MAXLEN ~`): the bound, plus at most one node.
+        // The bound, or about it (a store may keep a little more; Redis keeps a ring of it).
         assert!(got.len() >= 50 && got.len() <= 150, "{} kept", got.len());
         assert_eq!(got.last(), Some(&600));
         assert!(
@@ -242,15 +214,80 @@ mod cases {
         );
     }
 
-    pub(crate) async fn event_logs_expire_and_are_removed<B: Backend>(backend: &B) {
+    pub(crate) async fn post_answers_are_kept_beside_the_standalone_stream<B: Backend>(
+        backend: &B,
+    ) {
+        use mcp_affinity::session::RequestEvent;
         let store = backend.store();
+        let id = unique("ev");
+        // Standalone 1..=3 (ordinals 1..=3), then a POST answer on stream 7 (ordinals 4..),
+        // long enough to push every standalone event out of a 256-event log.
+        append(&store, &id, 1..=3, 256).await;
+        let data: Vec<Bytes> = (1..=300u32).map(ev).collect();
+        let writes: Vec<EventWrite<'_>> = data
+            .iter()
+            .zip(1u32..)
+            .map(|(d, seq)| {
+                let mut w = EventWrite::standalone(&id, seq, d);
+                w.stream = 7;
+                w.ordinal = 3 + u64::from(seq);
+                w.last = seq == 300;
+                w
+            })
+            .collect();
+        store
+            .append_events(&writes, 256, Duration::from_secs(600))
+            .await
+            .expect("append");
+        let page = store.read_events(&id, Some(0), 256).await.expect("read");
+        assert_eq!(page.top, 3, "the standalone top outlives its events");
+        assert_eq!(page.ordinal, 303);
+        assert!(page.events.is_empty(), "pushed out by newer events");
+        assert!(page.requests.len() >= 256, "{} kept", page.requests.len());
+        let last = page.requests.last().expect("events");
+        assert_eq!(
+            last,
+            &RequestEvent::new(7, 300, ev(300)).with_last(true),
+            "the newest, and the answer ends its stream"
+        );
+        assert!(
+            page.requests.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+            "in order, contiguous"
+        );
+        // A late write under an old ordinal changes nothing.
+        let late = Bytes::from_static(b"late");
+        let mut w = EventWrite::standalone(&id, 9, &late);
+        w.ordinal = 2;
+        store
+            .append_events(&[w], 256, Duration::from_secs(600))
+            .await
+            .expect("append");
+        let again = store.read_events(&id, Some(0), 256).await.expect("read");
+        assert_eq!((again.top, again.ordinal), (3, 303));
+        assert_eq!(again.requests, page.requests);
+        store.remove_events(&[&id]).await.expect("remove");
+        let gone = store.read_events(&id, Some(0), 256).await.expect("read");
+        assert_eq!(
+            (gone.top, gone.ordinal, gone.requests.len()),
+            (0, 0, 0),
+            "removed with its top"
+        );
+    }
+
+    pub(crate) async fn event_logs_expire_and_are_removed<B: Backend>(backend: &B) {
+        // Redis keeps the events of many sessions in one hash, whose expiry this case sets
+        // short: under a prefix of its own, so the other cases' events stay.
+        let prefix = format!("{}:mcp:session:", unique("exp"));
+        let store = backend
+            .store_with_prefix(&prefix)
+            .unwrap_or_else(|| backend.store());
         let id = unique("ev");
         let keep = unique("ev");
         append(&store, &id, 1..=3, 256).await;
         append(&store, &keep, 1..=3, 256).await;
         if let Some(raw) = backend.raw() {
             assert_ttl_near(
-                raw.expiry(&RecordKey::default().events(&id)),
+                raw.expiry(&RecordKey::new(prefix.as_str()).events(&id)),
                 Duration::from_secs(600),
             );
         }
@@ -263,11 +300,7 @@ mod cases {
         let short = ev(4);
         store
             .append_events(
-                &[EventWrite {
-                    id: &keep,
-                    seq: 4,
-                    data: &short,
-                }],
+                &[EventWrite::standalone(&keep, 4, &short)],
                 256,
                 Duration::from_millis(1),
             )
@@ -1316,6 +1349,7 @@ macro_rules! all_cases {
             ping_answers,
             events_are_read_after_an_id_with_the_top,
             late_event_writes_are_skipped,
+            post_answers_are_kept_beside_the_standalone_stream,
             event_logs_are_trimmed_to_about_their_bound,
             event_logs_expire_and_are_removed,
         );

@@ -1,5 +1,5 @@
-//! The registry's side of the shared event log: a bounded queue of the standalone-stream
-//! events the transport reports ([`RegistryEventSink`]), drained by one background writer
+//! The registry's side of the shared event log: a bounded queue of the events the transport
+//! reports (every stream of a legacy session) ([`RegistryEventSink`]), drained by one background writer
 //! that hands them to the store in batches ([`RegistryStore::append_events`]).
 //!
 //! Nothing here is on the request path: the transport's report is a `try_send` (a full queue
@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 use super::{RegistryStore, store::EventWrite};
-use crate::session::{EventSink, SessionId};
+use crate::session::{EventSink, LoggedEvent, SessionId};
 
 /// The most events one store call carries.
 pub(crate) const BATCH: usize = 512;
@@ -32,11 +32,21 @@ pub(crate) const MAX_LEN: usize = 256;
 /// How often a failed batch is tried again before it is given up.
 const ATTEMPTS: u32 = 4;
 
+/// One event as queued: what [`EventWrite`] borrows.
+#[derive(Debug)]
+pub(crate) struct Appended {
+    stream: u32,
+    seq: u32,
+    ordinal: u64,
+    last: bool,
+    data: Bytes,
+}
+
 #[derive(Debug)]
 pub(crate) enum EventOp {
     /// The session's id is the transport's own (an `Arc` inside): queuing an event copies no
     /// id and allocates nothing but the queue slot.
-    Append(SessionId, u32, Bytes),
+    Append(SessionId, Appended),
     Remove(Arc<str>),
 }
 
@@ -124,10 +134,13 @@ pub(crate) async fn writer<R: RegistryStore>(
         let writes: Vec<EventWrite<'_>> = batch
             .iter()
             .filter_map(|op| match op {
-                EventOp::Append(id, seq, data) => Some(EventWrite {
+                EventOp::Append(id, ev) => Some(EventWrite {
                     id: id.as_str(),
-                    seq: *seq,
-                    data,
+                    stream: ev.stream,
+                    seq: ev.seq,
+                    ordinal: ev.ordinal,
+                    last: ev.last,
+                    data: &ev.data,
                 }),
                 EventOp::Remove(_) => None,
             })
@@ -200,8 +213,16 @@ pub struct RegistryEventSink {
 }
 
 impl EventSink for RegistryEventSink {
-    fn record(&self, session: &SessionId, seq: u32, data: &Bytes) {
-        self.queue
-            .push(EventOp::Append(session.clone(), seq, data.clone()));
+    fn record(&self, session: &SessionId, event: LoggedEvent<'_>) {
+        self.queue.push(EventOp::Append(
+            session.clone(),
+            Appended {
+                stream: event.stream,
+                seq: event.seq,
+                ordinal: event.ordinal,
+                last: event.last,
+                data: event.data.clone(),
+            },
+        ));
     }
 }

@@ -128,15 +128,22 @@ impl Session {
         now_ms: u64,
         standalone_after: Option<u32>,
     ) -> Self {
-        let (top, stored) = match &restore.events {
-            Some(events) => (events.top, events.events.clone()),
-            None => (0, Vec::new()),
+        let (top, stored, ordinal, requests) = match &restore.events {
+            Some(events) => (
+                events.top,
+                events.events.clone(),
+                events.ordinal,
+                events.requests.clone(),
+            ),
+            None => (0, Vec::new(), 0, Vec::new()),
         };
         let sink = config
             .event_sink
             .clone()
             .map(|sink| (restore.id.clone(), sink));
-        let log = EventLog::restored(config.log, standalone_after, top, stored).with_sink(sink);
+        let log = EventLog::restored(config.log, standalone_after, top, stored)
+            .with_requests(ordinal, requests)
+            .with_sink(sink);
         let principal = restore.principal.as_deref().map(Box::from);
         let session = Self::with_log(restore.id.clone(), principal, config, now_ms, log);
         session.set_initialized(

@@ -29,7 +29,7 @@ mod table;
 pub(crate) use context::LogRef;
 pub use context::RequestContext;
 pub use envelope::SessionIdEnvelope;
-pub use events::{EventSink, StoredEvents};
+pub use events::{EventSink, LoggedEvent, RequestEvent, StoredEvents};
 pub use handle::Session;
 pub(crate) use handle::SessionConfig;
 pub(crate) use id::random_token;

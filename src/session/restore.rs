@@ -135,7 +135,36 @@ impl RestoreSession {
         top: u32,
         events: Vec<(u32, bytes::Bytes)>,
     ) -> Self {
-        self.events = Some(super::StoredEvents { after, top, events });
+        let mut stored = self.events.take().unwrap_or_default();
+        stored.after = after;
+        stored.top = top;
+        stored.events = events;
+        self.events = Some(stored);
+        self
+    }
+
+    /// Sets the `POST` answers' events the store kept and the highest ordinal it held: the
+    /// restored log keeps them as ended streams (a `GET` with `Last-Event-ID:
+    /// <stream>-<seq>` replays the rest of one), and numbers new ordinals after `ordinal`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use mcp_affinity::protocol::ProtocolVersion;
+    /// use mcp_affinity::session::{RequestEvent, RestoreSession, SessionId};
+    ///
+    /// let r = RestoreSession::new(SessionId::parse("s1").unwrap(), ProtocolVersion::V2025_11_25)
+    ///     .with_request_events(9, vec![RequestEvent::new(2, 1, Bytes::from_static(b"{}"))]);
+    /// let events = r.events.unwrap();
+    /// assert_eq!((events.ordinal, events.requests.len()), (9, 1));
+    /// ```
+    #[must_use]
+    pub fn with_request_events(mut self, ordinal: u64, requests: Vec<super::RequestEvent>) -> Self {
+        let mut stored = self.events.take().unwrap_or_default();
+        stored.ordinal = ordinal;
+        stored.requests = requests;
+        self.events = Some(stored);
         self
     }
 }

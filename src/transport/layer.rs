@@ -815,25 +815,26 @@ impl SseTransportBuilder {
         self
     }
 
-    /// Reports every event of every session's standalone stream (`GET`, stream 0) to `sink`,
-    /// in order, with its sequence number (its SSE id is `0-<seq>`), so that a node adopting
-    /// the session can replay what its client asks for with `Last-Event-ID`
-    /// ([`RestoreSession::with_events`](crate::session::RestoreSession::with_events)). The
+    /// Reports every event of every legacy session's streams (the standalone `GET` stream 0
+    /// and the SSE answers of `POST`s) to `sink`, in order, with its stream, sequence number
+    /// (its SSE id is `<stream>-<seq>`) and ordinal, so that a node adopting the session can
+    /// replay what its client asks for with `Last-Event-ID`
+    /// ([`RestoreSession::with_events`](crate::session::RestoreSession::with_events),
+    /// [`with_request_events`](crate::session::RestoreSession::with_request_events)). The
     /// session registry's sink ([`RegistryHandle::event_sink`](crate::registry::RegistryHandle::event_sink))
     /// writes them to its store in batches; [`McpStack`](crate::McpStack) sets it when
-    /// continuity is on. POST streams are not reported (they stay on their node). Unset (the
-    /// default), this costs nothing.
+    /// continuity is on. Answers sent as plain JSON are not events and are not reported.
+    /// Unset (the default), this costs nothing.
     ///
     /// # Example
     ///
     /// ```
-    /// use bytes::Bytes;
-    /// use mcp_affinity::{SseTransportLayer, session::{EventSink, SessionId}};
+    /// use mcp_affinity::{SseTransportLayer, session::{EventSink, LoggedEvent, SessionId}};
     ///
     /// #[derive(Debug)]
     /// struct Count(std::sync::atomic::AtomicU32);
     /// impl EventSink for Count {
-    ///     fn record(&self, _: &SessionId, _: u32, _: &Bytes) {
+    ///     fn record(&self, _: &SessionId, _: LoggedEvent<'_>) {
     ///         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     ///     }
     /// }

@@ -157,6 +157,8 @@ struct State {
     dropped: u64,
     /// Bumped when events are removed from the middle of the log.
     generation: u64,
+    /// The ordinal of the next event appended (every stream together), for the sink.
+    next_ordinal: u64,
 }
 
 impl State {
@@ -287,6 +289,7 @@ impl EventLog {
                 closed: None,
                 dropped: 0,
                 generation: 0,
+                next_ordinal: 1,
             }),
             limits,
             sink: None,
@@ -351,6 +354,53 @@ impl EventLog {
         log
     }
 
+    /// The same restored log, holding the `POST` answers another node stored as ended
+    /// streams under their ids (a `GET` with `Last-Event-ID: <stream>-<seq>` replays the rest
+    /// of one, then it ends: its request ran elsewhere), and numbering ordinals after
+    /// `ordinal`. Its own `POST` streams are numbered above them.
+    pub(crate) fn with_requests(
+        self,
+        ordinal: u64,
+        requests: Vec<crate::session::RequestEvent>,
+    ) -> Self {
+        {
+            let mut guard = self.lock();
+            let s = &mut *guard;
+            s.next_ordinal = s.next_ordinal.max(ordinal.saturating_add(1));
+            let now = Instant::now();
+            for ev in requests {
+                if ev.stream == STANDALONE {
+                    continue;
+                }
+                if ev.stream >= s.next_stream {
+                    s.next_stream = ev.stream.saturating_add(1);
+                }
+                let st = s.streams.entry(ev.stream).or_insert_with(|| {
+                    let mut st = Stream::new(Phase::Sse);
+                    st.finished = true;
+                    st.next_seq = 0;
+                    st
+                });
+                // In order within a stream; a disordered or repeated one is skipped.
+                if ev.seq < st.next_seq {
+                    continue;
+                }
+                st.next_seq = ev.seq.saturating_add(1);
+                st.live += 1;
+                s.bytes += ev.data.len();
+                s.events.push_back(Event {
+                    stream: ev.stream,
+                    seq: ev.seq,
+                    last: ev.last,
+                    at: now,
+                    data: ev.data,
+                });
+            }
+            self.evict(s);
+        }
+        self
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the log inconsistent in a way that
         // matters more than refusing service; recover the guard.
@@ -392,11 +442,14 @@ impl EventLog {
         st.live += 1;
         st.finished = last;
         st.wake();
-        if stream == STANDALONE
-            && let Some((id, sink)) = &self.sink
-        {
+        if let Some((id, sink)) = &self.sink {
             // Under the lock: the sink sees the events in the order they were numbered.
-            sink.record(id, seq, &data);
+            let ordinal = s.next_ordinal;
+            s.next_ordinal += 1;
+            sink.record(
+                id,
+                crate::session::LoggedEvent::new(stream, seq, ordinal, &data).with_last(last),
+            );
         }
         s.bytes += data.len();
         s.events.push_back(Event {
@@ -1220,20 +1273,24 @@ mod tests {
         assert_eq!(got, [7, 8, 9, 10]);
     }
 
+    /// What the sink saw: `(stream, seq, ordinal, last, data)`.
+    type Seen = (u32, u32, u64, bool, Bytes);
+
     #[derive(Debug, Default)]
-    struct Recorder(std::sync::Mutex<Vec<(String, u32, Bytes)>>);
+    struct Recorder(std::sync::Mutex<Vec<Seen>>);
 
     impl crate::session::EventSink for Recorder {
-        fn record(&self, session: &crate::session::SessionId, seq: u32, data: &Bytes) {
+        fn record(&self, session: &crate::session::SessionId, ev: crate::session::LoggedEvent<'_>) {
+            assert_eq!(session.as_str(), "s1");
             self.0
                 .lock()
                 .unwrap()
-                .push((session.as_str().to_owned(), seq, data.clone()));
+                .push((ev.stream, ev.seq, ev.ordinal, ev.last, ev.data.clone()));
         }
     }
 
     #[test]
-    fn the_sink_sees_every_standalone_event_and_no_post_event() {
+    fn the_sink_sees_every_event_of_every_stream_with_its_ordinal() {
         let rec = Arc::new(Recorder::default());
         let id = crate::session::SessionId::parse("s1").unwrap();
         let l = log(16).with_sink(Some((id, rec.clone())));
@@ -1243,12 +1300,15 @@ mod tests {
         l.append(post, Bytes::from_static(b"p"), false).unwrap();
         l.append(STANDALONE, Bytes::from_static(b"b"), false)
             .unwrap();
+        l.append(post, Bytes::from_static(b"r"), true).unwrap();
         let got = rec.0.lock().unwrap().clone();
         assert_eq!(
             got,
             [
-                ("s1".to_owned(), 1, Bytes::from_static(b"a")),
-                ("s1".to_owned(), 2, Bytes::from_static(b"b"))
+                (STANDALONE, 1, 1, false, Bytes::from_static(b"a")),
+                (post, 1, 2, false, Bytes::from_static(b"p")),
+                (STANDALONE, 2, 3, false, Bytes::from_static(b"b")),
+                (post, 2, 4, true, Bytes::from_static(b"r")),
             ]
         );
         l.close(None);
@@ -1258,8 +1318,43 @@ mod tests {
         );
         assert_eq!(
             rec.0.lock().unwrap().len(),
-            2,
+            4,
             "a refused event is not reported"
         );
+    }
+
+    #[test]
+    fn a_restored_log_replays_stored_post_answers_then_ends_them() {
+        use crate::session::RequestEvent;
+        let rec = Arc::new(Recorder::default());
+        let id = crate::session::SessionId::parse("s1").unwrap();
+        let r = EventLog::restored(limits(16), None, 2, stored(&[1, 2]))
+            .with_requests(
+                40,
+                vec![
+                    RequestEvent::new(3, 1, Bytes::from_static(b"p1")),
+                    RequestEvent::new(5, 1, Bytes::from_static(b"q1")),
+                    RequestEvent::new(3, 2, Bytes::from_static(b"p2")),
+                    RequestEvent::new(3, 2, Bytes::from_static(b"dup")),
+                    RequestEvent::new(3, 3, Bytes::from_static(b"p3")).with_last(true),
+                ],
+            )
+            .with_sink(Some((id, rec.clone())));
+        assert!(r.issued(3, 1) && r.issued(3, 3) && r.issued(5, 1));
+        assert!(!r.issued(3, 4) && !r.issued(4, 1));
+        // `Last-Event-ID: 3-1`: the rest of that answer, then the stream ends.
+        let mut c = r.attach(3, Some(1), false, true).unwrap();
+        assert_eq!(next_data(&r, &mut c), Some((2, Bytes::from_static(b"p2"))));
+        assert_eq!(next_data(&r, &mut c), Some((3, Bytes::from_static(b"p3"))));
+        assert_eq!(next_data(&r, &mut c), None);
+        // A stream cut before its answer ends after what was stored.
+        let mut c = r.attach(5, Some(0), false, true).unwrap();
+        assert_eq!(next_data(&r, &mut c), Some((1, Bytes::from_static(b"q1"))));
+        assert_eq!(next_data(&r, &mut c), None);
+        // New streams are numbered above the restored ones; ordinals go on above the stored.
+        let post = r.open_stream().unwrap();
+        assert!(post > 5);
+        r.append(post, Bytes::from_static(b"n"), false).unwrap();
+        assert_eq!(rec.0.lock().unwrap()[0].2, 41);
     }
 }

@@ -582,7 +582,8 @@ where
             )
             .with_principal(record.principal.clone());
         // The shared event log: what the client has not seen of its standalone stream (and
-        // where its numbering got to). One store call, on this path only; a store that
+        // where its numbering got to), and the `POST` answers' events, which a `GET` with
+        // their `Last-Event-ID` replays. One store call, on this path only; a store that
         // fails or is slow leaves the stream to start empty, as without it. Without a
         // `Last-Event-ID` (a POST adopting the session while its client is about to resume
         // its GET stream), the stored events are read too, for that resumption.
@@ -597,7 +598,11 @@ where
         )
         .await;
         match read {
-            Ok(Ok(page)) => restore = restore.with_events(after, page.top, page.events),
+            Ok(Ok(page)) => {
+                restore = restore
+                    .with_events(after, page.top, page.events)
+                    .with_request_events(page.ordinal, page.requests);
+            }
             Ok(Err(e)) => {
                 core.counters.store_errors.fetch_add(1, Relaxed);
                 tracing::debug!(error = %e, "shared event log unreadable; the standalone stream starts empty");

@@ -1,5 +1,20 @@
 //! The Redis keys of the registry, built from a prefix.
 
+/// The hashes the shared event log is spread over (see [`RecordKey::events`]). Few, so that
+/// one batch touches each with many events; more than one, so that a Redis Cluster spreads
+/// them over its masters.
+pub(crate) const EVENT_BUCKETS: u32 = 8;
+
+/// The event bucket of session `id`: FNV-1a of its bytes, the same on every node and version.
+pub(crate) fn event_bucket_of(id: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % EVENT_BUCKETS
+}
+
 /// Builds the Redis keys of the registry from a prefix.
 ///
 /// | key | built by | with the default prefix |
@@ -93,21 +108,26 @@ impl RecordKey {
         self.session_parts(id).concat()
     }
 
-    /// The key of `id`'s shared event log (a Redis Stream of its standalone events), in the
-    /// record's hash slot: `{prefix}{<id>}:events`.
+    /// The key holding `id`'s shared event log: the hash of its bucket (a stable hash of the
+    /// id), `{prefix}events:{<b>}`, shared with the other sessions of that bucket.
     ///
     /// # Example
     ///
     /// ```
     /// use mcp_affinity::registry::RecordKey;
     ///
-    /// assert_eq!(RecordKey::default().events("n1.Zx9"), "mcp:session:{n1.Zx9}:events");
+    /// let key = RecordKey::default().events("n1.Zx9");
+    /// assert!(key.starts_with("mcp:session:events:{"));
+    /// assert_eq!(key, RecordKey::default().events("n1.Zx9"), "the same on every node");
     /// ```
     #[must_use]
     pub fn events(&self, id: &str) -> String {
-        let mut key = self.session(id);
-        key.push_str(":events");
-        key
+        self.event_bucket(event_bucket_of(id))
+    }
+
+    /// The key of event bucket `b`: `{prefix}events:{<b>}`.
+    pub(crate) fn event_bucket(&self, b: u32) -> String {
+        format!("{}events:{{{b}}}", self.prefix)
     }
 
     /// The pieces of [`session`](Self::session)'s key, in order (for writing it out in place).

@@ -73,8 +73,12 @@ struct State {
 
 /// One session's stored standalone events.
 struct Events {
-    entries: std::collections::VecDeque<(u32, bytes::Bytes)>,
+    /// `(ordinal, stream, seq, last, data)`, by ordinal.
+    entries: std::collections::VecDeque<(u64, u32, u32, bool, bytes::Bytes)>,
+    /// The highest standalone sequence number written.
     top: u32,
+    /// The highest ordinal written.
+    ordinal: u64,
     /// As [`Entry::expires_at`].
     expires_at: Option<Instant>,
 }
@@ -287,15 +291,20 @@ impl RegistryStore for MemoryStore {
                 .or_insert_with(|| Events {
                     entries: std::collections::VecDeque::new(),
                     top: 0,
+                    ordinal: 0,
                     expires_at,
                 });
             log.expires_at = expires_at;
             // A late write of a former owner: not above what is there.
-            if ev.seq <= log.top {
+            if ev.ordinal <= log.ordinal {
                 continue;
             }
-            log.top = ev.seq;
-            log.entries.push_back((ev.seq, ev.data.clone()));
+            log.ordinal = ev.ordinal;
+            if ev.stream == 0 {
+                log.top = log.top.max(ev.seq);
+            }
+            log.entries
+                .push_back((ev.ordinal, ev.stream, ev.seq, ev.last, ev.data.clone()));
             while log.entries.len() > max_len.max(1) {
                 log.entries.pop_front();
             }
@@ -322,15 +331,23 @@ impl RegistryStore for MemoryStore {
             Some(after) => log
                 .entries
                 .iter()
-                .filter(|(seq, _)| *seq > after)
+                .filter(|e| e.1 == 0 && e.2 > after)
                 .take(max)
-                .cloned()
+                .map(|e| (e.2, e.4.clone()))
                 .collect(),
             None => Vec::new(),
         };
+        let requests = log
+            .entries
+            .iter()
+            .filter(|e| e.1 != 0)
+            .map(|e| crate::session::RequestEvent::new(e.1, e.2, e.4.clone()).with_last(e.3))
+            .collect();
         Ok(super::StoredEventPage {
             top: log.top,
             events,
+            ordinal: log.ordinal,
+            requests,
         })
     }
 

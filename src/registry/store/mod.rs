@@ -539,11 +539,14 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
         write_each(self, writes)
     }
 
-    /// Appends events of sessions' standalone streams (the shared event log): per session,
-    /// in the order given, each under its sequence number, the session's log trimmed to
-    /// about `max_len` events and set to expire `ttl` after this write. An event whose
-    /// sequence number is not above the session's highest stored one (a late write of a
-    /// former owner) is skipped, not an error.
+    /// Appends events of sessions' streams (the shared event log): per session, in the order
+    /// given, each under its stream, sequence number and ordinal, the session's log (every
+    /// stream together) trimmed to about its newest `max_len` events by ordinal and set to
+    /// expire `ttl` after this write. An event whose ordinal is not above what the store
+    /// holds in its place (a late write of a former owner) is skipped, not an error.
+    ///
+    /// `RedisStore` keeps at most 256 events per session (a longer `max_len` is cut to
+    /// it), in hashes shared by many sessions, so that one batch is a few commands.
     ///
     /// The registry's event writer calls this with up to 512 queued events at a time. The
     /// default stores nothing (a store without a shared event log: an adopted session's
@@ -565,7 +568,7 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
     /// let store = MemoryStore::new();
     /// let data = Bytes::from_static(b"{}");
     /// let events: Vec<EventWrite<'_>> =
-    ///     (1..=3).map(|seq| EventWrite { id: "s1", seq, data: &data }).collect();
+    ///     (1..=3).map(|seq| EventWrite::standalone("s1", seq, &data)).collect();
     /// store.append_events(&events, 256, Duration::from_secs(60)).await?;
     /// let page = store.read_events("s1", Some(1), 10).await?;
     /// assert_eq!(page.top, 3);
@@ -584,8 +587,9 @@ pub trait RegistryStore: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Reads a session's stored standalone events after sequence number `after` (at most
-    /// `max`, oldest first) and the highest sequence number stored; with `after` `None`,
-    /// only the highest. Called once when this node adopts a session. The default has none.
+    /// `max`, oldest first), the highest standalone sequence number and ordinal stored, and
+    /// the stored events of its `POST` answers; with `after` `None`, no standalone events.
+    /// Called once when this node adopts a session. The default has none.
     ///
     /// # Errors
     ///

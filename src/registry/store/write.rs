@@ -196,23 +196,60 @@ where
     }
 }
 
-/// One event of a session's standalone stream, as the registry's event writer hands it to
+/// One event of one of a session's streams, as the registry's event writer hands it to
 /// [`RegistryStore::append_events`](super::RegistryStore::append_events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventWrite<'a> {
     /// The session's id (what its record is keyed by).
     pub id: &'a str,
-    /// The event's sequence number in the standalone stream (its SSE id is `0-<seq>`).
+    /// The event's stream: 0 for the standalone stream, another id for a `POST`'s answer.
+    pub stream: u32,
+    /// The event's sequence number in its stream (its SSE id is `<stream>-<seq>`).
     pub seq: u32,
+    /// Its place among the session's events, every stream together (increasing, across
+    /// owners too): what a store bounds the session's log by.
+    pub ordinal: u64,
+    /// Whether it ended its stream.
+    pub last: bool,
     /// The JSON-RPC message, as sent in the SSE `data:` field.
     pub data: &'a bytes::Bytes,
+}
+
+impl<'a> EventWrite<'a> {
+    /// An event of the standalone stream (stream 0) whose ordinal is its sequence number.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use mcp_affinity::registry::store::EventWrite;
+    ///
+    /// let data = Bytes::from_static(b"{}");
+    /// let ev = EventWrite::standalone("s1", 4, &data);
+    /// assert_eq!((ev.stream, ev.seq, ev.ordinal), (0, 4, 4));
+    /// ```
+    #[must_use]
+    pub fn standalone(id: &'a str, seq: u32, data: &'a bytes::Bytes) -> Self {
+        Self {
+            id,
+            stream: 0,
+            seq,
+            ordinal: u64::from(seq),
+            last: false,
+            data,
+        }
+    }
 }
 
 /// What [`RegistryStore::read_events`](super::RegistryStore::read_events) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredEventPage {
-    /// The highest sequence number stored for the session (0: none).
+    /// The highest sequence number of the standalone stream stored for the session (0: none).
     pub top: u32,
-    /// The events asked for, oldest first: `(seq, data)`.
+    /// The standalone events asked for, oldest first: `(seq, data)`.
     pub events: Vec<(u32, bytes::Bytes)>,
+    /// The highest ordinal stored for the session (0: none).
+    pub ordinal: u64,
+    /// The stored events of its `POST` answers, in the order they were logged.
+    pub requests: Vec<crate::session::RequestEvent>,
 }

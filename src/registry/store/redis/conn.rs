@@ -84,6 +84,19 @@ impl RedisStore {
         .await
     }
 
+    /// Runs a prepared script invocation within the command timeout (loading the script
+    /// first where missing).
+    pub(super) async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: ::redis::ScriptInvocation<'static>,
+    ) -> Result<T, StoreError> {
+        let conn = self.inner.conn.clone();
+        bounded(self.inner.command_timeout, async move {
+            on_conn!(conn, |conn| invocation.invoke_async(&mut conn).await)
+        })
+        .await
+    }
+
     /// Runs `script` on `keys` (all in one slot) within the command timeout.
     pub(super) async fn eval_keys<T: FromRedisValue>(
         &self,

@@ -1,56 +1,58 @@
-//! The shared event log on Redis: one Redis Stream per session,
-//! `{prefix}{<id>}:events` (the record's hash slot), entries `<seq>-1` with one field
-//! `d` holding the event's JSON-RPC message.
+//! The shared event log on Redis: a few hashes shared by every session, so that one command
+//! writes the events of many sessions.
 //!
-//! A batch is one pipeline per session on a cluster (its keys share a slot), the whole batch
-//! in one pipeline on a single server: per session, `XADD key MAXLEN ~ <max> <seq>-1 d
-//! <data>` for each event, then one `PEXPIRE key <ttl>`. An `XADD` refused because its id is
-//! not above the stream's top (a former owner writing late) is skipped. Reading after `N` is
-//! `XRANGE key <N+1>-0 + COUNT <max>` plus `XREVRANGE key + - COUNT 1` (the top), one round
-//! trip.
+//! A session's events (all its streams) live in one of 8 hashes, `{prefix}events:{<b>}` (`b`
+//! a stable hash of the session id, the same on every node), as a ring of at most [`SLOTS`]
+//! fields: field `<id>:<ordinal mod ring>`, value `<ordinal>:<stream>:<seq>:<last>:<data>`,
+//! and the standalone stream's top `<id>:t` = `<ordinal>:<seq>` (the ring may lose it to
+//! newer events of other streams). A write overwrites the oldest event of its slot, so the
+//! log is bounded without a trim command, and reading a session is one `HMGET` of its
+//! fields.
+//!
+//! A batch is one script per bucket it touches ([`scripts::APPEND_EVENTS`]): one `HMGET` of
+//! the slots it writes (an event is kept only if its slot holds an older sequence number, so
+//! a former owner writing late never overwrites its successor), one `HSET` of all of them and
+//! one `PEXPIRE` of the hash. A batch of 512 events spread over many sessions is then at most
+//! 8 scripts of 4 commands each: 1/16 of a command per event, where a stream per session
+//! costs 2 (an `XADD` per event and a `PEXPIRE` per session).
+//!
+//! What this costs: the hashes expire only when no session of their bucket has written for
+//! the TTL, so the events of a session that is never closed (its record expired, or removed
+//! by a node that had no continuity) stay until their slots are reused or the bucket expires;
+//! a closed session's fields are deleted (`HDEL`, one per bucket per batch).
 
-#[cfg(feature = "redis-cluster")]
-use std::future::Future;
-#[cfg(feature = "redis-cluster")]
-use std::pin::Pin;
 use std::time::Duration;
 
-use ::redis::{Pipeline, Value};
+use ::redis::Value;
 
 use super::RedisStore;
-use super::conn::Conn;
+use super::scripts;
+use crate::registry::store::key::event_bucket_of as bucket_of;
 use crate::registry::store::{EventWrite, StoreError, StoredEventPage};
 
-/// One session's write, running.
-#[cfg(feature = "redis-cluster")]
-type Pending<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+/// The most events kept per session (a longer bound is cut to it).
+pub(crate) const SLOTS: usize = 256;
+
+/// The fields of session `id`: its slots (`<id>:0 ..= <id>:<SLOTS-1>`), then its standalone
+/// top (`<id>:t`).
+fn fields_of(id: &str) -> impl Iterator<Item = String> + '_ {
+    (0..SLOTS)
+        .map(move |slot| format!("{id}:{slot}"))
+        .chain(std::iter::once(format!("{id}:t")))
+}
 
 impl RedisStore {
-    fn events_key(&self, id: &str) -> String {
-        self.inner.keys.events(id)
-    }
-
-    fn add_session(
-        &self,
-        pipe: &mut Pipeline,
-        id: &str,
-        events: &[&EventWrite<'_>],
-        max_len: usize,
-        ttl: Duration,
-    ) {
-        let key = self.events_key(id);
-        for ev in events {
-            pipe.cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(max_len.max(1))
-                .arg(format!("{}-1", ev.seq))
-                .arg("d")
-                .arg(ev.data.as_ref());
+    /// The events of `writes`, grouped by bucket, in the batch's order within each.
+    fn by_bucket<'w, 'a>(writes: &'w [EventWrite<'a>]) -> Vec<(u32, Vec<&'w EventWrite<'a>>)> {
+        let mut buckets: Vec<(u32, Vec<&EventWrite<'_>>)> = Vec::new();
+        for ev in writes {
+            let b = bucket_of(ev.id);
+            match buckets.iter_mut().find(|(k, _)| *k == b) {
+                Some((_, list)) => list.push(ev),
+                None => buckets.push((b, vec![ev])),
+            }
         }
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        pipe.cmd("PEXPIRE").arg(&key).arg(ms);
+        buckets
     }
 
     pub(super) async fn append_event_batch(
@@ -59,41 +61,27 @@ impl RedisStore {
         max_len: usize,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        // Per session, in the batch's order.
-        let mut sessions: Vec<(&str, Vec<&EventWrite<'_>>)> = Vec::new();
-        for ev in events {
-            match sessions.iter_mut().find(|(id, _)| *id == ev.id) {
-                Some((_, list)) => list.push(ev),
-                None => sessions.push((ev.id, vec![ev])),
-            }
-        }
-        if sessions.is_empty() {
-            return Ok(());
-        }
-        match &self.inner.conn {
-            Conn::Single(_) => {
-                let mut pipe = ::redis::pipe();
-                pipe.ignore_errors();
-                for (id, list) in &sessions {
-                    self.add_session(&mut pipe, id, list, max_len, ttl);
+        let ring = max_len.clamp(1, SLOTS);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let pending: Vec<_> = Self::by_bucket(events)
+            .into_iter()
+            .map(|(bucket, list)| {
+                let mut invocation =
+                    scripts::APPEND_EVENTS.key(self.inner.keys.event_bucket(bucket));
+                invocation.arg(ring).arg(ms);
+                for ev in list {
+                    invocation
+                        .arg(ev.id)
+                        .arg(ev.ordinal)
+                        .arg(ev.stream)
+                        .arg(ev.seq)
+                        .arg(u8::from(ev.last))
+                        .arg(ev.data.as_ref());
                 }
-                check(self.query_pipe::<Vec<Value>>(&pipe).await?)
-            }
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(_) => {
-                let pending: Vec<Pending<'_>> = sessions
-                    .iter()
-                    .map(|(id, list)| {
-                        let mut pipe = ::redis::pipe();
-                        pipe.ignore_errors();
-                        self.add_session(&mut pipe, id, list, max_len, ttl);
-                        Box::pin(async move { check(self.query_pipe::<Vec<Value>>(&pipe).await?) })
-                            as Pending<'_>
-                    })
-                    .collect();
-                super::super::write::join_all(pending).await.map(drop)
-            }
-        }
+                Box::pin(self.invoke::<i64>(invocation))
+            })
+            .collect();
+        super::super::write::join_all(pending).await.map(drop)
     }
 
     pub(super) async fn read_event_page(
@@ -102,118 +90,169 @@ impl RedisStore {
         after: Option<u32>,
         max: usize,
     ) -> Result<StoredEventPage, StoreError> {
-        let key = self.events_key(id);
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("XREVRANGE")
-            .arg(&key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1);
-        if let Some(after) = after {
-            pipe.cmd("XRANGE")
-                .arg(&key)
-                .arg(format!("{}-0", u64::from(after) + 1))
-                .arg("+")
-                .arg("COUNT")
-                .arg(max.max(1));
+        let mut cmd = ::redis::cmd("HMGET");
+        cmd.arg(self.inner.keys.events(id));
+        for field in fields_of(id) {
+            cmd.arg(field);
         }
-        let replies: Vec<Value> = self.query_pipe(&pipe).await?;
-        let mut replies = replies.into_iter();
-        let top = replies
-            .next()
-            .map(|r| entries(&r))
-            .transpose()?
-            .and_then(|e| e.last().map(|(seq, _)| *seq))
-            .unwrap_or(0);
-        let events = match replies.next() {
-            Some(r) => entries(&r)?,
-            None => Vec::new(),
-        };
-        Ok(StoredEventPage { top, events })
+        let reply: Value = self.query(cmd).await?;
+        page(&reply, after, max)
     }
 
     pub(super) async fn remove_event_logs(&self, ids: &[&str]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        match &self.inner.conn {
-            Conn::Single(_) => {
-                let mut cmd = ::redis::cmd("DEL");
-                for id in ids {
-                    cmd.arg(self.events_key(id));
+        let mut buckets: Vec<(u32, ::redis::Cmd)> = Vec::new();
+        for id in ids {
+            let b = bucket_of(id);
+            let at = match buckets.iter().position(|(k, _)| *k == b) {
+                Some(at) => at,
+                None => {
+                    let mut cmd = ::redis::cmd("HDEL");
+                    cmd.arg(self.inner.keys.event_bucket(b));
+                    buckets.push((b, cmd));
+                    buckets.len() - 1
                 }
-                self.query::<i64>(cmd).await.map(drop)
-            }
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(_) => {
-                let pending: Vec<Pending<'_>> = ids
-                    .iter()
-                    .map(|id| {
-                        let mut cmd = ::redis::cmd("DEL");
-                        cmd.arg(self.events_key(id));
-                        Box::pin(async move { self.query::<i64>(cmd).await.map(drop) })
-                            as Pending<'_>
-                    })
-                    .collect();
-                super::super::write::join_all(pending).await.map(drop)
+            };
+            for field in fields_of(id) {
+                buckets[at].1.arg(field);
             }
         }
+        let pending: Vec<_> = buckets
+            .into_iter()
+            .map(|(_, cmd)| Box::pin(self.query::<i64>(cmd)))
+            .collect();
+        super::super::write::join_all(pending).await.map(drop)
     }
 }
 
-/// Whether an `XADD` was refused for its id (not above the stream's top): a late write.
-fn stale_id(err: &::redis::ServerError) -> bool {
-    err.details()
-        .is_some_and(|d| d.contains("equal or smaller than the target stream top item"))
+/// One stored slot: `<ordinal>:<stream>:<seq>:<last>:<data>`.
+struct Slot {
+    ordinal: u64,
+    stream: u32,
+    seq: u32,
+    last: bool,
+    data: bytes::Bytes,
 }
 
-/// The first real error among a batch's replies (stale ids are skipped on purpose).
-fn check(replies: Vec<Value>) -> Result<(), StoreError> {
-    for reply in replies {
-        if let Value::ServerError(err) = reply
-            && !stale_id(&err)
-        {
-            return Err(super::classify(err.into()));
-        }
-    }
-    Ok(())
-}
-
-/// The entries of an `XRANGE`/`XREVRANGE` reply: `(seq, data)`, an unreadable entry skipped.
-fn entries(reply: &Value) -> Result<Vec<(u32, bytes::Bytes)>, StoreError> {
-    let items = match reply {
-        Value::Array(items) => items,
-        Value::Nil => return Ok(Vec::new()),
-        Value::ServerError(err) => return Err(super::classify(err.clone().into())),
-        _ => return Err(StoreError::backend("unexpected reply to XRANGE")),
+/// Parses a slot's value; `None` for anything else.
+fn slot(value: &[u8]) -> Option<Slot> {
+    let mut parts = value.splitn(5, |b| *b == b':');
+    let mut num = || {
+        parts
+            .next()
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .and_then(|p| p.parse::<u64>().ok())
     };
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let Value::Array(pair) = item else { continue };
-        let (Some(id), Some(Value::Array(fields))) = (pair.first(), pair.get(1)) else {
-            continue;
-        };
-        let id = match id {
-            Value::BulkString(b) => std::str::from_utf8(b).ok(),
-            Value::SimpleString(s) => Some(s.as_str()),
-            _ => None,
-        };
-        let Some(seq) = id
-            .and_then(|id| id.split_once('-'))
-            .and_then(|(ms, _)| ms.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let data = fields.chunks(2).find_map(|kv| match kv {
-            [Value::BulkString(k), Value::BulkString(v)] if k == b"d" => {
-                Some(bytes::Bytes::copy_from_slice(v))
+    let ordinal = num()?;
+    let stream = u32::try_from(num()?).ok()?;
+    let seq = u32::try_from(num()?).ok()?;
+    let last = num()? == 1;
+    let data = bytes::Bytes::copy_from_slice(parts.next()?);
+    Some(Slot {
+        ordinal,
+        stream,
+        seq,
+        last,
+        data,
+    })
+}
+
+/// The page of an `HMGET` of a session's fields ([`fields_of`]): its standalone events after
+/// `after` (at most `max`), its `POST` answers' events, its tops. Unreadable slots are
+/// skipped.
+fn page(reply: &Value, after: Option<u32>, max: usize) -> Result<StoredEventPage, StoreError> {
+    let items = match reply {
+        Value::Array(items) => items.as_slice(),
+        Value::Nil => &[],
+        Value::ServerError(err) => return Err(super::classify(err.clone().into())),
+        _ => return Err(StoreError::backend("unexpected reply to HMGET")),
+    };
+    let bulk = |item: &Value| match item {
+        Value::BulkString(b) => Some(b.clone()),
+        _ => None,
+    };
+    let (slots, top) = match items.split_last() {
+        Some((t, slots)) if items.len() == SLOTS + 1 => (slots, bulk(t)),
+        _ => (items, None),
+    };
+    let mut all: Vec<Slot> = slots
+        .iter()
+        .filter_map(bulk)
+        .filter_map(|v| slot(&v))
+        .collect();
+    all.sort_unstable_by_key(|s| s.ordinal);
+    // The standalone top as written beside the ring (`<ordinal>:<seq>`): the ring alone may
+    // have lost it to newer events of other streams.
+    let (top_ordinal, top_seq) = top
+        .and_then(|t| {
+            let s = std::str::from_utf8(&t).ok()?;
+            let (o, q) = s.split_once(':')?;
+            Some((o.parse::<u64>().ok()?, q.parse::<u32>().ok()?))
+        })
+        .unwrap_or((0, 0));
+    let mut out = StoredEventPage {
+        top: top_seq,
+        ordinal: top_ordinal,
+        ..StoredEventPage::default()
+    };
+    for s in all {
+        out.ordinal = out.ordinal.max(s.ordinal);
+        if s.stream == 0 {
+            out.top = out.top.max(s.seq);
+            if after.is_some_and(|a| s.seq > a) && out.events.len() < max.max(1) {
+                out.events.push((s.seq, s.data));
             }
-            _ => None,
-        });
-        if let Some(data) = data {
-            out.push((seq, data));
+        } else {
+            out.requests
+                .push(crate::session::RequestEvent::new(s.stream, s.seq, s.data).with_last(s.last));
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::store::key::EVENT_BUCKETS as BUCKETS;
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        // Fixed values: every node, of every version, must put a session in the same bucket.
+        assert_eq!(bucket_of(""), 0x811c_9dc5 % BUCKETS);
+        assert_eq!(bucket_of("a"), 0xe40c_292c % BUCKETS);
+        let mut counts = [0u32; BUCKETS as usize];
+        for n in 0..8_000 {
+            counts[bucket_of(&format!("n1.{n:x}Zq")) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|c| (800..1_200).contains(c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_slots_are_skipped_and_the_page_is_in_order() {
+        let mut items: Vec<Value> = vec![Value::Nil; SLOTS + 1];
+        items[0] = Value::BulkString(b"5:0:3:0:{}".to_vec());
+        items[1] = Value::BulkString(b"x:0:1:0:{}".to_vec());
+        items[2] = Value::BulkString(b"nocolon".to_vec());
+        items[3] = Value::BulkString(b"4:2:1:1:a:b".to_vec());
+        items[4] = Value::BulkString(b"2:0:1:0:one".to_vec());
+        items[SLOTS] = Value::BulkString(b"9:7".to_vec());
+        let got = page(&Value::Array(items), Some(0), 10).expect("parsed");
+        assert_eq!((got.top, got.ordinal), (7, 9), "the top field wins");
+        assert_eq!(
+            got.events,
+            vec![
+                (1, bytes::Bytes::from_static(b"one")),
+                (3, bytes::Bytes::from_static(b"{}"))
+            ]
+        );
+        assert_eq!(
+            got.requests,
+            vec![
+                crate::session::RequestEvent::new(2, 1, bytes::Bytes::from_static(b"a:b"))
+                    .with_last(true)
+            ]
+        );
+    }
 }

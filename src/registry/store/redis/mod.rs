@@ -402,7 +402,8 @@ impl RegistryStore for RedisStore {
 
     /// Walks `node`'s index with `ZSCAN` (`batch` ids per page) and runs an atomic
     /// compare-and-delete on each record, `batch` at a time. Ids whose record is gone or belongs
-    /// to another node are dropped from the index on the way.
+    /// to another node are dropped from the index on the way; the shared event logs of the
+    /// removed and gone records are removed with them.
     async fn remove_stale(
         &self,
         node: &str,
@@ -456,6 +457,10 @@ impl RegistryStore for RedisStore {
                     let mut zrem = ::redis::cmd("ZREM");
                     zrem.arg(&index).arg(&unlisted);
                     self.query::<i64>(zrem).await?;
+                    // Their shared event logs go with them (the records of sessions that
+                    // were never closed would otherwise leave their events behind).
+                    let gone: Vec<&str> = unlisted.iter().map(String::as_str).collect();
+                    self.remove_event_logs(&gone).await?;
                 }
                 if let Some(err) = failure {
                     return Err(err);

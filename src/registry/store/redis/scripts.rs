@@ -132,3 +132,60 @@ return 1
 ",
     )
 });
+
+/// The shared event log's write of one bucket (see `events.rs`). `KEYS[1]` the bucket hash;
+/// `ARGV[1]` the ring size, `ARGV[2]` the hash's TTL in ms, then `id, ordinal, stream, seq,
+/// last, data` per event. An event is kept only if its slot holds an older ordinal (a former
+/// owner writing late never overwrites its successor), and so is a session's standalone top
+/// (`<id>:t`); what is kept is written with one `HSET`. Returns how many fields were written.
+pub(super) static APPEND_EVENTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ring = tonumber(ARGV[1])
+local n = math.floor((#ARGV - 2) / 6)
+if n < 1 then return 0 end
+local function ord_of(value)
+  return (value and tonumber(string.match(value, '^(%d+):'))) or -1
+end
+local fields, query, tops, tids = {}, {}, {}, {}
+for j = 1, n do
+  local b = 6 * j - 3
+  local id, ord = ARGV[b], tonumber(ARGV[b + 1])
+  fields[j] = id .. ':' .. (ord % ring)
+  query[j] = fields[j]
+  if ARGV[b + 2] == '0' then
+    local t = tops[id]
+    if t == nil then
+      tids[#tids + 1] = id
+      query[#query + 1] = id .. ':t'
+    end
+    if t == nil or ord > t[1] then tops[id] = {ord, ARGV[b + 1], ARGV[b + 3]} end
+  end
+end
+local current = redis.call('HMGET', KEYS[1], unpack(query))
+local best, kept = {}, {}
+for j = 1, n do
+  local f = fields[j]
+  if best[f] == nil then best[f] = ord_of(current[j]) end
+  local b = 6 * j - 3
+  local ord = tonumber(ARGV[b + 1])
+  if ord > best[f] then
+    best[f] = ord
+    kept[f] = ARGV[b + 1] .. ':' .. ARGV[b + 2] .. ':' .. ARGV[b + 3] .. ':' .. ARGV[b + 4] .. ':' .. ARGV[b + 5]
+  end
+end
+for k, id in ipairs(tids) do
+  local t = tops[id]
+  if t[1] > ord_of(current[n + k]) then kept[id .. ':t'] = t[2] .. ':' .. t[3] end
+end
+local args = {}
+for f, v in pairs(kept) do
+  args[#args + 1] = f
+  args[#args + 1] = v
+end
+if #args > 0 then redis.call('HSET', KEYS[1], unpack(args)) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return #args / 2
+",
+    )
+});
