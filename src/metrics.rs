@@ -188,6 +188,16 @@ pub const BUS_DROPPED: &str = "mcp_affinity_bus_dropped_total";
 /// ```
 pub const BUS_DISCONNECTS: &str = "mcp_affinity_bus_disconnects_total";
 
+/// Counter: events of the shared event log, by `outcome`: `written` to the store, or
+/// `dropped` (the queue was full, or the store failed every attempt).
+///
+/// # Example
+///
+/// ```
+/// assert!(mcp_affinity::metrics::EVENT_LOG_EVENTS.ends_with("_total"));
+/// ```
+pub const EVENT_LOG_EVENTS: &str = "mcp_affinity_event_log_events_total";
+
 /// Every metric this crate emits: name, type (`counter`, `gauge` or `histogram`) and what it
 /// counts, as `docs/metrics.md` lists them.
 ///
@@ -273,6 +283,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         BUS_DISCONNECTS,
         "counter",
         "Times the cluster bus lost its connection to Redis.",
+    ),
+    (
+        EVENT_LOG_EVENTS,
+        "counter",
+        "Events of the shared event log written to the store, or dropped.",
     ),
 ];
 
@@ -839,4 +854,14 @@ pub(crate) enum BusDrop {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn bus_disconnected() {
     count(key!(BUS_DISCONNECTS), 1);
+}
+
+/// Events of the shared event log written to the store.
+pub(crate) fn event_log_written(n: u64) {
+    count(key!(EVENT_LOG_EVENTS, "outcome" => "written"), n);
+}
+
+/// Events of the shared event log dropped (queue full, or the store failed every attempt).
+pub(crate) fn event_log_dropped(n: u64) {
+    count(key!(EVENT_LOG_EVENTS, "outcome" => "dropped"), n);
 }

@@ -82,6 +82,7 @@ impl EventQueue {
         if self.tx.try_send(op).is_err() {
             self.done(1);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            crate::metrics::event_log_dropped(1);
             if self.full_warning.ready() {
                 tracing::warn!(dropped, "registry event queue full: events dropped");
             }
@@ -168,6 +169,7 @@ pub(crate) async fn writer<R: RegistryStore>(
                     queue
                         .written
                         .fetch_add(writes.len() as u64, Ordering::Relaxed);
+                    crate::metrics::event_log_written(writes.len() as u64);
                     break;
                 }
                 Err(e) if attempt < ATTEMPTS => {
@@ -179,6 +181,7 @@ pub(crate) async fn writer<R: RegistryStore>(
                     queue
                         .dropped
                         .fetch_add(writes.len() as u64, Ordering::Relaxed);
+                    crate::metrics::event_log_dropped(writes.len() as u64);
                     tracing::warn!(error = %e, events = writes.len(), "shared event log write failed; events given up");
                 }
             }

@@ -78,6 +78,11 @@ fn standalone(
     })?;
     tracing::debug!(session = %session.id(), stream = cursor.stream(), resumed = resume.is_some(), "SSE stream opened");
     let cfg = &shared.config;
+    if cursor.stream() == STANDALONE && shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+        // The node is leaving: what the stream has, then the reconnect hint (see
+        // `TransportHandle::drain`). A resumed `POST` answer stays: its request finishes here.
+        log.end_reader(STANDALONE, cfg.retry);
+    }
     let priming = session_version(&session)
         .primes_streams()
         .then_some(cfg.retry);

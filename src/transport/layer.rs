@@ -1168,9 +1168,12 @@ impl TransportHandle {
     /// the `retry:` hint (after the events it has not yet sent), so its client reconnects
     /// with `Last-Event-ID`, possibly to another node. Sessions stay open and their requests
     /// are served: running handlers finish (see [`running_handlers`](Self::running_handlers)),
-    /// and new requests on existing sessions are answered. A stream opened after the drain
-    /// began stays open until [`shutdown`](Self::shutdown). Returns the number of streams
-    /// ended; once draining (or shut down), a call ends nothing and returns 0.
+    /// and new requests on existing sessions are answered. A standalone stream opened after
+    /// the drain began (its client reconnected here before the balancer saw the node go)
+    /// delivers what it has and ends with the same hint, so that its client goes on at
+    /// another node instead of reading from this one while another node adopts the session.
+    /// Returns the number of streams ended; once draining (or shut down), a call ends nothing
+    /// and returns 0.
     ///
     /// Draining sets [`is_shutting_down`](Self::is_shutting_down): there is one flag, "no
     /// new sessions here".
