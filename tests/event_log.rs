@@ -595,3 +595,42 @@ async fn measure_the_batch_window_on_a_local_redis() {
         times[times.len() - 1]
     );
 }
+
+/// What write-through adds to an event's delivery: the time from `notify` to the event on
+/// the client's stream, for one session on a local `redis-server`, write-behind and then
+/// write-through, one event at a time (each its own batch: the worst case per event; a
+/// burst shares batches). Prints the figures, asserts none of them.
+/// Run with `cargo test --release --test event_log -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement: prints the delivery latency per event"]
+async fn measure_the_delivery_latency_of_write_through() {
+    let redis = redis_support::RedisServer::start();
+    for durability in [Durability::WriteBehind, Durability::WriteThrough] {
+        let store = mcp_affinity::registry::RedisStore::connect(&redis.url())
+            .await
+            .expect("redis");
+        let node = stack_with("node-a", store, durability);
+        let handle = node.handle();
+        let svc = service(&node);
+        let (_id, mut stream, mut buf) = open_stream(&svc).await;
+        let mut times = Vec::new();
+        // 250 events: within the log's bound of 256.
+        for n in 1..=250u64 {
+            let started = std::time::Instant::now();
+            notify(&handle, n);
+            let got = events(&mut stream, &mut buf, 1).await;
+            times.push(started.elapsed());
+            assert_eq!(got, [(format!("0-{n}"), n)]);
+        }
+        times.sort();
+        let pct = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
+        println!(
+            "{durability:?}: notify to event on the stream, one at a time: p50 {:?}, p99 {:?}, max {:?}",
+            pct(50),
+            pct(99),
+            times[times.len() - 1]
+        );
+        drop(stream);
+        handle.shutdown(DEADLINE).await;
+    }
+}

@@ -61,6 +61,13 @@ pub use crate::config::ConfigError;
 /// by a short cache of ids the store did not know
 /// ([`with_negative_cache`](SessionRegistryBuilder::with_negative_cache)).
 ///
+/// The shared event log's queue is bounded too (full: the event is dropped and counted,
+/// never waited for). With write-through
+/// ([`with_event_log_durability`](SessionRegistryBuilder::with_event_log_durability)) no
+/// request waits either: each standalone stream waits for its own events' batch to be
+/// stored (in order, never for another session's), and a batch the store refuses is
+/// released after its attempts rather than holding streams for ever.
+///
 /// A request for a session this node does not hold keeps the inner service's readiness
 /// while its record and the owner's liveness are read (each bounded by the lookup timeout)
 /// and while it is forwarded; a forwarded request releases it without calling the inner
