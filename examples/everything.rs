@@ -28,6 +28,9 @@
 //! - `--drain-timeout SECS` (`MCP_DRAIN_TIMEOUT`, default 10): the longest a SIGTERM drain
 //!   waits for in-flight requests to finish (and, with Redis, for the other nodes to stop
 //!   forwarding here).
+//! - `--write-through` (`MCP_WRITE_THROUGH=1`): a `GET` stream's event is sent once the store
+//!   holds it (the shared event log's write-through), so a node killed outright never loses an
+//!   event a client has seen; default write-behind (sent at once, stored within milliseconds).
 //!
 //! Routes besides `/mcp`: `/healthz` answers `200 {"status":"ok","bus":"ok"}` while the node
 //! serves and `503 {"status":"draining",…}` once a drain began; `bus` says `disconnected`
@@ -78,7 +81,7 @@ use mcp_affinity::{
     handler::{ErrorObject, HandlerRequest, handler_fn},
     protocol::{Era, ProtocolVersion, RequestId, codes},
     registry::{MemoryStore, RedisStore, RegistryStore},
-    session::{RequestContext, Session},
+    session::{Durability, RequestContext, Session},
     stack::DEFAULT_QUIET_PERIOD,
     transport::HostPolicy,
 };
@@ -110,6 +113,8 @@ struct Args {
     redis: Option<String>,
     internal_addr: Option<SocketAddr>,
     drain_timeout: Duration,
+    /// Send a standalone stream's event only once the store holds it.
+    write_through: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -120,6 +125,7 @@ fn parse_args() -> Result<Args, String> {
     let mut redis = env("MCP_REDIS_URL");
     let mut internal_addr = env("MCP_INTERNAL_ADDR");
     let mut drain_timeout = env("MCP_DRAIN_TIMEOUT").unwrap_or_else(|| "10".into());
+    let mut write_through = env("MCP_WRITE_THROUGH").is_some_and(|v| v != "0");
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -130,10 +136,12 @@ fn parse_args() -> Result<Args, String> {
             "--redis" => redis = Some(value()?),
             "--internal-addr" => internal_addr = Some(value()?),
             "--drain-timeout" => drain_timeout = value()?,
+            "--write-through" => write_through = true,
             "-h" | "--help" => {
                 println!(
                     "usage: everything [--listen ADDR] [--node NAME] [--state-key SECRET] \
-                     [--redis URL] [--internal-addr ADDR] [--drain-timeout SECS]"
+                     [--redis URL] [--internal-addr ADDR] [--drain-timeout SECS] \
+                     [--write-through]"
                 );
                 std::process::exit(0);
             }
@@ -159,6 +167,7 @@ fn parse_args() -> Result<Args, String> {
         redis,
         internal_addr,
         drain_timeout,
+        write_through,
     })
 }
 
@@ -223,6 +232,14 @@ async fn serve<R: RegistryStore>(
         // in a real deployment (here, by default, the one the node listens on).
         .with_internal_address(args.internal_addr.unwrap_or(local))
         .with_bus(bus)
+        // `--write-through`: a GET stream's event goes out once the store holds it, so a
+        // node killed outright never loses an event a client has seen (each waits for one
+        // batched write). Default: write-behind.
+        .with_event_log_durability(if args.write_through {
+            Durability::WriteThrough
+        } else {
+            Durability::WriteBehind
+        })
         // A session adopted from another node gets its state back (the default log level).
         .with_transport(|t| {
             t.with_allowed_hosts(HostPolicy::localhost())

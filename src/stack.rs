@@ -22,7 +22,7 @@ use crate::{
     affinity::{AffinityStats, AffinityStatsSnapshot, SessionAffinityBuilder},
     bus::ClusterBus,
     registry::{RegistryHandle, RegistryStats, RegistryStore, SessionRegistryBuilder},
-    session::NodeTag,
+    session::{Durability, NodeTag},
     transport::{SseTransportBuilder, TransportHandle},
 };
 
@@ -371,6 +371,32 @@ impl<R: RegistryStore> McpStackBuilder<R> {
     /// ```
     pub fn with_shared_event_log(mut self, on: bool) -> Self {
         self.shared_event_log = on;
+        self
+    }
+
+    /// When the shared event log lets a standalone stream's event go to its client: at once
+    /// ([`Durability::WriteBehind`], the default) or once the store holds it
+    /// ([`Durability::WriteThrough`]): see
+    /// [`SessionRegistryBuilder::with_event_log_durability`], which this sets. With
+    /// write-through, a node killed outright never loses an event one of its clients has
+    /// received; each event's delivery waits for one batched store write. Nothing changes
+    /// without the shared event log ([`with_shared_event_log`](Self::with_shared_event_log)
+    /// off, or continuity off).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::{registry::MemoryStore, session::{Durability, EventSink}, stack::McpStack};
+    ///
+    /// let stack = McpStack::builder("node-a", MemoryStore::new())
+    ///     .with_event_log_durability(Durability::WriteThrough)
+    ///     .build()
+    ///     .unwrap();
+    /// let sink = stack.handle().registry().event_sink();
+    /// assert_eq!(sink.durability(), Durability::WriteThrough);
+    /// ```
+    pub fn with_event_log_durability(mut self, durability: Durability) -> Self {
+        self.registry = self.registry.with_event_log_durability(durability);
         self
     }
 

@@ -16,6 +16,7 @@ use mcp_affinity::{
     McpStack,
     handler::handler_fn,
     registry::{MemoryStore, RegistryStore},
+    session::Durability,
 };
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
@@ -49,10 +50,15 @@ fn get(session: &str, last_event_id: Option<&str>) -> Request<Full<Bytes>> {
     b.body(Full::new(Bytes::new())).expect("request")
 }
 
-fn stack<R: RegistryStore + Clone>(node: &str, store: R) -> McpStack<R> {
+fn stack_with<R: RegistryStore + Clone>(
+    node: &str,
+    store: R,
+    durability: Durability,
+) -> McpStack<R> {
     McpStack::builder(node, store)
         .with_internal_address("127.0.0.1:9".parse().expect("address"))
         .with_quiet_period(Duration::from_millis(10))
+        .with_event_log_durability(durability)
         .build()
         .expect("a valid stack")
 }
@@ -167,7 +173,14 @@ async fn a_reconnection_elsewhere_replays_exactly_what_the_client_missed<R>(
 ) where
     R: RegistryStore + Clone,
 {
-    let node_a = stack("node-a", a);
+    resumed_elsewhere(a, b, check, post_first, Durability::WriteBehind).await;
+}
+
+async fn resumed_elsewhere<R>(a: R, b: R, check: R, post_first: bool, durability: Durability)
+where
+    R: RegistryStore + Clone,
+{
+    let node_a = stack_with("node-a", a, durability);
     let handle_a = node_a.handle();
     let svc_a = service(&node_a);
     let res = svc_a
@@ -230,7 +243,7 @@ async fn a_reconnection_elsewhere_replays_exactly_what_the_client_missed<R>(
     );
 
     // Node B (the balancer's pick) adopts the session and replays 4..=8 under their ids.
-    let node_b = stack("node-b", b);
+    let node_b = stack_with("node-b", b, durability);
     let handle_b = node_b.handle();
     let svc_b = service(&node_b);
     if post_first {
@@ -319,11 +332,11 @@ fn sse_events(text: &str) -> Vec<(String, Value)> {
 /// events still logged), A shutting down: the client resumes with `Last-Event-ID:
 /// <stream>-1` on node B, which adopts the session and replays exactly the rest of the
 /// answer, the JSON-RPC response included, then ends the stream.
-async fn a_post_answer_cut_short_is_resumed_elsewhere<R>(a: R, b: R)
+async fn a_post_answer_cut_short_is_resumed_elsewhere<R>(a: R, b: R, durability: Durability)
 where
     R: RegistryStore + Clone,
 {
-    let node_a = stack("node-a", a);
+    let node_a = stack_with("node-a", a, durability);
     let handle_a = node_a.handle();
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let svc_a = service_with(&node_a, gate.clone());
@@ -381,7 +394,7 @@ where
     let report = handle_a.shutdown(DEADLINE).await;
     assert!(report.flushed, "{report:?}");
 
-    let node_b = stack("node-b", b);
+    let node_b = stack_with("node-b", b, durability);
     let handle_b = node_b.handle();
     let svc_b = service(&node_b);
     let res = svc_b
@@ -420,7 +433,8 @@ where
 #[tokio::test]
 async fn a_post_answer_is_resumed_elsewhere_over_a_shared_memory_store() {
     let store = MemoryStore::new();
-    a_post_answer_cut_short_is_resumed_elsewhere(store.clone(), store).await;
+    a_post_answer_cut_short_is_resumed_elsewhere(store.clone(), store, Durability::WriteBehind)
+        .await;
 }
 
 #[tokio::test]
@@ -432,7 +446,21 @@ async fn a_post_answer_is_resumed_elsewhere_over_a_real_redis_server() {
         connect().await.expect("redis"),
         connect().await.expect("redis"),
     );
-    a_post_answer_cut_short_is_resumed_elsewhere(a, b).await;
+    a_post_answer_cut_short_is_resumed_elsewhere(a, b, Durability::WriteBehind).await;
+}
+
+/// With write-through, a `POST` answer's events are not held (its response is one of them),
+/// and it resumes elsewhere the same way.
+#[tokio::test]
+async fn a_post_answer_is_resumed_elsewhere_with_write_through() {
+    let redis = redis_support::RedisServer::start();
+    let url = redis.url();
+    let connect = || mcp_affinity::registry::RedisStore::connect(&url);
+    let (a, b) = (
+        connect().await.expect("redis"),
+        connect().await.expect("redis"),
+    );
+    a_post_answer_cut_short_is_resumed_elsewhere(a, b, Durability::WriteThrough).await;
 }
 
 #[tokio::test]
@@ -487,6 +515,237 @@ async fn over_a_real_redis_server_adopted_by_a_post_first() {
     a_reconnection_elsewhere_replays_exactly_what_the_client_missed(a, b, check, true).await;
 }
 
+#[tokio::test]
+async fn over_a_real_redis_server_with_write_through() {
+    let redis = redis_support::RedisServer::start();
+    let url = redis.url();
+    let connect = || mcp_affinity::registry::RedisStore::connect(&url);
+    let (a, b, check) = (
+        connect().await.expect("redis"),
+        connect().await.expect("redis"),
+        connect().await.expect("redis"),
+    );
+    resumed_elsewhere(a, b, check, false, Durability::WriteThrough).await;
+}
+
+#[tokio::test]
+async fn over_a_shared_memory_store_with_write_through_adopted_by_a_post_first() {
+    let store = MemoryStore::new();
+    resumed_elsewhere(
+        store.clone(),
+        store.clone(),
+        store,
+        true,
+        Durability::WriteThrough,
+    )
+    .await;
+}
+
+/// Initializes a legacy session and opens its standalone `GET` stream; returns the session
+/// id and the stream, its priming event read.
+async fn open_stream<S>(svc: &S) -> (String, Body, String)
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = http::Response<Body>,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
+    let res = svc
+        .clone()
+        .oneshot(post(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": LEGACY, "capabilities": {},
+                "clientInfo": {"name": "c", "version": "1"}}}),
+            None,
+        ))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK);
+    let id = res.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let res = svc
+        .clone()
+        .oneshot(post(
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            Some(&id),
+        ))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let res = svc
+        .clone()
+        .oneshot(get(&id, None))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut stream = res.into_body();
+    // The priming event: an id and no data.
+    let mut buf = String::new();
+    while !buf.contains("\n\n") {
+        let frame = tokio::time::timeout(DEADLINE, stream.frame())
+            .await
+            .expect("the priming event in time")
+            .expect("the stream goes on")
+            .expect("no body error");
+        if let Ok(data) = frame.into_data() {
+            buf.push_str(std::str::from_utf8(&data).expect("utf-8"));
+        }
+    }
+    let end = buf.find("\n\n").expect("an event") + 2;
+    buf.drain(..end);
+    (id, stream, buf)
+}
+
+/// What the stream has for the client right now, without waiting: the text of the frames
+/// its body yields at once.
+fn ready_now(body: &mut Body) -> String {
+    use std::{
+        pin::Pin,
+        task::{Context, Poll, Waker},
+    };
+    let mut text = String::new();
+    let mut cx = Context::from_waker(Waker::noop());
+    while let Poll::Ready(frame) = http_body::Body::poll_frame(Pin::new(&mut *body), &mut cx) {
+        let frame = frame.expect("the stream goes on").expect("no body error");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).expect("utf-8"));
+        }
+    }
+    text
+}
+
+/// Write-through holds an event back until Redis holds it: with the test's `redis-server`
+/// stopped (SIGSTOP), a notification is not on the client's stream; it arrives once Redis
+/// runs again (SIGCONT), and it was stored, not released. Without write-through the same
+/// notification is on the stream at once: the option is what holds it.
+#[tokio::test]
+async fn write_through_holds_an_event_until_redis_holds_it() {
+    for durability in [Durability::WriteBehind, Durability::WriteThrough] {
+        let redis = redis_support::RedisServer::start();
+        // Long store timeouts: the writer's batch waits out the pause instead of giving up.
+        let store = mcp_affinity::registry::RedisStore::builder(&redis.url())
+            .with_command_timeout(DEADLINE)
+            .connect()
+            .await
+            .expect("redis");
+        let check = mcp_affinity::registry::RedisStore::connect(&redis.url())
+            .await
+            .expect("redis");
+        let node = stack_with("node-a", store, durability);
+        let handle = node.handle();
+        let svc = service(&node);
+        let (id, mut stream, mut buf) = open_stream(&svc).await;
+        // Redis runs: event 1 goes out (at once, or once stored).
+        notify(&handle, 1);
+        assert_eq!(
+            events(&mut stream, &mut buf, 1).await,
+            [("0-1".to_owned(), 1)]
+        );
+        assert!(handle.registry().flush(DEADLINE).await);
+
+        redis.pause();
+        notify(&handle, 2);
+        let now = ready_now(&mut stream);
+        match durability {
+            Durability::WriteBehind => assert!(
+                now.contains("id: 0-2\n"),
+                "write-behind sends at once: {now:?}"
+            ),
+            _ => assert!(
+                !now.contains("data:"),
+                "write-through holds the event while Redis is stopped: {now:?}"
+            ),
+        }
+        buf.push_str(&now);
+        redis.resume();
+        assert_eq!(
+            events(&mut stream, &mut buf, 1).await,
+            [("0-2".to_owned(), 2)],
+            "{durability:?}"
+        );
+        assert!(handle.registry().flush(DEADLINE).await);
+        let stats = handle.registry().stats();
+        assert_eq!(
+            (stats.events_written, stats.events_dropped),
+            (2, 0),
+            "stored, not released unstored ({durability:?})"
+        );
+        let stored = check.read_events(&id, Some(0), 10).await.expect("read");
+        assert_eq!(
+            stored.events.iter().map(|e| e.0).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        drop(stream);
+        handle.shutdown(DEADLINE).await;
+    }
+}
+
+/// A crash without the crash: with write-through, whenever the client has received event
+/// `N`, the store already holds every event up to `N`, so a node killed at that moment
+/// would leave nothing the client has seen out of the store. Events are produced in bursts
+/// (so several share one batch) and checked one by one as they arrive; 225 in all, within
+/// the transport's and the store's bound of 256 per session.
+async fn the_store_holds_whatever_the_client_received<R: RegistryStore + Clone>(
+    store: R,
+    check: R,
+) {
+    let node = stack_with("node-a", store, Durability::WriteThrough);
+    let handle = node.handle();
+    let svc = service(&node);
+    let (id, mut stream, mut buf) = open_stream(&svc).await;
+    let mut next = 1;
+    for burst in [1u64, 7, 64, 3, 150] {
+        for n in next..next + burst {
+            notify(&handle, n);
+        }
+        for n in next..next + burst {
+            let got = events(&mut stream, &mut buf, 1).await;
+            assert_eq!(got, [(format!("0-{n}"), n)], "in order, none lost");
+            let held = check
+                .read_events(&id, Some(0), 1024)
+                .await
+                .expect("read the store");
+            assert!(
+                held.top >= n as u32,
+                "received {n}, stored up to {}",
+                held.top
+            );
+            let seqs: Vec<u32> = held.events.iter().map(|e| e.0).collect();
+            let want: Vec<u32> = (1..=n as u32).collect();
+            assert_eq!(
+                seqs.get(..n as usize),
+                Some(&want[..]),
+                "every event up to {n} is in the store"
+            );
+        }
+        next += burst;
+    }
+    assert_eq!(handle.registry().stats().events_dropped, 0);
+    drop(stream);
+    handle.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn with_write_through_a_real_redis_holds_whatever_the_client_received() {
+    let redis = redis_support::RedisServer::start();
+    let store = mcp_affinity::registry::RedisStore::connect(&redis.url())
+        .await
+        .expect("redis");
+    let check = mcp_affinity::registry::RedisStore::connect(&redis.url())
+        .await
+        .expect("redis");
+    the_store_holds_whatever_the_client_received(store, check).await;
+}
+
+#[tokio::test]
+async fn with_write_through_a_memory_store_holds_whatever_the_client_received() {
+    let store = MemoryStore::new();
+    the_store_holds_whatever_the_client_received(store.clone(), store).await;
+}
+
 /// What a `SIGKILL` can lose: the events queued and not yet written, at most one store round
 /// trip's worth behind the batch in flight. Measures that round trip on a local
 /// `redis-server` for full batches (512 events of ~100 bytes over 64 sessions) and prints it.
@@ -525,4 +784,43 @@ async fn measure_the_batch_window_on_a_local_redis() {
         pct(99),
         times[times.len() - 1]
     );
+}
+
+/// What write-through adds to an event's delivery: the time from `notify` to the event on
+/// the client's stream, for one session on a local `redis-server`, write-behind and then
+/// write-through, one event at a time (each its own batch: the worst case per event; a
+/// burst shares batches). Prints the figures, asserts none of them.
+/// Run with `cargo test --release --test event_log -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement: prints the delivery latency per event"]
+async fn measure_the_delivery_latency_of_write_through() {
+    let redis = redis_support::RedisServer::start();
+    for durability in [Durability::WriteBehind, Durability::WriteThrough] {
+        let store = mcp_affinity::registry::RedisStore::connect(&redis.url())
+            .await
+            .expect("redis");
+        let node = stack_with("node-a", store, durability);
+        let handle = node.handle();
+        let svc = service(&node);
+        let (_id, mut stream, mut buf) = open_stream(&svc).await;
+        let mut times = Vec::new();
+        // 250 events: within the log's bound of 256.
+        for n in 1..=250u64 {
+            let started = std::time::Instant::now();
+            notify(&handle, n);
+            let got = events(&mut stream, &mut buf, 1).await;
+            times.push(started.elapsed());
+            assert_eq!(got, [(format!("0-{n}"), n)]);
+        }
+        times.sort();
+        let pct = |p: usize| times[(times.len() * p / 100).min(times.len() - 1)];
+        println!(
+            "{durability:?}: notify to event on the stream, one at a time: p50 {:?}, p99 {:?}, max {:?}",
+            pct(50),
+            pct(99),
+            times[times.len() - 1]
+        );
+        drop(stream);
+        handle.shutdown(DEADLINE).await;
+    }
 }

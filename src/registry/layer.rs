@@ -3,6 +3,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use tower_layer::Layer;
 
 use super::{RegistryStats, RegistryStore, SessionRegistry, limit::LookupLimits, queue::Core};
+use crate::session::Durability;
 
 pub use crate::config::ConfigError;
 
@@ -59,6 +60,13 @@ pub use crate::config::ConfigError;
 /// ([`with_lookup_rate`](SessionRegistryBuilder::with_lookup_rate), over it the answer is "unknown" at once) and
 /// by a short cache of ids the store did not know
 /// ([`with_negative_cache`](SessionRegistryBuilder::with_negative_cache)).
+///
+/// The shared event log's queue is bounded too (full: the event is dropped and counted,
+/// never waited for). With write-through
+/// ([`with_event_log_durability`](SessionRegistryBuilder::with_event_log_durability)) no
+/// request waits either: each standalone stream waits for its own events' batch to be
+/// stored (in order, never for another session's), and a batch the store refuses is
+/// released after its attempts rather than holding streams for ever.
 ///
 /// A request for a session this node does not hold keeps the inner service's readiness
 /// while its record and the owner's liveness are read (each bounded by the lookup timeout)
@@ -166,6 +174,7 @@ pub struct SessionRegistryBuilder<R> {
     internal_address: Option<std::net::SocketAddr>,
     peer_networks: Vec<String>,
     forward_connect_timeout: Duration,
+    event_durability: Durability,
 }
 
 impl<R: fmt::Debug> fmt::Debug for SessionRegistryBuilder<R> {
@@ -187,6 +196,7 @@ impl<R: fmt::Debug> fmt::Debug for SessionRegistryBuilder<R> {
             .field("liveness", &self.liveness)
             .field("internal_address", &self.internal_address)
             .field("peer_networks", &self.peer_networks)
+            .field("event_durability", &self.event_durability)
             .finish_non_exhaustive()
     }
 }
@@ -351,6 +361,7 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
             internal_address: None,
             peer_networks: Vec::new(),
             forward_connect_timeout: Duration::from_millis(500),
+            event_durability: Durability::WriteBehind,
         }
     }
 
@@ -702,6 +713,60 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
         self
     }
 
+    /// When the transport sends the events of the shared event log (the standalone streams'
+    /// events its [`event_sink`](RegistryHandle::event_sink) takes): at once, written to the
+    /// store in the background ([`Durability::WriteBehind`], the default), or only once the
+    /// store holds them ([`Durability::WriteThrough`]).
+    ///
+    /// Write-behind costs a stream nothing, and a graceful stop
+    /// ([`RegistryHandle::flush`]) still keeps every event, but a node killed outright
+    /// (`SIGKILL`, a crash, the machine lost) loses the events queued and not yet written
+    /// (the batch in flight and what queued behind it: a few milliseconds' worth), some of
+    /// which its clients may have received: a client resuming on another node then misses
+    /// them (see [`registry`](crate::registry) for the figures).
+    ///
+    /// Write-through holds each event back in its stream's SSE body until the event writer's
+    /// batch that carries it is stored: no client ever receives an event the store does not
+    /// hold, so a kill loses only events produced and not yet stored, none of which was sent
+    /// (their handlers' `notify` had returned; they are gone as with write-behind). Nothing
+    /// changes on the request path (queuing an event never waits, no store call is made per
+    /// event) and writes stay batched; each event's delivery waits for one batch round trip
+    /// (plus the batch in flight before it). Streams wait in order, each for its own events
+    /// only: a held event holds its stream's later events, never another session's. The
+    /// held events stay in the session's bounded event log meanwhile (the transport's
+    /// [`with_event_log`](crate::transport::SseTransportBuilder::with_event_log) bounds
+    /// apply: beyond them the oldest go, as for a slow reader). A batch the store
+    /// refuses for all its attempts (about a second with the default store timeouts), and an
+    /// event dropped by a full queue, are released unstored rather than held for ever:
+    /// counted in [`RegistryStats::events_dropped`], with a warning.
+    ///
+    /// Give the transport this registry's sink
+    /// ([`RegistryHandle::event_sink`], as [`McpStack`](crate::McpStack) does); other sinks
+    /// answer their own durability.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::{
+    ///     SseTransportLayer,
+    ///     registry::{MemoryStore, SessionRegistryLayer},
+    ///     session::{Durability, EventSink},
+    /// };
+    ///
+    /// let registry = SessionRegistryLayer::builder(MemoryStore::new(), "node-a")
+    ///     .with_event_log_durability(Durability::WriteThrough)
+    ///     .build()
+    ///     .unwrap();
+    /// let sink = registry.handle().event_sink();
+    /// assert_eq!(sink.durability(), Durability::WriteThrough);
+    /// let transport = SseTransportLayer::builder().with_event_sink(sink).build();
+    /// assert!(transport.is_ok());
+    /// ```
+    pub fn with_event_log_durability(mut self, durability: Durability) -> Self {
+        self.event_durability = durability;
+        self
+    }
+
     /// Whether continuity (forwarding or adoption) is on.
     pub(crate) fn has_continuity(&self) -> bool {
         self.continuity && (self.adoption || self.forwarding)
@@ -812,7 +877,8 @@ impl<R: RegistryStore> SessionRegistryBuilder<R> {
             self.negative_cache.0,
             self.negative_cache.1,
         ))
-        .with_continuity(continuity);
+        .with_continuity(continuity)
+        .with_event_durability(self.event_durability);
         Ok(SessionRegistryLayer {
             core: Arc::new(core),
         })
@@ -1013,7 +1079,10 @@ impl<R: RegistryStore> RegistryHandle<R> {
     /// ([`SseTransportBuilder::with_event_sink`](crate::transport::SseTransportBuilder::with_event_sink));
     /// [`McpStack`](crate::McpStack) does when continuity is on. Events go onto a bounded
     /// queue (full: dropped and counted, never waited for) that a background writer hands to
-    /// the store in batches of up to 512; [`flush`](Self::flush) waits for it.
+    /// the store in batches of up to 512; [`flush`](Self::flush) waits for it. With
+    /// [`Durability::WriteThrough`]
+    /// ([`with_event_log_durability`](SessionRegistryBuilder::with_event_log_durability)) the
+    /// transport sends each event only once its batch is stored.
     ///
     /// # Example
     ///

@@ -174,6 +174,13 @@ impl<R: RegistryStore> Core<R> {
         self
     }
 
+    /// Whether the transport sends the standalone events it reports at once, or once the
+    /// event writer stored them.
+    pub(crate) fn with_event_durability(mut self, durability: crate::session::Durability) -> Self {
+        self.events = Arc::new(super::events::EventQueue::new().with_durability(durability));
+        self
+    }
+
     /// Starts the workers, the refresher and the stale-record cleanup: once, and only from
     /// within a Tokio runtime (outside one it does nothing and a later call starts them).
     /// Called for every request as a fallback, so once started it is one atomic load.

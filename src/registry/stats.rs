@@ -63,7 +63,9 @@ pub struct RegistryStats {
     /// Standalone-stream events written to the shared event log.
     pub events_written: u64,
     /// Standalone-stream events dropped on their way to the shared event log (its queue was
-    /// full, or the store failed every attempt).
+    /// full, or the store failed every attempt). With write-through
+    /// ([`with_event_log_durability`](super::SessionRegistryBuilder::with_event_log_durability))
+    /// each of them was released to its stream unstored rather than held for ever.
     pub events_dropped: u64,
     /// Standalone-stream events queued for the shared event log.
     pub events_pending: u64,

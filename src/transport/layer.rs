@@ -76,6 +76,13 @@ use crate::session::{CloseReason, Session, SessionConfig, SessionIdGenerator, Se
 /// restores a session runs the restore hook inline; a request for the same session arriving
 /// meanwhile waits for that restore (without a thread), then is served like any other.
 ///
+/// With a write-through [event sink](SseTransportBuilder::with_event_sink), a standalone
+/// `GET` stream's body sends no event before the sink has stored it: the stream waits (its
+/// keep-alive comments still go out), while `notify` and the handlers never do. The events
+/// held meanwhile stay in the session's event log, within its
+/// [bounds](SseTransportBuilder::with_event_log), and a held event holds only its own
+/// stream's later events.
+///
 /// # Example
 ///
 /// ```
@@ -825,6 +832,11 @@ impl SseTransportBuilder {
     /// writes them to its store in batches; [`McpStack`](crate::McpStack) sets it when
     /// continuity is on. Answers sent as plain JSON are not events and are not reported.
     /// Unset (the default), this costs nothing.
+    ///
+    /// A sink whose [`durability`](crate::session::EventSink::durability) is
+    /// [`WriteThrough`](crate::session::Durability::WriteThrough) makes the standalone
+    /// stream's SSE body hold each event back until the sink has stored it (see
+    /// [`Durability`](crate::session::Durability)): appending never waits, the stream does.
     ///
     /// # Example
     ///

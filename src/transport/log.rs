@@ -268,6 +268,9 @@ pub(crate) struct EventLog {
     limits: LogLimits,
     /// Told of every event of the standalone stream, in order (under the lock).
     sink: Option<SinkRef>,
+    /// With a write-through sink: how far the sink has stored the standalone stream. Its
+    /// reader sends no event above it.
+    held: Option<Arc<crate::session::Watermark>>,
 }
 
 impl EventLog {
@@ -293,11 +296,26 @@ impl EventLog {
             }),
             limits,
             sink: None,
+            held: None,
         }
     }
 
-    /// The same log, reporting its standalone stream's events to `sink`.
+    /// The same log, reporting its standalone stream's events to `sink`. A write-through
+    /// sink ([`Durability::WriteThrough`](crate::session::Durability::WriteThrough)) also
+    /// holds them back from the stream's reader until it has stored them; the events already
+    /// in the log (a restored log's, read from the store) are not held.
     pub(crate) fn with_sink(mut self, sink: Option<SinkRef>) -> Self {
+        self.held = match &sink {
+            Some((_, sink)) if sink.durability().is_write_through() => {
+                let floor = self
+                    .lock()
+                    .streams
+                    .get(&STANDALONE)
+                    .map_or(0, |st| st.next_seq.saturating_sub(1));
+                Some(Arc::new(crate::session::Watermark::new(floor)))
+            }
+            _ => None,
+        };
         self.sink = sink;
         self
     }
@@ -446,10 +464,16 @@ impl EventLog {
             // Under the lock: the sink sees the events in the order they were numbered.
             let ordinal = s.next_ordinal;
             s.next_ordinal += 1;
-            sink.record(
-                id,
-                crate::session::LoggedEvent::new(stream, seq, ordinal, &data).with_last(last),
-            );
+            let event =
+                crate::session::LoggedEvent::new(stream, seq, ordinal, &data).with_last(last);
+            match &self.held {
+                // Only the standalone stream waits for the store: a `POST` answer's events
+                // (its response among them) go out at once.
+                Some(mark) if stream == STANDALONE => {
+                    sink.record_write_through(id, event, mark.ack(seq));
+                }
+                _ => sink.record(id, event),
+            }
         }
         s.bytes += data.len();
         s.events.push_back(Event {
@@ -666,6 +690,18 @@ impl EventLog {
             idx += 1;
             if ev.stream != cursor.stream || ev.seq <= cursor.last_seq {
                 continue;
+            }
+            // Write-through: the sink has not stored this event yet. It waits, and the
+            // stream's later events with it (in order); the sink's watermark wakes the reader
+            // once it is stored, and so does anything that changes the stream (a takeover,
+            // a drain) through `st.waker`.
+            if ev.stream == STANDALONE
+                && let Some(mark) = &self.held
+                && mark.poll_settled(ev.seq, cx).is_pending()
+            {
+                cursor.next = idx - 1;
+                st.waker = Some(cx.waker().clone());
+                return Poll::Pending;
             }
             cursor.next = idx;
             cursor.last_seq = ev.seq;
@@ -1356,5 +1392,133 @@ mod tests {
         assert!(post > 5);
         r.append(post, Bytes::from_static(b"n"), false).unwrap();
         assert_eq!(rec.0.lock().unwrap()[0].2, 41);
+    }
+
+    /// A write-through sink that keeps the acks until the test settles them.
+    #[derive(Debug, Default)]
+    struct Holding(std::sync::Mutex<Vec<crate::session::EventAck>>);
+
+    impl crate::session::EventSink for Holding {
+        fn record(&self, _: &crate::session::SessionId, ev: crate::session::LoggedEvent<'_>) {
+            assert_ne!(ev.stream, STANDALONE, "the standalone stream is held");
+        }
+
+        fn durability(&self) -> crate::session::Durability {
+            crate::session::Durability::WriteThrough
+        }
+
+        fn record_write_through(
+            &self,
+            _: &crate::session::SessionId,
+            _: crate::session::LoggedEvent<'_>,
+            ack: crate::session::EventAck,
+        ) {
+            self.0.lock().unwrap().push(ack);
+        }
+    }
+
+    impl Holding {
+        /// Settles the acks of `seqs`: stored, or (`stored == false`) dropped.
+        fn settle(&self, seqs: &[u32], stored: bool) {
+            let mut acks = self.0.lock().unwrap();
+            let (now, keep): (Vec<_>, Vec<_>) =
+                acks.drain(..).partition(|a| seqs.contains(&a.seq()));
+            *acks = keep;
+            drop(acks);
+            for ack in now {
+                if stored {
+                    ack.stored();
+                } else {
+                    drop(ack);
+                }
+            }
+        }
+    }
+
+    fn held_log(sink: &Arc<Holding>) -> EventLog {
+        let id = crate::session::SessionId::parse("s1").unwrap();
+        log(16).with_sink(Some((id, sink.clone())))
+    }
+
+    #[test]
+    fn write_through_holds_standalone_events_until_stored_in_order() {
+        let sink = Arc::new(Holding::default());
+        let l = held_log(&sink);
+        let mut c = l.attach(STANDALONE, None, true, false).unwrap();
+        let (reader, reader_waker) = Count::waker();
+        for data in [b"a", b"b", b"c"] {
+            l.append(STANDALONE, Bytes::from_static(data), false)
+                .unwrap();
+        }
+        assert!(
+            l.poll_next(&mut c, &mut Context::from_waker(&reader_waker))
+                .is_pending(),
+            "nothing is sent before the sink stored it"
+        );
+        let woken = reader.0.load(std::sync::atomic::Ordering::SeqCst);
+        // Event 2 given up first: it is released, but 1 still holds the stream (order).
+        sink.settle(&[2], false);
+        assert!(l.poll_next(&mut c, &mut cx()).is_pending());
+        sink.settle(&[1], true);
+        assert!(
+            reader.0.load(std::sync::atomic::Ordering::SeqCst) > woken,
+            "the store's advance wakes the reader"
+        );
+        assert_eq!(next(&l, &mut c), Some((STANDALONE, 1)));
+        assert_eq!(next(&l, &mut c), Some((STANDALONE, 2)), "released unstored");
+        assert_eq!(next(&l, &mut c), None, "3 waits");
+        sink.settle(&[3], true);
+        assert_eq!(next(&l, &mut c), Some((STANDALONE, 3)));
+        // A POST stream's events are not held (its response is one of them).
+        let post = l.open_stream().unwrap();
+        l.append(post, Bytes::from_static(b"p"), false).unwrap();
+        let mut p = l.attach(post, Some(0), false, true).unwrap();
+        assert_eq!(next(&l, &mut p), Some((post, 1)));
+        // A resumption replays what is stored at once.
+        l.release(&c);
+        let mut again = l.attach(STANDALONE, Some(0), true, true).unwrap();
+        let got: Vec<u32> = std::iter::from_fn(|| next(&l, &mut again).map(|e| e.1)).collect();
+        assert_eq!(got, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_held_reader_still_ends_on_takeover_and_close() {
+        let sink = Arc::new(Holding::default());
+        let l = held_log(&sink);
+        let mut old = l.attach(STANDALONE, None, true, false).unwrap();
+        l.append(STANDALONE, Bytes::from_static(b"a"), false)
+            .unwrap();
+        let (woken, w) = Count::waker();
+        assert!(
+            l.poll_next(&mut old, &mut Context::from_waker(&w))
+                .is_pending()
+        );
+        let mut new = l.attach(STANDALONE, Some(0), false, true).unwrap();
+        assert!(woken.woken(), "the held reader is told of the takeover");
+        assert!(matches!(
+            l.poll_next(&mut old, &mut cx()),
+            Poll::Ready(Item::End { .. })
+        ));
+        assert!(l.poll_next(&mut new, &mut cx()).is_pending());
+        l.close(None);
+        assert!(matches!(
+            l.poll_next(&mut new, &mut cx()),
+            Poll::Ready(Item::End { .. })
+        ));
+    }
+
+    #[test]
+    fn a_restored_write_through_log_sends_what_came_from_the_store_at_once() {
+        let sink = Arc::new(Holding::default());
+        let id = crate::session::SessionId::parse("s1").unwrap();
+        let r = EventLog::restored(limits(16), Some(3), 8, stored(&[4, 5, 6, 7, 8]))
+            .with_sink(Some((id, sink.clone())));
+        let mut c = r.attach(STANDALONE, Some(3), true, true).unwrap();
+        let got: Vec<u32> = std::iter::from_fn(|| next(&r, &mut c).map(|e| e.1)).collect();
+        assert_eq!(got, [4, 5, 6, 7, 8], "read back from the store: stored");
+        assert_eq!(r.append(STANDALONE, Bytes::from_static(b"n"), false), Ok(9));
+        assert_eq!(next(&r, &mut c), None, "a new event waits for the store");
+        sink.settle(&[9], true);
+        assert_eq!(next(&r, &mut c), Some((STANDALONE, 9)));
     }
 }
