@@ -300,7 +300,7 @@ pub const ALL: &[(&str, &str, &str)] = &[
 /// ```
 /// // With no recorder installed this is a no-op; it never fails.
 /// mcp_affinity::metrics::describe();
-/// assert_eq!(mcp_affinity::metrics::ALL.len(), 18);
+/// assert_eq!(mcp_affinity::metrics::ALL.len(), 19);
 /// ```
 pub fn describe() {
     #[cfg(feature = "metrics")]
