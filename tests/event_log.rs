@@ -117,6 +117,42 @@ fn service_with<R: RegistryStore + Clone>(
         .service(svc)
 }
 
+/// A legacy session on `svc`, initialized: its id.
+async fn open_session<S>(svc: &S) -> String
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = http::Response<Body>,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
+    let res = svc
+        .clone()
+        .oneshot(post(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": LEGACY, "capabilities": {},
+                "clientInfo": {"name": "c", "version": "1"}}}),
+            None,
+        ))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK);
+    let id = res.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let res = svc
+        .clone()
+        .oneshot(post(
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            Some(&id),
+        ))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    id
+}
+
 /// Reads SSE events (`(id, n)` of `notifications/message` with `params.n`) until `count`
 /// have arrived.
 async fn events(body: &mut Body, buf: &mut String, count: usize) -> Vec<(String, u64)> {
@@ -183,30 +219,7 @@ where
     let node_a = stack_with("node-a", a, durability);
     let handle_a = node_a.handle();
     let svc_a = service(&node_a);
-    let res = svc_a
-        .clone()
-        .oneshot(post(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": LEGACY, "capabilities": {},
-                "clientInfo": {"name": "c", "version": "1"}}}),
-            None,
-        ))
-        .await
-        .expect("infallible");
-    assert_eq!(res.status(), StatusCode::OK);
-    let id = res.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
-    let res = svc_a
-        .clone()
-        .oneshot(post(
-            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            Some(&id),
-        ))
-        .await
-        .expect("infallible");
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let id = open_session(&svc_a).await;
 
     // Node A: a GET stream, notifications 1..=5 delivered.
     let res = svc_a
@@ -340,29 +353,7 @@ where
     let handle_a = node_a.handle();
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let svc_a = service_with(&node_a, gate.clone());
-    let res = svc_a
-        .clone()
-        .oneshot(post(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": LEGACY, "capabilities": {},
-                "clientInfo": {"name": "c", "version": "1"}}}),
-            None,
-        ))
-        .await
-        .expect("infallible");
-    let id = res.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
-    let res = svc_a
-        .clone()
-        .oneshot(post(
-            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            Some(&id),
-        ))
-        .await
-        .expect("infallible");
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let id = open_session(&svc_a).await;
     let res = svc_a
         .clone()
         .oneshot(post(
@@ -551,30 +542,7 @@ where
             Error = std::convert::Infallible,
         > + Clone,
 {
-    let res = svc
-        .clone()
-        .oneshot(post(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": LEGACY, "capabilities": {},
-                "clientInfo": {"name": "c", "version": "1"}}}),
-            None,
-        ))
-        .await
-        .expect("infallible");
-    assert_eq!(res.status(), StatusCode::OK);
-    let id = res.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
-    let res = svc
-        .clone()
-        .oneshot(post(
-            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            Some(&id),
-        ))
-        .await
-        .expect("infallible");
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let id = open_session(svc).await;
     let res = svc
         .clone()
         .oneshot(get(&id, None))
