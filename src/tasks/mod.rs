@@ -108,6 +108,8 @@ mod dyn_store;
 mod layer;
 mod manager;
 mod record;
+#[cfg(feature = "redis")]
+mod redis;
 mod store;
 
 pub use context::{TaskCancelled, TaskContext};
@@ -117,4 +119,7 @@ pub use manager::{
     DEFAULT_TASK_TTL, EXTENSION_ID, TaskManager, TaskManagerBuilder, Tasks,
 };
 pub use record::{TaskRecord, TaskStatus};
+#[cfg(feature = "redis")]
+#[cfg_attr(nightly_doc_cfg, doc(cfg(feature = "redis")))]
+pub use redis::{RedisTaskStore, RedisTaskStoreBuilder};
 pub use store::{MemoryTaskStore, TaskStore, TaskStoreError};
