@@ -13,6 +13,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mcp_affinity::{
     SseTransportLayer,
+    bus::{ClusterBus, MemoryBus},
     handler::{ErrorObject, HandlerRequest, handler_fn},
     tasks::{
         MemoryTaskStore, TaskContext, TaskLayer, TaskManager, TaskRecord, TaskStatus, TaskStore,
@@ -132,6 +133,24 @@ fn node_with(manager: impl FnOnce(MemoryTaskStore) -> TaskManager, principal: bo
         store,
         manager: tasks,
     }
+}
+
+/// A node of a cluster in this process: the shared store, its own bus on the shared hub.
+fn cluster_node(name: &str, store: &MemoryTaskStore, hub: &MemoryBus) -> Node {
+    let bus = ClusterBus::builder(name).with_memory(hub).build().unwrap();
+    let name = name.to_owned();
+    let shared = store.clone();
+    let mut n = node_with(
+        move |_own| {
+            TaskManager::builder(name, shared)
+                .with_bus(&bus)
+                .build()
+                .unwrap()
+        },
+        false,
+    );
+    n.store = store.clone();
+    n
 }
 
 fn node() -> Node {
@@ -641,4 +660,82 @@ async fn legacy_requests_pass_through_without_a_tasks_handle() {
     // The handler answered (the extension is not defined on the legacy wire).
     assert_eq!(v["error"]["code"], -32601, "{v}");
     assert_eq!(*n.seen.lock().unwrap(), [false, false]);
+}
+
+#[tokio::test]
+async fn a_task_started_on_a_is_polled_on_b_updated_on_c_and_cancelled_on_b() {
+    let store = MemoryTaskStore::new();
+    let hub = MemoryBus::new();
+    let a = cluster_node("a", &store, &hub);
+    let b = cluster_node("b", &store, &hub);
+    let c = cluster_node("c", &store, &hub);
+    let id = a.task("ask").await;
+    assert_eq!(store.get(&id).await.unwrap().unwrap().node, "a");
+    // Polled on b: read from the store.
+    let got = b.until(&id, "input_required").await;
+    assert_eq!(got["inputRequests"].as_object().unwrap().len(), 2);
+    // Updated on c: delivered to a over the bus, stored by a before c acknowledges, so the
+    // very next poll on b sees it.
+    let (status, v) = c
+        .tasks(
+            "tasks/update",
+            json!({"taskId": id, "inputResponses": {"a": {"action": "accept"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["result"], json!({"resultType": "complete"}));
+    let keys: Vec<String> = b.get(&id).await["inputRequests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, ["b"]);
+    // Cancelled on b: a's work sees it, and the status is cancelled everywhere.
+    let (status, _) = b.tasks("tasks/cancel", json!({"taskId": id})).await;
+    assert_eq!(status, StatusCode::OK);
+    for n in [&a, &b, &c] {
+        assert_eq!(n.get(&id).await["status"], "cancelled");
+    }
+    assert_eq!(
+        b.manager.running() + c.manager.running(),
+        0,
+        "it only ever ran on a"
+    );
+
+    // A second task, completed through updates that land on other nodes.
+    let id = b.task("ask").await;
+    c.until(&id, "input_required").await;
+    a.tasks("tasks/update", json!({"taskId": id, "inputResponses": {"a": {"action": "accept"}, "b": {"action": "decline"}}}))
+        .await;
+    let done = c.until(&id, "completed").await;
+    assert_eq!(done["result"]["answers"]["b"]["action"], "decline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_for_a_node_that_is_gone_is_an_error_then_the_task_fails() {
+    let store = MemoryTaskStore::new();
+    let hub = MemoryBus::new();
+    let b = cluster_node("b", &store, &hub);
+    // A record node "a" (which never answers on the bus) left behind, still leased.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut record = TaskRecord::new("fedcba9876543210fedcba9876543210", "a", now, 300_000);
+    record.status = TaskStatus::InputRequired;
+    record
+        .input_requests
+        .insert("k".into(), json!({"method": "elicitation/create"}));
+    record.lease_until_ms = now + 10_000;
+    assert!(store.create(&record).await.unwrap());
+    let update = json!({"taskId": record.task_id, "inputResponses": {"k": {"action": "accept"}}});
+    let (status, v) = b.tasks("tasks/update", update.clone()).await;
+    assert_eq!(status, StatusCode::OK, "an error in the JSON-RPC body: {v}");
+    assert_eq!(v["error"]["code"], -32603);
+    // Once its lease ran out, the task is failed; the update is acknowledged (terminal).
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let (_, v) = b.tasks("tasks/update", update).await;
+    assert_eq!(v["result"], json!({"resultType": "complete"}));
+    assert_eq!(b.get(&record.task_id).await["status"], "failed");
 }

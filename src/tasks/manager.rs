@@ -13,7 +13,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::{
-    TaskContext, TaskRecord, TaskStatus, TaskStore, TaskStoreError, dyn_store::DynTaskStore,
+    TaskContext, TaskRecord, TaskStatus, TaskStore, TaskStoreError,
+    dyn_store::DynTaskStore,
+    remote::{Remote, Sent},
 };
 use crate::{
     config::ConfigError, handler::ErrorObject, protocol::codes, session::principal_digest,
@@ -126,6 +128,7 @@ pub(super) struct Inner {
     max_running: usize,
     running: Mutex<HashMap<String, Arc<Running>>>,
     clock: Clock,
+    remote: Option<Remote>,
 }
 
 /// Wall-clock milliseconds that follow tokio's clock (so paused-time tests move them).
@@ -175,6 +178,7 @@ pub struct TaskManagerBuilder {
     lease: Duration,
     max_input_bytes: usize,
     max_running: usize,
+    remote: Option<Remote>,
 }
 
 impl fmt::Debug for TaskManagerBuilder {
@@ -269,6 +273,36 @@ impl TaskManagerBuilder {
         self
     }
 
+    /// Reaches the tasks of other nodes over the cluster bus: a `tasks/update` or
+    /// `tasks/cancel` that lands on a node which does not run the task is delivered to the
+    /// node that does, which applies and stores it before it acknowledges (so the next
+    /// `tasks/get`, on any node, sees it). The bus's node name must be this manager's.
+    /// Without a bus, such a request is answered `-32603` (one node, or a balancer that
+    /// routes `tasks/*` on `Mcp-Name`, needs none).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mcp_affinity::{bus::ClusterBus, tasks::{MemoryTaskStore, TaskManager}};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let tasks = TaskManager::builder("n1", MemoryTaskStore::new())
+    ///     .with_bus(&ClusterBus::local("n1"))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = tasks;
+    /// let mismatch = TaskManager::builder("n1", MemoryTaskStore::new())
+    ///     .with_bus(&ClusterBus::local("n2"))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(mismatch.field(), "bus");
+    /// # }
+    /// ```
+    pub fn with_bus(mut self, bus: &crate::bus::ClusterBus) -> Self {
+        self.remote = Some(Remote::new(bus));
+        self
+    }
+
     /// Validates the settings and builds the manager.
     ///
     /// # Errors
@@ -304,6 +338,9 @@ impl TaskManagerBuilder {
         if self.max_running == 0 {
             return bad("max_running", "must be at least 1");
         }
+        if self.remote.as_ref().is_some_and(|r| r.node() != self.node) {
+            return bad("bus", "must be the bus of the same node");
+        }
         let manager = TaskManager {
             inner: Arc::new(Inner {
                 node: self.node,
@@ -315,8 +352,12 @@ impl TaskManagerBuilder {
                 max_running: self.max_running,
                 running: Mutex::new(HashMap::new()),
                 clock: Clock::new(),
+                remote: self.remote,
             }),
         };
+        if let Some(remote) = &manager.inner.remote {
+            remote.serve(&manager);
+        }
         Ok(manager)
     }
 }
@@ -373,6 +414,7 @@ impl TaskManager {
             lease: DEFAULT_TASK_LEASE,
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             max_running: DEFAULT_MAX_RUNNING_TASKS,
+            remote: None,
         }
     }
 
@@ -724,9 +766,37 @@ impl TaskManager {
             self.apply(&running, control).await;
             return Ok(());
         }
-        Err(ErrorObject::internal(
-            "the task runs on another node, which this node cannot reach",
-        ))
+        let Some(remote) = &self.inner.remote else {
+            return Err(ErrorObject::internal(
+                "the task runs on another node, which this node cannot reach",
+            ));
+        };
+        match remote.send(&record.node, &record.task_id, control).await? {
+            Sent::Applied => Ok(()),
+            Sent::NotThere => {
+                // It ended meanwhile (then the ack is right), or its node no longer runs it
+                // (its lease runs out, then it ends failed): re-read to tell.
+                let now = self.inner.store.get(&record.task_id).await;
+                match now {
+                    Ok(Some(r)) if r.status.is_terminal() => Ok(()),
+                    Ok(None) => Err(ErrorObject::invalid_params("unknown or expired task")),
+                    _ => Err(ErrorObject::internal(
+                        "the task's node does not run it any more; retry",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Applies `control` to the task `id` if it runs here; whether it does.
+    pub(super) async fn apply_local(&self, id: &str, control: Control) -> bool {
+        match self.local(id) {
+            Some(running) => {
+                self.apply(&running, control).await;
+                true
+            }
+            None => false,
+        }
     }
 
     async fn apply(&self, running: &Running, control: Control) {

@@ -110,6 +110,7 @@ mod manager;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
+mod remote;
 mod store;
 
 pub use context::{TaskCancelled, TaskContext};
