@@ -29,9 +29,11 @@
 //!   waits for in-flight requests to finish (and, with Redis, for the other nodes to stop
 //!   forwarding here).
 //!
-//! Routes besides `/mcp`: `/healthz` answers `200 {"status":"ok","bus":"ok"}` while the node
-//! serves and `503 {"status":"draining",…}` once a drain began; `bus` says `disconnected`
-//! while the cluster bus reconnects to Redis (the node still serves).
+//! Routes besides `/mcp`: `/healthz` answers `200 {"status":"ok","bus":"ok","tasks":{…}}` while
+//! the node serves and `503 {"status":"draining",…}` once a drain began; `bus` says
+//! `disconnected` while the cluster bus reconnects to Redis (the node still serves), and
+//! `tasks` is `{"store":"ok"|"unavailable","running":N}` (the task store: Redis with
+//! `--redis`, where every node reads every task).
 //!
 //! On SIGTERM (or SIGINT) the node drains, in the order of [`StackHandle::shutdown`]:
 //! `subscriptions/listen` streams end with their final result, the liveness record says
@@ -85,7 +87,7 @@ use mcp_affinity::{
     registry::{MemoryStore, RedisStore, RegistryStore},
     session::{RequestContext, Session},
     stack::DEFAULT_QUIET_PERIOD,
-    tasks::{MemoryTaskStore, TaskContext, TaskLayer, TaskManager, Tasks},
+    tasks::{MemoryTaskStore, RedisTaskStore, TaskContext, TaskLayer, TaskManager, Tasks},
     transport::HostPolicy,
 };
 use serde_json::{Map, Value, json};
@@ -189,17 +191,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let store = RedisStore::builder(&url).build_lazy()?;
             // The cluster bus on the same Redis: pub/sub, one connection per node.
             let bus = ClusterBus::builder(args.node.clone())
-                .with_redis(url)
+                .with_redis(url.clone())
                 .build()?;
-            tracing::info!("session registry and cluster bus: Redis");
+            // Tasks in the same Redis: every node reads every task, and updates and cancels
+            // reach the running node over the bus.
+            let tasks = TaskManager::builder(
+                args.node.clone(),
+                RedisTaskStore::builder(&url).build_lazy()?,
+            )
+            .with_bus(&bus)
+            .build()?;
+            tracing::info!("session registry, task store and cluster bus: Redis");
             // Other nodes may forward here for a while after the drain began.
-            serve(args, store, bus, DEFAULT_QUIET_PERIOD).await
+            serve(args, store, bus, tasks, DEFAULT_QUIET_PERIOD).await
         }
         None => {
             tracing::info!("session registry: embedded (in memory)");
             let bus = ClusterBus::local(args.node.clone());
+            let tasks = TaskManager::builder(args.node.clone(), MemoryTaskStore::new()).build()?;
             // One node and no balancer: a drain has nobody to wait for.
-            serve(args, MemoryStore::new(), bus, Duration::ZERO).await
+            serve(args, MemoryStore::new(), bus, tasks, Duration::ZERO).await
         }
     }
 }
@@ -210,6 +221,7 @@ async fn serve<R: RegistryStore>(
     args: Args,
     store: R,
     bus: ClusterBus,
+    tasks: TaskManager,
     quiet: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -240,10 +252,9 @@ async fn serve<R: RegistryStore>(
         .build()?;
     let handle = stack.handle();
     // Tasks (SEP-2663): between the transport and the handler.
-    let tasks = TaskManager::builder(args.node.clone(), MemoryTaskStore::new()).build()?;
     let mcp = ServiceBuilder::new()
         .layer(stack)
-        .layer(TaskLayer::new(tasks))
+        .layer(TaskLayer::new(tasks.clone()))
         .service(handler_fn(move |req, cx| {
             let server = server.clone();
             async move { server.handle(req, cx).await }
@@ -254,7 +265,11 @@ async fn serve<R: RegistryStore>(
             "/healthz",
             get(move || {
                 let health = Health::of(&health);
-                async move { health.response() }
+                let tasks = tasks.clone();
+                async move {
+                    let node = tasks.node().to_owned();
+                    health.with_tasks(&tasks).await.response(&node)
+                }
             }),
         )
         .route_service("/mcp", mcp);
@@ -298,7 +313,7 @@ async fn serve<R: RegistryStore>(
     Ok(())
 }
 
-/// What `/healthz` answers: `200 {"status":"ok","bus":"ok"}` while the node serves, `503
+/// What `/healthz` answers: `200 {"status":"ok","bus":"ok","tasks":{"store":"ok","running":0}}` while the node serves, `503
 /// {"status":"draining",…}` once a drain began; `bus` is `disconnected` while the cluster
 /// bus reconnects to Redis. Each new field of the node's health is one more field here, read
 /// in [`Health::of`] and written in [`Health::to_json`].
@@ -311,6 +326,10 @@ struct Health {
     draining: bool,
     /// The cluster bus is subscribed (always, for the embedded one).
     bus: bool,
+    /// The task store answered a ping within 500 ms.
+    task_store: bool,
+    /// Tasks running on this node.
+    tasks_running: usize,
 }
 
 impl Health {
@@ -318,7 +337,17 @@ impl Health {
         Self {
             draining: handle.is_draining(),
             bus: handle.bus().is_connected(),
+            task_store: true,
+            tasks_running: 0,
         }
+    }
+
+    /// Adds the tasks' state: how many run here, and whether their store answers.
+    async fn with_tasks(mut self, tasks: &TaskManager) -> Self {
+        let ping = tokio::time::timeout(Duration::from_millis(500), tasks.ping()).await;
+        self.task_store = matches!(ping, Ok(Ok(())));
+        self.tasks_running = tasks.running();
+        self
     }
 
     fn to_json(self) -> Value {
@@ -326,10 +355,17 @@ impl Health {
         // A bus that is reconnecting costs cross-node notifications, not the node's service:
         // reported, and no reason for the balancer to stop routing here.
         let bus = if self.bus { "ok" } else { "disconnected" };
-        json!({ "status": status, "bus": bus })
+        // Like the bus, an unreachable task store costs tasks, not the node's service.
+        let store = if self.task_store { "ok" } else { "unavailable" };
+        json!({
+            "status": status,
+            "bus": bus,
+            "tasks": { "store": store, "running": self.tasks_running }
+        })
     }
 
-    fn response(self) -> impl axum::response::IntoResponse {
+    /// The answer, with `x-mcp-node: <node>` (which node answered, as `examples/node.rs`).
+    fn response(self, node: &str) -> impl axum::response::IntoResponse + use<> {
         let code = if self.draining {
             axum::http::StatusCode::SERVICE_UNAVAILABLE
         } else {
@@ -337,7 +373,10 @@ impl Health {
         };
         (
             code,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            [
+                ("content-type", "application/json".to_owned()),
+                ("x-mcp-node", node.to_owned()),
+            ],
             self.to_json().to_string(),
         )
     }
