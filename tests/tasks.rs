@@ -739,3 +739,92 @@ async fn an_update_for_a_node_that_is_gone_is_an_error_then_the_task_fails() {
     assert_eq!(v["result"], json!({"resultType": "complete"}));
     assert_eq!(b.get(&record.task_id).await["status"], "failed");
 }
+
+/// A store that counts its reads.
+#[derive(Debug, Clone, Default)]
+struct CountingStore {
+    inner: MemoryTaskStore,
+    gets: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TaskStore for CountingStore {
+    async fn create(
+        &self,
+        record: &TaskRecord,
+    ) -> Result<bool, mcp_affinity::tasks::TaskStoreError> {
+        self.inner.create(record).await
+    }
+    async fn get(
+        &self,
+        id: &str,
+    ) -> Result<Option<TaskRecord>, mcp_affinity::tasks::TaskStoreError> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get(id).await
+    }
+    async fn replace(
+        &self,
+        record: &TaskRecord,
+        expected: u64,
+    ) -> Result<bool, mcp_affinity::tasks::TaskStoreError> {
+        self.inner.replace(record, expected).await
+    }
+    async fn ping(&self) -> Result<(), mcp_affinity::tasks::TaskStoreError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_random_task_ids_costs_the_store_at_most_one_read_each() {
+    let store = CountingStore::default();
+    let tasks = TaskManager::builder("n1", store.clone()).build().unwrap();
+    let gets = || store.gets.load(std::sync::atomic::Ordering::Relaxed);
+    // Malformed ids (not the shape the crate mints) never reach the store.
+    for n in 0..1_000 {
+        let id = json!({"taskId": format!("guess-{n}")});
+        let e = tasks.answer("tasks/get", &id, None).await.unwrap_err();
+        assert_eq!(e.code, -32602);
+    }
+    assert_eq!(gets(), 0);
+    // Well-formed random ids: one read each, and unknown.
+    for n in 0..1_000u32 {
+        let id = json!({"taskId": format!("{n:032x}")});
+        for method in ["tasks/get", "tasks/cancel"] {
+            let e = tasks.answer(method, &id, None).await.unwrap_err();
+            assert_eq!(e.code, -32602, "{method}");
+        }
+    }
+    assert_eq!(gets(), 2_000);
+    // A task running here is answered from memory: no read at all.
+    let created = tasks
+        .start(None, |t| async move {
+            t.cancelled().await;
+            Ok(json!({}))
+        })
+        .await
+        .unwrap();
+    let before = gets();
+    for _ in 0..100 {
+        tasks
+            .answer("tasks/get", &json!({"taskId": created["taskId"]}), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(gets(), before);
+}
+
+#[tokio::test]
+async fn tagged_task_ids_carry_the_node_tag_for_a_balancer() {
+    let n = node_with(
+        |s| {
+            TaskManager::builder("n1", s)
+                .with_id_tag("t1")
+                .build()
+                .unwrap()
+        },
+        false,
+    );
+    let id = n.task("tool_error").await;
+    let (tag, random) = id.split_once('.').unwrap();
+    assert_eq!((tag, random.len()), ("t1", 32));
+    assert_eq!(n.until(&id, "completed").await["taskId"], id.as_str());
+}

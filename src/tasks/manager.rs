@@ -79,10 +79,6 @@ pub const DEFAULT_MAX_INPUT_BYTES: usize = 256 * 1024;
 /// ```
 pub const DEFAULT_MAX_RUNNING_TASKS: usize = 1024;
 
-/// The longest task id accepted in `tasks/*` (ours are 32 characters, or the node tag, a dot
-/// and 32): anything longer is refused before the store is asked.
-const MAX_TASK_ID_LEN: usize = 160;
-
 /// Creates tasks, runs them on this node and answers `tasks/get`, `tasks/update` and
 /// `tasks/cancel` from the [`TaskStore`]. Cheap to clone (an `Arc`): every clone shares the
 /// store and the running tasks.
@@ -129,6 +125,7 @@ pub(super) struct Inner {
     running: Mutex<HashMap<String, Arc<Running>>>,
     clock: Clock,
     remote: Option<Remote>,
+    tag: Option<String>,
 }
 
 /// Wall-clock milliseconds that follow tokio's clock (so paused-time tests move them).
@@ -179,6 +176,7 @@ pub struct TaskManagerBuilder {
     max_input_bytes: usize,
     max_running: usize,
     remote: Option<Remote>,
+    tag: Option<String>,
 }
 
 impl fmt::Debug for TaskManagerBuilder {
@@ -303,13 +301,38 @@ impl TaskManagerBuilder {
         self
     }
 
+    /// Starts every task id with `<tag>.` (then 32 random hex digits), so a balancer that
+    /// routes `tasks/*` on `Mcp-Name` (= the task id) can send them to the node running the
+    /// task (HAProxy: `use-server n1 if { req.hdr(mcp-name) -m beg n1. }` per node, in the
+    /// `/mcp` backend). Optional: without it any node answers any task from the shared store;
+    /// with it, polls skip the store read on the running node (it answers from memory). Use an opaque tag (not a hostname): 1 to 32 ASCII letters,
+    /// digits, `-` or `_`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use mcp_affinity::tasks::{MemoryTaskStore, TaskManager};
+    /// let tasks = TaskManager::builder("n1", MemoryTaskStore::new()).with_id_tag("k7").build().unwrap();
+    /// let created = tasks.start(None, |_t| async { Ok(serde_json::json!({})) }).await.unwrap();
+    /// assert!(created["taskId"].as_str().unwrap().starts_with("k7."));
+    /// assert!(TaskManager::builder("n1", MemoryTaskStore::new()).with_id_tag("a.b").build().is_err());
+    /// # }
+    /// ```
+    pub fn with_id_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
     /// Validates the settings and builds the manager.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] (component `"tasks"`) naming the first invalid setting: an empty
     /// `node`, a `ttl` under one second, a `poll_interval` of zero, a `lease` under 300 ms
-    /// or not under the TTL, a `max_input_bytes` or `max_running` of zero.
+    /// or not under the TTL, a `max_input_bytes` or `max_running` of zero, an invalid
+    /// `id_tag`, a `bus` of another node.
     ///
     /// # Example
     ///
@@ -338,6 +361,12 @@ impl TaskManagerBuilder {
         if self.max_running == 0 {
             return bad("max_running", "must be at least 1");
         }
+        if self.tag.as_deref().is_some_and(|t| !is_tag(t)) {
+            return bad(
+                "id_tag",
+                "must be 1 to 32 ASCII letters, digits, `-` or `_`",
+            );
+        }
         if self.remote.as_ref().is_some_and(|r| r.node() != self.node) {
             return bad("bus", "must be the bus of the same node");
         }
@@ -353,6 +382,7 @@ impl TaskManagerBuilder {
                 running: Mutex::new(HashMap::new()),
                 clock: Clock::new(),
                 remote: self.remote,
+                tag: self.tag,
             }),
         };
         if let Some(remote) = &manager.inner.remote {
@@ -415,6 +445,7 @@ impl TaskManager {
             max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             max_running: DEFAULT_MAX_RUNNING_TASKS,
             remote: None,
+            tag: None,
         }
     }
 
@@ -570,8 +601,8 @@ impl TaskManager {
         if inner.lock_running().len() >= inner.max_running {
             return Err(ErrorObject::internal("too many tasks running on this node"));
         }
-        let id =
-            new_task_id().ok_or_else(|| ErrorObject::internal("no randomness for a task id"))?;
+        let id = new_task_id(inner.tag.as_deref())
+            .ok_or_else(|| ErrorObject::internal("no randomness for a task id"))?;
         let now = inner.clock.now_ms();
         let mut record = TaskRecord::new(id.clone(), inner.node.clone(), now, millis(inner.ttl));
         record.poll_interval_ms = Some(millis(inner.poll).max(1));
@@ -1045,17 +1076,49 @@ fn task_id(params: &Value) -> Result<&str, ErrorObject> {
         .get("taskId")
         .and_then(Value::as_str)
         .ok_or_else(|| ErrorObject::invalid_params("taskId must be a string"))?;
-    if id.is_empty() || id.len() > MAX_TASK_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+    // Only the shape this crate mints reaches the store: a flood of malformed ids costs it
+    // nothing (and a well-formed one a single read).
+    if !is_task_id(id) {
         return Err(ErrorObject::invalid_params("unknown or expired task"));
     }
     Ok(id)
 }
 
-/// 128 bits from the OS's CSPRNG, as 32 lowercase hex digits.
-fn new_task_id() -> Option<String> {
+/// Whether `id` has the shape of the ids this crate mints: 32 lowercase hex digits, after an
+/// optional `<tag>.` ([`with_id_tag`](TaskManagerBuilder::with_id_tag)).
+fn is_task_id(id: &str) -> bool {
+    let random = match id.rsplit_once('.') {
+        Some((tag, random)) => {
+            if !is_tag(tag) {
+                return false;
+            }
+            random
+        }
+        None => id,
+    };
+    random.len() == 32
+        && random
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A node tag in task ids: 1 to 32 ASCII letters, digits, `-` or `_`.
+fn is_tag(tag: &str) -> bool {
+    (1..=32).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// 128 bits from the OS's CSPRNG as 32 lowercase hex digits, after `<tag>.` if given.
+fn new_task_id(tag: Option<&str>) -> Option<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).ok()?;
-    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Some(match tag {
+        Some(tag) => format!("{tag}.{random}"),
+        None => random,
+    })
 }
 
 fn millis(d: Duration) -> u64 {
@@ -1100,6 +1163,32 @@ where
                 tracing::error!("task panicked");
                 std::task::Poll::Ready(Err(ErrorObject::internal("the task panicked")))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_minted_shape_is_a_task_id() {
+        let minted = new_task_id(None).unwrap();
+        assert!(is_task_id(&minted));
+        let tagged = new_task_id(Some("n-1_x")).unwrap();
+        assert!(is_task_id(&tagged) && tagged.starts_with("n-1_x."));
+        assert_ne!(new_task_id(None), new_task_id(None));
+        for bad in [
+            "",
+            "nope",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            ".0123456789abcdef0123456789abcdef",
+            "a.b.0123456789abcdef0123456789abcdef",
+            "{x}.0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!is_task_id(bad), "{bad}");
         }
     }
 }
