@@ -828,3 +828,24 @@ async fn tagged_task_ids_carry_the_node_tag_for_a_balancer() {
     assert_eq!((tag, random.len()), ("t1", 32));
     assert_eq!(n.until(&id, "completed").await["taskId"], id.as_str());
 }
+
+#[tokio::test]
+async fn a_task_of_this_nodes_previous_process_is_not_sent_over_the_bus() {
+    let store = MemoryTaskStore::new();
+    let hub = MemoryBus::new();
+    let restarted = cluster_node("a", &store, &hub);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut record = TaskRecord::new("00112233445566778899aabbccddeeff", "a", now, 300_000);
+    record.lease_until_ms = now + 60_000;
+    assert!(store.create(&record).await.unwrap());
+    let (_, v) = restarted
+        .tasks("tasks/cancel", json!({"taskId": record.task_id}))
+        .await;
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    // Not "did not answer": no bus request was made (it would never be answered).
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("restarted"), "{v}");
+}

@@ -797,6 +797,13 @@ impl TaskManager {
             self.apply(&running, control).await;
             return Ok(());
         }
+        if record.node == self.inner.node {
+            // Recorded as this node's but not running here: a previous process of this node
+            // ran it (the bus does not loop back); its lease runs out, then it ends failed.
+            return Err(ErrorObject::internal(
+                "the task's node restarted; the task ends failed once its lease runs out",
+            ));
+        }
         let Some(remote) = &self.inner.remote else {
             return Err(ErrorObject::internal(
                 "the task runs on another node, which this node cannot reach",
