@@ -3,8 +3,8 @@
 //! (`@modelcontextprotocol/conformance`) runs against.
 //!
 //! ```text
-//! request ─► SessionAffinityLayer ─► SessionRegistryLayer ─► SseTransportLayer ─► handle()
-//!            cookie, node tag         embedded or Redis        sessions, SSE        this file
+//! request ─► SessionAffinityLayer ─► SessionRegistryLayer ─► SseTransportLayer ─► TaskLayer ─► handle()
+//!            cookie, node tag         embedded or Redis        sessions, SSE        tasks/*      this file
 //!            └──────────────── McpStack::builder(node, store) ───────────────┘
 //! ```
 //!
@@ -32,9 +32,11 @@
 //!   holds it (the shared event log's write-through), so a node killed outright never loses an
 //!   event a client has seen; default write-behind (sent at once, stored within milliseconds).
 //!
-//! Routes besides `/mcp`: `/healthz` answers `200 {"status":"ok","bus":"ok"}` while the node
-//! serves and `503 {"status":"draining",…}` once a drain began; `bus` says `disconnected`
-//! while the cluster bus reconnects to Redis (the node still serves).
+//! Routes besides `/mcp`: `/healthz` answers `200 {"status":"ok","bus":"ok","tasks":{…}}` while
+//! the node serves and `503 {"status":"draining",…}` once a drain began; `bus` says
+//! `disconnected` while the cluster bus reconnects to Redis (the node still serves), and
+//! `tasks` is `{"store":"ok"|"unavailable","running":N}` (the task store: Redis with
+//! `--redis`, where every node reads every task).
 //!
 //! On SIGTERM (or SIGINT) the node drains, in the order of [`StackHandle::shutdown`]:
 //! `subscriptions/listen` streams end with their final result, the liveness record says
@@ -64,6 +66,11 @@
 //!   node delivers it to its legacy sessions and its listen streams ([`ClusterBus::changes`]).
 //!   Each node runs its own ticker, so with N nodes the watched resource changes N times per
 //!   period.
+//! - **Tasks** (SEP-2663, modern clients that opt in per request): [`TaskLayer`] answers
+//!   `tasks/get|update|cancel` and advertises the extension in `server/discover`; the
+//!   conformance fixtures `slow_compute`, `failing_job`, `protocol_error_job`,
+//!   `confirm_delete`, `multi_input` and `test_tool_with_task` (an `input_required` round,
+//!   then a task) start tasks with [`Tasks::start`]; `greet` never is one.
 
 use std::{
     net::SocketAddr,
@@ -83,6 +90,7 @@ use mcp_affinity::{
     registry::{MemoryStore, RedisStore, RegistryStore},
     session::{Durability, RequestContext, Session},
     stack::DEFAULT_QUIET_PERIOD,
+    tasks::{MemoryTaskStore, RedisTaskStore, TaskContext, TaskLayer, TaskManager, Tasks},
     transport::HostPolicy,
 };
 use serde_json::{Map, Value, json};
@@ -192,17 +200,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let store = RedisStore::builder(&url).build_lazy()?;
             // The cluster bus on the same Redis: pub/sub, one connection per node.
             let bus = ClusterBus::builder(args.node.clone())
-                .with_redis(url)
+                .with_redis(url.clone())
                 .build()?;
-            tracing::info!("session registry and cluster bus: Redis");
+            // Tasks in the same Redis: every node reads every task, and updates and cancels
+            // reach the running node over the bus.
+            let tasks = TaskManager::builder(
+                args.node.clone(),
+                RedisTaskStore::builder(&url).build_lazy()?,
+            )
+            .with_bus(&bus)
+            .build()?;
+            tracing::info!("session registry, task store and cluster bus: Redis");
             // Other nodes may forward here for a while after the drain began.
-            serve(args, store, bus, DEFAULT_QUIET_PERIOD).await
+            serve(args, store, bus, tasks, DEFAULT_QUIET_PERIOD).await
         }
         None => {
             tracing::info!("session registry: embedded (in memory)");
             let bus = ClusterBus::local(args.node.clone());
+            let tasks = TaskManager::builder(args.node.clone(), MemoryTaskStore::new()).build()?;
             // One node and no balancer: a drain has nobody to wait for.
-            serve(args, MemoryStore::new(), bus, Duration::ZERO).await
+            serve(args, MemoryStore::new(), bus, tasks, Duration::ZERO).await
         }
     }
 }
@@ -213,6 +230,7 @@ async fn serve<R: RegistryStore>(
     args: Args,
     store: R,
     bus: ClusterBus,
+    tasks: TaskManager,
     quiet: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -250,8 +268,10 @@ async fn serve<R: RegistryStore>(
         .with_quiet_period(quiet)
         .build()?;
     let handle = stack.handle();
+    // Tasks (SEP-2663): between the transport and the handler.
     let mcp = ServiceBuilder::new()
         .layer(stack)
+        .layer(TaskLayer::new(tasks.clone()))
         .service(handler_fn(move |req, cx| {
             let server = server.clone();
             async move { server.handle(req, cx).await }
@@ -262,7 +282,11 @@ async fn serve<R: RegistryStore>(
             "/healthz",
             get(move || {
                 let health = Health::of(&health);
-                async move { health.response() }
+                let tasks = tasks.clone();
+                async move {
+                    let node = tasks.node().to_owned();
+                    health.with_tasks(&tasks).await.response(&node)
+                }
             }),
         )
         .route_service("/mcp", mcp);
@@ -306,7 +330,7 @@ async fn serve<R: RegistryStore>(
     Ok(())
 }
 
-/// What `/healthz` answers: `200 {"status":"ok","bus":"ok"}` while the node serves, `503
+/// What `/healthz` answers: `200 {"status":"ok","bus":"ok","tasks":{"store":"ok","running":0}}` while the node serves, `503
 /// {"status":"draining",…}` once a drain began; `bus` is `disconnected` while the cluster
 /// bus reconnects to Redis. Each new field of the node's health is one more field here, read
 /// in [`Health::of`] and written in [`Health::to_json`].
@@ -319,6 +343,10 @@ struct Health {
     draining: bool,
     /// The cluster bus is subscribed (always, for the embedded one).
     bus: bool,
+    /// The task store answered a ping within 500 ms.
+    task_store: bool,
+    /// Tasks running on this node.
+    tasks_running: usize,
 }
 
 impl Health {
@@ -326,7 +354,17 @@ impl Health {
         Self {
             draining: handle.is_draining(),
             bus: handle.bus().is_connected(),
+            task_store: true,
+            tasks_running: 0,
         }
+    }
+
+    /// Adds the tasks' state: how many run here, and whether their store answers.
+    async fn with_tasks(mut self, tasks: &TaskManager) -> Self {
+        let ping = tokio::time::timeout(Duration::from_millis(500), tasks.ping()).await;
+        self.task_store = matches!(ping, Ok(Ok(())));
+        self.tasks_running = tasks.running();
+        self
     }
 
     fn to_json(self) -> Value {
@@ -334,10 +372,17 @@ impl Health {
         // A bus that is reconnecting costs cross-node notifications, not the node's service:
         // reported, and no reason for the balancer to stop routing here.
         let bus = if self.bus { "ok" } else { "disconnected" };
-        json!({ "status": status, "bus": bus })
+        // Like the bus, an unreachable task store costs tasks, not the node's service.
+        let store = if self.task_store { "ok" } else { "unavailable" };
+        json!({
+            "status": status,
+            "bus": bus,
+            "tasks": { "store": store, "running": self.tasks_running }
+        })
     }
 
-    fn response(self) -> impl axum::response::IntoResponse {
+    /// The answer, with `x-mcp-node: <node>` (which node answered, as `examples/node.rs`).
+    fn response(self, node: &str) -> impl axum::response::IntoResponse + use<> {
         let code = if self.draining {
             axum::http::StatusCode::SERVICE_UNAVAILABLE
         } else {
@@ -345,7 +390,10 @@ impl Health {
         };
         (
             code,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            [
+                ("content-type", "application/json".to_owned()),
+                ("x-mcp-node", node.to_owned()),
+            ],
             self.to_json().to_string(),
         )
     }
@@ -845,6 +893,13 @@ fn missing_capability(capability: &str) -> ErrorObject {
     .with_data(json!({ "requiredCapabilities": { capability: {} } }))
 }
 
+/// A map of one input request.
+fn one(key: &str, request: Value) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert(key.into(), request);
+    map
+}
+
 /// A one-field elicitation schema.
 fn one_field(name: &str, ty: &str) -> Value {
     json!({ "type": "object", "properties": { name: { "type": ty } }, "required": [name] })
@@ -1146,6 +1201,23 @@ const TOOLS: &[ToolDef] = &[
         "test_input_required_result_capabilities",
         "Asks only what is declared",
     ),
+    // The Tasks extension (SEP-2663) fixtures of the conformance suite.
+    ToolDef::both("greet", "Says hello (never a task)"),
+    ToolDef::modern(
+        "slow_compute",
+        "Sleeps `seconds`, as a task when the client opts in",
+    ),
+    ToolDef::modern("failing_job", "A task (required) that ends in a tool error"),
+    ToolDef::modern(
+        "protocol_error_job",
+        "A task that ends failed with a JSON-RPC error",
+    ),
+    ToolDef::modern("confirm_delete", "A task that asks for one confirmation"),
+    ToolDef::modern("multi_input", "A task that asks two things at once"),
+    ToolDef::modern(
+        "test_tool_with_task",
+        "Asks for a name (input_required), then runs as a task",
+    ),
 ];
 
 /// A tool's input schema: no arguments unless listed here.
@@ -1155,6 +1227,12 @@ fn input_schema(tool: &str) -> Value {
         "test_elicitation" => string_args(&["message"]),
         "json_schema_2020_12_tool" => json_schema_2020_12(),
         "test_custom_headers" => header_param_schema(),
+        "greet" => string_args(&["name"]),
+        "confirm_delete" => string_args(&["filename"]),
+        "slow_compute" => json!({
+            "type": "object",
+            "properties": { "seconds": { "type": "number" }, "label": { "type": "string" } }
+        }),
         _ => json!({ "type": "object", "properties": {} }),
     }
 }
@@ -1322,6 +1400,13 @@ impl Call<'_> {
             "test_input_required_result_multiple_inputs" => self.mrtr_multiple().await,
             "test_input_required_result_multi_round" => self.mrtr_multi_round().await,
             "test_input_required_result_capabilities" => self.mrtr_capabilities().await,
+            "greet" => Ok(text(format!("Hello, {}!", self.arg_str("name")))),
+            "slow_compute" => self.slow_compute().await,
+            "failing_job" => self.failing_job().await,
+            "protocol_error_job" => self.protocol_error_job().await,
+            "confirm_delete" => self.confirm_delete().await,
+            "multi_input" => self.multi_input().await,
+            "test_tool_with_task" => self.tool_with_task().await,
             other => Err(ErrorObject::invalid_params(format!("unknown tool {other}"))),
         }
     }
@@ -1497,6 +1582,133 @@ impl Call<'_> {
             ));
         }
         Ok(text(format!("region: {}", body.unwrap_or("(none)"))))
+    }
+
+    // --- tasks (modern, SEP-2663) -----------------------------------------------------------
+
+    /// This request's tasks handle, if it opted in to the extension.
+    fn tasks(&self) -> Option<&Tasks> {
+        self.req
+            .parts
+            .extensions
+            .get::<Tasks>()
+            .filter(|t| t.is_requested())
+    }
+
+    /// The tasks handle, or `-32021` for a tool that only runs as a task.
+    fn tasks_required(&self) -> Result<&Tasks, ErrorObject> {
+        self.tasks().ok_or_else(TaskManager::required_error)
+    }
+
+    /// Sleeps `seconds` (stops on cancel): a task with the opt-in, a plain call without.
+    async fn slow_compute(&self) -> Reply {
+        let seconds = self
+            .args()
+            .get("seconds")
+            .and_then(Value::as_f64)
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(1.0)
+            .min(3600.0);
+        let label = self.arg_str("label");
+        let done = move || text(format!("slow_compute {label}: done after {seconds}s"));
+        let Some(tasks) = self.tasks() else {
+            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            return Ok(done());
+        };
+        tasks
+            .start(move |task| async move {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs_f64(seconds)) => Ok(done()),
+                    () = task.cancelled() => Err(task.cancelled_error()),
+                }
+            })
+            .await
+    }
+
+    /// A task (required) that ends after about a second in a tool error (`completed` with
+    /// `isError: true`).
+    async fn failing_job(&self) -> Reply {
+        self.tasks_required()?
+            .start(|task| async move {
+                task.set_status_message("failing soon").await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(json!({
+                    "content": [{ "type": "text", "text": "failing_job: the job failed" }],
+                    "isError": true
+                }))
+            })
+            .await
+    }
+
+    /// A task that ends `failed` with a JSON-RPC error.
+    async fn protocol_error_job(&self) -> Reply {
+        self.tasks_required()?
+            .start(|_task| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(ErrorObject::internal(
+                    "protocol_error_job: internal failure",
+                ))
+            })
+            .await
+    }
+
+    /// A task that asks the client (`inputRequests`, answered by `tasks/update`) to confirm.
+    async fn confirm_delete(&self) -> Reply {
+        let filename = self.arg_str("filename");
+        self.tasks_required()?
+            .start(move |task| async move {
+                let ask = TaskContext::elicitation(
+                    &format!("Delete {filename}?"),
+                    one_field("confirm", "boolean"),
+                );
+                let answers = task.input(one("confirm", ask)).await?;
+                let confirmed = answers["confirm"]["action"] == "accept";
+                let verdict = if confirmed { "deleted" } else { "kept" };
+                Ok(text(format!("{filename}: {verdict}")))
+            })
+            .await
+    }
+
+    /// A task that asks two things at once; answering one leaves the other outstanding.
+    async fn multi_input(&self) -> Reply {
+        self.tasks_required()?
+            .start(|task| async move {
+                let mut asks = Map::new();
+                asks.insert(
+                    "name".into(),
+                    TaskContext::elicitation("Your name?", one_field("name", "string")),
+                );
+                asks.insert(
+                    "confirm".into(),
+                    TaskContext::elicitation("Proceed?", one_field("confirm", "boolean")),
+                );
+                let answers = task.input(asks).await?;
+                Ok(text(format!(
+                    "multi_input: name {}, confirm {}",
+                    elicited_str(&answers, "name", "name"),
+                    elicited(&answers, "confirm", "confirm").unwrap_or(&Value::Null)
+                )))
+            })
+            .await
+    }
+
+    /// An `input_required` round for `user_name` (SEP-2322), then a task whose result carries
+    /// it; the task's envelope has no `requestState`.
+    async fn tool_with_task(&self) -> Reply {
+        let tasks = self.tasks_required()?;
+        let ask = Ask::elicit(
+            "user_name",
+            "What is your name?",
+            one_field("name", "string"),
+        );
+        let answers = answers!(self.gather(&[ask], None).await?);
+        let name = elicited_str(&answers, "user_name", "name").to_owned();
+        tasks
+            .start(move |_task| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(text(format!("Hello, {name}! (from a task)")))
+            })
+            .await
     }
 
     // --- multi round-trip requests (modern) --------------------------------------------------

@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod registry;
 pub mod session;
 pub mod stack;
+pub mod tasks;
 pub mod transport;
 
 pub use affinity::{SessionAffinity, SessionAffinityLayer};

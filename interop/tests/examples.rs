@@ -636,7 +636,7 @@ async fn healthz(addr: &str) -> Option<(u16, Value)> {
     Some((status, res.json().await.ok()?))
 }
 
-// `/healthz` answers 200 `ok` (and the bus `ok` once subscribed) while the node serves and 503
+// `/healthz` answers 200 `ok` (and the bus `ok` once subscribed, the task store `ok`) while the node serves and 503
 // `draining` once SIGTERM started
 // its drain (with Redis the drain waits out the quiet period, so the node is still up), and
 // the node then exits cleanly.
@@ -648,7 +648,8 @@ async fn everything_example_fails_healthz_while_it_drains() {
     let deadline = tokio::time::Instant::now() + POLL_TIMEOUT;
     loop {
         let health = healthz(&addr).await;
-        if health == Some((200, json!({"status": "ok", "bus": "ok"}))) {
+        let tasks = json!({"store": "ok", "running": 0});
+        if health == Some((200, json!({"status": "ok", "bus": "ok", "tasks": tasks}))) {
             break;
         }
         assert!(
@@ -664,7 +665,13 @@ async fn everything_example_fails_healthz_while_it_drains() {
     let deadline = tokio::time::Instant::now() + POLL_TIMEOUT;
     loop {
         let health = healthz(&addr).await;
-        if health == Some((503, json!({"status": "draining", "bus": "ok"}))) {
+        let tasks = json!({"store": "ok", "running": 0});
+        if health
+            == Some((
+                503,
+                json!({"status": "draining", "bus": "ok", "tasks": tasks}),
+            ))
+        {
             break;
         }
         assert!(

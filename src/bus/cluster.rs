@@ -89,7 +89,21 @@ pub(super) struct Inner {
     pub(super) counters: Counters,
     /// The backend's tasks, stopped when the last clone of the bus is dropped.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Applies the task control messages addressed to this node (`tasks` module).
+    task_handler: OnceLock<TaskHandler>,
 }
+
+/// Applies one task control message (task id, kind, params) on this node: `true` when the
+/// task runs here and took it.
+pub(crate) type TaskHandler = Arc<
+    dyn Fn(
+            String,
+            String,
+            Option<Value>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -695,6 +709,59 @@ impl ClusterBus {
         Ok(self.inner.apply_change(change))
     }
 
+    /// Sets what applies the task control messages addressed to this node (once; a second
+    /// call is ignored and returns `false`).
+    pub(crate) fn serve_tasks(&self, handler: TaskHandler) -> bool {
+        self.inner.task_handler.set(handler).is_ok()
+    }
+
+    /// Sends a task control message (`kind`, `params`) for task `task` to node `node` and waits
+    /// up to `timeout` for its reply: `Ok(true)` applied, `Ok(false)` not running there,
+    /// [`BusError::Timeout`] when no node answered (its node is gone, or the bus is local).
+    pub(crate) fn task_request(
+        &self,
+        node: &str,
+        task: &str,
+        kind: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, BusError>> + Send + 'static {
+        let inner = self.inner.clone();
+        let prepared = if inner.is_distributed() {
+            let id = inner.next.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            inner.lock_pending().insert(id, tx);
+            let guard = PendingGuard {
+                inner: inner.clone(),
+                id,
+            };
+            let bytes = message::encode(
+                &inner.origin,
+                None,
+                Body::Task {
+                    n: node.into(),
+                    t: task.into(),
+                    c: id,
+                    k: kind.into(),
+                    p: params,
+                },
+            );
+            inner.publish(bytes).map(|()| (guard, rx))
+        } else {
+            Err(BusError::Timeout)
+        };
+        async move {
+            let (guard, rx) = prepared?;
+            let out = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Ok(v))) => Ok(v.as_bool().unwrap_or(false)),
+                Ok(Ok(Err(e))) => Err(e),
+                Ok(Err(_)) | Err(_) => Err(BusError::Timeout),
+            };
+            drop(guard);
+            out
+        }
+    }
+
     /// The change feed on this node: every change published on any node, for a modern
     /// `subscriptions/listen` handler to filter and send. A receiver that falls more than 256
     /// changes behind gets [`Lagged`](broadcast::error::RecvError::Lagged) and goes on.
@@ -773,6 +840,7 @@ impl Inner {
                 ..Counters::default()
             },
             tasks: Mutex::new(Vec::new()),
+            task_handler: OnceLock::new(),
         })
     }
 
@@ -938,6 +1006,23 @@ impl Inner {
             }
             Body::Change { c } => {
                 self.apply_change(c);
+            }
+            Body::Task { n, t, c, k, p } => {
+                if *n != *self.node {
+                    return;
+                }
+                let Some(handler) = self.task_handler.get().cloned() else {
+                    return;
+                };
+                let applied = handler(t.into_owned(), k.into_owned(), p);
+                let to: Box<str> = env.o.into();
+                let weak = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    let applied = applied.await;
+                    if let Some(inner) = weak.upgrade() {
+                        inner.reply(&to, c, Ok(Value::Bool(applied)));
+                    }
+                });
             }
         }
     }

@@ -71,6 +71,21 @@ pub(super) enum Body<'a> {
     /// A change for the change feed.
     #[serde(rename = "chg")]
     Change { c: Change },
+    /// A control message for a task running on node `n` (`tasks/update`, `tasks/cancel`); that
+    /// node applies it and replies to `o` with `ok: true` (applied) or `false` (not running
+    /// there).
+    #[serde(rename = "task")]
+    Task {
+        #[serde(borrow)]
+        n: Cow<'a, str>,
+        #[serde(borrow)]
+        t: Cow<'a, str>,
+        c: u64,
+        #[serde(borrow)]
+        k: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        p: Option<Value>,
+    },
 }
 
 /// Encodes one message.

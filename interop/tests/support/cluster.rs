@@ -129,29 +129,45 @@ pub fn target_dir() -> PathBuf {
 /// `MCP_NODE_BIN`, else `target/debug/examples/node`, built first (once per test process:
 /// a no-op when up to date, and a stale binary would test old code).
 pub fn node_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("MCP_NODE_BIN") {
-            return PathBuf::from(bin);
-        }
+    NODE_BIN
+        .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("MCP_NODE_BIN") {
+                return PathBuf::from(bin);
+            }
+            build_example("node")
+        })
+        .clone()
+}
+
+/// The node binary of this test process, chosen once.
+static NODE_BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes the nodes of this test process `target/debug/examples/<example>` (built first)
+/// instead of `node`: call it before any node starts. Returns the binary in use.
+pub fn use_example(example: &str) -> PathBuf {
+    NODE_BIN.get_or_init(|| build_example(example)).clone()
+}
+
+/// `target/debug/examples/<example>`, built first.
+fn build_example(example: &str) -> PathBuf {
+    {
         let bin = target_dir()
             .join("debug")
             .join("examples")
-            .join(format!("node{}", std::env::consts::EXE_SUFFIX));
+            .join(format!("{example}{}", std::env::consts::EXE_SUFFIX));
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--example", "node"])
+            .args(["build", "--example", example])
             .current_dir(manifest_dir())
             .status()
-            .expect("spawn `cargo build --example node`");
+            .expect("spawn `cargo build --example`");
         assert!(
             status.success(),
-            "`cargo build --example node` failed: {status}"
+            "`cargo build --example {example}` failed: {status}"
         );
         assert!(bin.exists(), "{} missing after cargo build", bin.display());
         bin
-    })
-    .clone()
+    }
 }
 
 /// What `node --help` says (once per test process).
