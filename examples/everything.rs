@@ -28,6 +28,10 @@
 //! - `--drain-timeout SECS` (`MCP_DRAIN_TIMEOUT`, default 10): the longest a SIGTERM drain
 //!   waits for in-flight requests to finish (and, with Redis, for the other nodes to stop
 //!   forwarding here).
+//! - `--tagged-tasks` (`MCP_TAGGED_TASKS=1`, with `--redis`): task ids carry the node name
+//!   (`<node>.<32 hex>`), so a balancer can route `tasks/*` on `Mcp-Name` to the node running
+//!   the task (`examples/deploy/haproxy-header.cfg` does, for nodes named as its servers); any
+//!   node answers them anyway, from the shared store.
 //! - `--write-through` (`MCP_WRITE_THROUGH=1`): a `GET` stream's event is sent once the store
 //!   holds it (the shared event log's write-through), so a node killed outright never loses an
 //!   event a client has seen; default write-behind (sent at once, stored within milliseconds).
@@ -123,6 +127,8 @@ struct Args {
     drain_timeout: Duration,
     /// Send a standalone stream's event only once the store holds it.
     write_through: bool,
+    /// Task ids carry the node name (`<node>.<hex>`), for a balancer routing on `Mcp-Name`.
+    tagged_tasks: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -134,6 +140,7 @@ fn parse_args() -> Result<Args, String> {
     let mut internal_addr = env("MCP_INTERNAL_ADDR");
     let mut drain_timeout = env("MCP_DRAIN_TIMEOUT").unwrap_or_else(|| "10".into());
     let mut write_through = env("MCP_WRITE_THROUGH").is_some_and(|v| v != "0");
+    let mut tagged_tasks = env("MCP_TAGGED_TASKS").is_some_and(|v| v != "0");
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -145,11 +152,12 @@ fn parse_args() -> Result<Args, String> {
             "--internal-addr" => internal_addr = Some(value()?),
             "--drain-timeout" => drain_timeout = value()?,
             "--write-through" => write_through = true,
+            "--tagged-tasks" => tagged_tasks = true,
             "-h" | "--help" => {
                 println!(
                     "usage: everything [--listen ADDR] [--node NAME] [--state-key SECRET] \
                      [--redis URL] [--internal-addr ADDR] [--drain-timeout SECS] \
-                     [--write-through]"
+                     [--write-through] [--tagged-tasks]"
                 );
                 std::process::exit(0);
             }
@@ -176,6 +184,7 @@ fn parse_args() -> Result<Args, String> {
         internal_addr,
         drain_timeout,
         write_through,
+        tagged_tasks,
     })
 }
 
@@ -204,12 +213,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?;
             // Tasks in the same Redis: every node reads every task, and updates and cancels
             // reach the running node over the bus.
-            let tasks = TaskManager::builder(
+            let mut tasks = TaskManager::builder(
                 args.node.clone(),
                 RedisTaskStore::builder(&url).build_lazy()?,
             )
-            .with_bus(&bus)
-            .build()?;
+            .with_bus(&bus);
+            if args.tagged_tasks {
+                // `examples/deploy/haproxy-header.cfg` routes `tasks/*` on this tag.
+                tasks = tasks.with_id_tag(args.node.clone());
+            }
+            let tasks = tasks.build()?;
             tracing::info!("session registry, task store and cluster bus: Redis");
             // Other nodes may forward here for a while after the drain began.
             serve(args, store, bus, tasks, DEFAULT_QUIET_PERIOD).await
@@ -269,7 +282,14 @@ async fn serve<R: RegistryStore>(
         .build()?;
     let handle = stack.handle();
     // Tasks (SEP-2663): between the transport and the handler.
+    let node_name = axum::http::HeaderValue::from_str(&args.node)
+        .map_err(|e| format!("--node {}: {e}", args.node))?;
     let mcp = ServiceBuilder::new()
+        // Which node answered (as `examples/node.rs`): what a balancer's routing is checked by.
+        .map_response(move |mut res: axum::http::Response<_>| {
+            res.headers_mut().insert("x-mcp-node", node_name.clone());
+            res
+        })
         .layer(stack)
         .layer(TaskLayer::new(tasks.clone()))
         .service(handler_fn(move |req, cx| {

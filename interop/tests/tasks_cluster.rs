@@ -10,6 +10,8 @@
 //!   node directly).
 //! - A task whose node is SIGKILLed ends `failed` on the other nodes within its lease
 //!   (`TaskManager`'s default, 10 s, after the node's last renewal).
+//! - With tagged task ids (`everything --tagged-tasks`), the recipe's `use-server` rules send
+//!   every `tasks/*` of a task through the balancer to the node running it.
 //!
 //! Skipped (with `SKIP:`) without HAProxy or the conformance suite, unless
 //! `MCP_REQUIRE_CLUSTER=1` / `MCP_REQUIRE_CLIENTS=1`.
@@ -88,6 +90,88 @@ async fn until(url: &str, id: &str, want: &str, within: Duration) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// [`modern`] through `url`, also giving the `x-mcp-node` of the answer (which node served it).
+async fn modern_served(url: &str, method: &str, mut params: Value) -> (Value, String) {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {EXT: {}}}
+    });
+    let name = params
+        .get("name")
+        .or_else(|| params.get("taskId"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .expect("a name");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let res = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method)
+        .header("mcp-name", name)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 200, "{method}");
+    let node = res
+        .headers()
+        .get("x-mcp-node")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (res.json().await.expect("JSON"), node)
+}
+
+#[tokio::test]
+async fn tagged_task_ids_route_every_poll_to_the_running_node_through_haproxy() {
+    let _guard = exclusive().await;
+    use_example("everything");
+    let Some(cluster) = Cluster::start(
+        "tasks-tagged",
+        Balancer::Header,
+        &["--state-key", "tasks-cluster-test-key", "--tagged-tasks"],
+    )
+    .await
+    else {
+        return;
+    };
+    let lb = cluster.lb.mcp_url();
+    let mut runners = BTreeSet::new();
+    let mut polls = 0;
+    // Tasks started round robin land on several nodes; each one's requests follow its tag.
+    for _ in 0..3 {
+        let (v, started_on) = modern_served(
+            &lb,
+            "tools/call",
+            json!({"name": "slow_compute", "arguments": {"seconds": 30, "label": "t"}}),
+        )
+        .await;
+        let id = v["result"]["taskId"].as_str().expect("a task").to_owned();
+        assert!(
+            id.starts_with(&format!("{started_on}.")),
+            "{id} names its node {started_on}"
+        );
+        runners.insert(started_on.clone());
+        for _ in 0..5 {
+            let (v, served_by) = modern_served(&lb, "tasks/get", json!({"taskId": id})).await;
+            assert_eq!(v["result"]["status"], "working", "{v}");
+            assert_eq!(served_by, started_on, "a poll through the balancer");
+            polls += 1;
+        }
+        let (_, served_by) = modern_served(&lb, "tasks/cancel", json!({"taskId": id})).await;
+        assert_eq!(served_by, started_on, "the cancel too");
+        let (v, _) = modern_served(&lb, "tasks/get", json!({"taskId": id})).await;
+        assert_eq!(v["result"]["status"], "cancelled", "{v}");
+    }
+    assert!(runners.len() >= 2, "tasks ran on {runners:?} only");
+    report(&format!(
+        "tasks: tagged ids through HAProxy: {polls} polls on 3 tasks over {} nodes, each on the task's node",
+        runners.len()
+    ));
 }
 
 async fn start(test: &str) -> Option<Cluster> {
