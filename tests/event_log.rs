@@ -421,6 +421,22 @@ where
     handle_b.shutdown(DEADLINE).await;
 }
 
+/// `N` stores on the test's own `redis-server`, each with its own connection (one per node).
+async fn stores<const N: usize>(
+    redis: &redis_support::RedisServer,
+) -> [mcp_affinity::registry::RedisStore; N] {
+    let url = redis.url();
+    let mut out = Vec::with_capacity(N);
+    for _ in 0..N {
+        out.push(
+            mcp_affinity::registry::RedisStore::connect(&url)
+                .await
+                .expect("redis"),
+        );
+    }
+    out.try_into().unwrap_or_else(|_| unreachable!("N stores"))
+}
+
 #[tokio::test]
 async fn a_post_answer_is_resumed_elsewhere_over_a_shared_memory_store() {
     let store = MemoryStore::new();
@@ -431,12 +447,7 @@ async fn a_post_answer_is_resumed_elsewhere_over_a_shared_memory_store() {
 #[tokio::test]
 async fn a_post_answer_is_resumed_elsewhere_over_a_real_redis_server() {
     let redis = redis_support::RedisServer::start();
-    let url = redis.url();
-    let connect = || mcp_affinity::registry::RedisStore::connect(&url);
-    let (a, b) = (
-        connect().await.expect("redis"),
-        connect().await.expect("redis"),
-    );
+    let [a, b] = stores(&redis).await;
     a_post_answer_cut_short_is_resumed_elsewhere(a, b, Durability::WriteBehind).await;
 }
 
@@ -445,12 +456,7 @@ async fn a_post_answer_is_resumed_elsewhere_over_a_real_redis_server() {
 #[tokio::test]
 async fn a_post_answer_is_resumed_elsewhere_with_write_through() {
     let redis = redis_support::RedisServer::start();
-    let url = redis.url();
-    let connect = || mcp_affinity::registry::RedisStore::connect(&url);
-    let (a, b) = (
-        connect().await.expect("redis"),
-        connect().await.expect("redis"),
-    );
+    let [a, b] = stores(&redis).await;
     a_post_answer_cut_short_is_resumed_elsewhere(a, b, Durability::WriteThrough).await;
 }
 
@@ -481,41 +487,21 @@ async fn over_a_shared_memory_store_adopted_by_a_post_first() {
 #[tokio::test]
 async fn over_a_real_redis_server() {
     let redis = redis_support::RedisServer::start();
-    let a = mcp_affinity::registry::RedisStore::connect(&redis.url())
-        .await
-        .expect("redis");
-    let b = mcp_affinity::registry::RedisStore::connect(&redis.url())
-        .await
-        .expect("redis");
-    let check = mcp_affinity::registry::RedisStore::connect(&redis.url())
-        .await
-        .expect("redis");
+    let [a, b, check] = stores(&redis).await;
     a_reconnection_elsewhere_replays_exactly_what_the_client_missed(a, b, check, false).await;
 }
 
 #[tokio::test]
 async fn over_a_real_redis_server_adopted_by_a_post_first() {
     let redis = redis_support::RedisServer::start();
-    let url = redis.url();
-    let connect = || mcp_affinity::registry::RedisStore::connect(&url);
-    let (a, b, check) = (
-        connect().await.expect("redis"),
-        connect().await.expect("redis"),
-        connect().await.expect("redis"),
-    );
+    let [a, b, check] = stores(&redis).await;
     a_reconnection_elsewhere_replays_exactly_what_the_client_missed(a, b, check, true).await;
 }
 
 #[tokio::test]
 async fn over_a_real_redis_server_with_write_through() {
     let redis = redis_support::RedisServer::start();
-    let url = redis.url();
-    let connect = || mcp_affinity::registry::RedisStore::connect(&url);
-    let (a, b, check) = (
-        connect().await.expect("redis"),
-        connect().await.expect("redis"),
-        connect().await.expect("redis"),
-    );
+    let [a, b, check] = stores(&redis).await;
     resumed_elsewhere(a, b, check, false, Durability::WriteThrough).await;
 }
 
@@ -699,12 +685,7 @@ async fn the_store_holds_whatever_the_client_received<R: RegistryStore + Clone>(
 #[tokio::test]
 async fn with_write_through_a_real_redis_holds_whatever_the_client_received() {
     let redis = redis_support::RedisServer::start();
-    let store = mcp_affinity::registry::RedisStore::connect(&redis.url())
-        .await
-        .expect("redis");
-    let check = mcp_affinity::registry::RedisStore::connect(&redis.url())
-        .await
-        .expect("redis");
+    let [store, check] = stores(&redis).await;
     the_store_holds_whatever_the_client_received(store, check).await;
 }
 
