@@ -1738,6 +1738,47 @@ mod redis_single {
         );
     }
 
+    /// Reading and deleting the event log of a session touch only the slots it can have
+    /// used: a session that logged nothing (most adoptions) costs a few bytes each way, not a
+    /// read of its whole ring (257 field names out, 257 nils back).
+    #[tokio::test]
+    async fn an_event_log_is_read_and_removed_by_the_slots_it_used() {
+        let (server, store) = server_and_store();
+        // Warm up: both scripts loaded, one connection open.
+        let _ = store.read_events("w", Some(0), 256).await.expect("read");
+        store.remove_events(&["w"]).await.expect("remove");
+        let id = "n1.0123456789abcdefghijklmnopqrstuv";
+        server.reset_stats();
+        let page = store.read_events(id, Some(0), 256).await.expect("read");
+        assert_eq!((page.top, page.ordinal, page.events.len()), (0, 0, 0));
+        store.remove_events(&[id]).await.expect("remove");
+        // Both ways together, with this harness's own connection: about 440 and 120 bytes
+        // (the whole ring: about 20 KB and 1.5 KB).
+        let (sent, received) = server.net_bytes();
+        assert!(sent < 1_000, "{sent} bytes sent for a session without events");
+        assert!(received < 400, "{received} bytes received");
+
+        let data = bytes::Bytes::from_static(b"{}");
+        let writes: Vec<mcp_affinity::registry::store::EventWrite<'_>> = (1..=3)
+            .map(|seq| mcp_affinity::registry::store::EventWrite::standalone(id, seq, &data))
+            .collect();
+        store
+            .append_events(&writes, 256, Duration::from_secs(600))
+            .await
+            .expect("append");
+        let page = store.read_events(id, Some(0), 256).await.expect("read");
+        assert_eq!(page.events.len(), 3);
+        assert_eq!((page.top, page.ordinal), (3, 3));
+        store.remove_events(&[id]).await.expect("remove");
+        for bucket in server.keys("mcp:session:events:*") {
+            let fields: Vec<String> = server.cmd(&["HKEYS", &bucket]);
+            assert!(
+                fields.iter().all(|f| !f.starts_with(id)),
+                "removed: {fields:?}"
+            );
+        }
+    }
+
     /// The liveness and claim scripts are loaded again when the server lost them.
     #[tokio::test]
     async fn liveness_and_claims_survive_a_lost_script_cache() {
@@ -1768,9 +1809,9 @@ mod redis_single {
             0
         );
         assert!(store.retire("node-a").await.expect("retire"));
-        // Index, claim, withdraw, the stale check, the retire check: each refused once and
-        // loaded.
-        assert_eq!(server.command_count("script|load"), 5);
+        // Index, claim, withdraw, the stale check (and the removal of the stale sessions'
+        // events), the retire check: each refused once and loaded.
+        assert_eq!(server.command_count("script|load"), 6);
         let members: Vec<String> = server.cmd(&["SMEMBERS", "mcp:session:nodes"]);
         assert!(members.is_empty());
         assert_eq!(store.lookup("s1").await.expect("lookup"), Some(adopted));

@@ -390,6 +390,18 @@ impl RedisServer {
             .unwrap_or(0)
     }
 
+    /// The bytes the server has read from its clients and written to them since its
+    /// statistics were reset (`total_net_input_bytes`, `total_net_output_bytes`).
+    pub fn net_bytes(&self) -> (u64, u64) {
+        let stats: String = self.cmd(&["INFO", "stats"]);
+        let field = |name| {
+            info_field(&stats, name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in INFO stats"))
+        };
+        (field("total_net_input_bytes"), field("total_net_output_bytes"))
+    }
+
     /// Resets the command statistics.
     pub fn reset_stats(&self) {
         let () = self.cmd(&["CONFIG", "RESETSTAT"]);

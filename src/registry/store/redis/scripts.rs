@@ -137,7 +137,8 @@ return 1
 /// `ARGV[1]` the ring size, `ARGV[2]` the hash's TTL in ms, then `id, ordinal, stream, seq,
 /// last, data` per event. An event is kept only if its slot holds an older ordinal (a former
 /// owner writing late never overwrites its successor), and so is a session's standalone top
-/// (`<id>:t`); what is kept is written with one `HSET`. Returns how many fields were written.
+/// (`<id>:t`); a session's highest ordinal (`<id>:n`) only grows. What is kept is written
+/// with one `HSET`. Returns how many fields were written.
 pub(super) static APPEND_EVENTS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -145,23 +146,24 @@ local ring = tonumber(ARGV[1])
 local n = math.floor((#ARGV - 2) / 6)
 if n < 1 then return 0 end
 local function ord_of(value)
-  return (value and tonumber(string.match(value, '^(%d+):'))) or -1
+  return (value and tonumber(string.match(value, '^(%d+)'))) or -1
 end
-local fields, query, tops, tids = {}, {}, {}, {}
+local fields, query, tops, tids, highs, hids = {}, {}, {}, {}, {}, {}
 for j = 1, n do
   local b = 6 * j - 3
   local id, ord = ARGV[b], tonumber(ARGV[b + 1])
   fields[j] = id .. ':' .. (ord % ring)
   query[j] = fields[j]
+  if highs[id] == nil then hids[#hids + 1] = id end
+  if highs[id] == nil or ord > highs[id] then highs[id] = ord end
   if ARGV[b + 2] == '0' then
     local t = tops[id]
-    if t == nil then
-      tids[#tids + 1] = id
-      query[#query + 1] = id .. ':t'
-    end
+    if t == nil then tids[#tids + 1] = id end
     if t == nil or ord > t[1] then tops[id] = {ord, ARGV[b + 1], ARGV[b + 3]} end
   end
 end
+for k, id in ipairs(tids) do query[n + k] = id .. ':t' end
+for k, id in ipairs(hids) do query[n + #tids + k] = id .. ':n' end
 local current = redis.call('HMGET', KEYS[1], unpack(query))
 local best, kept = {}, {}
 for j = 1, n do
@@ -178,6 +180,9 @@ for k, id in ipairs(tids) do
   local t = tops[id]
   if t[1] > ord_of(current[n + k]) then kept[id .. ':t'] = t[2] .. ':' .. t[3] end
 end
+for k, id in ipairs(hids) do
+  if highs[id] > ord_of(current[n + #tids + k]) then kept[id .. ':n'] = tostring(highs[id]) end
+end
 local args = {}
 for f, v in pairs(kept) do
   args[#args + 1] = f
@@ -188,4 +193,57 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return #args / 2
 ",
     )
+});
+
+/// The Lua the event log's read and delete share: `used(key, id, slots)`, the fields session
+/// `id` can have written (its slots `0 ..= min(<id>:n, slots - 1)`, whatever the ring size,
+/// then `<id>:t` and `<id>:n`), or nil when it has logged nothing. A session without `<id>:n`
+/// (written before it was kept) may have used every slot.
+const USED_FIELDS: &str = r"
+local function used(key, id, slots)
+  local tops = redis.call('HMGET', key, id .. ':t', id .. ':n')
+  if not tops[1] and not tops[2] then return nil end
+  local last = slots - 1
+  if tops[2] then last = math.min(tonumber(tops[2]) or last, last) end
+  local fields = {}
+  for s = 0, last do fields[#fields + 1] = id .. ':' .. s end
+  fields[#fields + 1] = id .. ':t'
+  fields[#fields + 1] = id .. ':n'
+  return fields
+end
+";
+
+/// The shared event log's read of one session (see `events.rs`). `KEYS[1]` the bucket hash;
+/// `ARGV[1]` the session id, `ARGV[2]` the most slots a ring has. Returns the values of the
+/// fields the session can have used (see [`USED_FIELDS`]: its slots, then its standalone top
+/// and its highest ordinal), nothing for a session that has logged nothing. So a session
+/// without events costs a lookup of two fields, not a read of the whole ring.
+pub(super) static READ_EVENTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{USED_FIELDS}{}",
+        r"
+local fields = used(KEYS[1], ARGV[1], tonumber(ARGV[2]))
+if not fields then return {} end
+return redis.call('HMGET', KEYS[1], unpack(fields))
+"
+    ))
+});
+
+/// Deletes the shared event logs of sessions of one bucket (see `events.rs`). `KEYS[1]` the
+/// bucket hash; `ARGV[1]` the most slots a ring has, then the session ids. One `HDEL` of the
+/// fields each session can have used (see [`USED_FIELDS`]), none for a session that has
+/// logged nothing. Returns the fields deleted.
+pub(super) static REMOVE_EVENTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{USED_FIELDS}{}",
+        r"
+local slots = tonumber(ARGV[1])
+local removed = 0
+for i = 2, #ARGV do
+  local fields = used(KEYS[1], ARGV[i], slots)
+  if fields then removed = removed + redis.call('HDEL', KEYS[1], unpack(fields)) end
+end
+return removed
+"
+    ))
 });
