@@ -2,6 +2,7 @@
 //! or let the inner service answer.
 
 use super::*;
+use crate::registry::store::StoredEventPage;
 
 /// What to do with a request for a session this node does not hold.
 enum Plan {
@@ -109,7 +110,8 @@ where
             Plan::Restore(record) => {
                 // Taking part until answered.
                 let _adopting = adopting.or_else(|| Adopting::join(&core, &sid));
-                return restore(&core, inner, req, &ctx, removal, &sid, record).await;
+                return restore(&core, inner, req, &ctx, removal, &sid, record, Events::ToRead)
+                    .await;
             }
             Plan::Adopt(record) => {
                 if cont.is_draining() {
@@ -120,16 +122,22 @@ where
                 }
                 let mine = record.owned_by(&*core.node, &*core.incarnation);
                 let started = crate::metrics::Timer::start();
-                let claimed = tokio::time::timeout(
-                    core.lookup_timeout,
-                    core.store
-                        .claim(&sid, &record.node, &record.incarnation, &mine, core.ttl),
-                )
-                .await;
+                // The session's stored events are read beside the claim (one round trip for
+                // both): a claim won needs them, a claim lost (rare) drops them.
+                let (claimed, events) = tokio::join!(
+                    tokio::time::timeout(
+                        core.lookup_timeout,
+                        core.store
+                            .claim(&sid, &record.node, &record.incarnation, &mine, core.ttl),
+                    ),
+                    stored_events(&core, standalone_after(&req), &ctx),
+                );
                 match claimed {
                     Ok(Ok(Claim::Won)) => {
                         cont.claimed(&sid, record.clone());
-                        let out = restore(&core, inner, req, &ctx, removal, &sid, record).await;
+                        let events = Events::Read(events);
+                        let out =
+                            restore(&core, inner, req, &ctx, removal, &sid, record, events).await;
                         crate::metrics::adoption_time(started);
                         return out;
                     }
@@ -553,9 +561,53 @@ fn standalone_after<B>(req: &Request<B>) -> Option<u32> {
     seq.parse().ok()
 }
 
+/// The stored events of a session a request restores, for its transport.
+enum Events {
+    /// Read already (`None`: the store failed or was slow).
+    Read(Option<StoredEventPage>),
+    /// To read now.
+    ToRead,
+}
+
+/// The shared event log's page of the session `ctx` names (`after`: the standalone
+/// sequence number the request's `Last-Event-ID` names): what the client has not seen of
+/// its standalone stream (and where its numbering got to), and the `POST` answers' events,
+/// which a `GET` with their `Last-Event-ID` replays. One store call, on the restoring path
+/// only; a store that fails or is slow (`None`) leaves the stream to start empty, as without
+/// it. Without a `Last-Event-ID` (a POST adopting the session while its client is about to
+/// resume its GET stream), the stored events are read too, for that resumption.
+async fn stored_events<R: RegistryStore>(
+    core: &Core<R>,
+    after: Option<u32>,
+    ctx: &Ctx,
+) -> Option<StoredEventPage> {
+    let read = tokio::time::timeout(
+        core.lookup_timeout,
+        core.store.read_events(
+            ctx.inner_sid().unwrap_or_default(),
+            Some(after.unwrap_or(0)),
+            crate::registry::events::MAX_LEN,
+        ),
+    )
+    .await;
+    match read {
+        Ok(Ok(page)) => Some(page),
+        Ok(Err(e)) => {
+            core.counters.store_errors.fetch_add(1, Relaxed);
+            tracing::debug!(error = %e, "shared event log unreadable; the standalone stream starts empty");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("shared event log read timed out; the standalone stream starts empty");
+            None
+        }
+    }
+}
+
 /// This node won the record (this request, or another one of this node adopting the
 /// session): the transport restores the session from it, once however many requests ask, and
 /// serves the request.
+#[allow(clippy::too_many_arguments)]
 async fn restore<S, ReqBody, ResBody, R>(
     core: &Arc<Core<R>>,
     mut inner: S,
@@ -564,6 +616,7 @@ async fn restore<S, ReqBody, ResBody, R>(
     removal: Option<PendingRemoval<R>>,
     sid: &Arc<str>,
     record: SessionRecord,
+    events: Events,
 ) -> Answer<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -581,37 +634,14 @@ where
                 record.client_capabilities.clone(),
             )
             .with_principal(record.principal.clone());
-        // The shared event log: what the client has not seen of its standalone stream (and
-        // where its numbering got to), and the `POST` answers' events, which a `GET` with
-        // their `Last-Event-ID` replays. One store call, on this path only; a store that
-        // fails or is slow leaves the stream to start empty, as without it. Without a
-        // `Last-Event-ID` (a POST adopting the session while its client is about to resume
-        // its GET stream), the stored events are read too, for that resumption.
-        let after = standalone_after(&req);
-        let read = tokio::time::timeout(
-            core.lookup_timeout,
-            core.store.read_events(
-                ctx.inner_sid().unwrap_or_default(),
-                Some(after.unwrap_or(0)),
-                crate::registry::events::MAX_LEN,
-            ),
-        )
-        .await;
-        match read {
-            Ok(Ok(page)) => {
-                restore = restore
-                    .with_events(after, page.top, page.events)
-                    .with_request_events(page.ordinal, page.requests);
-            }
-            Ok(Err(e)) => {
-                core.counters.store_errors.fetch_add(1, Relaxed);
-                tracing::debug!(error = %e, "shared event log unreadable; the standalone stream starts empty");
-            }
-            Err(_) => {
-                tracing::debug!(
-                    "shared event log read timed out; the standalone stream starts empty"
-                );
-            }
+        let page = match events {
+            Events::Read(page) => page,
+            Events::ToRead => stored_events(core, standalone_after(&req), ctx).await,
+        };
+        if let Some(page) = page {
+            restore = restore
+                .with_events(standalone_after(&req), page.top, page.events)
+                .with_request_events(page.ordinal, page.requests);
         }
         req.extensions_mut().insert(restore);
     }

@@ -106,18 +106,28 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<Claim, StoreError> {
         let secs = capped_ttl_seconds(ttl);
-        // Listed before the record names the claimant, as in `register`: a claimant that dies
-        // in between leaves at worst an index entry its next process drops.
-        self.index_add(&record.node, id, secs).await?;
         let key = self.inner.keys.session(id);
-        let reply: ::redis::Value = self
-            .eval(
-                &CLAIM,
-                &key,
-                &[owner, incarnation, &record.to_json(), &secs.to_string()],
-            )
-            .await?;
-        let claim = commands::claimed(&reply);
+        let (json, ttl_arg) = (record.to_json(), secs.to_string());
+        let args = [owner, incarnation, &json, &ttl_arg];
+        // The index entry and the claim go out together (one round trip on the adoption's
+        // path, not two). The entry is sent first: on one server (one connection, commands
+        // run in the order sent) it is listed before the record names the claimant, as in
+        // `register`, so a claimant that dies in between leaves at worst an index entry its
+        // next process drops. On a cluster the two keys live on different masters, and that
+        // order holds only within a round trip's time.
+        let (indexed, reply) = tokio::join!(
+            self.index_add(&record.node, id, secs),
+            self.eval::<::redis::Value>(&CLAIM, &key, &args),
+        );
+        let claim = commands::claimed(&reply?);
+        if let Err(err) = indexed {
+            if !matches!(claim, Ok(Claim::Won)) {
+                return Err(err);
+            }
+            // Won, unlisted: the record is this node's all the same (the request goes on to
+            // restore it), and its own TTL still bounds it if this node never comes back.
+            tracing::debug!(node = %record.node, error = %err, "registry: node index update of a claim failed");
+        }
         let keep_listing = match &claim {
             Ok(Claim::Won) => true,
             // The record another request of the claimant's node won is listed already.
