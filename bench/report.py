@@ -39,7 +39,12 @@ NAMES = {
     "ours-adopt": "ours: adopted after a drain",
     "ours-cluster": "ours: 3 nodes, one Redis (cluster bus)",
     "ours-nolog": "ours: full stack, no shared event log",
+    "ours-tasks": "ours: TaskLayer + RedisTaskStore (examples/everything.rs --redis)",
+    "rmcp-tasks": f"{RMCP}: in-process TaskManager (peer-rmcp --tasks)",
 }
+# The tasks workload's servers and phases.
+TASK_TARGETS = ["ours-tasks", "rmcp-tasks"]
+TASK_PHASES = [("create", "task creation (`tools/call` → `CreateTaskResult`)"), ("get", "`tasks/get` (completed tasks)")]
 COLORS = {"bare": "#888888", "rmcp": "#d95f02", "ours-transport": "#7570b3", "ours-full": "#1b9e77"}
 
 
@@ -244,6 +249,95 @@ def fanout_rows(gs):
                   f"Redis commands per notification over the broadcasts: {publish_per_notification(many)}; "
                   "in all counts every command in the window, the nodes' liveness records included."]
     return lines
+
+
+def task_group(gs, t):
+    return find(gs, t, "tasks", era="2026-07-28")
+
+
+def task_redis(g, phase):
+    """Redis commands per operation of one phase, and the commands behind them (medians per
+    command over the runs; those under 0.005 per operation, the nodes' background, left out)."""
+    total = g.med(f"{phase}_redis_commands_per_op")
+    if total is None:
+        return "–", None
+    per = defaultdict(list)
+    for r in g.rows:
+        for c, v in (r.get(f"{phase}_redis_commandstats_per_op") or {}).items():
+            per[c].append(v)
+    detail = ", ".join(f"`{c}` {statistics.median(v):.2f}" for c, v in sorted(per.items())
+                       if statistics.median(v) >= 0.005)
+    return fmt(total), detail
+
+
+def tasks_rows(gs):
+    lines = ["| server | phase | ops/s | p50 ms | p90 ms | p99 ms | server CPU µs/op | Redis commands per op "
+             "| generator CPU (cores) | other load (cores) | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    found = False
+    for t in TASK_TARGETS:
+        g = task_group(gs, t)
+        if g is None:
+            continue
+        found = True
+        fatal = g.fatal()
+        for phase, title in TASK_PHASES:
+            m = lambda f: g.med(f"{phase}_{f}")
+            client = m("client_cpu_util")
+            bound = " (generator-bound)" if client is not None and client >= 0.93 else ""
+            rc = m("redis_cpu_us_per_op")
+            total, detail = task_redis(g, phase)
+            redis = total if detail is None else f"{total} ({detail})"
+            lines.append(
+                f"| {NAMES[t]} | {title} | {fmt(m('ops_per_s'))} | {fmt(m('p50_ms'))} | {fmt(m('p90_ms'))} "
+                f"| {fmt(m('p99_ms'))} | {fmt(m('server_cpu_us_per_op'))}{'' if rc is None else f' (+{fmt(rc)} Redis)'} "
+                f"| {redis if t == 'ours-tasks' else 'none (in-process)'} | {fmt(client)}{bound} "
+                f"| {fmt(m('other_cpu_util'))} | {int(g.total(phase + '_errors'))}"
+                f"{' + failed: ' + fatal[0][:80] if fatal else ''} |")
+    if not found:
+        return ["- (no ours-tasks or rmcp-tasks runs)"]
+    notes = []
+    for t in TASK_TARGETS:
+        g = task_group(gs, t)
+        if g is not None:
+            sample = next((r[k] for r in g.rows for k in ("create_error_sample", "get_error_sample")
+                           if r.get(k)), None)
+            notes.append(f"{NAMES[t]}: {count(g.med('tasks_created'))} tasks created per run (all polled in the "
+                         f"`tasks/get` phase), {int(g.total('get_not_completed'))} polls found a task not yet "
+                         f"completed{'; first error: `' + sample[:160] + '`' if sample else ''}.")
+    return lines + ["", *notes]
+
+
+def tasks_targets(add, gs):
+    """The issue's tasks line: no target figure, the figures beside rmcp's."""
+    ours, rmcp = task_group(gs, "ours-tasks"), task_group(gs, "rmcp-tasks")
+    if ours is None and rmcp is None:
+        return
+
+    def figures(g, phase, redis):
+        if g is None:
+            return "–"
+        m = lambda f: g.med(f"{phase}_{f}")
+        rc = m("redis_cpu_us_per_op")
+        text = (f"{fmt(m('ops_per_s'))} /s, {fmt(m('server_cpu_us_per_op'))} µs server CPU"
+                f"{'' if rc is None or not redis else f' (+{fmt(rc)} Redis)'} per op, p50 {fmt(m('p50_ms'))} / "
+                f"p99 {fmt(m('p99_ms'))} ms")
+        errs = int(g.total(f"{phase}_errors"))
+        return text + (f", {errs} errors" if errs else "")
+
+    for phase, title in TASK_PHASES:
+        r = ratio((ours or Group([])).med(f"{phase}_server_cpu_us_per_op"),
+                  (rmcp or Group([])).med(f"{phase}_server_cpu_us_per_op"))
+        beside = "" if r is None else f" = {r:.2f}× rmcp's server CPU"
+        add(f"{title}, {fmt((ours or rmcp).med('connections'), 0)} connections: throughput and server CPU per op "
+            "(for information; no target figure)",
+            f"ours (Redis store): {figures(ours, phase, True)}; {RMCP} (in process): "
+            f"{figures(rmcp, phase, False)}{beside}", None)
+    if ours is not None:
+        for phase, what in (("create", "per task created (stored, run, completed)"), ("get", "per `tasks/get`")):
+            total, detail = task_redis(ours, phase)
+            add(f"Redis commands {what} (`INFO commandstats`, the scripts' own included)",
+                total if not detail else f"{total}: {detail}", None)
 
 
 def liveness_split(rows):
@@ -509,6 +603,7 @@ def targets_table(gs):
             f"({fmt(g.med('sessions'), 0)} sessions, {fmt(g.med('connections'), 0)} at once)",
             ("–" if p is None else f"{fmt(p)} ms") + note,
             None if p is None else (p <= 10 and not failed))
+    tasks_targets(add, gs)
     return rows
 
 
@@ -709,7 +804,22 @@ def main():
         *(redis_lines(gs) or ["- (no ours-full runs)"]),
         f"- registry writes dropped because the write queue was full, whole bench (node log): "
         f"**{args.registry_drops}**.",
-        "- per-run `INFO commandstats` around each ping run: `redis-commandstats.txt`.",
+        "- per-run `INFO commandstats` around each ping run, and each tasks run's per-phase counts: "
+        "`redis-commandstats.txt`.",
+        "",
+        "## Tasks (SEP-2663, stateless 2026-07-28; closed loop, one request in flight per connection)",
+        "",
+        "`loadgen --workload tasks`. Phase 1: `tools/call slow_compute {\"seconds\": 0}` with the per-request "
+        "opt-in, answered by a `CreateTaskResult` (ours: once the Redis task store holds the task); the task's "
+        "work ends within about a millisecond, so the phase's CPU and Redis commands cover a task's whole life "
+        "(created, stored, run, completed, final record written). Phase 2, once Redis is quiet: `tasks/get` "
+        "round-robin over every id phase 1 created (all completed; `pollIntervalMs` not honoured, so the "
+        "figure is the cost of one poll at saturation). Each phase has its own warm-up and measured window. "
+        f"{RMCP} keeps its tasks in process (no store; one `TaskManager` shared by the per-request handlers) "
+        "and sweeps its whole task map on every task call, so its figures depend on how many tasks it holds "
+        "(the tasks created per run, below).",
+        "",
+        *tasks_rows(gs),
         "",
         "## Against the issue's targets (this run)",
         "",

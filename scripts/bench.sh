@@ -28,6 +28,13 @@
 #   delivery on that node, against ours-full's single node (`loadgen --node-url --node-pid`).
 # - ours-nolog: `fanout` only, ours-full with `--no-event-log`: the single node's CPU per
 #   delivery and Redis commands per delivery without the shared event log, against ours-full's.
+# Tasks (SEP-2663, `tasks` only, `loadgen --workload tasks`, the stateless 2026-07-28 wire):
+# - ours-tasks: `examples/everything.rs --redis` (its TaskLayer over the RedisTaskStore, on the
+#   bench's redis-server): phase 1 creates tasks (`tools/call slow_compute {seconds: 0}` with
+#   the opt-in, answered by a CreateTaskResult once the store holds the task) over $CONNS
+#   connections, phase 2 polls `tasks/get` on the ids it created; per phase ops/s, latency,
+#   server CPU and Redis commands per operation;
+# - rmcp-tasks: the same against `peer-rmcp --tasks` (rmcp's in-process TaskManager, no store).
 # KEEP_WORK=1 keeps the work directory (node and generator logs) and prints where it is.
 set -euo pipefail
 
@@ -45,7 +52,7 @@ STREAM_STEPS=${STREAM_STEPS:-10}
 FORWARD_SESSIONS=${FORWARD_SESSIONS:-64}
 ADOPT_SESSIONS=${ADOPT_SESSIONS:-1000}
 ADOPT_CONNS=${ADOPT_CONNS:-$CONNS}    # first requests in flight at once after the drain
-TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward ours-adopt ours-cluster ours-nolog"}
+TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward ours-adopt ours-cluster ours-nolog ours-tasks rmcp-tasks"}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 OUT=${OUT:-$ROOT/bench/results}
@@ -56,12 +63,16 @@ done
 
 echo "== building (release)"
 cargo build --release --example node
+# The tasks target serves the conformance example (its TaskLayer and the tasks fixtures).
+[[ " $TARGETS " == *" ours-tasks "* ]] && cargo build --release --example everything
 # The peer servers only for the targets that run them.
 PEERS=()
-[[ " $TARGETS " == *" bare "* || " $TARGETS " == *" rmcp "* ]] && PEERS=(-p mcp-bench-peers)
+[[ " $TARGETS " == *" bare "* || " $TARGETS " == *" rmcp "* || " $TARGETS " == *" rmcp-tasks "* ]] &&
+    PEERS=(-p mcp-bench-peers)
 cargo build --release -p mcp-bench-loadgen "${PEERS[@]}"
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 NODE=$BIN/examples/node
+EVERYTHING=$BIN/examples/everything
 LOADGEN=$BIN/loadgen
 
 # 10,000 GET streams need as many sockets on each side.
@@ -130,6 +141,15 @@ start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL (for two nodes PEER_P
             [ "$2" = fanout ] && mode=(--fanout)
             taskset -c "$SERVER_CORE" "$BIN/peer-hyper" --listen "127.0.0.1:$port" "${mode[@]}" >/dev/null & ;;
         rmcp) taskset -c "$SERVER_CORE" "$BIN/peer-rmcp" --listen "127.0.0.1:$port" >/dev/null & ;;
+        rmcp-tasks)
+            taskset -c "$SERVER_CORE" "$BIN/peer-rmcp" --listen "127.0.0.1:$port" --tasks >/dev/null & ;;
+        ours-tasks)
+            # Tasks in Redis (RedisTaskStore), with the session registry and the cluster bus on
+            # the same Redis, as a node of a cluster runs; the stateless requests touch only
+            # the task store.
+            redis-cli -p "$REDIS_PORT" flushall >/dev/null
+            RUST_LOG=warn taskset -c "$SERVER_CORE" "$EVERYTHING" --listen "127.0.0.1:$port" \
+                --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-run.log" & ;;
         ours-transport)
             RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" \
                 --transport-only >/dev/null 2>"$WORK/node-run.log" & ;;
@@ -210,7 +230,8 @@ run() {
         start_server "$target" "$workload"
         local extra=()
         case $target in
-            ours-full | ours-nolog) extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID") ;;
+            ours-full | ours-nolog | ours-tasks)
+                extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID") ;;
             ours-forward)
                 extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID"
                     --init-url "$INIT_URL" --peer-pid "$PEER_PID") ;;
@@ -240,6 +261,16 @@ run() {
 import json,sys; v=json.loads(sys.argv[1]); print(v.get("redis_commands"), "commands", v.get("redis_commandstats"))' "$line" 2>/dev/null)"
                 echo
             } >>"$REDIS_TXT"
+        fi
+        if [ "$target" = ours-tasks ]; then
+            python3 -c '
+import json, sys
+v = json.loads(sys.argv[1])
+print(f"## tasks on ours-tasks, run {sys.argv[2]}, attempt {sys.argv[3]}: Redis commands per operation (measured windows)")
+for phase, what in (("create", "task created, run and completed"), ("get", "tasks/get")):
+    total, stats = v.get(phase + "_redis_commands_per_op"), v.get(phase + "_redis_commandstats_per_op")
+    print(f"- {phase} (per {what}): {total} commands: {stats}")
+print()' "$line" "$i" "$attempt" >>"$REDIS_TXT" 2>/dev/null || true
         fi
         stop_server
         if [[ $target == ours-* ]]; then
@@ -281,7 +312,9 @@ keys = ["ops_per_s", "p50_ms", "p99_ms", "max_ms", "server_cpu_us_per_op", "peer
         "servers_cpu_us_per_op", "node_cpu_us_per_op", "client_cpu_util", "other_cpu_util", "errors", "statuses",
         "second_p99_ms", "kib_per_session", "reopen_growth_kib_per_session", "fanout_last_ms_median",
         "missing", "redis_publish_per_notification", "redis_commands", "redis_commands_per_session", "redis_drain_s", "redis_keys_left",
-        "registry_drops", "error_sample", "fatal"]
+        "registry_drops", "create_ops_per_s", "create_p50_ms", "create_p99_ms", "create_server_cpu_us_per_op",
+        "create_redis_commands_per_op", "get_ops_per_s", "get_p50_ms", "get_p99_ms", "get_server_cpu_us_per_op",
+        "get_redis_commands_per_op", "tasks_created", "get_not_completed", "error_sample", "fatal"]
 extra = " ".join(f"{a}" for a in [v.get("sessions")] if a)
 if v.get("connections") == 1:
     extra += " 1conn"
@@ -310,7 +343,7 @@ arg_of() { # NAME ARGS...
 # tools); rmcp has no broadcast trigger for the fan-out; the two-node targets run `ping`
 # (forwarded: on $FORWARD_SESSIONS sessions, and over one connection) and `adopt`, which
 # nothing else runs. `ping` over one connection (the latency a hop adds) runs on ours-full and
-# ours-forward only.
+# ours-forward only. `tasks` runs on the two tasks targets only, and they run nothing else.
 applies() { # TARGET WORKLOAD ARGS...
     local target=$1 workload=$2
     shift 2
@@ -322,7 +355,9 @@ applies() { # TARGET WORKLOAD ARGS...
         ours-forward:ping) [[ " $FORWARD_SESSIONS " == *" $(arg_of sessions "$@") "* ]] ;;
         ours-adopt:adopt) return 0 ;;
         ours-cluster:fanout | ours-nolog:fanout) return 0 ;;
+        ours-tasks:tasks | rmcp-tasks:tasks) return 0 ;;
         ours-forward:* | ours-adopt:* | ours-cluster:* | ours-nolog:* | *:adopt) return 1 ;;
+        ours-tasks:* | rmcp-tasks:* | *:tasks) return 1 ;;
         bare:ping | bare:fanout) return 0 ;;
         bare:*) return 1 ;;
         rmcp:fanout) return 1 ;;
@@ -359,6 +394,8 @@ for i in $(seq "$RUNS"); do
     each "$i" idle --sessions "$IDLE_SESSIONS" --connections "$CONNS" --settle 0.5 --with-get
     # Needs a broadcast trigger: the node example's `broadcast` tool.
     each "$i" fanout --sessions "$FANOUT_STREAMS" --connections "$CONNS" --settle 0.5
+    # Task creation, then `tasks/get` on the tasks created (stateless 2026-07-28).
+    each "$i" tasks --connections "$CONNS"
 done
 ELAPSED=$(( $(date +%s) - START ))
 
@@ -388,7 +425,7 @@ python3 "$ROOT/bench/report.py" "$RAW" "$OUT" \
     --full-stack "$FULL_STACK" \
     --registry-drops "$REGISTRY_DROPS" \
     --elapsed "$ELAPSED"
-echo "== Redis commands during the ping workload (ours-full)"
+echo "== Redis commands during the ping workload (ours-full) and the tasks workload (ours-tasks)"
 cat "$REDIS_TXT"
 echo "== against the issue's targets"
 sed -n '/^## Against the issue/,$p' "$OUT/results.md" | tail -n +2

@@ -27,12 +27,17 @@
 //!   session that gets `404` is initialized again, and failures are split into those on a
 //!   killed node's sessions (`--events FILE` says which node was killed when) and the others
 //!   (see `chaos.rs`)
+//! - `tasks`: the Tasks extension (SEP-2663) on the stateless 2026-07-28 wire, in two phases:
+//!   C loops of `tools/call slow_compute {seconds: 0}` with the per-request opt-in, each
+//!   answered by a `CreateTaskResult`; then C loops of `tasks/get` round-robin over the ids
+//!   the first phase created (all completed by then); ops/s, latency, server CPU and Redis
+//!   commands per operation for each phase (see `tasks.rs`)
 //!
 //! `--init-url URL`: sessions are initialized there (node A) while the workload's requests go
 //! to `--url` (node B): with `ping` or `call`, every request is one B forwards to A.
 //!
 //! `--stateless` sends 2026-07-28 requests (per-request `_meta` and headers, no session) for
-//! `call` and `stream`.
+//! `call` and `stream`; `tasks` always does.
 //!
 //! CPU: the server's utime+stime from `/proc/<pid>/stat` (`--server-pid`) and the generator's
 //! own, over the measured window (after `--warmup`); `--peer-pid` measures a second server
@@ -41,13 +46,15 @@
 //! measures each further node of a `fanout`: every node's CPU per delivery on that node
 //! (`node_cpu_us_per_op`, `--url`'s first) and all of them summed (`servers_cpu_*`).
 //! `--redis ADDR` counts Redis commands in the window (INFO commandstats at its start and its
-//! end; for `fanout`, around the broadcasts, with the commands per broadcast).
+//! end; for `fanout`, around the broadcasts, with the commands per broadcast; for `tasks`, in
+//! each phase's window, per operation).
 
 mod adopt;
 mod chaos;
 mod client;
 mod procfs;
 mod stats;
+mod tasks;
 
 use std::{
     collections::BTreeMap,
@@ -76,6 +83,7 @@ enum Workload {
     Fanout,
     Chaos,
     Adopt,
+    Tasks,
 }
 
 impl Workload {
@@ -89,6 +97,7 @@ impl Workload {
             "fanout" => Self::Fanout,
             "chaos" => Self::Chaos,
             "adopt" => Self::Adopt,
+            "tasks" => Self::Tasks,
             _ => return None,
         })
     }
@@ -103,6 +112,7 @@ impl Workload {
             Self::Fanout => "fanout",
             Self::Chaos => "chaos",
             Self::Adopt => "adopt",
+            Self::Tasks => "tasks",
         }
     }
 }
@@ -139,7 +149,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: loadgen --url http://HOST:PORT/mcp
-  --workload churn|ping|call|stream|idle|fanout|chaos|adopt
+  --workload churn|ping|call|stream|idle|fanout|chaos|adopt|tasks
   [--sessions N (64)] [--connections C (64)] [--duration SECS (5)] [--warmup SECS (1)]
   [--server-pid PID] [--init-url URL] [--peer-pid PID] [--drain-pid PID (adopt)] [--with-get] [--steps K (10)] [--triggers R (5)] [--stateless]
   [--node-url URL]... [--node-pid PID]... (fanout over several nodes)
@@ -228,8 +238,17 @@ fn parse_args() -> Result<Args, String> {
     if !(a.rate.is_finite() && a.rate >= 0.0) {
         return Err("--rate must be 0 (closed loop) or a positive number".into());
     }
-    if a.stateless && !matches!(a.workload, Workload::Call | Workload::Stream) {
-        return Err("--stateless applies to the call and stream workloads".into());
+    if a.stateless
+        && !matches!(
+            a.workload,
+            Workload::Call | Workload::Stream | Workload::Tasks
+        )
+    {
+        return Err("--stateless applies to the call, stream and tasks workloads".into());
+    }
+    // The Tasks extension is defined on the 2026-07-28 wire only.
+    if a.workload == Workload::Tasks {
+        a.stateless = true;
     }
     if a.init_url.is_some()
         && (a.stateless
@@ -327,6 +346,7 @@ async fn run(args: Args) -> Result<Value, Error> {
         Workload::Adopt => adopt::run(&args, target, init).await,
         Workload::Idle => idle(&args, target).await,
         Workload::Fanout => fanout(&args, target).await,
+        Workload::Tasks => tasks::run(&args, target).await,
         Workload::Chaos => {
             let sessions = open_sessions(&target, args.sessions, args.connections).await?;
             let options = chaos::Options {

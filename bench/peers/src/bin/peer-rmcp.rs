@@ -3,12 +3,20 @@
 //! 2026-07-28 requests served statelessly), `TCP_NODELAY` on accepted sockets.
 //!
 //! ```text
-//! peer-rmcp --listen 127.0.0.1:8081
+//! peer-rmcp --listen 127.0.0.1:8081 [--tasks]
 //! ```
 //!
 //! Tools: `echo {text}`; `progress {steps}` (per step, sleeps 10 ms then sends a progress
 //! notification for the request's progress token and a log message — the same work as the
-//! node example's `progress` tool, so the `stream` workload compares like with like).
+//! node example's `progress` tool, so the `stream` workload compares like with like);
+//! `slow_compute {seconds, label}` (sleeps `seconds`, as `examples/everything.rs`'s
+//! conformance fixture does).
+//!
+//! `--tasks`: the Tasks extension (SEP-2663) with rmcp's in-process `TaskManager` (one for the
+//! process, shared by the handler each request gets; default `TaskOptions`: 300 s TTL): the
+//! server advertises it, `slow_compute` with the client's per-request opt-in is answered by a
+//! `CreateTaskResult` and runs as a task, and `tasks/get|update|cancel` are answered from the
+//! manager. Without `--tasks` nothing advertises it and `slow_compute` runs inline.
 
 // Logging notifications are deprecated by SEP-2577 but still part of 2025-11-25, which is the
 // era measured here; the node example sends them too.
@@ -21,10 +29,15 @@ use rmcp::{
     ErrorData, Peer, RoleServer, ServerHandler,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
     model::{
-        LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam,
-        RequestMetaObject, ServerCapabilities, ServerConfig,
+        CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, CreateTaskResult,
+        GetTaskParams, GetTaskResult, LoggingLevel, LoggingMessageNotificationParam,
+        ProgressNotificationParam, RequestMetaObject, ServerCapabilities, ServerConfig,
+        UpdateTaskParams,
     },
-    schemars, tool, tool_handler, tool_router,
+    schemars,
+    service::RequestContext,
+    task_manager::{TaskManager, TaskOptions},
+    tool, tool_handler, tool_router,
     transport::{
         StreamableHttpServerConfig, StreamableHttpService,
         streamable_http_server::session::local::LocalSessionManager,
@@ -32,10 +45,12 @@ use rmcp::{
 };
 use serde::Deserialize;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Bench {
     #[allow(dead_code, reason = "read by the code tool_handler generates")]
     tool_router: ToolRouter<Self>,
+    /// `--tasks`: the process's task manager (every clone shares its state).
+    tasks: Option<TaskManager>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -50,11 +65,57 @@ struct ProgressArgs {
     steps: Option<u64>,
 }
 
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct SlowComputeArgs {
+    /// Seconds to sleep (default 1).
+    seconds: Option<f64>,
+    /// A label for the result.
+    label: Option<String>,
+}
+
 #[tool_router]
 impl Bench {
-    fn new() -> Self {
+    fn new(tasks: Option<TaskManager>) -> Self {
         Self {
             tool_router: Self::tool_router(),
+            tasks,
+        }
+    }
+
+    fn task_manager(&self) -> Result<&TaskManager, ErrorData> {
+        self.tasks
+            .as_ref()
+            .ok_or_else(|| ErrorData::internal_error("tasks are off (--tasks)", None))
+    }
+
+    #[tool(description = "Sleeps `seconds`, as a task when the client opts in (--tasks).")]
+    async fn slow_compute(
+        &self,
+        Parameters(SlowComputeArgs { seconds, label }): Parameters<SlowComputeArgs>,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let seconds = seconds
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(1.0)
+            .min(3600.0);
+        let label = label.unwrap_or_default();
+        let work = async move {
+            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            CallToolResult::success(vec![ContentBlock::text(format!(
+                "slow_compute {label}: done after {seconds}s"
+            ))])
+        };
+        let opted_in = cx
+            .client_capabilities()
+            .is_some_and(|caps| caps.supports_tasks());
+        match self.tasks.as_ref().filter(|_| opted_in) {
+            Some(tasks) => {
+                let task = tasks.spawn(TaskOptions::default(), |_task| {
+                    Box::pin(async move { Ok(work.await) })
+                });
+                Ok(CreateTaskResult::new(task).into())
+            }
+            None => Ok(work.await.into()),
         }
     }
 
@@ -96,38 +157,72 @@ impl Bench {
 #[tool_handler]
 impl ServerHandler for Bench {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_logging()
-                .build(),
-        )
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_logging();
+        ServerConfig::new(if self.tasks.is_some() {
+            caps.enable_tasks().build()
+        } else {
+            caps.build()
+        })
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let task = self.task_manager()?.get_task(&request.task_id)?;
+        Ok(GetTaskResult::new(task))
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.task_manager()?
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.task_manager()?.cancel_task(&request.task_id)
     }
 }
 
-fn listen_arg() -> Result<SocketAddr, String> {
+/// `--listen ADDR` and `--tasks`.
+fn parse_args() -> Result<(SocketAddr, bool), String> {
     let mut listen = "127.0.0.1:8081".to_owned();
+    let mut tasks = false;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--listen" => listen = it.next().ok_or("--listen needs a value")?,
+            "--tasks" => tasks = true,
             "-h" | "--help" => {
-                println!("usage: peer-rmcp [--listen ADDR]");
+                println!("usage: peer-rmcp [--listen ADDR] [--tasks]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    listen
+    let listen = listen
         .parse()
-        .map_err(|e| format!("--listen {listen}: {e}"))
+        .map_err(|e| format!("--listen {listen}: {e}"))?;
+    Ok((listen, tasks))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let listen = listen_arg()?;
+    let (listen, tasks) = parse_args()?;
+    // One manager for the process: rmcp builds a handler per stateless request.
+    let tasks = tasks.then(TaskManager::new);
     let service = StreamableHttpService::new(
-        || Ok(Bench::new()),
+        move || Ok(Bench::new(tasks.clone())),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default(),
     );
