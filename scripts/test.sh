@@ -205,7 +205,9 @@ STEP_LABEL="FUZZ_SEED=1 scripts/fuzz.sh 8 (logs: fuzz/target/logs/)" \
     run_step fuzz env FUZZ_SEED=1 "$ROOT/scripts/fuzz.sh" 8
 
 if ((QUICK == 0)); then
-    run_step clippy cargo clippy "${PACKAGES[@]}" --all-targets --all-features -- -D warnings
+    # The load generator too (its tests run above); the peer servers (rmcp, axum) are built
+    # by scripts/bench.sh only.
+    run_step clippy cargo clippy "${PACKAGES[@]}" -p mcp-bench-loadgen --all-targets --all-features -- -D warnings
     run_step fmt cargo fmt --all -- --check
     run_step doc env RUSTDOCFLAGS="-D warnings -D rustdoc::broken_intra_doc_links" \
         cargo doc --no-deps --all-features

@@ -1755,7 +1755,10 @@ mod redis_single {
         // Both ways together, with this harness's own connection: about 440 and 120 bytes
         // (the whole ring: about 20 KB and 1.5 KB).
         let (sent, received) = server.net_bytes();
-        assert!(sent < 1_000, "{sent} bytes sent for a session without events");
+        assert!(
+            sent < 1_000,
+            "{sent} bytes sent for a session without events"
+        );
         assert!(received < 400, "{received} bytes received");
 
         let data = bytes::Bytes::from_static(b"{}");

@@ -399,7 +399,10 @@ impl RedisServer {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{name} in INFO stats"))
         };
-        (field("total_net_input_bytes"), field("total_net_output_bytes"))
+        (
+            field("total_net_input_bytes"),
+            field("total_net_output_bytes"),
+        )
     }
 
     /// Resets the command statistics.

@@ -110,8 +110,17 @@ where
             Plan::Restore(record) => {
                 // Taking part until answered.
                 let _adopting = adopting.or_else(|| Adopting::join(&core, &sid));
-                return restore(&core, inner, req, &ctx, removal, &sid, record, Events::ToRead)
-                    .await;
+                return restore(
+                    &core,
+                    inner,
+                    req,
+                    &ctx,
+                    removal,
+                    &sid,
+                    record,
+                    Events::ToRead,
+                )
+                .await;
             }
             Plan::Adopt(record) => {
                 if cont.is_draining() {

@@ -159,7 +159,11 @@ fn page(reply: &Value, after: Option<u32>, max: usize) -> Result<StoredEventPage
         Value::Array(items) => items.as_slice(),
         Value::Nil => &[],
         Value::ServerError(err) => return Err(super::classify(err.clone().into())),
-        _ => return Err(StoreError::backend("unexpected reply to the event log's read")),
+        _ => {
+            return Err(StoreError::backend(
+                "unexpected reply to the event log's read",
+            ));
+        }
     };
     let bulk = |item: &Value| match item {
         Value::BulkString(b) => Some(b.clone()),
