@@ -10,6 +10,8 @@
 
 mod full_body;
 mod macros;
+#[cfg(feature = "redis")]
+mod redis_conn;
 mod throttle;
 
 pub mod affinity;

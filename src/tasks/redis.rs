@@ -2,16 +2,17 @@
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
-use ::redis::{
-    FromRedisValue, RedisError, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use ::redis::{FromRedisValue, RedisError, Script};
 
 use super::{TaskRecord, TaskStore, TaskStoreError};
 use crate::config::ConfigError;
+use crate::redis_conn::{BuildError, Client, Conn, Target};
 
+/// The default [`with_prefix`](RedisTaskStoreBuilder::with_prefix).
 const DEFAULT_PREFIX: &str = "mcp:task";
+/// The default [`with_command_timeout`](RedisTaskStoreBuilder::with_command_timeout).
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+/// The default [`with_connect_timeout`](RedisTaskStoreBuilder::with_connect_timeout).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Stores the record unless the key exists; sets its expiry.
@@ -60,30 +61,24 @@ pub struct RedisTaskStore {
     inner: Arc<Inner>,
 }
 
+/// What the clones of a [`RedisTaskStore`] share.
 struct Inner {
+    /// The connection.
     conn: Conn,
+    /// The key prefix.
     prefix: String,
+    /// The bound on each command.
     command_timeout: Duration,
+    /// [`CREATE`].
     create: Script,
+    /// [`REPLACE`].
     replace: Script,
-}
-
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    #[cfg(feature = "redis-cluster")]
-    Cluster(::redis::cluster_async::ClusterConnection),
 }
 
 impl fmt::Debug for RedisTaskStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let topology = match self.inner.conn {
-            Conn::Single(_) => "single",
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(_) => "cluster",
-        };
         f.debug_struct("RedisTaskStore")
-            .field("topology", &topology)
+            .field("topology", &self.inner.conn.topology())
             .field("prefix", &self.inner.prefix)
             .finish_non_exhaustive()
     }
@@ -114,13 +109,6 @@ pub struct RedisTaskStoreBuilder {
     prefix: String,
     command_timeout: Duration,
     connect_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-enum Target {
-    Single(String),
-    #[cfg(feature = "redis-cluster")]
-    Cluster(Vec<String>),
 }
 
 impl RedisTaskStore {
@@ -156,10 +144,12 @@ impl RedisTaskStore {
         RedisTaskStoreBuilder::new(Target::Cluster(nodes.into_iter().map(Into::into).collect()))
     }
 
+    /// The key of task `id`: `<prefix>:{<id>}`.
     fn key(&self, id: &str) -> String {
         format!("{}:{{{id}}}", self.inner.prefix)
     }
 
+    /// `fut` within the command timeout, its error mapped by [`classify`].
     async fn bounded<T>(
         &self,
         fut: impl Future<Output = Result<T, RedisError>>,
@@ -171,6 +161,7 @@ impl RedisTaskStore {
         }
     }
 
+    /// Runs `script` on `key` within the command timeout (loading it first where missing).
     async fn eval<T: FromRedisValue>(
         &self,
         script: &Script,
@@ -181,30 +172,17 @@ impl RedisTaskStore {
         for arg in args {
             invocation.arg(*arg);
         }
-        let conn = self.inner.conn.clone();
-        self.bounded(async move {
-            match conn {
-                Conn::Single(mut c) => invocation.invoke_async(&mut c).await,
-                #[cfg(feature = "redis-cluster")]
-                Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await,
-            }
-        })
-        .await
+        self.bounded(self.inner.conn.invoke(&invocation)).await
     }
 
+    /// Sends `cmd` within the command timeout.
     async fn query<T: FromRedisValue>(&self, cmd: ::redis::Cmd) -> Result<T, TaskStoreError> {
-        let conn = self.inner.conn.clone();
-        self.bounded(async move {
-            match conn {
-                Conn::Single(mut c) => cmd.query_async(&mut c).await,
-                #[cfg(feature = "redis-cluster")]
-                Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
-            }
-        })
-        .await
+        self.bounded(self.inner.conn.query(&cmd)).await
     }
 }
 
+/// What `err` means for the task store: a timeout, an unreachable store, or the store's own
+/// error.
 fn classify(err: RedisError) -> TaskStoreError {
     if err.is_timeout() {
         TaskStoreError::timeout()
@@ -216,6 +194,7 @@ fn classify(err: RedisError) -> TaskStoreError {
 }
 
 impl RedisTaskStoreBuilder {
+    /// A builder for `target` with the default settings.
     fn new(target: Target) -> Self {
         Self {
             target,
@@ -292,46 +271,20 @@ impl RedisTaskStoreBuilder {
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
             return Err(bad("prefix", "must be non-empty, without `{` or `}`"));
         }
-        if self.command_timeout.is_zero() {
-            return Err(bad("command_timeout", "must be greater than zero"));
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(bad("connect_timeout", "must be greater than zero"));
-        }
-        tokio::runtime::Handle::try_current()
-            .map_err(|_| bad("runtime", "must be built inside a Tokio runtime"))?;
-        let conn = match self.target {
-            Target::Single(url) => {
-                let client = ::redis::Client::open(url.as_str())
-                    .map_err(|_| bad("url", "is not a valid Redis URL"))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(self.command_timeout))
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_number_of_retries(6)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_secs(1));
-                Conn::Single(
-                    ConnectionManager::new_lazy_with_config(client, config)
-                        .map_err(|_| bad("url", "is not a valid Redis URL"))?,
-                )
-            }
-            #[cfg(feature = "redis-cluster")]
-            Target::Cluster(nodes) => {
-                if nodes.is_empty() {
-                    return Err(bad("nodes", "must name at least one cluster node"));
+        let conn = Client::open(self.target, self.command_timeout, self.connect_timeout)
+            .and_then(Client::lazy)
+            .map_err(|err| match err {
+                BuildError::ZeroCommandTimeout => {
+                    bad("command_timeout", "must be greater than zero")
                 }
-                let client =
-                    ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
-                        .connection_timeout(self.connect_timeout)
-                        .response_timeout(self.command_timeout)
-                        .build()
-                        .map_err(|_| bad("url", "is not a valid Redis URL"))?;
-                let config = ::redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(self.connect_timeout)
-                    .set_response_timeout(self.command_timeout);
-                Conn::Cluster(client.get_pending_async_connection_with_config(config))
-            }
-        };
+                BuildError::ZeroConnectTimeout => {
+                    bad("connect_timeout", "must be greater than zero")
+                }
+                BuildError::NoRuntime(_) => bad("runtime", "must be built inside a Tokio runtime"),
+                BuildError::Url(_) => bad("url", "is not a valid Redis URL"),
+                #[cfg(feature = "redis-cluster")]
+                BuildError::NoNodes => bad("nodes", "must name at least one cluster node"),
+            })?;
         Ok(RedisTaskStore {
             inner: Arc::new(Inner {
                 conn,
@@ -344,6 +297,7 @@ impl RedisTaskStoreBuilder {
     }
 }
 
+/// `record` as the JSON stored in its hash's `r` field.
 fn encode(record: &TaskRecord) -> Result<String, TaskStoreError> {
     serde_json::to_string(record).map_err(TaskStoreError::invalid_record)
 }

@@ -3,19 +3,14 @@
 use std::fmt;
 use std::time::Duration;
 
-use ::redis::AsyncConnectionConfig;
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-use super::{Conn, RedisStore, bounded};
+use super::{RedisStore, bounded};
+use crate::redis_conn::{BuildError, Client, Target};
 use crate::registry::store::{RecordKey, StoreError};
 
+/// The default [`with_command_timeout`](RedisStoreBuilder::with_command_timeout).
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// The default [`with_connect_timeout`](RedisStoreBuilder::with_connect_timeout).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Reconnect attempts per reconnect round of the connection manager; a failed round is retried
-/// by the next command.
-const RECONNECT_RETRIES: usize = 6;
-const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Builds a [`RedisStore`]. Created by [`RedisStore::builder`] (and `RedisStore::cluster_builder`
 /// with feature `redis-cluster`).
@@ -47,29 +42,11 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
 }
 
-#[derive(Clone)]
-pub(super) enum Target {
-    Single(String),
-    #[cfg(feature = "redis-cluster")]
-    Cluster(Vec<String>),
-}
-
-enum Client {
-    Single(::redis::Client),
-    #[cfg(feature = "redis-cluster")]
-    Cluster(Box<::redis::cluster::ClusterClient>),
-}
-
 impl fmt::Debug for RedisStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // URLs may carry passwords: they are not shown.
-        let target = match &self.target {
-            Target::Single(_) => "single",
-            #[cfg(feature = "redis-cluster")]
-            Target::Cluster(_) => "cluster",
-        };
         f.debug_struct("RedisStoreBuilder")
-            .field("target", &target)
+            .field("target", &self.target.topology())
             .field("prefix", &self.prefix)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -78,6 +55,7 @@ impl fmt::Debug for RedisStoreBuilder {
 }
 
 impl RedisStoreBuilder {
+    /// A builder for `target` with the default settings.
     pub(super) fn new(target: Target) -> Self {
         Self {
             target,
@@ -133,63 +111,16 @@ impl RedisStoreBuilder {
         self
     }
 
-    fn prepare(self) -> Result<(Client, RecordKey, Duration, Duration), StoreError> {
+    /// Checks the settings and opens the client, contacting no server.
+    fn prepare(self) -> Result<(Client, RecordKey, Duration), StoreError> {
         if self.prefix.contains(['{', '}']) {
             return Err(StoreError::config(
                 "the key prefix must not contain `{` or `}`",
             ));
         }
-        if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(StoreError::config("timeouts must be greater than zero"));
-        }
-        // The connections spawn background tasks on the current Tokio runtime.
-        tokio::runtime::Handle::try_current().map_err(StoreError::config)?;
-        let client = match self.target {
-            Target::Single(url) => {
-                Client::Single(::redis::Client::open(url.as_str()).map_err(StoreError::config)?)
-            }
-            #[cfg(feature = "redis-cluster")]
-            Target::Cluster(nodes) => {
-                if nodes.is_empty() {
-                    return Err(StoreError::config("no cluster node given"));
-                }
-                let client =
-                    ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
-                        .connection_timeout(self.connect_timeout)
-                        .response_timeout(self.command_timeout)
-                        .build()
-                        .map_err(StoreError::config)?;
-                Client::Cluster(Box::new(client))
-            }
-        };
-        Ok((
-            client,
-            RecordKey::new(self.prefix),
-            self.command_timeout,
-            self.connect_timeout,
-        ))
-    }
-
-    fn manager_config(
-        command_timeout: Duration,
-        connect_timeout: Duration,
-    ) -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_response_timeout(Some(command_timeout))
-            .set_connection_timeout(Some(connect_timeout))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY)
-    }
-
-    #[cfg(feature = "redis-cluster")]
-    fn cluster_config(
-        command_timeout: Duration,
-        connect_timeout: Duration,
-    ) -> ::redis::cluster::ClusterConfig {
-        ::redis::cluster::ClusterConfig::new()
-            .set_connection_timeout(connect_timeout)
-            .set_response_timeout(command_timeout)
+        let client = Client::open(self.target, self.command_timeout, self.connect_timeout)
+            .map_err(config_error)?;
+        Ok((client, RecordKey::new(self.prefix), self.command_timeout))
     }
 
     /// Builds the store without contacting Redis; it connects on first use.
@@ -215,22 +146,8 @@ impl RedisStoreBuilder {
     /// # }
     /// ```
     pub fn build_lazy(self) -> Result<RedisStore, StoreError> {
-        let (client, keys, command_timeout, connect_timeout) = self.prepare()?;
-        let conn = match client {
-            Client::Single(client) => Conn::Single(
-                ConnectionManager::new_lazy_with_config(
-                    client,
-                    Self::manager_config(command_timeout, connect_timeout),
-                )
-                .map_err(StoreError::config)?,
-            ),
-            #[cfg(feature = "redis-cluster")]
-            Client::Cluster(client) => {
-                Conn::Cluster(client.get_pending_async_connection_with_config(
-                    Self::cluster_config(command_timeout, connect_timeout),
-                ))
-            }
-        };
+        let (client, keys, command_timeout) = self.prepare()?;
+        let conn = client.lazy().map_err(config_error)?;
         Ok(RedisStore::from_parts(conn, keys, command_timeout))
     }
 
@@ -255,44 +172,30 @@ impl RedisStoreBuilder {
     /// # }
     /// ```
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        let (client, keys, command_timeout, connect_timeout) = self.prepare()?;
-        let limit = connect_timeout.saturating_add(command_timeout);
-        let conn = match client {
-            Client::Single(client) => {
-                // One direct attempt reports the real cause (refused, timed out, auth) instead of
-                // the manager's retry loop running into our deadline.
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(command_timeout));
-                bounded(limit, async {
-                    let mut probe = client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?;
-                    ::redis::cmd("PING").query_async::<()>(&mut probe).await
-                })
-                .await?;
-                let manager = ConnectionManager::new_lazy_with_config(
-                    client,
-                    Self::manager_config(command_timeout, connect_timeout),
-                )
-                .map_err(StoreError::config)?;
-                Conn::Single(manager)
-            }
-            #[cfg(feature = "redis-cluster")]
-            Client::Cluster(client) => Conn::Cluster(
-                bounded(
-                    limit,
-                    client.get_async_connection_with_config(Self::cluster_config(
-                        command_timeout,
-                        connect_timeout,
-                    )),
-                )
-                .await?,
-            ),
-        };
+        let limit = self.connect_timeout.saturating_add(self.command_timeout);
+        let (client, keys, command_timeout) = self.prepare()?;
+        // On a single server one direct attempt first: it reports the real cause (refused,
+        // timed out, auth) instead of the manager's retry loop running into our deadline.
+        let conn = bounded(limit, client.connect())
+            .await?
+            .map_err(config_error)?;
         let store = RedisStore::from_parts(conn, keys, command_timeout);
         // Open the store's own connection now, with the connect timeout to spare.
         bounded(limit, store.conn_query::<()>(::redis::cmd("PING"))).await?;
         Ok(store)
+    }
+}
+
+/// A connection that could not be built, as the registry names it: a
+/// [`StoreError::is_config`] error.
+fn config_error(err: BuildError) -> StoreError {
+    match err {
+        BuildError::ZeroCommandTimeout | BuildError::ZeroConnectTimeout => {
+            StoreError::config("timeouts must be greater than zero")
+        }
+        BuildError::NoRuntime(err) => StoreError::config(err),
+        BuildError::Url(err) => StoreError::config(err),
+        #[cfg(feature = "redis-cluster")]
+        BuildError::NoNodes => StoreError::config("no cluster node given"),
     }
 }

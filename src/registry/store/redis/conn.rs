@@ -1,50 +1,18 @@
-//! The connection (one server or a cluster): sending commands within the command timeout,
-//! and what a Redis error means for the registry.
+//! Sending commands on the store's connection ([`Conn`](crate::redis_conn::Conn)) within the
+//! command timeout, and what a Redis error means for the registry.
 
 use std::future::Future;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ServerErrorKind};
 
 use super::RedisStore;
 use crate::registry::store::{Kind, StoreError};
 
-#[derive(Clone)]
-pub(super) enum Conn {
-    Single(ConnectionManager),
-    #[cfg(feature = "redis-cluster")]
-    Cluster(::redis::cluster_async::ClusterConnection),
-}
-
-/// `$send` with `$c` bound to the connection of `$conn` (a [`Conn`], consumed), whichever kind it
-/// is: the two kinds are different types behind the same `ConnectionLike` calls.
-macro_rules! on_conn {
-    ($conn:expr, |$c:ident| $send:expr) => {
-        match $conn {
-            Conn::Single(mut $c) => $send,
-            #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(mut $c) => $send,
-        }
-    };
-}
-
-impl Conn {
-    pub(super) fn topology(&self) -> &'static str {
-        match self {
-            Self::Single(_) => "single",
-            #[cfg(feature = "redis-cluster")]
-            Self::Cluster(_) => "cluster",
-        }
-    }
-}
-
 impl RedisStore {
     /// Sends `cmd` without a deadline of its own.
     pub(super) async fn conn_query<T: FromRedisValue>(&self, cmd: Cmd) -> RedisResult<T> {
-        on_conn!(self.inner.conn.clone(), |conn| cmd
-            .query_async(&mut conn)
-            .await)
+        self.inner.conn.query(&cmd).await
     }
 
     /// Sends `cmd` within the command timeout.
@@ -58,12 +26,7 @@ impl RedisStore {
         &self,
         pipe: &::redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let sent = async {
-            on_conn!(self.inner.conn.clone(), |conn| pipe
-                .query_async(&mut conn)
-                .await)
-        };
-        bounded(self.inner.command_timeout, sent).await
+        bounded(self.inner.command_timeout, self.inner.conn.query_pipe(pipe)).await
     }
 
     /// Runs `script` on `key` within the command timeout (loading it first where missing).
@@ -77,23 +40,19 @@ impl RedisStore {
         for arg in args {
             invocation.arg(*arg);
         }
-        let conn = self.inner.conn.clone();
-        bounded(self.inner.command_timeout, async move {
-            on_conn!(conn, |conn| invocation.invoke_async(&mut conn).await)
-        })
-        .await
+        self.invoke(invocation).await
     }
 
     /// Runs a prepared script invocation within the command timeout (loading the script
     /// first where missing).
     pub(super) async fn invoke<T: FromRedisValue>(
         &self,
-        invocation: ::redis::ScriptInvocation<'static>,
+        invocation: ::redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let conn = self.inner.conn.clone();
-        bounded(self.inner.command_timeout, async move {
-            on_conn!(conn, |conn| invocation.invoke_async(&mut conn).await)
-        })
+        bounded(
+            self.inner.command_timeout,
+            self.inner.conn.invoke(&invocation),
+        )
         .await
     }
 
@@ -111,11 +70,7 @@ impl RedisStore {
         for arg in args {
             invocation.arg(*arg);
         }
-        let conn = self.inner.conn.clone();
-        bounded(self.inner.command_timeout, async move {
-            on_conn!(conn, |conn| invocation.invoke_async(&mut conn).await)
-        })
-        .await
+        self.invoke(invocation).await
     }
 }
 
@@ -140,6 +95,8 @@ pub(super) async fn bounded<T>(
     .await
 }
 
+/// What `err` means for the registry: a timeout, an unreachable store, or the store's own
+/// error.
 pub(super) fn classify(err: RedisError) -> StoreError {
     let kind = if err.is_timeout() {
         Kind::Timeout

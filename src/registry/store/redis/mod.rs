@@ -16,14 +16,14 @@ mod index;
 mod scripts;
 
 pub use builder::RedisStoreBuilder;
-use builder::Target;
 use commands::{OwnedRemoval, Registered};
-use conn::{Conn, bounded, classify, within};
+use conn::{bounded, classify, within};
 use scripts::{CLAIM, INDEX_PUT, REMOVE_IF_OWNED, REMOVE_IF_STALE, RETIRABLE, WITHDRAW};
 
 use super::{
     Claim, NodeRecord, RecordKey, RegistryStore, SessionRecord, StoreError, StoreWrite, ttl_seconds,
 };
+use crate::redis_conn::{Conn, Target};
 
 /// The largest `remove_stale` batch: the index page size and the concurrent calls.
 const MAX_BATCH: usize = 1024;
