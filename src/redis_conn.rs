@@ -22,15 +22,21 @@ const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
 /// The longest delay between two reconnect attempts.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 
-/// Where a store connects. Its `Debug` shows the URLs: show [`topology`](Self::topology)
-/// instead where a password must not appear.
-#[derive(Debug, Clone)]
+/// Where a store connects. Its `Debug` shows the [`topology`](Self::topology) only: the URLs
+/// may carry passwords.
+#[derive(Clone)]
 pub(crate) enum Target {
     /// The URL of one server.
     Single(String),
     /// The URLs of some of a cluster's nodes.
     #[cfg(feature = "redis-cluster")]
     Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.topology())
+    }
 }
 
 impl Target {
@@ -291,6 +297,12 @@ mod tests {
             .expect("lazy");
         assert_eq!(conn.topology(), "single");
         assert_eq!(single("redis://127.0.0.1:1/").topology(), "single");
+    }
+
+    #[test]
+    fn a_target_shows_no_url() {
+        let shown = format!("{:?}", single("redis://user:secret@10.0.0.1:6380/"));
+        assert_eq!(shown, "single");
     }
 
     #[cfg(feature = "redis-cluster")]

@@ -102,6 +102,13 @@ impl fmt::Debug for RedisTaskStore {
 /// assert_eq!(err.field(), "prefix");
 /// # }
 /// ```
+///
+/// Its `Debug` shows no URL (they may carry passwords):
+///
+/// ```
+/// let builder = mcp_affinity::tasks::RedisTaskStore::builder("redis://:secret@127.0.0.1/");
+/// assert!(!format!("{builder:?}").contains("secret"));
+/// ```
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct RedisTaskStoreBuilder {
