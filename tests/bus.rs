@@ -32,6 +32,7 @@ type Svc = tower::util::BoxCloneSyncService<
 enum Backend {
     Memory(MemoryBus),
     Redis(redis_support::RedisServer),
+    #[cfg(feature = "redis-cluster")]
     Cluster(redis_support::RedisCluster),
 }
 
@@ -41,6 +42,7 @@ impl Backend {
         match self {
             Self::Memory(hub) => b.with_memory(hub),
             Self::Redis(r) => b.with_redis(r.url()),
+            #[cfg(feature = "redis-cluster")]
             Self::Cluster(c) => b.with_redis_cluster(c.urls()),
         }
     }
