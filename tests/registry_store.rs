@@ -1772,6 +1772,22 @@ mod redis_single {
         let page = store.read_events(id, Some(0), 256).await.expect("read");
         assert_eq!(page.events.len(), 3);
         assert_eq!((page.top, page.ordinal), (3, 3));
+        // A top of the earlier form (`<ordinal>:<seq>`, no highest ordinal): every slot is
+        // read and deleted.
+        let bucket = server
+            .keys("mcp:session:events:*")
+            .into_iter()
+            .find(|b| {
+                let fields: Vec<String> = server.cmd(&["HKEYS", b]);
+                fields.iter().any(|f| f.starts_with(id))
+            })
+            .expect("the session's bucket");
+        let top = format!("{id}:t");
+        let _: i64 = server.cmd(&["HSET", &bucket, &top, "3:3"]);
+        let _: i64 = server.cmd(&["HSET", &bucket, &format!("{id}:200"), "200:9:1:1:late"]);
+        let page = store.read_events(id, Some(0), 256).await.expect("read");
+        assert_eq!((page.top, page.ordinal, page.events.len()), (3, 200, 3));
+        assert_eq!(page.requests.len(), 1, "slot 200 read");
         store.remove_events(&[id]).await.expect("remove");
         for bucket in server.keys("mcp:session:events:*") {
             let fields: Vec<String> = server.cmd(&["HKEYS", &bucket]);

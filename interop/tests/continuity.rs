@@ -1353,8 +1353,7 @@ async fn a_refused_claimant_leaves_the_adoption_to_the_right_principal() {
 ///   `ZADD`, `ZREMRANGEBYSCORE`, `TTL` inside the script; `EXPIRE` too when the index's TTL
 ///   is shorter than the record's, which it is not here), the second is the
 ///   compare-and-set on the record (`GET`, `SET` inside), the third looks the session's
-///   tops up in its bucket's hash (one `HMGET` of two fields: it logged nothing, so no slot
-///   is read). 5 commands sent, 3 round trips, 12 counted; nothing afterwards (the adopter
+///   top up in its bucket's hash (one `HGET`: it logged nothing, so no slot is read). 5 commands sent, 3 round trips, 12 counted; nothing afterwards (the adopter
 ///   holds the session, no write is queued). The very first claim a server sees also loads
 ///   its scripts (`NOSCRIPT`, `SCRIPT LOAD`, one `EVALSHA` more): a warm-up adoption does
 ///   that before the counts.
@@ -1407,7 +1406,7 @@ async fn redis_commands_per_adoption_and_per_forward() {
             ("zremrangebyscore", 1),
             ("ttl", 1),
             ("set", 1),
-            ("hmget", 1),
+            ("hget", 1),
         ])
     );
     assert_eq!(b.registry.stats().forwarded, 2);

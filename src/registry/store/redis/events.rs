@@ -3,9 +3,9 @@
 //!
 //! A session's events (all its streams) live in one of 8 hashes, `{prefix}events:{<b>}` (`b`
 //! a stable hash of the session id, the same on every node), as a ring of at most [`SLOTS`]
-//! fields: field `<id>:<ordinal mod ring>`, value `<ordinal>:<stream>:<seq>:<last>:<data>`;
-//! beside them the standalone stream's top `<id>:t` = `<ordinal>:<seq>` and the session's
-//! highest ordinal over every stream, `<id>:n` (the ring may lose both to newer events). A
+//! fields: field `<id>:<ordinal mod ring>`, value `<ordinal>:<stream>:<seq>:<last>:<data>`,
+//! and its top `<id>:t` = `<ordinal>:<seq>:<highest>`: the standalone stream's newest event
+//! and the highest ordinal over every stream (the ring may lose both to newer events). A
 //! write overwrites the oldest event of its slot, so the log is bounded without a trim
 //! command.
 //!
@@ -16,10 +16,10 @@
 //! 8 scripts of 4 commands each: 1/16 of a command per event, where a stream per session
 //! costs 2 (an `XADD` per event and a `PEXPIRE` per session).
 //!
-//! The highest ordinal also says which slots a session can have used: `0 ..= min(n, ring -
-//! 1)`. Reading a session ([`scripts::READ_EVENTS`], on adoption) and deleting it
-//! ([`scripts::REMOVE_EVENTS`], on close) look its tops up first and touch only those slots,
-//! so a session that logged nothing costs a lookup of two fields, not of 257 (a reply of 257
+//! The highest ordinal also says which slots a session can have used: `0 ..= min(highest,
+//! ring - 1)`. Reading a session ([`scripts::READ_EVENTS`], on adoption) and deleting it
+//! ([`scripts::REMOVE_EVENTS`], on close) look its top up first and touch only those slots,
+//! so a session that logged nothing costs a lookup of one field, not of 257 (a reply of 257
 //! nils to parse on the adoption path, measured at a quarter of an adoption's CPU).
 //!
 //! What this costs: the hashes expire only when no session of their bucket has written for
@@ -150,8 +150,7 @@ fn slot(value: &[u8]) -> Option<Slot> {
     })
 }
 
-/// The page of a session's read ([`scripts::READ_EVENTS`]: its slots, its standalone top,
-/// its highest ordinal): its
+/// The page of a session's read ([`scripts::READ_EVENTS`]: its slots, then its top): its
 /// standalone events after `after` (at most `max`), its `POST` answers' events, its tops.
 /// Unreadable slots are skipped.
 fn page(reply: &Value, after: Option<u32>, max: usize) -> Result<StoredEventPage, StoreError> {
@@ -169,9 +168,9 @@ fn page(reply: &Value, after: Option<u32>, max: usize) -> Result<StoredEventPage
         Value::BulkString(b) => Some(b.clone()),
         _ => None,
     };
-    let (slots, top, high) = match items {
-        [slots @ .., t, n] => (slots, bulk(t), bulk(n)),
-        _ => (items, None, None),
+    let (slots, top) = match items {
+        [slots @ .., t] => (slots, bulk(t)),
+        [] => (items, None),
     };
     let mut all: Vec<Slot> = slots
         .iter()
@@ -179,18 +178,22 @@ fn page(reply: &Value, after: Option<u32>, max: usize) -> Result<StoredEventPage
         .filter_map(|v| slot(&v))
         .collect();
     all.sort_unstable_by_key(|s| s.ordinal);
-    // The tops as written beside the ring (`<ordinal>:<seq>`): the ring alone may have lost
-    // them to newer events.
-    let (top_ordinal, top_seq) = top
+    // The top as written beside the ring (`<ordinal>:<seq>:<highest>`; `<ordinal>:<seq>` as
+    // written before the highest ordinal was kept): the ring alone may have lost it to newer
+    // events.
+    let (top_ordinal, top_seq, high) = top
         .and_then(|t| {
             let s = std::str::from_utf8(&t).ok()?;
-            let (o, q) = s.split_once(':')?;
-            Some((o.parse::<u64>().ok()?, q.parse::<u32>().ok()?))
+            let mut parts = s.splitn(3, ':');
+            let o = parts.next()?.parse::<u64>().ok()?;
+            let q = parts.next()?.parse::<u32>().ok()?;
+            let h = match parts.next() {
+                Some(h) => h.parse::<u64>().ok()?,
+                None => o,
+            };
+            Some((o, q, h))
         })
-        .unwrap_or((0, 0));
-    let high = high
-        .and_then(|n| std::str::from_utf8(&n).ok()?.parse::<u64>().ok())
-        .unwrap_or(0);
+        .unwrap_or((0, 0, 0));
     let mut out = StoredEventPage {
         top: top_seq,
         ordinal: top_ordinal.max(high),
@@ -239,8 +242,7 @@ mod tests {
         items[2] = Value::BulkString(b"nocolon".to_vec());
         items[3] = Value::BulkString(b"4:2:1:1:a:b".to_vec());
         items[4] = Value::BulkString(b"2:0:1:0:one".to_vec());
-        items[10] = Value::BulkString(b"9:7".to_vec());
-        items[11] = Value::BulkString(b"11".to_vec());
+        items[11] = Value::BulkString(b"9:7:11".to_vec());
         let got = page(&Value::Array(items), Some(0), 10).expect("parsed");
         assert_eq!(
             (got.top, got.ordinal),

@@ -136,9 +136,10 @@ return 1
 /// The shared event log's write of one bucket (see `events.rs`). `KEYS[1]` the bucket hash;
 /// `ARGV[1]` the ring size, `ARGV[2]` the hash's TTL in ms, then `id, ordinal, stream, seq,
 /// last, data` per event. An event is kept only if its slot holds an older ordinal (a former
-/// owner writing late never overwrites its successor), and so is a session's standalone top
-/// (`<id>:t`); a session's highest ordinal (`<id>:n`) only grows. What is kept is written
-/// with one `HSET`. Returns how many fields were written.
+/// owner writing late never overwrites its successor). A session's top, `<id>:t` =
+/// `<ordinal>:<seq>:<highest>`, names its standalone stream's newest event (kept by the same
+/// rule) and the highest ordinal of any of its streams (which only grows). What is kept is
+/// written with one `HSET`. Returns how many fields were written.
 pub(super) static APPEND_EVENTS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -146,24 +147,26 @@ local ring = tonumber(ARGV[1])
 local n = math.floor((#ARGV - 2) / 6)
 if n < 1 then return 0 end
 local function ord_of(value)
-  return (value and tonumber(string.match(value, '^(%d+)'))) or -1
+  return (value and tonumber(string.match(value, '^(%d+):'))) or -1
 end
-local fields, query, tops, tids, highs, hids = {}, {}, {}, {}, {}, {}
+local fields, query, tops, tids = {}, {}, {}, {}
 for j = 1, n do
   local b = 6 * j - 3
   local id, ord = ARGV[b], tonumber(ARGV[b + 1])
   fields[j] = id .. ':' .. (ord % ring)
   query[j] = fields[j]
-  if highs[id] == nil then hids[#hids + 1] = id end
-  if highs[id] == nil or ord > highs[id] then highs[id] = ord end
-  if ARGV[b + 2] == '0' then
-    local t = tops[id]
-    if t == nil then tids[#tids + 1] = id end
-    if t == nil or ord > t[1] then tops[id] = {ord, ARGV[b + 1], ARGV[b + 3]} end
+  local t = tops[id]
+  if t == nil then
+    t = {-1, 0, -1}
+    tops[id] = t
+    tids[#tids + 1] = id
+  end
+  if ord > t[3] then t[3] = ord end
+  if ARGV[b + 2] == '0' and ord > t[1] then
+    t[1], t[2] = ord, tonumber(ARGV[b + 3])
   end
 end
 for k, id in ipairs(tids) do query[n + k] = id .. ':t' end
-for k, id in ipairs(hids) do query[n + #tids + k] = id .. ':n' end
 local current = redis.call('HMGET', KEYS[1], unpack(query))
 local best, kept = {}, {}
 for j = 1, n do
@@ -177,11 +180,19 @@ for j = 1, n do
   end
 end
 for k, id in ipairs(tids) do
-  local t = tops[id]
-  if t[1] > ord_of(current[n + k]) then kept[id .. ':t'] = t[2] .. ':' .. t[3] end
-end
-for k, id in ipairs(hids) do
-  if highs[id] > ord_of(current[n + #tids + k]) then kept[id .. ':n'] = tostring(highs[id]) end
+  local t, now = tops[id], current[n + k]
+  local o, q, h = -1, 0, -1
+  if now then
+    local a, b, c = string.match(now, '^(%d+):(%d+):?(%d*)$')
+    o, q = tonumber(a) or -1, tonumber(b) or 0
+    h = tonumber(c) or o
+  end
+  local changed = false
+  if t[1] > o then o, q, changed = t[1], t[2], true end
+  if t[3] > h then h, changed = t[3], true end
+  if changed then
+    kept[id .. ':t'] = math.max(o, 0) .. ':' .. q .. ':' .. math.max(h, 0)
+  end
 end
 local args = {}
 for f, v in pairs(kept) do
@@ -196,28 +207,28 @@ return #args / 2
 });
 
 /// The Lua the event log's read and delete share: `used(key, id, slots)`, the fields session
-/// `id` can have written (its slots `0 ..= min(<id>:n, slots - 1)`, whatever the ring size,
-/// then `<id>:t` and `<id>:n`), or nil when it has logged nothing. A session without `<id>:n`
-/// (written before it was kept) may have used every slot.
+/// `id` can have written (its slots `0 ..= min(highest ordinal, slots - 1)`, whatever the ring
+/// size, then its top `<id>:t`), or nil when it has logged nothing. A top without its highest
+/// ordinal (`<ordinal>:<seq>`, written before it was kept) may have used every slot.
 const USED_FIELDS: &str = r"
 local function used(key, id, slots)
-  local tops = redis.call('HMGET', key, id .. ':t', id .. ':n')
-  if not tops[1] and not tops[2] then return nil end
+  local top = redis.call('HGET', key, id .. ':t')
+  if not top then return nil end
   local last = slots - 1
-  if tops[2] then last = math.min(tonumber(tops[2]) or last, last) end
+  local high = tonumber(string.match(top, '^%d+:%d+:(%d+)$'))
+  if high then last = math.min(high, last) end
   local fields = {}
   for s = 0, last do fields[#fields + 1] = id .. ':' .. s end
   fields[#fields + 1] = id .. ':t'
-  fields[#fields + 1] = id .. ':n'
   return fields
 end
 ";
 
 /// The shared event log's read of one session (see `events.rs`). `KEYS[1]` the bucket hash;
 /// `ARGV[1]` the session id, `ARGV[2]` the most slots a ring has. Returns the values of the
-/// fields the session can have used (see [`USED_FIELDS`]: its slots, then its standalone top
-/// and its highest ordinal), nothing for a session that has logged nothing. So a session
-/// without events costs a lookup of two fields, not a read of the whole ring.
+/// fields the session can have used (see [`USED_FIELDS`]: its slots, then its top), nothing
+/// for a session that has logged nothing. So a session without events costs a lookup of one
+/// field, not a read of the whole ring.
 pub(super) static READ_EVENTS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{USED_FIELDS}{}",
