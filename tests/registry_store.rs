@@ -1789,6 +1789,18 @@ mod redis_single {
         assert_eq!((page.top, page.ordinal, page.events.len()), (3, 200, 3));
         assert_eq!(page.requests.len(), 1, "slot 200 read");
         store.remove_events(&[id]).await.expect("remove");
+        // An ordinal past 1e14 (a clock-based one, say) is kept exactly in the top, not as
+        // Lua's `%.14g` would print it.
+        let big = 1_700_000_000_000_123_u64;
+        let mut w = mcp_affinity::registry::store::EventWrite::standalone(id, 4, &data);
+        w.ordinal = big;
+        store
+            .append_events(&[w], 256, Duration::from_secs(600))
+            .await
+            .expect("append");
+        let page = store.read_events(id, Some(0), 256).await.expect("read");
+        assert_eq!((page.top, page.ordinal), (4, big));
+        store.remove_events(&[id]).await.expect("remove");
         for bucket in server.keys("mcp:session:events:*") {
             let fields: Vec<String> = server.cmd(&["HKEYS", &bucket]);
             assert!(

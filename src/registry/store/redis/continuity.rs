@@ -113,19 +113,19 @@ impl RedisStore {
         // path, not two). The entry is sent first: on one server (one connection, commands
         // run in the order sent) it is listed before the record names the claimant, as in
         // `register`, so a claimant that dies in between leaves at worst an index entry its
-        // next process drops. On a cluster the two keys live on different masters, and that
-        // order holds only within a round trip's time.
+        // next process drops. That order does not hold on a cluster (the two keys live on
+        // different masters), nor when the server lost the index script and loads it again;
+        // a claimant dying within that round trip leaves a record its TTL bounds.
         let (indexed, reply) = tokio::join!(
             self.index_add(&record.node, id, secs),
             self.eval::<::redis::Value>(&CLAIM, &key, &args),
         );
         let claim = commands::claimed(&reply?);
         if let Err(err) = indexed {
-            if !matches!(claim, Ok(Claim::Won)) {
-                return Err(err);
-            }
-            // Won, unlisted: the record is this node's all the same (the request goes on to
-            // restore it), and its own TTL still bounds it if this node never comes back.
+            // The claim ran all the same, and its outcome is what the caller acts on. Won,
+            // unlisted: the record is this node's (the request goes on to restore it), its own
+            // TTL still bounds it if this node never comes back, and the node's next refresh
+            // of the record lists it again. Lost: nothing of this node's to list.
             tracing::debug!(node = %record.node, error = %err, "registry: node index update of a claim failed");
         }
         let keep_listing = match &claim {

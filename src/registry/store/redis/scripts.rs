@@ -191,7 +191,7 @@ for k, id in ipairs(tids) do
   if t[1] > o then o, q, changed = t[1], t[2], true end
   if t[3] > h then h, changed = t[3], true end
   if changed then
-    kept[id .. ':t'] = math.max(o, 0) .. ':' .. q .. ':' .. math.max(h, 0)
+    kept[id .. ':t'] = string.format('%d:%d:%d', math.max(o, 0), q, math.max(h, 0))
   end
 end
 local args = {}
