@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::{
     Args, Error, Pids, calls_since, close_sessions, cpu_fields, cpu_mark, cpu_since, merge,
-    node_stats, open_sessions, procfs, redis_quiet,
+    node_stats, open_sessions, procfs, settle,
 };
 use crate::{
     client::{self, Conn, Session, Target},
@@ -42,12 +42,8 @@ pub async fn run(args: &Args, target: Arc<Target>, init: Arc<Target>) -> Result<
     let pid = args.drain_pid.ok_or("adopt needs --drain-pid")?;
     let setup = Instant::now();
     let sessions = open_sessions(&init, args.sessions, args.connections).await?;
-    if let Some(addr) = args.redis.clone() {
-        // The records are written in the background: all of them before the drain.
-        tokio::task::spawn_blocking(move || redis_quiet(&addr))
-            .await
-            .map_err(|e| e.to_string())??;
-    }
+    // The records are written in the background: all of them before the drain.
+    settle(args).await?;
     let setup_s = setup.elapsed().as_secs_f64();
     let sessions = Arc::new(sessions);
 

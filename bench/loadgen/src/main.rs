@@ -859,14 +859,7 @@ async fn rpc(args: &Args, target: Arc<Target>, init: Arc<Target>) -> Result<Valu
     let setup_s = setup.elapsed().as_secs_f64();
     // A registry may still be writing the sessions' records: start the window once Redis has
     // been quiet for a moment, so it measures the steady state.
-    let redis_settle_s = match args.redis.clone() {
-        Some(addr) => Some(
-            tokio::task::spawn_blocking(move || redis_quiet(&addr))
-                .await
-                .map_err(|e| e.to_string())??,
-        ),
-        None => None,
-    };
+    let redis_settle_s = settle(args).await?;
     let sessions = Arc::new(sessions);
     let win = Window::new(args);
     let sampler = sample_window(win, args);
@@ -977,6 +970,18 @@ async fn node_stats(target: &Arc<Target>) -> Value {
         Ok(v) => v.get("registry").cloned().unwrap_or(v),
         Err(e) => json!({ "error": e }),
     }
+}
+
+/// With `--redis`: waits until Redis has been quiet (see [`redis_quiet`]) and returns how
+/// long that took, in seconds.
+async fn settle(args: &Args) -> Result<Option<f64>, Error> {
+    let Some(addr) = args.redis.clone() else {
+        return Ok(None);
+    };
+    tokio::task::spawn_blocking(move || redis_quiet(&addr))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(Some)
 }
 
 /// Waits until Redis has executed no command for 300 ms (at most 30 s); returns the wait.

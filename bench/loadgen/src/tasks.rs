@@ -31,7 +31,7 @@ use bytes::Bytes;
 use memchr::memmem;
 use serde_json::{Value, json};
 
-use super::{Args, Error, Tally, Usage, Window, cpu_fields, merge, redis_quiet, sample_window};
+use super::{Args, Error, Tally, Usage, Window, cpu_fields, merge, sample_window, settle};
 use crate::{
     client::{self, Conn, Target},
     stats::round3,
@@ -295,14 +295,7 @@ pub async fn run(args: &Args, target: Arc<Target>) -> Result<Value, Error> {
         ));
     }
     // Every task's final record is written once Redis is quiet.
-    let settle_s = match args.redis.clone() {
-        Some(addr) => Some(
-            tokio::task::spawn_blocking(move || redis_quiet(&addr))
-                .await
-                .map_err(|e| e.to_string())??,
-        ),
-        None => None,
-    };
+    let settle_s = settle(args).await?;
     let live = ids.len();
     let ids = Arc::new(ids);
     let win = Window::new(args);
