@@ -110,17 +110,8 @@ where
             Plan::Restore(record) => {
                 // Taking part until answered.
                 let _adopting = adopting.or_else(|| Adopting::join(&core, &sid));
-                return restore(
-                    &core,
-                    inner,
-                    req,
-                    &ctx,
-                    removal,
-                    &sid,
-                    record,
-                    Events::ToRead,
-                )
-                .await;
+                let events = stored_events(&core, standalone_after(&req), &ctx).await;
+                return restore(&core, inner, req, &ctx, removal, &sid, record, events).await;
             }
             Plan::Adopt(record) => {
                 if cont.is_draining() {
@@ -144,7 +135,6 @@ where
                 match claimed {
                     Ok(Ok(Claim::Won)) => {
                         cont.claimed(&sid, record.clone());
-                        let events = Events::Read(events);
                         let out =
                             restore(&core, inner, req, &ctx, removal, &sid, record, events).await;
                         crate::metrics::adoption_time(started);
@@ -570,14 +560,6 @@ fn standalone_after<B>(req: &Request<B>) -> Option<u32> {
     seq.parse().ok()
 }
 
-/// The stored events of a session a request restores, for its transport.
-enum Events {
-    /// Read already (`None`: the store failed or was slow).
-    Read(Option<StoredEventPage>),
-    /// To read now.
-    ToRead,
-}
-
 /// The shared event log's page of the session `ctx` names (`after`: the standalone
 /// sequence number the request's `Last-Event-ID` names): what the client has not seen of
 /// its standalone stream (and where its numbering got to), and the `POST` answers' events,
@@ -614,8 +596,9 @@ async fn stored_events<R: RegistryStore>(
 }
 
 /// This node won the record (this request, or another one of this node adopting the
-/// session): the transport restores the session from it, once however many requests ask, and
-/// serves the request.
+/// session): the transport restores the session from it and `events` (the session's stored
+/// events, read by the caller: [`stored_events`]), once however many requests ask, and serves
+/// the request.
 #[allow(clippy::too_many_arguments)]
 async fn restore<S, ReqBody, ResBody, R>(
     core: &Arc<Core<R>>,
@@ -625,7 +608,7 @@ async fn restore<S, ReqBody, ResBody, R>(
     removal: Option<PendingRemoval<R>>,
     sid: &Arc<str>,
     record: SessionRecord,
-    events: Events,
+    events: Option<StoredEventPage>,
 ) -> Answer<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -643,11 +626,7 @@ where
                 record.client_capabilities.clone(),
             )
             .with_principal(record.principal.clone());
-        let page = match events {
-            Events::Read(page) => page,
-            Events::ToRead => stored_events(core, standalone_after(&req), ctx).await,
-        };
-        if let Some(page) = page {
+        if let Some(page) = events {
             restore = restore
                 .with_events(standalone_after(&req), page.top, page.events)
                 .with_request_events(page.ordinal, page.requests);
