@@ -40,14 +40,18 @@ use crate::registry::store::{EventWrite, StoreError, StoredEventPage};
 pub(crate) const SLOTS: usize = 256;
 
 impl RedisStore {
-    /// The events of `writes`, grouped by bucket, in the batch's order within each.
-    fn by_bucket<'w, 'a>(writes: &'w [EventWrite<'a>]) -> Vec<(u32, Vec<&'w EventWrite<'a>>)> {
-        let mut buckets: Vec<(u32, Vec<&EventWrite<'_>>)> = Vec::new();
-        for ev in writes {
-            let b = bucket_of(ev.id);
+    /// `items` grouped by the bucket of the session `id_of` names, in their order within
+    /// each.
+    fn by_bucket<T>(
+        items: impl IntoIterator<Item = T>,
+        id_of: impl Fn(&T) -> &str,
+    ) -> Vec<(u32, Vec<T>)> {
+        let mut buckets: Vec<(u32, Vec<T>)> = Vec::new();
+        for item in items {
+            let b = bucket_of(id_of(&item));
             match buckets.iter_mut().find(|(k, _)| *k == b) {
-                Some((_, list)) => list.push(ev),
-                None => buckets.push((b, vec![ev])),
+                Some((_, list)) => list.push(item),
+                None => buckets.push((b, vec![item])),
             }
         }
         buckets
@@ -61,7 +65,7 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let ring = max_len.clamp(1, SLOTS);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let pending: Vec<_> = Self::by_bucket(events)
+        let pending: Vec<_> = Self::by_bucket(events, |ev| ev.id)
             .into_iter()
             .map(|(bucket, list)| {
                 let mut invocation =
@@ -95,24 +99,14 @@ impl RedisStore {
     }
 
     pub(super) async fn remove_event_logs(&self, ids: &[&str]) -> Result<(), StoreError> {
-        let mut buckets: Vec<(u32, ::redis::ScriptInvocation<'static>)> = Vec::new();
-        for id in ids {
-            let b = bucket_of(id);
-            let at = match buckets.iter().position(|(k, _)| *k == b) {
-                Some(at) => at,
-                None => {
-                    let mut invocation =
-                        scripts::REMOVE_EVENTS.key(self.inner.keys.event_bucket(b));
-                    invocation.arg(SLOTS);
-                    buckets.push((b, invocation));
-                    buckets.len() - 1
-                }
-            };
-            buckets[at].1.arg(*id);
-        }
-        let pending: Vec<_> = buckets
+        let pending: Vec<_> = Self::by_bucket(ids.iter().copied(), |id| id)
             .into_iter()
-            .map(|(_, invocation)| Box::pin(self.invoke::<i64>(invocation)))
+            .map(|(bucket, ids)| {
+                let mut invocation =
+                    scripts::REMOVE_EVENTS.key(self.inner.keys.event_bucket(bucket));
+                invocation.arg(SLOTS).arg(ids);
+                Box::pin(self.invoke::<i64>(invocation))
+            })
             .collect();
         super::super::write::join_all(pending).await.map(drop)
     }
