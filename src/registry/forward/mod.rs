@@ -9,11 +9,13 @@
 //! peer's address: `TCP_NODELAY`, a connect timeout, a bounded number of idle connections per peer,
 //! idle ones dropped once they have been idle for the idle timeout (noticed lazily, on the next
 //! forward). HTTP/1.1 carries one exchange at a time, so a connection whose response body is
-//! still streaming is busy (hyper's `SendRequest` is not ready until that body ends) and is never
-//! handed out; it becomes idle when the body ends and is closed when the body is dropped before
-//! its end, which the peer sees as the end of its stream.
+//! still streaming belongs to that body ([`PeerBody`]) and is never handed out; it goes back to
+//! the pool when the body ends and is closed when the body is dropped before its end, which the
+//! peer sees as the end of its stream. Nothing in the pool is scanned per request: the few
+//! connections it holds are idle, and expire oldest first.
 
 mod body;
+mod peer_body;
 mod pool;
 mod rewrite;
 #[cfg(test)]
@@ -37,6 +39,7 @@ use tracing::Instrument as _;
 use crate::BoxError;
 
 use body::OutBody;
+pub(crate) use peer_body::PeerBody;
 use pool::Pool;
 use rewrite::Undo;
 
@@ -156,7 +159,7 @@ impl Forwarder {
         &self,
         peer: SocketAddr,
         req: Request<B>,
-    ) -> Result<Response<Incoming>, ForwardError<B>>
+    ) -> Result<Response<PeerBody>, ForwardError<B>>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -172,7 +175,7 @@ impl Forwarder {
         peer: SocketAddr,
         pooled: Option<Sender>,
         req: Request<B>,
-    ) -> Result<Response<Incoming>, ForwardError<B>>
+    ) -> Result<Response<PeerBody>, ForwardError<B>>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -206,17 +209,18 @@ impl Forwarder {
         }
     }
 
-    /// The response head arrived: the connection goes back to the pool (busy until the body
-    /// ends) and the response loses its hop-by-hop headers.
+    /// The response head arrived: the body takes the connection (it goes back to the pool when
+    /// the body ends) and the response loses its hop-by-hop headers.
     fn finish(
         &self,
         peer: SocketAddr,
         sender: Sender,
-        mut res: Response<Incoming>,
-    ) -> Response<Incoming> {
-        self.inner.pool.put(peer, sender, Instant::now());
-        rewrite::strip_hop_by_hop(res.headers_mut(), None);
-        res
+        res: Response<Incoming>,
+    ) -> Response<PeerBody> {
+        let (mut parts, body) = res.into_parts();
+        rewrite::strip_hop_by_hop(&mut parts.headers, None);
+        let body = PeerBody::new(body, sender, Arc::clone(&self.inner), peer);
+        Response::from_parts(parts, body)
     }
 
     /// A new connection to `peer`, ready for a request, within the connect timeout. Its

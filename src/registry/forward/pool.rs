@@ -1,5 +1,5 @@
-//! The forwarder's connections, per peer: busy ones (a response body may still be streaming)
-//! and idle ones (ready for a request).
+//! The forwarder's idle connections, per peer. A connection in use belongs to its exchange (the
+//! request, then the response body) and comes back here when the body ends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,41 +25,25 @@ struct State {
 
 #[derive(Default)]
 struct Peer {
-    /// Ready for a request, oldest first, with when they were first seen ready.
+    /// Handed back by an exchange that ended, oldest first, with when. Almost always ready for
+    /// a request: a connection whose response body has just ended may take its connection task
+    /// a moment more to get there.
     idle: Vec<(Sender, Instant)>,
-    /// Handed a request whose response head arrived; HTTP/1.1 makes a connection ready again
-    /// only once that response's body ended.
-    busy: Vec<Sender>,
 }
 
 impl Peer {
-    /// Moves the busy connections that became ready to `idle`, drops the closed ones and those
-    /// idle for `idle_timeout` or longer.
-    fn prune(&mut self, now: Instant, idle_timeout: Duration) {
-        let mut i = 0;
-        while i < self.busy.len() {
-            if self.busy[i].is_closed() {
-                self.busy.swap_remove(i);
-            } else if self.busy[i].is_ready() {
-                let sender = self.busy.swap_remove(i);
-                self.idle.push((sender, now));
-            } else {
-                i += 1;
-            }
-        }
-        self.idle.retain(|(sender, since)| {
-            !sender.is_closed() && now.saturating_duration_since(*since) < idle_timeout
-        });
+    /// Drops the connections idle for `idle_timeout` or longer: the oldest, at the front.
+    fn expire(&mut self, now: Instant, idle_timeout: Duration) {
+        let expired = self
+            .idle
+            .partition_point(|(_, since)| now.saturating_duration_since(*since) >= idle_timeout);
+        self.idle.drain(..expired);
     }
 
     /// Drops the oldest idle connections past `max`.
     fn bound(&mut self, max: usize) {
         let surplus = self.idle.len().saturating_sub(max);
         self.idle.drain(..surplus);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.idle.is_empty() && self.busy.is_empty()
     }
 }
 
@@ -84,34 +68,39 @@ impl Pool {
     }
 
     /// An idle connection to `peer` that is ready for a request (the most recently used one),
-    /// if there is one.
+    /// if there is one. Closed ones met on the way are dropped; one not ready yet stays.
     pub(super) fn checkout(&self, peer: SocketAddr, now: Instant) -> Option<Sender> {
         let mut state = self.lock();
         self.sweep(&mut state, now);
         let entry = state.peers.get_mut(&peer)?;
-        entry.prune(now, self.idle_timeout);
+        entry.expire(now, self.idle_timeout);
         let mut found = None;
-        while let Some((sender, _)) = entry.idle.pop() {
-            // Ready: it was when it became idle, and nothing sent on it since.
+        let mut i = entry.idle.len();
+        while i > 0 {
+            i -= 1;
+            let sender = &entry.idle[i].0;
             if sender.is_ready() {
-                found = Some(sender);
+                found = Some(entry.idle.remove(i).0);
                 break;
             }
+            if sender.is_closed() {
+                entry.idle.remove(i);
+            }
         }
-        entry.bound(self.max_idle);
-        if entry.is_empty() {
+        if entry.idle.is_empty() {
             state.peers.remove(&peer);
         }
         found
     }
 
-    /// Takes back a connection to `peer` whose response head arrived: busy until the response
-    /// body ends.
+    /// Takes back a connection to `peer` whose exchange ended.
     pub(super) fn put(&self, peer: SocketAddr, sender: Sender, now: Instant) {
+        if self.max_idle == 0 || sender.is_closed() {
+            return;
+        }
         let mut state = self.lock();
         let entry = state.peers.entry(peer).or_default();
-        entry.busy.push(sender);
-        entry.prune(now, self.idle_timeout);
+        entry.idle.push((sender, now));
         entry.bound(self.max_idle);
     }
 
@@ -123,9 +112,9 @@ impl Pool {
         }
         state.last_sweep = now;
         state.peers.retain(|_, entry| {
-            entry.prune(now, self.idle_timeout);
-            entry.bound(self.max_idle);
-            !entry.is_empty()
+            entry.expire(now, self.idle_timeout);
+            entry.idle.retain(|(sender, _)| !sender.is_closed());
+            !entry.idle.is_empty()
         });
     }
 
@@ -136,8 +125,8 @@ impl Pool {
         let Some(entry) = state.peers.get_mut(&peer) else {
             return 0;
         };
-        entry.prune(now, self.idle_timeout);
-        entry.bound(self.max_idle);
+        entry.expire(now, self.idle_timeout);
+        entry.idle.retain(|(sender, _)| !sender.is_closed());
         entry.idle.len()
     }
 

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Barrier, mpsc, watch};
 use tokio::time::{Instant, timeout};
 
-use super::{ForwardError, Forwarder};
+use super::{ForwardError, Forwarder, PeerBody};
 use crate::BoxError;
 
 /// A bound on every wait, so a broken behaviour fails the test instead of hanging it.
@@ -139,7 +139,7 @@ async fn dead_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-async fn get(fwd: &Forwarder, addr: SocketAddr) -> Response<Incoming> {
+async fn get(fwd: &Forwarder, addr: SocketAddr) -> Response<PeerBody> {
     let req = Request::get("/mcp")
         .header(header::HOST, "node")
         .body(Empty::<Bytes>::new())
@@ -150,7 +150,7 @@ async fn get(fwd: &Forwarder, addr: SocketAddr) -> Response<Incoming> {
         .unwrap()
 }
 
-async fn body_text(res: Response<Incoming>) -> String {
+async fn body_text(res: Response<PeerBody>) -> String {
     let bytes = timeout(DEADLINE, res.into_body().collect())
         .await
         .unwrap()
@@ -337,7 +337,7 @@ async fn sse_server() -> (Server, mpsc::UnboundedReceiver<mpsc::Sender<Bytes>>) 
     (server, stream_rx)
 }
 
-async fn open_sse(fwd: &Forwarder, addr: SocketAddr) -> Response<Incoming> {
+async fn open_sse(fwd: &Forwarder, addr: SocketAddr) -> Response<PeerBody> {
     let req = Request::get("/sse")
         .header(header::HOST, "node")
         .header(header::ACCEPT, "text/event-stream")
@@ -349,7 +349,7 @@ async fn open_sse(fwd: &Forwarder, addr: SocketAddr) -> Response<Incoming> {
         .unwrap()
 }
 
-async fn next_data(body: &mut Incoming) -> Bytes {
+async fn next_data(body: &mut PeerBody) -> Bytes {
     timeout(DEADLINE, body.frame())
         .await
         .expect("no frame")
