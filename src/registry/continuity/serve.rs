@@ -67,6 +67,32 @@ where
             }
         }
     }
+    // Everything past a known route's forward: its future is most of this one's size (the
+    // adoption's restore above all), boxed so the forward above moves and allocates only what
+    // it needs.
+    Box::pin(serve_planned(core, inner, req, ctx, removal, sid, hop)).await
+}
+
+/// [`serve_unheld`] for a session with no live route known: decide, then forward, adopt or let
+/// the inner service answer.
+async fn serve_planned<S, ReqBody, ResBody, R>(
+    core: Arc<Core<R>>,
+    inner: S,
+    mut req: Request<ReqBody>,
+    ctx: Ctx,
+    mut removal: Option<PendingRemoval<R>>,
+    sid: Arc<str>,
+    hop: bool,
+) -> Answer<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    R: RegistryStore,
+{
+    let Some(cont) = core.continuity.as_ref() else {
+        return call_inner(&core, inner, req, &ctx, removal, None).await;
+    };
     let mut plan = decide(&core, cont, &sid, hop, ctx.delete).await;
     let mut adopting: Option<Adopting<R>> = None;
     // At most: forward, find no one, adopt, lose the race, forward to the winner.
@@ -355,6 +381,19 @@ async fn owner<R: RegistryStore>(core: &Core<R>, cont: &Continuity, node: &str) 
             None => None,
         }
     };
+    // Once per node and period: boxed, so the cached answer above costs its callers' futures
+    // nothing of the store call's size.
+    Box::pin(read_owner(core, cont, node, stale)).await
+}
+
+/// [`owner`]'s store read: the node's liveness record, cached; `stale` when the store did not
+/// answer.
+async fn read_owner<R: RegistryStore>(
+    core: &Core<R>,
+    cont: &Continuity,
+    node: &str,
+    stale: Option<Owner>,
+) -> Option<Owner> {
     let read = tokio::time::timeout(core.lookup_timeout, core.store.node(node)).await;
     let owner = match read {
         Ok(Ok(Some(record))) if record.state == NodeState::Serving => Owner::Serving {

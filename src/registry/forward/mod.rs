@@ -193,7 +193,8 @@ impl Forwarder {
                 },
             }
         }
-        let mut sender = match self.connect(peer).await {
+        // Boxed: a new connection is the rare case, and its future is most of this one's size.
+        let mut sender = match Box::pin(self.connect(peer)).await {
             Ok(sender) => sender,
             Err(err) => {
                 tracing::debug!(%peer, %err, "forward: no connection");
