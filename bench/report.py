@@ -27,7 +27,11 @@ def rmcp_label():
 
 RMCP = rmcp_label()
 
-TARGETS = ["bare", "rmcp", "ours-transport", "ours-full", "ours-forward", "ours-cluster", "ours-nolog"]
+TARGETS = ["bare", "rmcp", "ours-transport", "ours-full", "ours-forward", "hyper-forward", "haproxy-forward",
+           "ours-cluster", "ours-nolog"]
+# Reference hops for the forwarded ping: the same requests, passed to node A by a hop that does
+# nothing else.
+HOPS = ["hyper-forward", "haproxy-forward"]
 # The chart's series (the forwarded ping has its own section).
 CHART_TARGETS = ["bare", "rmcp", "ours-transport", "ours-full"]
 NAMES = {
@@ -36,6 +40,8 @@ NAMES = {
     "ours-transport": "ours: transport only",
     "ours-full": "ours: all layers + Redis",
     "ours-forward": "ours: forwarded B → A (both nodes' CPU)",
+    "hyper-forward": "reference: bare hyper hop → A (both processes' CPU)",
+    "haproxy-forward": "reference: HAProxy hop → A (both processes' CPU)",
     "ours-adopt": "ours: adopted after a drain",
     "ours-cluster": "ours: 3 nodes, one Redis (cluster bus)",
     "ours-nolog": "ours: full stack, no shared event log",
@@ -414,17 +420,24 @@ def continuity_lines(gs):
                 "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n in sessions:
             loc = find(gs, "ours-full", "ping", sessions=n)
-            fwd = find(gs, "ours-forward", "ping", sessions=n)
-            for t, g in (("ours-full", loc), ("ours-forward", fwd)):
+            for t in ["ours-full", "ours-forward", *HOPS]:
+                g = find(gs, t, "ping", sessions=n)
                 if g is None:
                     continue
-                r = ratio(fwd.med("servers_cpu_us_per_op"), loc.med("server_cpu_us_per_op")) \
-                    if t == "ours-forward" and loc else None
+                r = ratio(g.med("servers_cpu_us_per_op"), loc.med("server_cpu_us_per_op")) \
+                    if t != "ours-full" and loc else None
+                # A hop's `GET /stats` reaches node A: no B counters to show.
+                stat = (lambda f: "–") if t in HOPS else (lambda f: count(node_stat(g, f)))
                 out.append(f"| {n:,} | {NAMES[t]} | {fmt(g.med('ops_per_s'))} | {fmt(g.med('p50_ms'))} "
                            f"| {fmt(g.med('p99_ms'))} | {server_cpu(g)} | "
-                           f"{'–' if r is None else f'{r:.2f}×'} | {count(node_stat(g, 'forwarded'))} "
-                           f"| {count(node_stat(g, 'adopted'))} | {count(g.med('redis_commands'))} "
+                           f"{'–' if r is None else f'{r:.2f}×'} | {stat('forwarded')} "
+                           f"| {stat('adopted')} | {count(g.med('redis_commands'))} "
                            f"| {int(g.total('errors'))} |")
+        if any(find(gs, t, "ping") for t in HOPS):
+            out += ["", "The reference hops pass each request to A and do nothing else: a bare hyper "
+                    "HTTP/1.1 forwarder (`peer-hyper --forward`, one upstream connection per accepted "
+                    "connection, no routing, no header rewritten) and HAProxy (1 thread, `mode http`, "
+                    "keep-alive both ways). In their rows B is the hop."]
         out.append("")
     loc1 = find(gs, "ours-full", "ping", connections=1)
     fwd1 = find(gs, "ours-forward", "ping", connections=1)
@@ -583,6 +596,16 @@ def targets_table(gs):
             "–" if r is None else f"{fmt(both)} (B {fmt(fwd.med('server_cpu_us_per_op'))} + A "
             f"{fmt(fwd.med('peer_cpu_us_per_op'))}) vs {fmt(one)} µs = {r:.2f}×{note}",
             None if r is None else (r <= 2.5 and not errs))
+        for hop in HOPS:
+            g = find(gs, hop, "ping", sessions=n)
+            if g is None:
+                continue
+            cpu = g.med("servers_cpu_us_per_op")
+            rh = ratio(cpu, one)
+            add(f"for reference, {n:,} sessions: the same requests through {NAMES[hop].split(': ', 1)[1].split(' (')[0]} "
+                "(hop + A) against a local ping",
+                "–" if rh is None else f"{fmt(cpu)} (hop {fmt(g.med('server_cpu_us_per_op'))} + A "
+                f"{fmt(g.med('peer_cpu_us_per_op'))}) vs {fmt(one)} µs = {rh:.2f}×", None)
         a, b = fwd.med("p50_ms"), loc.med("p50_ms")
         if a is not None and b is not None:
             add(f"ping forwarded, {n:,} sessions over {fmt(fwd.med('connections'), 0)} connections: "

@@ -21,6 +21,12 @@
 # - ours-adopt: $ADOPT_SESSIONS sessions initialized at A, A sent SIGTERM (it drains), then every
 #   session's first request sent to B, $ADOPT_CONNS at once, which adopts it
 #   (`loadgen --workload adopt`).
+# - hyper-forward, haproxy-forward: references for ours-forward's `ping`, the same sessions
+#   initialized at node A and the same requests, sent through a hop that does nothing else:
+#   a bare hyper HTTP/1.1 forwarder (`peer-hyper --forward`, one upstream connection per
+#   accepted connection) or HAProxy 1 thread, `mode http`, keep-alive both ways (skipped when
+#   `haproxy` is not installed). Their CPU is the hop's plus A's, as ours-forward's is B's
+#   plus A's.
 # Three-node target (all three nodes, like Redis, on the server core):
 # - ours-cluster: `fanout` only, its $FANOUT_STREAMS GET streams spread round-robin over three
 #   nodes sharing one Redis (the trigger's session on the first), so each broadcast crosses the
@@ -52,7 +58,7 @@ STREAM_STEPS=${STREAM_STEPS:-10}
 FORWARD_SESSIONS=${FORWARD_SESSIONS:-64}
 ADOPT_SESSIONS=${ADOPT_SESSIONS:-1000}
 ADOPT_CONNS=${ADOPT_CONNS:-$CONNS}    # first requests in flight at once after the drain
-TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward ours-adopt ours-cluster ours-nolog ours-tasks rmcp-tasks"}
+TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward hyper-forward haproxy-forward ours-adopt ours-cluster ours-nolog ours-tasks rmcp-tasks"}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 OUT=${OUT:-$ROOT/bench/results}
@@ -60,6 +66,10 @@ OUT=${OUT:-$ROOT/bench/results}
 for tool in cargo taskset redis-server redis-cli python3; do
     command -v "$tool" >/dev/null || { echo "bench.sh: $tool not found" >&2; exit 1; }
 done
+if [[ " $TARGETS " == *" haproxy-forward "* ]] && ! command -v haproxy >/dev/null; then
+    echo "bench.sh: haproxy not found: haproxy-forward skipped (apt-get install haproxy)" >&2
+    TARGETS=$(echo " $TARGETS " | sed 's/ haproxy-forward / /')
+fi
 
 echo "== building (release)"
 cargo build --release --example node
@@ -67,7 +77,8 @@ cargo build --release --example node
 [[ " $TARGETS " == *" ours-tasks "* ]] && cargo build --release --example everything
 # The peer servers only for the targets that run them.
 PEERS=()
-[[ " $TARGETS " == *" bare "* || " $TARGETS " == *" rmcp "* || " $TARGETS " == *" rmcp-tasks "* ]] &&
+[[ " $TARGETS " == *" bare "* || " $TARGETS " == *" rmcp "* || " $TARGETS " == *" rmcp-tasks "* ||
+    " $TARGETS " == *" hyper-forward "* ]] &&
     PEERS=(-p mcp-bench-peers)
 cargo build --release -p mcp-bench-loadgen "${PEERS[@]}"
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
@@ -175,6 +186,37 @@ start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL (for two nodes PEER_P
             PEER_PID=$!
             RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" --node b \
                 --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-run.log" & ;;
+        hyper-forward | haproxy-forward)
+            # Node A holds the sessions (initialized there); the hop on $port passes every
+            # request to it.
+            redis-cli -p "$REDIS_PORT" flushall >/dev/null
+            port_a=$(free_port)
+            while [ "$port_a" = "$port" ]; do port_a=$(free_port); done
+            INIT_URL=http://127.0.0.1:$port_a/mcp
+            RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port_a" --node a \
+                --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-a-run.log" &
+            PEER_PID=$!
+            if [ "$1" = hyper-forward ]; then
+                taskset -c "$SERVER_CORE" "$BIN/peer-hyper" --listen "127.0.0.1:$port" \
+                    --forward "127.0.0.1:$port_a" >/dev/null &
+            else
+                cat >"$WORK/haproxy.cfg" <<CFG
+global
+    nbthread 1
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend hop
+    bind 127.0.0.1:$port
+    default_backend node_a
+backend node_a
+    server a 127.0.0.1:$port_a
+CFG
+                taskset -c "$SERVER_CORE" haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>"$WORK/haproxy.log" &
+            fi ;;
         ours-cluster)
             # Nodes c2 and c3, then c1 (SERVER_PID, the trigger's node), on one Redis.
             redis-cli -p "$REDIS_PORT" flushall >/dev/null
@@ -232,7 +274,7 @@ run() {
         case $target in
             ours-full | ours-nolog | ours-tasks)
                 extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID") ;;
-            ours-forward)
+            ours-forward | hyper-forward | haproxy-forward)
                 extra=(--redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID"
                     --init-url "$INIT_URL" --peer-pid "$PEER_PID") ;;
             ours-adopt)
@@ -352,11 +394,12 @@ applies() { # TARGET WORKLOAD ARGS...
         return
     fi
     case "$target:$workload" in
-        ours-forward:ping) [[ " $FORWARD_SESSIONS " == *" $(arg_of sessions "$@") "* ]] ;;
+        ours-forward:ping | hyper-forward:ping | haproxy-forward:ping)
+            [[ " $FORWARD_SESSIONS " == *" $(arg_of sessions "$@") "* ]] ;;
         ours-adopt:adopt) return 0 ;;
         ours-cluster:fanout | ours-nolog:fanout) return 0 ;;
         ours-tasks:tasks | rmcp-tasks:tasks) return 0 ;;
-        ours-forward:* | ours-adopt:* | ours-cluster:* | ours-nolog:* | *:adopt) return 1 ;;
+        ours-forward:* | hyper-forward:* | haproxy-forward:* | ours-adopt:* | ours-cluster:* | ours-nolog:* | *:adopt) return 1 ;;
         ours-tasks:* | rmcp-tasks:* | *:tasks) return 1 ;;
         bare:ping | bare:fanout) return 0 ;;
         bare:*) return 1 ;;

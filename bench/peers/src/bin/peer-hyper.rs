@@ -9,8 +9,14 @@
 //! answers with the number of streams in the `text` of a tool result. Nothing is stored,
 //! numbered or replayable; `DELETE` answers `200`.
 //!
+//! With `--forward ADDR` it is the forwarding limit: the least a hyper HTTP/1.1 hop must do to
+//! pass a request to a server at `ADDR` and its answer back. Each accepted connection gets its
+//! own connection to `ADDR` (no pool, no routing, no header rewritten), and every request on it
+//! is sent there as it came, its response streamed back as it comes.
+//!
 //! ```text
 //! peer-hyper --listen 127.0.0.1:8082
+//! peer-hyper --listen 127.0.0.1:8083 --forward 127.0.0.1:8082
 //! ```
 
 use std::{
@@ -137,21 +143,56 @@ fn message_of(body: &[u8]) -> Option<&[u8]> {
     Some(&body[at..at + len])
 }
 
+/// `--forward`: serves one accepted connection by sending each of its requests over one
+/// connection of its own to `upstream`. An upstream that cannot be reached closes the
+/// connection.
+async fn forward(tcp: tokio::net::TcpStream, upstream: SocketAddr) {
+    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let Ok((sender, conn)) =
+        hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(up)).await
+    else {
+        return;
+    };
+    tokio::spawn(conn);
+    // HTTP/1.1 serves one request of a connection at a time: the lock is never contended.
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let sender = Arc::clone(&sender);
+        async move {
+            let mut sender = sender.lock().await;
+            sender.ready().await?;
+            sender.send_request(req).await
+        }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(tcp), svc)
+        .await;
+}
+
 struct Args {
     listen: SocketAddr,
     fanout: bool,
+    forward: Option<SocketAddr>,
 }
 
 fn args() -> Result<Args, String> {
     let mut listen = "127.0.0.1:8082".to_owned();
     let mut fanout = false;
+    let mut forward = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--listen" => listen = it.next().ok_or("--listen needs a value")?,
             "--fanout" => fanout = true,
+            "--forward" => {
+                let addr = it.next().ok_or("--forward needs a value")?;
+                forward = Some(addr.parse().map_err(|e| format!("--forward {addr}: {e}"))?);
+            }
             "-h" | "--help" => {
-                println!("usage: peer-hyper [--listen ADDR] [--fanout]");
+                println!("usage: peer-hyper [--listen ADDR] [--fanout | --forward ADDR]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
@@ -160,7 +201,14 @@ fn args() -> Result<Args, String> {
     let listen = listen
         .parse()
         .map_err(|e| format!("--listen {listen}: {e}"))?;
-    Ok(Args { listen, fanout })
+    if fanout && forward.is_some() {
+        return Err("--fanout and --forward exclude each other".to_owned());
+    }
+    Ok(Args {
+        listen,
+        fanout,
+        forward,
+    })
 }
 
 #[tokio::main]
@@ -178,7 +226,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(_) => continue,
         };
         let _ = tcp.set_nodelay(true);
-        if args.fanout {
+        if let Some(upstream) = args.forward {
+            tokio::spawn(forward(tcp, upstream));
+        } else if args.fanout {
             let streams = streams.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| fanout(req, streams.clone()));
