@@ -775,6 +775,9 @@ def main():
         "- **ours: transport only**: `examples/node.rs --transport-only` (`SseTransportLayer`).",
         f"- **ours: all layers + Redis**: `examples/node.rs --redis …` — {args.full_stack}; "
         "a real `redis-server` on a free port.",
+        "- **reference hops** (`ping` only, beside the forwarded one): node A holds the sessions and "
+        "`peer-hyper --forward` (a bare hyper HTTP/1.1 forwarder, one upstream connection per "
+        "accepted connection) or HAProxy (1 thread, `mode http`) passes every request to it.",
         "The node example runs with `RUST_LOG=warn` (its default filter logs the crate at debug).",
         "",
         "Generator CPU is the load generator's own CPU in cores; ≥ 0.93 means the generator, not the "

@@ -133,7 +133,7 @@ REDIS_PID=$!
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
 redis-cli -p "$REDIS_PORT" ping >/dev/null
 
-if grep -q SessionAffinityLayer examples/node.rs; then
+if grep -q "SessionAffinityLayer\|McpStack" examples/node.rs; then
     FULL_STACK="SessionAffinityLayer + RedisSessionRegistryLayer + SseTransportLayer"
 else
     FULL_STACK="RedisSessionRegistryLayer + SseTransportLayer (examples/node.rs has no SessionAffinityLayer yet)"
