@@ -139,6 +139,18 @@ else
     FULL_STACK="RedisSessionRegistryLayer + SseTransportLayer (examples/node.rs has no SessionAffinityLayer yet)"
 fi
 
+# start_node_a PORT: node A of the two-node targets, on a free port other than PORT, with a
+# fresh Redis: sets port_a, INIT_URL (where the sessions are initialized) and PEER_PID.
+start_node_a() {
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    port_a=$(free_port)
+    while [ "$port_a" = "$1" ]; do port_a=$(free_port); done
+    INIT_URL=http://127.0.0.1:$port_a/mcp
+    RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port_a" --node a \
+        --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-a-run.log" &
+    PEER_PID=$!
+}
+
 # --- one server per run -------------------------------------------------------------------------
 start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL (for two nodes PEER_PID, INIT_URL;
     # for three, NODE_PIDS and NODE_URLS of the other two)
@@ -177,25 +189,13 @@ start_server() { # TARGET WORKLOAD -> sets SERVER_PID, URL (for two nodes PEER_P
         ours-forward | ours-adopt)
             # Node A holds the sessions (initialized there); node B gets the requests. Each
             # node's liveness record names its listen address, where the other forwards.
-            redis-cli -p "$REDIS_PORT" flushall >/dev/null
-            port_a=$(free_port)
-            while [ "$port_a" = "$port" ]; do port_a=$(free_port); done
-            INIT_URL=http://127.0.0.1:$port_a/mcp
-            RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port_a" --node a \
-                --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-a-run.log" &
-            PEER_PID=$!
+            start_node_a "$port"
             RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port" --node b \
                 --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-run.log" & ;;
         hyper-forward | haproxy-forward)
             # Node A holds the sessions (initialized there); the hop on $port passes every
             # request to it.
-            redis-cli -p "$REDIS_PORT" flushall >/dev/null
-            port_a=$(free_port)
-            while [ "$port_a" = "$port" ]; do port_a=$(free_port); done
-            INIT_URL=http://127.0.0.1:$port_a/mcp
-            RUST_LOG=warn taskset -c "$SERVER_CORE" "$NODE" --listen "127.0.0.1:$port_a" --node a \
-                --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>"$WORK/node-a-run.log" &
-            PEER_PID=$!
+            start_node_a "$port"
             if [ "$1" = hyper-forward ]; then
                 taskset -c "$SERVER_CORE" "$BIN/peer-hyper" --listen "127.0.0.1:$port" \
                     --forward "127.0.0.1:$port_a" >/dev/null &
