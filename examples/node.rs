@@ -210,7 +210,7 @@ fn tools() -> Value {
          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
         {"name": "whoami", "description": "Names the node that served the call.",
          "inputSchema": {"type": "object", "properties": {}}},
-        {"name": "notify", "description": "Sends a log message on the standalone stream after delayMs.",
+        {"name": "notify", "description": "Sends a log message on the standalone stream after delayMs (at once, before the answer, without it).",
          "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}, "delayMs": {"type": "integer"}}, "required": ["message"]}},
         {"name": "progress", "description": "Sends progress and log notifications, then returns.",
          "inputSchema": {"type": "object", "properties": {"steps": {"type": "integer"}}, "required": ["steps"]}},
@@ -433,13 +433,17 @@ async fn call_tool(
                 .clone();
             let message = arg_str("message").unwrap_or_default();
             let delay = args.get("delayMs").and_then(Value::as_u64).unwrap_or(0);
+            let params = Some(json!({"level": "info", "data": message}));
+            if delay == 0 {
+                // Queued before the call is answered: the messages of successive calls keep
+                // their order (two spawned tasks could run in either order).
+                let _ = session.notify("notifications/message", params);
+                return Ok(text("sent"));
+            }
             let s = session.clone();
             session.spawn(async move {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                let _ = s.notify(
-                    "notifications/message",
-                    Some(json!({"level": "info", "data": message})),
-                );
+                let _ = s.notify("notifications/message", params);
             });
             Ok(text("scheduled"))
         }
