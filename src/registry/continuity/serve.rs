@@ -70,13 +70,18 @@ where
     // Everything past a known route's forward: its future is most of this one's size (the
     // adoption's restore above all), boxed so the forward above moves and allocates only what
     // it needs.
-    Box::pin(serve_planned(core, inner, req, ctx, removal, sid, hop)).await
+    Box::pin(serve_planned(
+        &core, cont, inner, req, ctx, removal, sid, hop,
+    ))
+    .await
 }
 
 /// [`serve_unheld`] for a session with no live route known: decide, then forward, adopt or let
 /// the inner service answer.
+#[allow(clippy::too_many_arguments)]
 async fn serve_planned<S, ReqBody, ResBody, R>(
-    core: Arc<Core<R>>,
+    core: &Arc<Core<R>>,
+    cont: &Continuity,
     inner: S,
     mut req: Request<ReqBody>,
     ctx: Ctx,
@@ -90,18 +95,15 @@ where
     ReqBody::Error: Into<BoxError>,
     R: RegistryStore,
 {
-    let Some(cont) = core.continuity.as_ref() else {
-        return call_inner(&core, inner, req, &ctx, removal, None).await;
-    };
-    let mut plan = decide(&core, cont, &sid, hop, ctx.delete).await;
+    let mut plan = decide(core, cont, &sid, hop, ctx.delete).await;
     let mut adopting: Option<Adopting<R>> = None;
     // At most: forward, find no one, adopt, lose the race, forward to the winner.
     for _ in 0..3 {
         match plan {
             Plan::Inner(outcome) => {
-                return call_inner(&core, inner, req, &ctx, removal, outcome).await;
+                return call_inner(core, inner, req, &ctx, removal, outcome).await;
             }
-            Plan::Forward(route) => match forward(&core, cont, &route, req, &ctx).await {
+            Plan::Forward(route) => match forward(core, cont, &route, req, &ctx).await {
                 Ok(res) => {
                     if keeps_route(res.status(), ctx.delete) {
                         cont.remember_route(&sid, route);
@@ -120,7 +122,7 @@ where
                                 owner: route.owner.to_string(),
                             },
                         ),
-                        Ok(Some(_)) => decide(&core, cont, &sid, hop, ctx.delete).await,
+                        Ok(Some(_)) => decide(core, cont, &sid, hop, ctx.delete).await,
                         Ok(None) => Plan::Inner(Some(SessionLookup::Unknown)),
                         Err(()) => Plan::Inner(Some(SessionLookup::Misrouted {
                             owner: route.owner.to_string(),
@@ -135,16 +137,16 @@ where
             Plan::Unavailable => return Ok(retry_elsewhere()),
             Plan::Restore(record) => {
                 // Taking part until answered.
-                let _adopting = adopting.or_else(|| Adopting::join(&core, &sid));
-                let events = stored_events(&core, standalone_after(&req), &ctx).await;
-                return restore(&core, inner, req, &ctx, removal, &sid, record, events).await;
+                let _adopting = adopting.or_else(|| Adopting::join(core, &sid));
+                let events = stored_events(core, standalone_after(&req), &ctx).await;
+                return restore(core, inner, req, &ctx, removal, &sid, record, events).await;
             }
             Plan::Adopt(record) => {
                 if cont.is_draining() {
                     return Ok(retry_elsewhere());
                 }
                 if adopting.is_none() {
-                    adopting = Adopting::join(&core, &sid);
+                    adopting = Adopting::join(core, &sid);
                 }
                 let mine = record.owned_by(&*core.node, &*core.incarnation);
                 let started = crate::metrics::Timer::start();
@@ -156,13 +158,13 @@ where
                         core.store
                             .claim(&sid, &record.node, &record.incarnation, &mine, core.ttl),
                     ),
-                    stored_events(&core, standalone_after(&req), &ctx),
+                    stored_events(core, standalone_after(&req), &ctx),
                 );
                 match claimed {
                     Ok(Ok(Claim::Won)) => {
                         cont.claimed(&sid, record.clone());
                         let out =
-                            restore(&core, inner, req, &ctx, removal, &sid, record, events).await;
+                            restore(core, inner, req, &ctx, removal, &sid, record, events).await;
                         crate::metrics::adoption_time(started);
                         return out;
                     }
@@ -179,21 +181,21 @@ where
                         plan = if hop {
                             Plan::Inner(Some(SessionLookup::Misrouted { owner: now.node }))
                         } else {
-                            plan_for(&core, cont, &sid, now, ctx.delete).await
+                            plan_for(core, cont, &sid, now, ctx.delete).await
                         };
                     }
                     Ok(Ok(Claim::Lost(None))) => plan = Plan::Inner(Some(SessionLookup::Unknown)),
                     Ok(Err(_)) | Err(_) => {
                         core.counters.store_errors.fetch_add(1, Relaxed);
                         crate::metrics::store_error(crate::metrics::StoreOp::Claim);
-                        plan = Plan::Inner(Some(lookup_outcome(&core, &record)));
+                        plan = Plan::Inner(Some(lookup_outcome(core, &record)));
                     }
                 }
             }
         }
     }
     call_inner(
-        &core,
+        core,
         inner,
         req,
         &ctx,
