@@ -505,6 +505,26 @@ async fn sequential_requests_share_one_connection() {
 }
 
 #[tokio::test]
+async fn an_empty_answer_dropped_unread_gives_its_connection_back() {
+    // `202` with no body, as a notification's answer: nothing polls its body, so only the
+    // body's drop can hand the connection back.
+    let server = Server::start(|_req| async {
+        let mut res = Response::new(full(""));
+        *res.status_mut() = StatusCode::ACCEPTED;
+        res
+    })
+    .await;
+    let fwd = forwarder();
+    for _ in 0..3 {
+        let res = get(&fwd, server.addr).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        assert!(res.body().is_end_stream());
+        drop(res);
+    }
+    assert_eq!(server.accepted(), 1);
+}
+
+#[tokio::test]
 async fn streaming_response_keeps_its_connection_busy_until_its_end() {
     let (server, mut streams) = sse_server().await;
     let fwd = forwarder();
