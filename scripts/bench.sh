@@ -6,6 +6,7 @@
 #   scripts/bench.sh                      # the full run (about 10 minutes on 2 cores)
 #   RUNS=1 SECS=2 scripts/bench.sh        # a quick look
 #   TARGETS="rmcp ours-full" scripts/bench.sh
+#   WORKLOADS=ping PING_SESSIONS=64 RUNS=7 scripts/bench.sh   # the ping ratios alone
 #
 # Needs: cargo, taskset, redis-server, redis-cli, python3 (standard library only).
 # The server (and redis-server) run on core $SERVER_CORE, the load generator on $CLIENT_CORE.
@@ -58,6 +59,9 @@ STREAM_STEPS=${STREAM_STEPS:-10}
 FORWARD_SESSIONS=${FORWARD_SESSIONS:-64}
 ADOPT_SESSIONS=${ADOPT_SESSIONS:-1000}
 ADOPT_CONNS=${ADOPT_CONNS:-$CONNS}    # first requests in flight at once after the drain
+# Workloads to run (default: all), e.g. WORKLOADS=ping for the ratio lines alone, over more
+# rounds.
+WORKLOADS=${WORKLOADS:-"ping adopt call churn stream idle fanout tasks"}
 TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward hyper-forward haproxy-forward ours-adopt ours-cluster ours-nolog ours-tasks rmcp-tasks"}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
@@ -413,6 +417,7 @@ applies() { # TARGET WORKLOAD ARGS...
 each() {
     local i=$1 workload=$2 target
     shift 2
+    [[ " $WORKLOADS " == *" $workload "* ]] || return 0
     for target in $TARGETS; do
         applies "$target" "$workload" "$@" && run "$i" "$target" "$workload" "$@"
     done
