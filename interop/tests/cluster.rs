@@ -1709,6 +1709,30 @@ async fn round_robin_full_sessions_are_forwarded() {
         );
     }
     assert!(totals["forwarded"] > 0, "nothing forwarded: {totals:?}");
+    // The nodes that forwarded export the forward latency as a Prometheus histogram (buckets,
+    // which add up across nodes), not as a per-node summary.
+    let mut histograms = 0;
+    for n in cluster.nodes.iter().filter(|_| cfg!(feature = "metrics")) {
+        let text = n.metrics().await.unwrap_or_else(|e| panic!("{e}"));
+        let name = mcp_affinity::metrics::FORWARD_SECONDS;
+        if text.contains(&format!("# TYPE {name} histogram\n")) {
+            assert!(
+                text.contains(&format!("{name}_bucket{{le=\"0.0001\"}}")),
+                "{text}"
+            );
+            histograms += 1;
+        }
+        assert!(
+            !text.contains(&format!("# TYPE {name} summary")),
+            "{name} exported as a summary on {}:\n{text}",
+            n.name
+        );
+    }
+    assert!(
+        histograms > 0 || !cfg!(feature = "metrics"),
+        "no node exported {}",
+        mcp_affinity::metrics::FORWARD_SECONDS
+    );
     // Both clients sent DELETE: no record is left.
     wait_records(&cluster, &BTreeSet::new(), "after the clients' DELETE").await;
     no_panics(&cluster);

@@ -476,6 +476,25 @@ impl NodeProcess {
         serde_json::from_str(&text).map_err(|e| format!("GET /stats on {}: {e}: {text}", self.name))
     }
 
+    /// `GET /metrics` on the node itself: the Prometheus text format.
+    pub async fn metrics(&self) -> Result<String, String> {
+        let url = format!("{}/metrics", self.base_url());
+        let res = probe_client()
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET /metrics on {}: {e}", self.name))?;
+        let status = res.status();
+        let text = res.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "GET /metrics on {}: HTTP {status}: {text}",
+                self.name
+            ));
+        }
+        Ok(text)
+    }
+
     /// Starts a new process on the same port under the same name (a new incarnation) and
     /// waits until it is healthy. The port may linger for a moment after the old process
     /// died, so a failed bind is retried until the readiness deadline.
