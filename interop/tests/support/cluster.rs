@@ -459,36 +459,27 @@ impl NodeProcess {
 
     /// `GET /stats` on the node itself: `{"registry": {...}, "transport": {...}, "bus": {...}}`.
     pub async fn stats(&self) -> Result<serde_json::Value, String> {
-        let url = format!("{}/stats", self.base_url());
-        let res = probe_client()
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("GET /stats on {}: {e}", self.name))?;
-        let status = res.status();
-        let text = res.text().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(format!(
-                "GET /stats on {}: HTTP {status}: {text}",
-                self.name
-            ));
-        }
+        let text = self.get_text("/stats").await?;
         serde_json::from_str(&text).map_err(|e| format!("GET /stats on {}: {e}: {text}", self.name))
     }
 
     /// `GET /metrics` on the node itself: the Prometheus text format.
     pub async fn metrics(&self) -> Result<String, String> {
-        let url = format!("{}/metrics", self.base_url());
+        self.get_text("/metrics").await
+    }
+
+    /// The body of a successful `GET path` on the node itself.
+    async fn get_text(&self, path: &str) -> Result<String, String> {
         let res = probe_client()
-            .get(&url)
+            .get(format!("{}{path}", self.base_url()))
             .send()
             .await
-            .map_err(|e| format!("GET /metrics on {}: {e}", self.name))?;
+            .map_err(|e| format!("GET {path} on {}: {e}", self.name))?;
         let status = res.status();
         let text = res.text().await.map_err(|e| e.to_string())?;
         if !status.is_success() {
             return Err(format!(
-                "GET /metrics on {}: HTTP {status}: {text}",
+                "GET {path} on {}: HTTP {status}: {text}",
                 self.name
             ));
         }
