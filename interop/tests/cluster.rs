@@ -1709,30 +1709,36 @@ async fn round_robin_full_sessions_are_forwarded() {
         );
     }
     assert!(totals["forwarded"] > 0, "nothing forwarded: {totals:?}");
-    // The nodes that forwarded export the forward latency as a Prometheus histogram (buckets,
-    // which add up across nodes), not as a per-node summary.
-    let mut histograms = 0;
-    for n in cluster.nodes.iter().filter(|_| cfg!(feature = "metrics")) {
-        let text = n.metrics().await.unwrap_or_else(|e| panic!("{e}"));
+    // Each node that forwarded exports the forward latency as a Prometheus histogram (buckets,
+    // which add up across nodes) with as many samples as it forwarded, and no node as a
+    // per-node summary.
+    if cfg!(feature = "metrics") {
         let name = mcp_affinity::metrics::FORWARD_SECONDS;
-        if text.contains(&format!("# TYPE {name} histogram\n")) {
+        for (n, stats) in cluster.nodes.iter().zip(&all_stats(&cluster).await) {
+            let text = n.metrics().await.unwrap_or_else(|e| panic!("{e}"));
             assert!(
-                text.contains(&format!("{name}_bucket{{le=\"0.0001\"}}")),
-                "{text}"
+                !text.contains(&format!("# TYPE {name} summary")),
+                "{name} exported as a summary on {}:\n{text}",
+                n.name
             );
-            histograms += 1;
+            let forwarded = cluster_support::registry_counter(stats, "forwarded");
+            if forwarded == 0 {
+                continue;
+            }
+            for line in [
+                format!("# TYPE {name} histogram\n"),
+                format!("{name}_bucket{{le=\"0.000025\"}} "),
+                format!("{name}_bucket{{le=\"+Inf\"}} {forwarded}\n"),
+                format!("{name}_count {forwarded}\n"),
+            ] {
+                assert!(
+                    text.contains(&line),
+                    "{} forwarded {forwarded}: no {line:?} in its /metrics:\n{text}",
+                    n.name
+                );
+            }
         }
-        assert!(
-            !text.contains(&format!("# TYPE {name} summary")),
-            "{name} exported as a summary on {}:\n{text}",
-            n.name
-        );
     }
-    assert!(
-        histograms > 0 || !cfg!(feature = "metrics"),
-        "no node exported {}",
-        mcp_affinity::metrics::FORWARD_SECONDS
-    );
     // Both clients sent DELETE: no record is left.
     wait_records(&cluster, &BTreeSet::new(), "after the clients' DELETE").await;
     no_panics(&cluster);

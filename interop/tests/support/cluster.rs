@@ -476,7 +476,10 @@ impl NodeProcess {
             .await
             .map_err(|e| format!("GET {path} on {}: {e}", self.name))?;
         let status = res.status();
-        let text = res.text().await.map_err(|e| e.to_string())?;
+        let text = res
+            .text()
+            .await
+            .map_err(|e| format!("GET {path} on {}: reading the body: {e}", self.name))?;
         if !status.is_success() {
             return Err(format!(
                 "GET {path} on {}: HTTP {status}: {text}",
