@@ -6,7 +6,8 @@
 #   scripts/bench.sh                      # the full run (about 10 minutes on 2 cores)
 #   RUNS=1 SECS=2 scripts/bench.sh        # a quick look
 #   TARGETS="rmcp ours-full" scripts/bench.sh
-#   WORKLOADS=ping PING_SESSIONS=64 RUNS=7 scripts/bench.sh   # the ping ratios alone
+#   OUT=bench/results/ping-ratios WORKLOADS=ping PING_SESSIONS=64 RUNS=7 scripts/bench.sh
+#                                         # the ping ratios alone, over more rounds
 #
 # Needs: cargo, taskset, redis-server, redis-cli, python3 (standard library only).
 # The server (and redis-server) run on core $SERVER_CORE, the load generator on $CLIENT_CORE.
@@ -61,7 +62,14 @@ ADOPT_SESSIONS=${ADOPT_SESSIONS:-1000}
 ADOPT_CONNS=${ADOPT_CONNS:-$CONNS}    # first requests in flight at once after the drain
 # Workloads to run (default: all), e.g. WORKLOADS=ping for the ratio lines alone, over more
 # rounds.
-WORKLOADS=${WORKLOADS:-"ping adopt call churn stream idle fanout tasks"}
+ALL_WORKLOADS="ping adopt call churn stream idle fanout tasks"
+WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
+for w in $WORKLOADS; do
+    if [[ " $ALL_WORKLOADS " != *" $w "* ]]; then
+        echo "bench.sh: unknown workload '$w' in WORKLOADS (known: $ALL_WORKLOADS)" >&2
+        exit 2
+    fi
+done
 TARGETS=${TARGETS:-"bare rmcp ours-transport ours-full ours-forward hyper-forward haproxy-forward ours-adopt ours-cluster ours-nolog ours-tasks rmcp-tasks"}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
@@ -460,7 +468,7 @@ fi
 
 COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 DIRTY=
-if [ -n "$(git status --porcelain --untracked-files=no -- src examples Cargo.toml Cargo.lock bench ':!bench/results' 2>/dev/null)" ]; then
+if [ -n "$(git status --porcelain --untracked-files=no -- src examples Cargo.toml Cargo.lock bench scripts/bench.sh ':!bench/results' 2>/dev/null)" ]; then
     DIRTY=" (plus uncommitted changes)"
 fi
 python3 "$ROOT/bench/report.py" "$RAW" "$OUT" \
