@@ -1695,7 +1695,8 @@ async fn round_robin_full_sessions_are_forwarded() {
         );
         spread.push((what, nodes_seen(&report)));
     }
-    let totals = sum_registry_counters(&all_stats(&cluster).await);
+    let stats = all_stats(&cluster).await;
+    let totals = sum_registry_counters(&stats);
     report(&format!(
         "ROUND ROBIN (no affinity): {} requests forwarded between nodes; answered by {spread:?}; \
          registry totals {totals:?}",
@@ -1714,7 +1715,7 @@ async fn round_robin_full_sessions_are_forwarded() {
     // per-node summary.
     if cfg!(feature = "metrics") {
         let name = mcp_affinity::metrics::FORWARD_SECONDS;
-        for (n, stats) in cluster.nodes.iter().zip(&all_stats(&cluster).await) {
+        for (n, stats) in cluster.nodes.iter().zip(&stats) {
             let text = n.metrics().await.unwrap_or_else(|e| panic!("{e}"));
             assert!(
                 !text.contains(&format!("# TYPE {name} summary")),
