@@ -122,6 +122,17 @@ export MCP_REQUIRE_CLIENTS=1
 # ---------------------------------------------------------------------------------------
 # Rust
 # ---------------------------------------------------------------------------------------
+# A run builds everything once, from scratch on a fresh clone: incremental compilation would
+# only add its caches (about 7 GiB of target/ with it on). CARGO_INCREMENTAL=1 turns it back on.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# The run needs about 10 GiB under target/ (the tests, the arbitrary_precision build, fuzz and
+# the MSRV check); with less free, the build fails late on `No space left on device`.
+NEED_KIB=$((10 * 1024 * 1024))
+free_kib=$(df -Pk "$ROOT" | awk 'NR == 2 { print $4 }')
+if [[ "$free_kib" =~ ^[0-9]+$ ]] && ((free_kib < NEED_KIB)); then
+    echo "!! only $((free_kib / 1024)) MiB free on the file system of $ROOT; a full run needs" \
+        "about $((NEED_KIB / 1024 / 1024)) GiB (cargo clean frees target/)" >&2
+fi
 LOG_DIR="$ROOT/target/test-logs"
 mkdir -p "$LOG_DIR"
 TEST_LOG="$LOG_DIR/cargo-test.log"
@@ -147,7 +158,19 @@ package_list_is_clean() {
     fi
     echo "$(wc -l <<<"$list") files, none of the test clients, benches, bench results, fuzz, scripts"
 }
-run_step build cargo build "${PACKAGES[@]}" --all-targets --all-features
+# One package at a time, as the test steps select them: a build of the three together unifies
+# their dependencies' features differently, and the test steps would then build everything again.
+build_each_package() {
+    local status=0 flag package
+    for flag in "${PACKAGES[@]}"; do
+        [[ "$flag" == -p ]] && continue
+        package=$flag
+        cargo build -p "$package" --all-targets --all-features || status=1
+    done
+    return "$status"
+}
+STEP_LABEL="cargo build -p PACKAGE --all-targets --all-features, for each of ${PACKAGES[*]}" \
+    run_step build build_each_package
 
 # Every cargo test run: its log (whose `test result:` lines the summary counts) per step.
 declare -A TEST_LOGS=()
