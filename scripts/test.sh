@@ -123,15 +123,16 @@ export MCP_REQUIRE_CLIENTS=1
 # Rust
 # ---------------------------------------------------------------------------------------
 # A run builds everything once, from scratch on a fresh clone: incremental compilation would
-# only add its caches (about 7 GiB of target/ with it on). CARGO_INCREMENTAL=1 turns it back on.
+# only add its caches (7 GiB of target/ with it on). CARGO_INCREMENTAL=1 turns it back on.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-# The run needs about 10 GiB under target/ (the tests, the arbitrary_precision build, fuzz and
-# the MSRV check); with less free, the build fails late on `No space left on device`.
-NEED_KIB=$((10 * 1024 * 1024))
+# A run from a fresh clone writes about 4.5 GiB (target/ with the tests, the
+# arbitrary_precision build and the MSRV check, fuzz/target, the test clients); with too little
+# free, it fails late, on `No space left on device`, so it says so first.
+NEED_KIB=$((8 * 1024 * 1024))
 free_kib=$(df -Pk "$ROOT" | awk 'NR == 2 { print $4 }')
 if [[ "$free_kib" =~ ^[0-9]+$ ]] && ((free_kib < NEED_KIB)); then
-    echo "!! only $((free_kib / 1024)) MiB free on the file system of $ROOT; a full run needs" \
-        "about $((NEED_KIB / 1024 / 1024)) GiB (cargo clean frees target/)" >&2
+    echo "!! only $((free_kib / 1024)) MiB free on the file system of $ROOT; a run from a fresh" \
+        "clone writes about 4.5 GiB and wants $((NEED_KIB / 1024 / 1024)) GiB free (cargo clean frees target/)" >&2
 fi
 LOG_DIR="$ROOT/target/test-logs"
 mkdir -p "$LOG_DIR"
@@ -144,7 +145,9 @@ export MCP_TEST_REPORT="$LOG_DIR/report.txt"
 
 # The root package, the tests over real peers (interop/) and the criterion benches (benches/):
 # every target builds, benches included (cargo test does not build them).
-PACKAGES=(-p mcp-affinity -p mcp-affinity-interop -p mcp-affinity-benches)
+PACKAGE_NAMES=(mcp-affinity mcp-affinity-interop mcp-affinity-benches)
+PACKAGES=()
+for package in "${PACKAGE_NAMES[@]}"; do PACKAGES+=(-p "$package"); done
 # package_list_is_clean: `cargo package --list` holds no test clients, conformance suite, bench
 # results, node_modules, virtualenvs, fuzz targets or scripts.
 package_list_is_clean() {
@@ -161,15 +164,13 @@ package_list_is_clean() {
 # One package at a time, as the test steps select them: a build of the three together unifies
 # their dependencies' features differently, and the test steps would then build everything again.
 build_each_package() {
-    local status=0 flag package
-    for flag in "${PACKAGES[@]}"; do
-        [[ "$flag" == -p ]] && continue
-        package=$flag
+    local status=0 package
+    for package in "${PACKAGE_NAMES[@]}"; do
         cargo build -p "$package" --all-targets --all-features || status=1
     done
     return "$status"
 }
-STEP_LABEL="cargo build -p PACKAGE --all-targets --all-features, for each of ${PACKAGES[*]}" \
+STEP_LABEL="cargo build -p PACKAGE --all-targets --all-features for ${PACKAGE_NAMES[*]}" \
     run_step build build_each_package
 
 # Every cargo test run: its log (whose `test result:` lines the summary counts) per step.

@@ -29,6 +29,11 @@ impl Session {
     /// `resources/subscribe`). `false` if the session holds
     /// [`MAX_RESOURCE_SUBSCRIPTIONS`] already and `uri` is not one of them.
     ///
+    /// The set lives in this node's memory, like the session's other typed state: a node that
+    /// adopts the session starts with none, and the transport's
+    /// [restore hook](crate::transport::SseTransportBuilder::with_on_restore) is where an
+    /// application that keeps its sessions' subscriptions subscribes them again.
+    ///
     /// # Example
     ///
     /// ```
