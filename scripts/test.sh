@@ -125,14 +125,15 @@ export MCP_REQUIRE_CLIENTS=1
 # A run builds everything once, from scratch on a fresh clone: incremental compilation would
 # only add its caches (7 GiB of target/ with it on). CARGO_INCREMENTAL=1 turns it back on.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-# A run from a fresh clone writes about 4.5 GiB (target/ with the tests, the
-# arbitrary_precision build and the MSRV check, fuzz/target, the test clients); with too little
-# free, it fails late, on `No space left on device`, so it says so first.
-NEED_KIB=$((8 * 1024 * 1024))
+# What a run from a fresh clone writes (target/ with the tests, the arbitrary_precision build
+# and the MSRV check, fuzz/target, the test clients): with too little free, it would fail late,
+# on `No space left on device`, so it says so first.
+WRITES_GIB=4.5
+NEED_GIB=8
 free_kib=$(df -Pk "$ROOT" | awk 'NR == 2 { print $4 }')
-if [[ "$free_kib" =~ ^[0-9]+$ ]] && ((free_kib < NEED_KIB)); then
-    echo "!! only $((free_kib / 1024)) MiB free on the file system of $ROOT; a run from a fresh" \
-        "clone writes about 4.5 GiB and wants $((NEED_KIB / 1024 / 1024)) GiB free (cargo clean frees target/)" >&2
+if [[ "$free_kib" =~ ^[0-9]+$ ]] && ((free_kib < NEED_GIB * 1024 * 1024)); then
+    echo "!! only $((free_kib / 1024)) MiB free on the file system of $ROOT: a run from a fresh" \
+        "clone writes about $WRITES_GIB GiB and wants $NEED_GIB GiB free (cargo clean frees target/)" >&2
 fi
 LOG_DIR="$ROOT/target/test-logs"
 mkdir -p "$LOG_DIR"
